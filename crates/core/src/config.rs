@@ -1,0 +1,101 @@
+//! Strict configuration parsing shared by every policy.
+
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// A configuration that cannot be applied, with the JSON path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path to the field (`providers.auth0.issuer`); empty for the document itself.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Parses JSON into `T`, refusing it whole on the first error and naming where it is.
+/// `T` is expected to use `#[serde(deny_unknown_fields)]` so a typo is an error, never a default.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ConfigError::new("", "configuration is empty"));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(path, e.inner().to_string())
+    })
+}
+
+/// Parses a protobuf-JSON duration (`"5s"`, `"1.5s"`, `"300s"`), as Envoy configs write them.
+pub fn parse_duration(path: &str, text: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::new(path, format!("`{text}` is not a duration like \"5s\" or \"0.5s\""));
+    let number = text.strip_suffix('s').ok_or_else(bad)?;
+    if number.is_empty() || number.starts_with(['-', '+']) {
+        return Err(bad());
+    }
+    let secs: f64 = number.parse().map_err(|_| bad())?;
+    if !secs.is_finite() || secs > 315_576_000_000.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Inner {
+        issuer: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Outer {
+        providers: std::collections::BTreeMap<String, Inner>,
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let err = parse_json::<Outer>(br#"{"providers": {"a": {"isuer": "x"}}}"#).unwrap_err();
+        assert_eq!(err.path, "providers.a");
+        assert!(err.message.contains("unknown field `isuer`"), "{err}");
+    }
+
+    #[test]
+    fn empty_document_is_refused() {
+        assert_eq!(parse_json::<Outer>(b"  ").unwrap_err().message, "configuration is empty");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("t", "5s").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("t", "0.25s").unwrap(), Duration::from_millis(250));
+        for bad in ["5", "s", "-1s", "1m", "abc", "NaNs", "infs", "1e300s"] {
+            assert!(parse_duration("t", bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Why a request was refused, and the response that tells the client.
+
+use serde_json::json;
+
+/// The realm advertised in `WWW-Authenticate` challenges.
+pub const REALM: &str = "meshward";
+
+/// The class of a denial; it fixes the HTTP status and the challenge headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialKind {
+    /// 401 without an `error` attribute: no credentials were presented (RFC 6750 §3.1).
+    MissingCredentials,
+    /// 401 `error="invalid_token"`: credentials were presented and are not acceptable.
+    InvalidCredentials,
+    /// 403: authenticated, but not allowed here (`error="invalid_token"` for a wrong audience).
+    Forbidden { challenge: bool },
+    /// 400: the request itself is not acceptable (contract violations, bad paths).
+    BadRequest,
+    /// 413: the body exceeds the configured limit.
+    PayloadTooLarge,
+    /// 429 with `Retry-After`.
+    RateLimited { retry_after_secs: u64 },
+    /// 503: the filter cannot decide (no valid configuration); never an allow.
+    Unavailable,
+}
+
+/// A refusal: the machine-readable reason users see, and a short human message.
+/// Never carries secrets or token contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub kind: DenialKind,
+    /// Stable, snake_case, one per cause (`expired`, `wrong_audience`); used in bodies and metrics.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Denial {
+    pub fn new(kind: DenialKind, reason: &'static str, message: impl Into<String>) -> Self {
+        Denial {
+            kind,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status of the response.
+    pub fn status(&self) -> u16 {
+        match self.kind {
+            DenialKind::MissingCredentials | DenialKind::InvalidCredentials => 401,
+            DenialKind::Forbidden { .. } => 403,
+            DenialKind::BadRequest => 400,
+            DenialKind::PayloadTooLarge => 413,
+            DenialKind::RateLimited { .. } => 429,
+            DenialKind::Unavailable => 503,
+        }
+    }
+
+    /// Response headers besides `content-type`.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let invalid_token = || {
+            format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                quoted_string_safe(&self.message)
+            )
+        };
+        match &self.kind {
+            DenialKind::MissingCredentials => {
+                vec![("www-authenticate", format!("Bearer realm=\"{REALM}\""))]
+            }
+            DenialKind::InvalidCredentials | DenialKind::Forbidden { challenge: true } => {
+                vec![("www-authenticate", invalid_token())]
+            }
+            DenialKind::RateLimited { retry_after_secs } => {
+                vec![("retry-after", retry_after_secs.to_string())]
+            }
+            DenialKind::Forbidden { challenge: false }
+            | DenialKind::BadRequest
+            | DenialKind::PayloadTooLarge
+            | DenialKind::Unavailable => vec![],
+        }
+    }
+
+    /// The JSON body: `{"error", "reason", "request_id"}`.
+    pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
+        json!({
+            "error": self.message,
+            "reason": self.reason,
+            "request_id": request_id,
+        })
+        .to_string()
+        .into_bytes()
+    }
+}
+
+/// Keeps a message inside an HTTP quoted-string: printable ASCII without `"` and `\`.
+fn quoted_string_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_challenges() {
+        let cases = [
+            (DenialKind::MissingCredentials, 401, Some("Bearer realm=\"meshward\"")),
+            (
+                DenialKind::InvalidCredentials,
+                401,
+                Some("Bearer realm=\"meshward\", error=\"invalid_token\", error_description=\"m x\""),
+            ),
+            (
+                DenialKind::Forbidden { challenge: true },
+                403,
+                Some("Bearer realm=\"meshward\", error=\"invalid_token\", error_description=\"m x\""),
+            ),
+            (DenialKind::Forbidden { challenge: false }, 403, None),
+            (DenialKind::BadRequest, 400, None),
+            (DenialKind::PayloadTooLarge, 413, None),
+            (DenialKind::Unavailable, 503, None),
+        ];
+        for (kind, status, challenge) in cases {
+            let d = Denial::new(kind.clone(), "r", "m\"\r\n x");
+            assert_eq!(d.status(), status, "{kind:?}");
+            let got = d
+                .headers()
+                .into_iter()
+                .find(|(n, _)| *n == "www-authenticate")
+                .map(|(_, v)| v);
+            assert_eq!(got.as_deref(), challenge, "{kind:?}");
+        }
+        let limited = Denial::new(DenialKind::RateLimited { retry_after_secs: 7 }, "r", "m");
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers(), vec![("retry-after", "7".to_string())]);
+    }
+
+    #[test]
+    fn body_is_small_json() {
+        let d = Denial::new(DenialKind::InvalidCredentials, "expired", "token expired");
+        let v: serde_json::Value = serde_json::from_slice(&d.body(Some("abc"))).unwrap();
+        assert_eq!(
+            v,
+            json!({"error": "token expired", "reason": "expired", "request_id": "abc"})
+        );
+        let v: serde_json::Value = serde_json::from_slice(&d.body(None)).unwrap();
+        assert_eq!(v["request_id"], serde_json::Value::Null);
+    }
+}

@@ -1,0 +1,19 @@
+//! What every meshward policy shares.
+//!
+//! - [`Principal`]: who is calling, as the JWT stage verified it, and how it travels between
+//!   filters (Envoy filter state, never a client header).
+//! - [`Denial`]: why a request is refused, and the HTTP response that says so.
+//! - [`route`]: canonical request paths and the `match` rules policies use.
+//! - [`Policy`] / [`Stage`]: the trait every policy implements, so one runtime can drive any
+//!   policy alone (its own module) or several in one module.
+//! - [`config`]: strict JSON configuration parsing with errors that name the field.
+
+pub mod config;
+pub mod denial;
+pub mod principal;
+pub mod route;
+pub mod stage;
+
+pub use denial::{Denial, DenialKind};
+pub use principal::{Principal, PRINCIPAL_PROPERTY};
+pub use stage::{Mode, Policy, RequestState, Stage, Step};

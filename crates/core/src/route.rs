@@ -1,0 +1,193 @@
+//! Request paths as policies see them, and the `match` clause of policy rules.
+//!
+//! Rules are matched against the *canonical* path, so `/public/../admin`, `//admin` and
+//! `/%61dmin` cannot slip past a rule written for `/admin`. Paths whose meaning depends on the
+//! upstream's decoder (an encoded `/` or `\`, a raw `\`, control bytes, broken `%` escapes)
+//! are refused outright.
+
+use serde::Deserialize;
+
+/// Why a path cannot be canonicalised; such requests are refused with 400 `invalid_path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathError {
+    NotOriginForm,
+    BadPercentEncoding,
+    EncodedSeparator,
+    ForbiddenCharacter,
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PathError::NotOriginForm => "path must start with '/'",
+            PathError::BadPercentEncoding => "path has a malformed percent-encoding",
+            PathError::EncodedSeparator => "path has an encoded '/' or '\\'",
+            PathError::ForbiddenCharacter => "path has a control character or backslash",
+        })
+    }
+}
+
+/// The canonical form of a request's `:path`: query and fragment dropped, unreserved
+/// percent-escapes decoded, other escapes upper-cased, repeated slashes merged and `.` / `..`
+/// segments resolved (never above the root).
+pub fn canonical_path(raw: &str) -> Result<String, PathError> {
+    let path = raw.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return Err(PathError::NotOriginForm);
+    }
+    let decoded = decode_unreserved(path)?;
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    let last = decoded.rsplit('/').next().unwrap_or("");
+    if out.is_empty() || (decoded.ends_with('/') || last == "." || last == "..") && !segments.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x20 || b == 0x7f || b == b'\\' {
+            return Err(PathError::ForbiddenCharacter);
+        }
+        if b != b'%' {
+            // Non-ASCII bytes are copied through as the UTF-8 they already are.
+            let ch_len = utf8_len(b);
+            out.push_str(path.get(i..i + ch_len).ok_or(PathError::ForbiddenCharacter)?);
+            i += ch_len;
+            continue;
+        }
+        let hex = path.get(i + 1..i + 3).ok_or(PathError::BadPercentEncoding)?;
+        let value = u8::from_str_radix(hex, 16).map_err(|_| PathError::BadPercentEncoding)?;
+        if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+            return Err(PathError::BadPercentEncoding);
+        }
+        match value {
+            b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+            0x00..=0x1f | 0x7f => return Err(PathError::ForbiddenCharacter),
+            v if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                out.push(char::from(v));
+            }
+            _ => {
+                out.push('%');
+                out.push_str(&hex.to_ascii_uppercase());
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
+}
+
+fn utf8_len(first: u8) -> usize {
+    match first {
+        0x00..=0x7f => 1,
+        0xc0..=0xdf => 2,
+        0xe0..=0xef => 3,
+        _ => 4,
+    }
+}
+
+/// The `match` clause of a rule, with Envoy's `RouteMatch` names. Exactly one field is set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum PathMatch {
+    /// Canonical path starts with this string (Envoy semantics: `/api` also matches `/apix`).
+    Prefix(String),
+    /// Canonical path equals this string.
+    Path(String),
+}
+
+impl PathMatch {
+    /// Whether a canonical path (see [`canonical_path`]) is matched.
+    pub fn matches(&self, canonical: &str) -> bool {
+        match self {
+            PathMatch::Prefix(p) => canonical.starts_with(p.as_str()),
+            PathMatch::Path(p) => canonical == p,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_paths() {
+        let cases = [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/b/", "/a/b/"),
+            ("/a/b?x=1", "/a/b"),
+            ("/a#frag", "/a"),
+            ("//admin", "/admin"),
+            ("/public/../admin", "/admin"),
+            ("/public/./x", "/public/x"),
+            ("/../../etc", "/etc"),
+            ("/a/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/%61dmin", "/admin"),
+            ("/p%2e%2e/x", "/p../x"),
+            ("/public/%2e%2e/admin", "/admin"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3ab", "/a%3Ab"),
+            ("/caf\u{e9}", "/caf\u{e9}"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canonical_path(raw).as_deref(), Ok(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        let cases = [
+            ("admin", PathError::NotOriginForm),
+            ("", PathError::NotOriginForm),
+            ("*", PathError::NotOriginForm),
+            ("/a%2fb", PathError::EncodedSeparator),
+            ("/a%2Fb", PathError::EncodedSeparator),
+            ("/a%5cb", PathError::EncodedSeparator),
+            ("/a\\b", PathError::ForbiddenCharacter),
+            ("/a%00", PathError::ForbiddenCharacter),
+            ("/a\u{0}", PathError::ForbiddenCharacter),
+            ("/a%", PathError::BadPercentEncoding),
+            ("/a%4", PathError::BadPercentEncoding),
+            ("/a%zz", PathError::BadPercentEncoding),
+            ("/a%+1", PathError::BadPercentEncoding),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(canonical_path(raw), Err(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn path_match() {
+        let prefix = PathMatch::Prefix("/api".into());
+        assert!(prefix.matches("/api/x"));
+        assert!(prefix.matches("/api"));
+        assert!(!prefix.matches("/ap"));
+        let exact = PathMatch::Path("/health".into());
+        assert!(exact.matches("/health"));
+        assert!(!exact.matches("/health/"));
+        let parsed: PathMatch = serde_json::from_str(r#"{"prefix": "/x"}"#).unwrap();
+        assert_eq!(parsed, PathMatch::Prefix("/x".into()));
+        assert!(serde_json::from_str::<PathMatch>(r#"{"regex": "/x"}"#).is_err());
+        assert!(serde_json::from_str::<PathMatch>(r#"{"prefix": "/x", "path": "/y"}"#).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! The trait every policy implements, so one runtime drives any of them.
+//!
+//! A [`Policy`] is the compiled configuration of one filter, built once per VM at
+//! `on_configure`, plus whatever per-VM state it keeps (a JWKS cache). For each request it
+//! makes a [`Stage`], which walks the request through the policy and answers with a [`Step`].
+
+use std::rc::Rc;
+
+use meshward_host::{Host, HttpCallResponse};
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+use crate::{Denial, Principal};
+
+/// Whether a policy's denials are enforced or only counted and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Evaluate, count and log, but let the request through (canaries on real traffic).
+    Shadow,
+}
+
+/// What a stage decided about the request so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// This stage allows the request.
+    Continue,
+    /// The stage is waiting for an HTTP call it dispatched; the request waits too.
+    Pause,
+    /// The request is refused.
+    Deny(Denial),
+}
+
+/// What the stages of one request share.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestState {
+    /// Envoy's `x-request-id`, echoed in denial bodies and logs.
+    pub request_id: Option<String>,
+    pub method: String,
+    /// The raw `:path`, query included.
+    pub path: String,
+    /// Set by the JWT stage once a token is verified; read by the stages after it.
+    pub principal: Option<Principal>,
+}
+
+/// One request's walk through a policy.
+pub trait Stage {
+    /// Called once the request headers are known.
+    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step;
+
+    /// Called with the answer to an HTTP call this stage dispatched while it returned
+    /// [`Step::Pause`]. The default denies nothing and continues.
+    fn on_http_call_response(
+        &mut self,
+        _host: &mut dyn Host,
+        _request: &mut RequestState,
+        _token: u32,
+        _response: HttpCallResponse,
+    ) -> Step {
+        Step::Continue
+    }
+}
+
+/// A filter's compiled configuration and per-VM state.
+pub trait Policy: Sized + 'static {
+    /// Short name: metrics are `meshward_<NAME>_...`, log lines start with `meshward_<NAME>`.
+    const NAME: &'static str;
+    type Stage: Stage;
+
+    /// Builds the policy from the filter's JSON configuration, refusing it whole on any error.
+    /// `host` gives access to the VM environment for secrets.
+    fn configure(config: &[u8], host: &dyn Host) -> Result<Self, ConfigError>;
+
+    fn mode(&self) -> Mode;
+
+    /// Called once after a successful `configure` (schedule ticks, start fetches).
+    fn start(_policy: &Rc<Self>, _host: &mut dyn Host) {}
+
+    /// The periodic tick asked for with [`Host::set_tick_period`].
+    fn on_tick(_policy: &Rc<Self>, _host: &mut dyn Host) {}
+
+    /// The answer to an HTTP call the policy (not a request) dispatched.
+    fn on_http_call_response(
+        _policy: &Rc<Self>,
+        _host: &mut dyn Host,
+        _token: u32,
+        _response: HttpCallResponse,
+    ) {
+    }
+
+    /// A stage for one new request.
+    fn new_stage(policy: &Rc<Self>) -> Self::Stage;
+}

@@ -1,0 +1,103 @@
+//! The boundary between meshward and the proxy.
+//!
+//! Filters never call proxy-wasm hostcalls directly: they talk to a [`Host`]. On wasm32 that is
+//! [`ProxyWasmHost`] (thin wrappers over the hostcalls); in tests it is [`FakeHost`], which records
+//! everything a filter did so behaviour can be asserted on the host machine.
+
+use std::time::{Duration, SystemTime};
+
+mod fake;
+#[cfg(target_arch = "wasm32")]
+mod proxy;
+
+pub use fake::{DispatchedCall, FakeHost, SentResponse};
+#[cfg(target_arch = "wasm32")]
+pub use proxy::ProxyWasmHost;
+
+/// Severity of a log line written through the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a hostcall failed. Callers treat every variant as "could not do it" and fail closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostError {
+    /// The proxy refused the call (unknown cluster, bad argument, ...), with the status it gave.
+    Refused(String),
+}
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostError::Refused(why) => write!(f, "proxy refused the call: {why}"),
+        }
+    }
+}
+
+/// The answer to an outgoing HTTP call made with [`Host::dispatch_http_call`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HttpCallResponse {
+    /// `:status` of the reply; `None` when the call failed before any reply (reset, timeout).
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// An outgoing HTTP request to an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall<'a> {
+    pub cluster: &'a str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: Option<&'a [u8]>,
+    pub timeout: Duration,
+}
+
+/// Everything a meshward filter may ask of the proxy.
+///
+/// Header names are lower-case, as Envoy presents them. Methods that can fail return a
+/// `Result` so the caller decides how to fail closed; methods whose failure cannot change a
+/// decision (logging, metrics) swallow errors.
+pub trait Host {
+    /// Wall-clock time as the proxy sees it.
+    fn now(&self) -> SystemTime;
+
+    /// First value of a request header.
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// All request headers, pseudo-headers (`:path`, `:method`, ...) included.
+    fn request_headers(&self) -> Vec<(String, String)>;
+    /// Replaces (`Some`) or removes (`None`) a request header.
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+
+    /// Answers the downstream directly; the request does not reach the upstream.
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Lets a paused request continue to the next filter.
+    fn resume_request(&mut self);
+
+    /// Reads a property (`["request", "path"]`, or a filter-state key set with `set_property`).
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Writes filter state that later filters in the chain can read and clients cannot forge.
+    fn set_property(&mut self, path: &[&str], value: &[u8]) -> Result<(), HostError>;
+
+    /// Sends an HTTP request to a cluster; the answer arrives later with the returned token.
+    fn dispatch_http_call(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError>;
+    /// Reads the answer to a dispatched call, inside the callback that announces it.
+    fn http_call_response(&self, body_size: usize) -> HttpCallResponse;
+
+    /// Asks for a periodic tick on the root context.
+    fn set_tick_period(&mut self, period: Duration);
+
+    /// An environment variable of the VM (Envoy `vm_config.environment_variables`).
+    fn env_var(&self, name: &str) -> Option<String>;
+
+    /// Writes a log line. Callers never pass secrets or token contents.
+    fn log(&self, level: LogLevel, message: &str);
+    /// Adds `by` to the counter `name`, defining it on first use.
+    fn increment_counter(&mut self, name: &str, by: u64);
+}

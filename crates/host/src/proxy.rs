@@ -1,0 +1,120 @@
+//! [`Host`] over the proxy-wasm hostcalls. Compiled for wasm32 only.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+
+use crate::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
+
+thread_local! {
+    /// Metric ids by name: `define_metric` once per VM, not per request.
+    static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+}
+
+/// The real proxy, reached through proxy-wasm hostcalls.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProxyWasmHost;
+
+fn refused(status: proxy_wasm::types::Status) -> HostError {
+    HostError::Refused(format!("{status:?}"))
+}
+
+impl Host for ProxyWasmHost {
+    fn now(&self) -> SystemTime {
+        hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+
+    fn request_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn request_headers(&self) -> Vec<(String, String)> {
+        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
+    }
+
+    fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
+    }
+
+    fn resume_request(&mut self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn set_property(&mut self, path: &[&str], value: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_property(path.to_vec(), Some(value)).map_err(refused)
+    }
+
+    fn dispatch_http_call(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError> {
+        let mut headers = vec![
+            (":method", call.method),
+            (":path", call.path),
+            (":authority", call.authority),
+        ];
+        headers.extend(call.headers.iter().copied());
+        hostcalls::dispatch_http_call(call.cluster, headers, call.body, vec![], call.timeout)
+            .map_err(refused)
+    }
+
+    fn http_call_response(&self, body_size: usize) -> HttpCallResponse {
+        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == ":status")
+            .and_then(|(_, v)| v.parse().ok());
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        HttpCallResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn set_tick_period(&mut self, period: Duration) {
+        let _ = hostcalls::set_tick_period(period);
+    }
+
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        let level = match level {
+            LogLevel::Debug => proxy_wasm::types::LogLevel::Debug,
+            LogLevel::Info => proxy_wasm::types::LogLevel::Info,
+            LogLevel::Warn => proxy_wasm::types::LogLevel::Warn,
+            LogLevel::Error => proxy_wasm::types::LogLevel::Error,
+        };
+        let _ = hostcalls::log(level, message);
+    }
+
+    fn increment_counter(&mut self, name: &str, by: u64) {
+        let id = METRICS.with(|m| {
+            let mut m = m.borrow_mut();
+            if let Some(id) = m.get(name) {
+                return Some(*id);
+            }
+            let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
+            m.insert(name.to_string(), id);
+            Some(id)
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The per-request decision: does this request satisfy its rule's requirement?
+//!
+//! [`authenticate`] is the one place that says why a request was refused. It is pure: headers,
+//! keys and time come in as arguments, so every branch is tested on the host.
+
+use std::rc::Rc;
+
+use meshward_core::Principal;
+
+use crate::config::{JwtConfig, KeySource, Requirement};
+use crate::jwks::KeySet;
+use crate::verify::{extract_token, verify_token};
+use crate::JwtError;
+
+/// A verified token: who it names, which provider verified it, where it was found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Authenticated {
+    pub principal: Principal,
+    pub provider: usize,
+    pub token_header: String,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Allowed; `None` when the requirement let a request without any token through.
+    Allowed(Option<Authenticated>),
+    Denied(JwtError),
+    /// The provider's remote keys must be (re)fetched before deciding; the caller fetches
+    /// and asks again, or, when it may not fetch, asks with that provider's refresh refused.
+    NeedKeys(usize),
+}
+
+/// What `authenticate` needs to know about the request and the key caches.
+pub struct Inputs<'a> {
+    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The provider's current key set, if any.
+    pub keys: &'a dyn Fn(usize) -> Option<Rc<KeySet>>,
+    /// Whether the provider's remote keys may be fetched now for this request.
+    pub may_refresh: &'a dyn Fn(usize) -> bool,
+    /// Unix seconds.
+    pub now: u64,
+}
+
+/// Decides whether the request satisfies `requirement`.
+pub fn authenticate(config: &JwtConfig, requirement: &Requirement, inputs: &Inputs<'_>) -> Outcome {
+    match requirement {
+        Requirement::Provider(i) => verify_provider(config, *i, inputs),
+        Requirement::AllowMissing => {
+            let presented: Vec<Requirement> = (0..config.providers.len())
+                .filter(|i| extract_token(&config.providers[*i].from_headers, inputs.header).is_some())
+                .map(Requirement::Provider)
+                .collect();
+            if presented.is_empty() {
+                Outcome::Allowed(None)
+            } else {
+                // A token that is present must verify with some provider that reads it.
+                authenticate(config, &Requirement::Any(presented), inputs)
+            }
+        }
+        Requirement::Any(list) => {
+            let mut deepest: Option<JwtError> = None;
+            for r in list {
+                match authenticate(config, r, inputs) {
+                    Outcome::Denied(e) => {
+                        if deepest.is_none_or(|d| e.depth() > d.depth()) {
+                            deepest = Some(e);
+                        }
+                    }
+                    decided => return decided,
+                }
+            }
+            Outcome::Denied(deepest.unwrap_or(JwtError::MissingToken))
+        }
+        Requirement::All(list) => {
+            let mut first = None;
+            for r in list {
+                match authenticate(config, r, inputs) {
+                    Outcome::Allowed(a) => {
+                        if first.is_none() {
+                            first = a;
+                        }
+                    }
+                    other => return other,
+                }
+            }
+            Outcome::Allowed(first)
+        }
+    }
+}
+
+fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Outcome {
+    let Some(provider) = config.providers.get(index) else {
+        return Outcome::Denied(JwtError::JwksUnavailable);
+    };
+    let Some(found) = extract_token(&provider.from_headers, inputs.header) else {
+        return Outcome::Denied(JwtError::MissingToken);
+    };
+    let remote = matches!(provider.keys, KeySource::Remote(_));
+    let Some(keys) = (inputs.keys)(index) else {
+        return if remote && (inputs.may_refresh)(index) {
+            Outcome::NeedKeys(index)
+        } else {
+            Outcome::Denied(JwtError::JwksUnavailable)
+        };
+    };
+    match verify_token(&found.token, provider, &keys, inputs.now, config.max_token_bytes) {
+        Ok(principal) => Outcome::Allowed(Some(Authenticated {
+            principal,
+            provider: index,
+            token_header: found.header,
+        })),
+        Err(JwtError::UnknownKid) if remote && (inputs.may_refresh)(index) => Outcome::NeedKeys(index),
+        Err(e) => Outcome::Denied(e),
+    }
+}

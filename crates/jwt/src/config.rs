@@ -1,0 +1,455 @@
+//! The JWT filter's configuration: Envoy `jwt_authn` names, meshward's safer defaults.
+//!
+//! Parsed strictly (an unknown field is an error naming it) and compiled once into
+//! [`JwtConfig`], with local key sets already parsed.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use meshward_core::config::{parse_duration, parse_json, ConfigError};
+use meshward_core::route::PathMatch;
+use meshward_core::Mode;
+use serde::Deserialize;
+
+use crate::jwks::{parse_jwks, KeySet};
+
+const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
+const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
+const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+const DEFAULT_TENANT_CLAIM: &str = "tenant";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    providers: BTreeMap<String, RawProvider>,
+    rules: Vec<RawRule>,
+    #[serde(default)]
+    mode: Mode,
+    max_token_bytes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    issuer: Option<String>,
+    audiences: Option<Vec<String>>,
+    local_jwks: Option<RawDataSource>,
+    remote_jwks: Option<RawRemoteJwks>,
+    from_headers: Option<Vec<RawHeader>>,
+    #[serde(default)]
+    forward: bool,
+    #[serde(default)]
+    claim_to_headers: Vec<RawClaimToHeader>,
+    clock_skew_seconds: Option<u64>,
+    require_expiration: Option<bool>,
+    tenant_claim: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataSource {
+    inline_string: Option<String>,
+    environment_variable: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemoteJwks {
+    http_uri: RawHttpUri,
+    cache_duration: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpUri {
+    uri: String,
+    cluster: String,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    value_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaimToHeader {
+    header_name: String,
+    claim_name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    match_: PathMatch,
+    requires: Option<RawRequirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum RawRequirement {
+    ProviderName(String),
+    RequiresAny { requirements: Vec<RawRequirement> },
+    RequiresAll { requirements: Vec<RawRequirement> },
+    AllowMissing {},
+}
+
+/// Where a token is looked for: a header, and the prefix its value must start with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenLocation {
+    /// Lower-case header name.
+    pub header: String,
+    /// Compared case-insensitively (`Bearer ` and `bearer ` are the same scheme).
+    pub value_prefix: String,
+}
+
+/// Copy a claim of the verified token into a request header for the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimToHeader {
+    pub header_name: String,
+    /// Claim name, or a dotted path into nested objects.
+    pub claim_name: String,
+}
+
+/// Where a remote key set is fetched from, through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub uri: String,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout: Duration,
+    pub cache_duration: Duration,
+}
+
+/// Where a provider's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    Local(Rc<KeySet>),
+    Remote(RemoteJwks),
+}
+
+/// A trusted token issuer and how its tokens are checked.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
+    pub keys: KeySource,
+    pub from_headers: Vec<TokenLocation>,
+    /// Keep the token in the request forwarded upstream (default: removed).
+    pub forward: bool,
+    pub claim_to_headers: Vec<ClaimToHeader>,
+    pub clock_skew_seconds: u64,
+    pub require_expiration: bool,
+    pub tenant_claim: String,
+}
+
+/// What a rule demands, by provider index into [`JwtConfig::providers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    Provider(usize),
+    Any(Vec<Requirement>),
+    All(Vec<Requirement>),
+    /// Satisfied when no token is present at all; a token that is present must still verify
+    /// (use inside `requires_any`).
+    AllowMissing,
+}
+
+/// Which requests a rule covers and what they need. `requires: None` means no token needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path_match: PathMatch,
+    pub requires: Option<Requirement>,
+}
+
+/// The compiled configuration of the JWT filter.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub providers: Vec<Provider>,
+    pub rules: Vec<Rule>,
+    pub mode: Mode,
+    pub max_token_bytes: usize,
+}
+
+impl JwtConfig {
+    /// Parses and validates the filter configuration. `env` reads the VM's environment, for
+    /// key sets given as `environment_variable`.
+    pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<JwtConfig, ConfigError> {
+        let raw: RawConfig = parse_json(json)?;
+        if raw.providers.is_empty() {
+            return Err(ConfigError::new("providers", "at least one provider is required"));
+        }
+        if raw.rules.is_empty() {
+            return Err(ConfigError::new(
+                "rules",
+                "at least one rule is required (requests matching no rule are denied)",
+            ));
+        }
+        let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
+        if !(256..=65_536).contains(&max_token_bytes) {
+            return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
+        }
+        let names: Vec<String> = raw.providers.keys().cloned().collect();
+        let mut providers = Vec::with_capacity(names.len());
+        for (name, p) in raw.providers {
+            providers.push(compile_provider(&name, p, env)?);
+        }
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, rule) in raw.rules.into_iter().enumerate() {
+            let path = format!("rules[{i}]");
+            match &rule.match_ {
+                PathMatch::Prefix(p) | PathMatch::Path(p) if !p.starts_with('/') => {
+                    return Err(ConfigError::new(format!("{path}.match"), "must start with '/'"));
+                }
+                _ => {}
+            }
+            let requires = match rule.requires {
+                None => None,
+                Some(r) => Some(compile_requirement(&format!("{path}.requires"), r, &names, 0)?),
+            };
+            rules.push(Rule {
+                path_match: rule.match_,
+                requires,
+            });
+        }
+        Ok(JwtConfig {
+            providers,
+            rules,
+            mode: raw.mode,
+            max_token_bytes,
+        })
+    }
+
+    /// The first rule matching a canonical path.
+    pub fn rule_for(&self, canonical_path: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.path_match.matches(canonical_path))
+    }
+}
+
+fn compile_requirement(
+    path: &str,
+    raw: RawRequirement,
+    names: &[String],
+    depth: usize,
+) -> Result<Requirement, ConfigError> {
+    if depth > 8 {
+        return Err(ConfigError::new(path, "requirements nest deeper than 8 levels"));
+    }
+    let list = |kind: &str, reqs: Vec<RawRequirement>| -> Result<Vec<Requirement>, ConfigError> {
+        if reqs.is_empty() {
+            return Err(ConfigError::new(format!("{path}.{kind}"), "needs at least one requirement"));
+        }
+        reqs.into_iter()
+            .enumerate()
+            .map(|(i, r)| compile_requirement(&format!("{path}.{kind}.requirements[{i}]"), r, names, depth + 1))
+            .collect()
+    };
+    Ok(match raw {
+        RawRequirement::ProviderName(name) => match names.iter().position(|n| *n == name) {
+            Some(i) => Requirement::Provider(i),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.provider_name"),
+                    format!("no provider named {name:?}"),
+                ))
+            }
+        },
+        RawRequirement::RequiresAny { requirements } => Requirement::Any(list("requires_any", requirements)?),
+        RawRequirement::RequiresAll { requirements } => Requirement::All(list("requires_all", requirements)?),
+        RawRequirement::AllowMissing {} => Requirement::AllowMissing,
+    })
+}
+
+/// A header name meshward may write or read: lower-case token characters, not a pseudo-header.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
+}
+
+/// Headers that must not be overwritten from claims: routing and framing depend on them.
+const PROTECTED_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-request-id",
+];
+
+fn compile_provider(
+    name: &str,
+    p: RawProvider,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Provider, ConfigError> {
+    let at = |field: &str| format!("providers.{name}.{field}");
+    let issuer = match p.issuer {
+        Some(i) if !i.trim().is_empty() => i,
+        _ => {
+            return Err(ConfigError::new(
+                at("issuer"),
+                "is required: tokens from any issuer would otherwise be accepted",
+            ))
+        }
+    };
+    let audiences = match p.audiences {
+        Some(a) if !a.is_empty() && a.iter().all(|x| !x.trim().is_empty()) => a,
+        Some(a) if !a.is_empty() => return Err(ConfigError::new(at("audiences"), "must not contain empty strings")),
+        _ => {
+            return Err(ConfigError::new(
+                at("audiences"),
+                "at least one audience is required: tokens minted for other services would otherwise be accepted",
+            ))
+        }
+    };
+    let keys = match (p.local_jwks, p.remote_jwks) {
+        (Some(local), None) => {
+            let text = match (local.inline_string, local.environment_variable) {
+                (Some(s), None) => s,
+                (None, Some(var)) => env(&var).ok_or_else(|| {
+                    ConfigError::new(
+                        at("local_jwks.environment_variable"),
+                        format!("environment variable {var:?} is not set in the VM"),
+                    )
+                })?,
+                _ => {
+                    return Err(ConfigError::new(
+                        at("local_jwks"),
+                        "set exactly one of `inline_string` or `environment_variable`",
+                    ))
+                }
+            };
+            let parsed = parse_jwks(text.as_bytes(), true)
+                .map_err(|e| ConfigError::new(at("local_jwks"), e.to_string()))?;
+            KeySource::Local(Rc::new(parsed.set))
+        }
+        (None, Some(remote)) => KeySource::Remote(compile_remote(&at("remote_jwks"), remote)?),
+        _ => {
+            return Err(ConfigError::new(
+                format!("providers.{name}"),
+                "set exactly one of `local_jwks` or `remote_jwks`",
+            ))
+        }
+    };
+    let from_headers = match p.from_headers {
+        None => vec![TokenLocation {
+            header: "authorization".into(),
+            value_prefix: "Bearer ".into(),
+        }],
+        Some(list) if list.is_empty() => {
+            return Err(ConfigError::new(at("from_headers"), "must list at least one header"))
+        }
+        Some(list) => list
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let header = h.name.to_ascii_lowercase();
+                if !valid_header_name(&header) {
+                    return Err(ConfigError::new(
+                        at(&format!("from_headers[{i}].name")),
+                        format!("{:?} is not a valid header name", h.name),
+                    ));
+                }
+                Ok(TokenLocation {
+                    header,
+                    value_prefix: h.value_prefix.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let mut claim_to_headers = Vec::with_capacity(p.claim_to_headers.len());
+    for (i, c) in p.claim_to_headers.into_iter().enumerate() {
+        let header_name = c.header_name.to_ascii_lowercase();
+        if !valid_header_name(&header_name) || PROTECTED_HEADERS.contains(&header_name.as_str()) {
+            return Err(ConfigError::new(
+                at(&format!("claim_to_headers[{i}].header_name")),
+                format!("{:?} cannot carry a claim", c.header_name),
+            ));
+        }
+        if from_headers.iter().any(|l| l.header == header_name) {
+            return Err(ConfigError::new(
+                at(&format!("claim_to_headers[{i}].header_name")),
+                format!("{header_name:?} is where tokens are read from"),
+            ));
+        }
+        if c.claim_name.is_empty() {
+            return Err(ConfigError::new(at(&format!("claim_to_headers[{i}].claim_name")), "is empty"));
+        }
+        claim_to_headers.push(ClaimToHeader {
+            header_name,
+            claim_name: c.claim_name,
+        });
+    }
+    let clock_skew_seconds = p.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > 600 {
+        return Err(ConfigError::new(at("clock_skew_seconds"), "must be at most 600"));
+    }
+    Ok(Provider {
+        name: name.to_string(),
+        issuer,
+        audiences,
+        keys,
+        from_headers,
+        forward: p.forward,
+        claim_to_headers,
+        clock_skew_seconds,
+        require_expiration: p.require_expiration.unwrap_or(true),
+        tenant_claim: p.tenant_claim.unwrap_or_else(|| DEFAULT_TENANT_CLAIM.to_string()),
+    })
+}
+
+fn compile_remote(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigError> {
+    let uri_at = format!("{at}.http_uri.uri");
+    let uri = raw.http_uri.uri;
+    let rest = uri
+        .strip_prefix("https://")
+        .or_else(|| uri.strip_prefix("http://"))
+        .ok_or_else(|| ConfigError::new(&uri_at, format!("{uri:?} is not an http:// or https:// URI")))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let authority_ok = !authority.is_empty()
+        && !authority.contains('@')
+        && authority
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    if !authority_ok || path.contains('#') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(ConfigError::new(&uri_at, format!("{uri:?} is not a valid URI")));
+    }
+    if raw.http_uri.cluster.trim().is_empty() {
+        return Err(ConfigError::new(format!("{at}.http_uri.cluster"), "is required"));
+    }
+    let timeout = match raw.http_uri.timeout {
+        Some(t) => parse_duration(&format!("{at}.http_uri.timeout"), &t)?,
+        None => DEFAULT_FETCH_TIMEOUT,
+    };
+    if timeout.is_zero() {
+        return Err(ConfigError::new(format!("{at}.http_uri.timeout"), "must be positive"));
+    }
+    let cache_duration = match raw.cache_duration {
+        Some(t) => parse_duration(&format!("{at}.cache_duration"), &t)?,
+        None => DEFAULT_CACHE_DURATION,
+    };
+    if cache_duration < Duration::from_secs(1) {
+        return Err(ConfigError::new(format!("{at}.cache_duration"), "must be at least 1s"));
+    }
+    Ok(RemoteJwks {
+        authority: authority.to_string(),
+        path: path.to_string(),
+        uri,
+        cluster: raw.http_uri.cluster,
+        timeout,
+        cache_duration,
+    })
+}

@@ -1,0 +1,17 @@
+//! JWT authentication, as pure logic: configuration ([`config`]), key sets ([`jwks`]),
+//! verification of one token ([`verify`]), and the per-request decision ([`authn`]).
+//! [`stage`] wires it to a [`meshward_host::Host`] as a [`meshward_core::Policy`].
+//!
+//! Why a request was denied is decided in [`authn::authenticate`]; every reason is a
+//! [`JwtError`] variant.
+
+pub mod authn;
+pub mod config;
+mod error;
+pub mod jwks;
+pub mod stage;
+pub mod verify;
+
+pub use config::JwtConfig;
+pub use error::JwtError;
+pub use stage::{JwtPolicy, JwtStage};

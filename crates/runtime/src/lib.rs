@@ -1,0 +1,126 @@
+//! Runs a [`Policy`] as a proxy-wasm HTTP filter.
+//!
+//! Everything that is the same for every meshward filter lives here, once: reading the request
+//! basics, turning a [`Denial`] into a response, shadow mode, one log line per denial, and
+//! counters per decision and reason. [`Filter`] holds that logic against the [`Host`] trait so
+//! it is tested with the fake host; the proxy-wasm glue (wasm32 only) only forwards calls.
+//!
+//! Counters (visible in Envoy's `/stats`; with the `stats_tags` in `envoy/envoy.yaml`,
+//! `reason` becomes a Prometheus label):
+//! - `meshward_<name>_allowed_total`
+//! - `meshward_<name>_denied_total.reason.<reason>`
+//! - `meshward_<name>_shadow_denied_total.reason.<reason>` (shadow mode: would have denied)
+
+use std::rc::Rc;
+
+use meshward_core::route::canonical_path;
+use meshward_core::{Denial, Mode, Policy, RequestState, Stage, Step};
+use meshward_host::{Host, HttpCallResponse, LogLevel};
+
+#[cfg(target_arch = "wasm32")]
+mod proxy;
+#[cfg(target_arch = "wasm32")]
+pub use proxy::register;
+
+/// What the proxy should do with the request after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Wait: a call is in flight, or a local response was sent.
+    Pause,
+}
+
+/// Counter name for a decision of the policy `name`.
+pub fn counter_name(name: &str, decision: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("meshward_{name}_{decision}_total.reason.{r}"),
+        None => format!("meshward_{name}_{decision}_total"),
+    }
+}
+
+/// One request through one policy.
+pub struct Filter<P: Policy> {
+    policy: Rc<P>,
+    stage: P::Stage,
+    request: RequestState,
+}
+
+impl<P: Policy> Filter<P> {
+    pub fn new(policy: &Rc<P>) -> Self {
+        Filter {
+            policy: Rc::clone(policy),
+            stage: P::new_stage(policy),
+            request: RequestState::default(),
+        }
+    }
+
+    /// The request state the stage saw (principal included), for tests and chaining.
+    pub fn request(&self) -> &RequestState {
+        &self.request
+    }
+
+    pub fn on_request_headers(&mut self, host: &mut dyn Host) -> Verdict {
+        self.request.request_id = host.request_header("x-request-id");
+        self.request.method = host.request_header(":method").unwrap_or_default();
+        self.request.path = host.request_header(":path").unwrap_or_default();
+        let step = self.stage.on_request_headers(host, &mut self.request);
+        self.apply(host, step)
+    }
+
+    /// The answer to an HTTP call this request's stage dispatched.
+    pub fn on_http_call_response(&mut self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
+        let step = self.stage.on_http_call_response(host, &mut self.request, token, response);
+        if self.apply(host, step) == Verdict::Continue {
+            host.resume_request();
+        }
+    }
+
+    fn apply(&mut self, host: &mut dyn Host, step: Step) -> Verdict {
+        match step {
+            Step::Continue => {
+                host.increment_counter(&counter_name(P::NAME, "allowed", None), 1);
+                Verdict::Continue
+            }
+            Step::Pause => Verdict::Pause,
+            Step::Deny(denial) => {
+                let shadow = self.policy.mode() == Mode::Shadow;
+                let decision = if shadow { "shadow_denied" } else { "denied" };
+                host.increment_counter(&counter_name(P::NAME, decision, Some(denial.reason)), 1);
+                host.log(LogLevel::Info, &self.denial_log_line(&denial, shadow));
+                if shadow {
+                    return Verdict::Continue;
+                }
+                send_denial(host, &denial, self.request.request_id.as_deref());
+                Verdict::Pause
+            }
+        }
+    }
+
+    /// One JSON line per denial: request id, principal when known, route, reason.
+    fn denial_log_line(&self, denial: &Denial, shadow: bool) -> String {
+        let path = canonical_path(&self.request.path).unwrap_or_else(|_| "<invalid>".to_string());
+        let principal = self.request.principal.as_ref().and_then(|p| p.subject.clone());
+        let line = serde_json::json!({
+            "filter": format!("meshward_{}", P::NAME),
+            "decision": if shadow { "shadow_deny" } else { "deny" },
+            "status": denial.status(),
+            "reason": denial.reason,
+            "request_id": self.request.request_id,
+            "principal": principal,
+            "method": self.request.method,
+            "path": path,
+        });
+        format!("meshward_{}: {line}", P::NAME)
+    }
+}
+
+/// Sends the local response for a denial: status, challenge headers, JSON body.
+pub fn send_denial(host: &mut dyn Host, denial: &Denial, request_id: Option<&str>) {
+    let extra = denial.headers();
+    let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    headers.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
+    host.send_response(denial.status(), &headers, &denial.body(request_id));
+}
+
+#[cfg(test)]
+mod tests;
