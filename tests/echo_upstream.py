@@ -46,9 +46,12 @@ class StaticServer(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self.server.hits += 1
         body = self.server.content
+        # One request per connection, so stop() really takes the endpoint away.
+        self.close_connection = True
         self.send_response(self.server.status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
+        self.send_header("connection", "close")
         self.end_headers()
         self.wfile.write(body)
 

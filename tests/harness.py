@@ -165,6 +165,7 @@ class Envoy:
             "--admin-address-path", str(admin_file),
             "--log-path", str(self.dir / "envoy.log"),
             "--log-level", "info",
+            "--file-flush-interval-msec", "50",
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + self.start_timeout

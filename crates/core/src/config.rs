@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn unknown_field_is_named_with_its_path() {
         let err = parse_json::<Outer>(br#"{"providers": {"a": {"isuer": "x"}}}"#).unwrap_err();
-        assert_eq!(err.path, "providers.a");
+        assert_eq!(err.path, "providers.a.isuer");
         assert!(err.message.contains("unknown field `isuer`"), "{err}");
     }
 

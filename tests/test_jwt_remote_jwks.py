@@ -1,0 +1,137 @@
+"""Remote JWKS through Envoy's cluster: fetch, rotation, outage, fail-closed start, bounded refresh."""
+from __future__ import annotations
+
+import json
+import time
+
+from echo_upstream import jwks_server
+from harness import Envoy, build_config, plugin, static_cluster
+from tokens import AUDIENCE, ISSUER, KeyRing, bearer
+
+
+def remote_config(cache_duration: str = "600s") -> dict:
+    return {
+        "providers": {
+            "idp": {
+                "issuer": ISSUER,
+                "audiences": [AUDIENCE],
+                "remote_jwks": {
+                    "http_uri": {"uri": "http://idp.test/.well-known/jwks.json", "cluster": "jwks", "timeout": "1s"},
+                    "cache_duration": cache_duration,
+                },
+                "claim_to_headers": [{"header_name": "x-jwt-sub", "claim_name": "sub"}],
+            }
+        },
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+    }
+
+
+def start(upstream, server, cache_duration="600s", concurrency=1) -> Envoy:
+    cfg = build_config(upstream.port, [plugin("jwt", remote_config(cache_duration))], clusters=[static_cluster("jwks", server.port)])
+    env = Envoy(cfg, concurrency=concurrency)
+    env.start()
+    return env
+
+
+def jwks_bytes(ring: KeyRing, families=("rsa", "es256")) -> bytes:
+    return json.dumps(ring.jwks(families)).encode()
+
+
+def test_keys_are_fetched_and_rotation_is_picked_up(upstream):
+    old, new = KeyRing("-2025"), KeyRing("-2026")
+    server = jwks_server(jwks_bytes(old))
+    env = start(upstream, server)
+    try:
+        r = env.request("/orders", bearer(old.token("RS256")))
+        assert r.reached_upstream, r
+        assert r.upstream_headers()["x-jwt-sub"] == ["alice"]
+        # The issuer rotates: the old key is gone, a new kid signs.
+        server.set(content=jwks_bytes(new))
+        hits = server.httpd.hits
+        r = env.request("/orders", bearer(new.token("ES256", sub="after-rotation")))
+        assert r.reached_upstream, r
+        assert r.upstream_headers()["x-jwt-sub"] == ["after-rotation"]
+        assert server.httpd.hits == hits + 1, "exactly one refresh for the unknown kid"
+        # The old key was removed by the issuer, so its tokens now fail.
+        r = env.request("/orders", bearer(old.token("RS256")))
+        assert r.status == 401 and r.reason == "unknown_kid", r
+    finally:
+        env.stop()
+        server.stop()
+
+
+def test_unknown_kids_do_not_cause_a_fetch_per_request(upstream):
+    ring = KeyRing()
+    server = jwks_server(jwks_bytes(ring))
+    env = start(upstream, server, concurrency=2)
+    try:
+        assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
+        hits = server.httpd.hits
+        for i in range(30):
+            r = env.request("/orders", bearer(ring.token("RS256", kid=f"unknown-{i}")))
+            assert r.status == 401 and r.reason == "unknown_kid", r
+        # At most one on-demand refresh per worker VM in the refresh interval.
+        assert server.httpd.hits - hits <= 2, server.httpd.hits - hits
+    finally:
+        env.stop()
+        server.stop()
+
+
+def test_server_down_keeps_last_good_keys(upstream):
+    ring = KeyRing()
+    server = jwks_server(jwks_bytes(ring))
+    env = start(upstream, server, cache_duration="1s")
+    try:
+        assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
+        server.stop()
+        # Several refresh periods pass with the JWKS server unreachable.
+        env.wait_for_log(r"JWKS fetch from http://idp.test/.well-known/jwks.json failed.*keeping the last good key set")
+        assert env.counter("meshward_jwt_jwks_fetch_failed") >= 1
+        r = env.request("/orders", bearer(ring.token("ES256", sub="still-ok")))
+        assert r.reached_upstream, r
+        # A server that answers with garbage does not replace the keys either.
+        server.set(content=b"<html>maintenance</html>", status=200)
+        server.start()
+        env.wait_for_log(r"failed: JWKS is not a JSON object")
+        assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
+    finally:
+        env.stop()
+        server.stop()
+
+
+def test_no_keys_yet_denies(upstream):
+    ring = KeyRing()
+    server = jwks_server(jwks_bytes(ring))
+    server.stop()  # the port is known but nothing listens: the IdP is down from the start
+    env = start(upstream, server)
+    try:
+        for _ in range(3):
+            r = env.request("/orders", bearer(ring.token("RS256")))
+            assert r.status == 401 and r.reason == "jwks_unavailable", r
+            assert not r.reached_upstream
+        # Once the IdP is back, an on-demand or scheduled fetch brings the keys.
+        server.start()
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            r = env.request("/orders", bearer(ring.token("RS256")))
+            if r.reached_upstream:
+                break
+            assert r.status == 401 and r.reason == "jwks_unavailable", r
+            time.sleep(0.5)
+        assert r.reached_upstream, r
+    finally:
+        env.stop()
+        server.stop()
+
+
+def test_non_200_jwks_is_not_accepted(upstream):
+    ring = KeyRing()
+    server = jwks_server(jwks_bytes(ring), status=500)
+    env = start(upstream, server)
+    try:
+        r = env.request("/orders", bearer(ring.token("RS256")))
+        assert r.status == 401 and r.reason == "jwks_unavailable", r
+        env.wait_for_log(r"HTTP status 500")
+    finally:
+        env.stop()
+        server.stop()
