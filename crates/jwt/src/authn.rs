@@ -114,3 +114,7 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
         Err(e) => Outcome::Denied(e),
     }
 }
+
+#[cfg(test)]
+#[path = "authn_tests.rs"]
+mod tests;

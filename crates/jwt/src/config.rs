@@ -453,3 +453,95 @@ fn compile_remote(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigErro
         cache_duration,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{local_config, TestKeys};
+    use serde_json::{json, Value};
+
+    fn parse(v: &Value) -> Result<JwtConfig, ConfigError> {
+        JwtConfig::parse(v.to_string().as_bytes(), &|name| (name == "JWKS").then(|| TestKeys::new().jwks()))
+    }
+
+    fn base() -> Value {
+        serde_json::from_str(&local_config(&TestKeys::new().jwks(), json!({}))).unwrap()
+    }
+
+    #[test]
+    fn defaults_mirror_jwt_authn_with_safer_choices() {
+        let cfg = parse(&base()).unwrap();
+        let p = &cfg.providers[0];
+        assert_eq!(p.from_headers, vec![TokenLocation { header: "authorization".into(), value_prefix: "Bearer ".into() }]);
+        assert!(!p.forward);
+        assert!(p.require_expiration);
+        assert_eq!(p.clock_skew_seconds, 60);
+        assert_eq!(cfg.mode, Mode::Enforce);
+        assert_eq!(cfg.max_token_bytes, 8192);
+        assert!(cfg.rule_for("/api/x").is_some_and(|r| r.requires.is_some()));
+        assert!(cfg.rule_for("/public").is_some_and(|r| r.requires.is_none()));
+        assert!(cfg.rule_for("/other").is_none());
+    }
+
+    #[test]
+    fn remote_jwks_uri_is_split_for_the_cluster_call() {
+        let mut v = base();
+        v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks");
+        v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://idp.example.com:8443/keys?v=2", "cluster": "idp", "timeout": "2s"}, "cache_duration": "30s"});
+        let cfg = parse(&v).unwrap();
+        let KeySource::Remote(r) = &cfg.providers[0].keys else { panic!("remote expected") };
+        assert_eq!((r.authority.as_str(), r.path.as_str(), r.cluster.as_str()), ("idp.example.com:8443", "/keys?v=2", "idp"));
+        assert_eq!((r.timeout, r.cache_duration), (Duration::from_secs(2), Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn jwks_from_the_vm_environment() {
+        let mut v = base();
+        v["providers"]["main"]["local_jwks"] = json!({"environment_variable": "JWKS"});
+        assert!(parse(&v).is_ok());
+        v["providers"]["main"]["local_jwks"] = json!({"environment_variable": "UNSET"});
+        assert_eq!(parse(&v).unwrap_err().path, "providers.main.local_jwks.environment_variable");
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_naming_the_field() {
+        type Edit = fn(&mut Value);
+        let cases: Vec<(&str, Edit, &str)> = vec![
+            ("unknown top-level field", |v| v["rulez"] = json!([]), "rulez"),
+            ("misspelled provider field", |v| v["providers"]["main"]["isuer"] = json!("x"), "providers.main.isuer"),
+            ("no issuer", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("issuer"); }, "providers.main.issuer"),
+            ("blank issuer", |v| v["providers"]["main"]["issuer"] = json!(" "), "providers.main.issuer"),
+            ("no audiences", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("audiences"); }, "providers.main.audiences"),
+            ("empty audiences", |v| v["providers"]["main"]["audiences"] = json!([]), "providers.main.audiences"),
+            ("empty audience", |v| v["providers"]["main"]["audiences"] = json!([""]), "providers.main.audiences"),
+            ("no keys", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); }, "providers.main"),
+            ("both key sources", |v| v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://a/b", "cluster": "c"}}), "providers.main"),
+            ("bad jwks", |v| v["providers"]["main"]["local_jwks"] = json!({"inline_string": "{\"keys\": [{\"kty\": \"RSA\"}]}"}), "providers.main.local_jwks"),
+            ("short hmac key", |v| v["providers"]["main"]["local_jwks"] = json!({"inline_string": "{\"keys\": [{\"kty\": \"oct\", \"k\": \"c2hvcnQ\"}]}"}), "providers.main.local_jwks"),
+            ("no providers", |v| v["providers"] = json!({}), "providers"),
+            ("no rules", |v| v["rules"] = json!([]), "rules"),
+            ("relative match", |v| v["rules"][0]["match"] = json!({"prefix": "api"}), "rules[0].match"),
+            ("regex match", |v| v["rules"][0]["match"] = json!({"safe_regex": ".*"}), "rules[0].match"),
+            ("unknown provider", |v| v["rules"][1]["requires"] = json!({"provider_name": "nope"}), "rules[1].requires.provider_name"),
+            ("empty requires_any", |v| v["rules"][1]["requires"] = json!({"requires_any": {"requirements": []}}), "rules[1].requires.requires_any"),
+            ("allow_missing_or_failed is not offered", |v| v["rules"][1]["requires"] = json!({"allow_missing_or_failed": {}}), "rules[1].requires"),
+            ("bad mode", |v| v["mode"] = json!("audit"), "mode"),
+            ("claim into host header", |v| v["providers"]["main"]["claim_to_headers"] = json!([{"header_name": "Host", "claim_name": "sub"}]), "providers.main.claim_to_headers[0].header_name"),
+            ("claim into token header", |v| v["providers"]["main"]["claim_to_headers"] = json!([{"header_name": "authorization", "claim_name": "sub"}]), "providers.main.claim_to_headers[0].header_name"),
+            ("pseudo header", |v| v["providers"]["main"]["from_headers"] = json!([{"name": ":path"}]), "providers.main.from_headers[0].name"),
+            ("skew too large", |v| v["providers"]["main"]["clock_skew_seconds"] = json!(3600), "providers.main.clock_skew_seconds"),
+            ("token cap too small", |v| v["max_token_bytes"] = json!(10), "max_token_bytes"),
+            ("wrong type", |v| v["providers"]["main"]["forward"] = json!("yes"), "providers.main.forward"),
+            ("uri without scheme", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "idp/jwks", "cluster": "c"}}); }, "providers.main.remote_jwks.http_uri.uri"),
+            ("uri with userinfo", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://u:p@idp/jwks", "cluster": "c"}}); }, "providers.main.remote_jwks.http_uri.uri"),
+            ("bad timeout", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://idp/jwks", "cluster": "c", "timeout": "5"}}); }, "providers.main.remote_jwks.http_uri.timeout"),
+            ("tiny cache duration", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://idp/jwks", "cluster": "c"}, "cache_duration": "0.1s"}); }, "providers.main.remote_jwks.cache_duration"),
+        ];
+        for (name, edit, path) in cases {
+            let mut v = base();
+            edit(&mut v);
+            let err = parse(&v).err().unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(err.path.starts_with(path), "{name}: {err}");
+        }
+    }
+}

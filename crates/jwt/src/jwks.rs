@@ -314,3 +314,74 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
         keys,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::TestKeys;
+    use serde_json::json;
+
+    fn algs(set: &KeySet) -> Vec<Vec<Algorithm>> {
+        set.keys.iter().map(|k| k.keys.iter().map(VerifyingKey::algorithm).collect()).collect()
+    }
+
+    #[test]
+    fn key_types_expand_to_their_algorithms() {
+        let parsed = parse_jwks(TestKeys::new().jwks().as_bytes(), true).unwrap();
+        assert_eq!(
+            algs(&parsed.set),
+            vec![
+                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                vec![Algorithm::ES256],
+                vec![Algorithm::EdDSA],
+            ]
+        );
+        let hs32 = json!({"keys": [{"kty": "oct", "k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]});
+        // A 32-byte secret is long enough for HS256 only (RFC 7518 §3.2).
+        assert_eq!(algs(&parse_jwks(hs32.to_string().as_bytes(), true).unwrap().set), vec![vec![Algorithm::HS256]]);
+        let pinned = json!({"keys": [{"kty": "oct", "alg": "HS512", "k": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}]});
+        assert_eq!(algs(&parse_jwks(pinned.to_string().as_bytes(), true).unwrap().set), vec![vec![Algorithm::HS512]]);
+    }
+
+    #[test]
+    fn fetched_sets_skip_what_they_cannot_use_configured_sets_refuse_it() {
+        let good: serde_json::Value = serde_json::from_str(&TestKeys::new().jwks()).unwrap();
+        let mut keys = good["keys"].as_array().unwrap().clone();
+        keys.push(json!({"kty": "RSA", "use": "enc", "n": "AQAB", "e": "AQAB"}));
+        keys.push(json!({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}));
+        let doc = json!({"keys": keys}).to_string();
+        let lenient = parse_jwks(doc.as_bytes(), false).unwrap();
+        assert_eq!(lenient.set.keys.len(), 3);
+        assert_eq!(lenient.skipped.len(), 2);
+        assert!(parse_jwks(doc.as_bytes(), true).unwrap_err().0.contains("keys[4]: unsupported EC curve"));
+    }
+
+    #[test]
+    fn broken_sets_are_refused() {
+        let cases = [
+            ("not json".to_string(), "not a JSON object"),
+            (json!({"keys": []}).to_string(), "no usable signature key"),
+            (json!({"kid": "x"}).to_string(), "not a JSON object"),
+            (json!({"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}).to_string(), "needs at least 32"),
+            (json!({"keys": [{"kty": "oct", "alg": "RS256", "k": "AAAA"}]}).to_string(), "does not fit kty"),
+            (json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}).to_string(), "invalid RSA key"),
+            (json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}]}).to_string(), "invalid EC key"),
+            (json!({"keys": [{"kty": "OKP", "crv": "X25519", "x": "AAAA"}]}).to_string(), "unsupported OKP curve"),
+            (json!({"keys": [{"kty": "oct", "alg": "none", "k": "AAAA"}]}).to_string(), "unsupported `alg`"),
+            (json!({"keys": [{"kty": "oct", "k": "!!"}]}).to_string(), "not base64url"),
+            (format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(MAX_JWKS_BYTES)), "more than"),
+        ];
+        for (doc, want) in cases {
+            let err = parse_jwks(doc.as_bytes(), true).unwrap_err().0;
+            assert!(err.contains(want), "{doc:.80}: {err}");
+        }
+    }
+
+    #[test]
+    fn hmac_keys_are_never_printed() {
+        let parsed = parse_jwks(TestKeys::new().jwks().as_bytes(), true).unwrap();
+        let printed = format!("{:?}", parsed.set);
+        assert!(printed.contains("VerifyingKey(HS256)"));
+        assert!(!printed.contains("AAECAwQ"), "{printed}");
+    }
+}

@@ -10,6 +10,8 @@ pub mod config;
 mod error;
 pub mod jwks;
 pub mod stage;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod verify;
 
 pub use config::JwtConfig;

@@ -1,0 +1,200 @@
+//! Why a request is allowed or denied: one row per case.
+
+use std::rc::Rc;
+
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::config::{JwtConfig, KeySource};
+use crate::testkit::{b64, hs256, local_config, TestKeys, AUDIENCE, ISSUER, NOW};
+
+fn config(keys: &TestKeys, extra: Value) -> JwtConfig {
+    JwtConfig::parse(local_config(&keys.jwks(), extra).as_bytes(), &|_| None).unwrap()
+}
+
+fn local_keys(config: &JwtConfig) -> impl Fn(usize) -> Option<Rc<KeySet>> + '_ {
+    move |i| match &config.providers[i].keys {
+        KeySource::Local(k) => Some(Rc::clone(k)),
+        KeySource::Remote(_) => None,
+    }
+}
+
+fn decide(config: &JwtConfig, authorization: Option<&str>) -> Outcome {
+    let auth = authorization.map(str::to_string);
+    let header = move |name: &str| if name == "authorization" { auth.clone() } else { None };
+    let keys = local_keys(config);
+    let requirement = Requirement::Provider(0);
+    authenticate(
+        config,
+        &requirement,
+        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, now: NOW },
+    )
+}
+
+fn with(changes: Value) -> Map<String, Value> {
+    let mut c = TestKeys::claims();
+    for (k, v) in changes.as_object().unwrap() {
+        if v.is_null() {
+            c.remove(k);
+        } else {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn denied(outcome: Outcome) -> JwtError {
+    match outcome {
+        Outcome::Denied(e) => e,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_tokens_for_each_key_type_are_allowed() {
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    for (alg, kid) in [("HS256", Some("hs")), ("ES256", Some("es")), ("EdDSA", Some("ed")), ("ES256", None), ("HS256", None)] {
+        let token = keys.sign(alg, kid, &TestKeys::claims());
+        match decide(&cfg, Some(&format!("Bearer {token}"))) {
+            Outcome::Allowed(Some(a)) => {
+                assert_eq!(a.principal.subject.as_deref(), Some("alice"), "{alg}");
+                assert_eq!(a.principal.tenant.as_deref(), Some("acme"));
+                assert_eq!(a.principal.scopes, vec!["orders:read", "orders:write"]);
+                assert_eq!(a.principal.audiences, vec![AUDIENCE]);
+                assert_eq!(a.token_header, "authorization");
+            }
+            other => panic!("{alg} {kid:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn deny_reasons() {
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    let other = TestKeys::new();
+    let sign = |claims: Map<String, Value>| keys.sign("ES256", Some("es"), &claims);
+    let forged_hs_with_ec_kid = hs256(
+        &keys.es.public_key().to_bytes(),
+        &json!({"alg": "HS256", "kid": "es"}),
+        &TestKeys::claims(),
+    );
+    let crit = hs256(&keys.hmac_secret, &json!({"alg": "HS256", "kid": "hs", "crit": ["b64"], "b64": false}), &TestKeys::claims());
+    let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(Value::Object(TestKeys::claims()).to_string().as_bytes()));
+    let unknown_alg = hs256(&keys.hmac_secret, &json!({"alg": "HS1024", "kid": "hs"}), &TestKeys::claims());
+    let tampered = {
+        let good = sign(TestKeys::claims());
+        let evil = sign(with(json!({"sub": "admin"})));
+        let g: Vec<&str> = good.split('.').collect();
+        let e: Vec<&str> = evil.split('.').collect();
+        format!("{}.{}.{}", g[0], e[1], g[2])
+    };
+    let cases: Vec<(&str, Option<String>, JwtError)> = vec![
+        ("no header", None, JwtError::MissingToken),
+        ("other scheme", Some(format!("Basic {}", sign(TestKeys::claims()))), JwtError::MissingToken),
+        ("empty bearer", Some("Bearer ".into()), JwtError::MissingToken),
+        ("one segment", Some("Bearer abc".into()), JwtError::MalformedToken),
+        ("four segments", Some("Bearer a.b.c.d".into()), JwtError::MalformedToken),
+        ("header not base64", Some("Bearer !!.e30.sig".into()), JwtError::MalformedToken),
+        ("header not json", Some(format!("Bearer {}.e30.c2ln", b64(b"nope"))), JwtError::MalformedToken),
+        ("too large", Some(format!("Bearer {}", sign(with(json!({"pad": "x".repeat(9000)}))))), JwtError::TokenTooLarge),
+        ("alg none", Some(format!("Bearer {none}")), JwtError::UnsupportedAlgorithm),
+        ("unknown alg", Some(format!("Bearer {unknown_alg}")), JwtError::UnsupportedAlgorithm),
+        ("crit", Some(format!("Bearer {crit}")), JwtError::UnsupportedCritical),
+        ("unknown kid", Some(format!("Bearer {}", keys.sign("ES256", Some("gone"), &TestKeys::claims()))), JwtError::UnknownKid),
+        ("EC key used as HMAC secret", Some(format!("Bearer {forged_hs_with_ec_kid}")), JwtError::AlgorithmMismatch),
+        ("other signer, same kid", Some(format!("Bearer {}", other.sign("ES256", Some("es"), &TestKeys::claims()))), JwtError::BadSignature),
+        ("other hmac secret", Some(format!("Bearer {}", hs256(b"another-secret-another-secret-xx", &json!({"alg":"HS256","kid":"hs"}), &TestKeys::claims()))), JwtError::BadSignature),
+        ("payload swapped", Some(format!("Bearer {tampered}")), JwtError::BadSignature),
+        ("expired beyond skew", Some(format!("Bearer {}", sign(with(json!({"exp": NOW - 61}))))), JwtError::Expired),
+        ("nbf beyond skew", Some(format!("Bearer {}", sign(with(json!({"nbf": NOW + 61}))))), JwtError::NotYetValid),
+        ("iat far in the future", Some(format!("Bearer {}", sign(with(json!({"iat": NOW + 3600}))))), JwtError::NotYetValid),
+        ("no exp", Some(format!("Bearer {}", sign(with(json!({"exp": null}))))), JwtError::MissingExpiration),
+        ("wrong iss", Some(format!("Bearer {}", sign(with(json!({"iss": "https://evil.test"}))))), JwtError::WrongIssuer),
+        ("no iss", Some(format!("Bearer {}", sign(with(json!({"iss": null}))))), JwtError::WrongIssuer),
+        ("iss differs in case", Some(format!("Bearer {}", sign(with(json!({"iss": ISSUER.to_uppercase()}))))), JwtError::WrongIssuer),
+        ("wrong aud", Some(format!("Bearer {}", sign(with(json!({"aud": "payments"}))))), JwtError::WrongAudience),
+        ("no aud", Some(format!("Bearer {}", sign(with(json!({"aud": null}))))), JwtError::WrongAudience),
+        ("aud array without ours", Some(format!("Bearer {}", sign(with(json!({"aud": ["a", "b"]}))))), JwtError::WrongAudience),
+    ];
+    for (name, header, want) in cases {
+        assert_eq!(denied(decide(&cfg, header.as_deref())), want, "{name}");
+    }
+}
+
+#[test]
+fn clock_skew_and_optional_expiration() {
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    let ok = |cfg: &JwtConfig, claims| matches!(decide(cfg, Some(&format!("Bearer {}", keys.sign("HS256", Some("hs"), &claims)))), Outcome::Allowed(Some(_)));
+    assert!(ok(&cfg, with(json!({"exp": NOW - 59}))), "within the default 60 s skew");
+    assert!(ok(&cfg, with(json!({"nbf": NOW + 59}))));
+    assert!(ok(&cfg, with(json!({"aud": ["other", AUDIENCE]}))));
+    assert!(ok(&cfg, with(json!({"bearer-case": 1}))));
+    let strict = config(&keys, json!({"clock_skew_seconds": 0}));
+    assert!(!ok(&strict, with(json!({"exp": NOW - 1}))));
+    let lax = config(&keys, json!({"require_expiration": false}));
+    assert!(ok(&lax, with(json!({"exp": null}))));
+    // Lower-case scheme is the same scheme (RFC 7235).
+    let token = keys.sign("HS256", Some("hs"), &TestKeys::claims());
+    assert!(matches!(decide(&cfg, Some(&format!("bearer {token}"))), Outcome::Allowed(Some(_))));
+}
+
+#[test]
+fn requirement_combinations() {
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    let keys_fn = local_keys(&cfg);
+    let good = format!("Bearer {}", keys.sign("HS256", Some("hs"), &TestKeys::claims()));
+    let expired = format!("Bearer {}", keys.sign("HS256", Some("hs"), &with(json!({"exp": NOW - 600}))));
+    let run = |req: &Requirement, auth: Option<&str>| {
+        let auth = auth.map(str::to_string);
+        let header = move |n: &str| if n == "authorization" { auth.clone() } else { None };
+        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, now: NOW })
+    };
+    let optional = Requirement::Any(vec![Requirement::Provider(0), Requirement::AllowMissing]);
+    assert_eq!(run(&optional, None), Outcome::Allowed(None));
+    assert!(matches!(run(&optional, Some(&good)), Outcome::Allowed(Some(_))));
+    // Present but invalid: the deepest failure is reported, not "missing".
+    assert_eq!(run(&optional, Some(&expired)), Outcome::Denied(JwtError::Expired));
+    assert_eq!(run(&Requirement::AllowMissing, None), Outcome::Allowed(None));
+    assert_eq!(run(&Requirement::AllowMissing, Some(&expired)), Outcome::Denied(JwtError::Expired));
+    let both = Requirement::All(vec![Requirement::Provider(0), Requirement::Provider(0)]);
+    assert!(matches!(run(&both, Some(&good)), Outcome::Allowed(Some(_))));
+    assert_eq!(run(&both, None), Outcome::Denied(JwtError::MissingToken));
+}
+
+fn remote_config() -> JwtConfig {
+    let json = json!({
+        "providers": {"idp": {"issuer": ISSUER, "audiences": [AUDIENCE],
+            "remote_jwks": {"http_uri": {"uri": "https://idp.test/jwks", "cluster": "idp"}}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+    });
+    JwtConfig::parse(json.to_string().as_bytes(), &|_| None).unwrap()
+}
+
+#[test]
+fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
+    let keys = TestKeys::new();
+    let cfg = remote_config();
+    let token = format!("Bearer {}", keys.sign("ES256", Some("new-kid"), &TestKeys::claims()));
+    let header = |n: &str| if n == "authorization" { Some(token.clone()) } else { None };
+    let cached = Rc::new(crate::jwks::parse_jwks(keys.jwks().as_bytes(), true).unwrap().set);
+    let req = Requirement::Provider(0);
+    let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>, may: bool| {
+        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, now: NOW })
+    };
+    // No keys yet.
+    assert_eq!(run(&|_| None, true), Outcome::NeedKeys(0));
+    assert_eq!(run(&|_| None, false), Outcome::Denied(JwtError::JwksUnavailable));
+    // Keys cached, but not this kid.
+    assert_eq!(run(&|_| Some(Rc::clone(&cached)), true), Outcome::NeedKeys(0));
+    assert_eq!(run(&|_| Some(Rc::clone(&cached)), false), Outcome::Denied(JwtError::UnknownKid));
+    // No token: no fetch is needed to say so.
+    let none = |_: &str| None;
+    assert_eq!(
+        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, now: NOW }),
+        Outcome::Denied(JwtError::MissingToken)
+    );
+}
