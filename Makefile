@@ -22,7 +22,7 @@ PYTEST_ARGS ?= -q
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter)
 	mkdir -p $(DIST)
-	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f).wasm $(DIST)/;)
+	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f)_filter.wasm $(DIST)/meshward_$(f).wasm;)
 	@ls -l $(DIST)/*.wasm
 
 wasm-target:

@@ -122,5 +122,3 @@ pub fn send_denial(host: &mut dyn Host, denial: &Denial, request_id: Option<&str
     host.send_response(denial.status(), &headers, &denial.body(request_id));
 }
 
-#[cfg(test)]
-mod tests;

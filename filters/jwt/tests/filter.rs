@@ -1,0 +1,235 @@
+//! The JWT filter driven through the fake host: the same code path as in Envoy, minus the
+//! hostcalls (the proxy-wasm glue only forwards to `Filter`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use meshward_core::{Policy, PRINCIPAL_PROPERTY};
+use meshward_host::{FakeHost, Host, HttpCallResponse, LogLevel};
+use meshward_jwt::testkit::{local_config, TestKeys};
+use meshward_jwt::JwtPolicy;
+use meshward_runtime::{Filter, Verdict};
+use serde_json::{json, Value};
+
+fn policy(config: &str) -> Rc<JwtPolicy> {
+    Rc::new(JwtPolicy::configure(config.as_bytes(), &FakeHost::default()).unwrap())
+}
+
+fn request(path: &str, extra: &[(&str, &str)]) -> FakeHost {
+    let mut headers = vec![(":method", "GET"), (":path", path), ("x-request-id", "req-1")];
+    headers.extend_from_slice(extra);
+    FakeHost::with_request(&headers)
+}
+
+fn body(host: &FakeHost) -> Value {
+    serde_json::from_slice(&host.sent.as_ref().unwrap().body).unwrap()
+}
+
+#[test]
+fn valid_token_publishes_principal_sets_claim_headers_and_strips_spoofs() {
+    let keys = TestKeys::new();
+    let policy = policy(&local_config(&keys.jwks(), json!({})));
+    let token = keys.sign("ES256", Some("es"), &TestKeys::claims());
+    let bearer = format!("Bearer {token}");
+    let mut host = request("/api/orders", &[("authorization", &bearer), ("x-jwt-sub", "admin")]);
+    let mut filter = Filter::new(&policy);
+    assert_eq!(filter.on_request_headers(&mut host), Verdict::Continue);
+    assert!(host.sent.is_none());
+    assert_eq!(host.request_header("x-jwt-sub").as_deref(), Some("alice"));
+    assert_eq!(host.request_headers.iter().filter(|(n, _)| n == "x-jwt-sub").count(), 1);
+    assert_eq!(host.request_header("authorization"), None, "forward: false removes the token");
+    let published: Value = serde_json::from_slice(&host.properties[&vec![PRINCIPAL_PROPERTY.to_string()]]).unwrap();
+    assert_eq!(published["subject"], "alice");
+    assert_eq!(published["tenant"], "acme");
+    assert_eq!(filter.request().principal.as_ref().unwrap().subject.as_deref(), Some("alice"));
+    assert_eq!(host.counter("meshward_jwt_allowed_total"), 1);
+}
+
+#[test]
+fn forward_keeps_the_token() {
+    let keys = TestKeys::new();
+    let policy = policy(&local_config(&keys.jwks(), json!({"forward": true})));
+    let bearer = format!("Bearer {}", keys.sign("HS256", Some("hs"), &TestKeys::claims()));
+    let mut host = request("/api/x", &[("authorization", &bearer)]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(host.request_header("authorization"), Some(bearer));
+}
+
+#[test]
+fn denial_sends_401_json_and_counts_and_logs_once() {
+    let keys = TestKeys::new();
+    let policy = policy(&local_config(&keys.jwks(), json!({})));
+    let mut host = request("/api/orders?token=secret", &[("x-jwt-sub", "admin")]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    let sent = host.sent.clone().unwrap();
+    assert_eq!(sent.status, 401);
+    assert_eq!(sent.header("content-type"), Some("application/json"));
+    assert_eq!(sent.header("www-authenticate"), Some("Bearer realm=\"meshward\""));
+    assert_eq!(body(&host), json!({"error": "a bearer token is required", "reason": "missing_token", "request_id": "req-1"}));
+    assert_eq!(host.counter("meshward_jwt_denied_total.reason.missing_token"), 1);
+    assert_eq!(host.counter("meshward_jwt_allowed_total"), 0);
+    // The spoofed claim header is gone even though the request was denied.
+    assert_eq!(host.request_header("x-jwt-sub"), None);
+    let logs: Vec<_> = host.logs().into_iter().filter(|(_, l)| l.contains("\"decision\"")).collect();
+    assert_eq!(logs.len(), 1);
+    let line: Value = serde_json::from_str(logs[0].1.trim_start_matches("meshward_jwt: ")).unwrap();
+    assert_eq!(line["reason"], "missing_token");
+    assert_eq!(line["path"], "/api/orders", "query strings (which may hold secrets) are not logged");
+    assert_eq!(line["request_id"], "req-1");
+}
+
+#[test]
+fn wrong_audience_is_403_with_invalid_token_challenge() {
+    let keys = TestKeys::new();
+    let policy = policy(&local_config(&keys.jwks(), json!({})));
+    let mut claims = TestKeys::claims();
+    claims.insert("aud".into(), json!("payments-api"));
+    let bearer = format!("Bearer {}", keys.sign("EdDSA", Some("ed"), &claims));
+    let mut host = request("/api/x", &[("authorization", &bearer)]);
+    Filter::new(&policy).on_request_headers(&mut host);
+    let sent = host.sent.clone().unwrap();
+    assert_eq!(sent.status, 403);
+    assert!(sent.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
+    assert_eq!(body(&host)["reason"], "wrong_audience");
+}
+
+#[test]
+fn unmatched_routes_and_ambiguous_paths_are_denied() {
+    let keys = TestKeys::new();
+    let policy = policy(&local_config(&keys.jwks(), json!({})));
+    for (path, status, reason) in [("/admin", 403, "route_not_covered"), ("/public%2f..%2fapi", 400, "invalid_path"), ("/public/../api/x", 401, "missing_token")] {
+        let mut host = request(path, &[]);
+        assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause, "{path}");
+        assert_eq!(host.sent.as_ref().unwrap().status, status, "{path}");
+        assert_eq!(body(&host)["reason"], reason, "{path}");
+    }
+    let mut host = request("/public/info", &[]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+}
+
+#[test]
+fn shadow_mode_counts_and_lets_through() {
+    let keys = TestKeys::new();
+    let mut config: Value = serde_json::from_str(&local_config(&keys.jwks(), json!({}))).unwrap();
+    config["mode"] = json!("shadow");
+    let policy = policy(&config.to_string());
+    let mut host = request("/api/x", &[("authorization", "Bearer not.a.token")]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert!(host.sent.is_none());
+    assert_eq!(host.counter("meshward_jwt_shadow_denied_total.reason.malformed_token"), 1);
+    assert_eq!(host.counter("meshward_jwt_denied_total.reason.malformed_token"), 0);
+    assert!(host.logs().iter().any(|(_, l)| l.contains("\"decision\":\"shadow_deny\"")));
+}
+
+fn remote_policy() -> Rc<JwtPolicy> {
+    policy(
+        &json!({
+            "providers": {"idp": {"issuer": meshward_jwt::testkit::ISSUER, "audiences": [meshward_jwt::testkit::AUDIENCE],
+                "remote_jwks": {"http_uri": {"uri": "https://idp.test/jwks", "cluster": "idp", "timeout": "1s"}, "cache_duration": "60s"}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+        })
+        .to_string(),
+    )
+}
+
+fn jwks_response(jwks: &str) -> HttpCallResponse {
+    HttpCallResponse { status: Some(200), headers: vec![], body: jwks.as_bytes().to_vec() }
+}
+
+#[test]
+fn remote_jwks_lifecycle_through_the_host() {
+    let keys = TestKeys::new();
+    let policy = remote_policy();
+    let mut root = FakeHost::default();
+
+    // Start: tick scheduled, first fetch dispatched to the configured cluster.
+    JwtPolicy::start(&policy, &mut root);
+    assert_eq!(root.tick_period, Some(Duration::from_secs(1)));
+    assert_eq!(root.calls.len(), 1);
+    assert_eq!((root.calls[0].cluster.as_str(), root.calls[0].authority.as_str(), root.calls[0].path.as_str()), ("idp", "idp.test", "/jwks"));
+    // Not due again while in flight.
+    JwtPolicy::on_tick(&policy, &mut root);
+    assert_eq!(root.calls.len(), 1);
+    let first = root.calls[0].token;
+    JwtPolicy::on_http_call_response(&policy, &mut root, first, jwks_response(&keys.jwks()));
+    assert_eq!(root.counter("meshward_jwt_jwks_fetch_ok"), 1);
+
+    let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+
+    // Rotation: a new kid triggers one on-demand fetch; the request waits, then passes.
+    let rotated = TestKeys::new();
+    let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2026"), &TestKeys::claims()));
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    let mut filter = Filter::new(&policy);
+    assert_eq!(filter.on_request_headers(&mut host), Verdict::Pause);
+    assert!(host.sent.is_none());
+    assert_eq!(host.calls.len(), 1);
+    let token = host.calls[0].token;
+    filter.on_http_call_response(&mut host, token, jwks_response(&rotated.jwks_with_kids("hs-2026", "es-2026", "ed-2026")));
+    assert_eq!(host.resumed, 1);
+    assert!(host.sent.is_none());
+
+    // Another unknown kid right after: no second on-demand fetch inside the interval.
+    let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2027"), &TestKeys::claims()));
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    assert!(host.calls.is_empty());
+    assert_eq!(body(&host)["reason"], "unknown_kid");
+
+    // Scheduled refresh fails: the last good keys stay.
+    root.now += Duration::from_secs(61);
+    JwtPolicy::on_tick(&policy, &mut root);
+    assert_eq!(root.calls.len(), 2);
+    let second = root.calls[1].token;
+    JwtPolicy::on_http_call_response(&policy, &mut root, second, HttpCallResponse { status: Some(503), ..Default::default() });
+    assert_eq!(root.counter("meshward_jwt_jwks_fetch_failed"), 1);
+    assert!(root.logs().iter().any(|(level, l)| *level == LogLevel::Warn && l.contains("keeping the last good key set")));
+    let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2026"), &TestKeys::claims()));
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+}
+
+#[test]
+fn no_keys_yet_is_a_denial_never_an_allow() {
+    let keys = TestKeys::new();
+    let policy = remote_policy();
+    let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
+
+    // The fetch this request triggers fails: deny.
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    let mut filter = Filter::new(&policy);
+    assert_eq!(filter.on_request_headers(&mut host), Verdict::Pause);
+    let token = host.calls[0].token;
+    filter.on_http_call_response(&mut host, token, HttpCallResponse::default());
+    assert_eq!(host.resumed, 0);
+    assert_eq!(host.sent.as_ref().unwrap().status, 401);
+    assert_eq!(body(&host)["reason"], "jwks_unavailable");
+
+    // The proxy refuses the call outright (unknown cluster): deny at once.
+    let policy = remote_policy();
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    host.refuse_calls = Some("BadArgument".into());
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(body(&host)["reason"], "jwks_unavailable");
+}
+
+#[test]
+fn garbage_jwks_does_not_replace_good_keys() {
+    let keys = TestKeys::new();
+    let policy = remote_policy();
+    let mut root = FakeHost::default();
+    JwtPolicy::start(&policy, &mut root);
+    let first = root.calls[0].token;
+    JwtPolicy::on_http_call_response(&policy, &mut root, first, jwks_response(&keys.jwks()));
+    root.now += Duration::from_secs(61);
+    JwtPolicy::on_tick(&policy, &mut root);
+    let second = root.calls[1].token;
+    JwtPolicy::on_http_call_response(&policy, &mut root, second, jwks_response("<html>"));
+    assert_eq!(root.counter("meshward_jwt_jwks_fetch_failed"), 1);
+    let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
+    let mut host = request("/x", &[("authorization", &bearer)]);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+}
