@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 
 from echo_upstream import jwks_server
 from harness import Envoy, build_config, plugin, static_cluster
@@ -26,11 +27,21 @@ def remote_config(cache_duration: str = "600s") -> dict:
     }
 
 
-def start(upstream, server, cache_duration="600s", concurrency=1) -> Envoy:
+@contextmanager
+def idp_and_envoy(upstream, content: bytes, status: int = 200, idp_up: bool = True, cache_duration="600s", concurrency=1):
+    """A JWKS server (stopped at once when not `idp_up`) and an Envoy fetching from it."""
+    server = jwks_server(content, status)
+    if not idp_up:
+        server.stop()  # the port is known but nothing listens: the IdP is down
     cfg = build_config(upstream.port, [plugin("jwt", remote_config(cache_duration))], clusters=[static_cluster("jwks", server.port)])
     env = Envoy(cfg, concurrency=concurrency)
-    env.start()
-    return env
+    try:
+        env.start()
+        yield env, server
+    finally:
+        env.stop()
+        server.stop()
+        env.cleanup()
 
 
 def jwks_bytes(ring: KeyRing, families=("rsa", "es256")) -> bytes:
@@ -39,9 +50,7 @@ def jwks_bytes(ring: KeyRing, families=("rsa", "es256")) -> bytes:
 
 def test_keys_are_fetched_and_rotation_is_picked_up(upstream):
     old, new = KeyRing("-2025"), KeyRing("-2026")
-    server = jwks_server(jwks_bytes(old))
-    env = start(upstream, server)
-    try:
+    with idp_and_envoy(upstream, jwks_bytes(old)) as (env, server):
         r = env.request("/orders", bearer(old.token("RS256")))
         assert r.reached_upstream, r
         assert r.upstream_headers()["x-jwt-sub"] == ["alice"]
@@ -55,16 +64,11 @@ def test_keys_are_fetched_and_rotation_is_picked_up(upstream):
         # The old key was removed by the issuer, so its tokens now fail.
         r = env.request("/orders", bearer(old.token("RS256")))
         assert r.status == 401 and r.reason == "unknown_kid", r
-    finally:
-        env.stop()
-        server.stop()
 
 
 def test_unknown_kids_do_not_cause_a_fetch_per_request(upstream):
     ring = KeyRing()
-    server = jwks_server(jwks_bytes(ring))
-    env = start(upstream, server, concurrency=2)
-    try:
+    with idp_and_envoy(upstream, jwks_bytes(ring), concurrency=2) as (env, server):
         assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
         hits = server.httpd.hits
         for i in range(30):
@@ -72,16 +76,11 @@ def test_unknown_kids_do_not_cause_a_fetch_per_request(upstream):
             assert r.status == 401 and r.reason == "unknown_kid", r
         # At most one on-demand refresh per worker VM in the refresh interval.
         assert server.httpd.hits - hits <= 2, server.httpd.hits - hits
-    finally:
-        env.stop()
-        server.stop()
 
 
 def test_server_down_keeps_last_good_keys(upstream):
     ring = KeyRing()
-    server = jwks_server(jwks_bytes(ring))
-    env = start(upstream, server, cache_duration="1s")
-    try:
+    with idp_and_envoy(upstream, jwks_bytes(ring), cache_duration="1s") as (env, server):
         assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
         server.stop()
         # Several refresh periods pass with the JWKS server unreachable.
@@ -94,17 +93,11 @@ def test_server_down_keeps_last_good_keys(upstream):
         server.start()
         env.wait_for_log(r"failed: JWKS is not a JSON object")
         assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
-    finally:
-        env.stop()
-        server.stop()
 
 
 def test_no_keys_yet_denies(upstream):
     ring = KeyRing()
-    server = jwks_server(jwks_bytes(ring))
-    server.stop()  # the port is known but nothing listens: the IdP is down from the start
-    env = start(upstream, server)
-    try:
+    with idp_and_envoy(upstream, jwks_bytes(ring), idp_up=False) as (env, server):
         for _ in range(3):
             r = env.request("/orders", bearer(ring.token("RS256")))
             assert r.status == 401 and r.reason == "jwks_unavailable", r
@@ -119,19 +112,11 @@ def test_no_keys_yet_denies(upstream):
             assert r.status == 401 and r.reason == "jwks_unavailable", r
             time.sleep(0.5)
         assert r.reached_upstream, r
-    finally:
-        env.stop()
-        server.stop()
 
 
 def test_non_200_jwks_is_not_accepted(upstream):
     ring = KeyRing()
-    server = jwks_server(jwks_bytes(ring), status=500)
-    env = start(upstream, server)
-    try:
+    with idp_and_envoy(upstream, jwks_bytes(ring), status=500) as (env, server):
         r = env.request("/orders", bearer(ring.token("RS256")))
         assert r.status == 401 and r.reason == "jwks_unavailable", r
         env.wait_for_log(r"HTTP status 500")
-    finally:
-        env.stop()
-        server.stop()
