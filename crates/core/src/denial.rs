@@ -12,6 +12,9 @@ pub enum DenialKind {
     MissingCredentials,
     /// 401 `error="invalid_token"`: credentials were presented and are not acceptable.
     InvalidCredentials,
+    /// 401 without a challenge: a credential that is not a bearer token (a webhook signature)
+    /// is missing or wrong.
+    Unauthorized,
     /// 403: authenticated, but not allowed here (`error="invalid_token"` for a wrong audience).
     Forbidden { challenge: bool },
     /// 400: the request itself is not acceptable (contract violations, bad paths).
@@ -46,7 +49,7 @@ impl Denial {
     /// The HTTP status of the response.
     pub fn status(&self) -> u16 {
         match self.kind {
-            DenialKind::MissingCredentials | DenialKind::InvalidCredentials => 401,
+            DenialKind::MissingCredentials | DenialKind::InvalidCredentials | DenialKind::Unauthorized => 401,
             DenialKind::Forbidden { .. } => 403,
             DenialKind::BadRequest => 400,
             DenialKind::PayloadTooLarge => 413,
@@ -74,6 +77,7 @@ impl Denial {
                 vec![("retry-after", retry_after_secs.to_string())]
             }
             DenialKind::Forbidden { challenge: false }
+            | DenialKind::Unauthorized
             | DenialKind::BadRequest
             | DenialKind::PayloadTooLarge
             | DenialKind::Unavailable => vec![],
@@ -118,6 +122,7 @@ mod tests {
                 Some("Bearer realm=\"meshward\", error=\"invalid_token\", error_description=\"m x\""),
             ),
             (DenialKind::Forbidden { challenge: false }, 403, None),
+            (DenialKind::Unauthorized, 401, None),
             (DenialKind::BadRequest, 400, None),
             (DenialKind::PayloadTooLarge, 413, None),
             (DenialKind::Unavailable, 503, None),

@@ -31,6 +31,9 @@ pub enum Step {
     Pause,
     /// The request is refused.
     Deny(Denial),
+    /// Hold the request until its whole body is buffered, then call
+    /// [`Stage::on_request_body`]. Bodies over `max_bytes` are refused with 413.
+    NeedBody { max_bytes: usize },
 }
 
 /// What the stages of one request share.
@@ -49,6 +52,11 @@ pub struct RequestState {
 pub trait Stage {
     /// Called once the request headers are known.
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step;
+
+    /// Called once with the whole request body, after this stage returned [`Step::NeedBody`].
+    fn on_request_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
+        Step::Continue
+    }
 
     /// Called with the answer to an HTTP call this stage dispatched while it returned
     /// [`Step::Pause`]. The default denies nothing and continues.

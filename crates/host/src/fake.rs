@@ -1,5 +1,6 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 use crate::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
@@ -31,11 +32,18 @@ pub struct DispatchedCall {
     pub path: String,
 }
 
+/// Proxy-wide shared data: clone it into several fakes to play several worker threads.
+pub type SharedStore = Rc<RefCell<HashMap<String, (Vec<u8>, u32)>>>;
+
 /// An in-memory [`Host`] that records what a filter did, for host-side tests.
 #[derive(Debug)]
 pub struct FakeHost {
     pub now: SystemTime,
     pub request_headers: Vec<(String, String)>,
+    pub request_body: Vec<u8>,
+    pub shared: SharedStore,
+    /// When set, the next `n` compare-and-swap writes fail as if another worker won the race.
+    pub cas_failures: u32,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     pub env: HashMap<String, String>,
     pub sent: Option<SentResponse>,
@@ -56,6 +64,9 @@ impl Default for FakeHost {
         FakeHost {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             request_headers: Vec::new(),
+            request_body: Vec::new(),
+            shared: SharedStore::default(),
+            cas_failures: 0,
             properties: HashMap::new(),
             env: HashMap::new(),
             sent: None,
@@ -88,6 +99,7 @@ impl FakeHost {
     pub fn next_request(&mut self, headers: &[(&str, &str)]) {
         let fresh = FakeHost::with_request(headers);
         self.request_headers = fresh.request_headers;
+        self.request_body.clear();
         self.properties.clear();
         self.sent = None;
         self.resumed = 0;
@@ -127,6 +139,35 @@ impl Host for FakeHost {
             self.request_headers
                 .push((name.to_ascii_lowercase(), value.to_string()));
         }
+    }
+
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        let end = start.checked_add(size)?.min(self.request_body.len());
+        self.request_body.get(start..end).map(<[u8]>::to_vec)
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.shared.borrow().get(key) {
+            Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+            None => (None, None),
+        }
+    }
+
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        let mut store = self.shared.borrow_mut();
+        let current = store.get(key).map(|(_, c)| *c);
+        if cas.is_some() && self.cas_failures > 0 {
+            self.cas_failures -= 1;
+            return Err(HostError::CasMismatch);
+        }
+        if let (Some(expected), Some(current)) = (cas, current) {
+            if expected != current {
+                return Err(HostError::CasMismatch);
+            }
+        }
+        let next = current.unwrap_or(0).wrapping_add(1);
+        store.insert(key.to_string(), (value.to_vec(), next));
+        Ok(())
     }
 
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {

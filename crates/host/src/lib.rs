@@ -10,7 +10,7 @@ mod fake;
 #[cfg(target_arch = "wasm32")]
 mod proxy;
 
-pub use fake::{DispatchedCall, FakeHost, SentResponse};
+pub use fake::{DispatchedCall, FakeHost, SentResponse, SharedStore};
 #[cfg(target_arch = "wasm32")]
 pub use proxy::ProxyWasmHost;
 
@@ -28,12 +28,15 @@ pub enum LogLevel {
 pub enum HostError {
     /// The proxy refused the call (unknown cluster, bad argument, ...), with the status it gave.
     Refused(String),
+    /// A compare-and-swap write to shared data lost a race; read again and retry.
+    CasMismatch,
 }
 
 impl std::fmt::Display for HostError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             HostError::Refused(why) => write!(f, "proxy refused the call: {why}"),
+            HostError::CasMismatch => f.write_str("shared data changed since it was read"),
         }
     }
 }
@@ -75,6 +78,9 @@ pub trait Host {
     /// Replaces (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
 
+    /// Bytes `start..start + size` of the buffered request body.
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+
     /// Answers the downstream directly; the request does not reach the upstream.
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Lets a paused request continue to the next filter.
@@ -84,6 +90,11 @@ pub trait Host {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Writes filter state that later filters in the chain can read and clients cannot forge.
     fn set_property(&mut self, path: &[&str], value: &[u8]) -> Result<(), HostError>;
+
+    /// Reads a value shared by every worker's VM of this `vm_id`, with its CAS token.
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes shared data; with `cas`, only if nobody wrote it since the read that returned `cas`.
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError>;
 
     /// Sends an HTTP request to a cluster; the answer arrives later with the returned token.
     fn dispatch_http_call(&mut self, call: &HttpCall<'_>) -> Result<u32, HostError>;

@@ -41,6 +41,21 @@ impl Host for ProxyWasmHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
+    fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, start, size).ok().flatten()
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set_shared_data(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        hostcalls::set_shared_data(key, Some(value), cas).map_err(|status| match status {
+            proxy_wasm::types::Status::CasMismatch => HostError::CasMismatch,
+            other => refused(other),
+        })
+    }
+
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
         let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
     }

@@ -14,7 +14,7 @@
 use std::rc::Rc;
 
 use meshward_core::route::canonical_path;
-use meshward_core::{Denial, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::{Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
 #[cfg(target_arch = "wasm32")]
@@ -43,6 +43,12 @@ pub struct Filter<P: Policy> {
     policy: Rc<P>,
     stage: P::Stage,
     request: RequestState,
+    /// The stage asked for the body and it is not complete yet: the limit it gave.
+    awaiting_body: Option<usize>,
+    /// The request has no more body to come (end of stream seen).
+    body_complete: bool,
+    /// `on_request_body` was already delivered to the stage.
+    body_delivered: bool,
 }
 
 impl<P: Policy> Filter<P> {
@@ -51,6 +57,9 @@ impl<P: Policy> Filter<P> {
             policy: Rc::clone(policy),
             stage: P::new_stage(policy),
             request: RequestState::default(),
+            awaiting_body: None,
+            body_complete: false,
+            body_delivered: false,
         }
     }
 
@@ -59,11 +68,46 @@ impl<P: Policy> Filter<P> {
         &self.request
     }
 
-    pub fn on_request_headers(&mut self, host: &mut dyn Host) -> Verdict {
+    /// `end_of_stream`: the request has no body.
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
+        self.body_complete = end_of_stream;
         self.request.request_id = host.request_header("x-request-id");
         self.request.method = host.request_header(":method").unwrap_or_default();
         self.request.path = host.request_header(":path").unwrap_or_default();
         let step = self.stage.on_request_headers(host, &mut self.request);
+        self.apply(host, step)
+    }
+
+    /// A body chunk arrived; `body_size` is the size buffered so far.
+    pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
+        self.body_complete = end_of_stream;
+        let Some(max_bytes) = self.awaiting_body else {
+            return Verdict::Continue;
+        };
+        if body_size > max_bytes {
+            self.awaiting_body = None;
+            let denial = Denial::new(
+                DenialKind::PayloadTooLarge,
+                "body_too_large",
+                format!("the request body is larger than {max_bytes} bytes"),
+            );
+            return self.apply(host, Step::Deny(denial));
+        }
+        if !end_of_stream {
+            return Verdict::Pause;
+        }
+        self.deliver_body(host, body_size)
+    }
+
+    fn deliver_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
+        self.awaiting_body = None;
+        self.body_delivered = true;
+        let body = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
+        if body.len() != body_size {
+            let denial = Denial::new(DenialKind::Unavailable, "body_unavailable", "the request body could not be read");
+            return self.apply(host, Step::Deny(denial));
+        }
+        let step = self.stage.on_request_body(host, &mut self.request, &body);
         self.apply(host, step)
     }
 
@@ -82,6 +126,18 @@ impl<P: Policy> Filter<P> {
                 Verdict::Continue
             }
             Step::Pause => Verdict::Pause,
+            Step::NeedBody { .. } if self.body_delivered => {
+                let denial = Denial::new(DenialKind::Unavailable, "stage_error", "the filter asked for the body twice");
+                self.apply(host, Step::Deny(denial))
+            }
+            Step::NeedBody { max_bytes } => {
+                if self.body_complete {
+                    // Headers-only request: the whole body is the empty one.
+                    return self.deliver_body(host, 0);
+                }
+                self.awaiting_body = Some(max_bytes);
+                Verdict::Pause
+            }
             Step::Deny(denial) => {
                 let shadow = self.policy.mode() == Mode::Shadow;
                 let decision = if shadow { "shadow_denied" } else { "denied" };

@@ -81,11 +81,20 @@ impl<P: Policy> Context for HttpFilter<P> {
 }
 
 impl<P: Policy> HttpContext for HttpFilter<P> {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        match self.filter.on_request_headers(&mut ProxyWasmHost) {
-            Verdict::Continue => Action::Continue,
-            Verdict::Pause => Action::Pause,
-        }
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.filter.on_request_headers(&mut ProxyWasmHost, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(self.filter.on_request_body(&mut ProxyWasmHost, body_size, end_of_stream))
+    }
+}
+
+fn action(verdict: Verdict) -> Action {
+    match verdict {
+        Verdict::Continue => Action::Continue,
+        // In a body callback, Pause buffers the body (StopIterationAndBuffer).
+        Verdict::Pause => Action::Pause,
     }
 }
 

@@ -34,7 +34,7 @@ fn valid_token_publishes_principal_sets_claim_headers_and_strips_spoofs() {
     let bearer = format!("Bearer {token}");
     let mut host = request("/api/orders", &[("authorization", &bearer), ("x-jwt-sub", "admin")]);
     let mut filter = Filter::new(&policy);
-    assert_eq!(filter.on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(filter.on_request_headers(&mut host, true), Verdict::Continue);
     assert!(host.sent.is_none());
     assert_eq!(host.request_header("x-jwt-sub").as_deref(), Some("alice"));
     assert_eq!(host.request_headers.iter().filter(|(n, _)| n == "x-jwt-sub").count(), 1);
@@ -52,7 +52,7 @@ fn forward_keeps_the_token() {
     let policy = policy(&local_config(&keys.jwks(), json!({"forward": true})));
     let bearer = format!("Bearer {}", keys.sign("HS256", Some("hs"), &TestKeys::claims()));
     let mut host = request("/api/x", &[("authorization", &bearer)]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
     assert_eq!(host.request_header("authorization"), Some(bearer));
 }
 
@@ -61,7 +61,7 @@ fn denial_sends_401_json_and_counts_and_logs_once() {
     let keys = TestKeys::new();
     let policy = policy(&local_config(&keys.jwks(), json!({})));
     let mut host = request("/api/orders?token=secret", &[("x-jwt-sub", "admin")]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Pause);
     let sent = host.sent.clone().unwrap();
     assert_eq!(sent.status, 401);
     assert_eq!(sent.header("content-type"), Some("application/json"));
@@ -87,7 +87,7 @@ fn wrong_audience_is_403_with_invalid_token_challenge() {
     claims.insert("aud".into(), json!("payments-api"));
     let bearer = format!("Bearer {}", keys.sign("EdDSA", Some("ed"), &claims));
     let mut host = request("/api/x", &[("authorization", &bearer)]);
-    Filter::new(&policy).on_request_headers(&mut host);
+    Filter::new(&policy).on_request_headers(&mut host, true);
     let sent = host.sent.clone().unwrap();
     assert_eq!(sent.status, 403);
     assert!(sent.header("www-authenticate").unwrap().contains("error=\"invalid_token\""));
@@ -100,12 +100,12 @@ fn unmatched_routes_and_ambiguous_paths_are_denied() {
     let policy = policy(&local_config(&keys.jwks(), json!({})));
     for (path, status, reason) in [("/admin", 403, "route_not_covered"), ("/public%2f..%2fapi", 400, "invalid_path"), ("/public/../api/x", 401, "missing_token")] {
         let mut host = request(path, &[]);
-        assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause, "{path}");
+        assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Pause, "{path}");
         assert_eq!(host.sent.as_ref().unwrap().status, status, "{path}");
         assert_eq!(body(&host)["reason"], reason, "{path}");
     }
     let mut host = request("/public/info", &[]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn shadow_mode_counts_and_lets_through() {
     config["mode"] = json!("shadow");
     let policy = policy(&config.to_string());
     let mut host = request("/api/x", &[("authorization", "Bearer not.a.token")]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
     assert!(host.sent.is_none());
     assert_eq!(host.counter("meshward_jwt_shadow_denied_total.reason.malformed_token"), 1);
     assert_eq!(host.counter("meshward_jwt_denied_total.reason.malformed_token"), 0);
@@ -157,14 +157,14 @@ fn remote_jwks_lifecycle_through_the_host() {
 
     let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
     let mut host = request("/x", &[("authorization", &bearer)]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
 
     // Rotation: a new kid triggers one on-demand fetch; the request waits, then passes.
     let rotated = TestKeys::new();
     let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2026"), &TestKeys::claims()));
     let mut host = request("/x", &[("authorization", &bearer)]);
     let mut filter = Filter::new(&policy);
-    assert_eq!(filter.on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(filter.on_request_headers(&mut host, true), Verdict::Pause);
     assert!(host.sent.is_none());
     assert_eq!(host.calls.len(), 1);
     let token = host.calls[0].token;
@@ -175,7 +175,7 @@ fn remote_jwks_lifecycle_through_the_host() {
     // Another unknown kid right after: no second on-demand fetch inside the interval.
     let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2027"), &TestKeys::claims()));
     let mut host = request("/x", &[("authorization", &bearer)]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Pause);
     assert!(host.calls.is_empty());
     assert_eq!(body(&host)["reason"], "unknown_kid");
 
@@ -189,7 +189,7 @@ fn remote_jwks_lifecycle_through_the_host() {
     assert!(root.logs().iter().any(|(level, l)| *level == LogLevel::Warn && l.contains("keeping the last good key set")));
     let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2026"), &TestKeys::claims()));
     let mut host = request("/x", &[("authorization", &bearer)]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
 }
 
 #[test]
@@ -201,7 +201,7 @@ fn no_keys_yet_is_a_denial_never_an_allow() {
     // The fetch this request triggers fails: deny.
     let mut host = request("/x", &[("authorization", &bearer)]);
     let mut filter = Filter::new(&policy);
-    assert_eq!(filter.on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(filter.on_request_headers(&mut host, true), Verdict::Pause);
     let token = host.calls[0].token;
     filter.on_http_call_response(&mut host, token, HttpCallResponse::default());
     assert_eq!(host.resumed, 0);
@@ -212,7 +212,7 @@ fn no_keys_yet_is_a_denial_never_an_allow() {
     let policy = remote_policy();
     let mut host = request("/x", &[("authorization", &bearer)]);
     host.refuse_calls = Some("BadArgument".into());
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Pause);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Pause);
     assert_eq!(body(&host)["reason"], "jwks_unavailable");
 }
 
@@ -231,5 +231,5 @@ fn garbage_jwks_does_not_replace_good_keys() {
     assert_eq!(root.counter("meshward_jwt_jwks_fetch_failed"), 1);
     let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
     let mut host = request("/x", &[("authorization", &bearer)]);
-    assert_eq!(Filter::new(&policy).on_request_headers(&mut host), Verdict::Continue);
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
 }
