@@ -15,9 +15,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class _Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def _answer(self) -> None:
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return body
+                body += self.rfile.read(size)
+                self.rfile.readline()
         length = int(self.headers.get("content-length") or 0)
-        body = self.rfile.read(length) if length else b""
+        return self.rfile.read(length) if length else b""
+
+    def _answer(self) -> None:
+        body = self._read_body()
         payload = json.dumps(
             {
                 "method": self.command,
@@ -59,6 +72,14 @@ class StaticServer(BaseHTTPRequestHandler):
         pass
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # Envoy resets upstream requests it refuses mid-body (webhook denials): expected here.
+        pass
+
+
 class BackgroundServer:
     """An HTTP server on 127.0.0.1 in a thread; `stop()` frees the port, `start()` reuses it."""
 
@@ -69,8 +90,7 @@ class BackgroundServer:
         self.start()
 
     def start(self) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", self.port), self.handler)
         for k, v in self.attrs.items():
             setattr(self.httpd, k, v)
         self.port = self.httpd.server_address[1]

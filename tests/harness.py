@@ -52,7 +52,7 @@ def static_cluster(name: str, port: int) -> dict:
     return {
         "name": name,
         "type": "STATIC",
-        "connect_timeout": "0.5s",
+        "connect_timeout": "2s",
         "load_assignment": {
             "cluster_name": name,
             "endpoints": [

@@ -31,8 +31,9 @@ pub enum Step {
     Pause,
     /// The request is refused.
     Deny(Denial),
-    /// Hold the request until its whole body is buffered, then call
-    /// [`Stage::on_request_body`]. Bodies over `max_bytes` are refused with 413.
+    /// Buffer the whole body, then call [`Stage::on_request_body`]; no body byte reaches the
+    /// upstream before that decision. Bodies over `max_bytes` are refused with 413. (The request
+    /// headers do go on: proxy-wasm hosts deliver no body to a filter that paused its headers.)
     NeedBody { max_bytes: usize },
 }
 

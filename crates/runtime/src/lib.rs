@@ -135,8 +135,11 @@ impl<P: Policy> Filter<P> {
                     // Headers-only request: the whole body is the empty one.
                     return self.deliver_body(host, 0);
                 }
+                // Headers go on; the body is held (buffered) until it is complete and verified.
+                // proxy-wasm hosts turn a paused headers callback into "stop all iteration",
+                // which would never deliver the body to this filter.
                 self.awaiting_body = Some(max_bytes);
-                Verdict::Pause
+                Verdict::Continue
             }
             Step::Deny(denial) => {
                 let shadow = self.policy.mode() == Mode::Shadow;
