@@ -104,7 +104,8 @@ fn deny_reasons() {
     let now: u64 = 1614265330;
     let stale = [("webhook-id", SW_ID), ("webhook-timestamp", SW_TS), ("webhook-signature", SW_SIG)];
     let stripe = endpoint("stripe", &["whsec_test_secret"], json!({}));
-    let cases: Vec<(&str, &Endpoint, Vec<(&str, &str)>, u64, WebhookError)> = vec![
+    type Case<'a> = (&'a str, &'a Endpoint, Vec<(&'a str, &'a str)>, u64, WebhookError);
+    let cases: Vec<Case> = vec![
         ("no headers", &sw_e, vec![], now, WebhookError::MissingSignature),
         ("no id", &sw_e, vec![("webhook-timestamp", SW_TS), ("webhook-signature", SW_SIG)], now, WebhookError::MissingSignature),
         ("301 s late", &sw_e, stale.to_vec(), now + 301, WebhookError::TimestampOutOfWindow),
