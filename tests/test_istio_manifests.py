@@ -28,7 +28,9 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     assert doc["apiVersion"] == "extensions.istio.io/v1alpha1" and doc["kind"] == "WasmPlugin"
     jsonschema.validate(doc, crd_schema())
     spec = doc["spec"]
+    # jwt and webhook both authenticate the caller: AUTHN phase, and never fail open.
     assert spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE"
+    assert doc["metadata"]["labels"]["meshward.io/filter"] in ("jwt", "webhook")
 
 
 def test_schema_check_can_fail():
@@ -40,17 +42,26 @@ def test_schema_check_can_fail():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
 def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
-    spec = yaml.safe_load(path.read_text())["spec"]
+    doc = yaml.safe_load(path.read_text())
+    spec, name = doc["spec"], doc["metadata"]["labels"]["meshward.io/filter"]
     config = spec["pluginConfig"]
-    env = {e["name"]: json.dumps(keys.jwks(["hs"])) for e in spec.get("vmConfig", {}).get("env", [])}
+    if name == "jwt":
+        secret = json.dumps(keys.jwks(["hs"]))
+    else:
+        secret = "whsec_0123456789abcdef0123456789"
+    env = {e["name"]: secret for e in spec.get("vmConfig", {}).get("env", [])}
     clusters = []
-    for provider in config["providers"].values():
+    for provider in config.get("providers", {}).values():
         if "remote_jwks" in provider:
             clusters.append(static_cluster(provider["remote_jwks"]["http_uri"]["cluster"], upstream.port))
-    with Envoy(build_config(upstream.port, [plugin("jwt", config, env=env)], clusters=clusters), concurrency=1) as envoy:
-        # Every manifest protects "/" with a provider: no token there is a 401.
-        r = envoy.request("/orders")
-        assert r.status == 401 and r.reason == "missing_token", r
-        envoy.wait_for_log(r"meshward_jwt: configuration accepted")
+    with Envoy(build_config(upstream.port, [plugin(name, config, env=env)], clusters=clusters), concurrency=1) as envoy:
+        envoy.wait_for_log(rf"meshward_{name}: configuration accepted")
+        if name == "jwt":
+            # Every JWT manifest protects "/" with a provider: no token there is a 401.
+            r = envoy.request("/orders")
+            assert r.status == 401 and r.reason == "missing_token", r
+        else:
+            path = config["endpoints"][0]["match"]["path"]
+            r = envoy.request(path, method="POST", body=b"{}")
+            assert r.status == 401 and r.reason == "missing_signature", r
     envoy.cleanup()
-
