@@ -14,7 +14,7 @@ WASM_TARGET := wasm32-wasip1
 DIST        := dist
 VENV        := .venv
 PY          := $(VENV)/bin/python
-FILTERS     := jwt webhook
+FILTERS     := jwt webhook ownership
 PYTEST_ARGS ?= -q
 
 .PHONY: build wasm-target venv lint unit-test integration-test test demo clean

@@ -91,8 +91,10 @@ def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] =
 
 
 class Response:
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, reset: bool = False):
         self.status, self.headers, self.body = status, headers, body
+        # The stream was cut after the headers (Envoy resets a response refused mid-body).
+        self.reset = reset
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -121,7 +123,7 @@ class Response:
     @property
     def reached_upstream(self) -> bool:
         try:
-            return self.status == 200 and "method" in self.json()
+            return self.status == 200 and not self.reset and "method" in self.json()
         except ValueError:
             return False
 
@@ -218,7 +220,11 @@ class Envoy:
                 conn.putheader("content-length", str(len(body)))
             conn.endheaders(body)
             r = conn.getresponse()
-            return Response(r.status, r.getheaders(), r.read())
+            try:
+                return Response(r.status, r.getheaders(), r.read())
+            except (http.client.IncompleteRead, ConnectionError) as e:
+                partial = getattr(e, "partial", b"") or b""
+                return Response(r.status, r.getheaders(), partial, reset=True)
         finally:
             conn.close()
 

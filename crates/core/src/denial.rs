@@ -17,6 +17,8 @@ pub enum DenialKind {
     Unauthorized,
     /// 403: authenticated, but not allowed here (`error="invalid_token"` for a wrong audience).
     Forbidden { challenge: bool },
+    /// 404: the object is hidden from this caller (IDOR answers that do not confirm existence).
+    NotFound,
     /// 400: the request itself is not acceptable (contract violations, bad paths).
     BadRequest,
     /// 413: the body exceeds the configured limit.
@@ -52,6 +54,7 @@ impl Denial {
             DenialKind::MissingCredentials | DenialKind::InvalidCredentials | DenialKind::Unauthorized => 401,
             DenialKind::Forbidden { .. } => 403,
             DenialKind::BadRequest => 400,
+            DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
             DenialKind::RateLimited { .. } => 429,
             DenialKind::Unavailable => 503,
@@ -79,6 +82,7 @@ impl Denial {
             DenialKind::Forbidden { challenge: false }
             | DenialKind::Unauthorized
             | DenialKind::BadRequest
+            | DenialKind::NotFound
             | DenialKind::PayloadTooLarge
             | DenialKind::Unavailable => vec![],
         }
@@ -124,6 +128,7 @@ mod tests {
             (DenialKind::Forbidden { challenge: false }, 403, None),
             (DenialKind::Unauthorized, 401, None),
             (DenialKind::BadRequest, 400, None),
+            (DenialKind::NotFound, 404, None),
             (DenialKind::PayloadTooLarge, 413, None),
             (DenialKind::Unavailable, 503, None),
         ];

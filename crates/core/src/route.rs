@@ -124,9 +124,153 @@ impl PathMatch {
     }
 }
 
+/// A path template such as `/tenants/{tenant_id}/orders/{order_id}`: literal segments match
+/// exactly, `{name}` matches one non-empty segment and captures it (percent-decoded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathTemplate {
+    segments: Vec<TemplateSegment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TemplateSegment {
+    Literal(String),
+    Param(String),
+}
+
+impl PathTemplate {
+    /// Parses a template; the error says what is wrong with it.
+    pub fn parse(template: &str) -> Result<PathTemplate, String> {
+        let rest = template
+            .strip_prefix('/')
+            .ok_or_else(|| format!("template {template:?} must start with '/'"))?;
+        let mut segments = Vec::new();
+        for part in rest.split('/') {
+            if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+                    return Err(format!("template {template:?} has a bad parameter {part:?}"));
+                }
+                if segments.iter().any(|s| matches!(s, TemplateSegment::Param(n) if n == name)) {
+                    return Err(format!("template {template:?} names {{{name}}} twice"));
+                }
+                segments.push(TemplateSegment::Param(name.to_string()));
+            } else if part.contains(['{', '}']) {
+                return Err(format!("template {template:?}: a parameter must be a whole segment ({part:?})"));
+            } else {
+                segments.push(TemplateSegment::Literal(part.to_string()));
+            }
+        }
+        Ok(PathTemplate { segments })
+    }
+
+    /// The captured parameters when the canonical path matches, `None` otherwise.
+    pub fn captures(&self, canonical: &str) -> Option<Vec<(String, String)>> {
+        let parts: Vec<&str> = canonical.strip_prefix('/')?.split('/').collect();
+        if parts.len() != self.segments.len() {
+            return None;
+        }
+        let mut captured = Vec::new();
+        for (segment, part) in self.segments.iter().zip(parts) {
+            match segment {
+                TemplateSegment::Literal(l) if l == part => {}
+                TemplateSegment::Literal(_) => return None,
+                TemplateSegment::Param(name) => {
+                    if part.is_empty() {
+                        return None;
+                    }
+                    captured.push((name.clone(), percent_decode(part)?));
+                }
+            }
+        }
+        Some(captured)
+    }
+
+    /// Parameter names in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            TemplateSegment::Param(n) => Some(n.as_str()),
+            TemplateSegment::Literal(_) => None,
+        })
+    }
+}
+
+/// Fully percent-decodes a path segment or query value; `None` if the result is not UTF-8
+/// or an escape is broken.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            if !hex.bytes().all(|h| h.is_ascii_hexdigit()) {
+                return None;
+            }
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A query that cannot be read unambiguously: a checked parameter appears twice, or an escape
+/// is broken. Callers refuse such requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AmbiguousQuery;
+
+/// The value of a query parameter (`+` as space, percent-decoded).
+pub fn query_param(raw_path: &str, name: &str) -> Result<Option<String>, AmbiguousQuery> {
+    let Some((_, query)) = raw_path.split_once('?') else { return Ok(None) };
+    let query = query.split('#').next().unwrap_or("");
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(&k.replace('+', " ")).ok_or(AmbiguousQuery)?;
+        if key == name {
+            if found.is_some() {
+                return Err(AmbiguousQuery);
+            }
+            found = Some(percent_decode(&v.replace('+', " ")).ok_or(AmbiguousQuery)?);
+        }
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates() {
+        let t = PathTemplate::parse("/tenants/{tenant_id}/orders/{order_id}").unwrap();
+        assert_eq!(
+            t.captures("/tenants/acme/orders/42"),
+            Some(vec![("tenant_id".into(), "acme".into()), ("order_id".into(), "42".into())])
+        );
+        assert_eq!(t.captures("/tenants/acme%20corp/orders/42").unwrap()[0].1, "acme corp");
+        assert_eq!(t.captures("/tenants/acme/orders"), None);
+        assert_eq!(t.captures("/tenants/acme/orders/42/items"), None);
+        assert_eq!(t.captures("/tenants//orders/42"), None);
+        assert_eq!(t.captures("/tenant/acme/orders/42"), None);
+        assert_eq!(t.captures("/tenants/%ff/orders/1"), None, "not UTF-8");
+        assert_eq!(t.params().collect::<Vec<_>>(), vec!["tenant_id", "order_id"]);
+        for bad in ["tenants/{id}", "/a/{}", "/a/x{id}", "/a/{id}/{id}", "/a/{i d}"] {
+            assert!(PathTemplate::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(PathTemplate::parse("/").unwrap().captures("/"), Some(vec![]));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("/a?user=bob&x=1", "user"), Ok(Some("bob".into())));
+        assert_eq!(query_param("/a?user=b%C3%B6b+x", "user"), Ok(Some("b\u{f6}b x".into())));
+        assert_eq!(query_param("/a?x=1", "user"), Ok(None));
+        assert_eq!(query_param("/a", "user"), Ok(None));
+        assert_eq!(query_param("/a?user=a&user=b", "user"), Err(AmbiguousQuery), "ambiguous");
+        assert_eq!(query_param("/a?us%65r=a&user=b", "user"), Err(AmbiguousQuery), "ambiguous after decoding");
+    }
 
     #[test]
     fn canonical_paths() {

@@ -47,6 +47,8 @@ pub struct RequestState {
     pub path: String,
     /// Set by the JWT stage once a token is verified; read by the stages after it.
     pub principal: Option<Principal>,
+    /// Name of the policy rule that matched, for per-route metrics and logs.
+    pub route: Option<String>,
 }
 
 /// One request's walk through a policy.
@@ -56,6 +58,20 @@ pub trait Stage {
 
     /// Called once with the whole request body, after this stage returned [`Step::NeedBody`].
     fn on_request_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
+        Step::Continue
+    }
+
+    /// Called once the response headers are known (`:status` included). [`Step::Deny`] here
+    /// replaces the response before anything of it reached the client.
+    fn on_response_headers(&mut self, _host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        Step::Continue
+    }
+
+    /// Called once with the whole response body, after `on_response_headers` returned
+    /// [`Step::NeedBody`]; the body is held until then. The response status has already been
+    /// sent (proxy-wasm cannot hold response headers while reading the body), so a denial here
+    /// resets the stream: the client never receives the body.
+    fn on_response_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
         Step::Continue
     }
 

@@ -41,6 +41,8 @@ pub struct FakeHost {
     pub now: SystemTime,
     pub request_headers: Vec<(String, String)>,
     pub request_body: Vec<u8>,
+    pub response_headers: Vec<(String, String)>,
+    pub response_body: Vec<u8>,
     pub shared: SharedStore,
     /// When set, the next `n` compare-and-swap writes fail as if another worker won the race.
     pub cas_failures: u32,
@@ -65,6 +67,8 @@ impl Default for FakeHost {
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             request_headers: Vec::new(),
             request_body: Vec::new(),
+            response_headers: Vec::new(),
+            response_body: Vec::new(),
             shared: SharedStore::default(),
             cas_failures: 0,
             properties: HashMap::new(),
@@ -139,6 +143,25 @@ impl Host for FakeHost {
             self.request_headers
                 .push((name.to_ascii_lowercase(), value.to_string()));
         }
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.response_headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        self.response_headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            self.response_headers.push((name.to_ascii_lowercase(), value.to_string()));
+        }
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        let end = start.checked_add(size)?.min(self.response_body.len());
+        self.response_body.get(start..end).map(<[u8]>::to_vec)
     }
 
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {

@@ -78,6 +78,13 @@ pub trait Host {
     /// Replaces (`Some`) or removes (`None`) a request header.
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
 
+    /// First value of a response header (`:status` included), in response callbacks.
+    fn response_header(&self, name: &str) -> Option<String>;
+    /// Replaces (`Some`) or removes (`None`) a response header, in the response-headers callback.
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// Bytes `start..start + size` of the buffered response body.
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+
     /// Bytes `start..start + size` of the buffered request body.
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
 

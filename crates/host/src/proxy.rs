@@ -41,6 +41,18 @@ impl Host for ProxyWasmHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
+    fn response_header(&self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
+    }
+
+    fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, start, size).ok().flatten()
+    }
+
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpRequestBody, start, size).ok().flatten()
     }

@@ -8,8 +8,10 @@
 //! Counters (visible in Envoy's `/stats`; with the `stats_tags` in `envoy/envoy.yaml`,
 //! `reason` becomes a Prometheus label):
 //! - `meshward_<name>_allowed_total`
-//! - `meshward_<name>_denied_total.reason.<reason>`
-//! - `meshward_<name>_shadow_denied_total.reason.<reason>` (shadow mode: would have denied)
+//! - `meshward_<name>_denied_total[.route.<route>].reason.<reason>`
+//! - `meshward_<name>_shadow_denied_total[.route.<route>].reason.<reason>` (shadow: would have denied)
+//!
+//! `.route.<route>` appears when the matching rule has a name.
 
 use std::rc::Rc;
 
@@ -30,12 +32,18 @@ pub enum Verdict {
     Pause,
 }
 
-/// Counter name for a decision of the policy `name`.
-pub fn counter_name(name: &str, decision: &str, reason: Option<&str>) -> String {
-    match reason {
-        Some(r) => format!("meshward_{name}_{decision}_total.reason.{r}"),
-        None => format!("meshward_{name}_{decision}_total"),
+/// Counter name for a decision of the policy `name`, on a named route or not.
+pub fn counter_name(name: &str, decision: &str, route: Option<&str>, reason: Option<&str>) -> String {
+    let mut out = format!("meshward_{name}_{decision}_total");
+    if let Some(route) = route {
+        out.push_str(".route.");
+        out.push_str(route);
     }
+    if let Some(reason) = reason {
+        out.push_str(".reason.");
+        out.push_str(reason);
+    }
+    out
 }
 
 /// One request through one policy.
@@ -49,6 +57,8 @@ pub struct Filter<P: Policy> {
     body_complete: bool,
     /// `on_request_body` was already delivered to the stage.
     body_delivered: bool,
+    /// The stage asked for the response body: the limit it gave.
+    awaiting_response_body: Option<usize>,
 }
 
 impl<P: Policy> Filter<P> {
@@ -60,6 +70,7 @@ impl<P: Policy> Filter<P> {
             awaiting_body: None,
             body_complete: false,
             body_delivered: false,
+            awaiting_response_body: None,
         }
     }
 
@@ -111,6 +122,61 @@ impl<P: Policy> Filter<P> {
         self.apply(host, step)
     }
 
+    /// The response headers arrived; `end_of_stream`: the response has no body.
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
+        match self.stage.on_response_headers(host, &mut self.request) {
+            Step::Continue | Step::Pause => Verdict::Continue,
+            Step::Deny(denial) => self.deny(host, &denial),
+            Step::NeedBody { .. } if end_of_stream => self.deliver_response_body(host, 0),
+            Step::NeedBody { max_bytes } => {
+                self.awaiting_response_body = Some(max_bytes);
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// A response body chunk arrived; `body_size` is the size buffered so far.
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
+        let Some(max_bytes) = self.awaiting_response_body else {
+            return Verdict::Continue;
+        };
+        if body_size > max_bytes {
+            // Too large to check is not checked: it does not pass.
+            self.awaiting_response_body = None;
+            let denial = Denial::new(DenialKind::Unavailable, "response_too_large", "the response is too large to be checked");
+            return self.deny_response_body(host, &denial);
+        }
+        if !end_of_stream {
+            return Verdict::Pause;
+        }
+        self.deliver_response_body(host, body_size)
+    }
+
+    fn deliver_response_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
+        self.awaiting_response_body = None;
+        let body = if body_size == 0 { Vec::new() } else { host.response_body(0, body_size).unwrap_or_default() };
+        let step = if body.len() == body_size {
+            self.stage.on_response_body(host, &mut self.request, &body)
+        } else {
+            Step::Deny(Denial::new(DenialKind::Unavailable, "body_unavailable", "the response body could not be read"))
+        };
+        match step {
+            Step::Deny(denial) => self.deny_response_body(host, &denial),
+            _ => Verdict::Continue,
+        }
+    }
+
+    /// A denial after the response status went out. A local reply is no longer possible, so
+    /// asking for one makes Envoy reset the stream: the client gets a broken response and
+    /// none of the body, which cannot be mistaken for success.
+    fn deny_response_body(&mut self, host: &mut dyn Host, denial: &Denial) -> Verdict {
+        if !self.record_denial(host, denial) {
+            return Verdict::Continue;
+        }
+        send_denial(host, denial, self.request.request_id.as_deref());
+        Verdict::Pause
+    }
+
     /// The answer to an HTTP call this request's stage dispatched.
     pub fn on_http_call_response(&mut self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
         let step = self.stage.on_http_call_response(host, &mut self.request, token, response);
@@ -122,7 +188,7 @@ impl<P: Policy> Filter<P> {
     fn apply(&mut self, host: &mut dyn Host, step: Step) -> Verdict {
         match step {
             Step::Continue => {
-                host.increment_counter(&counter_name(P::NAME, "allowed", None), 1);
+                host.increment_counter(&counter_name(P::NAME, "allowed", self.request.route.as_deref(), None), 1);
                 Verdict::Continue
             }
             Step::Pause => Verdict::Pause,
@@ -141,18 +207,26 @@ impl<P: Policy> Filter<P> {
                 self.awaiting_body = Some(max_bytes);
                 Verdict::Continue
             }
-            Step::Deny(denial) => {
-                let shadow = self.policy.mode() == Mode::Shadow;
-                let decision = if shadow { "shadow_denied" } else { "denied" };
-                host.increment_counter(&counter_name(P::NAME, decision, Some(denial.reason)), 1);
-                host.log(LogLevel::Info, &self.denial_log_line(&denial, shadow));
-                if shadow {
-                    return Verdict::Continue;
-                }
-                send_denial(host, &denial, self.request.request_id.as_deref());
-                Verdict::Pause
-            }
+            Step::Deny(denial) => self.deny(host, &denial),
         }
+    }
+
+    /// Counts and logs a denial; `true` when it is enforced (not shadow mode).
+    fn record_denial(&mut self, host: &mut dyn Host, denial: &Denial) -> bool {
+        let shadow = self.policy.mode() == Mode::Shadow;
+        let decision = if shadow { "shadow_denied" } else { "denied" };
+        host.increment_counter(&counter_name(P::NAME, decision, self.request.route.as_deref(), Some(denial.reason)), 1);
+        host.log(LogLevel::Info, &self.denial_log_line(denial, shadow));
+        !shadow
+    }
+
+    /// Answers with the denial (unless in shadow mode, where the request goes on).
+    fn deny(&mut self, host: &mut dyn Host, denial: &Denial) -> Verdict {
+        if !self.record_denial(host, denial) {
+            return Verdict::Continue;
+        }
+        send_denial(host, denial, self.request.request_id.as_deref());
+        Verdict::Pause
     }
 
     /// One JSON line per denial: request id, principal when known, route, reason.
@@ -166,6 +240,7 @@ impl<P: Policy> Filter<P> {
             "reason": denial.reason,
             "request_id": self.request.request_id,
             "principal": principal,
+            "route": self.request.route,
             "method": self.request.method,
             "path": path,
         });

@@ -88,6 +88,14 @@ impl<P: Policy> HttpContext for HttpFilter<P> {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         action(self.filter.on_request_body(&mut ProxyWasmHost, body_size, end_of_stream))
     }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.filter.on_response_headers(&mut ProxyWasmHost, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(self.filter.on_response_body(&mut ProxyWasmHost, body_size, end_of_stream))
+    }
 }
 
 fn action(verdict: Verdict) -> Action {

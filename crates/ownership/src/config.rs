@@ -1,0 +1,309 @@
+//! The ownership filter's configuration, parsed strictly and compiled once.
+
+use meshward_core::config::{parse_json, ConfigError};
+use meshward_core::route::PathTemplate;
+use meshward_core::Mode;
+use serde::Deserialize;
+
+const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    unmatched: Unmatched,
+    bypass: Option<RawBypass>,
+    max_body_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+    rules: Vec<RawRule>,
+}
+
+/// What happens to requests that match no rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Option<String>,
+    #[serde(rename = "match")]
+    match_: RawMatch,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    claims: Vec<RawClaimRule>,
+    #[serde(default)]
+    owner: Vec<RawOwnerCheck>,
+    bypass: Option<RawBypass>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    prefix: Option<String>,
+    path: Option<String>,
+    template: Option<String>,
+    methods: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawClaimRule {
+    claim: String,
+    one_of: Vec<String>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawBypass {
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    claims: Vec<RawClaimRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwnerCheck {
+    path_param: Option<String>,
+    query_param: Option<String>,
+    header: Option<String>,
+    body_field: Option<String>,
+    response_field: Option<String>,
+    claim: String,
+    reason: Option<OwnerReason>,
+    deny_status: Option<u16>,
+    required: Option<bool>,
+}
+
+/// The reason a failed ownership comparison reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OwnerReason {
+    TenantBoundary,
+    NotOwner,
+}
+
+/// Where a method and path match a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathKind {
+    Prefix(String),
+    Path(String),
+    Template(PathTemplate),
+}
+
+/// A claim that must have one of the listed values (a string claim, or an array holding one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRule {
+    pub claim: String,
+    pub one_of: Vec<String>,
+}
+
+/// Principals that skip object-level checks (admins, support): any listed scope or claim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bypass {
+    pub scopes: Vec<String>,
+    pub claims: Vec<ClaimRule>,
+}
+
+/// Where the value compared with the principal's claim comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    PathParam(String),
+    QueryParam(String),
+    Header(String),
+    /// JSON pointer into the request body (writes).
+    BodyField(String),
+    /// JSON pointer into the response body; `*` segments walk every element of an array.
+    ResponseField(String),
+}
+
+/// "The value at `location` must equal the principal's `claim`".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerCheck {
+    pub location: Location,
+    pub claim: String,
+    pub reason: OwnerReason,
+    /// Answer 404 (hide the object) instead of 403.
+    pub hide: bool,
+    /// For body and response fields: an absent field fails the check.
+    pub required: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: Option<String>,
+    pub path: PathKind,
+    /// Upper-case methods; `None` = any.
+    pub methods: Option<Vec<String>>,
+    pub public: bool,
+    pub scopes: Vec<String>,
+    pub claims: Vec<ClaimRule>,
+    pub owner: Vec<OwnerCheck>,
+    pub bypass: Bypass,
+}
+
+impl Rule {
+    pub fn needs_body(&self) -> bool {
+        self.owner.iter().any(|c| matches!(c.location, Location::BodyField(_)))
+    }
+
+    pub fn needs_response(&self) -> bool {
+        self.owner.iter().any(|c| matches!(c.location, Location::ResponseField(_)))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OwnershipConfig {
+    pub mode: Mode,
+    pub unmatched: Unmatched,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub rules: Vec<Rule>,
+}
+
+fn compile_claims(at: &str, raw: Vec<RawClaimRule>) -> Result<Vec<ClaimRule>, ConfigError> {
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.claim.is_empty() || c.one_of.is_empty() {
+                return Err(ConfigError::new(format!("{at}[{i}]"), "needs a claim and at least one value in one_of"));
+            }
+            Ok(ClaimRule { claim: c.claim, one_of: c.one_of })
+        })
+        .collect()
+}
+
+fn compile_bypass(at: &str, raw: Option<RawBypass>) -> Result<Bypass, ConfigError> {
+    let Some(raw) = raw else { return Ok(Bypass::default()) };
+    if raw.scopes.is_empty() && raw.claims.is_empty() {
+        return Err(ConfigError::new(at, "names no scope or claim"));
+    }
+    Ok(Bypass { scopes: raw.scopes, claims: compile_claims(&format!("{at}.claims"), raw.claims)? })
+}
+
+fn valid_pointer(p: &str) -> bool {
+    p.starts_with('/') && !p.ends_with('/')
+}
+
+impl OwnershipConfig {
+    pub fn parse(json: &[u8]) -> Result<OwnershipConfig, ConfigError> {
+        let raw: RawConfig = parse_json(json)?;
+        if raw.rules.is_empty() {
+            return Err(ConfigError::new("rules", "at least one rule is required"));
+        }
+        let global_bypass = compile_bypass("bypass", raw.bypass)?;
+        let limit = |field: &str, v: Option<usize>| match v {
+            None => Ok(DEFAULT_MAX_BYTES),
+            Some(n) if (1..=16 * 1024 * 1024).contains(&n) => Ok(n),
+            Some(_) => Err(ConfigError::new(field, "must be between 1 and 16777216")),
+        };
+        let max_body_bytes = limit("max_body_bytes", raw.max_body_bytes)?;
+        let max_response_bytes = limit("max_response_bytes", raw.max_response_bytes)?;
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let at = |field: &str| format!("rules[{i}].{field}");
+            if let Some(name) = &r.name {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                    return Err(ConfigError::new(at("name"), "must be letters, digits, '-' or '_'"));
+                }
+            }
+            let path = match (r.match_.prefix, r.match_.path, r.match_.template) {
+                (Some(p), None, None) => PathKind::Prefix(p),
+                (None, Some(p), None) => PathKind::Path(p),
+                (None, None, Some(t)) => PathKind::Template(PathTemplate::parse(&t).map_err(|e| ConfigError::new(at("match.template"), e))?),
+                _ => return Err(ConfigError::new(at("match"), "set exactly one of `prefix`, `path` or `template`")),
+            };
+            if let PathKind::Prefix(p) | PathKind::Path(p) = &path {
+                if !p.starts_with('/') {
+                    return Err(ConfigError::new(at("match"), "must start with '/'"));
+                }
+            }
+            let methods = match r.match_.methods {
+                None => None,
+                Some(m) if m.is_empty() => return Err(ConfigError::new(at("match.methods"), "must not be empty")),
+                Some(m) => Some(
+                    m.into_iter()
+                        .map(|x| {
+                            let up = x.to_ascii_uppercase();
+                            if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                                Err(ConfigError::new(at("match.methods"), format!("{x:?} is not an HTTP method")))
+                            } else {
+                                Ok(up)
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            if r.public && (!r.scopes.is_empty() || !r.claims.is_empty() || !r.owner.is_empty() || r.bypass.is_some()) {
+                return Err(ConfigError::new(at("public"), "a public rule cannot also require scopes, claims or owners"));
+            }
+            let mut owner = Vec::with_capacity(r.owner.len());
+            for (j, o) in r.owner.into_iter().enumerate() {
+                let oat = format!("rules[{i}].owner[{j}]");
+                let location = match (o.path_param, o.query_param, o.header, o.body_field, o.response_field) {
+                    (Some(p), None, None, None, None) => {
+                        let declared = matches!(&path, PathKind::Template(t) if t.params().any(|n| n == p));
+                        if !declared {
+                            return Err(ConfigError::new(format!("{oat}.path_param"), format!("{{{p}}} is not a parameter of the rule's template")));
+                        }
+                        Location::PathParam(p)
+                    }
+                    (None, Some(q), None, None, None) => Location::QueryParam(q),
+                    (None, None, Some(h), None, None) => Location::Header(h.to_ascii_lowercase()),
+                    (None, None, None, Some(b), None) if valid_pointer(&b) => Location::BodyField(b),
+                    (None, None, None, None, Some(b)) if valid_pointer(&b) => Location::ResponseField(b),
+                    (None, None, None, Some(_), None) | (None, None, None, None, Some(_)) => {
+                        return Err(ConfigError::new(&oat, "fields are JSON pointers such as \"/tenant_id\""))
+                    }
+                    _ => {
+                        return Err(ConfigError::new(
+                            &oat,
+                            "set exactly one of `path_param`, `query_param`, `header`, `body_field`, `response_field`",
+                        ))
+                    }
+                };
+                if o.claim.is_empty() {
+                    return Err(ConfigError::new(format!("{oat}.claim"), "is empty"));
+                }
+                if o.deny_status.is_some() && matches!(location, Location::ResponseField(_)) {
+                    return Err(ConfigError::new(
+                        format!("{oat}.deny_status"),
+                        "does not apply to response checks: the status is already sent, the stream is reset",
+                    ));
+                }
+                let hide = match o.deny_status {
+                    None | Some(403) => false,
+                    Some(404) => true,
+                    Some(other) => return Err(ConfigError::new(format!("{oat}.deny_status"), format!("{other} is not 403 or 404"))),
+                };
+                let reason = o.reason.unwrap_or(if o.claim == "tenant" { OwnerReason::TenantBoundary } else { OwnerReason::NotOwner });
+                owner.push(OwnerCheck { location, claim: o.claim, reason, hide, required: o.required.unwrap_or(true) });
+            }
+            let bypass = match r.bypass {
+                Some(b) => compile_bypass(&at("bypass"), Some(b))?,
+                None => global_bypass.clone(),
+            };
+            rules.push(Rule {
+                name: r.name,
+                path,
+                methods,
+                public: r.public,
+                scopes: r.scopes,
+                claims: compile_claims(&at("claims"), r.claims)?,
+                owner,
+                bypass,
+            });
+        }
+        Ok(OwnershipConfig { mode: raw.mode, unmatched: raw.unmatched, max_body_bytes, max_response_bytes, rules })
+    }
+}

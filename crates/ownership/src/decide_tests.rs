@@ -1,0 +1,143 @@
+//! One row per decision.
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::OwnershipConfig;
+
+fn principal(claims: Value) -> Principal {
+    let map = claims.as_object().cloned().unwrap();
+    Principal {
+        provider: "p".into(),
+        issuer: "i".into(),
+        subject: map.get("sub").and_then(Value::as_str).map(str::to_string),
+        audiences: vec![],
+        scopes: map.get("scope").and_then(Value::as_str).map(|s| s.split(' ').map(str::to_string).collect()).unwrap_or_default(),
+        tenant: map.get("tenant").and_then(Value::as_str).map(str::to_string),
+        claims: map,
+    }
+}
+
+fn config() -> OwnershipConfig {
+    OwnershipConfig::parse(
+        json!({
+            "bypass": {"scopes": ["admin"]},
+            "rules": [
+                {"name": "health", "match": {"path": "/health"}, "public": true},
+                {"name": "tenant-orders", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}", "methods": ["GET", "PUT"]},
+                 "scopes": ["orders:read"],
+                 "owner": [{"path_param": "tenant_id", "claim": "tenant"}, {"body_field": "/tenant", "claim": "tenant"}]},
+                {"name": "create-order", "match": {"path": "/orders", "methods": ["POST"]},
+                 "owner": [{"body_field": "/tenant", "claim": "tenant"}, {"body_field": "/items/*/owner", "claim": "sub", "required": false}]},
+                {"name": "by-query", "match": {"path": "/search"}, "owner": [{"query_param": "user", "claim": "sub"}]},
+                {"name": "hidden", "match": {"template": "/users/{user_id}"}, "owner": [{"path_param": "user_id", "claim": "sub", "deny_status": 404}]},
+                {"name": "by-header", "match": {"path": "/account"}, "owner": [{"header": "x-account", "claim": "accounts"}]},
+                {"name": "order", "match": {"template": "/orders/{id}"},
+                 "owner": [{"response_field": "/order/user/email", "claim": "email"}]},
+                {"name": "admin-only", "match": {"prefix": "/admin/"}, "claims": [{"claim": "role", "one_of": ["admin", "ops"]}], "bypass": {"claims": [{"claim": "role", "one_of": ["root"]}]}}
+            ]
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn decide(method: &str, path: &str, who: Option<&Principal>, headers: &[(&str, &str)]) -> Result<Authorized, OwnershipError> {
+    let cfg = config();
+    let canonical = meshward_core::route::canonical_path(path).unwrap();
+    let Some((rule, captures)) = find_rule(&cfg, method, &canonical) else { return Err(OwnershipError::RouteNotCovered) };
+    let owned: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let header = move |name: &str| {
+        let v: Vec<String> = owned.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect();
+        (!v.is_empty()).then_some(v)
+    };
+    authorize_request(rule, &captures, who, path, &header)
+}
+
+#[test]
+fn request_side_decisions() {
+    let alice = principal(json!({"sub": "alice", "tenant": "acme", "scope": "orders:read", "accounts": ["a1", "a2"], "email": "alice@acme.test"}));
+    let admin = principal(json!({"sub": "root", "tenant": "ops", "scope": "orders:read admin"}));
+    let no_scope = principal(json!({"sub": "bob", "tenant": "acme"}));
+    let checked = |body, response| Ok(Authorized::Checked { check_body: body, check_response: response });
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a Principal>, Vec<(&'a str, &'a str)>, Result<Authorized, OwnershipError>);
+    let cases: Vec<Case> = vec![
+        ("public", "GET", "/health", None, vec![], Ok(Authorized::Public)),
+        ("no principal", "GET", "/tenants/acme/orders/1", None, vec![], Err(OwnershipError::MissingPrincipal)),
+        ("own tenant", "GET", "/tenants/acme/orders/1", Some(&alice), vec![], checked(true, false)),
+        ("other tenant by path", "GET", "/tenants/globex/orders/1", Some(&alice), vec![], Err(OwnershipError::TenantBoundary { hide: false })),
+        ("encoded path param", "GET", "/tenants/%61cme/orders/1", Some(&alice), vec![], checked(true, false)),
+        ("missing scope", "GET", "/tenants/acme/orders/1", Some(&no_scope), vec![], Err(OwnershipError::MissingScope)),
+        ("admin bypass", "GET", "/tenants/globex/orders/1", Some(&admin), vec![], Ok(Authorized::Bypassed)),
+        ("method not covered", "DELETE", "/tenants/acme/orders/1", Some(&alice), vec![], Err(OwnershipError::RouteNotCovered)),
+        ("query owner", "GET", "/search?user=alice", Some(&alice), vec![], checked(false, false)),
+        ("hidden as 404", "GET", "/users/bob", Some(&alice), vec![], Err(OwnershipError::NotOwner { hide: true })),
+        ("query other", "GET", "/search?user=bob", Some(&alice), vec![], Err(OwnershipError::NotOwner { hide: false })),
+        ("query absent", "GET", "/search", Some(&alice), vec![], Err(OwnershipError::NotOwner { hide: false })),
+        ("query repeated", "GET", "/search?user=alice&user=bob", Some(&alice), vec![], Err(OwnershipError::AmbiguousRequest)),
+        ("header in claim array", "GET", "/account", Some(&alice), vec![("x-account", "a2")], checked(false, false)),
+        ("header not in claim", "GET", "/account", Some(&alice), vec![("x-account", "a3")], Err(OwnershipError::NotOwner { hide: false })),
+        ("header repeated", "GET", "/account", Some(&alice), vec![("x-account", "a1"), ("x-account", "a3")], Err(OwnershipError::AmbiguousRequest)),
+        ("response check planned", "GET", "/orders/9", Some(&alice), vec![], checked(false, true)),
+        ("claim rule", "GET", "/admin/users", Some(&alice), vec![], Err(OwnershipError::MissingClaim)),
+        ("unknown route", "GET", "/nowhere", Some(&alice), vec![], Err(OwnershipError::RouteNotCovered)),
+    ];
+    for (name, method, path, who, headers, want) in cases {
+        assert_eq!(decide(method, path, who, &headers), want, "{name}");
+    }
+}
+
+#[test]
+fn body_and_response_checks() {
+    let cfg = config();
+    let alice = principal(json!({"sub": "alice", "tenant": "acme", "email": "alice@acme.test"}));
+    let create = cfg.rules.iter().find(|r| r.name.as_deref() == Some("create-order")).unwrap();
+    let order = cfg.rules.iter().find(|r| r.name.as_deref() == Some("order")).unwrap();
+    let body_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
+        ("own tenant", br#"{"tenant": "acme", "items": [{"owner": "alice"}]}"#, Ok(())),
+        ("other tenant", br#"{"tenant": "globex"}"#, Err(OwnershipError::TenantBoundary { hide: false })),
+        ("tenant missing", br#"{"items": []}"#, Err(OwnershipError::TenantBoundary { hide: false })),
+        ("tenant not a string", br#"{"tenant": {"id": "acme"}}"#, Err(OwnershipError::TenantBoundary { hide: false })),
+        ("one foreign item", br#"{"tenant": "acme", "items": [{"owner": "alice"}, {"owner": "mallory"}]}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("not json", b"tenant=acme", Err(OwnershipError::InvalidBody)),
+    ];
+    for (name, body, want) in body_cases {
+        assert_eq!(check_body(create, Some(&alice), body), want, "{name}");
+    }
+    assert_eq!(check_body(create, None, br#"{"tenant": "acme"}"#), Err(OwnershipError::MissingPrincipal));
+    let response_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
+        ("own order", br#"{"order": {"id": 9, "user": {"email": "alice@acme.test"}}}"#, Ok(())),
+        ("someone else's order", br#"{"order": {"id": 9, "user": {"email": "victim@acme.test"}}}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("owner field absent", br#"{"order": {"id": 9}}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("not json", b"<html>", Err(OwnershipError::NotOwner { hide: false })),
+    ];
+    for (name, body, want) in response_cases {
+        assert_eq!(check_response(order, Some(&alice), body), want, "{name}");
+    }
+    assert_eq!(OwnershipError::NotOwner { hide: true }.denial().status(), 404);
+}
+
+#[test]
+fn bad_configurations_are_refused() {
+    let parse = |rules: Value| OwnershipConfig::parse(json!({"rules": rules}).to_string().as_bytes()).err().map(|e| e.to_string());
+    let cases = [
+        (json!([]), "rules: at least one rule"),
+        (json!([{"match": {"prefix": "/"}, "publik": true}]), "unknown field `publik`"),
+        (json!([{"match": {"prefix": "/", "path": "/x"}}]), "exactly one of `prefix`, `path` or `template`"),
+        (json!([{"match": {"template": "/a/{id"}}]), "match.template"),
+        (json!([{"match": {"template": "/a/{id}"}, "owner": [{"path_param": "other", "claim": "sub"}]}]), "{other} is not a parameter"),
+        (json!([{"match": {"path": "/a"}, "owner": [{"claim": "sub"}]}]), "set exactly one of"),
+        (json!([{"match": {"path": "/a"}, "owner": [{"body_field": "tenant", "claim": "tenant"}]}]), "JSON pointers"),
+        (json!([{"match": {"path": "/a"}, "owner": [{"header": "x", "claim": "sub", "deny_status": 500}]}]), "500 is not 403 or 404"),
+        (json!([{"match": {"path": "/a"}, "owner": [{"response_field": "/x", "claim": "sub", "deny_status": 404}]}]), "does not apply to response checks"),
+        (json!([{"match": {"path": "/a"}, "public": true, "scopes": ["x"]}]), "a public rule cannot"),
+        (json!([{"match": {"path": "/a", "methods": ["G3T"]}}]), "is not an HTTP method"),
+        (json!([{"match": {"path": "/a"}, "bypass": {}}]), "names no scope or claim"),
+        (json!([{"match": {"path": "/a"}, "claims": [{"claim": "role", "one_of": []}]}]), "one_of"),
+    ];
+    for (rules, want) in cases {
+        let err = parse(rules.clone()).unwrap_or_else(|| panic!("accepted: {rules}"));
+        assert!(err.contains(want), "{rules}: {err}");
+    }
+}

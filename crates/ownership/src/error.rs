@@ -1,0 +1,62 @@
+//! Why a request was refused. Each variant is one deny reason users see.
+
+use meshward_core::{Denial, DenialKind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnershipError {
+    /// No verified principal in filter state (the JWT filter did not run or did not verify).
+    MissingPrincipal,
+    /// A scope the rule requires is not granted.
+    MissingScope,
+    /// A claim the rule requires is absent or has another value.
+    MissingClaim,
+    /// The object belongs to another tenant. `hide`: answer 404 instead of 403.
+    TenantBoundary { hide: bool },
+    /// The object belongs to another principal. `hide`: answer 404 instead of 403.
+    NotOwner { hide: bool },
+    /// The request body needed for a check is not JSON.
+    InvalidBody,
+    /// A value needed for a check appears more than once (`?user=a&user=b`).
+    AmbiguousRequest,
+    /// No rule covers this method and path and unmatched requests are denied.
+    RouteNotCovered,
+}
+
+impl OwnershipError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            OwnershipError::MissingPrincipal => "missing_principal",
+            OwnershipError::MissingScope => "missing_scope",
+            OwnershipError::MissingClaim => "missing_claim",
+            OwnershipError::TenantBoundary { .. } => "tenant_boundary",
+            OwnershipError::NotOwner { .. } => "not_owner",
+            OwnershipError::InvalidBody => "invalid_body",
+            OwnershipError::AmbiguousRequest => "ambiguous_request",
+            OwnershipError::RouteNotCovered => "route_not_covered",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            OwnershipError::MissingPrincipal => "authentication is required",
+            OwnershipError::MissingScope => "a required scope is missing",
+            OwnershipError::MissingClaim => "a required claim is missing",
+            OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => "not found",
+            OwnershipError::TenantBoundary { hide: false } => "the object belongs to another tenant",
+            OwnershipError::NotOwner { hide: false } => "the object belongs to someone else",
+            OwnershipError::InvalidBody => "the request body is not valid JSON",
+            OwnershipError::AmbiguousRequest => "the request repeats a value that is checked",
+            OwnershipError::RouteNotCovered => "no authorization rule covers this route",
+        }
+    }
+
+    pub fn denial(self) -> Denial {
+        let kind = match self {
+            OwnershipError::MissingPrincipal => DenialKind::MissingCredentials,
+            OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => DenialKind::NotFound,
+            OwnershipError::InvalidBody | OwnershipError::AmbiguousRequest => DenialKind::BadRequest,
+            _ => DenialKind::Forbidden { challenge: false },
+        };
+        Denial::new(kind, self.reason(), self.message())
+    }
+}

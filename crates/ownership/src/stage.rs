@@ -1,0 +1,141 @@
+//! The ownership policy as a [`Policy`] / [`Stage`].
+
+use std::rc::Rc;
+
+use meshward_core::route::canonical_path;
+use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Principal, RequestState, Stage, Step, PRINCIPAL_PROPERTY};
+use meshward_host::{Host, LogLevel};
+
+use crate::config::{OwnershipConfig, Unmatched};
+use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized};
+use crate::OwnershipError;
+
+#[derive(Debug)]
+pub struct OwnershipPolicy {
+    pub config: OwnershipConfig,
+}
+
+impl Policy for OwnershipPolicy {
+    const NAME: &'static str = "ownership";
+    type Stage = OwnershipStage;
+
+    fn configure(config: &[u8], _host: &dyn Host) -> Result<Self, ConfigError> {
+        OwnershipConfig::parse(config).map(|config| OwnershipPolicy { config })
+    }
+
+    fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    fn new_stage(policy: &Rc<Self>) -> OwnershipStage {
+        OwnershipStage { policy: Rc::clone(policy), rule: None, check_body: false, check_response: false }
+    }
+}
+
+/// One request's walk: request checks, then (when the rule says so) body and response.
+#[derive(Debug)]
+pub struct OwnershipStage {
+    policy: Rc<OwnershipPolicy>,
+    rule: Option<usize>,
+    check_body: bool,
+    check_response: bool,
+}
+
+/// The principal the JWT stage handed over in memory, or else published in filter state.
+/// Never read from request headers.
+fn principal(host: &dyn Host, request: &mut RequestState) -> Option<Principal> {
+    if request.principal.is_none() {
+        request.principal = host
+            .property(&[PRINCIPAL_PROPERTY])
+            .and_then(|bytes| serde_json::from_slice::<Principal>(&bytes).ok());
+    }
+    request.principal.clone()
+}
+
+impl OwnershipStage {
+    fn rule(&self) -> Option<&crate::config::Rule> {
+        self.rule.and_then(|i| self.policy.config.rules.get(i))
+    }
+}
+
+impl Stage for OwnershipStage {
+    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
+        let canonical = match canonical_path(&request.path) {
+            Ok(p) => p,
+            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
+        };
+        let policy = Rc::clone(&self.policy);
+        let Some((rule, captures)) = find_rule(&policy.config, &request.method, &canonical) else {
+            return match policy.config.unmatched {
+                Unmatched::Allow => Step::Continue,
+                Unmatched::Deny => Step::Deny(OwnershipError::RouteNotCovered.denial()),
+            };
+        };
+        self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
+        request.route = rule.name.clone();
+        let principal = principal(host, request);
+        let headers = host.request_headers();
+        let header = |name: &str| -> Option<Vec<String>> {
+            let values: Vec<String> = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect();
+            (!values.is_empty()).then_some(values)
+        };
+        match authorize_request(rule, &captures, principal.as_ref(), &request.path, &header) {
+            Err(e) => Step::Deny(e.denial()),
+            Ok(Authorized::Public) => Step::Continue,
+            Ok(Authorized::Bypassed) => {
+                let line = serde_json::json!({
+                    "filter": "meshward_ownership", "decision": "bypass", "route": rule.name,
+                    "principal": principal.as_ref().and_then(|p| p.subject.clone()),
+                    "request_id": request.request_id, "method": request.method, "path": canonical,
+                });
+                host.log(LogLevel::Info, &format!("meshward_ownership: {line}"));
+                host.increment_counter("meshward_ownership_bypass_total", 1);
+                Step::Continue
+            }
+            Ok(Authorized::Checked { check_body, check_response }) => {
+                self.check_body = check_body;
+                self.check_response = check_response;
+                if check_body {
+                    Step::NeedBody { max_bytes: policy.config.max_body_bytes }
+                } else {
+                    Step::Continue
+                }
+            }
+        }
+    }
+
+    fn on_request_body(&mut self, host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
+        let Some(rule) = self.rule() else { return Step::Continue };
+        if !self.check_body {
+            return Step::Continue;
+        }
+        match check_body(rule, principal(host, request).as_ref(), body) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Deny(e.denial()),
+        }
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        if !self.check_response {
+            return Step::Continue;
+        }
+        // Only successful answers carry the object; errors pass as they are.
+        let status: u16 = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if !(200..300).contains(&status) {
+            self.check_response = false;
+            return Step::Continue;
+        }
+        Step::NeedBody { max_bytes: self.policy.config.max_response_bytes }
+    }
+
+    fn on_response_body(&mut self, host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
+        let Some(rule) = self.rule() else { return Step::Continue };
+        if !self.check_response {
+            return Step::Continue;
+        }
+        match check_response(rule, principal(host, request).as_ref(), body) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Deny(e.denial()),
+        }
+    }
+}
