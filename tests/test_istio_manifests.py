@@ -28,9 +28,10 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     assert doc["apiVersion"] == "extensions.istio.io/v1alpha1" and doc["kind"] == "WasmPlugin"
     jsonschema.validate(doc, crd_schema())
     spec = doc["spec"]
-    # jwt and webhook both authenticate the caller: AUTHN phase, and never fail open.
-    assert spec["phase"] == "AUTHN" and spec["failStrategy"] == "FAIL_CLOSE"
-    assert doc["metadata"]["labels"]["meshward.io/filter"] in ("jwt", "webhook")
+    # jwt and webhook authenticate the caller (AUTHN); ownership authorizes (AUTHZ). Never fail open.
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "ownership": "AUTHZ"}
+    assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
+    assert spec["failStrategy"] == "FAIL_CLOSE"
 
 
 def test_schema_check_can_fail():
@@ -60,8 +61,14 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             # Every JWT manifest protects "/" with a provider: no token there is a 401.
             r = envoy.request("/orders")
             assert r.status == 401 and r.reason == "missing_token", r
-        else:
+        elif name == "webhook":
             path = config["endpoints"][0]["match"]["path"]
             r = envoy.request(path, method="POST", body=b"{}")
             assert r.status == 401 and r.reason == "missing_signature", r
+        else:
+            # Ownership alone has no principal; the manifest is in shadow mode, so it is
+            # counted, not enforced.
+            r = envoy.request("/tenants/acme/orders/1")
+            assert r.status == 200, r
+            assert envoy.counter("meshward_ownership_shadow_denied_total.route.tenant-orders-read.reason.missing_principal") == 1
     envoy.cleanup()
