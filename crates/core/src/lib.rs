@@ -12,8 +12,9 @@ pub mod config;
 pub mod denial;
 pub mod principal;
 pub mod route;
+pub mod shared;
 pub mod stage;
 
 pub use denial::{Denial, DenialKind};
 pub use principal::{Principal, PRINCIPAL_PROPERTY};
-pub use stage::{Mode, Policy, RequestState, Stage, Step};
+pub use stage::{GrpcResponse, Mode, Policy, RequestState, Stage, Step};

@@ -86,6 +86,20 @@ pub trait Stage {
     ) -> Step {
         Step::Continue
     }
+
+    /// Called with the answer to a gRPC call this stage dispatched while it returned
+    /// [`Step::Pause`].
+    fn on_grpc_response(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _token: u32, _response: GrpcResponse) -> Step {
+        Step::Continue
+    }
+}
+
+/// The answer to a gRPC call: `status` 0 is OK; anything else (unavailable, deadline
+/// exceeded, ...) is a failed call whose `message` is empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrpcResponse {
+    pub status: u32,
+    pub message: Vec<u8>,
 }
 
 /// A filter's compiled configuration and per-VM state.

@@ -55,6 +55,10 @@ pub struct FakeHost {
     pub refuse_calls: Option<String>,
     /// What `http_call_response` returns.
     pub call_response: HttpCallResponse,
+    /// gRPC calls dispatched: (token, cluster, service/method, message).
+    pub grpc_calls: Vec<(u32, String, String, Vec<u8>)>,
+    /// What `grpc_call_response` returns.
+    pub grpc_response: Vec<u8>,
     pub tick_period: Option<Duration>,
     pub counters: BTreeMap<String, u64>,
     logs: RefCell<Vec<(LogLevel, String)>>,
@@ -78,6 +82,8 @@ impl Default for FakeHost {
             calls: Vec::new(),
             refuse_calls: None,
             call_response: HttpCallResponse::default(),
+            grpc_calls: Vec::new(),
+            grpc_response: Vec::new(),
             tick_period: None,
             counters: BTreeMap::new(),
             logs: RefCell::new(Vec::new()),
@@ -236,6 +242,27 @@ impl Host for FakeHost {
 
     fn http_call_response(&self, _body_size: usize) -> HttpCallResponse {
         self.call_response.clone()
+    }
+
+    fn dispatch_grpc_call(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        _timeout: Duration,
+    ) -> Result<u32, HostError> {
+        if let Some(why) = &self.refuse_calls {
+            return Err(HostError::Refused(why.clone()));
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.grpc_calls.push((token, cluster.to_string(), format!("{service}/{method}"), message.to_vec()));
+        Ok(token)
+    }
+
+    fn grpc_call_response(&self, _size: usize) -> Vec<u8> {
+        self.grpc_response.clone()
     }
 
     fn set_tick_period(&mut self, period: Duration) {

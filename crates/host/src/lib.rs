@@ -108,6 +108,19 @@ pub trait Host {
     /// Reads the answer to a dispatched call, inside the callback that announces it.
     fn http_call_response(&self, body_size: usize) -> HttpCallResponse;
 
+    /// Sends a unary gRPC request (`service`/`method`, serialized message) to a cluster; the
+    /// answer arrives later with the returned token.
+    fn dispatch_grpc_call(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// Reads the serialized answer to a gRPC call, inside the callback that announces it.
+    fn grpc_call_response(&self, size: usize) -> Vec<u8>;
+
     /// Asks for a periodic tick on the root context.
     fn set_tick_period(&mut self, period: Duration);
 

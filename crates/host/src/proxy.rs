@@ -112,6 +112,21 @@ impl Host for ProxyWasmHost {
         }
     }
 
+    fn dispatch_grpc_call(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout).map_err(refused)
+    }
+
+    fn grpc_call_response(&self, size: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size).ok().flatten().unwrap_or_default()
+    }
+
     fn set_tick_period(&mut self, period: Duration) {
         let _ = hostcalls::set_tick_period(period);
     }

@@ -16,7 +16,7 @@
 use std::rc::Rc;
 
 use meshward_core::route::canonical_path;
-use meshward_core::{Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::{Denial, DenialKind, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
 #[cfg(target_arch = "wasm32")]
@@ -180,6 +180,14 @@ impl<P: Policy> Filter<P> {
     /// The answer to an HTTP call this request's stage dispatched.
     pub fn on_http_call_response(&mut self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
         let step = self.stage.on_http_call_response(host, &mut self.request, token, response);
+        if self.apply(host, step) == Verdict::Continue {
+            host.resume_request();
+        }
+    }
+
+    /// The answer to a gRPC call this request's stage dispatched.
+    pub fn on_grpc_response(&mut self, host: &mut dyn Host, token: u32, response: GrpcResponse) {
+        let step = self.stage.on_grpc_response(host, &mut self.request, token, response);
         if self.apply(host, step) == Verdict::Continue {
             host.resume_request();
         }

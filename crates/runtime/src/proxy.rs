@@ -3,7 +3,7 @@
 
 use std::rc::Rc;
 
-use meshward_core::{Denial, DenialKind, Policy};
+use meshward_core::{Denial, DenialKind, GrpcResponse, Policy};
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
@@ -77,6 +77,12 @@ impl<P: Policy> Context for HttpFilter<P> {
         let mut host = ProxyWasmHost;
         let response = host.http_call_response(body_size);
         self.filter.on_http_call_response(&mut host, token, response);
+    }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        let mut host = ProxyWasmHost;
+        let message = if status_code == 0 { host.grpc_call_response(response_size) } else { Vec::new() };
+        self.filter.on_grpc_response(&mut host, token, GrpcResponse { status: status_code, message });
     }
 }
 

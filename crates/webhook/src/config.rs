@@ -11,8 +11,6 @@ const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_REPLAY_TTL_SECONDS: u64 = 24 * 3600;
 const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 16 * 1024;
-/// Delivery ids per shared-data key; the cache is `entries / SLOTS_PER_BUCKET` keys.
-pub const SLOTS_PER_BUCKET: usize = 16;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,8 +164,8 @@ pub struct Endpoint {
     pub replay_protection: bool,
     /// How long ids are remembered when the scheme has no timestamp.
     pub replay_ttl_seconds: u64,
-    /// Shared-data keys (buckets) of this endpoint's replay cache.
-    pub replay_buckets: usize,
+    /// Delivery ids this endpoint's replay cache holds at most.
+    pub replay_cache_entries: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -242,7 +240,7 @@ impl WebhookConfig {
                 return Err(ConfigError::new(at("replay_ttl_seconds"), "must be between 1 and 2592000"));
             }
             let entries = e.replay_cache_entries.unwrap_or(DEFAULT_REPLAY_CACHE_ENTRIES);
-            if !(SLOTS_PER_BUCKET..=1 << 20).contains(&entries) {
+            if !(16..=1 << 20).contains(&entries) {
                 return Err(ConfigError::new(at("replay_cache_entries"), "must be between 16 and 1048576"));
             }
             endpoints.push(Endpoint {
@@ -254,7 +252,7 @@ impl WebhookConfig {
                 max_body_bytes,
                 replay_protection: e.replay_protection.unwrap_or(true),
                 replay_ttl_seconds,
-                replay_buckets: entries.div_ceil(SLOTS_PER_BUCKET),
+                replay_cache_entries: entries,
             });
         }
         Ok(WebhookConfig {
