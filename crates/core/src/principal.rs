@@ -23,6 +23,17 @@ pub struct Principal {
     pub claims: Map<String, Value>,
 }
 
+/// The principal an earlier stage handed over in memory, or else the one the JWT filter
+/// published in filter state. Never read from request headers; unreadable state is no principal.
+pub fn current_principal(host: &dyn meshward_host::Host, handed_over: &mut Option<Principal>) -> Option<Principal> {
+    if handed_over.is_none() {
+        *handed_over = host
+            .property(&[PRINCIPAL_PROPERTY])
+            .and_then(|bytes| serde_json::from_slice::<Principal>(&bytes).ok());
+    }
+    handed_over.clone()
+}
+
 impl Principal {
     /// A claim by name, or by a dotted path into nested objects (`realm_access.roles`).
     pub fn claim(&self, path: &str) -> Option<&Value> {

@@ -193,6 +193,84 @@ impl PathTemplate {
     }
 }
 
+/// The `match` of a rule in meshward's own policies: one of `prefix`, `path`, `template`, and
+/// optionally the methods it covers.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteMatch {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    pub template: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+/// Where a compiled [`RouteMatch`] applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathKind {
+    Prefix(String),
+    Path(String),
+    Template(PathTemplate),
+}
+
+/// A compiled `match`: method and canonical path, with template captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMatch {
+    pub path: PathKind,
+    /// Upper-case methods; `None` = any.
+    pub methods: Option<Vec<String>>,
+}
+
+impl RouteMatch {
+    /// Validates a raw match; the error text is for the `match` field of the rule.
+    pub fn compile(raw: RawRouteMatch) -> Result<RouteMatch, String> {
+        let path = match (raw.prefix, raw.path, raw.template) {
+            (Some(p), None, None) => PathKind::Prefix(p),
+            (None, Some(p), None) => PathKind::Path(p),
+            (None, None, Some(t)) => PathKind::Template(PathTemplate::parse(&t)?),
+            _ => return Err("set exactly one of `prefix`, `path` or `template`".into()),
+        };
+        if let PathKind::Prefix(p) | PathKind::Path(p) = &path {
+            if !p.starts_with('/') {
+                return Err(format!("{p:?} must start with '/'"));
+            }
+        }
+        let methods = match raw.methods {
+            None => None,
+            Some(m) if m.is_empty() => return Err("`methods` must not be empty".into()),
+            Some(m) => Some(
+                m.into_iter()
+                    .map(|x| {
+                        let up = x.to_ascii_uppercase();
+                        if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                            Err(format!("{x:?} is not an HTTP method"))
+                        } else {
+                            Ok(up)
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(RouteMatch { path, methods })
+    }
+
+    /// The template captures (empty for prefix/path) when method and canonical path match.
+    pub fn captures(&self, method: &str, canonical: &str) -> Option<Vec<(String, String)>> {
+        if self.methods.as_ref().is_some_and(|m| !m.iter().any(|x| x == method)) {
+            return None;
+        }
+        match &self.path {
+            PathKind::Prefix(p) => canonical.starts_with(p.as_str()).then(Vec::new),
+            PathKind::Path(p) => (canonical == p).then(Vec::new),
+            PathKind::Template(t) => t.captures(canonical),
+        }
+    }
+
+    /// Whether a template parameter of this name exists.
+    pub fn has_param(&self, name: &str) -> bool {
+        matches!(&self.path, PathKind::Template(t) if t.params().any(|n| n == name))
+    }
+}
+
 /// Fully percent-decodes a path segment or query value; `None` if the result is not UTF-8
 /// or an escape is broken.
 pub fn percent_decode(text: &str) -> Option<String> {

@@ -1,7 +1,7 @@
 //! The ownership filter's configuration, parsed strictly and compiled once.
 
 use meshward_core::config::{parse_json, ConfigError};
-use meshward_core::route::PathTemplate;
+use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
 use serde::Deserialize;
 
@@ -34,7 +34,7 @@ pub enum Unmatched {
 struct RawRule {
     name: Option<String>,
     #[serde(rename = "match")]
-    match_: RawMatch,
+    match_: RawRouteMatch,
     #[serde(default)]
     public: bool,
     #[serde(default)]
@@ -44,15 +44,6 @@ struct RawRule {
     #[serde(default)]
     owner: Vec<RawOwnerCheck>,
     bypass: Option<RawBypass>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawMatch {
-    prefix: Option<String>,
-    path: Option<String>,
-    template: Option<String>,
-    methods: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone)]
@@ -91,14 +82,6 @@ struct RawOwnerCheck {
 pub enum OwnerReason {
     TenantBoundary,
     NotOwner,
-}
-
-/// Where a method and path match a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathKind {
-    Prefix(String),
-    Path(String),
-    Template(PathTemplate),
 }
 
 /// A claim that must have one of the listed values (a string claim, or an array holding one).
@@ -142,9 +125,7 @@ pub struct OwnerCheck {
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub name: Option<String>,
-    pub path: PathKind,
-    /// Upper-case methods; `None` = any.
-    pub methods: Option<Vec<String>>,
+    pub route: RouteMatch,
     pub public: bool,
     pub scopes: Vec<String>,
     pub claims: Vec<ClaimRule>,
@@ -217,33 +198,7 @@ impl OwnershipConfig {
                     return Err(ConfigError::new(at("name"), "must be letters, digits, '-' or '_'"));
                 }
             }
-            let path = match (r.match_.prefix, r.match_.path, r.match_.template) {
-                (Some(p), None, None) => PathKind::Prefix(p),
-                (None, Some(p), None) => PathKind::Path(p),
-                (None, None, Some(t)) => PathKind::Template(PathTemplate::parse(&t).map_err(|e| ConfigError::new(at("match.template"), e))?),
-                _ => return Err(ConfigError::new(at("match"), "set exactly one of `prefix`, `path` or `template`")),
-            };
-            if let PathKind::Prefix(p) | PathKind::Path(p) = &path {
-                if !p.starts_with('/') {
-                    return Err(ConfigError::new(at("match"), "must start with '/'"));
-                }
-            }
-            let methods = match r.match_.methods {
-                None => None,
-                Some(m) if m.is_empty() => return Err(ConfigError::new(at("match.methods"), "must not be empty")),
-                Some(m) => Some(
-                    m.into_iter()
-                        .map(|x| {
-                            let up = x.to_ascii_uppercase();
-                            if up.is_empty() || !up.bytes().all(|b| b.is_ascii_uppercase()) {
-                                Err(ConfigError::new(at("match.methods"), format!("{x:?} is not an HTTP method")))
-                            } else {
-                                Ok(up)
-                            }
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            };
+            let route = RouteMatch::compile(r.match_).map_err(|e| ConfigError::new(at("match"), e))?;
             if r.public && (!r.scopes.is_empty() || !r.claims.is_empty() || !r.owner.is_empty() || r.bypass.is_some()) {
                 return Err(ConfigError::new(at("public"), "a public rule cannot also require scopes, claims or owners"));
             }
@@ -252,8 +207,7 @@ impl OwnershipConfig {
                 let oat = format!("rules[{i}].owner[{j}]");
                 let location = match (o.path_param, o.query_param, o.header, o.body_field, o.response_field) {
                     (Some(p), None, None, None, None) => {
-                        let declared = matches!(&path, PathKind::Template(t) if t.params().any(|n| n == p));
-                        if !declared {
+                        if !route.has_param(&p) {
                             return Err(ConfigError::new(format!("{oat}.path_param"), format!("{{{p}}} is not a parameter of the rule's template")));
                         }
                         Location::PathParam(p)
@@ -295,8 +249,7 @@ impl OwnershipConfig {
             };
             rules.push(Rule {
                 name: r.name,
-                path,
-                methods,
+                route,
                 public: r.public,
                 scopes: r.scopes,
                 claims: compile_claims(&at("claims"), r.claims)?,

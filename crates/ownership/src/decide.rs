@@ -6,22 +6,12 @@ use meshward_core::route::query_param;
 use meshward_core::Principal;
 use serde_json::Value;
 
-use crate::config::{Bypass, ClaimRule, Location, OwnerCheck, OwnerReason, OwnershipConfig, PathKind, Rule};
+use crate::config::{Bypass, ClaimRule, Location, OwnerCheck, OwnerReason, OwnershipConfig, Rule};
 use crate::OwnershipError;
 
 /// The rule that covers a method and canonical path, with the path parameters it captured.
 pub fn find_rule<'a>(config: &'a OwnershipConfig, method: &str, canonical: &str) -> Option<(&'a Rule, Vec<(String, String)>)> {
-    config.rules.iter().find_map(|rule| {
-        if rule.methods.as_ref().is_some_and(|m| !m.iter().any(|x| x == method)) {
-            return None;
-        }
-        let captures = match &rule.path {
-            PathKind::Prefix(p) => canonical.starts_with(p.as_str()).then(Vec::new)?,
-            PathKind::Path(p) => (canonical == p).then(Vec::new)?,
-            PathKind::Template(t) => t.captures(canonical)?,
-        };
-        Some((rule, captures))
-    })
+    config.rules.iter().find_map(|rule| Some((rule, rule.route.captures(method, canonical)?)))
 }
 
 /// What the request side decided.

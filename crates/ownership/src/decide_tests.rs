@@ -125,7 +125,7 @@ fn bad_configurations_are_refused() {
         (json!([]), "rules: at least one rule"),
         (json!([{"match": {"prefix": "/"}, "publik": true}]), "unknown field `publik`"),
         (json!([{"match": {"prefix": "/", "path": "/x"}}]), "exactly one of `prefix`, `path` or `template`"),
-        (json!([{"match": {"template": "/a/{id"}}]), "match.template"),
+        (json!([{"match": {"template": "/a/{id"}}]), "rules[0].match: template"),
         (json!([{"match": {"template": "/a/{id}"}, "owner": [{"path_param": "other", "claim": "sub"}]}]), "{other} is not a parameter"),
         (json!([{"match": {"path": "/a"}, "owner": [{"claim": "sub"}]}]), "set exactly one of"),
         (json!([{"match": {"path": "/a"}, "owner": [{"body_field": "tenant", "claim": "tenant"}]}]), "JSON pointers"),

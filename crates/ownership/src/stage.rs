@@ -3,7 +3,8 @@
 use std::rc::Rc;
 
 use meshward_core::route::canonical_path;
-use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Principal, RequestState, Stage, Step, PRINCIPAL_PROPERTY};
+use meshward_core::principal::current_principal;
+use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{OwnershipConfig, Unmatched};
@@ -41,15 +42,8 @@ pub struct OwnershipStage {
     check_response: bool,
 }
 
-/// The principal the JWT stage handed over in memory, or else published in filter state.
-/// Never read from request headers.
 fn principal(host: &dyn Host, request: &mut RequestState) -> Option<Principal> {
-    if request.principal.is_none() {
-        request.principal = host
-            .property(&[PRINCIPAL_PROPERTY])
-            .and_then(|bytes| serde_json::from_slice::<Principal>(&bytes).ok());
-    }
-    request.principal.clone()
+    current_principal(host, &mut request.principal)
 }
 
 impl OwnershipStage {
