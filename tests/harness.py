@@ -48,8 +48,8 @@ def plugin(name: str, config, module: str | None = None, env: dict | None = None
     }
 
 
-def static_cluster(name: str, port: int) -> dict:
-    return {
+def static_cluster(name: str, port: int, http2: bool = False) -> dict:
+    cluster = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "2s",
@@ -60,6 +60,14 @@ def static_cluster(name: str, port: int) -> dict:
             ],
         },
     }
+    if http2:  # gRPC services
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
 
 
 def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] = (), request_headers_to_add: list[dict] = ()) -> dict:

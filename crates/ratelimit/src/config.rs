@@ -1,0 +1,238 @@
+//! The rate-limit filter's configuration, parsed strictly and compiled once.
+
+use std::time::Duration;
+
+use meshward_core::config::{parse_duration, parse_json, ConfigError};
+use meshward_core::route::{RawRouteMatch, RouteMatch};
+use meshward_core::Mode;
+use serde::Deserialize;
+
+use crate::gcra::Limit;
+
+const DEFAULT_MAX_KEYS: usize = 64 * 1024;
+const DEFAULT_RLS_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    mode: Mode,
+    rules: Vec<RawRule>,
+    global: Option<RawGlobal>,
+    max_keys: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: String,
+    #[serde(rename = "match")]
+    match_: RawRouteMatch,
+    applies_to: Option<AppliesTo>,
+    key: Vec<String>,
+    limit: Option<RawLimit>,
+    cost: Option<u64>,
+    #[serde(default)]
+    scope: Scope,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    requests: u64,
+    per: String,
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGlobal {
+    cluster: String,
+    domain: String,
+    timeout: Option<String>,
+    #[serde(default)]
+    failure_mode: FailureMode,
+}
+
+/// Which requests a rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppliesTo {
+    /// Requests with a verified principal.
+    Authenticated,
+    /// Requests without one (key them by client IP or API key).
+    Unauthenticated,
+    All,
+}
+
+/// Where a rule's budget is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// In this sidecar, shared by its worker threads.
+    #[default]
+    Local,
+    /// In the rate-limit service (Envoy RLS v3), shared by every replica.
+    Global,
+}
+
+/// What happens when the rate-limit service does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Let the request through and count `meshward_ratelimit_service_failures_total`.
+    #[default]
+    Allow,
+    /// Refuse with 503 `rate_limit_service_unavailable`.
+    Deny,
+}
+
+/// One part of a rate-limit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    Subject,
+    Tenant,
+    Claim(String),
+    Header(String),
+    ClientIp,
+}
+
+impl KeyPart {
+    fn parse(text: &str) -> Option<KeyPart> {
+        Some(match text {
+            "subject" => KeyPart::Subject,
+            "tenant" => KeyPart::Tenant,
+            "client_ip" => KeyPart::ClientIp,
+            _ => match text.split_once(':')? {
+                ("claim", name) if !name.is_empty() => KeyPart::Claim(name.to_string()),
+                ("header", name) if !name.is_empty() => KeyPart::Header(name.to_ascii_lowercase()),
+                _ => return None,
+            },
+        })
+    }
+
+    /// Needs a verified principal.
+    pub fn from_principal(&self) -> bool {
+        matches!(self, KeyPart::Subject | KeyPart::Tenant | KeyPart::Claim(_))
+    }
+
+    /// Its name in RLS descriptor entries.
+    pub fn descriptor_key(&self) -> String {
+        match self {
+            KeyPart::Subject => "subject".into(),
+            KeyPart::Tenant => "tenant".into(),
+            KeyPart::Claim(n) => format!("claim.{n}"),
+            KeyPart::Header(n) => format!("header.{n}"),
+            KeyPart::ClientIp => "client_ip".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub route: RouteMatch,
+    pub applies_to: AppliesTo,
+    pub key: Vec<KeyPart>,
+    /// Required for local rules; for global rules the service decides.
+    pub limit: Option<Limit>,
+    pub cost: u64,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone)]
+pub struct Global {
+    pub cluster: String,
+    pub domain: String,
+    pub timeout: Duration,
+    pub failure_mode: FailureMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimitConfig {
+    pub mode: Mode,
+    pub rules: Vec<Rule>,
+    pub global: Option<Global>,
+    pub max_keys: usize,
+}
+
+impl RateLimitConfig {
+    pub fn parse(json: &[u8]) -> Result<RateLimitConfig, ConfigError> {
+        let raw: RawConfig = parse_json(json)?;
+        if raw.rules.is_empty() {
+            return Err(ConfigError::new("rules", "at least one rule is required"));
+        }
+        let max_keys = raw.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        if !(16..=1 << 22).contains(&max_keys) {
+            return Err(ConfigError::new("max_keys", "must be between 16 and 4194304"));
+        }
+        let global = match raw.global {
+            None => None,
+            Some(g) => {
+                if g.cluster.trim().is_empty() || g.domain.trim().is_empty() {
+                    return Err(ConfigError::new("global", "`cluster` and `domain` are required"));
+                }
+                let timeout = match g.timeout {
+                    Some(t) => parse_duration("global.timeout", &t)?,
+                    None => DEFAULT_RLS_TIMEOUT,
+                };
+                if timeout.is_zero() {
+                    return Err(ConfigError::new("global.timeout", "must be positive"));
+                }
+                Some(Global { cluster: g.cluster, domain: g.domain, timeout, failure_mode: g.failure_mode })
+            }
+        };
+        let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
+        for (i, r) in raw.rules.into_iter().enumerate() {
+            let at = |field: &str| format!("rules[{i}].{field}");
+            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+                return Err(ConfigError::new(at("name"), "must be letters, digits, '-' or '_'"));
+            }
+            if rules.iter().any(|x| x.name == r.name) {
+                return Err(ConfigError::new(at("name"), format!("{:?} is used twice", r.name)));
+            }
+            let route = RouteMatch::compile(r.match_).map_err(|e| ConfigError::new(at("match"), e))?;
+            if r.key.is_empty() {
+                return Err(ConfigError::new(at("key"), "name at least one key part (subject, tenant, claim:<name>, header:<name>, client_ip)"));
+            }
+            let key = r
+                .key
+                .iter()
+                .map(|k| KeyPart::parse(k).ok_or_else(|| ConfigError::new(at("key"), format!("{k:?} is not subject, tenant, claim:<name>, header:<name> or client_ip"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let needs_principal = key.iter().any(KeyPart::from_principal);
+            let applies_to = r.applies_to.unwrap_or(if needs_principal { AppliesTo::Authenticated } else { AppliesTo::All });
+            if needs_principal && applies_to != AppliesTo::Authenticated {
+                return Err(ConfigError::new(at("applies_to"), "a key built from the principal only applies to authenticated requests"));
+            }
+            let cost = r.cost.unwrap_or(1);
+            let limit = match r.limit {
+                None if r.scope == Scope::Local => return Err(ConfigError::new(at("limit"), "is required for local rules")),
+                None => None,
+                Some(l) => {
+                    let period = parse_duration(&at("limit.per"), &l.per)?;
+                    let period_us = u64::try_from(period.as_micros()).unwrap_or(u64::MAX);
+                    let burst = l.burst.unwrap_or(l.requests);
+                    if l.requests == 0 || period_us < 1000 || burst == 0 {
+                        return Err(ConfigError::new(at("limit"), "requests, burst and per must be positive (per ≥ 1ms)"));
+                    }
+                    if period_us / l.requests == 0 {
+                        return Err(ConfigError::new(at("limit"), "more than one request per microsecond is not a limit"));
+                    }
+                    if cost > burst {
+                        return Err(ConfigError::new(at("cost"), format!("{cost} exceeds the burst of {burst}: no request could ever pass")));
+                    }
+                    Some(Limit { requests: l.requests, period_us, burst })
+                }
+            };
+            if cost == 0 || cost > u64::from(u32::MAX) {
+                return Err(ConfigError::new(at("cost"), "must be at least 1"));
+            }
+            if r.scope == Scope::Global && global.is_none() {
+                return Err(ConfigError::new(at("scope"), "a global rule needs the `global` service settings"));
+            }
+            rules.push(Rule { name: r.name, route, applies_to, key, limit, cost, scope: r.scope });
+        }
+        Ok(RateLimitConfig { mode: raw.mode, rules, global, max_keys })
+    }
+}

@@ -1,0 +1,256 @@
+//! The rate-limit policy as a [`Policy`] / [`Stage`]: every matching rule must pass; local
+//! rules are decided here (GCRA in a [`SlotTable`]), global rules by the rate-limit service.
+
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use meshward_core::principal::current_principal;
+use meshward_core::route::canonical_path;
+use meshward_core::shared::{SlotError, SlotTable, WhenFull};
+use meshward_core::{config::ConfigError, Denial, DenialKind, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_host::{Host, LogLevel};
+
+use crate::config::{AppliesTo, FailureMode, KeyPart, RateLimitConfig, Rule, Scope};
+use crate::gcra;
+use crate::rls;
+use crate::RateLimitError;
+
+/// Stands for a key part the request does not have (all such requests share one budget).
+pub const MISSING: &str = "-";
+
+#[derive(Debug)]
+pub struct RateLimitPolicy {
+    pub config: RateLimitConfig,
+    tables: Vec<SlotTable>,
+}
+
+impl RateLimitPolicy {
+    pub fn new(config: RateLimitConfig) -> Self {
+        let tables = config
+            .rules
+            .iter()
+            .map(|r| SlotTable::new(format!("meshward_ratelimit/{}", r.name), config.max_keys))
+            .collect();
+        RateLimitPolicy { config, tables }
+    }
+}
+
+impl Policy for RateLimitPolicy {
+    const NAME: &'static str = "ratelimit";
+    type Stage = RateLimitStage;
+
+    fn configure(config: &[u8], _host: &dyn Host) -> Result<Self, ConfigError> {
+        RateLimitConfig::parse(config).map(RateLimitPolicy::new)
+    }
+
+    fn mode(&self) -> Mode {
+        self.config.mode
+    }
+
+    fn start(policy: &Rc<Self>, host: &mut dyn Host) {
+        for (rule, table) in policy.config.rules.iter().zip(&policy.tables) {
+            if rule.scope == Scope::Local {
+                table.create(host);
+            }
+        }
+    }
+
+    fn new_stage(policy: &Rc<Self>) -> RateLimitStage {
+        RateLimitStage { policy: Rc::clone(policy), global_queue: Vec::new(), pending: None, headers: None }
+    }
+}
+
+/// The values of a key's parts, in rule order.
+pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&str) -> Option<String>, client_ip: Option<&str>) -> Vec<String> {
+    rule.key
+        .iter()
+        .map(|part| {
+            let value = match part {
+                KeyPart::Subject => principal.and_then(|p| p.subject.clone()),
+                KeyPart::Tenant => principal.and_then(|p| p.tenant.clone()),
+                KeyPart::Claim(name) => principal.and_then(|p| match p.claim(name)? {
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    serde_json::Value::Bool(b) => Some(b.to_string()),
+                    _ => None,
+                }),
+                KeyPart::Header(name) => header(name),
+                KeyPart::ClientIp => client_ip.map(str::to_string),
+            };
+            value.filter(|v| !v.is_empty()).unwrap_or_else(|| MISSING.to_string())
+        })
+        .collect()
+}
+
+/// The peer address without its port (`10.0.0.1:5000` → `10.0.0.1`, `[::1]:5000` → `::1`).
+pub fn strip_port(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.rsplit_once(':') {
+        Some((ip, port)) if !ip.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => ip,
+        _ => address,
+    }
+}
+
+/// The RateLimit-* header values to put on the response: (limit, remaining, reset seconds).
+type Headers = (u64, u64, u64);
+
+/// One request's walk through the rate-limit rules.
+#[derive(Debug)]
+pub struct RateLimitStage {
+    policy: Rc<RateLimitPolicy>,
+    /// Global rule hits still to ask the service about: (rule index, descriptor).
+    global_queue: Vec<(usize, Vec<(String, String)>)>,
+    /// The call in flight: (token, rule index).
+    pending: Option<(u32, usize)>,
+    headers: Option<Headers>,
+}
+
+fn now_us(host: &dyn Host) -> u64 {
+    host.now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+impl RateLimitStage {
+    fn tighten(&mut self, limit: u64, remaining: u64, reset: u64) {
+        if self.headers.is_none_or(|(_, r, _)| remaining < r) {
+            self.headers = Some((limit, remaining, reset));
+        }
+    }
+
+    /// Asks the service about the next global hit, or finishes.
+    fn next_global(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
+        let Some(global) = &self.policy.config.global else { return Step::Continue };
+        let Some((index, descriptor)) = self.global_queue.pop() else { return Step::Continue };
+        let cost = self.policy.config.rules.get(index).map(|r| r.cost).unwrap_or(1);
+        let message = rls::encode_request(&global.domain, &[descriptor], u32::try_from(cost).unwrap_or(u32::MAX));
+        match host.dispatch_grpc_call(&global.cluster, rls::SERVICE, rls::METHOD, &message, global.timeout) {
+            Ok(token) => {
+                self.pending = Some((token, index));
+                Step::Pause
+            }
+            Err(e) => {
+                host.log(LogLevel::Warn, &format!("meshward_ratelimit: cannot call the rate-limit service: {e}"));
+                self.service_failed(host, request)
+            }
+        }
+    }
+
+    fn service_failed(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
+        host.increment_counter("meshward_ratelimit_service_failures_total", 1);
+        let fail_closed = self.policy.config.global.as_ref().is_some_and(|g| g.failure_mode == FailureMode::Deny);
+        if fail_closed {
+            self.global_queue.clear();
+            return Step::Deny(RateLimitError::ServiceUnavailable.denial());
+        }
+        self.next_global(host, request)
+    }
+}
+
+impl Stage for RateLimitStage {
+    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
+        let canonical = match canonical_path(&request.path) {
+            Ok(p) => p,
+            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
+        };
+        let policy = Rc::clone(&self.policy);
+        let principal = current_principal(host, &mut request.principal);
+        let client_ip = host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
+        let client_ip = client_ip.as_deref().map(strip_port);
+        let now = now_us(host);
+        for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
+            if rule.route.captures(&request.method, &canonical).is_none() {
+                continue;
+            }
+            let applies = match rule.applies_to {
+                AppliesTo::All => true,
+                AppliesTo::Authenticated => principal.is_some(),
+                AppliesTo::Unauthenticated => principal.is_none(),
+            };
+            if !applies {
+                continue;
+            }
+            let host_ref: &dyn Host = host;
+            let values = key_values(rule, principal.as_ref(), &|name| host_ref.request_header(name), client_ip);
+            request.route = Some(rule.name.clone());
+            match (rule.scope, rule.limit) {
+                (Scope::Local, Some(limit)) => {
+                    let id = values.join("\u{1f}");
+                    let decide = |tat: Option<u64>| {
+                        let d = gcra::decide(&limit, tat, now, rule.cost);
+                        if d.allowed { Ok((d.new_tat, d)) } else { Err(d) }
+                    };
+                    match table.update(host, &id, now, WhenFull::EvictOldest, decide) {
+                        Ok(updated) => {
+                            if updated.evicted {
+                                host.increment_counter("meshward_ratelimit_evictions_total", 1);
+                            }
+                            let d = updated.result;
+                            self.tighten(limit.burst, d.remaining, d.reset_secs);
+                        }
+                        Err(SlotError::Rejected(d)) => {
+                            self.headers = Some((limit.burst, d.remaining, d.reset_secs));
+                            return Step::Deny(RateLimitError::RateLimited { retry_after_secs: d.retry_after_secs }.denial());
+                        }
+                        Err(SlotError::Full | SlotError::Unavailable) => {
+                            return Step::Deny(RateLimitError::StateUnavailable.denial());
+                        }
+                    }
+                }
+                _ => {
+                    let mut descriptor = vec![("rule".to_string(), rule.name.clone())];
+                    descriptor.extend(rule.key.iter().map(KeyPart::descriptor_key).zip(values));
+                    self.global_queue.insert(0, (index, descriptor));
+                }
+            }
+        }
+        self.next_global(host, request)
+    }
+
+    fn on_grpc_response(&mut self, host: &mut dyn Host, request: &mut RequestState, token: u32, response: GrpcResponse) -> Step {
+        let Some((pending, index)) = self.pending else { return Step::Pause };
+        if pending != token {
+            return Step::Pause;
+        }
+        self.pending = None;
+        let verdict = if response.status == 0 { rls::decode_response(&response.message) } else { None };
+        let Some(verdict) = verdict else {
+            host.log(LogLevel::Warn, &format!("meshward_ratelimit: rate-limit service failed (grpc status {})", response.status));
+            return self.service_failed(host, request);
+        };
+        if let Some(rule) = self.policy.config.rules.get(index) {
+            request.route = Some(rule.name.clone());
+        }
+        if let (Some(limit), Some(remaining)) = (verdict.limit, verdict.remaining) {
+            self.tighten(limit, remaining, verdict.reset_secs.unwrap_or(0));
+        }
+        if verdict.over_limit {
+            self.global_queue.clear();
+            let retry_after_secs = verdict.reset_secs.unwrap_or(1).max(1);
+            return Step::Deny(RateLimitError::RateLimited { retry_after_secs }.denial());
+        }
+        self.next_global(host, request)
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        if let Some((limit, remaining, reset)) = self.headers {
+            host.set_response_header("ratelimit-limit", Some(&limit.to_string()));
+            host.set_response_header("ratelimit-remaining", Some(&remaining.to_string()));
+            host.set_response_header("ratelimit-reset", Some(&reset.to_string()));
+        }
+        Step::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("10.0.0.1:5000"), "10.0.0.1");
+        assert_eq!(strip_port("[::1]:5000"), "::1");
+        assert_eq!(strip_port("10.0.0.1"), "10.0.0.1");
+        assert_eq!(strip_port("::1"), "::1");
+    }
+}

@@ -1,0 +1,165 @@
+"""meshward_ratelimit.wasm in the real Envoy (2 workers), behind meshward_jwt.wasm: exact
+per-principal limits under concurrency, isolation between principals, cost, refill, headers,
+unauthenticated traffic by client IP; and the global mode: two Envoys sharing one limit
+through the rate-limit service (RLS v3 over gRPC) and Redis."""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+
+from harness import Envoy, build_config, plugin, static_cluster
+from rls_server import RedisServer, RlsServer
+from test_jwt_envoy import jwt_config
+from tokens import bearer
+
+
+def local_config() -> dict:
+    return {
+        "rules": [
+            {"name": "per-user", "match": {"prefix": "/api/"}, "key": ["subject"], "limit": {"requests": 5, "per": "60s"}},
+            {"name": "export", "match": {"path": "/api/export"}, "key": ["subject"], "limit": {"requests": 10, "per": "60s"}, "cost": 4},
+            {"name": "refill", "match": {"prefix": "/fast/"}, "key": ["subject"], "limit": {"requests": 2, "per": "2s"}},
+            {"name": "anonymous", "match": {"prefix": "/public/"}, "applies_to": "unauthenticated", "key": ["client_ip"], "limit": {"requests": 3, "per": "60s"}},
+        ]
+    }
+
+
+def chain(keys, upstream_port, rl_config, clusters=()):
+    jwt = jwt_config(keys)
+    jwt["rules"] = [{"match": {"prefix": "/public/"}}, {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
+    return build_config(upstream_port, [plugin("jwt", jwt), plugin("ratelimit", rl_config)], clusters=list(clusters))
+
+
+@pytest.fixture(scope="module")
+def envoy(upstream, keys):
+    with Envoy(chain(keys, upstream.port, local_config()), concurrency=2) as env:
+        yield env
+    env.cleanup()
+
+
+def user(keys, sub):
+    return bearer(keys.token("ES256", sub=sub))
+
+
+def burst(env, path, headers, n, workers=10):
+    """n requests at once from many connections."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda _: env.request(path, headers), range(n)))
+
+
+def test_exactly_the_limit_passes_under_concurrency(envoy, keys):
+    results = burst(envoy, "/api/orders", user(keys, "alice-concurrent"), 24)
+    passed = [r for r in results if r.reached_upstream]
+    limited = [r for r in results if r.status == 429]
+    assert len(passed) == 5 and len(limited) == 19, [r.status for r in results]
+    assert all(r.reason == "rate_limited" for r in limited)
+
+
+def test_principals_do_not_affect_each_other(envoy, keys):
+    assert sum(r.reached_upstream for r in burst(envoy, "/api/orders", user(keys, "bob-1"), 8)) == 5
+    assert sum(r.reached_upstream for r in burst(envoy, "/api/orders", user(keys, "carol-1"), 8)) == 5
+
+
+def test_headers(envoy, keys):
+    h = user(keys, "dave-headers")
+    first = envoy.request("/api/orders", h)
+    assert first.reached_upstream
+    assert (first.header("ratelimit-limit"), first.header("ratelimit-remaining")) == ("5", "4")
+    assert 0 < int(first.header("ratelimit-reset")) <= 12
+    for _ in range(4):
+        envoy.request("/api/orders", h)
+    denied = envoy.request("/api/orders", h)
+    assert denied.status == 429 and denied.reason == "rate_limited"
+    assert denied.header("ratelimit-remaining") == "0"
+    # One request refills every 12 s (5 per 60 s): the client is told to come back then.
+    assert 1 <= int(denied.header("retry-after")) <= 12
+    assert denied.json()["request_id"]
+
+
+def test_cost_weighted_rule(envoy, keys):
+    h = user(keys, "erin-export")
+    # 10 per minute at cost 4: two exports fit, the third does not.
+    results = [envoy.request("/api/export", h) for _ in range(3)]
+    assert [r.status for r in results] == [200, 200, 429]
+    # The export budget is its own: reads still pass. (The per-user rule also counted the three
+    # export attempts: 3 of its 5 are used, so a read is its 4th.)
+    r = envoy.request("/api/orders", h)
+    assert r.reached_upstream and r.header("ratelimit-remaining") == "1", r
+    assert envoy.counter("meshward_ratelimit_denied_total.route.export.reason.rate_limited") >= 1
+
+
+def test_refill_after_the_window(envoy, keys):
+    h = user(keys, "frank-refill")
+    results = [envoy.request("/fast/x", h) for _ in range(3)]
+    assert [r.status for r in results] == [200, 200, 429]
+    time.sleep(int(results[2].header("retry-after")))
+    assert envoy.request("/fast/x", h).reached_upstream
+
+
+def test_unauthenticated_traffic_is_limited_by_client_ip(envoy):
+    results = [envoy.request("/public/catalog") for _ in range(5)]
+    assert [r.status for r in results] == [200, 200, 200, 429, 429]
+
+
+def test_shadow_mode_counts_but_forwards(upstream, keys):
+    cfg = local_config()
+    cfg["mode"] = "shadow"
+    with Envoy(chain(keys, upstream.port, cfg), concurrency=1) as env:
+        results = [env.request("/api/orders", user(keys, "gina-shadow")) for _ in range(7)]
+        assert all(r.reached_upstream for r in results)
+        assert env.counter("meshward_ratelimit_shadow_denied_total.route.per-user.reason.rate_limited") == 2
+    env.cleanup()
+
+
+# --- global mode: the rate-limit service and Redis -------------------------------------------
+
+def global_config(failure_mode="allow") -> dict:
+    return {
+        "global": {"cluster": "rls", "domain": "meshward-test", "timeout": "1s", "failure_mode": failure_mode},
+        "rules": [{"name": "fleet-user", "match": {"prefix": "/api/"}, "key": ["subject"], "scope": "global"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    server = RedisServer()
+    yield server
+    server.stop()
+
+
+def test_two_envoys_share_one_global_limit(upstream, keys, redis_server):
+    limits = {"fleet-user": (4, "minute")}
+    rls_a, rls_b = RlsServer(redis_server.port, limits), RlsServer(redis_server.port, limits)
+    env_a = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_a.port, http2=True)]), concurrency=2)
+    env_b = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_b.port, http2=True)]), concurrency=2)
+    try:
+        env_a.start()
+        env_b.start()
+        h = user(keys, "henry-fleet")
+        results = [env.request("/api/orders", h) for env in (env_a, env_b, env_a, env_b, env_a, env_b)]
+        assert [r.status for r in results] == [200, 200, 200, 200, 429, 429], [r.status for r in results]
+        assert results[0].header("ratelimit-limit") == "4" and results[0].header("ratelimit-remaining") == "3"
+        assert results[4].reason == "rate_limited" and int(results[4].header("retry-after")) >= 1
+        assert rls_a.service.calls == 3 and rls_b.service.calls == 3, "every request asked its service"
+        # Another principal has its own budget across the fleet.
+        assert env_b.request("/api/orders", user(keys, "iris-fleet")).reached_upstream
+    finally:
+        for thing in (env_a, env_b, rls_a, rls_b):
+            thing.stop()
+        env_a.cleanup()
+        env_b.cleanup()
+
+
+def test_service_down_fails_open_by_default_and_closed_when_configured(upstream, keys, redis_server):
+    dead = RlsServer(redis_server.port, {})
+    dead.stop()  # the port is known, nothing answers
+    for mode, status in (("allow", 200), ("deny", 503)):
+        with Envoy(chain(keys, upstream.port, global_config(mode), [static_cluster("rls", dead.port, http2=True)]), concurrency=1) as env:
+            r = env.request("/api/orders", user(keys, f"jack-{mode}"))
+            assert r.status == status, r
+            if mode == "deny":
+                assert r.reason == "rate_limit_service_unavailable"
+            assert env.counter("meshward_ratelimit_service_failures_total") == 1
+        env.cleanup()
