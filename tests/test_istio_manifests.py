@@ -29,7 +29,7 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     jsonschema.validate(doc, crd_schema())
     spec = doc["spec"]
     # jwt and webhook authenticate the caller (AUTHN); ownership authorizes (AUTHZ). Never fail open.
-    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "ownership": "AUTHZ"}
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "ownership": "AUTHZ", "ratelimit": "AUTHZ"}
     assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
     assert spec["failStrategy"] == "FAIL_CLOSE"
 
@@ -55,6 +55,8 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
     for provider in config.get("providers", {}).values():
         if "remote_jwks" in provider:
             clusters.append(static_cluster(provider["remote_jwks"]["http_uri"]["cluster"], upstream.port))
+    if "global" in config:
+        clusters.append(static_cluster(config["global"]["cluster"], upstream.port, http2=True))
     with Envoy(build_config(upstream.port, [plugin(name, config, env=env)], clusters=clusters), concurrency=1) as envoy:
         envoy.wait_for_log(rf"meshward_{name}: configuration accepted")
         if name == "jwt":
@@ -65,6 +67,10 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             path = config["endpoints"][0]["match"]["path"]
             r = envoy.request(path, method="POST", body=b"{}")
             assert r.status == 401 and r.reason == "missing_signature", r
+        elif name == "ratelimit":
+            # Without a principal only the anonymous (client IP) rule applies: 30 per minute.
+            statuses = [envoy.request("/").status for _ in range(31)]
+            assert statuses.count(200) == 30 and statuses[-1] == 429, statuses
         else:
             # Ownership alone has no principal; the manifest is in shadow mode, so it is
             # counted, not enforced.
