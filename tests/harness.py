@@ -70,8 +70,9 @@ def static_cluster(name: str, port: int, http2: bool = False) -> dict:
     return cluster
 
 
-def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] = (), request_headers_to_add: list[dict] = ()) -> dict:
-    """envoy/envoy.yaml with loopback ports, the given meshward filters, and extra clusters."""
+def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] = (), request_headers_to_add: list[dict] = (), native_filters: list[dict] = ()) -> dict:
+    """envoy/envoy.yaml with loopback ports, the given meshward filters (after any native
+    filters), and extra clusters."""
     cfg = yaml.safe_load(ENVOY_YAML.read_text())
     cfg["admin"]["address"]["socket_address"].update(address="127.0.0.1", port_value=0)
     listener = cfg["static_resources"]["listeners"][0]
@@ -90,7 +91,7 @@ def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] =
         if p["env"]:
             c["vm_config"]["environment_variables"] = {"key_values": p["env"]}
         filters.append(f)
-    hcm["http_filters"] = filters + [router]
+    hcm["http_filters"] = list(native_filters) + filters + [router]
     if request_headers_to_add:
         vhost = hcm["route_config"]["virtual_hosts"][0]
         vhost["request_headers_to_add"] = list(request_headers_to_add)

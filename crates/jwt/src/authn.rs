@@ -9,7 +9,7 @@ use meshward_core::Principal;
 
 use crate::config::{JwtConfig, KeySource, Requirement};
 use crate::jwks::KeySet;
-use crate::verify::{extract_token, verify_token};
+use crate::verify::{check_time_claims, extract_token, verify_token};
 use crate::JwtError;
 
 /// A verified token: who it names, which provider verified it, where it was found.
@@ -38,6 +38,10 @@ pub struct Inputs<'a> {
     pub keys: &'a dyn Fn(usize) -> Option<Rc<KeySet>>,
     /// Whether the provider's remote keys may be fetched now for this request.
     pub may_refresh: &'a dyn Fn(usize) -> bool,
+    /// A principal this exact token already verified to with the provider's current keys.
+    pub cached: &'a dyn Fn(usize, &str) -> Option<Principal>,
+    /// Remembers a token that just verified.
+    pub remember: &'a dyn Fn(usize, &str, &Principal),
     /// Unix seconds.
     pub now: u64,
 }
@@ -96,6 +100,13 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     let Some(found) = extract_token(&provider.from_headers, inputs.header) else {
         return Outcome::Denied(JwtError::MissingToken);
     };
+    if let Some(principal) = (inputs.cached)(index, &found.token) {
+        // Signature, issuer and audience were verified for these bytes and keys; time was not.
+        return match check_time_claims(&principal.claims, provider, inputs.now) {
+            Ok(()) => Outcome::Allowed(Some(Authenticated { principal, provider: index, token_header: found.header })),
+            Err(e) => Outcome::Denied(e),
+        };
+    }
     let remote = matches!(provider.keys, KeySource::Remote(_));
     let Some(keys) = (inputs.keys)(index) else {
         return if remote && (inputs.may_refresh)(index) {
@@ -105,11 +116,14 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
         };
     };
     match verify_token(&found.token, provider, &keys, inputs.now, config.max_token_bytes) {
-        Ok(principal) => Outcome::Allowed(Some(Authenticated {
+        Ok(principal) => {
+            (inputs.remember)(index, &found.token, &principal);
+            Outcome::Allowed(Some(Authenticated {
             principal,
             provider: index,
             token_header: found.header,
-        })),
+        }))
+        }
         Err(JwtError::UnknownKid) if remote && (inputs.may_refresh)(index) => Outcome::NeedKeys(index),
         Err(e) => Outcome::Denied(e),
     }

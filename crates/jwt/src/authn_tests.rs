@@ -27,7 +27,7 @@ fn decide(config: &JwtConfig, authorization: Option<&str>) -> Outcome {
     authenticate(
         config,
         &requirement,
-        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, now: NOW },
+        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW },
     )
 }
 
@@ -151,7 +151,7 @@ fn requirement_combinations() {
     let run = |req: &Requirement, auth: Option<&str>| {
         let auth = auth.map(str::to_string);
         let header = move |n: &str| if n == "authorization" { auth.clone() } else { None };
-        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, now: NOW })
+        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW })
     };
     let optional = Requirement::Any(vec![Requirement::Provider(0), Requirement::AllowMissing]);
     assert_eq!(run(&optional, None), Outcome::Allowed(None));
@@ -183,7 +183,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     let cached = Rc::new(crate::jwks::parse_jwks(keys.jwks().as_bytes(), true).unwrap().set);
     let req = Requirement::Provider(0);
     let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>, may: bool| {
-        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, now: NOW })
+        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW })
     };
     // No keys yet.
     assert_eq!(run(&|_| None, true), Outcome::NeedKeys(0));
@@ -194,7 +194,44 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     // No token: no fetch is needed to say so.
     let none = |_: &str| None;
     assert_eq!(
-        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, now: NOW }),
+        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW }),
         Outcome::Denied(JwtError::MissingToken)
     );
+}
+
+#[test]
+fn cached_tokens_skip_the_signature_but_not_the_clock() {
+    use std::cell::RefCell;
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    let keys_fn = local_keys(&cfg);
+    let cache = RefCell::new(crate::cache::TokenCache::new(8));
+    let token = keys.sign("ES256", Some("es"), &with(json!({"exp": NOW + 100})));
+    let auth = format!("Bearer {token}");
+    let header = |n: &str| if n == "authorization" { Some(auth.clone()) } else { None };
+    let verifications = RefCell::new(0);
+    let run = |now: u64, keys: &dyn Fn(usize) -> Option<Rc<KeySet>>| {
+        authenticate(&cfg, &Requirement::Provider(0), &Inputs {
+            header: &header,
+            keys,
+            may_refresh: &|_| false,
+            cached: &|i, t| cache.borrow().get(i, 0, t),
+            remember: &|i, t, p| { *verifications.borrow_mut() += 1; cache.borrow_mut().insert(i, 0, t, p) },
+            now,
+        })
+    };
+    assert!(matches!(run(NOW, &keys_fn), Outcome::Allowed(Some(_))));
+    // Second time: no keys at all, still allowed from the cache; nothing verified again.
+    assert!(matches!(run(NOW + 10, &|_| None), Outcome::Allowed(Some(_))));
+    assert_eq!(*verifications.borrow(), 1);
+    // The cache never extends a token's life.
+    assert_eq!(run(NOW + 100 + 61, &keys_fn), Outcome::Denied(JwtError::Expired));
+    // A tampered token is another token: it misses the cache and fails verification.
+    let tampered = format!("Bearer {}x", token);
+    let header2 = |n: &str| if n == "authorization" { Some(tampered.clone()) } else { None };
+    let out = authenticate(&cfg, &Requirement::Provider(0), &Inputs {
+        header: &header2, keys: &keys_fn, may_refresh: &|_| false,
+        cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|_, _, _| {}, now: NOW,
+    });
+    assert!(matches!(out, Outcome::Denied(_)));
 }

@@ -19,6 +19,7 @@ const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 const DEFAULT_TENANT_CLAIM: &str = "tenant";
+const DEFAULT_TOKEN_CACHE_SIZE: usize = 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +29,7 @@ struct RawConfig {
     #[serde(default)]
     mode: Mode,
     max_token_bytes: Option<usize>,
+    token_cache_size: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +178,8 @@ pub struct JwtConfig {
     pub rules: Vec<Rule>,
     pub mode: Mode,
     pub max_token_bytes: usize,
+    /// Verified tokens remembered per VM (0 = verify every time).
+    pub token_cache_size: usize,
 }
 
 impl JwtConfig {
@@ -195,6 +199,10 @@ impl JwtConfig {
         let max_token_bytes = raw.max_token_bytes.unwrap_or(DEFAULT_MAX_TOKEN_BYTES);
         if !(256..=65_536).contains(&max_token_bytes) {
             return Err(ConfigError::new("max_token_bytes", "must be between 256 and 65536"));
+        }
+        let token_cache_size = raw.token_cache_size.unwrap_or(DEFAULT_TOKEN_CACHE_SIZE);
+        if token_cache_size > 65_536 {
+            return Err(ConfigError::new("token_cache_size", "must be at most 65536"));
         }
         let names: Vec<String> = raw.providers.keys().cloned().collect();
         let mut providers = Vec::with_capacity(names.len());
@@ -224,6 +232,7 @@ impl JwtConfig {
             rules,
             mode: raw.mode,
             max_token_bytes,
+            token_cache_size,
         })
     }
 

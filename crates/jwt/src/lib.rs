@@ -6,6 +6,7 @@
 //! [`JwtError`] variant.
 
 pub mod authn;
+pub mod cache;
 pub mod config;
 mod error;
 pub mod jwks;

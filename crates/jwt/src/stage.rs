@@ -10,6 +10,7 @@ use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Reque
 use meshward_host::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
 
 use crate::authn::{authenticate, Authenticated, Inputs, Outcome};
+use crate::cache::TokenCache;
 use crate::config::{JwtConfig, KeySource, RemoteJwks};
 use crate::jwks::{parse_jwks, KeySet};
 use crate::verify::claim_header_value;
@@ -31,6 +32,8 @@ struct ProviderKeys {
     scheduled_in_flight: bool,
     on_demand_in_flight: bool,
     last_on_demand_at: Option<u64>,
+    /// Bumped on every new key set, so cached verifications against old keys stop counting.
+    generation: u64,
 }
 
 /// The JWT filter's compiled configuration plus its per-VM key caches.
@@ -40,6 +43,7 @@ pub struct JwtPolicy {
     keys: RefCell<Vec<ProviderKeys>>,
     /// Scheduled fetches in flight: (call token, provider index).
     scheduled: RefCell<Vec<(u32, usize)>>,
+    cache: RefCell<TokenCache>,
 }
 
 fn unix_secs(host: &dyn Host) -> u64 {
@@ -61,6 +65,7 @@ impl JwtPolicy {
             })
             .collect();
         JwtPolicy {
+            cache: RefCell::new(TokenCache::new(config.token_cache_size)),
             config,
             keys: RefCell::new(keys),
             scheduled: RefCell::new(Vec::new()),
@@ -77,6 +82,10 @@ impl JwtPolicy {
     /// The provider's current key set.
     pub fn key_set(&self, index: usize) -> Option<Rc<KeySet>> {
         self.keys.borrow().get(index).and_then(|k| k.set.clone())
+    }
+
+    fn generation(&self, index: usize) -> u64 {
+        self.keys.borrow().get(index).map(|k| k.generation).unwrap_or(0)
     }
 
     fn may_refresh_on_demand(&self, index: usize, now: u64) -> bool {
@@ -118,6 +127,7 @@ impl JwtPolicy {
         match result {
             Ok(parsed) => {
                 state.set = Some(Rc::new(parsed.set));
+                state.generation = state.generation.wrapping_add(1);
                 state.failures = 0;
                 state.next_fetch_at = now.saturating_add(remote.cache_duration.as_secs());
                 drop(keys);
@@ -255,6 +265,10 @@ impl JwtStage {
                         header: &|name| host_ref.request_header(name),
                         keys: &|i| policy.key_set(i),
                         may_refresh: &|i| !refused.contains(&i) && policy.may_refresh_on_demand(i, now),
+                        cached: &|i, token| policy.cache.borrow().get(i, policy.generation(i), token),
+                        remember: &|i, token, principal| {
+                            policy.cache.borrow_mut().insert(i, policy.generation(i), token, principal)
+                        },
                         now,
                     },
                 )

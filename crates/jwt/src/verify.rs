@@ -143,6 +143,24 @@ pub fn verify_token(
     Ok(principal_from_claims(provider, audiences, payload))
 }
 
+/// The time checks of [`verify_token`], for a token whose signature, issuer and audience were
+/// already verified (a cache hit): `exp` and `nbf` / `iat` against `now` with the skew.
+pub fn check_time_claims(claims: &Map<String, Value>, provider: &Provider, now: u64) -> Result<(), JwtError> {
+    let skew = provider.clock_skew_seconds;
+    let seconds = |name: &str| claims.get(name).and_then(Value::as_f64).map(|v| v.max(0.0) as u64);
+    match seconds("exp") {
+        Some(exp) if now.saturating_sub(skew) > exp => return Err(JwtError::Expired),
+        None if provider.require_expiration => return Err(JwtError::MissingExpiration),
+        _ => {}
+    }
+    for claim in ["nbf", "iat"] {
+        if seconds(claim).is_some_and(|t| t > now.saturating_add(skew)) {
+            return Err(JwtError::NotYetValid);
+        }
+    }
+    Ok(())
+}
+
 fn map_library_error(e: &jwt_simple::Error) -> JwtError {
     match e.downcast_ref::<JWTError>() {
         Some(JWTError::TokenHasExpired) => JwtError::Expired,

@@ -1,0 +1,127 @@
+//! Verified tokens, remembered per VM so a client that sends the same token again does not pay
+//! for the signature again (Envoy's `jwt_authn` has the same idea: `jwt_cache_config`).
+//!
+//! Only the signature, issuer and audience results are reused: they depend on the token bytes
+//! and the provider's keys alone. Time claims are checked again on every hit, and an entry is
+//! only valid for the key-set generation it was verified with, so a rotated-out key stops
+//! verifying at once. Bounded: the oldest entry goes first.
+
+use std::collections::{HashMap, VecDeque};
+
+use meshward_core::Principal;
+use sha2::{Digest, Sha256};
+
+type Key = [u8; 32];
+
+struct Entry {
+    generation: u64,
+    principal: Principal,
+}
+
+/// A bounded map from (provider, token) to the principal it verified to.
+pub struct TokenCache {
+    capacity: usize,
+    entries: HashMap<Key, Entry>,
+    order: VecDeque<Key>,
+}
+
+impl std::fmt::Debug for TokenCache {
+    /// Never prints tokens or claims.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenCache({}/{})", self.entries.len(), self.capacity)
+    }
+}
+
+fn key(provider: usize, token: &str) -> Key {
+    Sha256::new()
+        .chain_update(u64::try_from(provider).unwrap_or(u64::MAX).to_be_bytes())
+        .chain_update(token.as_bytes())
+        .finalize()
+        .into()
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens; 0 disables it.
+    pub fn new(capacity: usize) -> Self {
+        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// The principal `token` verified to for `provider` with key-set `generation`.
+    pub fn get(&self, provider: usize, generation: u64, token: &str) -> Option<Principal> {
+        if self.capacity == 0 {
+            return None;
+        }
+        self.entries
+            .get(&key(provider, token))
+            .filter(|e| e.generation == generation)
+            .map(|e| e.principal.clone())
+    }
+
+    pub fn insert(&mut self, provider: usize, generation: u64, token: &str, principal: &Principal) {
+        if self.capacity == 0 {
+            return;
+        }
+        let k = key(provider, token);
+        if self.entries.insert(k, Entry { generation, principal: principal.clone() }).is_none() {
+            self.order.push_back(k);
+        }
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn principal(sub: &str) -> Principal {
+        Principal {
+            provider: "p".into(),
+            issuer: "i".into(),
+            subject: Some(sub.into()),
+            audiences: vec![],
+            scopes: vec![],
+            tenant: None,
+            claims: Map::new(),
+        }
+    }
+
+    #[test]
+    fn hits_only_for_the_same_provider_token_and_generation() {
+        let mut cache = TokenCache::new(2);
+        cache.insert(0, 1, "t1", &principal("a"));
+        assert_eq!(cache.get(0, 1, "t1").and_then(|p| p.subject), Some("a".into()));
+        assert!(cache.get(1, 1, "t1").is_none(), "other provider");
+        assert!(cache.get(0, 2, "t1").is_none(), "keys changed since");
+        assert!(cache.get(0, 1, "t2").is_none());
+    }
+
+    #[test]
+    fn bounded_oldest_first_and_zero_disables() {
+        let mut cache = TokenCache::new(2);
+        for t in ["a", "b", "c"] {
+            cache.insert(0, 0, t, &principal(t));
+        }
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get(0, 0, "a").is_none());
+        assert!(cache.get(0, 0, "c").is_some());
+        let mut off = TokenCache::new(0);
+        off.insert(0, 0, "a", &principal("a"));
+        assert!(off.is_empty() && off.get(0, 0, "a").is_none());
+    }
+}

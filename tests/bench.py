@@ -1,0 +1,219 @@
+"""`make bench`: what each meshward filter adds to a request through the real Envoy, measured
+side by side in ONE run against plain Envoy and Envoy's closest native filter.
+
+Envoy runs with one worker (--concurrency 1) in front of a fast upstream (a second Envoy that
+answers from memory with direct_response), driven by wrk over loopback. Absolute numbers on a
+shared 2-core machine are noisy; the ratios in the same run are what to read.
+
+    python tests/bench.py [--duration 8] [--connections 32] [--json bench-results.json]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import standardwebhooks  # noqa: E402
+
+from harness import DIST, REPO, Envoy, build_config, plugin  # noqa: E402
+from tokens import AUDIENCE, ISSUER, KeyRing  # noqa: E402
+
+
+def upstream_config() -> dict:
+    """An Envoy that answers every request itself: the fastest upstream there is."""
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [{
+            "name": "fast",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "fast",
+                    "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}}}]}]},
+                    "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                },
+            }]}],
+        }]},
+    }
+
+
+def jwt_authn(keys: KeyRing, families) -> dict:
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            # The same verified-token cache meshward has on by default, so both skip repeat work.
+            "providers": {"main": {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline_string": json.dumps(keys.jwks(families))},
+                                   "jwt_cache_config": {"jwt_cache_size": 1024}}},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}],
+        },
+    }
+
+
+def local_ratelimit() -> dict:
+    return {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench",
+            "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000, "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": "rl_enabled", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"runtime_key": "rl_enforced", "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+        },
+    }
+
+
+def meshward_jwt(keys: KeyRing, families, cache: int = 1024) -> dict:
+    return plugin("jwt", {
+        "providers": {"main": {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline_string": json.dumps(keys.jwks(families))}}},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}],
+        "token_cache_size": cache,
+    })
+
+
+OWNERSHIP = plugin("ownership", {"rules": [{"name": "orders", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}"},
+                                           "scopes": ["orders:read"], "owner": [{"path_param": "tenant_id", "claim": "tenant"}]}]})
+RATELIMIT = plugin("ratelimit", {"rules": [{"name": "per-user", "match": {"prefix": "/"}, "key": ["subject"], "limit": {"requests": 1000000000, "per": "10000s"}}]})
+RATELIMIT_ANON = plugin("ratelimit", {"rules": [{"name": "per-ip", "match": {"prefix": "/"}, "key": ["client_ip"], "limit": {"requests": 1000000000, "per": "10000s"}}]})
+SW_SECRET = "whsec_" + base64.b64encode(b"meshward-bench-secret-32-bytes!!").decode()
+WEBHOOK = plugin("webhook", {"endpoints": [{"name": "hooks", "match": {"prefix": "/"}, "scheme": "standard_webhooks",
+                                            "secrets": [{"inline_string": SW_SECRET}], "replay_protection": False}]})
+
+
+def scenarios(keys: KeyRing):
+    tok = {alg: keys.token(alg, scope="orders:read", exp=int(time.time()) + 3600) for alg in ("HS256", "RS256", "ES256")}
+    auth = lambda alg: {"authorization": f"Bearer {tok[alg]}"}  # noqa: E731
+    body = json.dumps({"type": "invoice.paid", "data": "x" * 1990}).encode()[:2048]
+    msg_id, now = "msg_bench", datetime.now(tz=timezone.utc)
+    sw_headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                  "webhook-signature": standardwebhooks.Webhook(SW_SECRET).sign(msg_id, now, body.decode()), "content-type": "application/json"}
+    path = "/tenants/acme/orders/42"
+    fam = {"HS256": ["hs"], "RS256": ["rsa"], "ES256": ["es256"]}
+    out = [("plain envoy", [], [], {}, None, "plain")]
+    for alg in ("HS256", "RS256", "ES256"):
+        out.append((f"jwt {alg} (meshward)", [meshward_jwt(keys, fam[alg])], [], auth(alg), None, f"jwt_authn {alg}"))
+        out.append((f"jwt {alg} (meshward, no cache)", [meshward_jwt(keys, fam[alg], cache=0)], [], auth(alg), None, f"jwt_authn {alg}"))
+        out.append((f"jwt_authn {alg} (native)", [], [jwt_authn(keys, fam[alg])], auth(alg), None, None))
+    out += [
+        ("ratelimit (meshward, not limited)", [RATELIMIT_ANON], [], {}, None, "local_ratelimit"),
+        ("local_ratelimit (native)", [], [local_ratelimit()], {}, None, None),
+        ("webhook standard 2KiB (meshward)", [WEBHOOK], [], sw_headers, body, None),
+        ("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], [], auth("ES256"), None, None),
+        ("chain jwt+ownership+ratelimit (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], [], auth("ES256"), None, None),
+    ]
+    return path, out
+
+
+def wrk_script(directory: Path, headers: dict, body: bytes | None) -> Path:
+    lines = []
+    if body is not None:
+        lines.append('wrk.method = "POST"')
+        lines.append(f"wrk.body = {json.dumps(body.decode())}")
+    for k, v in headers.items():
+        lines.append(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}")
+    # Count non-2xx answers so a misconfigured scenario cannot pass as fast.
+    lines.append("bad = 0\nresponse = function(status, headers, body) if status ~= 200 then bad = bad + 1 end end")
+    lines.append('done = function(summary, latency, requests) io.write(string.format("NON200 %d\\n", bad)) end')
+    path = directory / "script.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_wrk(port: int, path: str, script: Path, duration: int, connections: int) -> dict:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        return float(m.group(1)) * scale
+    non200 = int(re.search(r"NON200 (\d+)", out).group(1))
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non_200": non200}
+
+
+def memory_bytes(env: Envoy) -> int:
+    return int(json.loads(env.admin("/memory").body)["allocated"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="meshward benchmarks")
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--json", default=str(REPO / "bench-results.json"))
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        print("wrk is missing: run `make system-deps`", file=sys.stderr)
+        return 2
+    keys = KeyRing()
+    path, plan = scenarios(keys)
+    upstream = Envoy(upstream_config(), concurrency=1)
+    upstream.start()
+    results = []
+    work = Path(tempfile.mkdtemp(prefix="meshward-bench-"))
+    try:
+        for name, plugins, native, headers, body, compare in plan:
+            env = Envoy(build_config(upstream.port, plugins, native_filters=native), concurrency=1)
+            env.start()
+            try:
+                probe = env.request(path, headers, method="POST" if body is not None else "GET", body=body)
+                if probe.status != 200:
+                    raise RuntimeError(f"{name}: probe answered {probe.status} {probe.body[:200]!r}")
+                script = wrk_script(work, headers, body)
+                run_wrk(env.port, path, script, 2, args.connections)  # warm-up
+                r = run_wrk(env.port, path, script, args.duration, args.connections)
+                r.update(name=name, compare=compare, memory_bytes=memory_bytes(env))
+                results.append(r)
+                print(f"  {name:<42} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+            finally:
+                env.stop()
+                env.cleanup()
+    finally:
+        upstream.stop()
+        upstream.cleanup()
+
+    by_name = {r["name"]: r for r in results}
+    plain = by_name["plain envoy"]
+    for r in results:
+        r["vs_plain"] = r["rps"] / plain["rps"]
+        native = next((x for x in results if r["compare"] and x["name"].startswith(r["compare"]) and x is not r and "native" in x["name"]), None)
+        r["vs_native"] = r["rps"] / native["rps"] if native else None
+    sizes = {p.name: p.stat().st_size for p in sorted(DIST.glob("*.wasm"))}
+    report = {
+        "date": datetime.now(tz=timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count()},
+        "settings": {"envoy_concurrency": 1, "wrk": f"-t1 -c{args.connections} -d{args.duration}s", "upstream": "envoy direct_response"},
+        "results": results,
+        "module_bytes": sizes,
+    }
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+    print()
+    print(f"{'scenario':<42} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'vs plain':>8} {'vs native':>9} {'mem MiB':>7} {'non-200':>7}")
+    for r in results:
+        native = f"{r['vs_native']:.2f}x" if r["vs_native"] else "-"
+        print(f"{r['name']:<42} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} {r['memory_bytes'] / 2**20:>7.1f} {r['non_200']:>7}")
+    print("\nmodule sizes: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()))
+    print(f"results written to {args.json}")
+    bad = [r["name"] for r in results if r["non_200"]]
+    if bad:
+        print(f"scenarios with non-200 answers (their numbers do not count): {bad}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
