@@ -1,64 +1,61 @@
-//! proxy-wasm glue: forwards the SDK's callbacks to [`Filter`] and the [`Policy`] with
-//! [`ProxyWasmHost`]. Nothing here decides anything.
+//! proxy-wasm glue: forwards the SDK's callbacks to a [`Plan`] (root) and a [`Filter`] (each
+//! request) with [`ProxyWasmHost`]. Nothing here decides anything.
 
-use std::rc::Rc;
-
-use meshward_core::{Denial, DenialKind, GrpcResponse, Policy};
+use meshward_core::{Denial, DenialKind, GrpcResponse};
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::{send_denial, Filter, Verdict};
+use crate::{send_denial, Filter, Plan, Verdict};
 
-/// Installs the root context for policy `P`; call from `proxy_wasm::main!`.
-pub fn register<P: Policy>() {
+/// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
+pub fn register<T: Plan>() {
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<P> { policy: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None }) });
 }
 
-struct Root<P: Policy> {
-    policy: Option<Rc<P>>,
+struct Root<T: Plan> {
+    plan: Option<T>,
 }
 
-impl<P: Policy> Context for Root<P> {
+impl<T: Plan> Context for Root<T> {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        if let Some(policy) = &self.policy {
+        if let Some(plan) = &self.plan {
             let mut host = ProxyWasmHost;
             let response = host.http_call_response(body_size);
-            P::on_http_call_response(policy, &mut host, token, response);
+            plan.on_http_call_response(&mut host, token, &response);
         }
     }
 }
 
-impl<P: Policy> RootContext for Root<P> {
+impl<T: Plan> RootContext for Root<T> {
     fn on_configure(&mut self, _size: usize) -> bool {
         let mut host = ProxyWasmHost;
         let config = self.get_plugin_configuration().unwrap_or_default();
-        match P::configure(&config, &host) {
-            Ok(policy) => {
-                let policy = Rc::new(policy);
-                P::start(&policy, &mut host);
-                self.policy = Some(policy);
-                host.log(LogLevel::Info, &format!("meshward_{}: configuration accepted", P::NAME));
+        match T::configure(&config, &host) {
+            Ok(plan) => {
+                plan.start(&mut host);
+                self.plan = Some(plan);
+                host.log(LogLevel::Info, &format!("{}: configuration accepted", T::module_name()));
                 true
             }
             Err(e) => {
-                // The previous policy (if any) stays; Envoy refuses the new configuration.
-                host.log(LogLevel::Error, &format!("meshward_{}: invalid configuration: {e}", P::NAME));
+                // The previous plan (if any) stays; Envoy refuses the new configuration.
+                host.log(LogLevel::Error, &format!("{}: invalid configuration: {e}", T::module_name()));
                 false
             }
         }
     }
 
     fn on_tick(&mut self) {
-        if let Some(policy) = &self.policy {
-            P::on_tick(policy, &mut ProxyWasmHost);
+        if let Some(plan) = &self.plan {
+            plan.on_tick(&mut ProxyWasmHost);
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(match &self.policy {
-            Some(policy) => Box::new(HttpFilter { filter: Filter::new(policy) }),
+        Some(match &self.plan {
+            Some(plan) => Box::new(HttpFilter { filter: plan.new_filter() }),
             None => Box::new(Unconfigured),
         })
     }
@@ -68,11 +65,11 @@ impl<P: Policy> RootContext for Root<P> {
     }
 }
 
-struct HttpFilter<P: Policy> {
-    filter: Filter<P>,
+struct HttpFilter {
+    filter: Filter,
 }
 
-impl<P: Policy> Context for HttpFilter<P> {
+impl Context for HttpFilter {
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let mut host = ProxyWasmHost;
         let response = host.http_call_response(body_size);
@@ -86,7 +83,7 @@ impl<P: Policy> Context for HttpFilter<P> {
     }
 }
 
-impl<P: Policy> HttpContext for HttpFilter<P> {
+impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         action(self.filter.on_request_headers(&mut ProxyWasmHost, end_of_stream))
     }

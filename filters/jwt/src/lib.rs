@@ -5,5 +5,5 @@
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    meshward_runtime::register::<meshward_jwt::JwtPolicy>();
+    meshward_runtime::register::<meshward_runtime::Single<meshward_jwt::JwtPolicy>>();
 }}

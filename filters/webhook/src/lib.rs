@@ -5,5 +5,5 @@
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
-    meshward_runtime::register::<meshward_webhook::WebhookPolicy>();
+    meshward_runtime::register::<meshward_runtime::Single<meshward_webhook::WebhookPolicy>>();
 }}
