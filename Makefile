@@ -1,6 +1,7 @@
 # meshward — build, test, demo.
 #
-#   make build   wasm modules -> dist/ (installs the wasm32-wasip1 target if missing)
+#   make build   wasm modules -> dist/: one per filter + meshward.wasm, the bundle of all
+#                (installs the wasm32-wasip1 target if missing)
 #   make test    lint + unit tests + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #   make bench   what each filter costs per request, next to plain and native Envoy
@@ -22,9 +23,10 @@ PYTEST_ARGS ?= -q
 .PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench clean
 
 build: wasm-target
-	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter)
+	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
 	mkdir -p $(DIST)
 	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f)_filter.wasm $(DIST)/meshward_$(f).wasm;)
+	cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.wasm
 	@ls -l $(DIST)/*.wasm
 
 wasm-target:

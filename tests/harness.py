@@ -48,6 +48,24 @@ def plugin(name: str, config, module: str | None = None, env: dict | None = None
     }
 
 
+def bundle(plugins: list[dict]) -> dict:
+    """The same filters as one meshward.wasm: each stage keeps exactly its own configuration."""
+    stages, env = [], {}
+    for p in plugins:
+        config = json.loads(p["config"]) if isinstance(p["config"], str) else p["config"]
+        stages.append({p["name"]: config})
+        env.update(p["env"])
+    return plugin("bundle", {"stages": stages}, module="meshward.wasm", env=env)
+
+
+def as_deployed(form: str, plugins: list[dict]) -> list[dict]:
+    """`separate`: one module per filter, chained; `bundle`: all of them in meshward.wasm."""
+    return plugins if form == "separate" else [bundle(plugins)]
+
+
+FORMS = ["separate", "bundle"]
+
+
 def static_cluster(name: str, port: int, http2: bool = False) -> dict:
     cluster = {
         "name": name,

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from harness import Envoy, build_config, plugin
+from harness import FORMS, Envoy, as_deployed, build_config, plugin
 from tokens import ALGORITHMS, AUDIENCE, ISSUER, KeyRing, bearer, forge_hs256, unsigned
 
 
@@ -38,9 +38,9 @@ def jwt_config(keys: KeyRing, mode: str = "enforce") -> dict:
 PRINCIPAL_ECHO = [{"header": {"key": "x-test-principal", "value": "%FILTER_STATE(wasm.meshward.principal:PLAIN)%"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
 
 
-@pytest.fixture(scope="module")
-def envoy(upstream, keys):
-    cfg = build_config(upstream.port, [plugin("jwt", jwt_config(keys))], request_headers_to_add=PRINCIPAL_ECHO)
+@pytest.fixture(scope="module", params=FORMS)
+def envoy(request, upstream, keys):
+    cfg = build_config(upstream.port, as_deployed(request.param, [plugin("jwt", jwt_config(keys))]), request_headers_to_add=PRINCIPAL_ECHO)
     with Envoy(cfg) as env:
         yield env
     env.cleanup()

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fake_crapi import crapi_server
-from harness import REPO, Envoy, build_config, plugin
+from harness import FORMS, REPO, Envoy, as_deployed, build_config, plugin
 from tokens import AUDIENCE, ISSUER, bearer
 from test_jwt_envoy import jwt_config
 
@@ -43,9 +43,9 @@ def crapi():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def envoy(crapi, keys):
-    cfg = build_config(crapi.port, [plugin("jwt", chain_jwt_config(keys)), plugin("ownership", ownership_config())])
+@pytest.fixture(scope="module", params=FORMS)
+def envoy(request, crapi, keys):
+    cfg = build_config(crapi.port, as_deployed(request.param, [plugin("jwt", chain_jwt_config(keys)), plugin("ownership", ownership_config())]))
     with Envoy(cfg) as env:
         yield env
     env.cleanup()

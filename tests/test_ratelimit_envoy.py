@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import Envoy, build_config, plugin, static_cluster
+from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
 from rls_server import RedisServer, RlsServer
 from test_jwt_envoy import jwt_config
 from tokens import bearer
@@ -26,15 +26,15 @@ def local_config() -> dict:
     }
 
 
-def chain(keys, upstream_port, rl_config, clusters=()):
+def chain(keys, upstream_port, rl_config, clusters=(), form="separate"):
     jwt = jwt_config(keys)
     jwt["rules"] = [{"match": {"prefix": "/public/"}}, {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
-    return build_config(upstream_port, [plugin("jwt", jwt), plugin("ratelimit", rl_config)], clusters=list(clusters))
+    return build_config(upstream_port, as_deployed(form, [plugin("jwt", jwt), plugin("ratelimit", rl_config)]), clusters=list(clusters))
 
 
-@pytest.fixture(scope="module")
-def envoy(upstream, keys):
-    with Envoy(chain(keys, upstream.port, local_config()), concurrency=2) as env:
+@pytest.fixture(scope="module", params=FORMS)
+def envoy(request, upstream, keys):
+    with Envoy(chain(keys, upstream.port, local_config(), form=request.param), concurrency=2) as env:
         yield env
     env.cleanup()
 
@@ -129,22 +129,23 @@ def redis_server():
     server.stop()
 
 
-def test_two_envoys_share_one_global_limit(upstream, keys, redis_server):
+@pytest.mark.parametrize("form", FORMS)
+def test_two_envoys_share_one_global_limit(upstream, keys, redis_server, form):
     limits = {"fleet-user": (4, "minute")}
     rls_a, rls_b = RlsServer(redis_server.port, limits), RlsServer(redis_server.port, limits)
-    env_a = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_a.port, http2=True)]), concurrency=2)
-    env_b = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_b.port, http2=True)]), concurrency=2)
+    env_a = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_a.port, http2=True)], form=form), concurrency=2)
+    env_b = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_b.port, http2=True)], form=form), concurrency=2)
     try:
         env_a.start()
         env_b.start()
-        h = user(keys, "henry-fleet")
+        h = user(keys, f"henry-fleet-{form}")
         results = [env.request("/api/orders", h) for env in (env_a, env_b, env_a, env_b, env_a, env_b)]
         assert [r.status for r in results] == [200, 200, 200, 200, 429, 429], [r.status for r in results]
         assert results[0].header("ratelimit-limit") == "4" and results[0].header("ratelimit-remaining") == "3"
         assert results[4].reason == "rate_limited" and int(results[4].header("retry-after")) >= 1
         assert rls_a.service.calls == 3 and rls_b.service.calls == 3, "every request asked its service"
         # Another principal has its own budget across the fleet.
-        assert env_b.request("/api/orders", user(keys, "iris-fleet")).reached_upstream
+        assert env_b.request("/api/orders", user(keys, f"iris-fleet-{form}")).reached_upstream
     finally:
         for thing in (env_a, env_b, rls_a, rls_b):
             thing.stop()

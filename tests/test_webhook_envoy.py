@@ -16,7 +16,7 @@ import stripe
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from githubkit.webhooks import sign as github_sign
 
-from harness import Envoy, build_config, plugin
+from harness import FORMS, Envoy, as_deployed, build_config, plugin
 
 SW_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 SW_OLD_SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -43,9 +43,9 @@ def webhook_config(mode: str = "enforce") -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def envoy(upstream):
-    cfg = build_config(upstream.port, [plugin("webhook", webhook_config(), env={"STRIPE_WEBHOOK_SECRET": STRIPE_SECRET})])
+@pytest.fixture(scope="module", params=FORMS)
+def envoy(request, upstream):
+    cfg = build_config(upstream.port, as_deployed(request.param, [plugin("webhook", webhook_config(), env={"STRIPE_WEBHOOK_SECRET": STRIPE_SECRET})]))
     with Envoy(cfg, concurrency=2) as env:
         yield env
     env.cleanup()

@@ -1,0 +1,92 @@
+//! `meshward.wasm`: every meshward policy in one module, one VM, one pass per request.
+//!
+//! The configuration is an ordered list of stages, each holding exactly the configuration its
+//! own module takes, so moving from separate modules to the bundle is a copy:
+//!
+//! ```json
+//! {"stages": [{"jwt": {...}}, {"ownership": {...}}, {"ratelimit": {...}}]}
+//! ```
+//!
+//! Stages run in order and the first enforced denial answers; the JWT stage hands the principal
+//! to the later stages in memory (and still publishes it to filter state for other filters).
+
+use std::rc::Rc;
+
+use meshward_core::config::ConfigError;
+use meshward_core::Policy;
+use meshward_host::Host;
+use meshward_runtime::{AnyPolicy, Plan};
+use serde_json::Value;
+
+/// The stage kinds the bundle knows, by their configuration key.
+pub const STAGE_KINDS: [&str; 4] = ["jwt", "webhook", "ownership", "ratelimit"];
+
+/// The policies of one bundle configuration, in order.
+pub struct Bundle {
+    policies: Vec<Box<dyn AnyPolicy>>,
+}
+
+fn stage<P: Policy>(at: &str, config: &Value, host: &dyn Host) -> Result<Box<dyn AnyPolicy>, ConfigError> {
+    let bytes = serde_json::to_vec(config).map_err(|e| ConfigError::new(at, e.to_string()))?;
+    let policy = P::configure(&bytes, host).map_err(|e| {
+        let path = if e.path.is_empty() { at.to_string() } else { format!("{at}.{}", e.path) };
+        ConfigError::new(path, e.message)
+    })?;
+    Ok(Box::new(Rc::new(policy)))
+}
+
+impl Plan for Bundle {
+    fn module_name() -> &'static str {
+        "meshward"
+    }
+
+    fn configure(config: &[u8], host: &dyn Host) -> Result<Self, ConfigError> {
+        let document: Value = serde_json::from_slice(config).map_err(|e| ConfigError::new("", format!("not JSON: {e}")))?;
+        let Value::Object(top) = document else {
+            return Err(ConfigError::new("", "the configuration is a JSON object with `stages`"));
+        };
+        if let Some(unknown) = top.keys().find(|k| *k != "stages") {
+            return Err(ConfigError::new(unknown.as_str(), format!("unknown field `{unknown}`, expected `stages`")));
+        }
+        let Some(Value::Array(stages)) = top.get("stages") else {
+            return Err(ConfigError::new("stages", "is required: a list of stages such as {\"jwt\": {...}}"));
+        };
+        if stages.is_empty() {
+            return Err(ConfigError::new("stages", "at least one stage is required"));
+        }
+        let mut policies: Vec<Box<dyn AnyPolicy>> = Vec::with_capacity(stages.len());
+        for (i, entry) in stages.iter().enumerate() {
+            let at = format!("stages[{i}]");
+            let (kind, config) = match entry {
+                Value::Object(map) if map.len() == 1 => map.iter().next().map(|(k, v)| (k.as_str(), v)).ok_or_else(|| ConfigError::new(&at, "is empty"))?,
+                _ => return Err(ConfigError::new(&at, "must be an object with exactly one key: the stage kind")),
+            };
+            let at = format!("{at}.{kind}");
+            if policies.iter().any(|p| p.name() == kind) {
+                return Err(ConfigError::new(&at, format!("a second `{kind}` stage: put all its rules in one")));
+            }
+            policies.push(match kind {
+                "jwt" => stage::<meshward_jwt::JwtPolicy>(&at, config, host)?,
+                "webhook" => stage::<meshward_webhook::WebhookPolicy>(&at, config, host)?,
+                "ownership" => stage::<meshward_ownership::OwnershipPolicy>(&at, config, host)?,
+                "ratelimit" => stage::<meshward_ratelimit::RateLimitPolicy>(&at, config, host)?,
+                other => {
+                    return Err(ConfigError::new(
+                        format!("stages[{i}]"),
+                        format!("unknown stage `{other}`, expected one of {}", STAGE_KINDS.join(", ")),
+                    ))
+                }
+            });
+        }
+        Ok(Bundle { policies })
+    }
+
+    fn policies(&self) -> &[Box<dyn AnyPolicy>] {
+        &self.policies
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    meshward_runtime::register::<Bundle>();
+}}
