@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import standardwebhooks  # noqa: E402
 
-from harness import DIST, REPO, Envoy, build_config, plugin  # noqa: E402
+from harness import DIST, REPO, Envoy, bundle, build_config, plugin  # noqa: E402
 from tokens import AUDIENCE, ISSUER, KeyRing  # noqa: E402
 
 
@@ -113,7 +113,9 @@ def scenarios(keys: KeyRing):
         ("local_ratelimit (native)", [], [local_ratelimit()], {}, None, None),
         ("webhook standard 2KiB (meshward)", [WEBHOOK], [], sw_headers, body, None),
         ("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], [], auth("ES256"), None, None),
-        ("chain jwt+ownership+ratelimit (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], [], auth("ES256"), None, None),
+        ("chain jwt+ownership+ratelimit (3 modules)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], [], auth("ES256"), None, None),
+        ("bundle jwt+ownership+ratelimit (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT])], [], auth("ES256"), None, None),
+        ("bundle jwt only (1 module)", [bundle([meshward_jwt(keys, fam["ES256"])])], [], auth("ES256"), None, None),
     ]
     return path, out
 
