@@ -22,19 +22,37 @@ fn refused(status: proxy_wasm::types::Status) -> HostError {
     HostError::Refused(format!("{status:?}"))
 }
 
+// The SDK's string accessors for header maps (`get_map`, `get_map_value`) `unwrap` a UTF-8
+// conversion of every value: one client header with a byte such as 0xFF would abort the VM.
+// Headers are therefore always read as bytes here, and a value that is not UTF-8 is treated
+// as absent, which every policy handles as a failed check (fail closed).
+
+fn utf8_map(map: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(map)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, String::from_utf8(value).ok()?)))
+        .collect()
+}
+
+fn utf8_value(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .and_then(|v| String::from_utf8(v).ok())
+}
+
 impl Host for ProxyWasmHost {
     fn now(&self) -> SystemTime {
         hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        utf8_value(MapType::HttpRequestHeaders, name)
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        utf8_map(MapType::HttpRequestHeaders)
     }
 
     fn set_request_header(&mut self, name: &str, value: Option<&str>) {
@@ -42,7 +60,7 @@ impl Host for ProxyWasmHost {
     }
 
     fn response_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpResponseHeaders, name).ok().flatten()
+        utf8_value(MapType::HttpResponseHeaders, name)
     }
 
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
@@ -96,7 +114,7 @@ impl Host for ProxyWasmHost {
     }
 
     fn http_call_response(&self, body_size: usize) -> HttpCallResponse {
-        let headers = hostcalls::get_map(MapType::HttpCallResponseHeaders).unwrap_or_default();
+        let headers = utf8_map(MapType::HttpCallResponseHeaders);
         let status = headers
             .iter()
             .find(|(n, _)| n == ":status")
