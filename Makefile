@@ -20,7 +20,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit
 PYTEST_ARGS ?= -q
 
-.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench clean
+.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -68,6 +68,16 @@ demo: build venv
 # Side by side in one run: plain Envoy, meshward filters, Envoy's native equivalents.
 bench: build venv system-deps
 	$(PY) tests/bench.py
+
+# Coverage-guided fuzzing (nightly + cargo-fuzz, installed here if missing), each target for
+# FUZZ_SECONDS. Crashes land in fuzz/artifacts/<target>/; turn each into a regression test.
+FUZZ_SECONDS ?= 30
+FUZZ_TARGETS := jwt_token jwks webhook_delivery configs paths
+fuzz:
+	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; done
 
 clean:
 	rm -rf $(DIST) $(VENV) target
