@@ -45,6 +45,32 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     })
 }
 
+/// What happens to requests that no rule or endpoint of a policy covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unmatched {
+    /// Refuse (403 `route_not_covered`): a forgotten route is not an open route.
+    #[default]
+    Deny,
+    Allow,
+}
+
+/// A header name meshward may read or write: lower-case token characters, not a pseudo-header.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
+}
+
+/// Checks a rule or endpoint name: it appears in metric names, logs and shared-data keys.
+pub fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
+        return Err(ConfigError::new(path, "must be letters, digits, '-' or '_'"));
+    }
+    Ok(())
+}
+
 /// Parses a protobuf-JSON duration (`"5s"`, `"1.5s"`, `"300s"`), as Envoy configs write them.
 pub fn parse_duration(path: &str, text: &str) -> Result<Duration, ConfigError> {
     let bad = || ConfigError::new(path, format!("`{text}` is not a duration like \"5s\" or \"0.5s\""));

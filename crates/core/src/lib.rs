@@ -8,6 +8,7 @@
 //!   policy alone (its own module) or several in one module.
 //! - [`config`]: strict JSON configuration parsing with errors that name the field.
 
+pub mod clock;
 pub mod config;
 pub mod denial;
 pub mod principal;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use meshward_core::config::{parse_duration, parse_json, ConfigError};
+use meshward_core::config::{parse_duration, parse_json, valid_header_name, ConfigError};
 use meshward_core::route::PathMatch;
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -274,14 +274,6 @@ fn compile_requirement(
         RawRequirement::RequiresAll { requirements } => Requirement::All(list("requires_all", requirements)?),
         RawRequirement::AllowMissing {} => Requirement::AllowMissing,
     })
-}
-
-/// A header name meshward may write or read: lower-case token characters, not a pseudo-header.
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
 }
 
 /// Headers that must not be overwritten from claims: routing and framing depend on them.

@@ -3,8 +3,9 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
+use meshward_core::clock::unix_secs;
 use meshward_core::route::canonical_path;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step, PRINCIPAL_PROPERTY};
 use meshward_host::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
@@ -44,10 +45,6 @@ pub struct JwtPolicy {
     /// Scheduled fetches in flight: (call token, provider index).
     scheduled: RefCell<Vec<(u32, usize)>>,
     cache: RefCell<TokenCache>,
-}
-
-fn unix_secs(host: &dyn Host) -> u64 {
-    host.now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl JwtPolicy {

@@ -1,6 +1,6 @@
 //! The ownership filter's configuration, parsed strictly and compiled once.
 
-use meshward_core::config::{parse_json, ConfigError};
+use meshward_core::config::{check_name, parse_json, ConfigError, Unmatched};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -18,15 +18,6 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
     rules: Vec<RawRule>,
-}
-
-/// What happens to requests that match no rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unmatched {
-    #[default]
-    Deny,
-    Allow,
 }
 
 #[derive(Deserialize)]
@@ -194,9 +185,7 @@ impl OwnershipConfig {
         for (i, r) in raw.rules.into_iter().enumerate() {
             let at = |field: &str| format!("rules[{i}].{field}");
             if let Some(name) = &r.name {
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                    return Err(ConfigError::new(at("name"), "must be letters, digits, '-' or '_'"));
-                }
+                check_name(&at("name"), name)?;
             }
             let route = RouteMatch::compile(r.match_).map_err(|e| ConfigError::new(at("match"), e))?;
             if r.public && (!r.scopes.is_empty() || !r.claims.is_empty() || !r.owner.is_empty() || r.bypass.is_some()) {

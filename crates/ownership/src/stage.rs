@@ -7,7 +7,9 @@ use meshward_core::principal::current_principal;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
-use crate::config::{OwnershipConfig, Unmatched};
+use meshward_core::config::Unmatched;
+
+use crate::config::OwnershipConfig;
 use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized};
 use crate::OwnershipError;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use meshward_core::config::{parse_duration, parse_json, ConfigError};
+use meshward_core::config::{check_name, parse_duration, parse_json, ConfigError};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -185,9 +185,7 @@ impl RateLimitConfig {
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
             let at = |field: &str| format!("rules[{i}].{field}");
-            if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                return Err(ConfigError::new(at("name"), "must be letters, digits, '-' or '_'"));
-            }
+            check_name(&at("name"), &r.name)?;
             if rules.iter().any(|x| x.name == r.name) {
                 return Err(ConfigError::new(at("name"), format!("{:?} is used twice", r.name)));
             }

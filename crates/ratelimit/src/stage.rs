@@ -2,8 +2,8 @@
 //! rules are decided here (GCRA in a [`SlotTable`]), global rules by the rate-limit service.
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use meshward_core::clock::unix_micros;
 use meshward_core::principal::current_principal;
 use meshward_core::route::canonical_path;
 use meshward_core::shared::{SlotError, SlotTable, WhenFull};
@@ -107,10 +107,6 @@ pub struct RateLimitStage {
     headers: Option<Headers>,
 }
 
-fn now_us(host: &dyn Host) -> u64 {
-    host.now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
-}
-
 impl RateLimitStage {
     fn tighten(&mut self, limit: u64, remaining: u64, reset: u64) {
         if self.headers.is_none_or(|(_, r, _)| remaining < r) {
@@ -157,7 +153,7 @@ impl Stage for RateLimitStage {
         let principal = current_principal(host, &mut request.principal);
         let client_ip = host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
         let client_ip = client_ip.as_deref().map(strip_port);
-        let now = now_us(host);
+        let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
             if rule.route.captures(&request.method, &canonical).is_none() {
                 continue;

@@ -1,7 +1,7 @@
 //! The webhook filter's configuration, parsed strictly and compiled once.
 
 use ct_codecs::{Base64, Decoder, Hex};
-use meshward_core::config::{parse_json, ConfigError};
+use meshward_core::config::{check_name, parse_json, valid_header_name, ConfigError, Unmatched};
 use meshward_core::route::PathMatch;
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -20,15 +20,6 @@ struct RawConfig {
     #[serde(default)]
     unmatched: Unmatched,
     endpoints: Vec<RawEndpoint>,
-}
-
-/// What happens to requests whose path matches no endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Unmatched {
-    #[default]
-    Deny,
-    Allow,
 }
 
 #[derive(Deserialize)]
@@ -175,13 +166,6 @@ pub struct WebhookConfig {
     pub endpoints: Vec<Endpoint>,
 }
 
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.!#$%&'*+^`|~".contains(&b))
-}
-
 impl WebhookConfig {
     pub fn parse(json: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<WebhookConfig, ConfigError> {
         let raw: RawConfig = parse_json(json)?;
@@ -191,9 +175,7 @@ impl WebhookConfig {
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.endpoints.len());
         for (i, e) in raw.endpoints.into_iter().enumerate() {
             let at = |field: &str| format!("endpoints[{i}].{field}");
-            if e.name.is_empty() || !e.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b)) {
-                return Err(ConfigError::new(at("name"), "must be non-empty letters, digits, '-' or '_'"));
-            }
+            check_name(&at("name"), &e.name)?;
             if endpoints.iter().any(|x| x.name == e.name) {
                 return Err(ConfigError::new(at("name"), format!("{:?} is used twice", e.name)));
             }

@@ -1,13 +1,15 @@
 //! The webhook policy as a [`Policy`] / [`Stage`].
 
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
 
+use meshward_core::clock::unix_secs;
 use meshward_core::route::canonical_path;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::Host;
 
-use crate::config::{Unmatched, WebhookConfig};
+use meshward_core::config::Unmatched;
+
+use crate::config::WebhookConfig;
 use crate::replay::{check_and_remember, create_buckets};
 use crate::verify::{check_headers, verify_signature, Delivery};
 use crate::WebhookError;
@@ -46,10 +48,6 @@ pub struct WebhookStage {
     policy: Rc<WebhookPolicy>,
     /// Endpoint index and what its headers said, while the body is buffered.
     pending: Option<(usize, Delivery)>,
-}
-
-fn unix_secs(host: &dyn Host) -> u64 {
-    host.now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Stage for WebhookStage {
