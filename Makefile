@@ -17,7 +17,7 @@ WASM_TARGET := wasm32-wasip1
 DIST        := dist
 VENV        := .venv
 PY          := $(VENV)/bin/python
-FILTERS     := jwt webhook ownership ratelimit
+FILTERS     := jwt webhook ownership ratelimit schema
 PYTEST_ARGS ?= -q
 
 .PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean

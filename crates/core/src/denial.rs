@@ -17,8 +17,13 @@ pub enum DenialKind {
     Unauthorized,
     /// 403: authenticated, but not allowed here (`error="invalid_token"` for a wrong audience).
     Forbidden { challenge: bool },
-    /// 404: the object is hidden from this caller (IDOR answers that do not confirm existence).
+    /// 404: the object is hidden from this caller (IDOR answers that do not confirm existence),
+    /// or the route does not exist in the contract.
     NotFound,
+    /// 405: the path exists, not with this method.
+    MethodNotAllowed,
+    /// 415: the body's content type is not one the operation accepts.
+    UnsupportedMediaType,
     /// 400: the request itself is not acceptable (contract violations, bad paths).
     BadRequest,
     /// 413: the body exceeds the configured limit.
@@ -37,6 +42,8 @@ pub struct Denial {
     /// Stable, snake_case, one per cause (`expired`, `wrong_audience`); used in bodies and metrics.
     pub reason: &'static str,
     pub message: String,
+    /// Extra machine-readable fields for the body (`location`, `keyword`); never request values.
+    pub detail: Vec<(&'static str, String)>,
 }
 
 impl Denial {
@@ -45,7 +52,14 @@ impl Denial {
             kind,
             reason,
             message: message.into(),
+            detail: Vec::new(),
         }
+    }
+
+    /// Adds a field to the body.
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.detail.push((key, value.into()));
+        self
     }
 
     /// The HTTP status of the response.
@@ -57,6 +71,8 @@ impl Denial {
             DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
             DenialKind::RateLimited { .. } => 429,
+            DenialKind::MethodNotAllowed => 405,
+            DenialKind::UnsupportedMediaType => 415,
             DenialKind::Unavailable => 503,
         }
     }
@@ -83,6 +99,8 @@ impl Denial {
             | DenialKind::Unauthorized
             | DenialKind::BadRequest
             | DenialKind::NotFound
+            | DenialKind::MethodNotAllowed
+            | DenialKind::UnsupportedMediaType
             | DenialKind::PayloadTooLarge
             | DenialKind::Unavailable => vec![],
         }
@@ -90,13 +108,17 @@ impl Denial {
 
     /// The JSON body: `{"error", "reason", "request_id"}`.
     pub fn body(&self, request_id: Option<&str>) -> Vec<u8> {
-        json!({
+        let mut body = json!({
             "error": self.message,
             "reason": self.reason,
             "request_id": request_id,
-        })
-        .to_string()
-        .into_bytes()
+        });
+        if let Some(map) = body.as_object_mut() {
+            for (k, v) in &self.detail {
+                map.insert((*k).to_string(), serde_json::Value::String(v.clone()));
+            }
+        }
+        body.to_string().into_bytes()
     }
 }
 

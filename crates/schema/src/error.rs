@@ -1,0 +1,61 @@
+//! Why a request breaks the contract. Each variant is one deny reason users see; locations are
+//! JSON pointers or `query.<name>`-style names, never the offending value.
+
+use meshward_core::{Denial, DenialKind};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchemaError {
+    UnknownRoute,
+    MethodNotAllowed,
+    MissingParameter { location: String },
+    InvalidParameter { location: String, keyword: String },
+    UnsupportedMediaType,
+    MissingBody,
+    UnexpectedBody,
+    TooDeep { max_depth: usize },
+    InvalidJson,
+    SchemaViolation { location: String, keyword: String },
+}
+
+impl SchemaError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SchemaError::UnknownRoute => "unknown_route",
+            SchemaError::MethodNotAllowed => "method_not_allowed",
+            SchemaError::MissingParameter { .. } => "missing_parameter",
+            SchemaError::InvalidParameter { .. } => "invalid_parameter",
+            SchemaError::UnsupportedMediaType => "unsupported_media_type",
+            SchemaError::MissingBody => "missing_body",
+            SchemaError::UnexpectedBody => "unexpected_body",
+            SchemaError::TooDeep { .. } => "too_deep",
+            SchemaError::InvalidJson => "invalid_json",
+            SchemaError::SchemaViolation { .. } => "schema_violation",
+        }
+    }
+
+    pub fn denial(&self) -> Denial {
+        let bad = DenialKind::BadRequest;
+        match self {
+            SchemaError::UnknownRoute => Denial::new(DenialKind::NotFound, self.reason(), "no such operation in the API contract"),
+            SchemaError::MethodNotAllowed => Denial::new(DenialKind::MethodNotAllowed, self.reason(), "the API contract has no such method for this path"),
+            SchemaError::MissingParameter { location } => {
+                Denial::new(bad, self.reason(), "a required parameter is missing").with("location", location.clone())
+            }
+            SchemaError::InvalidParameter { location, keyword } => Denial::new(bad, self.reason(), "a parameter does not match the contract")
+                .with("location", location.clone())
+                .with("keyword", keyword.clone()),
+            SchemaError::UnsupportedMediaType => {
+                Denial::new(DenialKind::UnsupportedMediaType, self.reason(), "the body's content type is not accepted here")
+            }
+            SchemaError::MissingBody => Denial::new(bad, self.reason(), "a request body is required"),
+            SchemaError::UnexpectedBody => Denial::new(bad, self.reason(), "this operation takes no request body"),
+            SchemaError::TooDeep { max_depth } => {
+                Denial::new(bad, self.reason(), format!("the body nests deeper than {max_depth} levels"))
+            }
+            SchemaError::InvalidJson => Denial::new(bad, self.reason(), "the body is not valid JSON"),
+            SchemaError::SchemaViolation { location, keyword } => Denial::new(bad, self.reason(), "the body does not match the contract")
+                .with("location", location.clone())
+                .with("keyword", keyword.clone()),
+        }
+    }
+}

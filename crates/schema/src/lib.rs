@@ -1,0 +1,15 @@
+//! OpenAPI contract enforcement: the document rewritten into JSON Schema 2020-12
+//! ([`openapi`]), compiled once into per-operation validators ([`config`]), and the checks
+//! ([`validate`]) wired as a [`meshward_core::Policy`] ([`stage`]).
+//!
+//! Why a request was refused: [`validate`]; every reason is a [`SchemaError`] variant.
+
+pub mod config;
+mod error;
+pub mod openapi;
+pub mod stage;
+pub mod validate;
+
+pub use config::SchemaConfig;
+pub use error::SchemaError;
+pub use stage::{SchemaPolicy, SchemaStage};

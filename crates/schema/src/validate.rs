@@ -1,0 +1,162 @@
+//! Does this request match its operation? Route, parameters and content type from the headers
+//! ([`match_operation`], [`check_parameters`], [`check_content_type`]); the JSON body after
+//! it is buffered ([`check_body`]).
+
+use serde_json::Value;
+
+use crate::config::{In, Media, Operation, Param, Scalar, SchemaConfig};
+use crate::SchemaError;
+
+/// Path parameters captured by a template, percent-decoded.
+pub type Captures = Vec<(String, String)>;
+
+/// The operation for a method and canonical path (most literal template first), with its
+/// path parameters.
+pub fn match_operation<'a>(config: &'a SchemaConfig, method: &str, canonical: &str) -> Result<(&'a Operation, Captures), SchemaError> {
+    let mut path_known = false;
+    for op in &config.operations {
+        if let Some(captures) = op.template.captures(canonical) {
+            if op.method == method {
+                return Ok((op, captures));
+            }
+            path_known = true;
+        }
+    }
+    Err(if path_known { SchemaError::MethodNotAllowed } else { SchemaError::UnknownRoute })
+}
+
+/// All values of a query parameter, percent-decoded (`+` as space), in order.
+pub fn query_values(raw_path: &str, name: &str) -> Result<Vec<String>, SchemaError> {
+    let Some((_, query)) = raw_path.split_once('?') else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for pair in query.split('#').next().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || SchemaError::InvalidParameter { location: format!("query.{name}"), keyword: "encoding".into() };
+        let key = meshward_core::route::percent_decode(&k.replace('+', " ")).ok_or_else(bad)?;
+        if key == name {
+            out.push(meshward_core::route::percent_decode(&v.replace('+', " ")).ok_or_else(bad)?);
+        }
+    }
+    Ok(out)
+}
+
+fn coerce(scalar: Scalar, text: &str) -> Value {
+    let parsed = match scalar {
+        Scalar::String => None,
+        Scalar::Integer => text.parse::<i64>().ok().map(Value::from),
+        Scalar::Number => text.parse::<f64>().ok().filter(|f| f.is_finite()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
+        Scalar::Boolean => match text {
+            "true" => Some(Value::Bool(true)),
+            "false" => Some(Value::Bool(false)),
+            _ => None,
+        },
+    };
+    // Text that does not read as the declared type stays text: the validator says `type`.
+    parsed.unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+fn location(param: &Param) -> String {
+    let prefix = match param.location {
+        In::Path => "path",
+        In::Query => "query",
+        In::Header => "header",
+    };
+    format!("{prefix}.{}", param.name)
+}
+
+/// Path, query and header parameters against their schemas.
+pub fn check_parameters(
+    op: &Operation,
+    captures: &[(String, String)],
+    raw_path: &str,
+    header: &dyn Fn(&str) -> Vec<String>,
+) -> Result<(), SchemaError> {
+    for param in &op.params {
+        let values: Vec<String> = match param.location {
+            In::Path => captures.iter().filter(|(n, _)| *n == param.name).map(|(_, v)| v.clone()).collect(),
+            In::Query => query_values(raw_path, &param.name)?,
+            In::Header => header(&param.name),
+        };
+        if values.is_empty() {
+            if param.required {
+                return Err(SchemaError::MissingParameter { location: location(param) });
+            }
+            continue;
+        }
+        let instance = if param.array {
+            let items: Vec<&str> = if values.len() == 1 { values[0].split(',').collect() } else { values.iter().map(String::as_str).collect() };
+            Value::Array(items.into_iter().map(|t| coerce(param.scalar, t)).collect())
+        } else if values.len() > 1 {
+            return Err(SchemaError::InvalidParameter { location: location(param), keyword: "maxItems".into() });
+        } else {
+            coerce(param.scalar, &values[0])
+        };
+        if let Err(e) = param.validator.validate(&instance) {
+            return Err(SchemaError::InvalidParameter { location: location(param), keyword: e.kind().keyword().to_string() });
+        }
+    }
+    Ok(())
+}
+
+fn essence(media_type: &str) -> String {
+    media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// The declared media type a request's content type falls under.
+pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: Option<&str>) -> Result<Option<&'a Media>, SchemaError> {
+    if !has_body {
+        return if op.body_required { Err(SchemaError::MissingBody) } else { Ok(None) };
+    }
+    if op.media.is_empty() {
+        return Err(SchemaError::UnexpectedBody);
+    }
+    let given = essence(content_type.unwrap_or(""));
+    let (kind, _) = given.split_once('/').unwrap_or((given.as_str(), ""));
+    op.media
+        .iter()
+        .find(|m| {
+            let declared = essence(&m.media_type);
+            declared == given || declared == "*/*" || declared.strip_suffix("/*").is_some_and(|k| k == kind)
+        })
+        .map(Some)
+        .ok_or(SchemaError::UnsupportedMediaType)
+}
+
+/// Refuses nesting deeper than `max` before any parsing, so a deep payload costs a scan.
+pub fn check_depth(body: &[u8], max: usize) -> Result<(), SchemaError> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return Err(SchemaError::TooDeep { max_depth: max });
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A JSON body against the operation's schema: depth, syntax, then the first violation.
+pub fn check_body(media: &Media, body: &[u8], max_depth: usize) -> Result<(), SchemaError> {
+    let Some(validator) = &media.validator else { return Ok(()) };
+    check_depth(body, max_depth)?;
+    let instance: Value = serde_json::from_slice(body).map_err(|_| SchemaError::InvalidJson)?;
+    match validator.validate(&instance) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(SchemaError::SchemaViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() }),
+    }
+}

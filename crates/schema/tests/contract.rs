@@ -1,0 +1,139 @@
+//! The checks against the two real contracts in tests/specs (crAPI, Swagger Petstore).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
+
+use meshward_core::route::canonical_path;
+use meshward_schema::validate::{check_body, check_content_type, check_parameters, match_operation};
+use meshward_schema::{SchemaConfig, SchemaError};
+use serde_json::{json, Value};
+
+fn spec(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../../tests/specs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+fn crapi() -> SchemaConfig {
+    let doc: Value = serde_json::from_str(&spec("crapi-openapi-spec.json")).unwrap();
+    SchemaConfig::parse(json!({"openapi": doc}).to_string().as_bytes()).unwrap()
+}
+
+fn petstore() -> SchemaConfig {
+    SchemaConfig::parse(json!({"openapi_text": spec("petstore-openapi.yaml")}).to_string().as_bytes()).unwrap()
+}
+
+/// The whole request check: route, parameters, content type, body.
+fn check(config: &SchemaConfig, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<(), SchemaError> {
+    let canonical = canonical_path(path).unwrap();
+    let (op, captures) = match_operation(config, method, &canonical)?;
+    let header = |n: &str| headers.iter().filter(|(k, _)| *k == n).map(|(_, v)| v.to_string()).collect::<Vec<_>>();
+    check_parameters(op, &captures, path, &header)?;
+    let content_type = headers.iter().find(|(k, _)| *k == "content-type").map(|(_, v)| *v);
+    if let Some(media) = check_content_type(op, body.is_some(), content_type)? {
+        check_body(media, body.unwrap_or_default(), config.max_depth)?;
+    }
+    Ok(())
+}
+
+const JSON: (&str, &str) = ("content-type", "application/json");
+
+fn violation(location: &str, keyword: &str) -> Result<(), SchemaError> {
+    Err(SchemaError::SchemaViolation { location: location.into(), keyword: keyword.into() })
+}
+
+#[test]
+fn crapi_contract() {
+    let c = crapi();
+    assert!(c.operations.len() >= 44, "{}", c.operations.len());
+    let order = |body: &str| check(&c, "POST", "/workshop/api/shop/orders", &[JSON], Some(body.as_bytes()));
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2}"#), Ok(()));
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2, "is_admin": true}"#), violation("/body", "unevaluatedProperties"));
+    assert_eq!(order(r#"{"product_id": "1", "quantity": 2}"#), violation("/body/product_id", "type"));
+    assert_eq!(order(r#"{"product_id": 1}"#), violation("/body", "required"));
+    assert_eq!(order("{\"product_id\": 1,"), Err(SchemaError::InvalidJson));
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    assert_eq!(order(&deep), Err(SchemaError::TooDeep { max_depth: 32 }));
+    assert_eq!(check(&c, "POST", "/workshop/api/shop/orders", &[("content-type", "text/plain")], Some(b"x")), Err(SchemaError::UnsupportedMediaType));
+    assert_eq!(check(&c, "POST", "/workshop/api/shop/orders", &[JSON], None), Err(SchemaError::MissingBody));
+    assert_eq!(check(&c, "GET", "/workshop/api/shop/orders/all?limit=30&offset=0", &[], None), Ok(()));
+    assert_eq!(
+        check(&c, "GET", "/workshop/api/shop/orders/all?offset=0", &[], None),
+        Err(SchemaError::MissingParameter { location: "query.limit".into() })
+    );
+    assert_eq!(
+        check(&c, "GET", "/workshop/api/shop/orders/all?limit=many&offset=0", &[], None),
+        Err(SchemaError::InvalidParameter { location: "query.limit".into(), keyword: "type".into() })
+    );
+    assert_eq!(check(&c, "DELETE", "/workshop/api/shop/orders/all", &[], None), Err(SchemaError::MethodNotAllowed));
+    assert_eq!(check(&c, "GET", "/workshop/api/shop/admin", &[], None), Err(SchemaError::UnknownRoute));
+    // Literal paths win over templates: /orders/all is not /orders/{order_id}.
+    assert_eq!(check(&c, "GET", "/workshop/api/shop/orders/7", &[], None), Ok(()));
+    assert_eq!(
+        check(&c, "GET", "/workshop/api/shop/orders/seven", &[], None),
+        Err(SchemaError::InvalidParameter { location: "path.order_id".into(), keyword: "type".into() })
+    );
+    // An operation without a body refuses one.
+    assert_eq!(check(&c, "GET", "/workshop/api/shop/orders/all?limit=1&offset=0", &[JSON], Some(b"{}")), Err(SchemaError::UnexpectedBody));
+}
+
+#[test]
+fn petstore_contract_from_yaml() {
+    let p = petstore();
+    let pet = |body: &str| check(&p, "POST", "/pet", &[JSON], Some(body.as_bytes()));
+    assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "status": "available"}"#), Ok(()));
+    assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "status": "sleeping"}"#), violation("/body/status", "enum"));
+    assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "category": {"id": 1, "name": "d", "x": 1}}"#), violation("/body/category", "unevaluatedProperties"));
+    assert_eq!(
+        check(&p, "GET", "/pet/findByStatus?status=available", &[], None),
+        Ok(())
+    );
+    assert_eq!(
+        check(&p, "GET", "/pet/findByStatus?status=sleeping", &[], None),
+        Err(SchemaError::InvalidParameter { location: "query.status".into(), keyword: "enum".into() })
+    );
+    assert_eq!(
+        check(&p, "GET", "/pet/abc", &[], None),
+        Err(SchemaError::InvalidParameter { location: "path.petId".into(), keyword: "type".into() })
+    );
+    assert_eq!(check(&p, "GET", "/pet/12", &[], None), Ok(()));
+    // Petstore also accepts XML and form bodies for /pet: matched, not parsed.
+    assert_eq!(check(&p, "POST", "/pet", &[("content-type", "application/xml")], Some(b"<pet/>")), Ok(()));
+}
+
+#[test]
+fn openapi_30_specifics_and_overrides() {
+    let doc = json!({
+        "openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+        "paths": {"/items": {"post": {"operationId": "create", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}, "responses": {}}},
+                  "/loose": {"put": {"operationId": "loose", "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}, "responses": {}}}},
+        "components": {"schemas": {
+            "Base": {"type": "object", "properties": {"id": {"type": "integer", "readOnly": true}}, "required": ["id"]},
+            "Item": {"allOf": [{"$ref": "#/components/schemas/Base"}, {"type": "object", "properties": {
+                "name": {"type": "string", "nullable": true}, "price": {"type": "number", "minimum": 0, "exclusiveMinimum": true}}, "required": ["name"]}]}
+        }}
+    });
+    let c = SchemaConfig::parse(json!({"openapi": doc, "operations": {"loose": {"reject_unknown_properties": false}}}).to_string().as_bytes()).unwrap();
+    let post = |body: &str| check(&c, "POST", "/items", &[JSON], Some(body.as_bytes()));
+    // allOf composition still accepts both members' properties while unknown ones are refused.
+    assert_eq!(post(r#"{"name": "a", "price": 1}"#), Ok(()));
+    assert_eq!(post(r#"{"name": null}"#), Ok(()), "nullable");
+    assert_eq!(post(r#"{"name": "a", "price": 0}"#), violation("/body/price", "exclusiveMinimum"));
+    assert_eq!(post(r#"{"name": "a", "id": 5}"#), violation("/body/id", "falseSchema"), "readOnly is not for writes, required or not");
+    assert_eq!(post(r#"{"name": "a", "role": "admin"}"#), violation("/body", "unevaluatedProperties"));
+    let put = |body: &str| check(&c, "PUT", "/loose", &[JSON], Some(body.as_bytes()));
+    assert_eq!(put(r#"{"name": "a", "role": "admin"}"#), Ok(()), "override lets this one through");
+}
+
+#[test]
+fn bad_documents_are_refused_naming_the_location() {
+    let parse = |v: Value| SchemaConfig::parse(v.to_string().as_bytes()).err().map(|e| e.to_string()).unwrap_or_default();
+    let base = |paths: Value| json!({"openapi": {"openapi": "3.0.0", "info": {}, "paths": paths}});
+    assert!(parse(json!({})).contains("set exactly one of `openapi`"));
+    assert!(parse(json!({"openapi": {"swagger": "2.0"}})).contains("not OpenAPI 3.0.x or 3.1.x"));
+    assert!(parse(json!({"openapi_text": "openapi: [unclosed"})).contains("not valid YAML"));
+    let dangling = base(json!({"/a": {"post": {"requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Nope"}}}}}}}));
+    let err = parse(dangling);
+    assert!(err.contains("does not resolve") && err.contains("#/paths/~1a/post/requestBody"), "{err}");
+    assert!(parse(base(json!({"/a": {"get": {"parameters": [{"in": "query", "name": "x", "schema": {"$ref": "https://evil/x.json"}}]}}}))).contains("not local"));
+    assert!(parse(base(json!({}))).contains("declares no operations"));
+    let mut with_override = base(json!({"/a": {"get": {"operationId": "a"}}}));
+    with_override["operations"] = json!({"b": {}});
+    assert!(parse(with_override).contains("operations.b: is not an operationId"));
+}
