@@ -19,7 +19,7 @@ use meshward_runtime::{AnyPolicy, Plan};
 use serde_json::Value;
 
 /// The stage kinds the bundle knows, by their configuration key.
-pub const STAGE_KINDS: [&str; 4] = ["jwt", "webhook", "ownership", "ratelimit"];
+pub const STAGE_KINDS: [&str; 5] = ["jwt", "webhook", "schema", "ownership", "ratelimit"];
 
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
@@ -70,6 +70,7 @@ impl Plan for Bundle {
                 "webhook" => stage::<meshward_webhook::WebhookPolicy>(&at, config, host)?,
                 "ownership" => stage::<meshward_ownership::OwnershipPolicy>(&at, config, host)?,
                 "ratelimit" => stage::<meshward_ratelimit::RateLimitPolicy>(&at, config, host)?,
+                "schema" => stage::<meshward_schema::SchemaPolicy>(&at, config, host)?,
                 other => {
                     return Err(ConfigError::new(
                         format!("stages[{i}]"),

@@ -66,7 +66,8 @@ fn configuration_errors_name_the_stage() {
     let cases = [
         (json!([]), "stages: at least one stage"),
         (json!([{"jwt": {}, "ownership": {}}]), "stages[0]: must be an object with exactly one key"),
-        (json!([{"schema": {}}]), "stages[0]: unknown stage `schema`"),
+        (json!([{"schemas": {}}]), "stages[0]: unknown stage `schemas`"),
+        (json!([{"schema": {}}]), "stages[0].schema: set exactly one of `openapi`"),
         (json!([{"ownership": {"rules": []}}]), "stages[0].ownership.rules: at least one rule"),
         (json!([{"ownership": {"rulez": []}}]), "stages[0].ownership.rulez: unknown field"),
         (json!([{"ownership": ownership_stage("enforce")}, {"ownership": ownership_stage("enforce")}]), "stages[1].ownership: a second `ownership` stage"),
