@@ -20,17 +20,42 @@ class _Crapi(_Echo):
         m = re.fullmatch(r"/workshop/api/shop/orders/([^/]+)", path)
         if m and m.group(1) in ORDERS and self.command == "GET":
             return self._json({"order": {"id": int(m.group(1)), "user": {"email": ORDERS[m.group(1)], "number": "555"}, "quantity": 1, "status": "delivered"}})
+        if path == "/identity/api/v2/user/dashboard":
+            return self._dashboard()
         if path == "/list":
             return self._json([{"owner": "alice"}, {"owner": "alice"}] + ([{"owner": "mallory"}] if "leak" in self.path else []))
         return super()._answer()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _answer
 
-    def _json(self, obj) -> None:
+    def _dashboard(self) -> None:
+        """crAPI's dashboard answer; `x-fake-variant` picks a misbehaving upstream."""
+        variant = self.headers.get("x-fake-variant", "")
+        user = {"id": 35, "name": "Jasen.Hamill", "email": "Jasen.Hamill@example.com", "number": "7005397357",
+                "picture_url": None, "video_url": None, "video_name": None, "available_credit": 155, "video_id": 0}
+        if variant == "role":
+            user["role"] = "ROLE_ADMIN"
+        if variant == "broken":
+            user["available_credit"] = "lots"
+        if variant == "created":
+            return self._json(user, status=201)
+        if variant == "error":
+            return self._json({"message": "boom"}, status=500)
+        return self._json(user, chunked=variant == "chunked")
+
+    def _json(self, obj, status: int = 200, chunked: bool = False) -> None:
         self._read_body()
         payload = json.dumps(obj).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            for i in range(0, len(payload), 7):
+                piece = payload[i:i + 7]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+            return
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)

@@ -105,3 +105,61 @@ def test_bad_spec_is_refused_naming_the_location(upstream):
     broken["paths"]["/workshop/api/shop/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/Missing"}
     log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("schema", {"openapi": broken})]))
     assert "meshward_schema: invalid configuration" in log and "#/components/schemas/Missing" in log and "does not resolve" in log
+
+
+def tagged_crapi() -> dict:
+    """crAPI as its team would tag it: the dashboard's contact fields are `pii`, the role is
+    `internal` (and no longer promised to clients)."""
+    doc = json.loads(json.dumps(CRAPI))
+    schema = doc["paths"]["/identity/api/v2/user/dashboard"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    for field in ("email", "number"):
+        schema["properties"][field]["x-data-class"] = "pii"
+    schema["properties"]["role"]["x-data-class"] = "internal"
+    schema["required"].remove("role")
+    return doc
+
+
+@pytest.fixture(scope="module", params=FORMS)
+def response_envoy(request):
+    from fake_crapi import crapi_server
+
+    server = crapi_server()
+    checks = {"validate": True, "data_classes": {"pii": "strip", "internal": "block"}}
+    try:
+        with Envoy(build_config(server.port, as_deployed(request.param, [plugin("schema", {"openapi": tagged_crapi(), "response": checks})])), concurrency=2) as env:
+            yield env
+        env.cleanup()
+    finally:
+        server.stop()
+
+
+DASHBOARD = "/identity/api/v2/user/dashboard"
+
+
+@pytest.mark.parametrize("variant", ["", "chunked"])
+def test_pii_fields_are_stripped_from_answers(response_envoy, variant):
+    r = response_envoy.request(DASHBOARD, {"x-fake-variant": variant})
+    assert r.status == 200 and not r.reset, r
+    answer = r.json()
+    assert "email" not in answer and "number" not in answer, answer
+    assert answer["name"] == "Jasen.Hamill" and answer["available_credit"] == 155
+    assert b"7005397357" not in r.body and b"Jasen.Hamill@example.com" not in r.body
+    length = dict((k.lower(), v) for k, v in r.headers).get("content-length")
+    assert length is None or int(length) == len(r.body), r.headers
+    assert response_envoy.counter("meshward_schema_stripped_total") >= 1
+
+
+def test_blocked_field_and_broken_answers_never_leave(response_envoy):
+    for variant, reason in [("role", "blocked_field"), ("broken", "response_violation")]:
+        r = response_envoy.request(DASHBOARD, {"x-fake-variant": variant})
+        # The status went out before the body was read; the body never does.
+        assert r.reset and b"ROLE_ADMIN" not in r.body and b"lots" not in r.body, (variant, r)
+        assert response_envoy.counter(f"meshward_schema_denied_total.route.get_dashboard.reason.{reason}") >= 1, reason
+
+
+def test_undeclared_status_is_replaced_and_errors_pass(response_envoy):
+    r = response_envoy.request(DASHBOARD, {"x-fake-variant": "created"})
+    assert r.status == 502 and r.reason == "undeclared_response" and b"Jasen" not in r.body, r
+    # Error answers pass as they are: they carry no object of the operation.
+    r = response_envoy.request(DASHBOARD, {"x-fake-variant": "error"})
+    assert r.status == 500 and r.json()["message"] == "boom", r

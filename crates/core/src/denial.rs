@@ -32,6 +32,8 @@ pub enum DenialKind {
     RateLimited { retry_after_secs: u64 },
     /// 503: the filter cannot decide (no valid configuration); never an allow.
     Unavailable,
+    /// 502: the upstream's answer breaks the contract and is not passed on.
+    BadGateway,
 }
 
 /// A refusal: the machine-readable reason users see, and a short human message.
@@ -74,6 +76,7 @@ impl Denial {
             DenialKind::MethodNotAllowed => 405,
             DenialKind::UnsupportedMediaType => 415,
             DenialKind::Unavailable => 503,
+            DenialKind::BadGateway => 502,
         }
     }
 
@@ -102,7 +105,8 @@ impl Denial {
             | DenialKind::MethodNotAllowed
             | DenialKind::UnsupportedMediaType
             | DenialKind::PayloadTooLarge
-            | DenialKind::Unavailable => vec![],
+            | DenialKind::Unavailable
+            | DenialKind::BadGateway => vec![],
         }
     }
 
@@ -153,6 +157,7 @@ mod tests {
             (DenialKind::NotFound, 404, None),
             (DenialKind::PayloadTooLarge, 413, None),
             (DenialKind::Unavailable, 503, None),
+            (DenialKind::BadGateway, 502, None),
         ];
         for (kind, status, challenge) in cases {
             let d = Denial::new(kind.clone(), "r", "m\"\r\n x");

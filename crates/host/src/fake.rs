@@ -170,6 +170,12 @@ impl Host for FakeHost {
         self.response_body.get(start..end).map(<[u8]>::to_vec)
     }
 
+    fn set_response_body(&mut self, replaced: usize, body: &[u8]) -> Result<(), HostError> {
+        let end = replaced.min(self.response_body.len());
+        self.response_body.splice(..end, body.iter().copied());
+        Ok(())
+    }
+
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         let end = start.checked_add(size)?.min(self.request_body.len());
         self.request_body.get(start..end).map(<[u8]>::to_vec)

@@ -84,6 +84,9 @@ pub trait Host {
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     /// Bytes `start..start + size` of the buffered response body.
     fn response_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the first `replaced` bytes of the buffered response body with `body`, in the
+    /// response-body callback (`replaced`: the size buffered so far, to replace it all).
+    fn set_response_body(&mut self, replaced: usize, body: &[u8]) -> Result<(), HostError>;
 
     /// Bytes `start..start + size` of the buffered request body.
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>>;

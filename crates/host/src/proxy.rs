@@ -71,6 +71,10 @@ impl Host for ProxyWasmHost {
         hostcalls::get_buffer(BufferType::HttpResponseBody, start, size).ok().flatten()
     }
 
+    fn set_response_body(&mut self, replaced: usize, body: &[u8]) -> Result<(), HostError> {
+        hostcalls::set_buffer(BufferType::HttpResponseBody, 0, replaced, body).map_err(refused)
+    }
+
     fn request_body(&self, start: usize, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpRequestBody, start, size).ok().flatten()
     }

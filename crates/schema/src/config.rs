@@ -10,7 +10,8 @@ use meshward_core::Mode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::openapi::{check_refs, request_view};
+use crate::openapi::{check_refs, rewrite_document, View};
+use crate::response::{FieldAction, FieldRules};
 
 const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_MAX_DEPTH: usize = 32;
@@ -32,6 +33,22 @@ struct RawConfig {
     /// Per-operation overrides, by operationId.
     #[serde(default)]
     operations: BTreeMap<String, RawOverride>,
+    /// Response checks; absent: answers pass unread.
+    response: Option<RawResponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResponse {
+    /// Validate 2xx JSON answers against the declared response schema.
+    #[serde(default)]
+    validate: bool,
+    /// What happens to `writeOnly` fields in answers (default: strip).
+    write_only: Option<FieldAction>,
+    /// `x-data-class` value → strip or block.
+    #[serde(default)]
+    data_classes: BTreeMap<String, FieldAction>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -74,6 +91,56 @@ pub struct Media {
     pub validator: Option<Validator>,
 }
 
+/// Which answers a declared response covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusKey {
+    Code(u16),
+    /// `2XX`: the hundreds digit.
+    Class(u16),
+    Default,
+}
+
+impl StatusKey {
+    fn parse(key: &str) -> Option<StatusKey> {
+        let upper = key.to_ascii_uppercase();
+        if upper == "DEFAULT" {
+            return Some(StatusKey::Default);
+        }
+        if let Some(digit) = upper.strip_suffix("XX") {
+            return digit.parse().ok().filter(|d| (1..=5).contains(d)).map(StatusKey::Class);
+        }
+        upper.parse().ok().filter(|c| (100..=599).contains(c)).map(StatusKey::Code)
+    }
+}
+
+/// One declared answer body: its media type, where its schema is in the response view, and
+/// what the checks need of it.
+pub struct ResponseMedia {
+    pub media_type: String,
+    /// JSON pointer of the schema inside [`ResponseChecks::view`].
+    pub schema_pointer: Option<String>,
+    /// Present when answers are validated and the media type is JSON.
+    pub validator: Option<Validator>,
+    /// The schema can hold a stripped or blocked field.
+    pub may_tag: bool,
+}
+
+pub struct Response {
+    pub status: StatusKey,
+    pub media: Vec<ResponseMedia>,
+}
+
+/// Response checks, compiled.
+pub struct ResponseChecks {
+    pub validate: bool,
+    pub fields: FieldRules,
+    pub max_body_bytes: usize,
+    /// The document rewritten for answers: hidden fields refused, nothing closed.
+    pub view: Value,
+    /// The document as given: its tags guide stripping.
+    pub document: Value,
+}
+
 pub struct Operation {
     /// `operationId`, or `METHOD /path` when the spec has none.
     pub id: String,
@@ -85,6 +152,8 @@ pub struct Operation {
     pub body_required: bool,
     /// Empty: the operation takes no body.
     pub media: Vec<Media>,
+    /// Declared answers; empty unless response checks are on.
+    pub responses: Vec<Response>,
 }
 
 pub struct SchemaConfig {
@@ -92,6 +161,7 @@ pub struct SchemaConfig {
     pub max_body_bytes: usize,
     pub max_depth: usize,
     pub operations: Vec<Operation>,
+    pub response: Option<ResponseChecks>,
 }
 
 impl std::fmt::Debug for SchemaConfig {
@@ -188,8 +258,12 @@ impl SchemaConfig {
             return Err(ConfigError::new("max_depth", "must be between 1 and 256"));
         }
         let default_close = raw.reject_unknown_properties.unwrap_or(true);
-        let open_view = request_view(&document, false);
-        let closed_view = request_view(&document, true);
+        let open_view = rewrite_document(&document, &View::request(false));
+        let closed_view = rewrite_document(&document, &View::request(true));
+        let response = match &raw.response {
+            Some(r) => Some(response_checks(&document, r)?),
+            None => None,
+        };
         let Some(Value::Object(paths)) = document.get("paths") else {
             return Err(ConfigError::new("openapi.paths", "is required"));
         };
@@ -269,6 +343,10 @@ impl SchemaConfig {
                         }
                     }
                 }
+                let responses = match &response {
+                    Some(checks) => responses_of(&document, checks, op, &op_pointer).map_err(|e| ConfigError::new(&at_op, e))?,
+                    None => Vec::new(),
+                };
                 operations.push(Operation {
                     id,
                     method: method.to_uppercase(),
@@ -277,6 +355,7 @@ impl SchemaConfig {
                     params,
                     body_required,
                     media,
+                    responses,
                 });
             }
         }
@@ -288,8 +367,52 @@ impl SchemaConfig {
         }
         // Most literal first, so `/users/me` is tried before `/users/{id}`.
         operations.sort_by_key(|o| std::cmp::Reverse(o.literal_segments));
-        Ok(SchemaConfig { mode: raw.mode, max_body_bytes, max_depth, operations })
+        Ok(SchemaConfig { mode: raw.mode, max_body_bytes, max_depth, operations, response })
     }
+}
+
+fn response_checks(document: &Value, raw: &RawResponse) -> Result<ResponseChecks, ConfigError> {
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if !(1..=16 * 1024 * 1024).contains(&max_body_bytes) {
+        return Err(ConfigError::new("response.max_body_bytes", "must be between 1 and 16777216"));
+    }
+    if let Some(class) = raw.data_classes.keys().find(|c| c.is_empty() || c.len() > 64) {
+        return Err(ConfigError::new(format!("response.data_classes.{class}"), "a class name is 1 to 64 characters"));
+    }
+    let fields = FieldRules { write_only: raw.write_only.unwrap_or(FieldAction::Strip), classes: raw.data_classes.clone() };
+    let view = rewrite_document(
+        document,
+        &View { close: false, hide_read_only: false, hide_write_only: fields.write_only == FieldAction::Strip, hide_classes: fields.stripped_classes() },
+    );
+    Ok(ResponseChecks { validate: raw.validate, fields, max_body_bytes, view, document: document.clone() })
+}
+
+/// The declared answers of one operation (`responses`, following `$ref`s to components).
+fn responses_of(document: &Value, checks: &ResponseChecks, op: &Value, op_pointer: &str) -> Result<Vec<Response>, String> {
+    let Some(Value::Object(declared)) = op.get("responses") else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for (key, response) in declared {
+        let status = StatusKey::parse(key).ok_or_else(|| format!("responses.{key}: not a status code, `2XX` or `default`"))?;
+        let (response, pointer) = match response.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+            Some(target) => (document.pointer(target).cloned().unwrap_or(Value::Null), target.to_string()),
+            None => (response.clone(), format!("{op_pointer}/responses/{}", escape(key))),
+        };
+        let mut media = Vec::new();
+        if let Some(Value::Object(content)) = response.get("content") {
+            for (media_type, m) in content {
+                let json = is_json(media_type);
+                let schema_pointer = m.get("schema").map(|_| format!("{pointer}/content/{}/schema", escape(media_type)));
+                let validator = match &schema_pointer {
+                    Some(p) if json && checks.validate => Some(validator_at(&checks.view, p)?),
+                    _ => None,
+                };
+                let may_tag = json && m.get("schema").is_some_and(|schema| checks.fields.may_tag(document, schema));
+                media.push(ResponseMedia { media_type: media_type.to_ascii_lowercase(), schema_pointer, validator, may_tag });
+            }
+        }
+        out.push(Response { status, media });
+    }
+    Ok(out)
 }
 
 /// `application/json`, `application/problem+json`, `*/*` with a JSON schema...

@@ -15,6 +15,12 @@ pub enum SchemaError {
     TooDeep { max_depth: usize },
     InvalidJson,
     SchemaViolation { location: String, keyword: String },
+    /// The answer's status or content type is not declared for the operation.
+    UndeclaredResponse,
+    /// The answer does not match its declared schema.
+    ResponseViolation { location: String, keyword: String },
+    /// The answer carries a field whose tag (`writeOnly`, an `x-data-class`) is set to block.
+    BlockedField { location: String, tag: String },
 }
 
 impl SchemaError {
@@ -30,6 +36,9 @@ impl SchemaError {
             SchemaError::TooDeep { .. } => "too_deep",
             SchemaError::InvalidJson => "invalid_json",
             SchemaError::SchemaViolation { .. } => "schema_violation",
+            SchemaError::UndeclaredResponse => "undeclared_response",
+            SchemaError::ResponseViolation { .. } => "response_violation",
+            SchemaError::BlockedField { .. } => "blocked_field",
         }
     }
 
@@ -56,6 +65,19 @@ impl SchemaError {
             SchemaError::SchemaViolation { location, keyword } => Denial::new(bad, self.reason(), "the body does not match the contract")
                 .with("location", location.clone())
                 .with("keyword", keyword.clone()),
+            SchemaError::UndeclaredResponse => {
+                Denial::new(DenialKind::BadGateway, self.reason(), "the upstream answered with a status or content type the contract does not declare")
+            }
+            SchemaError::ResponseViolation { location, keyword } => {
+                Denial::new(DenialKind::BadGateway, self.reason(), "the upstream's answer does not match the contract")
+                    .with("location", location.clone())
+                    .with("keyword", keyword.clone())
+            }
+            SchemaError::BlockedField { location, tag } => {
+                Denial::new(DenialKind::BadGateway, self.reason(), "the upstream's answer carries a field that may not leave the service")
+                    .with("location", location.clone())
+                    .with("tag", tag.clone())
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 mod error;
 pub mod openapi;
+pub mod response;
 pub mod stage;
 pub mod validate;
 

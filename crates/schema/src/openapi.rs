@@ -1,11 +1,12 @@
 //! Turns an OpenAPI 3.0 / 3.1 document into JSON Schema 2020-12 that says exactly what a
-//! request may contain.
+//! request (or, for response checks, an answer) may contain.
 //!
-//! Every schema object of the document is rewritten once, in place:
+//! Every schema object of the document is rewritten once, per [`View`]:
 //! - 3.0 `nullable: true` → `null` added to `type` (and to `enum`);
 //! - 3.0 boolean `exclusiveMinimum` / `exclusiveMaximum` → the 2020-12 number form;
-//! - write view: `readOnly` properties may not be sent (their schema becomes `false`, and they
-//!   leave `required`), and object schemas get `unevaluatedProperties: false` unless they say
+//! - hidden properties (`readOnly` on writes; `writeOnly` and stripped `x-data-class` fields in
+//!   answers) may not appear: their schema becomes `false` and they leave `required`;
+//! - closed views: object schemas get `unevaluatedProperties: false` unless they say
 //!   otherwise, so unknown properties (mass assignment) are refused even when the spec forgot
 //!   `additionalProperties: false`. Schemas used as `allOf` / `anyOf` / `oneOf` members refer to
 //!   an *open* copy of the components, so composition keeps working: the closing happens once,
@@ -19,26 +20,76 @@ const SCHEMA_KEYWORDS: [&str; 8] = ["items", "additionalProperties", "not", "con
 const LIST_KEYWORDS: [&str; 4] = ["allOf", "anyOf", "oneOf", "prefixItems"];
 /// Keywords whose value is a map of schemas.
 const MAP_KEYWORDS: [&str; 3] = ["properties", "patternProperties", "$defs"];
+/// How many `$ref` hops are followed before giving up on a chain.
+const MAX_REF_HOPS: usize = 16;
 
 /// Where closed and open component copies live in the rewritten document.
 pub const CLOSED: &str = "#/components/schemas/";
 pub const OPEN: &str = "#/components/x-meshward-open-schemas/";
 
-/// Rewrites a document's schemas for validating requests (`close`: refuse unknown properties).
-pub fn request_view(document: &Value, close: bool) -> Value {
+/// What a rewritten document is for.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Refuse properties the schema does not declare.
+    pub close: bool,
+    /// `readOnly` properties may not appear (request bodies).
+    pub hide_read_only: bool,
+    /// `writeOnly` properties may not appear (answers).
+    pub hide_write_only: bool,
+    /// Properties whose `x-data-class` is one of these may not appear.
+    pub hide_classes: Vec<String>,
+}
+
+impl View {
+    /// What a request may carry; `close`: refuse unknown properties.
+    pub fn request(close: bool) -> View {
+        View { close, hide_read_only: true, ..View::default() }
+    }
+
+    /// Does the property schema (or a schema its `$ref` chain reaches) carry a hidden marker?
+    fn hides(&self, doc: &Value, property: &Value) -> bool {
+        ref_chain(doc, property).any(|s| {
+            (self.hide_read_only && s.get("readOnly") == Some(&Value::Bool(true)))
+                || (self.hide_write_only && s.get("writeOnly") == Some(&Value::Bool(true)))
+                || s.get("x-data-class").and_then(Value::as_str).is_some_and(|c| self.hide_classes.iter().any(|h| h == c))
+        })
+    }
+}
+
+/// The schema and every schema its local `$ref` chain leads to, at most [`MAX_REF_HOPS`].
+pub fn ref_chain<'a>(doc: &'a Value, schema: &'a Value) -> impl Iterator<Item = &'a Value> + 'a {
+    let mut next = Some(schema);
+    let mut hops = 0;
+    std::iter::from_fn(move || {
+        let current = next.take()?;
+        hops += 1;
+        if hops <= MAX_REF_HOPS {
+            next = current.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')).and_then(|p| doc.pointer(p));
+        }
+        Some(current)
+    })
+}
+
+/// The schema a (chain of) `$ref` finally names; the schema itself when it is no reference.
+pub fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    ref_chain(doc, schema).last().unwrap_or(schema)
+}
+
+/// Rewrites a document's schemas for `view`.
+pub fn rewrite_document(document: &Value, view: &View) -> Value {
     let mut doc = document.clone();
     let components = doc.pointer("/components/schemas").cloned();
     if let Some(Value::Object(schemas)) = components {
         let mut open = Map::new();
         for (name, schema) in &schemas {
             let mut s = schema.clone();
-            rewrite(&mut s, close, false);
+            rewrite(document, &mut s, view, false);
             open.insert(name.clone(), s);
         }
         let mut closed = Map::new();
         for (name, schema) in schemas {
             let mut s = schema;
-            rewrite(&mut s, close, true);
+            rewrite(document, &mut s, view, true);
             closed.insert(name, s);
         }
         if let Some(Value::Object(c)) = doc.pointer_mut("/components") {
@@ -46,48 +97,76 @@ pub fn request_view(document: &Value, close: bool) -> Value {
             c.insert("x-meshward-open-schemas".into(), Value::Object(open));
         }
     }
+    if let Some(Value::Object(components)) = doc.get_mut("components") {
+        for key in ["requestBodies", "responses"] {
+            if let Some(Value::Object(items)) = components.get_mut(key) {
+                for item in items.values_mut() {
+                    rewrite_content(document, item, view);
+                }
+            }
+        }
+        if let Some(Value::Object(params)) = components.get_mut("parameters") {
+            for p in params.values_mut() {
+                if let Some(schema) = p.get_mut("schema") {
+                    rewrite(document, schema, view, true);
+                }
+            }
+        }
+    }
     if let Some(paths) = doc.get_mut("paths") {
-        rewrite_operations(paths, close);
+        rewrite_operations(document, paths, view);
     }
     doc
 }
 
-fn rewrite_operations(paths: &mut Value, close: bool) {
+/// Rewrites the schemas of a request body or response object (`content.<media>.schema`).
+fn rewrite_content(document: &Value, holder: &mut Value, view: &View) {
+    if let Some(Value::Object(content)) = holder.get_mut("content") {
+        for media in content.values_mut() {
+            if let Some(schema) = media.get_mut("schema") {
+                rewrite(document, schema, view, true);
+            }
+        }
+    }
+}
+
+fn rewrite_operations(document: &Value, paths: &mut Value, view: &View) {
     let Value::Object(paths) = paths else { return };
     for item in paths.values_mut() {
         let Value::Object(item) = item else { continue };
         for (key, op) in item.iter_mut() {
             if key == "parameters" {
-                rewrite_parameters(op, close);
+                rewrite_parameters(document, op, view);
                 continue;
             }
             let Value::Object(op) = op else { continue };
             if let Some(params) = op.get_mut("parameters") {
-                rewrite_parameters(params, close);
+                rewrite_parameters(document, params, view);
             }
-            if let Some(Value::Object(content)) = op.get_mut("requestBody").and_then(|b| b.get_mut("content")) {
-                for media in content.values_mut() {
-                    if let Some(schema) = media.get_mut("schema") {
-                        rewrite(schema, close, true);
-                    }
+            if let Some(body) = op.get_mut("requestBody") {
+                rewrite_content(document, body, view);
+            }
+            if let Some(Value::Object(responses)) = op.get_mut("responses") {
+                for response in responses.values_mut() {
+                    rewrite_content(document, response, view);
                 }
             }
         }
     }
 }
 
-fn rewrite_parameters(params: &mut Value, close: bool) {
+fn rewrite_parameters(document: &Value, params: &mut Value, view: &View) {
     let Value::Array(params) = params else { return };
     for p in params {
         if let Some(schema) = p.get_mut("schema") {
-            rewrite(schema, close, true);
+            rewrite(document, schema, view, true);
         }
     }
 }
 
 /// Rewrites one schema object and everything below it. `closed_here`: this schema is not a
 /// composition member, so it may be closed.
-fn rewrite(schema: &mut Value, close: bool, closed_here: bool) {
+fn rewrite(document: &Value, schema: &mut Value, view: &View, closed_here: bool) {
     let Value::Object(map) = schema else { return };
     // $ref: point at the closed or the open copy of the component.
     if let Some(Value::String(target)) = map.get_mut("$ref") {
@@ -101,34 +180,29 @@ fn rewrite(schema: &mut Value, close: bool, closed_here: bool) {
     nullable(map);
     exclusive_bounds(map, "exclusiveMinimum", "minimum");
     exclusive_bounds(map, "exclusiveMaximum", "maximum");
-    // The write view: readOnly properties must not be sent.
-    let read_only: Vec<String> = match map.get("properties") {
-        Some(Value::Object(props)) => props
-            .iter()
-            .filter(|(_, p)| p.get("readOnly") == Some(&Value::Bool(true)))
-            .map(|(k, _)| k.clone())
-            .collect(),
+    let hidden: Vec<String> = match map.get("properties") {
+        Some(Value::Object(props)) => props.iter().filter(|(_, p)| view.hides(document, p)).map(|(k, _)| k.clone()).collect(),
         _ => Vec::new(),
     };
-    if !read_only.is_empty() {
+    if !hidden.is_empty() {
         if let Some(Value::Object(props)) = map.get_mut("properties") {
-            for name in &read_only {
+            for name in &hidden {
                 props.insert(name.clone(), Value::Bool(false));
             }
         }
         if let Some(Value::Array(required)) = map.get_mut("required") {
-            required.retain(|r| !r.as_str().is_some_and(|r| read_only.iter().any(|n| n == r)));
+            required.retain(|r| !r.as_str().is_some_and(|r| hidden.iter().any(|n| n == r)));
         }
     }
     for key in SCHEMA_KEYWORDS {
         if let Some(sub) = map.get_mut(key) {
-            rewrite(sub, close, true);
+            rewrite(document, sub, view, true);
         }
     }
     for key in MAP_KEYWORDS {
         if let Some(Value::Object(subs)) = map.get_mut(key) {
             for sub in subs.values_mut() {
-                rewrite(sub, close, true);
+                rewrite(document, sub, view, true);
             }
         }
     }
@@ -136,7 +210,7 @@ fn rewrite(schema: &mut Value, close: bool, closed_here: bool) {
         if let Some(Value::Array(subs)) = map.get_mut(key) {
             let member = key != "prefixItems";
             for sub in subs {
-                rewrite(sub, close, !member);
+                rewrite(document, sub, view, !member);
             }
         }
     }
@@ -144,7 +218,7 @@ fn rewrite(schema: &mut Value, close: bool, closed_here: bool) {
         || map.get("type").and_then(Value::as_array).is_some_and(|t| t.contains(&Value::String("object".into())))
         || map.contains_key("properties")
         || LIST_KEYWORDS[..3].iter().any(|k| map.contains_key(*k));
-    if close && closed_here && is_object && !map.contains_key("additionalProperties") && !map.contains_key("unevaluatedProperties") {
+    if view.close && closed_here && is_object && !map.contains_key("additionalProperties") && !map.contains_key("unevaluatedProperties") {
         map.insert("unevaluatedProperties".into(), Value::Bool(false));
     }
 }

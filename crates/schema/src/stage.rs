@@ -7,7 +7,7 @@ use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Reque
 use meshward_host::Host;
 
 use crate::config::SchemaConfig;
-use crate::validate::{check_body, check_content_type, check_parameters, match_operation};
+use crate::validate::{check_answer, check_body, check_content_type, check_parameters, match_operation, match_response};
 
 #[derive(Debug)]
 pub struct SchemaPolicy {
@@ -27,7 +27,7 @@ impl Policy for SchemaPolicy {
     }
 
     fn new_stage(policy: &Rc<Self>) -> SchemaStage {
-        SchemaStage { policy: Rc::clone(policy), pending: None }
+        SchemaStage { policy: Rc::clone(policy), pending: None, operation: None, answer: None }
     }
 }
 
@@ -37,6 +37,10 @@ pub struct SchemaStage {
     policy: Rc<SchemaPolicy>,
     /// (operation index, media index) whose JSON schema the body must match.
     pending: Option<(usize, usize)>,
+    /// The matched operation's index, for the response checks.
+    operation: Option<usize>,
+    /// (response index, media index) of the declared answer whose body is being checked.
+    answer: Option<(usize, usize)>,
 }
 
 /// Operation ids as metric labels: letters, digits, `_` and `-` only.
@@ -57,6 +61,7 @@ impl Stage for SchemaStage {
             Err(e) => return Step::Deny(e.denial()),
         };
         request.route = Some(label(&op.id));
+        self.operation = config.operations.iter().position(|o| std::ptr::eq(o, op));
         let headers = host.request_headers();
         let header = |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
         if let Err(e) = check_parameters(op, &captures, &request.path, &header) {
@@ -74,6 +79,64 @@ impl Stage for SchemaStage {
                 Step::NeedBody { max_bytes: config.max_body_bytes }
             }
             Ok(_) => Step::Continue,
+        }
+    }
+
+    fn on_response_headers(&mut self, host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        let policy = Rc::clone(&self.policy);
+        let Some(checks) = &policy.config.response else { return Step::Continue };
+        let Some(op) = self.operation.and_then(|i| policy.config.operations.get(i)) else { return Step::Continue };
+        // Errors pass as they are: only successful answers carry the operation's data.
+        let status: u16 = host.response_header(":status").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if !(200..300).contains(&status) {
+            return Step::Continue;
+        }
+        let content_type = host.response_header("content-type");
+        let has_body = host.response_header("content-length").is_none_or(|n| n.trim() != "0");
+        let media = match match_response(op, status, content_type.as_deref()) {
+            Ok(media) => media,
+            // A bodiless answer needs no declared media type (204, or an empty 200).
+            Err(_) if !has_body && op.responses.iter().any(|r| r.media.is_empty()) => return Step::Continue,
+            Err(e) if checks.validate => return Step::Deny(e.denial()),
+            Err(_) => return Step::Continue,
+        };
+        if media.validator.is_none() && !media.may_tag {
+            return Step::Continue;
+        }
+        self.answer = op.responses.iter().enumerate().find_map(|(r, resp)| {
+            resp.media.iter().position(|m| std::ptr::eq(m, media)).map(|m| (r, m))
+        });
+        if media.may_tag && policy.config.mode == Mode::Enforce {
+            // The answer may shrink; its length is only known once it is cut.
+            host.set_response_header("content-length", None);
+        }
+        Step::NeedBody { max_bytes: checks.max_body_bytes }
+    }
+
+    fn on_response_body(&mut self, host: &mut dyn Host, _request: &mut RequestState, body: &[u8]) -> Step {
+        let policy = Rc::clone(&self.policy);
+        let Some(checks) = &policy.config.response else { return Step::Continue };
+        let Some((r, m)) = self.answer.take() else { return Step::Continue };
+        let Some(media) = self.operation.and_then(|i| policy.config.operations.get(i)).and_then(|op| op.responses.get(r)).and_then(|resp| resp.media.get(m))
+        else {
+            return Step::Continue;
+        };
+        match check_answer(checks, media, body) {
+            Ok(None) => Step::Continue,
+            // Shadow mode changes nothing; it counts what it would have cut.
+            Ok(Some(_)) if policy.config.mode == Mode::Shadow => {
+                host.increment_counter("meshward_schema_shadow_stripped_total", 1);
+                Step::Continue
+            }
+            Ok(Some(cut)) => match host.set_response_body(body.len(), &cut) {
+                Ok(()) => {
+                    host.increment_counter("meshward_schema_stripped_total", 1);
+                    Step::Continue
+                }
+                // The fields could not be removed: the answer does not go out with them.
+                Err(_) => Step::Deny(Denial::new(DenialKind::BadGateway, "blocked_field", "the answer could not be rewritten")),
+            },
+            Err(e) => Step::Deny(e.denial()),
         }
     }
 

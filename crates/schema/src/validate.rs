@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use crate::config::{In, Media, Operation, Param, Scalar, SchemaConfig};
+use crate::config::{In, Media, Operation, Param, ResponseChecks, ResponseMedia, Scalar, SchemaConfig, StatusKey};
+use crate::response::cut_fields;
 use crate::SchemaError;
 
 /// Path parameters captured by a template, percent-decoded.
@@ -120,6 +121,50 @@ pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: O
         })
         .map(Some)
         .ok_or(SchemaError::UnsupportedMediaType)
+}
+
+/// The declared answer for a status and content type: the exact code, else its class (`2XX`),
+/// else `default`; then the media type as for requests.
+pub fn match_response<'a>(op: &'a Operation, status: u16, content_type: Option<&str>) -> Result<&'a ResponseMedia, SchemaError> {
+    let by = |key: StatusKey| op.responses.iter().find(|r| r.status == key);
+    let response = by(StatusKey::Code(status)).or_else(|| by(StatusKey::Class(status / 100))).or_else(|| by(StatusKey::Default));
+    let response = response.ok_or(SchemaError::UndeclaredResponse)?;
+    let given = essence(content_type.unwrap_or(""));
+    let (kind, _) = given.split_once('/').unwrap_or((given.as_str(), ""));
+    response
+        .media
+        .iter()
+        .find(|m| {
+            let declared = essence(&m.media_type);
+            declared == given || declared == "*/*" || declared.strip_suffix("/*").is_some_and(|k| k == kind)
+        })
+        .ok_or(SchemaError::UndeclaredResponse)
+}
+
+/// A JSON answer: tagged fields cut (or the answer blocked), then — when validating — the rest
+/// against the declared schema. `Ok(Some(body))`: the answer to send instead.
+pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8]) -> Result<Option<Vec<u8>>, SchemaError> {
+    let invalid = || SchemaError::ResponseViolation { location: "/body".into(), keyword: "json".into() };
+    let mut answer: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        // Not JSON: nothing can be cut; it passes only when it is not validated.
+        Err(_) if checks.validate => return Err(invalid()),
+        Err(_) => return Ok(None),
+    };
+    let schema = media.schema_pointer.as_deref().and_then(|p| checks.document.pointer(p));
+    let changed = match schema {
+        Some(schema) if media.may_tag => cut_fields(&checks.document, schema, &mut answer, &checks.fields)?,
+        _ => false,
+    };
+    if let Some(validator) = &media.validator {
+        if let Err(e) = validator.validate(&answer) {
+            return Err(SchemaError::ResponseViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() });
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&answer).map(Some).map_err(|_| invalid())
 }
 
 /// Refuses nesting deeper than `max` before any parsing, so a deep payload costs a scan.

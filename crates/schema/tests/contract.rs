@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use meshward_core::route::canonical_path;
-use meshward_schema::validate::{check_body, check_content_type, check_parameters, match_operation};
+use meshward_schema::validate::{check_answer, check_body, check_content_type, check_parameters, match_operation, match_response};
 use meshward_schema::{SchemaConfig, SchemaError};
 use serde_json::{json, Value};
 
@@ -136,4 +136,94 @@ fn bad_documents_are_refused_naming_the_location() {
     let mut with_override = base(json!({"/a": {"get": {"operationId": "a"}}}));
     with_override["operations"] = json!({"b": {}});
     assert!(parse(with_override).contains("operations.b: is not an operationId"));
+}
+
+/// A small API whose answers carry a writeOnly password and tagged fields.
+fn accounts(response: Value) -> SchemaConfig {
+    let doc = json!({
+        "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+        "paths": {"/accounts/{id}": {
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+            "get": {"operationId": "get_account", "responses": {
+                "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}},
+                "204": {"description": "gone quiet"},
+                "4XX": {"content": {"application/problem+json": {"schema": {"type": "object"}}}}}}}},
+        "components": {"schemas": {"Account": {"type": "object", "required": ["id", "password", "email"], "properties": {
+            "id": {"type": "integer"},
+            "email": {"type": "string", "x-data-class": "pii"},
+            "password": {"type": "string", "writeOnly": true},
+            "notes": {"type": "string", "x-data-class": "internal"}}}}}
+    });
+    SchemaConfig::parse(json!({"openapi": doc, "response": response}).to_string().as_bytes()).unwrap()
+}
+
+/// An answer check's outcome: `Ok(None)` passes unchanged, `Ok(Some)` is what goes out instead.
+type Answer = Result<Option<Value>, SchemaError>;
+
+/// The whole answer check for GET /accounts/1: `Ok(None)` passes unchanged, `Ok(Some)` is cut.
+fn answer(c: &SchemaConfig, status: u16, content_type: &str, body: &str) -> Answer {
+    let (op, _) = match_operation(c, "GET", "/accounts/1")?;
+    let media = match_response(op, status, Some(content_type))?;
+    let checks = c.response.as_ref().unwrap();
+    check_answer(checks, media, body.as_bytes()).map(|cut| cut.map(|b| serde_json::from_slice(&b).unwrap()))
+}
+
+#[test]
+fn answers_are_cut_validated_or_blocked() {
+    let strip_pii = accounts(json!({"validate": true, "data_classes": {"pii": "strip", "internal": "block"}}));
+    let full = r#"{"id": 1, "email": "a@b", "password": "pw"}"#;
+    let cases: Vec<(&str, &SchemaConfig, u16, &str, &str, Answer)> = vec![
+        ("writeOnly and pii cut; still valid without them", &strip_pii, 200, "application/json", full, Ok(Some(json!({"id": 1})))),
+        ("nothing to cut", &strip_pii, 200, "application/json", r#"{"id": 1}"#, Ok(None)),
+        (
+            "internal blocks",
+            &strip_pii,
+            200,
+            "application/json",
+            r#"{"id": 1, "notes": "vip"}"#,
+            Err(SchemaError::BlockedField { location: "/body/notes".into(), tag: "internal".into() }),
+        ),
+        (
+            "type violation",
+            &strip_pii,
+            200,
+            "application/json",
+            r#"{"id": "one"}"#,
+            Err(SchemaError::ResponseViolation { location: "/body/id".into(), keyword: "type".into() }),
+        ),
+        (
+            "not JSON",
+            &strip_pii,
+            200,
+            "application/json",
+            "<html>",
+            Err(SchemaError::ResponseViolation { location: "/body".into(), keyword: "json".into() }),
+        ),
+        ("status class 4XX", &strip_pii, 404, "application/problem+json", "{}", Ok(None)),
+        ("undeclared status", &strip_pii, 201, "application/json", full, Err(SchemaError::UndeclaredResponse)),
+        ("undeclared content type", &strip_pii, 200, "text/html", full, Err(SchemaError::UndeclaredResponse)),
+    ];
+    for (name, c, status, content_type, body, want) in cases {
+        assert_eq!(answer(c, status, content_type, body), want, "{name}");
+    }
+    // Without validation, required fields may be missing and non-JSON passes; writeOnly can block.
+    let lenient = accounts(json!({"write_only": "block"}));
+    assert_eq!(answer(&lenient, 200, "application/json", r#"{"id": "one"}"#), Ok(None));
+    assert_eq!(answer(&lenient, 200, "application/json", "<html>"), Ok(None));
+    assert_eq!(
+        answer(&lenient, 200, "application/json", full),
+        Err(SchemaError::BlockedField { location: "/body/password".into(), tag: "writeOnly".into() })
+    );
+}
+
+#[test]
+fn bad_response_configuration_is_refused() {
+    let parse = |response: Value| {
+        let doc = json!({"openapi": "3.0.0", "info": {}, "paths": {"/a": {"get": {"responses": {"2YY": {}}}}}});
+        SchemaConfig::parse(json!({"openapi": doc, "response": response}).to_string().as_bytes()).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    assert!(parse(json!({"validate": "yes"})).contains("response.validate"));
+    assert!(parse(json!({"data_classes": {"pii": "hide"}})).contains("unknown variant `hide`"));
+    assert!(parse(json!({"max_body_bytes": 0})).contains("response.max_body_bytes"));
+    assert!(parse(json!({})).contains("responses.2YY: not a status code"));
 }

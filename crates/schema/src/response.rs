@@ -1,0 +1,259 @@
+//! Response checks (opt-in): which fields of an answer may leave the sidecar, and does the
+//! answer match the contract.
+//!
+//! A field is tagged by the schema that declares it: `writeOnly: true` (a password the client
+//! may set but never read back) or `x-data-class: <class>` (`internal`, `pii`, ...). The
+//! configuration says per tag whether the field is stripped from the answer or the whole answer
+//! is blocked. Tags are found by walking the answer alongside its schema, through `$ref`,
+//! `allOf` / `anyOf` / `oneOf`, `items` and `additionalProperties`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::openapi::{ref_chain, resolve};
+use crate::SchemaError;
+
+/// How deep the walk follows nested values and schema compositions.
+const MAX_WALK_DEPTH: usize = 64;
+
+/// What happens to a tagged field in an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldAction {
+    /// The field is removed; the rest of the answer goes on.
+    Strip,
+    /// The answer is not passed on.
+    Block,
+}
+
+/// The tags the response checks act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldRules {
+    pub write_only: FieldAction,
+    /// `x-data-class` value → action; classes not listed pass.
+    pub classes: BTreeMap<String, FieldAction>,
+}
+
+impl FieldRules {
+    /// The action for a property schema and the tag that caused it; `Block` wins over `Strip`.
+    pub fn action(&self, doc: &Value, property: &Value) -> Option<(FieldAction, String)> {
+        let mut found: Option<(FieldAction, String)> = None;
+        for s in ref_chain(doc, property) {
+            let mut tags = Vec::new();
+            if s.get("writeOnly") == Some(&Value::Bool(true)) {
+                tags.push((self.write_only, "writeOnly".to_string()));
+            }
+            if let Some(class) = s.get("x-data-class").and_then(Value::as_str) {
+                if let Some(action) = self.classes.get(class) {
+                    tags.push((*action, class.to_string()));
+                }
+            }
+            for (action, tag) in tags {
+                if action == FieldAction::Block {
+                    return Some((action, tag));
+                }
+                found.get_or_insert((action, tag));
+            }
+        }
+        found
+    }
+
+    /// Classes whose fields are stripped, so the response view can hide them.
+    pub fn stripped_classes(&self) -> Vec<String> {
+        self.classes.iter().filter(|(_, a)| **a == FieldAction::Strip).map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Can an answer of this schema carry a tagged field at all? Decided once per operation,
+    /// so answers that cannot are not buffered.
+    pub fn may_tag(&self, doc: &Value, schema: &Value) -> bool {
+        let mut seen = Vec::new();
+        self.walk_schema(doc, schema, &mut seen, 0)
+    }
+
+    fn walk_schema<'a>(&self, doc: &'a Value, schema: &'a Value, seen: &mut Vec<&'a str>, depth: usize) -> bool {
+        if depth > MAX_WALK_DEPTH {
+            return false;
+        }
+        if let Some(target) = schema.get("$ref").and_then(Value::as_str) {
+            if seen.contains(&target) {
+                return false;
+            }
+            seen.push(target);
+        }
+        let schema = resolve(doc, schema);
+        let Value::Object(map) = schema else { return false };
+        if let Some(Value::Object(props)) = map.get("properties") {
+            for p in props.values() {
+                if self.action(doc, p).is_some() || self.walk_schema(doc, p, seen, depth + 1) {
+                    return true;
+                }
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(sub @ Value::Object(_)) = map.get(key) {
+                if self.action(doc, sub).is_some() || self.walk_schema(doc, sub, seen, depth + 1) {
+                    return true;
+                }
+            }
+        }
+        for key in ["allOf", "anyOf", "oneOf", "prefixItems"] {
+            if let Some(Value::Array(subs)) = map.get(key) {
+                if subs.iter().any(|sub| self.walk_schema(doc, sub, seen, depth + 1)) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The schema and its composition members (`allOf` / `anyOf` / `oneOf`), references resolved.
+fn flatten<'a>(doc: &'a Value, schema: &'a Value, out: &mut Vec<&'a Value>, depth: usize) {
+    if depth > MAX_WALK_DEPTH {
+        return;
+    }
+    let schema = resolve(doc, schema);
+    out.push(schema);
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(Value::Array(members)) = schema.get(key) {
+            for m in members {
+                flatten(doc, m, out, depth + 1);
+            }
+        }
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Removes the stripped fields from `answer`; `Ok(true)` when something was removed. A field
+/// whose action is `Block` refuses the whole answer, naming where it is and its tag.
+pub fn cut_fields(doc: &Value, schema: &Value, answer: &mut Value, rules: &FieldRules) -> Result<bool, SchemaError> {
+    cut(doc, &[schema], answer, rules, "/body", 0)
+}
+
+fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, rules: &FieldRules, at: &str, depth: usize) -> Result<bool, SchemaError> {
+    if depth > MAX_WALK_DEPTH || schemas.is_empty() {
+        return Ok(false);
+    }
+    let mut flat = Vec::new();
+    for s in schemas {
+        flatten(doc, s, &mut flat, depth);
+    }
+    let mut changed = false;
+    match value {
+        Value::Object(map) => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let mut subs: Vec<&Value> = flat.iter().filter_map(|s| s.get("properties").and_then(|p| p.get(&key))).collect();
+                if subs.is_empty() {
+                    subs = flat.iter().filter_map(|s| s.get("additionalProperties")).filter(|s| s.is_object()).collect();
+                }
+                let here = format!("{at}/{}", escape(&key));
+                let mut strip = false;
+                for sub in &subs {
+                    match rules.action(doc, sub) {
+                        Some((FieldAction::Block, tag)) => return Err(SchemaError::BlockedField { location: here, tag }),
+                        Some((FieldAction::Strip, _)) => strip = true,
+                        None => {}
+                    }
+                }
+                if strip {
+                    map.remove(&key);
+                    changed = true;
+                } else if let Some(inner) = map.get_mut(&key) {
+                    changed |= cut(doc, &subs, inner, rules, &here, depth + 1)?;
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let subs: Vec<&Value> = flat
+                    .iter()
+                    .filter_map(|s| s.get("prefixItems").and_then(|p| p.get(i)).or_else(|| s.get("items")))
+                    .filter(|s| s.is_object())
+                    .collect();
+                changed |= cut(doc, &subs, item, rules, &format!("{at}/{i}"), depth + 1)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        json!({"components": {"schemas": {
+            "Email": {"type": "string", "x-data-class": "pii"},
+            "User": {"type": "object", "properties": {
+                "id": {"type": "integer"},
+                "email": {"$ref": "#/components/schemas/Email"},
+                "password": {"type": "string", "writeOnly": true},
+                "notes": {"type": "string", "x-data-class": "internal"},
+                "friends": {"type": "array", "items": {"$ref": "#/components/schemas/User"}}
+            }},
+            "Admin": {"allOf": [{"$ref": "#/components/schemas/User"}, {"properties": {"ssn": {"type": "string", "x-data-class": "secret"}}}]},
+            "Bag": {"type": "object", "additionalProperties": {"type": "string", "x-data-class": "internal"}}
+        }}})
+    }
+
+    /// (case, schema, answer, rules, the answer after cutting or the error).
+    type Case<'a> = (&'a str, &'a Value, Value, &'a FieldRules, Result<Value, SchemaError>);
+
+    fn rules(classes: &[(&str, FieldAction)]) -> FieldRules {
+        FieldRules { write_only: FieldAction::Strip, classes: classes.iter().map(|(c, a)| (c.to_string(), *a)).collect() }
+    }
+
+    #[test]
+    fn cuts_tagged_fields_through_refs_compositions_and_arrays() {
+        let strip_all = rules(&[("pii", FieldAction::Strip), ("internal", FieldAction::Strip), ("secret", FieldAction::Strip)]);
+        let block_secret = rules(&[("internal", FieldAction::Strip), ("secret", FieldAction::Block)]);
+        let none = rules(&[]);
+        let bag = json!({"$ref": "#/components/schemas/Bag"});
+        let user = json!({"$ref": "#/components/schemas/User"});
+        let admin = json!({"$ref": "#/components/schemas/Admin"});
+        let users = json!({"type": "array", "items": {"$ref": "#/components/schemas/User"}});
+        let block_pii = rules(&[("pii", FieldAction::Block)]);
+        let blocked = |location: &str, tag: &str| Err(SchemaError::BlockedField { location: location.into(), tag: tag.into() });
+        let cases: Vec<Case> = vec![
+            (
+                "ref'd pii, inline internal, writeOnly",
+                &user,
+                json!({"id": 1, "email": "a@b", "password": "x", "notes": "n", "extra": 1}),
+                &strip_all,
+                Ok(json!({"id": 1, "extra": 1})),
+            ),
+            ("nested array of refs", &user, json!({"friends": [{"id": 2, "email": "c@d"}, {"id": 3}]}), &strip_all, Ok(json!({"friends": [{"id": 2}, {"id": 3}]}))),
+            ("allOf members", &admin, json!({"id": 1, "ssn": "123", "notes": "n"}), &strip_all, Ok(json!({"id": 1}))),
+            ("block wins", &admin, json!({"id": 1, "ssn": "123"}), &block_secret, blocked("/body/ssn", "secret")),
+            ("no tagged field present", &user, json!({"friends": [{"id": 2}]}), &block_pii, Ok(json!({"friends": [{"id": 2}]}))),
+            ("block location in an array", &users, json!([{"id": 2}, {"email": "e@f"}]), &block_pii, blocked("/body/1/email", "pii")),
+            ("additionalProperties", &bag, json!({"a": "1", "b": "2"}), &strip_all, Ok(json!({}))),
+            ("unlisted classes pass; writeOnly still stripped", &user, json!({"email": "a@b", "password": "p"}), &none, Ok(json!({"email": "a@b"}))),
+            ("not an object", &user, json!("text"), &strip_all, Ok(json!("text"))),
+        ];
+        for (name, schema, mut answer, rules, want) in cases {
+            let got = cut_fields(&doc(), schema, &mut answer, rules).map(|_| answer);
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn may_tag_follows_refs_and_stops_on_cycles() {
+        let d = doc();
+        let r = rules(&[("secret", FieldAction::Strip)]);
+        assert!(r.may_tag(&d, &json!({"$ref": "#/components/schemas/Admin"})));
+        let no_write_only = FieldRules { write_only: FieldAction::Strip, classes: BTreeMap::new() };
+        assert!(no_write_only.may_tag(&d, &json!({"$ref": "#/components/schemas/User"})));
+        assert!(!r.may_tag(&d, &json!({"$ref": "#/components/schemas/Bag"})));
+        assert!(!r.may_tag(&d, &json!({"type": "object", "properties": {"a": {"type": "string"}}})));
+    }
+}
