@@ -44,7 +44,12 @@ pub fn query_values(raw_path: &str, name: &str) -> Result<Vec<String>, SchemaErr
 fn coerce(scalar: Scalar, text: &str) -> Value {
     let parsed = match scalar {
         Scalar::String => None,
-        Scalar::Integer => text.parse::<i64>().ok().map(Value::from),
+        // Integers beyond 64 bits are still integers: read as a whole-valued float.
+        Scalar::Integer => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).ok().or_else(|| {
+            let digits = text.strip_prefix('-').unwrap_or(text);
+            let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            whole.then(|| text.parse::<f64>().ok()).flatten().and_then(serde_json::Number::from_f64).map(Value::Number)
+        }),
         Scalar::Number => text.parse::<f64>().ok().filter(|f| f.is_finite()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
         Scalar::Boolean => match text {
             "true" => Some(Value::Bool(true)),
