@@ -20,7 +20,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit schema
 PYTEST_ARGS ?= -q
 
-.PHONY: build wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: build test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -28,6 +28,13 @@ build: wasm-target
 	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f)_filter.wasm $(DIST)/meshward_$(f).wasm;)
 	cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.wasm
 	@ls -l $(DIST)/*.wasm
+
+# Test-only modules (never in dist/): a filter whose VM fails on demand.
+TEST_MODULES := target/test-modules
+test-modules: wasm-target
+	cargo build --release --target $(WASM_TARGET) -p meshward-crash-test-filter
+	mkdir -p $(TEST_MODULES)
+	cp target/$(WASM_TARGET)/release/meshward_crash_test_filter.wasm $(TEST_MODULES)/meshward_crash.wasm
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -44,7 +51,8 @@ $(VENV)/.installed: tests/requirements.txt
 # rate-limit tests, from the distribution's packages.
 # Also wrk, the load generator of `make bench`.
 system-deps:
-	@missing=""; for tool in redis-server wrk; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	@missing=""; for pair in redis-server:redis-server wrk:wrk node:nodejs; do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
 	  else echo "missing:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; fi
@@ -57,10 +65,16 @@ lint: wasm-target
 unit-test:
 	cargo test --workspace --quiet
 
-integration-test: build venv system-deps
+# The same unit and filter tests compiled for the target the filters ship on (wasm32-wasip1),
+# run by Node's WASI: what is tested on the host is what runs in the VM.
+wasm-unit-test: wasm-target system-deps
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/tests/wasi-runner.mjs" \
+	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --quiet
+
+integration-test: build test-modules venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
-test: lint unit-test integration-test
+test: lint unit-test wasm-unit-test integration-test
 
 demo: build venv
 	$(PY) tests/demo.py

@@ -94,30 +94,60 @@ WEBHOOK = plugin("webhook", {"endpoints": [{"name": "hooks", "match": {"prefix":
                                             "secrets": [{"inline_string": SW_SECRET}], "replay_protection": False}]})
 
 
-def scenarios(keys: KeyRing):
+CRAPI = json.loads((REPO / "tests" / "specs" / "crapi-openapi-spec.json").read_text())
+SCHEMA = plugin("schema", {"openapi": CRAPI})
+# crAPI's create_order: the write operation the chain protects.
+ORDER_PATH = "/workshop/api/shop/orders"
+ORDER_BODY = json.dumps({"product_id": 1, "quantity": 2}).encode()
+ORDER_OWNERSHIP = plugin("ownership", {"rules": [{"name": "create_order", "match": {"path": ORDER_PATH, "methods": ["POST"]}, "scopes": ["orders:read"]}]})
+
+
+class Scenario:
+    """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
+
+    def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy"):
+        self.name, self.plugins, self.native = name, list(plugins), list(native)
+        self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
+        # The plain-Envoy scenario sending the same request.
+        self.baseline = baseline
+
+
+def scenarios(keys: KeyRing) -> list[Scenario]:
     tok = {alg: keys.token(alg, scope="orders:read", exp=int(time.time()) + 3600) for alg in ("HS256", "RS256", "ES256")}
     auth = lambda alg: {"authorization": f"Bearer {tok[alg]}"}  # noqa: E731
     body = json.dumps({"type": "invoice.paid", "data": "x" * 1990}).encode()[:2048]
     msg_id, now = "msg_bench", datetime.now(tz=timezone.utc)
     sw_headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
                   "webhook-signature": standardwebhooks.Webhook(SW_SECRET).sign(msg_id, now, body.decode()), "content-type": "application/json"}
-    path = "/tenants/acme/orders/42"
     fam = {"HS256": ["hs"], "RS256": ["rsa"], "ES256": ["es256"]}
-    out = [("plain envoy", [], [], {}, None, "plain")]
+    es = auth("ES256")
+    order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
+    chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
+    out = [Scenario("plain envoy", compare="plain")]
     for alg in ("HS256", "RS256", "ES256"):
-        out.append((f"jwt {alg} (meshward)", [meshward_jwt(keys, fam[alg])], [], auth(alg), None, f"jwt_authn {alg}"))
-        out.append((f"jwt {alg} (meshward, no cache)", [meshward_jwt(keys, fam[alg], cache=0)], [], auth(alg), None, f"jwt_authn {alg}"))
-        out.append((f"jwt_authn {alg} (native)", [], [jwt_authn(keys, fam[alg])], auth(alg), None, None))
+        out.append(Scenario(f"jwt {alg} (meshward)", [meshward_jwt(keys, fam[alg])], headers=auth(alg), compare=f"jwt_authn {alg}"))
+        out.append(Scenario(f"jwt {alg} (meshward, no cache)", [meshward_jwt(keys, fam[alg], cache=0)], headers=auth(alg), compare=f"jwt_authn {alg}"))
+        out.append(Scenario(f"jwt_authn {alg} (native)", native=[jwt_authn(keys, fam[alg])], headers=auth(alg)))
     out += [
-        ("ratelimit (meshward, not limited)", [RATELIMIT_ANON], [], {}, None, "local_ratelimit"),
-        ("local_ratelimit (native)", [], [local_ratelimit()], {}, None, None),
-        ("webhook standard 2KiB (meshward)", [WEBHOOK], [], sw_headers, body, None),
-        ("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], [], auth("ES256"), None, None),
-        ("chain jwt+ownership+ratelimit (3 modules)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], [], auth("ES256"), None, None),
-        ("bundle jwt+ownership+ratelimit (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT])], [], auth("ES256"), None, None),
-        ("bundle jwt only (1 module)", [bundle([meshward_jwt(keys, fam["ES256"])])], [], auth("ES256"), None, None),
+        Scenario("ratelimit (meshward, not limited)", [RATELIMIT_ANON], compare="local_ratelimit"),
+        Scenario("local_ratelimit (native)", native=[local_ratelimit()]),
+        Scenario("webhook standard 2KiB (meshward)", [WEBHOOK], headers=sw_headers, body=body),
+        Scenario("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], headers=es),
+        Scenario("plain envoy, crAPI POST order", **order),
+        Scenario("schema crAPI POST order (meshward)", [SCHEMA], **order),
+        Scenario("chain jwt+schema+ownership+ratelimit (4 modules)", chain4, **order),
+        Scenario("bundle jwt+schema+ownership+ratelimit (1 module)", [bundle(chain4)], **order),
+        Scenario("chain jwt+ownership+ratelimit (3 modules)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], headers=es),
+        Scenario("bundle jwt+ownership+ratelimit (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT])], headers=es),
+        Scenario("bundle jwt only (1 module)", [bundle([meshward_jwt(keys, fam["ES256"])])], headers=es),
     ]
-    return path, out
+    return out
+
+
+def config_ms(env: Envoy) -> float | None:
+    """The longest configuration compile any meshward VM of this Envoy reported."""
+    times = [float(m) for m in re.findall(r"configuration accepted in ([\d.]+) ms", env.log())]
+    return max(times) if times else None
 
 
 def wrk_script(directory: Path, headers: dict, body: bytes | None) -> Path:
@@ -151,6 +181,32 @@ def memory_bytes(env: Envoy) -> int:
     return int(json.loads(env.admin("/memory").body)["allocated"])
 
 
+def targets(by_name: dict, sizes: dict) -> list[dict]:
+    """Each target of the benchmark issue, with what this run measured."""
+    out = []
+
+    def ratio(target: str, a: str, b: str, key: str, at_least: float | None = None, at_most: float | None = None):
+        if a in by_name and b in by_name:
+            value = by_name[a][key] / by_name[b][key]
+            met = (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
+            out.append({"target": target, "measured": f"{value:.2f}x", "met": met})
+
+    for alg in ("HS256", "RS256", "ES256"):
+        ratio(f"jwt {alg} throughput >= native jwt_authn", f"jwt {alg} (meshward)", f"jwt_authn {alg} (native)", "rps", at_least=1.0)
+    ratio("ratelimit throughput >= native local_ratelimit", "ratelimit (meshward, not limited)", "local_ratelimit (native)", "rps", at_least=1.0)
+    ratio("full chain (4 modules) p50 <= 2x plain", "chain jwt+schema+ownership+ratelimit (4 modules)", "plain envoy, crAPI POST order", "p50_ms", at_most=2.0)
+    ratio("bundle (4 stages) p50 <= 2x plain", "bundle jwt+schema+ownership+ratelimit (1 module)", "plain envoy, crAPI POST order", "p50_ms", at_most=2.0)
+    ratio("bundle (jwt+ownership+ratelimit) throughput >= 0.8x single jwt module",
+          "bundle jwt+ownership+ratelimit (1 module)", "jwt ES256 (meshward)", "rps", at_least=0.8)
+    ratio("bundle memory < 4-module chain memory", "bundle jwt+schema+ownership+ratelimit (1 module)",
+          "chain jwt+schema+ownership+ratelimit (4 modules)", "memory_bytes", at_most=0.999)
+    for name, size in sizes.items():
+        limit = 3 if name == "meshward_schema.wasm" else None if name == "meshward.wasm" else 1
+        if limit is not None:
+            out.append({"target": f"{name} < {limit} MiB", "measured": f"{size / 2**20:.2f} MiB", "met": size < limit * 2**20})
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="meshward benchmarks")
     ap.add_argument("--duration", type=int, default=8)
@@ -161,25 +217,25 @@ def main() -> int:
         print("wrk is missing: run `make system-deps`", file=sys.stderr)
         return 2
     keys = KeyRing()
-    path, plan = scenarios(keys)
+    plan = scenarios(keys)
     upstream = Envoy(upstream_config(), concurrency=1)
     upstream.start()
     results = []
     work = Path(tempfile.mkdtemp(prefix="meshward-bench-"))
     try:
-        for name, plugins, native, headers, body, compare in plan:
-            env = Envoy(build_config(upstream.port, plugins, native_filters=native), concurrency=1)
+        for sc in plan:
+            env = Envoy(build_config(upstream.port, sc.plugins, native_filters=sc.native), concurrency=1)
             env.start()
             try:
-                probe = env.request(path, headers, method="POST" if body is not None else "GET", body=body)
+                probe = env.request(sc.path, sc.headers, method="POST" if sc.body is not None else "GET", body=sc.body)
                 if probe.status != 200:
-                    raise RuntimeError(f"{name}: probe answered {probe.status} {probe.body[:200]!r}")
-                script = wrk_script(work, headers, body)
-                run_wrk(env.port, path, script, 2, args.connections)  # warm-up
-                r = run_wrk(env.port, path, script, args.duration, args.connections)
-                r.update(name=name, compare=compare, memory_bytes=memory_bytes(env))
+                    raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
+                script = wrk_script(work, sc.headers, sc.body)
+                run_wrk(env.port, sc.path, script, 2, args.connections)  # warm-up
+                r = run_wrk(env.port, sc.path, script, args.duration, args.connections)
+                r.update(name=sc.name, compare=sc.compare, baseline=sc.baseline, memory_bytes=memory_bytes(env), config_ms=config_ms(env) if sc.plugins else None)
                 results.append(r)
-                print(f"  {name:<42} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
+                print(f"  {sc.name:<50} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms", flush=True)
             finally:
                 env.stop()
                 env.cleanup()
@@ -188,9 +244,8 @@ def main() -> int:
         upstream.cleanup()
 
     by_name = {r["name"]: r for r in results}
-    plain = by_name["plain envoy"]
     for r in results:
-        r["vs_plain"] = r["rps"] / plain["rps"]
+        r["vs_plain"] = r["rps"] / by_name[r["baseline"]]["rps"]
         native = next((x for x in results if r["compare"] and x["name"].startswith(r["compare"]) and x is not r and "native" in x["name"]), None)
         r["vs_native"] = r["rps"] / native["rps"] if native else None
     sizes = {p.name: p.stat().st_size for p in sorted(DIST.glob("*.wasm"))}
@@ -204,11 +259,18 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
     print()
-    print(f"{'scenario':<42} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'vs plain':>8} {'vs native':>9} {'mem MiB':>7} {'non-200':>7}")
+    print(f"{'scenario':<50} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'vs plain':>8} {'vs native':>9} {'mem MiB':>7} {'config ms':>9} {'non-200':>7}")
     for r in results:
         native = f"{r['vs_native']:.2f}x" if r["vs_native"] else "-"
-        print(f"{r['name']:<42} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} {r['memory_bytes'] / 2**20:>7.1f} {r['non_200']:>7}")
+        configured = f"{r['config_ms']:.1f}" if r["config_ms"] is not None else "-"
+        print(f"{r['name']:<50} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} "
+              f"{r['memory_bytes'] / 2**20:>7.1f} {configured:>9} {r['non_200']:>7}")
     print("\nmodule sizes: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()))
+    report["targets"] = targets(by_name, sizes)
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print("\ntargets (from the benchmark issue; read, not asserted):")
+    for t in report["targets"]:
+        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
     print(f"results written to {args.json}")
     bad = [r["name"] for r in results if r["non_200"]]
     if bad:

