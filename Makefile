@@ -20,7 +20,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit schema
 PYTEST_ARGS ?= -q
 
-.PHONY: build test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -35,6 +35,10 @@ test-modules: wasm-target
 	cargo build --release --target $(WASM_TARGET) -p meshward-crash-test-filter
 	mkdir -p $(TEST_MODULES)
 	cp target/$(WASM_TARGET)/release/meshward_crash_test_filter.wasm $(TEST_MODULES)/meshward_crash.wasm
+
+# The `meshward` command (host binary): target/release/meshward.
+cli:
+	cargo build --release -p meshward-cli
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -71,7 +75,7 @@ wasm-unit-test: wasm-target system-deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings $(CURDIR)/tests/wasi-runner.mjs" \
 	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --quiet
 
-integration-test: build test-modules venv system-deps
+integration-test: build test-modules cli venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test: lint unit-test wasm-unit-test integration-test

@@ -1,0 +1,276 @@
+//! `meshward check`: the holes a policy leaves in its contract. Each [`Code`] is one kind of
+//! hole; every finding names the file and line it is about where there is one.
+
+use meshward_core::route::{canonical_path, PathMatch, RawRouteMatch, RouteMatch};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::compile::{compile_stage, StageError};
+use crate::policy::{line_of, Contract, Policy};
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One kind of hole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    /// The stage's own module would refuse this configuration.
+    InvalidStage,
+    /// A secret the stage reads is not in this environment; the stage was not compiled.
+    SecretUnavailable,
+    /// A JWT provider accepts tokens minted for any audience.
+    ProviderWithoutAudience,
+    /// The contract declares no security requirement and the policy does not list it `public`.
+    NoSecurityRequirement,
+    /// `public` names an operationId the contract does not have.
+    UnknownPublicOperation,
+    /// The contract requires credentials; the JWT stage lets the operation through without.
+    TokenNotRequired,
+    /// No JWT rule covers the operation: the JWT filter would refuse every call to it.
+    OperationNotCovered,
+    /// A write operation no ownership rule authorizes.
+    WriteWithoutOwnership,
+    /// A write operation no rate limit covers.
+    WriteWithoutRateLimit,
+    /// A rule that matches no operation of the contract.
+    RouteNotInContract,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    pub code: Code,
+    pub message: String,
+    pub file: String,
+    pub line: Option<usize>,
+}
+
+/// An operation of the contract.
+struct Operation {
+    id: String,
+    method: String,
+    template: String,
+    /// The template with each parameter replaced by a sample segment, canonicalized.
+    sample: String,
+    secured: bool,
+    line: Option<usize>,
+}
+
+/// A rule of a stage, as far as routes go.
+struct RouteRule {
+    stage: String,
+    label: String,
+    route: Route,
+    public: bool,
+    line: Option<usize>,
+}
+
+enum Route {
+    Jwt(PathMatch),
+    Full(RouteMatch),
+}
+
+impl Route {
+    fn covers(&self, op: &Operation) -> bool {
+        match self {
+            Route::Jwt(m) => m.matches(&op.sample),
+            Route::Full(m) => m.captures(&op.method, &op.sample).is_some(),
+        }
+    }
+}
+
+struct Checker<'a> {
+    policy: &'a Policy,
+    findings: Vec<Finding>,
+}
+
+impl Checker<'_> {
+    fn policy_finding(&mut self, severity: Severity, code: Code, message: String, line: Option<usize>) {
+        self.findings.push(Finding { severity, code, message, file: self.policy.path.display().to_string(), line });
+    }
+
+    fn contract_finding(&mut self, contract: &Contract, code: Code, message: String, line: Option<usize>) {
+        self.findings.push(Finding { severity: Severity::Error, code, message, file: contract.path.display().to_string(), line });
+    }
+
+    fn stage_line(&self, kind: &str) -> Option<usize> {
+        line_of(&self.policy.text, &format!("{kind}:"), 1).or_else(|| line_of(&self.policy.text, &format!("\"{kind}\""), 1))
+    }
+}
+
+/// Every finding for a policy (and its contract, when it has one).
+pub fn check(policy: &Policy) -> Vec<Finding> {
+    let mut c = Checker { policy, findings: Vec::new() };
+    for stage in &policy.stages {
+        let line = c.stage_line(&stage.kind);
+        match compile_stage(stage) {
+            Ok(()) => {}
+            // Said once, precisely, by the audience check below.
+            Err(StageError::Invalid(e)) if stage.kind == "jwt" && e.contains(".audiences") => {}
+            Err(StageError::Invalid(e)) => c.policy_finding(Severity::Error, Code::InvalidStage, format!("{} stage: {e}", stage.kind), line),
+            Err(StageError::SecretUnavailable(e)) => {
+                c.policy_finding(Severity::Warning, Code::SecretUnavailable, format!("{} stage not compiled here: {e}", stage.kind), line)
+            }
+        }
+    }
+    check_audiences(&mut c);
+    if let Some(contract) = &policy.contract {
+        check_contract(&mut c, contract);
+    }
+    c.findings
+}
+
+fn check_audiences(c: &mut Checker<'_>) {
+    let Some(Value::Object(providers)) = c.policy.stage("jwt").and_then(|s| s.config.get("providers")).cloned() else { return };
+    for (name, provider) in providers {
+        let audiences = provider.get("audiences").and_then(Value::as_array);
+        if audiences.is_none_or(|a| a.iter().all(|x| x.as_str().is_none_or(|s| s.trim().is_empty()))) {
+            let line = line_of(&c.policy.text, &name, c.stage_line("jwt").unwrap_or(1));
+            let message = format!("JWT provider `{name}` has no audience: tokens minted for any other service would be accepted");
+            c.policy_finding(Severity::Error, Code::ProviderWithoutAudience, message, line);
+        }
+    }
+}
+
+fn operations(contract: &Contract) -> Vec<Operation> {
+    let doc = &contract.document;
+    let global_security = doc.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
+    let Some(Value::Object(paths)) = doc.get("paths") else { return Vec::new() };
+    let mut out = Vec::new();
+    for (path, item) in paths {
+        let sample: String = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') && seg.ends_with('}') { "meshward-sample" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        let sample = canonical_path(&sample).unwrap_or(sample);
+        let line = line_of(&contract.text, &format!("\"{path}\""), 1).or_else(|| line_of(&contract.text, &format!("{path}:"), 1));
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            let secured = match op.get("security").and_then(Value::as_array) {
+                Some(requirements) => !requirements.is_empty() && requirements.iter().all(|r| r.as_object().is_some_and(|o| !o.is_empty())),
+                None => global_security,
+            };
+            out.push(Operation {
+                id: op.get("operationId").and_then(Value::as_str).map_or_else(|| format!("{} {path}", method.to_uppercase()), str::to_string),
+                method: method.to_uppercase(),
+                template: path.clone(),
+                sample: sample.clone(),
+                secured,
+                line,
+            });
+        }
+    }
+    out
+}
+
+fn route_rules(c: &Checker<'_>) -> Vec<RouteRule> {
+    let mut out = Vec::new();
+    for stage in &c.policy.stages {
+        let Some(Value::Array(rules)) = stage.config.get("rules") else { continue };
+        let from = c.stage_line(&stage.kind).unwrap_or(1);
+        for (i, rule) in rules.iter().enumerate() {
+            let name = rule.get("name").and_then(Value::as_str);
+            let label = name.map_or_else(|| format!("{} rules[{i}]", stage.kind), |n| format!("{} rule `{n}`", stage.kind));
+            let Some(m) = rule.get("match") else { continue };
+            let route = if stage.kind == "jwt" {
+                serde_json::from_value::<PathMatch>(m.clone()).ok().map(Route::Jwt)
+            } else {
+                serde_json::from_value::<RawRouteMatch>(m.clone()).ok().and_then(|raw| RouteMatch::compile(raw).ok()).map(Route::Full)
+            };
+            // A match the module refuses was reported as an invalid stage.
+            let Some(route) = route else { continue };
+            let needle = name.map(str::to_string).or_else(|| {
+                m.as_object().and_then(|o| o.values().find_map(Value::as_str)).map(str::to_string)
+            });
+            let line = needle.and_then(|n| line_of(&c.policy.text, &n, from));
+            let public = match stage.kind.as_str() {
+                "jwt" => rule.get("requires").is_none(),
+                _ => rule.get("public") == Some(&Value::Bool(true)),
+            };
+            out.push(RouteRule { stage: stage.kind.clone(), label, route, public, line });
+        }
+    }
+    out
+}
+
+fn check_contract(c: &mut Checker<'_>, contract: &Contract) {
+    let ops = operations(contract);
+    let rules = route_rules(c);
+    for id in c.policy.public.clone() {
+        if !ops.iter().any(|o| o.id == id) {
+            let line = line_of(&c.policy.text, &id, 1);
+            c.policy_finding(Severity::Error, Code::UnknownPublicOperation, format!("`public` names `{id}`, which is not an operationId of the contract"), line);
+        }
+    }
+    let has = |kind: &str| c.policy.stage(kind).is_some();
+    let (jwt, ownership, ratelimit) = (has("jwt"), has("ownership"), has("ratelimit"));
+    for op in &ops {
+        let what = format!("{} {} ({})", op.method, op.template, op.id);
+        let public = c.policy.public.contains(&op.id);
+        if !op.secured && !public {
+            let message = format!("{what}: the contract declares no security requirement; secure it, or list it in `public` if it is public on purpose");
+            c.contract_finding(contract, Code::NoSecurityRequirement, message, op.line);
+        }
+        let first = |stage: &str| rules.iter().find(|r| r.stage == stage && r.route.covers(op));
+        if jwt {
+            match first("jwt") {
+                None => c.contract_finding(contract, Code::OperationNotCovered, format!("{what}: no JWT rule covers it, so every call is refused"), op.line),
+                Some(rule) if rule.public && op.secured => {
+                    let message = format!("{what}: the contract requires credentials, but {} lets it through without a token", rule.label);
+                    c.findings.push(Finding { severity: Severity::Error, code: Code::TokenNotRequired, message, file: c.policy.path.display().to_string(), line: rule.line });
+                }
+                Some(_) => {}
+            }
+        }
+        if !WRITES.contains(&op.method.as_str()) {
+            continue;
+        }
+        if ownership && !public && !rules.iter().any(|r| r.stage == "ownership" && !r.public && r.route.covers(op)) {
+            c.contract_finding(contract, Code::WriteWithoutOwnership, format!("{what}: no ownership rule authorizes this write operation"), op.line);
+        }
+        if !ownership && !public {
+            c.contract_finding(contract, Code::WriteWithoutOwnership, format!("{what}: a write operation, and the policy has no ownership stage"), op.line);
+        }
+        if !ratelimit || !rules.iter().any(|r| r.stage == "ratelimit" && r.route.covers(op)) {
+            c.contract_finding(contract, Code::WriteWithoutRateLimit, format!("{what}: no rate limit covers this write operation"), op.line);
+        }
+    }
+    for rule in &rules {
+        if !ops.iter().any(|op| rule.route.covers(op)) {
+            let message = format!("{} matches no operation of the contract", rule.label);
+            c.policy_finding(Severity::Error, Code::RouteNotInContract, message, rule.line);
+        }
+    }
+}
+
+/// Findings as people read them: `file:line: error[code] message`, then a count.
+pub fn render_text(findings: &[Finding]) -> String {
+    let mut out = String::new();
+    for f in findings {
+        let at = f.line.map_or_else(|| f.file.clone(), |l| format!("{}:{l}", f.file));
+        let severity = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let code = serde_json::to_value(f.code).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        out.push_str(&format!("{at}: {severity}[{code}] {}\n", f.message));
+    }
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    out.push_str(&format!("{errors} error(s), {} warning(s)\n", findings.len() - errors));
+    out
+}
+
+/// Findings for tools.
+pub fn render_json(findings: &[Finding]) -> String {
+    let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+    serde_json::json!({ "findings": findings, "errors": errors, "warnings": findings.len() - errors }).to_string()
+}

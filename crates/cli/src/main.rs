@@ -1,0 +1,194 @@
+//! `meshward`: policy as code for the meshward filters.
+//!
+//! ```text
+//! meshward check   POLICY [--openapi SPEC] [--format text|json]
+//! meshward compile POLICY [--openapi SPEC] [--out DIR]
+//! meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT]
+//!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
+//! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
+//! ```
+//!
+//! Exit codes: 0 fine, 1 the check found errors, 2 the command or policy cannot be used.
+
+mod check;
+mod compile;
+mod policy;
+mod render;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use policy::Policy;
+use render::{EnvoyOptions, Form};
+use serde_json::Value;
+
+const USAGE: &str = "usage:
+  meshward check   POLICY [--openapi SPEC] [--format text|json]
+  meshward compile POLICY [--openapi SPEC] [--out DIR]
+  meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT] [--admin PORT]
+                               [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
+  meshward render istio POLICY [--form separate|bundle] [--dist DIR]";
+
+/// Positional arguments and `--flag value` options, in order.
+struct Args {
+    positional: Vec<String>,
+    options: Vec<(String, String)>,
+}
+
+impl Args {
+    fn parse(raw: Vec<String>, known: &[&str]) -> Result<Args, String> {
+        let mut args = Args { positional: Vec::new(), options: Vec::new() };
+        let mut it = raw.into_iter();
+        while let Some(a) = it.next() {
+            if let Some(name) = a.strip_prefix("--") {
+                if !known.contains(&name) {
+                    return Err(format!("unknown option --{name}"));
+                }
+                let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                args.options.push((name.to_string(), value));
+            } else {
+                args.positional.push(a);
+            }
+        }
+        Ok(args)
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.options.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn policy(&self) -> Result<Policy, String> {
+        let [path] = self.positional.as_slice() else { return Err("expected one POLICY file".into()) };
+        Policy::load(Path::new(path), self.get("openapi").map(Path::new)).map_err(|e| e.to_string())
+    }
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn host_port(text: &str, what: &str) -> Result<(String, u16), String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{what}: {text:?} is not HOST:PORT"))?;
+    let port = port.parse().map_err(|_| format!("{what}: {port:?} is not a port"))?;
+    Ok((host.to_string(), port))
+}
+
+fn port(args: &Args, name: &str, default: u16) -> Result<u16, String> {
+    args.get(name).map_or(Ok(default), |p| p.parse().map_err(|_| format!("--{name}: {p:?} is not a port")))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn yaml_documents(docs: &[Value]) -> String {
+    let mut out = String::from("# Rendered by `meshward render istio`; edit the policy, not this file.\n");
+    for doc in docs {
+        out.push_str("---\n");
+        out.push_str(&render::to_yaml(doc));
+    }
+    out
+}
+
+fn run(raw: Vec<String>) -> Result<ExitCode, String> {
+    let Some((command, rest)) = raw.split_first() else { return Err(USAGE.into()) };
+    match command.as_str() {
+        "check" => {
+            let args = Args::parse(rest.to_vec(), &["openapi", "format"])?;
+            let policy = args.policy()?;
+            let findings = check::check(&policy);
+            match args.get("format").unwrap_or("text") {
+                "text" => out(&check::render_text(&findings)),
+                "json" => out(&format!("{}\n", check::render_json(&findings))),
+                other => return Err(format!("--format: {other:?} is not `text` or `json`")),
+            }
+            let failed = findings.iter().any(|f| f.severity == check::Severity::Error);
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        "compile" => {
+            let args = Args::parse(rest.to_vec(), &["openapi", "out"])?;
+            let policy = args.policy()?;
+            // Compiling refuses what the modules would refuse; secrets may be absent here.
+            for stage in &policy.stages {
+                if let Err(compile::StageError::Invalid(e)) = compile::compile_stage(stage) {
+                    return Err(format!("{}: {} stage: {e}", policy.path.display(), stage.kind));
+                }
+            }
+            let mut all = serde_json::Map::new();
+            for stage in &policy.stages {
+                all.insert(format!("meshward_{}", stage.kind), stage.config.clone());
+            }
+            all.insert("meshward".into(), policy.bundle_config());
+            match args.get("out") {
+                Some(dir) => {
+                    let dir = PathBuf::from(dir);
+                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                    for (module, config) in &all {
+                        write_json(&dir.join(format!("{module}.json")), config)?;
+                    }
+                }
+                None => out(&format!("{}\n", Value::Object(all))),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        "render" => {
+            let Some((target, rest)) = rest.split_first() else { return Err(USAGE.into()) };
+            match target.as_str() {
+                "envoy" => {
+                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster"])?;
+                    let policy = args.policy()?;
+                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
+                    let clusters = args
+                        .all("cluster")
+                        .map(|c| {
+                            let (name, address) = c.split_once('=').ok_or_else(|| format!("--cluster: {c:?} is not NAME=HOST:PORT"))?;
+                            let (host, port) = host_port(address, "--cluster")?;
+                            Ok((name.to_string(), host, port))
+                        })
+                        .collect::<Result<Vec<_>, String>>()?;
+                    let options = EnvoyOptions {
+                        modules_dir: Path::new(args.get("modules").unwrap_or("/etc/envoy/wasm")),
+                        listen_port: port(&args, "listen", 10000)?,
+                        admin_port: port(&args, "admin", 9901)?,
+                        upstream: host_port(args.get("upstream").unwrap_or("127.0.0.1:8080"), "--upstream")?,
+                        clusters,
+                    };
+                    let config = render::envoy(&policy, form, &options)?;
+                    out(&render::to_yaml(&config));
+                    Ok(ExitCode::SUCCESS)
+                }
+                "istio" => {
+                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "dist"])?;
+                    let policy = args.policy()?;
+                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
+                    let docs = render::istio(&policy, form, Path::new(args.get("dist").unwrap_or("dist")))?;
+                    out(&yaml_documents(&docs));
+                    Ok(ExitCode::SUCCESS)
+                }
+                other => Err(format!("render: unknown target `{other}` (envoy or istio)\n{USAGE}")),
+            }
+        }
+        "help" | "--help" | "-h" => {
+            out(&format!("{USAGE}\n"));
+            Ok(ExitCode::SUCCESS)
+        }
+        other => Err(format!("unknown command `{other}`\n{USAGE}")),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("meshward: {message}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! A service's policy file: who the service is, where its contract is, and the ordered stages,
+//! each with exactly the configuration its filter module takes.
+//!
+//! ```yaml
+//! service: crapi
+//! namespace: crapi
+//! selector: { app: crapi }
+//! openapi: crapi-openapi-spec.json        # relative to this file
+//! public: [login, signup]                 # operationIds that are public on purpose
+//! modules: { url: "oci://registry.example.com/meshward/{module}:0.1.0" }
+//! stages:
+//!   - jwt: { providers: { ... }, rules: [ ... ] }
+//!   - schema: { mode: shadow }            # the contract is added from `openapi`
+//!   - ownership: { rules: [ ... ] }
+//!   - ratelimit: { rules: [ ... ] }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// The stage kinds, in the order the bundle knows them.
+pub const KINDS: [&str; 5] = ["jwt", "webhook", "schema", "ownership", "ratelimit"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    service: String,
+    namespace: Option<String>,
+    #[serde(default)]
+    selector: BTreeMap<String, String>,
+    openapi: Option<String>,
+    #[serde(default)]
+    public: Vec<String>,
+    modules: Option<RawModules>,
+    stages: Vec<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModules {
+    url: String,
+}
+
+/// One stage: its kind and the configuration its module takes.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub kind: String,
+    pub config: Value,
+}
+
+/// The contract a policy is checked against.
+#[derive(Debug, Clone)]
+pub struct Contract {
+    pub path: PathBuf,
+    pub text: String,
+    pub document: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub text: String,
+    pub service: String,
+    pub namespace: Option<String>,
+    pub selector: BTreeMap<String, String>,
+    pub public: Vec<String>,
+    /// Module URL pattern; `{module}` becomes `meshward_jwt`, ..., or `meshward`.
+    pub module_url: Option<String>,
+    pub stages: Vec<Stage>,
+    pub contract: Option<Contract>,
+}
+
+/// A policy that cannot be used at all: unreadable, unparsable, or structurally wrong.
+#[derive(Debug)]
+pub struct PolicyError(pub String);
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|e| PolicyError(format!("{}: {e}", path.display())))
+}
+
+/// JSON or YAML text as a JSON value.
+pub fn parse_text(path: &Path, text: &str) -> Result<Value, PolicyError> {
+    let json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
+    if json {
+        serde_json::from_str(text).map_err(|e| PolicyError(format!("{}: not valid JSON: {e}", path.display())))
+    } else {
+        serde_yaml::from_str(text).map_err(|e| PolicyError(format!("{}: not valid YAML: {e}", path.display())))
+    }
+}
+
+pub fn load_contract(path: &Path) -> Result<Contract, PolicyError> {
+    let text = read(path)?;
+    let document = parse_text(path, &text)?;
+    Ok(Contract { path: path.to_path_buf(), text, document })
+}
+
+impl Policy {
+    /// Reads a policy file; `openapi` overrides the contract the file names.
+    pub fn load(path: &Path, openapi: Option<&Path>) -> Result<Policy, PolicyError> {
+        let text = read(path)?;
+        let value = parse_text(path, &text)?;
+        let raw: RawPolicy = serde_json::from_value(value).map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
+        if raw.service.is_empty() || !raw.service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(PolicyError(format!("{}: service: {:?} must be a DNS label (a-z, 0-9, -)", path.display(), raw.service)));
+        }
+        if raw.stages.is_empty() {
+            return Err(PolicyError(format!("{}: stages: at least one stage", path.display())));
+        }
+        let mut stages: Vec<Stage> = Vec::new();
+        for (i, stage) in raw.stages.into_iter().enumerate() {
+            let mut entries = stage.into_iter();
+            let (Some((kind, config)), None) = (entries.next(), entries.next()) else {
+                return Err(PolicyError(format!("{}: stages[{i}]: must be an object with exactly one key", path.display())));
+            };
+            if !KINDS.contains(&kind.as_str()) {
+                return Err(PolicyError(format!("{}: stages[{i}]: unknown stage `{kind}` (one of {})", path.display(), KINDS.join(", "))));
+            }
+            if stages.iter().any(|s| s.kind == kind) {
+                return Err(PolicyError(format!("{}: stages[{i}]: a second `{kind}` stage", path.display())));
+            }
+            stages.push(Stage { kind, config });
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let contract_path = openapi.map(Path::to_path_buf).or_else(|| raw.openapi.map(|p| dir.join(p)));
+        let contract = contract_path.map(|p| load_contract(&p)).transpose()?;
+        let mut policy = Policy {
+            path: path.to_path_buf(),
+            text,
+            service: raw.service,
+            namespace: raw.namespace,
+            selector: raw.selector,
+            public: raw.public,
+            module_url: raw.modules.map(|m| m.url),
+            stages,
+            contract,
+        };
+        policy.add_contract_to_schema_stage()?;
+        Ok(policy)
+    }
+
+    /// The schema stage enforces the policy's contract unless it names its own.
+    fn add_contract_to_schema_stage(&mut self) -> Result<(), PolicyError> {
+        let Some(stage) = self.stages.iter_mut().find(|s| s.kind == "schema") else { return Ok(()) };
+        let Value::Object(config) = &mut stage.config else {
+            return Err(PolicyError(format!("{}: the schema stage must be an object", self.path.display())));
+        };
+        if config.contains_key("openapi") || config.contains_key("openapi_text") {
+            return Ok(());
+        }
+        let Some(contract) = &self.contract else {
+            return Err(PolicyError(format!("{}: the schema stage needs `openapi` (in the policy or --openapi)", self.path.display())));
+        };
+        config.insert("openapi".into(), contract.document.clone());
+        Ok(())
+    }
+
+    pub fn stage(&self, kind: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.kind == kind)
+    }
+
+    /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
+    pub fn bundle_config(&self) -> Value {
+        let stages: Vec<Value> = self.stages.iter().map(|s| Value::Object(Map::from_iter([(s.kind.clone(), s.config.clone())]))).collect();
+        serde_json::json!({ "stages": stages })
+    }
+
+    /// Environment variables the stages read secrets from (`environment_variable` fields).
+    pub fn secret_variables(config: &Value) -> Vec<String> {
+        fn walk(value: &Value, out: &mut Vec<String>) {
+            match value {
+                Value::Object(map) => {
+                    for (k, v) in map {
+                        match (k.as_str(), v) {
+                            ("environment_variable", Value::String(name)) if !out.contains(name) => out.push(name.clone()),
+                            _ => walk(v, out),
+                        }
+                    }
+                }
+                Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(config, &mut out);
+        out
+    }
+}
+
+/// The 1-based line of the first line containing `needle` at or after line `from`, if any.
+pub fn line_of(text: &str, needle: &str, from: usize) -> Option<usize> {
+    text.lines().enumerate().skip(from.saturating_sub(1)).find(|(_, l)| l.contains(needle)).map(|(i, _)| i + 1)
+}

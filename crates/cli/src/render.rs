@@ -1,0 +1,269 @@
+//! `meshward render`: the policy as an Envoy bootstrap (for a local Envoy or the harness) or as
+//! Istio `WasmPlugin` resources, with the stages as separate modules or as the bundle.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::policy::{Policy, Stage};
+
+/// One module per stage, chained; or every stage in `meshward.wasm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    Separate,
+    Bundle,
+}
+
+impl Form {
+    pub fn parse(text: &str) -> Result<Form, String> {
+        match text {
+            "separate" => Ok(Form::Separate),
+            "bundle" => Ok(Form::Bundle),
+            other => Err(format!("--form: {other:?} is not `separate` or `bundle`")),
+        }
+    }
+}
+
+/// A filter to render: its name (`jwt`, ..., `bundle`), module file name and configuration.
+struct Filter {
+    name: String,
+    module: String,
+    config: Value,
+    /// Istio phase: AUTHN for stages that authenticate the caller, AUTHZ for the rest.
+    phase: &'static str,
+}
+
+fn phase(kind: &str) -> &'static str {
+    match kind {
+        "jwt" | "webhook" => "AUTHN",
+        _ => "AUTHZ",
+    }
+}
+
+fn filters(policy: &Policy, form: Form) -> Vec<Filter> {
+    match form {
+        Form::Separate => policy
+            .stages
+            .iter()
+            .map(|Stage { kind, config }| Filter { name: kind.clone(), module: format!("meshward_{kind}"), config: config.clone(), phase: phase(kind) })
+            .collect(),
+        Form::Bundle => {
+            // The bundle runs where its first stage belongs: AUTHN when it authenticates.
+            let phase = policy.stages.first().map_or("AUTHZ", |s| phase(&s.kind));
+            vec![Filter { name: "bundle".into(), module: "meshward".into(), config: policy.bundle_config(), phase }]
+        }
+    }
+}
+
+/// Where the Envoy bootstrap listens, sends traffic, and finds the modules.
+pub struct EnvoyOptions<'a> {
+    pub modules_dir: &'a Path,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    pub upstream: (String, u16),
+    /// Clusters the stages call (remote JWKS, rate-limit service): name → (host, port, http2).
+    pub clusters: Vec<(String, String, u16)>,
+}
+
+fn cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
+    let mut c = json!({
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    });
+    if http2 {
+        c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}});
+    }
+    c
+}
+
+/// Clusters a stage configuration calls: `remote_jwks.http_uri.cluster`, `global.cluster`.
+fn called_clusters(policy: &Policy) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for stage in &policy.stages {
+        if let Some(Value::Object(providers)) = stage.config.get("providers") {
+            for p in providers.values() {
+                if let Some(name) = p.pointer("/remote_jwks/http_uri/cluster").and_then(Value::as_str) {
+                    out.push((name.to_string(), false));
+                }
+            }
+        }
+        if let Some(name) = stage.config.pointer("/global/cluster").and_then(Value::as_str) {
+            // Envoy RLS v3 is gRPC: HTTP/2.
+            out.push((name.to_string(), true));
+        }
+    }
+    out
+}
+
+/// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
+pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<Value, String> {
+    let mut http_filters = Vec::new();
+    for f in filters(policy, form) {
+        let module = options.modules_dir.join(format!("{}.wasm", f.module));
+        let mut vm_config = json!({
+            "vm_id": f.module,
+            "runtime": "envoy.wasm.runtime.v8",
+            "code": {"local": {"filename": module.display().to_string()}},
+        });
+        let secrets = Policy::secret_variables(&f.config);
+        if !secrets.is_empty() {
+            vm_config["environment_variables"] = json!({"host_env_keys": secrets});
+        }
+        http_filters.push(json!({
+            "name": format!("meshward.{}", f.name),
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": f.module,
+                    "root_id": f.module,
+                    // A VM that fails must not let traffic through.
+                    "failure_policy": "FAIL_CLOSED",
+                    "vm_config": vm_config,
+                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": f.config.to_string()},
+                },
+            },
+        }));
+    }
+    http_filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let mut clusters = vec![cluster("upstream", &options.upstream.0, options.upstream.1, false)];
+    for (name, http2) in called_clusters(policy) {
+        let Some((_, host, port)) = options.clusters.iter().find(|(n, _, _)| *n == name) else {
+            return Err(format!("the policy calls cluster `{name}`: give its address with --cluster {name}=HOST:PORT"));
+        };
+        clusters.push(cluster(&name, host, *port, http2));
+    }
+    Ok(json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": options.admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "ingress",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": options.listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "ingress",
+                        "route_config": {"virtual_hosts": [{"name": policy.service, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
+                        "http_filters": http_filters,
+                    },
+                }]}],
+            }],
+            "clusters": clusters,
+        },
+        // meshward's denial reasons and routes as Prometheus labels.
+        "stats_config": {"stats_tags": [
+            {"tag_name": "reason", "regex": "(\\.reason\\.([^.]+))$"},
+            {"tag_name": "route", "regex": "(\\.route\\.([^.]+))"},
+        ]},
+    }))
+}
+
+/// The sha256 of a module, as Istio's `sha256` field wants it.
+pub fn module_sha256(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e} (run `make build`, or give --dist)", path.display()))?;
+    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Istio `WasmPlugin` resources, one per filter, ordered by `priority` within their phase.
+pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, String> {
+    let Some(url) = &policy.module_url else {
+        return Err("the policy has no `modules.url` (where the sidecars fetch the modules from)".into());
+    };
+    let filters = filters(policy, form);
+    let mut out = Vec::new();
+    for (i, f) in filters.iter().enumerate() {
+        let sha256 = module_sha256(&dist.join(format!("{}.wasm", f.module)))?;
+        // Istio runs higher priorities first within a phase: the policy's order, top first.
+        let priority = 10 * (filters.len() - i);
+        let name = if f.name == "bundle" { format!("{}-meshward", policy.service) } else { format!("{}-meshward-{}", policy.service, f.name) };
+        let mut metadata = json!({"name": name, "labels": {"meshward.io/filter": f.name, "app.kubernetes.io/managed-by": "meshward"}});
+        if let Some(ns) = &policy.namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        let mut spec = json!({
+            "selector": {"matchLabels": policy.selector},
+            "url": url.replace("{module}", &f.module),
+            "sha256": sha256,
+            "imagePullPolicy": "IfNotPresent",
+            "phase": f.phase,
+            "priority": priority,
+            "failStrategy": "FAIL_CLOSE",
+            "pluginConfig": f.config,
+        });
+        let secrets = Policy::secret_variables(&f.config);
+        if !secrets.is_empty() {
+            // Secrets come from the sidecar's environment, never from the manifest.
+            spec["vmConfig"] = json!({"env": secrets.iter().map(|s| json!({"name": s, "valueFrom": "HOST"})).collect::<Vec<_>>()});
+        }
+        out.push(json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": metadata, "spec": spec}));
+    }
+    Ok(out)
+}
+
+/// YAML that every reader reads the same way: block mappings and sequences, every string
+/// double-quoted (JSON escapes are YAML escapes). YAML 1.1 readers (PyYAML, older Kubernetes
+/// tooling) would otherwise turn an unquoted `2023-12-07T14:22:29Z` or `on` into a timestamp or
+/// a boolean inside `pluginConfig`.
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    emit(value, 0, &mut out);
+    out
+}
+
+fn key(k: &str) -> String {
+    let plain = k.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'@')
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./@".contains(&b))
+        && !matches!(k.to_ascii_lowercase().as_str(), "y" | "n" | "yes" | "no" | "on" | "off" | "true" | "false" | "null");
+    if plain && k != "@type" && !k.starts_with('@') {
+        k.to_string()
+    } else {
+        Value::String(k.to_string()).to_string()
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::Object(m) if m.is_empty() => "{}".into(),
+        Value::Array(a) if a.is_empty() => "[]".into(),
+        other => other.to_string(),
+    }
+}
+
+fn is_block(value: &Value) -> bool {
+    matches!(value, Value::Object(m) if !m.is_empty()) || matches!(value, Value::Array(a) if !a.is_empty())
+}
+
+fn emit(value: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                if is_block(v) {
+                    out.push_str(&format!("{pad}{}:\n", key(k)));
+                    emit(v, indent + 2, out);
+                } else {
+                    out.push_str(&format!("{pad}{}: {}\n", key(k), scalar(v)));
+                }
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for v in items {
+                if is_block(v) {
+                    // The first line of the item goes after the dash.
+                    let mut inner = String::new();
+                    emit(v, indent + 2, &mut inner);
+                    let trimmed = inner.get(indent + 2..).unwrap_or("");
+                    out.push_str(&format!("{pad}- {trimmed}"));
+                } else {
+                    out.push_str(&format!("{pad}- {}\n", scalar(v)));
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}

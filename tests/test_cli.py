@@ -1,0 +1,208 @@
+"""The `meshward` command: `check` catches each hole with a clear message, file:line and exit
+code; `render istio` validates against Istio's WasmPlugin CRD and its pluginConfig loads in the
+filters; `render envoy` is a configuration the real Envoy runs and enforces; both forms."""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import subprocess
+import time
+
+import jsonschema
+import pytest
+import yaml
+
+from harness import DIST, REPO, Envoy, plugin, build_config
+from test_istio_manifests import crd_schema
+from tokens import KeyRing
+
+MESHWARD = REPO / "target" / "release" / "meshward"
+EXAMPLE = REPO / "examples" / "crapi" / "policy.yaml"
+SPEC = REPO / "tests" / "specs" / "crapi-openapi-spec.json"
+ISSUER, AUDIENCE = "https://identity.crapi.example", "crapi"
+
+
+def meshward(*args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(MESHWARD), *map(str, args)], capture_output=True, text=True, timeout=60, env=env)
+
+
+def example() -> dict:
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def write_policy(tmp_path, policy: dict):
+    policy = copy.deepcopy(policy)
+    policy["openapi"] = str(SPEC)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def stage(policy: dict, kind: str) -> dict:
+    return next(s[kind] for s in policy["stages"] if kind in s)
+
+
+def test_the_example_policy_has_no_holes(keys, monkeypatch):
+    r = meshward("check", EXAMPLE)
+    assert r.returncode == 0 and "0 error(s)" in r.stdout, r.stdout + r.stderr
+    # Without the secret the JWT stage cannot be compiled here, and check says so.
+    assert "warning[secret_unavailable]" in r.stdout and "MESHWARD_CRAPI_JWKS" in r.stdout
+    env = {"MESHWARD_CRAPI_JWKS": json.dumps(keys.jwks(["hs"])), "PATH": "/usr/bin:/bin"}
+    r = meshward("check", EXAMPLE, "--format", "json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"findings": [], "errors": 0, "warnings": 0}, r.stdout
+
+
+def drop_rule(kind, name):
+    def mutate(p):
+        rules = stage(p, kind)["rules"]
+        rules[:] = [r for r in rules if r.get("name") != name]
+    return mutate
+
+
+def add_ownership_rule(p):
+    stage(p, "ownership")["rules"].insert(0, {"name": "ghost-route", "match": {"path": "/identity/api/v3/ghost"}, "scopes": ["x"]})
+
+
+def jwt_workshop_public(p):
+    stage(p, "jwt")["rules"].insert(0, {"match": {"prefix": "/workshop/"}})
+
+
+def only_read_limits(p):
+    stage(p, "ratelimit")["rules"] = [{"name": "reads", "match": {"prefix": "/", "methods": ["GET"]}, "key": ["client_ip"],
+                                       "limit": {"requests": 100, "per": "60s"}}]
+
+
+HOLES = [
+    # (name, mutation, code, text in the message, file the finding points at, text on that line)
+    ("write without ownership", drop_rule("ownership", "vehicle-writes"), "write_without_ownership",
+     "POST /identity/api/v2/vehicle/add_vehicle (add_vehicle)", "spec", '"/identity/api/v2/vehicle/add_vehicle"'),
+    ("rule for a route the contract lacks", add_ownership_rule, "route_not_in_contract", "ownership rule `ghost-route`", "policy", "ghost-route"),
+    ("provider without audience", lambda p: stage(p, "jwt")["providers"]["crapi"].pop("audiences"), "provider_without_audience", "`crapi`", "policy", "crapi:"),
+    ("write without rate limit", only_read_limits, "write_without_rate_limit", "POST /workshop/api/shop/orders (create_order)", "spec", '"/workshop/api/shop/orders"'),
+    ("open operation not declared public", lambda p: p["public"].remove("login"), "no_security_requirement",
+     "POST /identity/api/auth/login (login)", "spec", '"/identity/api/auth/login"'),
+    ("public operation the contract lacks", lambda p: p["public"].append("ghost_op"), "unknown_public_operation", "ghost_op", "policy", "ghost_op"),
+    ("operation no JWT rule covers", lambda p: stage(p, "jwt")["rules"].pop(), "operation_not_covered",
+     "GET /workshop/api/shop/orders/all (get_orders)", "spec", '"/workshop/api/shop/orders/all"'),
+    ("secured operation let through without a token", jwt_workshop_public, "token_not_required",
+     "POST /workshop/api/shop/orders (create_order)", "policy", "prefix: /workshop/"),
+    ("stage its module refuses", lambda p: stage(p, "ratelimit")["rules"][0]["limit"].update(requests=0), "invalid_stage",
+     "ratelimit stage: rules[0].limit", "policy", "ratelimit:"),
+]
+
+
+@pytest.mark.parametrize("mutate,code,text,where,line_has", [h[1:] for h in HOLES], ids=[h[0] for h in HOLES])
+def test_check_catches_each_hole(tmp_path, mutate, code, text, where, line_has):
+    policy = example()
+    mutate(policy)
+    path = write_policy(tmp_path, policy)
+    r = meshward("check", path, "--format", "json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    found = [f for f in report["findings"] if f["code"] == code]
+    assert found and any(text in f["message"] for f in found), report
+    f = next(f for f in found if text in f["message"])
+    expected_file = SPEC if where == "spec" else path
+    assert f["file"] == str(expected_file) and f["line"], f
+    # The line is the one the finding is about.
+    line = expected_file.read_text().splitlines()[f["line"] - 1]
+    assert line_has in line, (line, f)
+    # People get the same finding as file:line: error[code] message.
+    human = meshward("check", path)
+    assert human.returncode == 1 and f"{expected_file}:{f['line']}: error[{code}]" in human.stdout, human.stdout
+
+
+@pytest.mark.parametrize("content,message", [
+    ("service: crapi\nstages: [{firewall: {}}]\n", "unknown stage `firewall`"),
+    ("service: crapi\nstages: []\n", "at least one stage"),
+    ("service: Not A Label\nstages: [{ownership: {rules: []}}]\n", "must be a DNS label"),
+    ("service: crapi\nstages: [{schema: {}}]\n", "the schema stage needs `openapi`"),
+    ("service: [unclosed\n", "not valid YAML"),
+])
+def test_unusable_policies_exit_2_with_the_reason(tmp_path, content, message):
+    path = tmp_path / "policy.yaml"
+    path.write_text(content)
+    r = meshward("check", path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_compile_emits_each_module_configuration(tmp_path):
+    r = meshward("compile", EXAMPLE, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(["meshward.json", "meshward_jwt.json", "meshward_schema.json", "meshward_ownership.json", "meshward_ratelimit.json"])
+    bundle = json.loads((tmp_path / "meshward.json").read_text())
+    assert [next(iter(s)) for s in bundle["stages"]] == ["jwt", "schema", "ownership", "ratelimit"]
+    # The schema stage carries the contract the policy names.
+    assert json.loads((tmp_path / "meshward_schema.json").read_text())["openapi"]["info"]["title"]
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_rendered_istio_validates_and_loads(upstream, keys, form):
+    r = meshward("render", "istio", EXAMPLE, "--form", form, "--dist", DIST)
+    assert r.returncode == 0, r.stderr
+    docs = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert len(docs) == (4 if form == "separate" else 1)
+    for doc in docs:
+        jsonschema.validate(doc, crd_schema())
+        spec, filter_name = doc["spec"], doc["metadata"]["labels"]["meshward.io/filter"]
+        module = "meshward" if filter_name == "bundle" else f"meshward_{filter_name}"
+        assert spec["sha256"] == hashlib.sha256((DIST / f"{module}.wasm").read_bytes()).hexdigest()
+        assert spec["url"] == f"oci://registry.example.com/meshward/{module}:0.1.0"
+        assert spec["failStrategy"] == "FAIL_CLOSE" and spec["selector"]["matchLabels"] == {"app": "crapi"}
+        assert spec["phase"] == ("AUTHN" if filter_name in ("jwt", "bundle") else "AUTHZ")
+        if filter_name in ("jwt", "bundle"):
+            assert spec["vmConfig"]["env"] == [{"name": "MESHWARD_CRAPI_JWKS", "valueFrom": "HOST"}]
+    if form == "separate":
+        authz = [d["spec"]["priority"] for d in docs if d["spec"]["phase"] == "AUTHZ"]
+        assert authz == sorted(authz, reverse=True), "schema, then ownership, then ratelimit"
+    # What the sidecar would load: each pluginConfig is accepted by its module in the real Envoy.
+    secret = {"MESHWARD_CRAPI_JWKS": json.dumps(keys.jwks(["hs"]))}
+    plugins = []
+    for doc in docs:
+        name = doc["metadata"]["labels"]["meshward.io/filter"]
+        module = "meshward.wasm" if name == "bundle" else None
+        plugins.append(plugin(name, doc["spec"]["pluginConfig"], module=module, env=secret))
+    with Envoy(build_config(upstream.port, plugins), concurrency=1) as env:
+        for p in plugins:
+            module = "meshward" if p["name"] == "bundle" else f"meshward_{p['name']}"
+            env.wait_for_log(rf"{module}: configuration accepted")
+    env.cleanup()
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monkeypatch, form):
+    monkeypatch.setenv("MESHWARD_CRAPI_JWKS", json.dumps(keys.jwks(["hs"])))
+    r = meshward("render", "envoy", EXAMPLE, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
+                 "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    config = yaml.safe_load(r.stdout)
+    with Envoy(config, concurrency=1) as env:
+        now = int(time.time())
+        token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, sub="alice", email="alice@example.com", scope="orders:write", exp=now + 300)
+        auth = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+        order = json.dumps({"product_id": 1, "quantity": 2}).encode()
+        login = json.dumps({"email": "a@b.c", "password": "pw"}).encode()
+        assert env.request("/identity/api/auth/login", {"content-type": "application/json"}, "POST", login).reached_upstream
+        r = env.request("/workshop/api/shop/orders", {"content-type": "application/json"}, "POST", order)
+        assert r.status == 401 and r.reason == "missing_token", r
+        assert env.request("/workshop/api/shop/orders", auth, "POST", order).reached_upstream
+        mass = json.dumps({"product_id": 1, "quantity": 2, "is_admin": True}).encode()
+        r = env.request("/workshop/api/shop/orders", auth, "POST", mass)
+        assert r.status == 400 and r.reason == "schema_violation", r
+        r = env.request("/workshop/api/shop/products", auth, "POST", json.dumps({"name": "x", "price": "1", "image_url": "u"}).encode())
+        assert r.status == 403 and r.reason == "missing_scope", r
+        assert env.request("/workshop/api/shop/v9/orders", auth).status == 404
+    env.cleanup()
+
+
+def test_render_names_what_is_missing(tmp_path):
+    policy = example()
+    stage(policy, "jwt")["providers"]["crapi"] = {"issuer": ISSUER, "audiences": [AUDIENCE],
+                                                  "remote_jwks": {"http_uri": {"uri": "https://idp/jwks", "cluster": "idp", "timeout": "1s"}}}
+    path = write_policy(tmp_path, policy)
+    r = meshward("render", "envoy", path)
+    assert r.returncode == 2 and "--cluster idp=HOST:PORT" in r.stderr, r.stderr
+    r = meshward("render", "istio", path, "--dist", tmp_path)
+    assert r.returncode == 2 and "make build" in r.stderr, r.stderr
