@@ -6,6 +6,7 @@
 //! meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT]
 //!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
 //! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
+//! meshward serve   POLICY --dir DIR [--form separate|bundle] [--modules DIR] [--interval-ms N] [--once true]
 //! ```
 //!
 //! Exit codes: 0 fine, 1 the check found errors, 2 the command or policy cannot be used.
@@ -14,6 +15,7 @@ mod check;
 mod compile;
 mod policy;
 mod render;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,7 +29,9 @@ const USAGE: &str = "usage:
   meshward compile POLICY [--openapi SPEC] [--out DIR]
   meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT] [--admin PORT]
                                [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
-  meshward render istio POLICY [--form separate|bundle] [--dist DIR]";
+                               [--ecds DIR]
+  meshward render istio POLICY [--form separate|bundle] [--dist DIR]
+  meshward serve   POLICY --dir DIR [--form separate|bundle] [--modules DIR] [--interval-ms N] [--once true]";
 
 /// Positional arguments and `--flag value` options, in order.
 struct Args {
@@ -142,7 +146,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let Some((target, rest)) = rest.split_first() else { return Err(USAGE.into()) };
             match target.as_str() {
                 "envoy" => {
-                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster"])?;
+                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster", "ecds"])?;
                     let policy = args.policy()?;
                     let form = Form::parse(args.get("form").unwrap_or("separate"))?;
                     let clusters = args
@@ -159,6 +163,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                         admin_port: port(&args, "admin", 9901)?,
                         upstream: host_port(args.get("upstream").unwrap_or("127.0.0.1:8080"), "--upstream")?,
                         clusters,
+                        ecds_dir: args.get("ecds").map(Path::new),
                     };
                     let config = render::envoy(&policy, form, &options)?;
                     out(&render::to_yaml(&config));
@@ -174,6 +179,22 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 }
                 other => Err(format!("render: unknown target `{other}` (envoy or istio)\n{USAGE}")),
             }
+        }
+        "serve" => {
+            let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "dir", "interval-ms", "once"])?;
+            let [path] = args.positional.as_slice() else { return Err("expected one POLICY file".into()) };
+            let interval = args.get("interval-ms").map_or(Ok(500), |v| v.parse::<u64>().map_err(|_| format!("--interval-ms: {v:?} is not a number")))?;
+            let options = serve::ServeOptions {
+                policy: PathBuf::from(path),
+                openapi: args.get("openapi").map(PathBuf::from),
+                form: Form::parse(args.get("form").unwrap_or("separate"))?,
+                modules_dir: PathBuf::from(args.get("modules").unwrap_or("/etc/envoy/wasm")),
+                dir: PathBuf::from(args.get("dir").ok_or("serve needs --dir DIR (where Envoy reads the ECDS files)")?),
+                interval: std::time::Duration::from_millis(interval.max(50)),
+                once: args.get("once") == Some("true"),
+            };
+            serve::serve(&options)?;
+            Ok(ExitCode::SUCCESS)
         }
         "help" | "--help" | "-h" => {
             out(&format!("{USAGE}\n"));

@@ -64,6 +64,8 @@ pub struct EnvoyOptions<'a> {
     pub upstream: (String, u16),
     /// Clusters the stages call (remote JWKS, rate-limit service): name → (host, port, http2).
     pub clusters: Vec<(String, String, u16)>,
+    /// Take the filters' configurations from the ECDS files `meshward serve` writes here.
+    pub ecds_dir: Option<&'a Path>,
 }
 
 fn cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
@@ -101,33 +103,79 @@ fn called_clusters(policy: &Policy) -> Vec<(String, bool)> {
 }
 
 /// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The `envoy.filters.http.wasm` configuration of one filter.
+fn wasm_filter(f: &Filter, modules_dir: &Path) -> Value {
+    let module = modules_dir.join(format!("{}.wasm", f.module));
+    let mut vm_config = json!({
+        "vm_id": f.module,
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": module.display().to_string()}},
+    });
+    let secrets = Policy::secret_variables(&f.config);
+    if !secrets.is_empty() {
+        vm_config["environment_variables"] = json!({"host_env_keys": secrets});
+    }
+    json!({
+        "@type": WASM_TYPE,
+        "config": {
+            "name": f.module,
+            "root_id": f.module,
+            // A VM that fails must not let traffic through.
+            "failure_policy": "FAIL_CLOSED",
+            "vm_config": vm_config,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": f.config.to_string()},
+        },
+    })
+}
+
+/// The ECDS file of one filter (`meshward.<name>.json` in the served directory).
+fn ecds_file(dir: &Path, filter_name: &str) -> std::path::PathBuf {
+    dir.join(format!("meshward.{filter_name}.json"))
+}
+
+/// The filters' configurations as ECDS resources (a filesystem `DiscoveryResponse` per filter),
+/// for `meshward serve`: (file, content).
+pub fn ecds(policy: &Policy, form: Form, modules_dir: &Path, dir: &Path, version: &str) -> Vec<(std::path::PathBuf, Value)> {
+    filters(policy, form)
+        .iter()
+        .map(|f| {
+            let resource = json!({
+                "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+                "name": format!("meshward.{}", f.name),
+                "typed_config": wasm_filter(f, modules_dir),
+            });
+            (ecds_file(dir, &f.name), json!({"version_info": version, "resources": [resource]}))
+        })
+        .collect()
+}
+
+/// The filter names a policy renders to, in order (what an Envoy configured for ECDS expects).
+pub fn filter_names(policy: &Policy, form: Form) -> Vec<String> {
+    filters(policy, form).into_iter().map(|f| f.name).collect()
+}
+
+/// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
 pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<Value, String> {
     let mut http_filters = Vec::new();
     for f in filters(policy, form) {
-        let module = options.modules_dir.join(format!("{}.wasm", f.module));
-        let mut vm_config = json!({
-            "vm_id": f.module,
-            "runtime": "envoy.wasm.runtime.v8",
-            "code": {"local": {"filename": module.display().to_string()}},
-        });
-        let secrets = Policy::secret_variables(&f.config);
-        if !secrets.is_empty() {
-            vm_config["environment_variables"] = json!({"host_env_keys": secrets});
-        }
-        http_filters.push(json!({
-            "name": format!("meshward.{}", f.name),
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": f.module,
-                    "root_id": f.module,
-                    // A VM that fails must not let traffic through.
-                    "failure_policy": "FAIL_CLOSED",
-                    "vm_config": vm_config,
-                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": f.config.to_string()},
+        let name = format!("meshward.{}", f.name);
+        http_filters.push(match options.ecds_dir {
+            // Configuration discovered from files `meshward serve` keeps current: new policy
+            // applies without a restart; until the first file is read, the listener waits.
+            Some(dir) => json!({
+                "name": name,
+                "config_discovery": {
+                    "config_source": {"resource_api_version": "V3", "path_config_source": {
+                        "path": ecds_file(dir, &f.name).display().to_string(),
+                        "watched_directory": {"path": dir.display().to_string()},
+                    }},
+                    "type_urls": [WASM_TYPE],
                 },
-            },
-        }));
+            }),
+            None => json!({"name": name, "typed_config": wasm_filter(&f, options.modules_dir)}),
+        });
     }
     http_filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
     let mut clusters = vec![cluster("upstream", &options.upstream.0, options.upstream.1, false)];
@@ -138,6 +186,7 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         clusters.push(cluster(&name, host, *port, http2));
     }
     Ok(json!({
+        "node": {"id": policy.service, "cluster": policy.service},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": options.admin_port}}},
         "static_resources": {
             "listeners": [{
