@@ -108,6 +108,15 @@ fn essence(media_type: &str) -> String {
     media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
+/// Does a declared media type (`application/json`, `image/*`, `*/*`) cover a message's
+/// `content-type`? Parameters (`; charset=utf-8`) and case do not matter.
+fn covers(declared: &str, content_type: Option<&str>) -> bool {
+    let given = essence(content_type.unwrap_or(""));
+    let (kind, _) = given.split_once('/').unwrap_or((given.as_str(), ""));
+    let declared = essence(declared);
+    declared == given || declared == "*/*" || declared.strip_suffix("/*").is_some_and(|k| k == kind)
+}
+
 /// The declared media type a request's content type falls under.
 pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: Option<&str>) -> Result<Option<&'a Media>, SchemaError> {
     if !has_body {
@@ -116,16 +125,7 @@ pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: O
     if op.media.is_empty() {
         return Err(SchemaError::UnexpectedBody);
     }
-    let given = essence(content_type.unwrap_or(""));
-    let (kind, _) = given.split_once('/').unwrap_or((given.as_str(), ""));
-    op.media
-        .iter()
-        .find(|m| {
-            let declared = essence(&m.media_type);
-            declared == given || declared == "*/*" || declared.strip_suffix("/*").is_some_and(|k| k == kind)
-        })
-        .map(Some)
-        .ok_or(SchemaError::UnsupportedMediaType)
+    op.media.iter().find(|m| covers(&m.media_type, content_type)).map(Some).ok_or(SchemaError::UnsupportedMediaType)
 }
 
 /// The declared answer for a status and content type: the exact code, else its class (`2XX`),
@@ -134,16 +134,7 @@ pub fn match_response<'a>(op: &'a Operation, status: u16, content_type: Option<&
     let by = |key: StatusKey| op.responses.iter().find(|r| r.status == key);
     let response = by(StatusKey::Code(status)).or_else(|| by(StatusKey::Class(status / 100))).or_else(|| by(StatusKey::Default));
     let response = response.ok_or(SchemaError::UndeclaredResponse)?;
-    let given = essence(content_type.unwrap_or(""));
-    let (kind, _) = given.split_once('/').unwrap_or((given.as_str(), ""));
-    response
-        .media
-        .iter()
-        .find(|m| {
-            let declared = essence(&m.media_type);
-            declared == given || declared == "*/*" || declared.strip_suffix("/*").is_some_and(|k| k == kind)
-        })
-        .ok_or(SchemaError::UndeclaredResponse)
+    response.media.iter().find(|m| covers(&m.media_type, content_type)).ok_or(SchemaError::UndeclaredResponse)
 }
 
 /// A JSON answer: tagged fields cut (or the answer blocked), then — when validating — the rest
