@@ -117,7 +117,7 @@ impl StatusKey {
 /// what the checks need of it.
 pub struct ResponseMedia {
     pub media_type: String,
-    /// JSON pointer of the schema inside [`ResponseChecks::view`].
+    /// JSON pointer of the schema, the same in [`ResponseChecks::view`] and `document`.
     pub schema_pointer: Option<String>,
     /// Present when answers are validated and the media type is JSON.
     pub validator: Option<Validator>,

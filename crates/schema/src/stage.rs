@@ -7,7 +7,7 @@ use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Reque
 use meshward_host::Host;
 
 use crate::config::SchemaConfig;
-use crate::validate::{check_answer, check_body, check_content_type, check_parameters, match_operation, match_response};
+use crate::validate::{check_answer, check_body, check_content_type, check_parameters, declared_response, match_operation, match_response};
 
 #[derive(Debug)]
 pub struct SchemaPolicy {
@@ -95,8 +95,8 @@ impl Stage for SchemaStage {
         let has_body = host.response_header("content-length").is_none_or(|n| n.trim() != "0");
         let media = match match_response(op, status, content_type.as_deref()) {
             Ok(media) => media,
-            // A bodiless answer needs no declared media type (204, or an empty 200).
-            Err(_) if !has_body && op.responses.iter().any(|r| r.media.is_empty()) => return Step::Continue,
+            // A bodiless answer needs no media type where its status declares none (204).
+            Err(_) if !has_body && declared_response(op, status).is_some_and(|r| r.media.is_empty()) => return Step::Continue,
             Err(e) if checks.validate => return Step::Deny(e.denial()),
             Err(_) => return Step::Continue,
         };
@@ -119,7 +119,8 @@ impl Stage for SchemaStage {
         let Some((r, m)) = self.answer.take() else { return Step::Continue };
         let Some(media) = self.operation.and_then(|i| policy.config.operations.get(i)).and_then(|op| op.responses.get(r)).and_then(|resp| resp.media.get(m))
         else {
-            return Step::Continue;
+            // The answer was held for a check that cannot be found: it does not go out unchecked.
+            return Step::Deny(Denial::new(DenialKind::BadGateway, "stage_error", "the answer's declared schema was not found"));
         };
         match check_answer(checks, media, body) {
             Ok(None) => Step::Continue,

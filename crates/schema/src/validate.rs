@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::config::{In, Media, Operation, Param, ResponseChecks, ResponseMedia, Scalar, SchemaConfig, StatusKey};
+use crate::config::{In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, Scalar, SchemaConfig, StatusKey};
 use crate::response::cut_fields;
 use crate::SchemaError;
 
@@ -128,12 +128,16 @@ pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: O
     op.media.iter().find(|m| covers(&m.media_type, content_type)).map(Some).ok_or(SchemaError::UnsupportedMediaType)
 }
 
+/// The declared answer for a status: the exact code, else its class (`2XX`), else `default`.
+pub fn declared_response(op: &Operation, status: u16) -> Option<&Response> {
+    let by = |key: StatusKey| op.responses.iter().find(|r| r.status == key);
+    by(StatusKey::Code(status)).or_else(|| by(StatusKey::Class(status / 100))).or_else(|| by(StatusKey::Default))
+}
+
 /// The declared answer for a status and content type: the exact code, else its class (`2XX`),
 /// else `default`; then the media type as for requests.
 pub fn match_response<'a>(op: &'a Operation, status: u16, content_type: Option<&str>) -> Result<&'a ResponseMedia, SchemaError> {
-    let by = |key: StatusKey| op.responses.iter().find(|r| r.status == key);
-    let response = by(StatusKey::Code(status)).or_else(|| by(StatusKey::Class(status / 100))).or_else(|| by(StatusKey::Default));
-    let response = response.ok_or(SchemaError::UndeclaredResponse)?;
+    let response = declared_response(op, status).ok_or(SchemaError::UndeclaredResponse)?;
     response.media.iter().find(|m| covers(&m.media_type, content_type)).ok_or(SchemaError::UndeclaredResponse)
 }
 
