@@ -65,6 +65,10 @@ def add_ownership_rule(p):
     stage(p, "ownership")["rules"].insert(0, {"name": "ghost-route", "match": {"path": "/identity/api/v3/ghost"}, "scopes": ["x"]})
 
 
+def ownership_workshop_public(p):
+    stage(p, "ownership")["rules"].insert(0, {"name": "workshop-open", "match": {"prefix": "/workshop/"}, "public": True})
+
+
 def jwt_workshop_public(p):
     stage(p, "jwt")["rules"].insert(0, {"match": {"prefix": "/workshop/"}})
 
@@ -78,6 +82,9 @@ HOLES = [
     # (name, mutation, code, text in the message, file the finding points at, text on that line)
     ("write without ownership", drop_rule("ownership", "vehicle-writes"), "write_without_ownership",
      "POST /identity/api/v2/vehicle/add_vehicle (add_vehicle)", "spec", '"/identity/api/v2/vehicle/add_vehicle"'),
+    ("write shadowed by an earlier public ownership rule", ownership_workshop_public, "write_without_ownership",
+     "POST /workshop/api/shop/orders (create_order): a write operation that ownership rule `workshop-open` (public)", "spec",
+     '"/workshop/api/shop/orders"'),
     ("rule for a route the contract lacks", add_ownership_rule, "route_not_in_contract", "ownership rule `ghost-route`", "policy", "ghost-route"),
     ("provider without audience", lambda p: stage(p, "jwt")["providers"]["crapi"].pop("audiences"), "provider_without_audience", "`crapi`", "policy", "crapi:"),
     ("write without rate limit", only_read_limits, "write_without_rate_limit", "POST /workshop/api/shop/orders (create_order)", "spec", '"/workshop/api/shop/orders"'),

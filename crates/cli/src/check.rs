@@ -234,8 +234,13 @@ fn check_contract(c: &mut Checker<'_>, contract: &Contract) {
         if !WRITES.contains(&op.method.as_str()) {
             continue;
         }
-        if ownership && !public && !rules.iter().any(|r| r.stage == "ownership" && !r.public && r.route.covers(op)) {
-            c.contract_finding(contract, Code::WriteWithoutOwnership, format!("{what}: no ownership rule authorizes this write operation"), op.line);
+        // The ownership filter uses the first rule that matches; a public one checks nothing.
+        if ownership && !public && first("ownership").is_none_or(|r| r.public) {
+            let message = match first("ownership") {
+                Some(r) => format!("{what}: a write operation that {} (public) lets through unchecked", r.label),
+                None => format!("{what}: no ownership rule authorizes this write operation"),
+            };
+            c.contract_finding(contract, Code::WriteWithoutOwnership, message, op.line);
         }
         if !ownership && !public {
             c.contract_finding(contract, Code::WriteWithoutOwnership, format!("{what}: a write operation, and the policy has no ownership stage"), op.line);
