@@ -41,8 +41,46 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        ConfigError::new(path, e.inner().to_string())
+        ConfigError::new(path, redact_values(&e.inner().to_string()))
     })
+}
+
+/// serde quotes the offending value (`invalid type: string "whsec_…", expected a sequence`); a
+/// secret put in the wrong place must not reach the log, so quoted values become `"…"`.
+/// Field and variant names (in backticks) stay: they are what the reader needs.
+fn redact_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..=start]);
+        let after = &rest[start + 1..];
+        // serde escapes quotes inside the value; find the closing, unescaped one.
+        let mut end = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    end = Some(i);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match end {
+            Some(i) => {
+                out.push_str("…\"");
+                rest = &after[i + 1..];
+            }
+            None => {
+                out.push('…');
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// What happens to requests that no rule or endpoint of a policy covers.
@@ -109,6 +147,20 @@ mod tests {
         let err = parse_json::<Outer>(br#"{"providers": {"a": {"isuer": "x"}}}"#).unwrap_err();
         assert_eq!(err.path, "providers.a.isuer");
         assert!(err.message.contains("unknown field `isuer`"), "{err}");
+    }
+
+    #[test]
+    fn values_never_reach_the_message() {
+        let cases: [(&[u8], &str); 3] = [
+            (br#"{"providers": {"a": {"issuer": 5}}}"#, "invalid type: integer `5`, expected a string"),
+            (br#"{"providers": "whsec_s3cret"}"#, "invalid type: string \"…\", expected a map"),
+            (br#"{"providers": "tricky \" whsec_s3cret"}"#, "invalid type: string \"…\", expected a map"),
+        ];
+        for (json, want) in cases {
+            let err = parse_json::<Outer>(json).unwrap_err();
+            assert!(err.message.starts_with(want), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

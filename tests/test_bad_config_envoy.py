@@ -1,0 +1,88 @@
+"""Every meshward module refuses a bad configuration whole, in the real Envoy, with a log line
+naming the problem: an unknown field, a wrong type, an empty or non-JSON configuration, and a
+huge one. (JWT has its own, longer table in test_jwt_bad_config.py; the schema filter's bad
+specs are in test_schema_envoy.py.)"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from harness import build_config, plugin, run_envoy_expecting_failure
+
+CRAPI_MINI = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+              "paths": {"/orders": {"post": {"operationId": "create_order", "responses": {"200": {"description": "ok"}}}}}}
+
+# A configuration each module accepts, to break one way at a time.
+GOOD = {
+    "webhook": {"endpoints": [{"name": "hooks", "match": {"prefix": "/hooks"}, "scheme": "github", "secrets": [{"inline_string": "s3cret"}]}]},
+    "ownership": {"rules": [{"name": "orders", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]},
+    "ratelimit": {"rules": [{"name": "ip", "match": {"prefix": "/"}, "key": ["client_ip"], "limit": {"requests": 5, "per": "1s"}}]},
+    "schema": {"openapi": CRAPI_MINI},
+}
+
+# (case, change to the good configuration, what the log line must say)
+CASES = {
+    "webhook": [
+        ("unknown field", lambda c: c["endpoints"][0].update(secret="x"), r"endpoints\[0\]\.secret: unknown field"),
+        ("wrong type", lambda c: c["endpoints"][0].update(secrets="s3cret"), r"endpoints\[0\]\.secrets: invalid type"),
+    ],
+    "ownership": [
+        ("unknown field", lambda c: c["rules"][0].update(scope=["x"]), r"rules\[0\]\.scope: unknown field"),
+        ("wrong type", lambda c: c["rules"][0].update(scopes="orders:read"), r"rules\[0\]\.scopes: invalid type"),
+    ],
+    "ratelimit": [
+        ("unknown field", lambda c: c["rules"][0].update(limits={}), r"rules\[0\]\.limits: unknown field"),
+        ("wrong type", lambda c: c["rules"][0]["limit"].update(requests="five"), r"rules\[0\]\.limit\.requests: invalid type"),
+        ("huge bound", lambda c: c.update(max_keys=10**12), r"max_keys"),
+    ],
+    "schema": [
+        ("unknown field", lambda c: c.update(reject_unknown=True), r"reject_unknown: unknown field"),
+        ("wrong type", lambda c: c.update(max_depth="deep"), r"max_depth: invalid type"),
+        ("not OpenAPI 3", lambda c: c["openapi"].update(openapi="2.0"), r"is not OpenAPI 3\.0\.x or 3\.1\.x"),
+    ],
+}
+
+PARAMS = [(name, *case) for name, cases in CASES.items() for case in cases]
+
+
+def assert_refused(upstream, name: str, config, pattern: str, in_bundle: bool) -> None:
+    p = plugin(name, config)
+    if in_bundle:
+        p = plugin("bundle", {"stages": [{name: config}]}, module="meshward.wasm")
+        pattern = rf"stages\[0\]\.{name}\.{pattern}" if not pattern.startswith("max_keys") and "OpenAPI" not in pattern else pattern
+    log = run_envoy_expecting_failure(build_config(upstream.port, [p]))
+    module = "meshward" if in_bundle else f"meshward_{name}"
+    assert f"{module}: invalid configuration" in log, log[-3000:]
+    assert re.search(pattern, log), (pattern, log[-3000:])
+
+
+@pytest.mark.parametrize("name,case,change,pattern", PARAMS, ids=[f"{p[0]}-{p[1]}" for p in PARAMS])
+@pytest.mark.parametrize("in_bundle", [False, True], ids=["module", "bundle"])
+def test_bad_config_is_refused_whole_with_the_reason(upstream, name, case, change, pattern, in_bundle):
+    config = json.loads(json.dumps(GOOD[name]))
+    change(config)
+    assert_refused(upstream, name, config, pattern, in_bundle)
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_empty_non_json_and_huge_configs_are_refused(upstream, name):
+    for text in ["", "{", "[]", "null"]:
+        log = run_envoy_expecting_failure(build_config(upstream.port, [plugin(name, text)]))
+        assert f"meshward_{name}: invalid configuration" in log, (name, text)
+    # 4 MiB of configuration: refused with the field that is wrong, and Envoy does not hang or crash.
+    huge = json.loads(json.dumps(GOOD[name]))
+    huge["padding"] = "x" * (4 * 1024 * 1024)
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin(name, huge)]), timeout=60)
+    assert f"meshward_{name}: invalid configuration" in log and "padding: unknown field" in log, log[-2000:]
+
+
+def test_a_secret_in_the_wrong_place_is_not_logged(upstream):
+    """serde quotes the value it did not expect; meshward's refusal names the field, never the
+    value, so a secret pasted into the wrong field does not end up in Envoy's log."""
+    secret = "whsec_do-not-log-this-0123456789"
+    config = {"endpoints": [{"name": "hooks", "match": {"prefix": "/hooks"}, "scheme": "standard_webhooks", "secrets": secret}]}
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("webhook", config)]))
+    assert re.search(r"meshward_webhook: invalid configuration: endpoints\[0\]\.secrets: invalid type: string \"…\"", log), log[-2000:]
+    assert "do-not-log-this" not in log
