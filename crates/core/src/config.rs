@@ -83,6 +83,21 @@ fn redact_values(message: &str) -> String {
     out
 }
 
+/// How many body bytes a filter buffers when its configuration does not say.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// The most any configuration may ask to buffer.
+pub const MAX_BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// A configured body-buffering limit (`max_body_bytes` and the like): the default when absent,
+/// refused when outside 1..=[`MAX_BODY_LIMIT`].
+pub fn body_limit(path: &str, value: Option<usize>) -> Result<usize, ConfigError> {
+    match value {
+        None => Ok(DEFAULT_BODY_LIMIT),
+        Some(n) if (1..=MAX_BODY_LIMIT).contains(&n) => Ok(n),
+        Some(_) => Err(ConfigError::new(path, format!("must be between 1 and {MAX_BODY_LIMIT}"))),
+    }
+}
+
 /// What happens to requests that no rule or endpoint of a policy covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,11 +1,9 @@
 //! The ownership filter's configuration, parsed strictly and compiled once.
 
-use meshward_core::config::{check_name, parse_json, ConfigError, Unmatched};
+use meshward_core::config::{body_limit, check_name, parse_json, ConfigError, Unmatched};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
 use serde::Deserialize;
-
-const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,13 +172,8 @@ impl OwnershipConfig {
             return Err(ConfigError::new("rules", "at least one rule is required"));
         }
         let global_bypass = compile_bypass("bypass", raw.bypass)?;
-        let limit = |field: &str, v: Option<usize>| match v {
-            None => Ok(DEFAULT_MAX_BYTES),
-            Some(n) if (1..=16 * 1024 * 1024).contains(&n) => Ok(n),
-            Some(_) => Err(ConfigError::new(field, "must be between 1 and 16777216")),
-        };
-        let max_body_bytes = limit("max_body_bytes", raw.max_body_bytes)?;
-        let max_response_bytes = limit("max_response_bytes", raw.max_response_bytes)?;
+        let max_body_bytes = body_limit("max_body_bytes", raw.max_body_bytes)?;
+        let max_response_bytes = body_limit("max_response_bytes", raw.max_response_bytes)?;
         let mut rules = Vec::with_capacity(raw.rules.len());
         for (i, r) in raw.rules.into_iter().enumerate() {
             let at = |field: &str| format!("rules[{i}].{field}");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use jsonschema::Validator;
-use meshward_core::config::{parse_json, ConfigError};
+use meshward_core::config::{body_limit, parse_json, ConfigError};
 use meshward_core::route::PathTemplate;
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use crate::openapi::{check_refs, rewrite_document, View};
 use crate::response::{FieldAction, FieldRules};
 
-const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 const DEFAULT_MAX_DEPTH: usize = 32;
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
@@ -249,10 +248,7 @@ impl SchemaConfig {
             return Err(ConfigError::new("openapi.openapi", format!("{version:?} is not OpenAPI 3.0.x or 3.1.x")));
         }
         check_refs(&document).map_err(|e| ConfigError::new("openapi", e))?;
-        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if !(1..=16 * 1024 * 1024).contains(&max_body_bytes) {
-            return Err(ConfigError::new("max_body_bytes", "must be between 1 and 16777216"));
-        }
+        let max_body_bytes = body_limit("max_body_bytes", raw.max_body_bytes)?;
         let max_depth = raw.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
         if !(1..=256).contains(&max_depth) {
             return Err(ConfigError::new("max_depth", "must be between 1 and 256"));
@@ -372,10 +368,7 @@ impl SchemaConfig {
 }
 
 fn response_checks(document: &Value, raw: &RawResponse) -> Result<ResponseChecks, ConfigError> {
-    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-    if !(1..=16 * 1024 * 1024).contains(&max_body_bytes) {
-        return Err(ConfigError::new("response.max_body_bytes", "must be between 1 and 16777216"));
-    }
+    let max_body_bytes = body_limit("response.max_body_bytes", raw.max_body_bytes)?;
     if let Some(class) = raw.data_classes.keys().find(|c| c.is_empty() || c.len() > 64) {
         return Err(ConfigError::new(format!("response.data_classes.{class}"), "a class name is 1 to 64 characters"));
     }

@@ -1,14 +1,12 @@
 //! The webhook filter's configuration, parsed strictly and compiled once.
 
 use ct_codecs::{Base64, Decoder, Hex};
-use meshward_core::config::{check_name, parse_json, valid_header_name, ConfigError, Unmatched};
+use meshward_core::config::{body_limit, check_name, parse_json, valid_header_name, ConfigError, Unmatched};
 use meshward_core::route::PathMatch;
 use meshward_core::Mode;
 use serde::Deserialize;
 
 const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
-const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-const MAX_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_REPLAY_TTL_SECONDS: u64 = 24 * 3600;
 const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 16 * 1024;
 
@@ -213,10 +211,7 @@ impl WebhookConfig {
             if !(1..=3600).contains(&tolerance_seconds) {
                 return Err(ConfigError::new(at("tolerance_seconds"), "must be between 1 and 3600"));
             }
-            let max_body_bytes = e.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-            if !(1..=MAX_MAX_BODY_BYTES).contains(&max_body_bytes) {
-                return Err(ConfigError::new(at("max_body_bytes"), format!("must be between 1 and {MAX_MAX_BODY_BYTES}")));
-            }
+            let max_body_bytes = body_limit(&at("max_body_bytes"), e.max_body_bytes)?;
             let replay_ttl_seconds = e.replay_ttl_seconds.unwrap_or(DEFAULT_REPLAY_TTL_SECONDS);
             if !(1..=30 * 24 * 3600).contains(&replay_ttl_seconds) {
                 return Err(ConfigError::new(at("replay_ttl_seconds"), "must be between 1 and 2592000"));
