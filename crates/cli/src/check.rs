@@ -2,13 +2,13 @@
 //! hole; every finding names the file and line it is about where there is one.
 
 use meshward_core::route::{canonical_path, PathMatch, RawRouteMatch, RouteMatch};
+use meshward_schema::config::METHODS;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::compile::{compile_stage, StageError};
 use crate::policy::{line_of, Contract, Policy};
 
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -10,11 +10,12 @@ use meshward_core::Mode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::openapi::{check_refs, rewrite_document, View};
+use crate::openapi::{check_refs, escape, rewrite_document, View};
 use crate::response::{FieldAction, FieldRules};
 
 const DEFAULT_MAX_DEPTH: usize = 32;
-const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+/// The operations an OpenAPI path item may hold.
+pub const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,10 +168,6 @@ impl std::fmt::Debug for SchemaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SchemaConfig({} operations)", self.operations.len())
     }
-}
-
-fn escape(segment: &str) -> String {
-    segment.replace('~', "~0").replace('/', "~1")
 }
 
 /// A JSON pointer as a URI fragment: characters a fragment may not hold are percent-encoded

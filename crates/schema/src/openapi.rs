@@ -56,6 +56,11 @@ impl View {
     }
 }
 
+/// A key as one JSON-pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 /// The schema and every schema its local `$ref` chain leads to, at most [`MAX_REF_HOPS`].
 pub fn ref_chain<'a>(doc: &'a Value, schema: &'a Value) -> impl Iterator<Item = &'a Value> + 'a {
     let mut next = Some(schema);
@@ -273,7 +278,7 @@ pub fn check_refs(document: &Value) -> Result<(), String> {
                     }
                 }
                 for (k, v) in map {
-                    walk(doc, v, &format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")))?;
+                    walk(doc, v, &format!("{at}/{}", escape(k)))?;
                 }
                 Ok(())
             }

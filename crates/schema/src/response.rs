@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::openapi::{ref_chain, resolve};
+use crate::openapi::{escape, ref_chain, resolve};
 use crate::SchemaError;
 
 /// How deep the walk follows nested values and schema compositions.
@@ -123,10 +123,6 @@ fn flatten<'a>(doc: &'a Value, schema: &'a Value, out: &mut Vec<&'a Value>, dept
             }
         }
     }
-}
-
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// Removes the stripped fields from `answer`; `Ok(true)` when something was removed. A field

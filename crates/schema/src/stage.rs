@@ -73,9 +73,8 @@ impl Stage for SchemaStage {
         match check_content_type(op, has_body, content_type.as_deref()) {
             Err(e) => Step::Deny(e.denial()),
             Ok(Some(media)) if media.validator.is_some() => {
-                let op_index = config.operations.iter().position(|o| std::ptr::eq(o, op));
                 let media_index = op.media.iter().position(|m| std::ptr::eq(m, media));
-                self.pending = op_index.zip(media_index);
+                self.pending = self.operation.zip(media_index);
                 Step::NeedBody { max_bytes: config.max_body_bytes }
             }
             Ok(_) => Step::Continue,
