@@ -3,7 +3,7 @@
 
 use meshward_core::config::ConfigError;
 
-use crate::policy::Stage;
+use crate::policy::{Policy, Stage};
 
 /// Why a stage's configuration was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +26,17 @@ fn classify(e: ConfigError) -> StageError {
     } else {
         StageError::Invalid(text)
     }
+}
+
+/// Compiles every stage; the first a module would refuse is the error (`ratelimit stage: ...`).
+/// Secrets this process lacks are the sidecar's business, not an error here.
+pub fn compile_policy(policy: &Policy) -> Result<(), String> {
+    for stage in &policy.stages {
+        if let Err(StageError::Invalid(e)) = compile_stage(stage) {
+            return Err(format!("{} stage: {e}", stage.kind));
+        }
+    }
+    Ok(())
 }
 
 /// Compiles one stage with its filter's own parser.

@@ -120,11 +120,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let args = Args::parse(rest.to_vec(), &["openapi", "out"])?;
             let policy = args.policy()?;
             // Compiling refuses what the modules would refuse; secrets may be absent here.
-            for stage in &policy.stages {
-                if let Err(compile::StageError::Invalid(e)) = compile::compile_stage(stage) {
-                    return Err(format!("{}: {} stage: {e}", policy.path.display(), stage.kind));
-                }
-            }
+            compile::compile_policy(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
             let mut all = serde_json::Map::new();
             for stage in &policy.stages {
                 all.insert(format!("meshward_{}", stage.kind), stage.config.clone());

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::compile::{compile_stage, StageError};
+use crate::compile::compile_policy;
 use crate::policy::Policy;
 use crate::render::{ecds, filter_names, Form};
 
@@ -39,13 +39,7 @@ fn stamp(path: &Path) -> Stamp {
 /// The policy, refused whole if any stage's module would refuse its configuration.
 fn load(options: &ServeOptions) -> Result<Policy, String> {
     let policy = Policy::load(&options.policy, options.openapi.as_deref()).map_err(|e| e.to_string())?;
-    for stage in &policy.stages {
-        match compile_stage(stage) {
-            // Secrets are the sidecar's; they need not be here.
-            Ok(()) | Err(StageError::SecretUnavailable(_)) => {}
-            Err(StageError::Invalid(e)) => return Err(format!("{} stage: {e}", stage.kind)),
-        }
-    }
+    compile_policy(&policy)?;
     Ok(policy)
 }
 

@@ -6,7 +6,7 @@ use meshward_core::route::canonical_path;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::Host;
 
-use crate::config::SchemaConfig;
+use crate::config::{In, SchemaConfig};
 use crate::validate::{check_answer, check_body, check_content_type, check_parameters, declared_response, match_operation, match_response};
 
 #[derive(Debug)]
@@ -62,7 +62,8 @@ impl Stage for SchemaStage {
         };
         request.route = Some(label(&op.id));
         self.operation = config.operations.iter().position(|o| std::ptr::eq(o, op));
-        let headers = host.request_headers();
+        // Copying every header out of the proxy costs; only header parameters need them.
+        let headers = if op.params.iter().any(|p| p.location == In::Header) { host.request_headers() } else { Vec::new() };
         let header = |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
         if let Err(e) = check_parameters(op, &captures, &request.path, &header) {
             return Step::Deny(e.denial());
