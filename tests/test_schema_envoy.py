@@ -75,6 +75,24 @@ def test_routes_methods_content_types_and_sizes(crapi_envoy):
     assert r.status == 413 and not r.reached_upstream
 
 
+def test_bodies_where_none_belong_and_none_where_one_is_required(crapi_envoy):
+    r = crapi_envoy.request("/workshop/api/shop/orders", JSON, method="POST")
+    assert_refused(r, 400, "missing_body")
+    r = crapi_envoy.request("/workshop/api/shop/orders/all?limit=1&offset=0", JSON, method="GET", body=b'{"a": 1}')
+    assert_refused(r, 400, "unexpected_body")
+
+
+def test_read_only_properties_cannot_be_written(upstream):
+    """A property the contract marks readOnly is the server's to set: sending it is refused."""
+    doc = json.loads(json.dumps(CRAPI))
+    doc["components"]["schemas"]["ProductQuantity"]["properties"]["order_id"] = {"type": "integer", "readOnly": True}
+    with Envoy(build_config(upstream.port, [plugin("schema", {"openapi": doc})]), concurrency=1) as env:
+        assert post(env, "/workshop/api/shop/orders", b'{"product_id": 1, "quantity": 2}').reached_upstream
+        r = post(env, "/workshop/api/shop/orders", b'{"product_id": 1, "quantity": 2, "order_id": 7}')
+        assert_refused(r, 400, "schema_violation", "/body/order_id", "falseSchema")
+    env.cleanup()
+
+
 def test_metrics_per_operation(crapi_envoy):
     post(crapi_envoy, "/workshop/api/shop/orders", b'{"product_id": 1, "quantity": 2, "role": "admin"}')
     assert crapi_envoy.counter("meshward_schema_denied_total.route.create_order.reason.schema_violation") >= 1
