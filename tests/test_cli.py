@@ -217,25 +217,42 @@ def test_render_names_what_is_missing(tmp_path):
 
 
 class Serve:
-    """`meshward serve` in the background, its stderr collected."""
+    """`meshward serve` in the background, its stderr collected: over gRPC (`xds`, the port read
+    back from its log) or through ECDS files (`files`)."""
 
-    def __init__(self, policy, directory, form):
-        self.proc = subprocess.Popen([str(MESHWARD), "serve", str(policy), "--dir", str(directory), "--form", form,
-                                      "--modules", str(DIST), "--interval-ms", "100"],
+    def __init__(self, policy, form, transport, tmp_path, *extra, xds_port=0):
+        self.transport = transport
+        self.directory = tmp_path / "ecds"
+        where = ["--xds", f"127.0.0.1:{xds_port}"] if transport == "xds" else ["--dir", str(self.directory)]
+        self.proc = subprocess.Popen([str(MESHWARD), "serve", str(policy), *where, "--form", form,
+                                      "--modules", str(DIST), "--interval-ms", "100", *map(str, extra)],
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
+        self.wait_for("meshward serve: serving")
+        if transport == "xds":
+            self.wait_for("xDS listening on")
+            self.port = int(next(l for l in self.lines if "xDS listening on" in l).rsplit(":", 1)[1])
 
     def _read(self):
         for line in self.proc.stderr:
             self.lines.append(line)
 
-    def wait_for(self, text: str, timeout: float = 15.0) -> None:
+    def render_args(self) -> list:
+        """`render envoy` arguments for an Envoy this serve keeps current."""
+        return ["--xds", f"127.0.0.1:{self.port}"] if self.transport == "xds" else ["--ecds", self.directory]
+
+    def wait_for(self, text: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
+        while not (found := [line for line in self.lines if text in line]):
             assert self.proc.poll() is None, "".join(self.lines)
             assert time.monotonic() < deadline, f"{text!r} not in:\n{''.join(self.lines)}"
             time.sleep(0.05)
+        return found[-1]
+
+    def version(self) -> str:
+        """The version last served."""
+        return self.wait_for("meshward serve: serving").split()[3]
 
     def stop(self):
         self.proc.terminate()
@@ -249,19 +266,18 @@ def wait_until(check, timeout: float = 15.0):
         time.sleep(0.1)
 
 
+@pytest.mark.parametrize("transport", ["xds", "files"])
 @pytest.mark.parametrize("form", ["separate", "bundle"])
-def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, monkeypatch, tmp_path, form):
+def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, monkeypatch, tmp_path, form, transport):
     monkeypatch.setenv("MESHWARD_CRAPI_JWKS", json.dumps(keys.jwks(["hs"])))
     policy = example()
     # The background traffic below is one user writing as fast as it can: lift its limit.
     stage(policy, "ratelimit")["rules"][1]["limit"] = {"requests": 1000000, "per": "60s"}
     path = write_policy(tmp_path, policy)
-    ecds = tmp_path / "ecds"
-    serve = Serve(path, ecds, form)
+    serve = Serve(path, form, transport, tmp_path)
     try:
-        serve.wait_for("meshward serve: serving")
         r = meshward("render", "envoy", path, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
-                     "--upstream", f"127.0.0.1:{upstream.port}", "--ecds", ecds)
+                     "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
         assert r.returncode == 0, r.stderr
         with Envoy(yaml.safe_load(r.stdout), concurrency=2) as env:
             pid = env.proc.pid
@@ -294,6 +310,14 @@ def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, 
                 applied_in = time.monotonic() - started
                 r = dashboard()
                 assert r.status == 403 and r.reason == "missing_scope", r
+                if transport == "xds":
+                    # Every Envoy acknowledges what it applied; serve says which version it runs.
+                    version = serve.version()
+                    serve.wait_for(f"crapi applied {version}")
+                    if form == "separate":
+                        # Only the filter the change touches was rebuilt.
+                        applied = [line for line in serve.lines if f"applied {version}" in line]
+                        assert all("(meshward.ownership)" in line for line in applied), applied
 
                 # A broken policy is refused whole; Envoy keeps the last good one.
                 broken = copy.deepcopy(policy)
@@ -327,6 +351,69 @@ def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, 
         env.cleanup()
     finally:
         serve.stop()
+
+
+def test_envoy_keeps_its_policy_while_serve_is_down_and_refuses_what_it_cannot_run(upstream, keys, monkeypatch, tmp_path):
+    """Nothing is lost when the policy server goes away: Envoy keeps enforcing the last policy it
+    applied, reconnects to the next serve and takes its policy; a configuration the Envoy cannot
+    run (here a module that is not there) is rejected by the Envoy, reported by serve, and the
+    running policy stays."""
+    monkeypatch.setenv("MESHWARD_CRAPI_JWKS", json.dumps(keys.jwks(["hs"])))
+    policy = example()
+    path = write_policy(tmp_path, policy)
+    serve = Serve(path, "bundle", "xds", tmp_path)
+    r = meshward("render", "envoy", path, "--form", "bundle", "--modules", DIST, "--listen", 0, "--admin", 0,
+                 "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
+    assert r.returncode == 0, r.stderr
+    port = serve.port
+    try:
+        with Envoy(yaml.safe_load(r.stdout)) as env:
+            token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, email="alice@example.com", exp=int(time.time()) + 600)
+            auth = {"authorization": f"Bearer {token}"}
+            dashboard = lambda: env.request("/identity/api/v2/user/dashboard", auth)  # noqa: E731
+            serve.wait_for(f"crapi applied {serve.version()}")
+            assert dashboard().reached_upstream
+            assert env.request("/identity/api/v2/user/dashboard").reason == "missing_token"
+
+            serve.stop()
+            time.sleep(1)
+            assert dashboard().reached_upstream
+            assert env.request("/identity/api/v2/user/dashboard").reason == "missing_token"
+
+            # The next serve, on the same address, brings a stricter policy.
+            stage(policy, "ownership")["rules"][-1]["scopes"] = ["dashboard:read"]
+            write_policy(tmp_path, policy)
+            serve = Serve(path, "bundle", "xds", tmp_path, xds_port=port)
+            serve.wait_for(f"crapi applied {serve.version()}", timeout=40)
+            wait_until(lambda: dashboard().reason == "missing_scope")
+
+            # A serve whose modules are not where the Envoy can load them.
+            serve.stop()
+            stage(policy, "ownership")["rules"][-1]["scopes"] = []
+            write_policy(tmp_path, policy)
+            serve = Serve(path, "bundle", "xds", tmp_path, "--modules", tmp_path / "nowhere", xds_port=port)
+            rejected = serve.wait_for(f"crapi rejected {serve.version()}", timeout=40)
+            assert "(meshward.bundle)" in rejected and "keeps its last applied version" in rejected, rejected
+            assert dashboard().reason == "missing_scope"
+            assert env.request("/identity/api/v2/user/dashboard").reason == "missing_token"
+        env.cleanup()
+    finally:
+        serve.stop()
+
+
+def test_serve_says_what_it_needs(tmp_path):
+    r = meshward("serve", EXAMPLE)
+    assert r.returncode == 2 and "--xds HOST:PORT" in r.stderr and "--dir DIR" in r.stderr, r.stderr
+    r = meshward("serve", EXAMPLE, "--xds", "localhost")
+    assert r.returncode == 2 and "is not IP:PORT" in r.stderr, r.stderr
+    r = meshward("serve", EXAMPLE, "--xds", "127.0.0.1:0", "--once", "true")
+    assert r.returncode == 2 and "needs --dir" in r.stderr, r.stderr
+    r = meshward("render", "envoy", EXAMPLE, "--xds", "127.0.0.1:1", "--ecds", tmp_path)
+    assert r.returncode == 2 and "choose one" in r.stderr, r.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("service: x\nstages: [{ratelimit: {rules: 3}}]\n")
+    r = meshward("serve", broken, "--xds", "127.0.0.1:0")
+    assert r.returncode == 2 and "ratelimit" in r.stderr, r.stderr
 
 
 def test_the_committed_istio_example_is_what_the_policy_renders():

@@ -5,8 +5,10 @@
 //! meshward compile POLICY [--openapi SPEC] [--out DIR]
 //! meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT]
 //!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
+//!                              [--xds HOST:PORT | --ecds DIR]
 //! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
-//! meshward serve   POLICY --dir DIR [--form separate|bundle] [--modules DIR] [--interval-ms N] [--once true]
+//! meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
+//!                         [--interval-ms N] [--once true]
 //! ```
 //!
 //! Exit codes: 0 fine, 1 the check found errors, 2 the command or policy cannot be used.
@@ -16,12 +18,13 @@ mod compile;
 mod policy;
 mod render;
 mod serve;
+mod xds;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use policy::Policy;
-use render::{EnvoyOptions, Form};
+use render::{Discovery, EnvoyOptions, Form};
 use serde_json::Value;
 
 const USAGE: &str = "usage:
@@ -29,9 +32,10 @@ const USAGE: &str = "usage:
   meshward compile POLICY [--openapi SPEC] [--out DIR]
   meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT] [--admin PORT]
                                [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
-                               [--ecds DIR]
+                               [--xds HOST:PORT | --ecds DIR]
   meshward render istio POLICY [--form separate|bundle] [--dist DIR]
-  meshward serve   POLICY --dir DIR [--form separate|bundle] [--modules DIR] [--interval-ms N] [--once true]";
+  meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
+                          [--interval-ms N] [--once true]";
 
 /// Positional arguments and `--flag value` options, in order.
 struct Args {
@@ -142,7 +146,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             let Some((target, rest)) = rest.split_first() else { return Err(USAGE.into()) };
             match target.as_str() {
                 "envoy" => {
-                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster", "ecds"])?;
+                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster", "ecds", "xds"])?;
                     let policy = args.policy()?;
                     let form = Form::parse(args.get("form").unwrap_or("separate"))?;
                     let clusters = args
@@ -159,7 +163,15 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                         admin_port: port(&args, "admin", 9901)?,
                         upstream: host_port(args.get("upstream").unwrap_or("127.0.0.1:8080"), "--upstream")?,
                         clusters,
-                        ecds_dir: args.get("ecds").map(Path::new),
+                        discovery: match (args.get("ecds"), args.get("xds")) {
+                            (Some(_), Some(_)) => return Err("--ecds and --xds: choose one way for `meshward serve` to reach Envoy".into()),
+                            (Some(dir), None) => Some(Discovery::Files(Path::new(dir))),
+                            (None, Some(address)) => {
+                                let (host, port) = host_port(address, "--xds")?;
+                                Some(Discovery::Xds(host, port))
+                            }
+                            (None, None) => None,
+                        },
                     };
                     let config = render::envoy(&policy, form, &options)?;
                     out(&render::to_yaml(&config));
@@ -177,7 +189,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             }
         }
         "serve" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "dir", "interval-ms", "once"])?;
+            let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "dir", "xds", "interval-ms", "once"])?;
             let [path] = args.positional.as_slice() else { return Err("expected one POLICY file".into()) };
             let interval = args.get("interval-ms").map_or(Ok(500), |v| v.parse::<u64>().map_err(|_| format!("--interval-ms: {v:?} is not a number")))?;
             let options = serve::ServeOptions {
@@ -185,7 +197,11 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 openapi: args.get("openapi").map(PathBuf::from),
                 form: Form::parse(args.get("form").unwrap_or("separate"))?,
                 modules_dir: PathBuf::from(args.get("modules").unwrap_or("/etc/envoy/wasm")),
-                dir: PathBuf::from(args.get("dir").ok_or("serve needs --dir DIR (where Envoy reads the ECDS files)")?),
+                dir: args.get("dir").map(PathBuf::from),
+                xds: match args.get("xds") {
+                    Some(a) => Some(a.parse().map_err(|_| format!("--xds: {a:?} is not IP:PORT (127.0.0.1:18000; port 0 picks one)"))?),
+                    None => None,
+                },
                 interval: std::time::Duration::from_millis(interval.max(50)),
                 once: args.get("once") == Some("true"),
             };

@@ -64,9 +64,19 @@ pub struct EnvoyOptions<'a> {
     pub upstream: (String, u16),
     /// Clusters the stages call (remote JWKS, rate-limit service): name → (host, port, http2).
     pub clusters: Vec<(String, String, u16)>,
-    /// Take the filters' configurations from the ECDS files `meshward serve` writes here.
-    pub ecds_dir: Option<&'a Path>,
+    /// Where the filters' configurations come from when `meshward serve` pushes them; `None`:
+    /// written into the bootstrap.
+    pub discovery: Option<Discovery<'a>>,
 }
+
+/// How `meshward serve` reaches the Envoy: ECDS files it rewrites, or its xDS gRPC server.
+pub enum Discovery<'a> {
+    Files(&'a Path),
+    Xds(String, u16),
+}
+
+/// The cluster an Envoy rendered with `--xds` reaches `meshward serve` through.
+const XDS_CLUSTER: &str = "meshward_xds";
 
 fn cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
     let mut c = json!({
@@ -102,79 +112,108 @@ fn called_clusters(policy: &Policy) -> Vec<(String, bool)> {
     out
 }
 
-/// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
-const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The type of an `envoy.filters.http.wasm` configuration.
+pub const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The Wasm runtime the filters are built and tested for.
+pub const WASM_RUNTIME: &str = "envoy.wasm.runtime.v8";
 
-/// The `envoy.filters.http.wasm` configuration of one filter.
-fn wasm_filter(f: &Filter, modules_dir: &Path) -> Value {
-    let module = modules_dir.join(format!("{}.wasm", f.module));
-    let mut vm_config = json!({
-        "vm_id": f.module,
-        "runtime": "envoy.wasm.runtime.v8",
-        "code": {"local": {"filename": module.display().to_string()}},
-    });
-    let secrets = Policy::secret_variables(&f.config);
-    if !secrets.is_empty() {
-        vm_config["environment_variables"] = json!({"host_env_keys": secrets});
+/// What an Envoy Wasm filter needs to run one meshward filter: the same facts whether they are
+/// written as a bootstrap (JSON) or pushed over xDS (protobuf).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasmPlugin {
+    /// The filter's name in the chain and its ECDS resource name (`meshward.jwt`).
+    pub filter_name: String,
+    /// Plugin name, root id and VM id: one VM per module, so shared data is per module.
+    pub module: String,
+    pub filename: String,
+    /// Environment variables the VM may read (secrets, through `vmConfig.env` in Istio).
+    pub host_env_keys: Vec<String>,
+    /// The stage configuration, as the module parses it.
+    pub configuration: String,
+}
+
+impl WasmPlugin {
+    fn new(f: &Filter, modules_dir: &Path) -> WasmPlugin {
+        WasmPlugin {
+            filter_name: format!("meshward.{}", f.name),
+            module: f.module.clone(),
+            filename: modules_dir.join(format!("{}.wasm", f.module)).display().to_string(),
+            host_env_keys: Policy::secret_variables(&f.config),
+            configuration: f.config.to_string(),
+        }
     }
-    json!({
-        "@type": WASM_TYPE,
-        "config": {
-            "name": f.module,
-            "root_id": f.module,
-            // A VM that fails must not let traffic through.
-            "failure_policy": "FAIL_CLOSED",
-            "vm_config": vm_config,
-            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": f.config.to_string()},
-        },
-    })
+
+    /// The `envoy.filters.http.wasm` configuration, as JSON.
+    fn to_json(&self) -> Value {
+        let mut vm_config = json!({
+            "vm_id": self.module,
+            "runtime": WASM_RUNTIME,
+            "code": {"local": {"filename": self.filename}},
+        });
+        if !self.host_env_keys.is_empty() {
+            vm_config["environment_variables"] = json!({"host_env_keys": self.host_env_keys});
+        }
+        json!({
+            "@type": WASM_TYPE,
+            "config": {
+                "name": self.module,
+                "root_id": self.module,
+                // A VM that fails must not let traffic through.
+                "failure_policy": "FAIL_CLOSED",
+                "vm_config": vm_config,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": self.configuration},
+            },
+        })
+    }
+}
+
+/// The filters a policy renders to, in chain order, with their modules in `modules_dir`.
+pub fn wasm_plugins(policy: &Policy, form: Form, modules_dir: &Path) -> Vec<WasmPlugin> {
+    filters(policy, form).iter().map(|f| WasmPlugin::new(f, modules_dir)).collect()
 }
 
 /// The ECDS file of one filter (`meshward.<name>.json` in the served directory).
 fn ecds_file(dir: &Path, filter_name: &str) -> std::path::PathBuf {
-    dir.join(format!("meshward.{filter_name}.json"))
+    dir.join(format!("{filter_name}.json"))
 }
 
 /// The filters' configurations as ECDS resources (a filesystem `DiscoveryResponse` per filter),
-/// for `meshward serve`: (file, content).
-pub fn ecds(policy: &Policy, form: Form, modules_dir: &Path, dir: &Path, version: &str) -> Vec<(std::path::PathBuf, Value)> {
-    filters(policy, form)
+/// for `meshward serve --dir`: (file, content).
+pub fn ecds(plugins: &[WasmPlugin], dir: &Path, version: &str) -> Vec<(std::path::PathBuf, Value)> {
+    plugins
         .iter()
-        .map(|f| {
+        .map(|p| {
             let resource = json!({
                 "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
-                "name": format!("meshward.{}", f.name),
-                "typed_config": wasm_filter(f, modules_dir),
+                "name": p.filter_name,
+                "typed_config": p.to_json(),
             });
-            (ecds_file(dir, &f.name), json!({"version_info": version, "resources": [resource]}))
+            (ecds_file(dir, &p.filter_name), json!({"version_info": version, "resources": [resource]}))
         })
         .collect()
-}
-
-/// The filter names a policy renders to, in order (what an Envoy configured for ECDS expects).
-pub fn filter_names(policy: &Policy, form: Form) -> Vec<String> {
-    filters(policy, form).into_iter().map(|f| f.name).collect()
 }
 
 /// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
 pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<Value, String> {
     let mut http_filters = Vec::new();
-    for f in filters(policy, form) {
-        let name = format!("meshward.{}", f.name);
-        http_filters.push(match options.ecds_dir {
-            // Configuration discovered from files `meshward serve` keeps current: new policy
-            // applies without a restart; until the first file is read, the listener waits.
-            Some(dir) => json!({
-                "name": name,
-                "config_discovery": {
-                    "config_source": {"resource_api_version": "V3", "path_config_source": {
-                        "path": ecds_file(dir, &f.name).display().to_string(),
-                        "watched_directory": {"path": dir.display().to_string()},
-                    }},
-                    "type_urls": [WASM_TYPE],
-                },
-            }),
-            None => json!({"name": name, "typed_config": wasm_filter(&f, options.modules_dir)}),
+    for plugin in wasm_plugins(policy, form, options.modules_dir) {
+        let name = plugin.filter_name.clone();
+        // Discovered configuration: `meshward serve` keeps it current, new policy applies
+        // without a restart; until the first configuration arrives, the listener waits.
+        let discovered = |config_source: Value| {
+            json!({"name": name, "config_discovery": {"config_source": config_source, "type_urls": [WASM_TYPE]}})
+        };
+        http_filters.push(match &options.discovery {
+            Some(Discovery::Files(dir)) => discovered(json!({"resource_api_version": "V3", "path_config_source": {
+                "path": ecds_file(dir, &name).display().to_string(),
+                "watched_directory": {"path": dir.display().to_string()},
+            }})),
+            Some(Discovery::Xds(..)) => discovered(json!({"resource_api_version": "V3", "api_config_source": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            }})),
+            None => json!({"name": name, "typed_config": plugin.to_json()}),
         });
     }
     http_filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
@@ -184,6 +223,10 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
             return Err(format!("the policy calls cluster `{name}`: give its address with --cluster {name}=HOST:PORT"));
         };
         clusters.push(cluster(&name, host, *port, http2));
+    }
+    if let Some(Discovery::Xds(host, port)) = &options.discovery {
+        // xDS is gRPC: HTTP/2.
+        clusters.push(cluster(XDS_CLUSTER, host, *port, true));
     }
     Ok(json!({
         "node": {"id": policy.service, "cluster": policy.service},

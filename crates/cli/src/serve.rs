@@ -1,14 +1,17 @@
 //! `meshward serve`: keeps the filters' configurations of running Envoys current with the
-//! policy file, through Envoy's Extension Config Discovery (ECDS) from the filesystem.
+//! policy file, through Envoy's Extension Config Discovery (ECDS): over gRPC (`--xds`, Envoys
+//! rendered with `render envoy --xds`) or through files (`--dir`, Envoys rendered with
+//! `render envoy --ecds`).
 //!
-//! Envoy rendered with `render envoy --ecds DIR` reads each meshward filter's configuration from
-//! `DIR/meshward.<filter>.json` and watches the directory. `serve` watches the policy and its
-//! contract; when either changes it compiles the policy with the modules' own parsers and, only
-//! if every stage is accepted, replaces the files atomically. Envoy applies the new
-//! configuration to new requests without a restart; requests in flight finish under the old one.
-//! A policy that does not compile is refused whole and the last good version stays served.
+//! It watches the policy and its contract; when either changes it compiles the policy with the
+//! modules' own parsers and, only if every stage is accepted, pushes the new version: to every
+//! subscribed Envoy, or by replacing the files atomically. Envoy applies it to new requests
+//! without a restart; requests in flight finish under the old one. A policy that does not
+//! compile is refused whole and the last good version stays served.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -16,16 +19,20 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::compile_policy;
 use crate::policy::Policy;
-use crate::render::{ecds, filter_names, Form};
+use crate::render::{ecds, wasm_plugins, Form, WasmPlugin};
+use crate::xds;
 
 pub struct ServeOptions {
     pub policy: PathBuf,
     pub openapi: Option<PathBuf>,
     pub form: Form,
     pub modules_dir: PathBuf,
-    pub dir: PathBuf,
+    /// Write ECDS files here.
+    pub dir: Option<PathBuf>,
+    /// Serve ECDS over gRPC here.
+    pub xds: Option<SocketAddr>,
     pub interval: Duration,
-    /// Write the current policy once and return (for scripts and CI).
+    /// Write the current policy once and return (for scripts and CI; files only).
     pub once: bool,
 }
 
@@ -36,11 +43,87 @@ fn stamp(path: &Path) -> Stamp {
     std::fs::metadata(path).ok().and_then(|m| m.modified().ok().map(|t| (t, m.len())))
 }
 
-/// The policy, refused whole if any stage's module would refuse its configuration.
-fn load(options: &ServeOptions) -> Result<Policy, String> {
-    let policy = Policy::load(&options.policy, options.openapi.as_deref()).map_err(|e| e.to_string())?;
-    compile_policy(&policy)?;
-    Ok(policy)
+/// An accepted policy version, ready to push.
+struct Version {
+    id: String,
+    plugins: Vec<WasmPlugin>,
+}
+
+impl Version {
+    fn names(&self) -> Vec<&str> {
+        self.plugins.iter().map(|p| p.filter_name.as_str()).collect()
+    }
+}
+
+/// The policy file and its contract, watched.
+struct Watcher<'a> {
+    options: &'a ServeOptions,
+    seen: Option<(Stamp, Stamp)>,
+    contract: Option<PathBuf>,
+    /// The filters the running Envoys were rendered with, and the version they have.
+    served: Option<(Vec<String>, String)>,
+}
+
+impl Watcher<'_> {
+    /// The policy, refused whole if any stage's module would refuse its configuration.
+    fn load(&self) -> Result<Policy, String> {
+        let policy = Policy::load(&self.options.policy, self.options.openapi.as_deref()).map_err(|e| e.to_string())?;
+        compile_policy(&policy)?;
+        Ok(policy)
+    }
+
+    /// A new version when the policy or its contract changed and was accepted. Refusals are
+    /// logged and the last version stays; only a first policy that cannot be used is an error.
+    fn poll(&mut self) -> Result<Option<Version>, String> {
+        let options = self.options;
+        let now = (stamp(&options.policy), self.contract.as_deref().and_then(stamp));
+        if self.seen == Some(now) {
+            return Ok(None);
+        }
+        self.seen = Some(now);
+        let policy = match (self.load(), &self.served) {
+            (Ok(policy), _) => policy,
+            (Err(e), Some((_, id))) => {
+                eprintln!("meshward serve: refused {}: {e}. Still serving {id}", options.policy.display());
+                return Ok(None);
+            }
+            (Err(e), None) => return Err(e),
+        };
+        self.contract = policy.contract.as_ref().map(|c| c.path.clone());
+        self.seen = Some((now.0, self.contract.as_deref().and_then(stamp)));
+        let plugins = wasm_plugins(&policy, options.form, &options.modules_dir);
+        let version = Version { id: version_id(&plugins), plugins };
+        let names: Vec<String> = version.names().into_iter().map(String::from).collect();
+        match &self.served {
+            Some((old, id)) if *old != names => {
+                eprintln!(
+                    "meshward serve: refused {}: its filters ({}) differ from the running filter chain ({}); \
+                     re-render the Envoy configuration. Still serving {id}",
+                    options.policy.display(),
+                    names.join(", "),
+                    old.join(", ")
+                );
+                Ok(None)
+            }
+            Some((_, id)) if *id == version.id => Ok(None),
+            _ => {
+                self.served = Some((names, version.id.clone()));
+                Ok(Some(version))
+            }
+        }
+    }
+}
+
+/// A short digest of everything pushed: equal versions are equal configurations.
+fn version_id(plugins: &[WasmPlugin]) -> String {
+    let mut hasher = Sha256::new();
+    for p in plugins {
+        for field in [&p.filter_name, &p.module, &p.filename, &p.configuration].into_iter().chain(&p.host_env_keys) {
+            hasher.update(field.as_bytes());
+            hasher.update([0]);
+        }
+    }
+    hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 fn write_atomically(path: &Path, value: &Value) -> Result<(), String> {
@@ -51,59 +134,65 @@ fn write_atomically(path: &Path, value: &Value) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Writes the policy's ECDS files; returns the version written.
-fn publish(options: &ServeOptions, policy: &Policy) -> Result<String, String> {
-    let mut hasher = Sha256::new();
-    for stage in &policy.stages {
-        hasher.update(stage.kind.as_bytes());
-        hasher.update(stage.config.to_string().as_bytes());
+/// Pushes a version where this `serve` pushes: files (now) and the xDS snapshot (its streams
+/// send it to every subscribed Envoy).
+fn publish(options: &ServeOptions, version: &Version, xds: Option<&tokio::sync::watch::Sender<Arc<xds::Snapshot>>>) -> Result<(), String> {
+    if let Some(dir) = &options.dir {
+        for (path, content) in ecds(&version.plugins, dir, &version.id) {
+            write_atomically(&path, &content)?;
+        }
     }
-    let version: String = hasher.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect();
-    for (path, content) in ecds(policy, options.form, &options.modules_dir, &options.dir, &version) {
-        write_atomically(&path, &content)?;
+    if let Some(sender) = xds {
+        sender.send_replace(Arc::new(xds::snapshot(&version.id, &version.plugins)));
     }
-    Ok(version)
+    let to = [options.dir.as_ref().map(|d| d.display().to_string()), options.xds.map(|_| "xDS".to_string())];
+    eprintln!("meshward serve: serving {} ({}) via {}", version.id, version.names().join(", "), to.into_iter().flatten().collect::<Vec<_>>().join(" and "));
+    Ok(())
 }
 
 pub fn serve(options: &ServeOptions) -> Result<(), String> {
-    std::fs::create_dir_all(&options.dir).map_err(|e| format!("{}: {e}", options.dir.display()))?;
-    let mut seen: Option<(Stamp, Stamp)> = None;
-    let mut contract_path: Option<PathBuf> = None;
-    // The filters the running Envoys were rendered with, and the version they have.
-    let mut served: Option<(Vec<String>, String)> = None;
-    loop {
-        let now = (stamp(&options.policy), contract_path.as_deref().and_then(stamp));
-        if seen != Some(now) {
-            seen = Some(now);
-            match load(options) {
-                Ok(policy) => {
-                    contract_path = policy.contract.as_ref().map(|c| c.path.clone());
-                    seen = Some((now.0, contract_path.as_deref().and_then(stamp)));
-                    let names = filter_names(&policy, options.form);
-                    match &served {
-                        Some((old, version)) if *old != names => eprintln!(
-                            "meshward serve: refused {}: its stages ({}) differ from the running filter chain ({}); \
-                             re-render the Envoy configuration. Still serving {version}",
-                            options.policy.display(),
-                            names.join(", "),
-                            old.join(", ")
-                        ),
-                        _ => {
-                            let version = publish(options, &policy)?;
-                            eprintln!("meshward serve: serving {version} ({}) in {}", names.join(", "), options.dir.display());
-                            served = Some((names, version));
-                        }
-                    }
-                }
-                Err(e) => match &served {
-                    Some((_, version)) => eprintln!("meshward serve: refused {}: {e}. Still serving {version}", options.policy.display()),
-                    None => return Err(e),
-                },
-            }
-        }
+    if options.dir.is_none() && options.xds.is_none() {
+        return Err("serve needs --xds HOST:PORT (Envoys rendered with --xds) or --dir DIR (rendered with --ecds)".into());
+    }
+    if options.once && options.xds.is_some() {
+        return Err("--once writes the ECDS files and returns; it needs --dir, not --xds".into());
+    }
+    if let Some(dir) = &options.dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let mut watcher = Watcher { options, seen: None, contract: None, served: None };
+    let first = watcher.poll()?.ok_or("the policy could not be read")?;
+    let Some(address) = options.xds else {
+        publish(options, &first, None)?;
         if options.once {
             return Ok(());
         }
-        std::thread::sleep(options.interval);
-    }
+        loop {
+            std::thread::sleep(options.interval);
+            if let Some(version) = watcher.poll()? {
+                publish(options, &version, None)?;
+            }
+        }
+    };
+    let (sender, snapshots) = tokio::sync::watch::channel(Arc::new(xds::snapshot(&first.id, &first.plugins)));
+    publish(options, &first, Some(&sender))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let server = xds::serve(address, snapshots, |bound| eprintln!("meshward serve: xDS listening on {bound}"));
+        let watch = async {
+            loop {
+                tokio::time::sleep(options.interval).await;
+                // Reading and compiling the policy blocks; it is short, and the streams wait.
+                if let Some(version) = watcher.poll()? {
+                    if let Err(e) = publish(options, &version, Some(&sender)) {
+                        eprintln!("meshward serve: {e}");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            result = server => result,
+            result = watch => result,
+        }
+    })
 }

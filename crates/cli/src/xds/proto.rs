@@ -1,0 +1,183 @@
+//! The subset of Envoy's xDS and Wasm protos `meshward serve` speaks, as prost messages. Field
+//! numbers are Envoy's (api/envoy/service/discovery/v3/discovery.proto,
+//! api/envoy/extensions/wasm/v3/wasm.proto, api/envoy/config/core/v3/*.proto); fields meshward
+//! never sets or reads are left out, which protobuf allows (unknown fields are skipped).
+
+use prost::Message;
+
+use crate::render::WasmPlugin;
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Any {
+    #[prost(string, tag = "1")]
+    pub type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub value: Vec<u8>,
+}
+
+impl Any {
+    pub fn pack<M: Message>(type_url: &str, message: &M) -> Any {
+        Any { type_url: type_url.to_string(), value: message.encode_to_vec() }
+    }
+}
+
+/// `google.rpc.Status`: why an Envoy rejected a configuration.
+#[derive(Clone, PartialEq, Message)]
+pub struct Status {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+/// `envoy.config.core.v3.Node`: who is asking.
+#[derive(Clone, PartialEq, Message)]
+pub struct Node {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(string, tag = "2")]
+    pub cluster: String,
+}
+
+/// `envoy.service.discovery.v3.DiscoveryRequest`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DiscoveryRequest {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, optional, tag = "2")]
+    pub node: Option<Node>,
+    #[prost(string, repeated, tag = "3")]
+    pub resource_names: Vec<String>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub response_nonce: String,
+    #[prost(message, optional, tag = "6")]
+    pub error_detail: Option<Status>,
+}
+
+/// `envoy.service.discovery.v3.DiscoveryResponse`.
+#[derive(Clone, PartialEq, Message)]
+pub struct DiscoveryResponse {
+    #[prost(string, tag = "1")]
+    pub version_info: String,
+    #[prost(message, repeated, tag = "2")]
+    pub resources: Vec<Any>,
+    #[prost(string, tag = "4")]
+    pub type_url: String,
+    #[prost(string, tag = "5")]
+    pub nonce: String,
+}
+
+/// `envoy.config.core.v3.TypedExtensionConfig`: one ECDS resource.
+#[derive(Clone, PartialEq, Message)]
+pub struct TypedExtensionConfig {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub typed_config: Option<Any>,
+}
+
+pub const TYPED_EXTENSION_CONFIG: &str = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig";
+
+/// `envoy.extensions.filters.http.wasm.v3.Wasm`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Wasm {
+    #[prost(message, optional, tag = "1")]
+    pub config: Option<PluginConfig>,
+}
+
+/// `envoy.extensions.wasm.v3.PluginConfig`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PluginConfig {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub root_id: String,
+    #[prost(message, optional, tag = "3")]
+    pub vm_config: Option<VmConfig>,
+    #[prost(message, optional, tag = "4")]
+    pub configuration: Option<Any>,
+    #[prost(enumeration = "FailurePolicy", tag = "7")]
+    pub failure_policy: i32,
+}
+
+/// `envoy.extensions.wasm.v3.FailurePolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum FailurePolicy {
+    Unspecified = 0,
+    FailReload = 1,
+    FailClosed = 2,
+    FailOpen = 3,
+}
+
+/// `envoy.extensions.wasm.v3.VmConfig`.
+#[derive(Clone, PartialEq, Message)]
+pub struct VmConfig {
+    #[prost(string, tag = "1")]
+    pub vm_id: String,
+    #[prost(string, tag = "2")]
+    pub runtime: String,
+    #[prost(message, optional, tag = "3")]
+    pub code: Option<AsyncDataSource>,
+    #[prost(message, optional, tag = "7")]
+    pub environment_variables: Option<EnvironmentVariables>,
+}
+
+/// `envoy.extensions.wasm.v3.EnvironmentVariables`.
+#[derive(Clone, PartialEq, Message)]
+pub struct EnvironmentVariables {
+    #[prost(string, repeated, tag = "1")]
+    pub host_env_keys: Vec<String>,
+}
+
+/// `envoy.config.core.v3.AsyncDataSource` with its `local` case.
+#[derive(Clone, PartialEq, Message)]
+pub struct AsyncDataSource {
+    #[prost(message, optional, tag = "1")]
+    pub local: Option<DataSource>,
+}
+
+/// `envoy.config.core.v3.DataSource` with its `filename` case.
+#[derive(Clone, PartialEq, Message)]
+pub struct DataSource {
+    #[prost(string, tag = "1")]
+    pub filename: String,
+}
+
+/// `google.protobuf.StringValue`: how the module's configuration travels.
+#[derive(Clone, PartialEq, Message)]
+pub struct StringValue {
+    #[prost(string, tag = "1")]
+    pub value: String,
+}
+
+/// One filter's configuration as the ECDS resource Envoy asks for by the filter's name; the same
+/// fields the bootstrap and the ECDS files carry (`WasmPlugin::to_json`).
+pub fn extension_config(plugin: &WasmPlugin) -> Any {
+    let wasm = Wasm {
+        config: Some(PluginConfig {
+            name: plugin.module.clone(),
+            root_id: plugin.module.clone(),
+            vm_config: Some(VmConfig {
+                vm_id: plugin.module.clone(),
+                runtime: crate::render::WASM_RUNTIME.to_string(),
+                code: Some(AsyncDataSource { local: Some(DataSource { filename: plugin.filename.clone() }) }),
+                environment_variables: (!plugin.host_env_keys.is_empty())
+                    .then(|| EnvironmentVariables { host_env_keys: plugin.host_env_keys.clone() }),
+            }),
+            configuration: Some(Any::pack(
+                "type.googleapis.com/google.protobuf.StringValue",
+                &StringValue { value: plugin.configuration.clone() },
+            )),
+            // A VM that fails must not let traffic through.
+            failure_policy: FailurePolicy::FailClosed as i32,
+        }),
+    };
+    Any::pack(
+        TYPED_EXTENSION_CONFIG,
+        &TypedExtensionConfig { name: plugin.filter_name.clone(), typed_config: Some(Any::pack(crate::render::WASM_TYPE, &wasm)) },
+    )
+}
