@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from contextlib import contextmanager
 
@@ -44,6 +45,14 @@ def idp_and_envoy(upstream, content: bytes, status: int = 200, idp_up: bool = Tr
         env.cleanup()
 
 
+def wait_for_keys(env) -> None:
+    """Until the first fetch has landed (a request before it spends the on-demand fetch)."""
+    deadline = time.monotonic() + 10
+    while env.counter("meshward_jwt_jwks_fetch_ok") < 1:
+        assert time.monotonic() < deadline, "no JWKS fetched"
+        time.sleep(0.05)
+
+
 def jwks_bytes(ring: KeyRing, families=("rsa", "es256")) -> bytes:
     return json.dumps(ring.jwks(families)).encode()
 
@@ -51,6 +60,7 @@ def jwks_bytes(ring: KeyRing, families=("rsa", "es256")) -> bytes:
 def test_keys_are_fetched_and_rotation_is_picked_up(upstream):
     old, new = KeyRing("-2025"), KeyRing("-2026")
     with idp_and_envoy(upstream, jwks_bytes(old)) as (env, server):
+        wait_for_keys(env)
         r = env.request("/orders", bearer(old.token("RS256")))
         assert r.reached_upstream, r
         assert r.upstream_headers()["x-jwt-sub"] == ["alice"]
@@ -74,8 +84,39 @@ def test_unknown_kids_do_not_cause_a_fetch_per_request(upstream):
         for i in range(30):
             r = env.request("/orders", bearer(ring.token("RS256", kid=f"unknown-{i}")))
             assert r.status == 401 and r.reason == "unknown_kid", r
-        # At most one on-demand refresh per worker VM in the refresh interval.
-        assert server.httpd.hits - hits <= 2, server.httpd.hits - hits
+        # At most one on-demand refresh per sidecar (not per worker) in the refresh interval.
+        assert server.httpd.hits - hits <= 1, server.httpd.hits - hits
+        assert all(n > 0 for n in connections_per_worker(env).values()), connections_per_worker(env)
+
+
+def connections_per_worker(env) -> dict:
+    """Downstream connections each Envoy worker thread accepted on the listener."""
+    text = env.admin("/stats?filter=" + re.escape("listener.127.0.0.1_") + ".*worker_[0-9]+.downstream_cx_total$").body.decode()
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(": ")
+        out[key.strip().rsplit(".", 2)[-2]] = int(value)
+    assert len(out) == env.concurrency, text
+    return out
+
+
+def test_a_rotation_one_worker_fetched_is_used_by_every_worker(upstream):
+    """The key set lives in proxy-wasm shared data (one vm_id per module): the sidecar fetches
+    a rotated key set once, and every worker verifies with it."""
+    old, new = KeyRing("-2025"), KeyRing("-2026")
+    with idp_and_envoy(upstream, jwks_bytes(old), concurrency=2) as (env, server):
+        wait_for_keys(env)
+        for _ in range(10):
+            assert env.request("/orders", bearer(old.token("RS256"))).reached_upstream
+        time.sleep(0.5)  # the first fetches of every VM (one each, before keys are shared) are in
+        hits = server.httpd.hits
+        server.set(content=jwks_bytes(new))
+        for i in range(30):
+            r = env.request("/orders", bearer(new.token("ES256", sub=f"user-{i}")))
+            assert r.reached_upstream, (i, r)
+        assert server.httpd.hits == hits + 1, "one fetch for the new kid, for the whole sidecar"
+        served = connections_per_worker(env)
+        assert all(n > 0 for n in served.values()), served
 
 
 def test_server_down_keeps_last_good_keys(upstream):

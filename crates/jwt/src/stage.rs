@@ -1,5 +1,6 @@
-//! The JWT policy as a [`Policy`] / [`Stage`]: per-VM key caches and JWKS fetching, and the
-//! per-request walk (path, rule, [`authenticate`], publishing the principal).
+//! The JWT policy as a [`Policy`] / [`Stage`]: key sets (remote ones fetched once per sidecar
+//! and shared by its workers through [`SharedJwks`]), and the per-request walk (path, rule,
+//! [`authenticate`], publishing the principal).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -14,23 +15,28 @@ use crate::authn::{authenticate, Authenticated, Inputs, Outcome};
 use crate::cache::TokenCache;
 use crate::config::{JwtConfig, KeySource, RemoteJwks};
 use crate::jwks::{parse_jwks, KeySet};
+use crate::shared_jwks::SharedJwks;
 use crate::verify::claim_header_value;
 
 /// How often the root context checks whether a remote key set is due for a fetch.
 pub const TICK_PERIOD: Duration = Duration::from_secs(1);
-/// At most one fetch triggered by requests (unknown `kid`, no keys yet) per provider and VM
-/// in this many seconds, so a flood of bad tokens cannot become a flood of JWKS fetches.
+/// At most one fetch triggered by requests (unknown `kid`, no keys yet) per provider and
+/// sidecar in this many seconds, so a flood of bad tokens cannot become a flood of JWKS fetches.
 pub const ON_DEMAND_REFRESH_INTERVAL_SECS: u64 = 30;
 /// Longest wait between retries of a failing scheduled fetch.
 pub const MAX_RETRY_BACKOFF_SECS: u64 = 60;
 
-/// Key-cache state of one provider in one VM.
+/// A scheduled fetch's lease lasts its timeout plus this, then another worker may take over.
+const LEASE_SLACK_SECS: u64 = 2;
+
+/// Key-cache state of one provider in one VM (the schedule is shared: [`SharedJwks`]).
 #[derive(Debug, Default)]
 struct ProviderKeys {
     set: Option<Rc<KeySet>>,
-    next_fetch_at: u64,
-    failures: u32,
-    scheduled_in_flight: bool,
+    /// The shared record's sequence this VM's `set` came from.
+    sequence: u64,
+    /// A scheduled fetch of this VM is in flight until then (its lease; a lost call expires).
+    scheduled_until: u64,
     on_demand_in_flight: bool,
     last_on_demand_at: Option<u64>,
     /// Bumped on every new key set, so cached verifications against old keys stop counting.
@@ -42,8 +48,10 @@ struct ProviderKeys {
 pub struct JwtPolicy {
     pub config: JwtConfig,
     keys: RefCell<Vec<ProviderKeys>>,
-    /// Scheduled fetches in flight: (call token, provider index).
-    scheduled: RefCell<Vec<(u32, usize)>>,
+    /// Per provider: where its remote key set is shared with the other workers.
+    shared: Vec<Option<SharedJwks>>,
+    /// Scheduled fetches in flight: (call token, provider index, under the shared lease).
+    scheduled: RefCell<Vec<(u32, usize, bool)>>,
     cache: RefCell<TokenCache>,
 }
 
@@ -61,8 +69,17 @@ impl JwtPolicy {
                 ..ProviderKeys::default()
             })
             .collect();
+        let shared = config
+            .providers
+            .iter()
+            .map(|p| match &p.keys {
+                KeySource::Remote(r) => Some(SharedJwks::new(&p.name, &r.uri)),
+                KeySource::Local(_) => None,
+            })
+            .collect();
         JwtPolicy {
             cache: RefCell::new(TokenCache::new(config.token_cache_size)),
+            shared,
             config,
             keys: RefCell::new(keys),
             scheduled: RefCell::new(Vec::new()),
@@ -108,26 +125,67 @@ impl JwtPolicy {
         })
     }
 
-    /// Applies a fetched key set: replaces the cache on success, keeps the last good set on
-    /// failure and schedules a retry.
-    fn apply_fetch(&self, host: &mut dyn Host, index: usize, response: &HttpCallResponse) {
+    fn shared(&self, index: usize) -> Option<&SharedJwks> {
+        self.shared.get(index).and_then(Option::as_ref)
+    }
+
+    fn provider_name(&self, index: usize) -> &str {
+        self.config.providers.get(index).map(|p| p.name.as_str()).unwrap_or("?")
+    }
+
+    /// Installs a key set in this VM; cached verifications against the old one stop counting.
+    fn install(&self, index: usize, set: KeySet, sequence: u64) {
+        if let Some(state) = self.keys.borrow_mut().get_mut(index) {
+            state.set = Some(Rc::new(set));
+            state.generation = state.generation.wrapping_add(1);
+            state.sequence = sequence;
+        }
+    }
+
+    /// Installs the key set another worker published, if this VM does not have it yet.
+    /// Returns whether it did.
+    fn sync(&self, host: &dyn Host, index: usize) -> bool {
+        let Some(shared) = self.shared(index) else { return false };
+        let record = shared.read(host);
+        let local = self.keys.borrow().get(index).map(|k| k.sequence);
+        if record.jwks.is_empty() || local == Some(record.sequence) {
+            return false;
+        }
+        // Only documents that parsed are published; one that does not now is left alone.
+        match parse_jwks(&record.jwks, false) {
+            Ok(parsed) => {
+                self.install(index, parsed.set, record.sequence);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Applies a fetch: on success installs and publishes the key set; on failure keeps the
+    /// last good set and, for a fetch under the lease, schedules a retry with backoff.
+    fn apply_fetch(&self, host: &mut dyn Host, index: usize, response: &HttpCallResponse, leased: bool) {
         let now = unix_secs(host);
-        let Some(remote) = self.remote(index) else { return };
-        let name = self.config.providers.get(index).map(|p| p.name.as_str()).unwrap_or("?");
+        let (Some(remote), Some(shared)) = (self.remote(index), self.shared(index)) else { return };
+        let name = self.provider_name(index).to_string();
         let result = match response.status {
             Some(200) => parse_jwks(&response.body, false).map_err(|e| e.to_string()),
             Some(status) => Err(format!("HTTP status {status}")),
             None => Err("no response (connection failed or timed out)".to_string()),
         };
-        let mut keys = self.keys.borrow_mut();
-        let Some(state) = keys.get_mut(index) else { return };
         match result {
             Ok(parsed) => {
-                state.set = Some(Rc::new(parsed.set));
-                state.generation = state.generation.wrapping_add(1);
-                state.failures = 0;
-                state.next_fetch_at = now.saturating_add(remote.cache_duration.as_secs());
-                drop(keys);
+                let published = shared.update(host, |r| {
+                    r.sequence = r.sequence.wrapping_add(1);
+                    r.jwks = response.body.clone();
+                    r.next_fetch_at = now.saturating_add(remote.cache_duration.as_secs());
+                    r.failures = 0;
+                    if leased {
+                        r.lease_until = 0;
+                    }
+                    Some(r.sequence)
+                });
+                // Unshared (shared data unavailable), the keys still serve this VM.
+                self.install(index, parsed.set, published.ok().flatten().unwrap_or(0));
                 host.increment_counter("meshward_jwt_jwks_fetch_ok", 1);
                 host.log(LogLevel::Info, &format!("meshward_jwt: provider {name}: fetched JWKS from {}", remote.uri));
                 for note in parsed.skipped {
@@ -135,50 +193,94 @@ impl JwtPolicy {
                 }
             }
             Err(why) => {
-                state.failures = state.failures.saturating_add(1);
-                let backoff = 1u64
-                    .checked_shl(state.failures.saturating_sub(1))
-                    .unwrap_or(u64::MAX)
-                    .min(MAX_RETRY_BACKOFF_SECS)
-                    .min(remote.cache_duration.as_secs().max(1));
-                state.next_fetch_at = now.saturating_add(backoff);
-                let kept = if state.set.is_some() { "keeping the last good key set" } else { "no keys yet: requests are denied" };
-                drop(keys);
+                let retry = if leased {
+                    let backoff = shared.update(host, |r| {
+                        r.failures = r.failures.saturating_add(1);
+                        let backoff = 1u64
+                            .checked_shl(r.failures.saturating_sub(1))
+                            .unwrap_or(u64::MAX)
+                            .min(MAX_RETRY_BACKOFF_SECS)
+                            .min(remote.cache_duration.as_secs().max(1));
+                        r.next_fetch_at = now.saturating_add(backoff);
+                        r.lease_until = 0;
+                        Some(backoff)
+                    });
+                    match backoff {
+                        Ok(Some(b)) => format!("; retry in {b}s"),
+                        _ => "; retry when the lease expires".to_string(),
+                    }
+                } else {
+                    String::new()
+                };
+                let has_keys = self.keys.borrow().get(index).is_some_and(|k| k.set.is_some());
+                let kept = if has_keys { "keeping the last good key set" } else { "no keys yet: requests are denied" };
                 host.increment_counter("meshward_jwt_jwks_fetch_failed", 1);
-                host.log(
-                    LogLevel::Warn,
-                    &format!("meshward_jwt: provider {name}: JWKS fetch from {} failed: {why}; {kept}; retry in {backoff}s", remote.uri),
-                );
+                host.log(LogLevel::Warn, &format!("meshward_jwt: provider {name}: JWKS fetch from {} failed: {why}; {kept}{retry}", remote.uri));
             }
         }
     }
 
+    /// Installs what other workers fetched, and starts the scheduled fetches that are due and
+    /// whose lease this worker wins.
     fn start_scheduled_fetches(&self, host: &mut dyn Host) {
         let now = unix_secs(host);
         for index in 0..self.config.providers.len() {
-            let due = self.remote(index).is_some()
-                && self
-                    .keys
-                    .borrow()
-                    .get(index)
-                    .is_some_and(|k| !k.scheduled_in_flight && now >= k.next_fetch_at);
-            if !due {
+            let (Some(remote), Some(shared)) = (self.remote(index), self.shared(index)) else { continue };
+            self.sync(host, index);
+            if self.keys.borrow().get(index).is_none_or(|k| now < k.scheduled_until) {
                 continue;
             }
-            match self.dispatch_fetch(host, index) {
-                Ok(token) => {
-                    if let Some(k) = self.keys.borrow_mut().get_mut(index) {
-                        k.scheduled_in_flight = true;
-                    }
-                    self.scheduled.borrow_mut().push((token, index));
-                }
-                Err(e) => self.apply_fetch(host, index, &HttpCallResponse {
-                    status: None,
-                    body: e.to_string().into_bytes(),
-                    ..HttpCallResponse::default()
-                }),
+            let lease = now.saturating_add(remote.timeout.as_secs()).saturating_add(LEASE_SLACK_SECS);
+            let won = shared.update(host, |r| {
+                (now >= r.next_fetch_at && now >= r.lease_until).then(|| r.lease_until = lease)
+            });
+            if matches!(won, Ok(Some(()))) {
+                self.dispatch_scheduled(host, index, lease, true);
             }
         }
+    }
+
+    /// A VM starting without keys fetches its own at once, outside the lease: Envoy also
+    /// configures a throwaway VM to validate a configuration, whose call is never answered, and
+    /// its lease would hold every worker back. A VM that finds keys in shared data (an earlier
+    /// configuration, another worker) uses them and leaves the schedule to the lease.
+    fn fetch_first_keys(&self, host: &mut dyn Host) {
+        let now = unix_secs(host);
+        for index in 0..self.config.providers.len() {
+            let Some(remote) = self.remote(index) else { continue };
+            if !self.sync(host, index) {
+                let until = now.saturating_add(remote.timeout.as_secs()).saturating_add(LEASE_SLACK_SECS);
+                self.dispatch_scheduled(host, index, until, false);
+            }
+        }
+    }
+
+    /// Dispatches a scheduled fetch, in flight for this VM until `until`.
+    fn dispatch_scheduled(&self, host: &mut dyn Host, index: usize, until: u64, leased: bool) {
+        match self.dispatch_fetch(host, index) {
+            Ok(token) => {
+                if let Some(k) = self.keys.borrow_mut().get_mut(index) {
+                    k.scheduled_until = until;
+                }
+                self.scheduled.borrow_mut().push((token, index, leased));
+            }
+            Err(e) => self.apply_fetch(
+                host,
+                index,
+                &HttpCallResponse { status: None, body: e.to_string().into_bytes(), ..HttpCallResponse::default() },
+                leased,
+            ),
+        }
+    }
+
+    /// Claims the sidecar's on-demand fetch for a provider (at most one per
+    /// [`ON_DEMAND_REFRESH_INTERVAL_SECS`]). Without shared data, the per-VM bound applies alone.
+    fn claim_on_demand(&self, host: &mut dyn Host, index: usize, now: u64) -> bool {
+        let Some(shared) = self.shared(index) else { return false };
+        let claimed = shared.update(host, |r| {
+            (now.saturating_sub(r.last_on_demand_at) >= ON_DEMAND_REFRESH_INTERVAL_SECS).then(|| r.last_on_demand_at = now)
+        });
+        !matches!(claimed, Ok(None))
     }
 }
 
@@ -196,8 +298,11 @@ impl Policy for JwtPolicy {
 
     fn start(policy: &Rc<Self>, host: &mut dyn Host) {
         if policy.config.providers.iter().any(|p| matches!(p.keys, KeySource::Remote(_))) {
+            for shared in policy.shared.iter().flatten() {
+                shared.create(host);
+            }
             host.set_tick_period(TICK_PERIOD);
-            policy.start_scheduled_fetches(host);
+            policy.fetch_first_keys(host);
         }
     }
 
@@ -206,15 +311,16 @@ impl Policy for JwtPolicy {
     }
 
     fn on_http_call_response(policy: &Rc<Self>, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
-        let index = {
+        let (index, leased) = {
             let mut scheduled = policy.scheduled.borrow_mut();
-            let Some(pos) = scheduled.iter().position(|(t, _)| *t == token) else { return };
-            scheduled.remove(pos).1
+            let Some(pos) = scheduled.iter().position(|(t, _, _)| *t == token) else { return };
+            let (_, index, leased) = scheduled.remove(pos);
+            (index, leased)
         };
         if let Some(k) = policy.keys.borrow_mut().get_mut(index) {
-            k.scheduled_in_flight = false;
+            k.scheduled_until = 0;
         }
-        policy.apply_fetch(host, index, &response);
+        policy.apply_fetch(host, index, &response, leased);
     }
 
     fn new_stage(policy: &Rc<Self>) -> JwtStage {
@@ -222,6 +328,7 @@ impl Policy for JwtPolicy {
             policy: Rc::clone(policy),
             rule: None,
             refresh_refused: Vec::new(),
+            synced: Vec::new(),
             pending: None,
         }
     }
@@ -235,6 +342,8 @@ pub struct JwtStage {
     rule: Option<usize>,
     /// Providers whose keys may not be fetched again for this request.
     refresh_refused: Vec<usize>,
+    /// Providers whose shared key set this request already looked at.
+    synced: Vec<usize>,
     /// The on-demand fetch this request waits for: (call token, provider index).
     pending: Option<(u32, usize)>,
 }
@@ -279,7 +388,18 @@ impl JwtStage {
                 }
                 Outcome::Denied(e) => return Step::Deny(e.denial()),
                 Outcome::NeedKeys(index) => {
+                    // Another worker may have fetched newer keys: try them once.
+                    if !self.synced.contains(&index) {
+                        self.synced.push(index);
+                        if policy.sync(host, index) {
+                            continue;
+                        }
+                    }
+                    // Else one fetch, for the whole sidecar, in the refresh interval.
                     self.refresh_refused.push(index);
+                    if !policy.claim_on_demand(host, index, now) {
+                        continue;
+                    }
                     if let Ok(token) = policy.dispatch_fetch(host, index) {
                         if let Some(k) = policy.keys.borrow_mut().get_mut(index) {
                             k.on_demand_in_flight = true;
@@ -354,7 +474,7 @@ impl Stage for JwtStage {
                 if let Some(k) = self.policy.keys.borrow_mut().get_mut(index) {
                     k.on_demand_in_flight = false;
                 }
-                self.policy.apply_fetch(host, index, &response);
+                self.policy.apply_fetch(host, index, &response, false);
                 self.decide(host, request)
             }
             // Not the call this request waits for: keep waiting.

@@ -233,3 +233,110 @@ fn garbage_jwks_does_not_replace_good_keys() {
     let mut host = request("/x", &[("authorization", &bearer)]);
     assert_eq!(Filter::new(&policy).on_request_headers(&mut host, true), Verdict::Continue);
 }
+
+/// Two worker VMs of one sidecar: their own policy instances, one shared-data store.
+fn two_workers() -> [(Rc<JwtPolicy>, FakeHost); 2] {
+    let a = FakeHost::default();
+    let mut b = FakeHost::default();
+    b.shared = Rc::clone(&a.shared);
+    [(remote_policy(), a), (remote_policy(), b)]
+}
+
+/// A request on a worker, sharing its store and clock.
+fn request_on(worker: &FakeHost, bearer: &str) -> FakeHost {
+    let mut host = request("/x", &[("authorization", bearer)]);
+    host.shared = Rc::clone(&worker.shared);
+    host.now = worker.now;
+    host
+}
+
+#[test]
+fn one_worker_fetches_and_every_worker_uses_the_keys() {
+    let keys = TestKeys::new();
+    let [(pa, mut a), (pb, mut b)] = two_workers();
+    JwtPolicy::start(&pa, &mut a);
+    let token = a.calls[0].token;
+    JwtPolicy::on_http_call_response(&pa, &mut a, token, jwks_response(&keys.jwks()));
+
+    // A worker starting after that takes them from shared data, without a fetch of its own.
+    JwtPolicy::start(&pb, &mut b);
+    JwtPolicy::on_tick(&pb, &mut b);
+    assert_eq!(b.calls.len(), 0);
+    let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
+    let mut host = request_on(&b, &bearer);
+    assert_eq!(Filter::new(&pb).on_request_headers(&mut host, true), Verdict::Continue);
+    assert!(host.calls.is_empty());
+
+    // When the keys are due again, one worker fetches; the lease holds the other back.
+    a.now += Duration::from_secs(61);
+    b.now += Duration::from_secs(61);
+    JwtPolicy::on_tick(&pb, &mut b);
+    JwtPolicy::on_tick(&pa, &mut a);
+    assert_eq!((a.calls.len(), b.calls.len()), (1, 1));
+
+    // A worker that took the lease and never heard back: the lease expires, another fetches.
+    a.now += Duration::from_secs(4);
+    JwtPolicy::on_tick(&pa, &mut a);
+    assert_eq!(a.calls.len(), 2);
+}
+
+#[test]
+fn a_rotation_fetched_by_one_worker_reaches_the_other_without_a_second_fetch() {
+    let keys = TestKeys::new();
+    let [(pa, mut a), (pb, mut b)] = two_workers();
+    JwtPolicy::start(&pa, &mut a);
+    let token = a.calls[0].token;
+    JwtPolicy::on_http_call_response(&pa, &mut a, token, jwks_response(&keys.jwks()));
+    JwtPolicy::start(&pb, &mut b);
+    assert_eq!(b.calls.len(), 0, "a new worker starts with the keys already fetched");
+
+    let rotated = TestKeys::new();
+    let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2026"), &TestKeys::claims()));
+    let mut on_a = request_on(&a, &bearer);
+    let mut filter = Filter::new(&pa);
+    assert_eq!(filter.on_request_headers(&mut on_a, true), Verdict::Pause);
+    assert_eq!(on_a.calls.len(), 1);
+    let token = on_a.calls[0].token;
+    filter.on_http_call_response(&mut on_a, token, jwks_response(&rotated.jwks_with_kids("hs-2026", "es-2026", "ed-2026")));
+    assert_eq!(on_a.resumed, 1);
+
+    // Worker B has not ticked yet: the request finds the new keys in shared data at once.
+    let mut on_b = request_on(&b, &bearer);
+    assert_eq!(Filter::new(&pb).on_request_headers(&mut on_b, true), Verdict::Continue);
+    assert!(on_b.calls.is_empty());
+
+    // Unknown kids on B right after: the sidecar's on-demand fetch is spent, B does not fetch.
+    let bearer = format!("Bearer {}", rotated.sign("ES256", Some("es-2027"), &TestKeys::claims()));
+    let mut on_b = request_on(&b, &bearer);
+    assert_eq!(Filter::new(&pb).on_request_headers(&mut on_b, true), Verdict::Pause);
+    assert!(on_b.calls.is_empty());
+    assert_eq!(body(&on_b)["reason"], "unknown_kid");
+}
+
+#[test]
+fn a_failed_scheduled_fetch_backs_off_for_every_worker() {
+    let [(pa, mut a), (pb, mut b)] = two_workers();
+    let fail = || HttpCallResponse { status: Some(503), ..Default::default() };
+    // Each VM's own first fetch fails: logged, the shared schedule untouched.
+    JwtPolicy::start(&pa, &mut a);
+    JwtPolicy::start(&pb, &mut b);
+    assert_eq!((a.calls.len(), b.calls.len()), (1, 1));
+    let (ta, tb) = (a.calls[0].token, b.calls[0].token);
+    JwtPolicy::on_http_call_response(&pa, &mut a, ta, fail());
+    JwtPolicy::on_http_call_response(&pb, &mut b, tb, fail());
+    assert!(a.logs().iter().any(|(_, l)| l.ends_with("no keys yet: requests are denied")));
+    // Then the lease: one retry for the sidecar, whose backoff both workers keep.
+    JwtPolicy::on_tick(&pa, &mut a);
+    JwtPolicy::on_tick(&pb, &mut b);
+    assert_eq!((a.calls.len(), b.calls.len()), (2, 1));
+    let token = a.calls[1].token;
+    JwtPolicy::on_http_call_response(&pa, &mut a, token, fail());
+    assert!(a.logs().iter().any(|(_, l)| l.contains("no keys yet: requests are denied; retry in 1s")));
+    JwtPolicy::on_tick(&pb, &mut b);
+    assert_eq!(b.calls.len(), 1, "not before the retry is due");
+    b.now += Duration::from_secs(1);
+    JwtPolicy::on_tick(&pb, &mut b);
+    let token = b.calls[1].token;
+    JwtPolicy::on_http_call_response(&pb, &mut b, token, fail());
+    assert!(b.logs().iter().any(|(_, l)| l.contains("retry in 2s")), "the failure count is shared");
+}
