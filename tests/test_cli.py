@@ -401,6 +401,45 @@ def test_envoy_keeps_its_policy_while_serve_is_down_and_refuses_what_it_cannot_r
         serve.stop()
 
 
+def test_a_revocation_reaches_a_running_envoy(upstream, keys, monkeypatch, tmp_path):
+    """Incident response: revoke one token (jti) and log a user out everywhere (sub, issued
+    before now) by editing the policy; serve pushes it, every worker enforces it, no restart."""
+    monkeypatch.setenv("MESHWARD_CRAPI_JWKS", json.dumps(keys.jwks(["hs"])))
+    policy = example()
+    path = write_policy(tmp_path, policy)
+    serve = Serve(path, "separate", "xds", tmp_path)
+    try:
+        r = meshward("render", "envoy", path, "--modules", DIST, "--listen", 0, "--admin", 0,
+                     "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
+        assert r.returncode == 0, r.stderr
+        with Envoy(yaml.safe_load(r.stdout), concurrency=2) as env:
+            now = int(time.time())
+            token = lambda **claims: {"authorization": "Bearer " + keys.token("HS256", iss=ISSUER, aud=AUDIENCE, exp=now + 600, **claims)}  # noqa: E731
+            stolen = token(sub="alice", email="alice@example.com", jti="t-stolen")
+            bob_before = token(sub="bob", email="bob@example.com", iat=now - 60)
+            bob_after = token(sub="bob", email="bob@example.com", iat=now + 1)
+            carol = token(sub="carol", email="carol@example.com")
+            dashboard = lambda auth: env.request("/identity/api/v2/user/dashboard", auth)  # noqa: E731
+            serve.wait_for(f"crapi applied {serve.version()}")
+            assert all(dashboard(a).reached_upstream for a in (stolen, bob_before, bob_after, carol))
+
+            stage(policy, "jwt")["providers"]["crapi"]["revoked"] = {
+                "token_ids": ["t-stolen"], "subjects": [{"sub": "bob", "issued_before": now}]}
+            write_policy(tmp_path, policy)
+            wait_until(lambda: dashboard(stolen).reason == "token_revoked")
+            serve.wait_for(f"crapi applied {serve.version()} (meshward.jwt)")
+            # Every worker: many connections, each request on its own.
+            for _ in range(10):
+                for auth, reason in ((stolen, "token_revoked"), (bob_before, "token_revoked")):
+                    r = dashboard(auth)
+                    assert r.status == 401 and r.reason == reason, r
+                assert dashboard(bob_after).reached_upstream
+                assert dashboard(carol).reached_upstream
+        env.cleanup()
+    finally:
+        serve.stop()
+
+
 def test_serve_says_what_it_needs(tmp_path):
     r = meshward("serve", EXAMPLE)
     assert r.returncode == 2 and "--xds HOST:PORT" in r.stderr and "--dir DIR" in r.stderr, r.stderr

@@ -102,7 +102,8 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     };
     if let Some(principal) = (inputs.cached)(index, &found.token) {
         // Signature, issuer and audience were verified for these bytes and keys; time was not.
-        return match check_time_claims(&principal.claims, provider, inputs.now) {
+        let checked = check_time_claims(&principal.claims, provider, inputs.now).and_then(|()| provider.revoked.check(&principal.claims));
+        return match checked {
             Ok(()) => Outcome::Allowed(Some(Authenticated { principal, provider: index, token_header: found.header })),
             Err(e) => Outcome::Denied(e),
         };
@@ -117,7 +118,11 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     };
     match verify_token(&found.token, provider, &keys, inputs.now, config.max_token_bytes) {
         Ok(principal) => {
+            // Remembered as verified; revocation is checked on every use, cached or not.
             (inputs.remember)(index, &found.token, &principal);
+            if let Err(e) = provider.revoked.check(&principal.claims) {
+                return Outcome::Denied(e);
+            }
             Outcome::Allowed(Some(Authenticated {
             principal,
             provider: index,

@@ -235,3 +235,30 @@ fn cached_tokens_skip_the_signature_but_not_the_clock() {
     });
     assert!(matches!(out, Outcome::Denied(_)));
 }
+
+#[test]
+fn revoked_tokens_are_denied_verified_or_cached() {
+    use std::cell::RefCell;
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({"revoked": {"token_ids": ["t-9"], "subjects": [{"sub": "mallory"}, {"sub": "alice", "issued_before": NOW - 5}]}}));
+    let bearer = |changes: Value| format!("Bearer {}", keys.sign("ES256", Some("es"), &with(changes)));
+    assert_eq!(denied(decide(&cfg, Some(&bearer(json!({"jti": "t-9"}))))), JwtError::TokenRevoked);
+    assert_eq!(denied(decide(&cfg, Some(&bearer(json!({"sub": "mallory"}))))), JwtError::TokenRevoked);
+    // alice's tokens from before the cut-off are revoked (iat NOW - 10), later ones are not.
+    assert_eq!(denied(decide(&cfg, Some(&bearer(json!({}))))), JwtError::TokenRevoked);
+    assert!(matches!(decide(&cfg, Some(&bearer(json!({"iat": NOW})))), Outcome::Allowed(Some(_))));
+
+    // A revoked token that sits in the verified-token cache is still denied.
+    let cache = RefCell::new(crate::cache::TokenCache::new(8));
+    let auth = bearer(json!({"jti": "t-9"}));
+    let header = |n: &str| if n == "authorization" { Some(auth.clone()) } else { None };
+    let keys_fn = local_keys(&cfg);
+    let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>| {
+        authenticate(&cfg, &Requirement::Provider(0), &Inputs {
+            header: &header, keys, may_refresh: &|_| false,
+            cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|i, t, p| cache.borrow_mut().insert(i, 0, t, p), now: NOW,
+        })
+    };
+    assert_eq!(run(&keys_fn), Outcome::Denied(JwtError::TokenRevoked));
+    assert_eq!(run(&|_| None), Outcome::Denied(JwtError::TokenRevoked), "from the cache");
+}

@@ -13,6 +13,7 @@ use meshward_core::Mode;
 use serde::Deserialize;
 
 use crate::jwks::{parse_jwks, KeySet};
+use crate::revocation::Revocations;
 
 const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 60;
 const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
@@ -47,6 +48,7 @@ struct RawProvider {
     clock_skew_seconds: Option<u64>,
     require_expiration: Option<bool>,
     tenant_claim: Option<String>,
+    revoked: Option<crate::revocation::RawRevoked>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +153,8 @@ pub struct Provider {
     pub clock_skew_seconds: u64,
     pub require_expiration: bool,
     pub tenant_claim: String,
+    /// Tokens that verify but are no longer accepted.
+    pub revoked: Revocations,
 }
 
 /// What a rule demands, by provider index into [`JwtConfig::providers`].
@@ -406,6 +410,10 @@ fn compile_provider(
         clock_skew_seconds,
         require_expiration: p.require_expiration.unwrap_or(true),
         tenant_claim: p.tenant_claim.unwrap_or_else(|| DEFAULT_TENANT_CLAIM.to_string()),
+        revoked: match p.revoked {
+            Some(raw) => Revocations::compile(&at("revoked"), raw)?,
+            None => Revocations::default(),
+        },
     })
 }
 

@@ -29,6 +29,8 @@ pub enum JwtError {
     WrongAudience,
     /// The provider's remote key set has never been fetched successfully.
     JwksUnavailable,
+    /// A valid token the policy revoked (by `jti`, or its subject).
+    TokenRevoked,
 }
 
 impl JwtError {
@@ -49,6 +51,7 @@ impl JwtError {
             JwtError::WrongIssuer => "wrong_issuer",
             JwtError::WrongAudience => "wrong_audience",
             JwtError::JwksUnavailable => "jwks_unavailable",
+            JwtError::TokenRevoked => "token_revoked",
         }
     }
 
@@ -69,6 +72,7 @@ impl JwtError {
             JwtError::WrongIssuer => "the token's issuer is not accepted",
             JwtError::WrongAudience => "the token is not meant for this audience",
             JwtError::JwksUnavailable => "the signing keys are not available",
+            JwtError::TokenRevoked => "the token has been revoked",
         }
     }
 
@@ -84,6 +88,7 @@ impl JwtError {
             JwtError::Expired | JwtError::NotYetValid | JwtError::MissingExpiration => 5,
             JwtError::WrongIssuer => 6,
             JwtError::WrongAudience => 7,
+            JwtError::TokenRevoked => 8,
         }
     }
 
@@ -115,5 +120,6 @@ mod tests {
         assert_eq!(JwtError::WrongIssuer.denial().status(), 401);
         assert_eq!(JwtError::WrongAudience.denial().status(), 403);
         assert_eq!(JwtError::JwksUnavailable.denial().status(), 401);
+        assert_eq!(JwtError::TokenRevoked.denial().status(), 401);
     }
 }
