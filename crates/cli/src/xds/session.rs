@@ -43,6 +43,7 @@ struct Sent {
     resources: Vec<Any>,
 }
 
+/// One stream's protocol state; one per connected Envoy subscription.
 #[derive(Debug, Default)]
 pub struct Session {
     node: String,
@@ -67,6 +68,7 @@ impl Session {
         &self.node
     }
 
+    /// A request from the Envoy, with the snapshot being served now (`None` before the first).
     pub fn on_request(&mut self, request: DiscoveryRequest, current: Option<&Snapshot>) -> Result<Step, Refusal> {
         if request.type_url != TYPED_EXTENSION_CONFIG {
             return Err(Refusal(format!(
