@@ -238,9 +238,13 @@ class Serve:
         for line in self.proc.stderr:
             self.lines.append(line)
 
-    def render_args(self) -> list:
-        """`render envoy` arguments for an Envoy this serve keeps current."""
-        return ["--xds", f"127.0.0.1:{self.port}"] if self.transport == "xds" else ["--ecds", self.directory]
+    def render_envoy(self, policy, form, upstream) -> dict:
+        """The Envoy configuration `render envoy` writes for an Envoy this serve keeps current."""
+        where = ["--xds", f"127.0.0.1:{self.port}"] if self.transport == "xds" else ["--ecds", self.directory]
+        r = meshward("render", "envoy", policy, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
+                     "--upstream", f"127.0.0.1:{upstream.port}", *where)
+        assert r.returncode == 0, r.stderr
+        return yaml.safe_load(r.stdout)
 
     def wait_for(self, text: str, timeout: float = 15.0) -> str:
         deadline = time.monotonic() + timeout
@@ -276,10 +280,7 @@ def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, 
     path = write_policy(tmp_path, policy)
     serve = Serve(path, form, transport, tmp_path)
     try:
-        r = meshward("render", "envoy", path, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
-                     "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
-        assert r.returncode == 0, r.stderr
-        with Envoy(yaml.safe_load(r.stdout), concurrency=2) as env:
+        with Envoy(serve.render_envoy(path, form, upstream), concurrency=2) as env:
             pid = env.proc.pid
             token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, email="alice@example.com", scope="orders:write", exp=int(time.time()) + 600)
             auth = {"authorization": f"Bearer {token}", "content-type": "application/json"}
@@ -362,12 +363,9 @@ def test_envoy_keeps_its_policy_while_serve_is_down_and_refuses_what_it_cannot_r
     policy = example()
     path = write_policy(tmp_path, policy)
     serve = Serve(path, "bundle", "xds", tmp_path)
-    r = meshward("render", "envoy", path, "--form", "bundle", "--modules", DIST, "--listen", 0, "--admin", 0,
-                 "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
-    assert r.returncode == 0, r.stderr
     port = serve.port
     try:
-        with Envoy(yaml.safe_load(r.stdout)) as env:
+        with Envoy(serve.render_envoy(path, "bundle", upstream)) as env:
             token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, email="alice@example.com", exp=int(time.time()) + 600)
             auth = {"authorization": f"Bearer {token}"}
             dashboard = lambda: env.request("/identity/api/v2/user/dashboard", auth)  # noqa: E731
@@ -409,10 +407,7 @@ def test_a_revocation_reaches_a_running_envoy(upstream, keys, monkeypatch, tmp_p
     path = write_policy(tmp_path, policy)
     serve = Serve(path, "separate", "xds", tmp_path)
     try:
-        r = meshward("render", "envoy", path, "--modules", DIST, "--listen", 0, "--admin", 0,
-                     "--upstream", f"127.0.0.1:{upstream.port}", *serve.render_args())
-        assert r.returncode == 0, r.stderr
-        with Envoy(yaml.safe_load(r.stdout), concurrency=2) as env:
+        with Envoy(serve.render_envoy(path, "separate", upstream), concurrency=2) as env:
             now = int(time.time())
             token = lambda **claims: {"authorization": "Bearer " + keys.token("HS256", iss=ISSUER, aud=AUDIENCE, exp=now + 600, **claims)}  # noqa: E731
             stolen = token(sub="alice", email="alice@example.com", jti="t-stolen")

@@ -29,6 +29,11 @@ pub const MAX_RETRY_BACKOFF_SECS: u64 = 60;
 /// A scheduled fetch's lease lasts its timeout plus this, then another worker may take over.
 const LEASE_SLACK_SECS: u64 = 2;
 
+/// Until when a fetch started at `now` may be in flight.
+fn lease_end(remote: &RemoteJwks, now: u64) -> u64 {
+    now.saturating_add(remote.timeout.as_secs()).saturating_add(LEASE_SLACK_SECS)
+}
+
 /// Key-cache state of one provider in one VM (the schedule is shared: [`SharedJwks`]).
 #[derive(Debug, Default)]
 struct ProviderKeys {
@@ -230,7 +235,7 @@ impl JwtPolicy {
             if self.keys.borrow().get(index).is_none_or(|k| now < k.scheduled_until) {
                 continue;
             }
-            let lease = now.saturating_add(remote.timeout.as_secs()).saturating_add(LEASE_SLACK_SECS);
+            let lease = lease_end(remote, now);
             let won = shared.update(host, |r| {
                 (now >= r.next_fetch_at && now >= r.lease_until).then(|| r.lease_until = lease)
             });
@@ -249,8 +254,7 @@ impl JwtPolicy {
         for index in 0..self.config.providers.len() {
             let Some(remote) = self.remote(index) else { continue };
             if !self.sync(host, index) {
-                let until = now.saturating_add(remote.timeout.as_secs()).saturating_add(LEASE_SLACK_SECS);
-                self.dispatch_scheduled(host, index, until, false);
+                self.dispatch_scheduled(host, index, lease_end(remote, now), false);
             }
         }
     }

@@ -242,6 +242,16 @@ fn two_workers() -> [(Rc<JwtPolicy>, FakeHost); 2] {
     [(remote_policy(), a), (remote_policy(), b)]
 }
 
+/// Two workers where the first fetched `keys` and the second started after that.
+fn two_workers_with(keys: &TestKeys) -> [(Rc<JwtPolicy>, FakeHost); 2] {
+    let [(pa, mut a), (pb, mut b)] = two_workers();
+    JwtPolicy::start(&pa, &mut a);
+    let token = a.calls[0].token;
+    JwtPolicy::on_http_call_response(&pa, &mut a, token, jwks_response(&keys.jwks()));
+    JwtPolicy::start(&pb, &mut b);
+    [(pa, a), (pb, b)]
+}
+
 /// A request on a worker, sharing its store and clock.
 fn request_on(worker: &FakeHost, bearer: &str) -> FakeHost {
     let mut host = request("/x", &[("authorization", bearer)]);
@@ -253,13 +263,9 @@ fn request_on(worker: &FakeHost, bearer: &str) -> FakeHost {
 #[test]
 fn one_worker_fetches_and_every_worker_uses_the_keys() {
     let keys = TestKeys::new();
-    let [(pa, mut a), (pb, mut b)] = two_workers();
-    JwtPolicy::start(&pa, &mut a);
-    let token = a.calls[0].token;
-    JwtPolicy::on_http_call_response(&pa, &mut a, token, jwks_response(&keys.jwks()));
-
-    // A worker starting after that takes them from shared data, without a fetch of its own.
-    JwtPolicy::start(&pb, &mut b);
+    // A worker starting after the first fetched takes the keys from shared data, without a
+    // fetch of its own.
+    let [(pa, mut a), (pb, mut b)] = two_workers_with(&keys);
     JwtPolicy::on_tick(&pb, &mut b);
     assert_eq!(b.calls.len(), 0);
     let bearer = format!("Bearer {}", keys.sign("ES256", Some("es"), &TestKeys::claims()));
@@ -283,11 +289,7 @@ fn one_worker_fetches_and_every_worker_uses_the_keys() {
 #[test]
 fn a_rotation_fetched_by_one_worker_reaches_the_other_without_a_second_fetch() {
     let keys = TestKeys::new();
-    let [(pa, mut a), (pb, mut b)] = two_workers();
-    JwtPolicy::start(&pa, &mut a);
-    let token = a.calls[0].token;
-    JwtPolicy::on_http_call_response(&pa, &mut a, token, jwks_response(&keys.jwks()));
-    JwtPolicy::start(&pb, &mut b);
+    let [(pa, a), (pb, b)] = two_workers_with(&keys);
     assert_eq!(b.calls.len(), 0, "a new worker starts with the keys already fetched");
 
     let rotated = TestKeys::new();
