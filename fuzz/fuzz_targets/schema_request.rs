@@ -34,7 +34,8 @@ fuzz_target!(|data: &[u8]| {
     let headers = |_: &str| vec![header.clone()];
     let _ = check_parameters(op, &captures, &path, &headers);
     if let Ok(Some(media)) = check_content_type(op, !body.is_empty(), Some(&content_type)) {
-        let _ = check_body(media, body, config.max_depth);
+        let read = meshward_core::json::read(body, config.max_depth);
+        let _ = check_body(media, read.as_ref().map_err(|e| *e));
     }
     let status = 200 + u16::from(selector % 8);
     if let (Some(checks), Ok(media)) = (&config.response, match_response(op, status, Some(&content_type))) {

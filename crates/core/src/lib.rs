@@ -6,12 +6,16 @@
 //! - [`route`]: canonical request paths and the `match` rules policies use.
 //! - [`Policy`] / [`Stage`]: the trait every policy implements, so one runtime can drive any
 //!   policy alone (its own module) or several in one module.
+//! - [`request`]: the one request model (method, canonical path, headers, framing, decoded
+//!   body, JSON read once by the strict [`json`] reader) every stage reads.
 //! - [`config`]: strict JSON configuration parsing with errors that name the field.
 
 pub mod clock;
 pub mod config;
 pub mod denial;
+pub mod json;
 pub mod principal;
+pub mod request;
 pub mod route;
 pub mod shared;
 pub mod stage;

@@ -1,9 +1,11 @@
 //! Request paths as policies see them, and the `match` clause of policy rules.
 //!
-//! Rules are matched against the *canonical* path, so `/public/../admin`, `//admin` and
-//! `/%61dmin` cannot slip past a rule written for `/admin`. Paths whose meaning depends on the
-//! upstream's decoder (an encoded `/` or `\`, a raw `\`, control bytes, broken `%` escapes)
-//! are refused outright.
+//! Rules are matched against the *canonical* path, so `/public/../admin`, `//admin`,
+//! `/%61dmin` and `/admin/` cannot slip past a rule written for `/admin`; literal segments match
+//! regardless of ASCII case (`/ADMIN`), as case-insensitive routers (ASP.NET, Spring with
+//! case-insensitive matching) read them. Paths whose meaning depends on the upstream's decoder
+//! (an encoded `/` or `\`, a raw `\`, `;` path parameters that Tomcat and Spring strip,
+//! control bytes, broken `%` escapes) are refused outright.
 
 use serde::Deserialize;
 
@@ -14,6 +16,8 @@ pub enum PathError {
     BadPercentEncoding,
     EncodedSeparator,
     ForbiddenCharacter,
+    /// `;` in the path: Java servlet containers drop `;...` from each segment before routing.
+    PathParameter,
 }
 
 impl std::fmt::Display for PathError {
@@ -23,13 +27,15 @@ impl std::fmt::Display for PathError {
             PathError::BadPercentEncoding => "path has a malformed percent-encoding",
             PathError::EncodedSeparator => "path has an encoded '/' or '\\'",
             PathError::ForbiddenCharacter => "path has a control character or backslash",
+            PathError::PathParameter => "path has a ';' parameter",
         })
     }
 }
 
 /// The canonical form of a request's `:path`: query and fragment dropped, unreserved
-/// percent-escapes decoded, other escapes upper-cased, repeated slashes merged and `.` / `..`
-/// segments resolved (never above the root).
+/// percent-escapes decoded, other escapes upper-cased, repeated slashes merged, `.` / `..`
+/// segments resolved (never above the root) and a trailing slash dropped (`/` stays `/`):
+/// most routers serve `/a/` as `/a`.
 pub fn canonical_path(raw: &str) -> Result<String, PathError> {
     let path = raw.split(['?', '#']).next().unwrap_or("");
     if !path.starts_with('/') {
@@ -51,8 +57,7 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
         out.push('/');
         out.push_str(s);
     }
-    let last = decoded.rsplit('/').next().unwrap_or("");
-    if out.is_empty() || (decoded.ends_with('/') || last == "." || last == "..") && !segments.is_empty() {
+    if out.is_empty() {
         out.push('/');
     }
     Ok(out)
@@ -66,6 +71,9 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         let b = bytes[i];
         if b < 0x20 || b == 0x7f || b == b'\\' {
             return Err(PathError::ForbiddenCharacter);
+        }
+        if b == b';' {
+            return Err(PathError::PathParameter);
         }
         if b != b'%' {
             // Non-ASCII bytes are copied through as the UTF-8 they already are.
@@ -118,10 +126,31 @@ impl PathMatch {
     /// Whether a canonical path (see [`canonical_path`]) is matched.
     pub fn matches(&self, canonical: &str) -> bool {
         match self {
-            PathMatch::Prefix(p) => canonical.starts_with(p.as_str()),
-            PathMatch::Path(p) => canonical == p,
+            PathMatch::Prefix(p) => prefix_matches(p, canonical),
+            PathMatch::Path(p) => path_matches(p, canonical),
         }
     }
+}
+
+/// A configured path without its trailing slash, as canonical paths come (`/` stays `/`).
+fn untrailed(p: &str) -> &str {
+    if p.len() > 1 {
+        p.strip_suffix('/').unwrap_or(p)
+    } else {
+        p
+    }
+}
+
+/// Prefix match on a canonical path, ignoring ASCII case; `/admin/` also covers `/admin` (the
+/// canonical form of `/admin/`).
+fn prefix_matches(prefix: &str, canonical: &str) -> bool {
+    let starts = |p: &str| canonical.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p));
+    starts(prefix) || (prefix.ends_with('/') && untrailed(prefix).eq_ignore_ascii_case(canonical))
+}
+
+/// Exact match on a canonical path, ignoring ASCII case and a trailing slash.
+fn path_matches(path: &str, canonical: &str) -> bool {
+    untrailed(path).eq_ignore_ascii_case(canonical)
 }
 
 /// A path template such as `/tenants/{tenant_id}/orders/{order_id}`: literal segments match
@@ -144,6 +173,8 @@ impl PathTemplate {
             .strip_prefix('/')
             .ok_or_else(|| format!("template {template:?} must start with '/'"))?;
         let mut segments = Vec::new();
+        // Canonical paths carry no trailing slash: neither does a template.
+        let rest = if rest.is_empty() { rest } else { rest.strip_suffix('/').unwrap_or(rest) };
         for part in rest.split('/') {
             if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
                 if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
@@ -171,7 +202,7 @@ impl PathTemplate {
         let mut captured = Vec::new();
         for (segment, part) in self.segments.iter().zip(parts) {
             match segment {
-                TemplateSegment::Literal(l) if l == part => {}
+                TemplateSegment::Literal(l) if l.eq_ignore_ascii_case(part) => {}
                 TemplateSegment::Literal(_) => return None,
                 TemplateSegment::Param(name) => {
                     if part.is_empty() {
@@ -254,13 +285,14 @@ impl RouteMatch {
     }
 
     /// The template captures (empty for prefix/path) when method and canonical path match.
+    /// `method` is the method rules see ([`crate::RequestState::route_method`]: `HEAD` as `GET`).
     pub fn captures(&self, method: &str, canonical: &str) -> Option<Vec<(String, String)>> {
         if self.methods.as_ref().is_some_and(|m| !m.iter().any(|x| x == method)) {
             return None;
         }
         match &self.path {
-            PathKind::Prefix(p) => canonical.starts_with(p.as_str()).then(Vec::new),
-            PathKind::Path(p) => (canonical == p).then(Vec::new),
+            PathKind::Prefix(p) => prefix_matches(p, canonical).then(Vec::new),
+            PathKind::Path(p) => path_matches(p, canonical).then(Vec::new),
             PathKind::Template(t) => t.captures(canonical),
         }
     }
@@ -338,6 +370,9 @@ mod tests {
             assert!(PathTemplate::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(PathTemplate::parse("/").unwrap().captures("/"), Some(vec![]));
+        assert_eq!(t.captures("/TENANTS/Acme/Orders/42").unwrap()[0].1, "Acme", "literals ignore case, captures keep it");
+        let slash = PathTemplate::parse("/users/{id}/").unwrap();
+        assert_eq!(slash.captures("/users/7"), Some(vec![("id".into(), "7".into())]));
     }
 
     #[test]
@@ -355,7 +390,8 @@ mod tests {
         let cases = [
             ("/", "/"),
             ("/a/b", "/a/b"),
-            ("/a/b/", "/a/b/"),
+            ("/a/b/", "/a/b"),
+            ("/a/b//", "/a/b"),
             ("/a/b?x=1", "/a/b"),
             ("/a#frag", "/a"),
             ("//admin", "/admin"),
@@ -363,7 +399,8 @@ mod tests {
             ("/public/./x", "/public/x"),
             ("/../../etc", "/etc"),
             ("/a/..", "/"),
-            ("/a/b/..", "/a/"),
+            ("/a/b/..", "/a"),
+            ("/a/.", "/a"),
             ("/%61dmin", "/admin"),
             ("/p%2e%2e/x", "/p../x"),
             ("/public/%2e%2e/admin", "/admin"),
@@ -388,6 +425,8 @@ mod tests {
             ("/a\\b", PathError::ForbiddenCharacter),
             ("/a%00", PathError::ForbiddenCharacter),
             ("/a\u{0}", PathError::ForbiddenCharacter),
+            ("/a;x=1/b", PathError::PathParameter),
+            ("/admin;/users", PathError::PathParameter),
             ("/a%", PathError::BadPercentEncoding),
             ("/a%4", PathError::BadPercentEncoding),
             ("/a%zz", PathError::BadPercentEncoding),
@@ -404,9 +443,16 @@ mod tests {
         assert!(prefix.matches("/api/x"));
         assert!(prefix.matches("/api"));
         assert!(!prefix.matches("/ap"));
+        assert!(prefix.matches("/API/x"), "ASCII case does not matter");
+        let dir = PathMatch::Prefix("/admin/".into());
+        assert!(dir.matches("/admin/users") && dir.matches("/admin") && dir.matches("/ADMIN"));
+        assert!(!dir.matches("/administrator"));
         let exact = PathMatch::Path("/health".into());
         assert!(exact.matches("/health"));
-        assert!(!exact.matches("/health/"));
+        assert!(exact.matches("/Health"));
+        assert!(!exact.matches("/health/x"));
+        assert!(PathMatch::Path("/health/".into()).matches("/health"));
+        assert!(PathMatch::Path("/".into()).matches("/"));
         let parsed: PathMatch = serde_json::from_str(r#"{"prefix": "/x"}"#).unwrap();
         assert_eq!(parsed, PathMatch::Prefix("/x".into()));
         assert!(serde_json::from_str::<PathMatch>(r#"{"regex": "/x"}"#).is_err());

@@ -10,7 +10,8 @@ use meshward_host::{Host, HttpCallResponse};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::{Denial, Principal};
+use crate::Denial;
+pub use crate::request::RequestState;
 
 /// Whether a policy's denials are enforced or only counted and logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -37,23 +38,14 @@ pub enum Step {
     NeedBody { max_bytes: usize },
 }
 
-/// What the stages of one request share.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestState {
-    /// Envoy's `x-request-id`, echoed in denial bodies and logs.
-    pub request_id: Option<String>,
-    pub method: String,
-    /// The raw `:path`, query included.
-    pub path: String,
-    /// Set by the JWT stage once a token is verified; read by the stages after it.
-    pub principal: Option<Principal>,
-    /// Name of the policy rule that matched, for per-route metrics and logs.
-    pub route: Option<String>,
-}
-
 /// One request's walk through a policy.
 pub trait Stage {
-    /// Called once the request headers are known.
+    /// Called for every request before any stage decides, refused ones included: removes
+    /// what clients must not set (headers only meshward writes). Shadow mode relies on it.
+    fn scrub(&mut self, _host: &mut dyn Host, _request: &mut RequestState) {}
+
+    /// Called once the request headers are known, unless the request model refused the
+    /// request ([`RequestState::refusal`]).
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step;
 
     /// Called once with the whole request body, after this stage returned [`Step::NeedBody`].

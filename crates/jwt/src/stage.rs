@@ -7,7 +7,6 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use meshward_core::clock::unix_secs;
-use meshward_core::route::canonical_path;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step, PRINCIPAL_PROPERTY};
 use meshward_host::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
 
@@ -366,13 +365,13 @@ impl JwtStage {
         loop {
             let now = unix_secs(host);
             let outcome = {
-                let host_ref: &dyn Host = host;
                 let refused = &self.refresh_refused;
+                let seen: &RequestState = request;
                 authenticate(
                     &policy.config,
                     requirement,
                     &Inputs {
-                        header: &|name| host_ref.request_header(name),
+                        header: &|name| seen.header(name).map(str::to_string),
                         keys: &|i| policy.key_set(i),
                         may_refresh: &|i| !refused.contains(&i) && policy.may_refresh_on_demand(i, now),
                         cached: &|i, token| policy.cache.borrow().get(i, policy.generation(i), token),
@@ -431,30 +430,31 @@ impl JwtStage {
         }
         for c in &provider.claim_to_headers {
             if let Some(value) = a.principal.claim(&c.claim_name).and_then(claim_header_value) {
-                host.set_request_header(&c.header_name, Some(&value));
+                request.set_header(host, &c.header_name, Some(&value));
             }
         }
         if !provider.forward {
-            host.set_request_header(&a.token_header, None);
+            request.set_header(host, &a.token_header, None);
         }
         request.principal = Some(a.principal);
     }
 }
 
 impl Stage for JwtStage {
-    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        let policy = Rc::clone(&self.policy);
+    fn scrub(&mut self, host: &mut dyn Host, request: &mut RequestState) {
         // Claim headers are only ever set by meshward: drop whatever the client sent.
-        for provider in &policy.config.providers {
+        for provider in &self.policy.config.providers {
             for c in &provider.claim_to_headers {
-                host.set_request_header(&c.header_name, None);
+                if request.header(&c.header_name).is_some() {
+                    request.set_header(host, &c.header_name, None);
+                }
             }
         }
-        let canonical = match canonical_path(&request.path) {
-            Ok(p) => p,
-            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
-        };
-        self.rule = policy.config.rules.iter().position(|r| r.path_match.matches(&canonical));
+    }
+
+    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
+        let policy = Rc::clone(&self.policy);
+        self.rule = policy.config.rules.iter().position(|r| r.path_match.matches(&request.canonical));
         if self.rule.is_none() {
             return Step::Deny(Denial::new(
                 DenialKind::Forbidden { challenge: false },

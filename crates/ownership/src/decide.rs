@@ -2,6 +2,7 @@
 //! the checks on path, query and headers), [`check_body`] (writes) and [`check_response`]
 //! (what the upstream returned). Pure functions; the stage feeds them.
 
+use meshward_core::json::{fold, JsonError};
 use meshward_core::route::query_param;
 use meshward_core::Principal;
 use serde_json::Value;
@@ -104,28 +105,45 @@ pub fn authorize_request(
     Ok(Authorized::Checked { check_body: rule.needs_body(), check_response: rule.needs_response() })
 }
 
-/// The values a JSON pointer reaches; a `*` segment walks every element of an array (or
-/// value of an object).
-fn pointer_values<'a>(root: &'a Value, pointer: &str) -> Vec<&'a Value> {
-    let mut current = vec![root];
-    for raw in pointer.split('/').skip(1) {
-        let segment = raw.replace("~1", "/").replace("~0", "~");
-        let mut next = Vec::new();
-        for value in current {
-            match (value, segment.as_str()) {
-                (Value::Array(items), "*") => next.extend(items.iter()),
-                (Value::Object(map), "*") => next.extend(map.values()),
-                (Value::Array(items), index) => next.extend(index.parse::<usize>().ok().and_then(|i| items.get(i))),
-                (Value::Object(map), key) => next.extend(map.get(key)),
-                _ => {}
-            }
-        }
-        current = next;
-    }
-    current
+/// A body read by the strict reader (`meshward_core::json`), or why it could not be.
+pub type Read<'a> = Result<&'a Value, JsonError>;
+
+/// A `*` was crossed and an element lacks the rest of the pointer.
+struct ElementLacksField;
+
+/// The member a service binds to `key`: the exact name, else the one name that equals it
+/// ignoring case (Go and .NET bind case-insensitively; the strict reader refused bodies where
+/// two names fold together, so there is at most one).
+fn member<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    map.get(key).or_else(|| {
+        let folded = fold(key);
+        map.iter().find(|(k, _)| fold(k) == folded).map(|(_, v)| v)
+    })
 }
 
-fn check_json(rule: &Rule, principal: Option<&Principal>, body: &[u8], response: bool) -> Result<(), OwnershipError> {
+/// The values a JSON pointer reaches. A `*` segment walks every element of an array (or value
+/// of an object) and every element must carry the rest of the pointer: one that lacks it is
+/// an error, not a skipped element. Without `*`, a missing field reaches nothing.
+fn reach<'a>(value: &'a Value, segments: &[String], under_star: bool, out: &mut Vec<&'a Value>) -> Result<(), ElementLacksField> {
+    let Some((segment, rest)) = segments.split_first() else {
+        out.push(value);
+        return Ok(());
+    };
+    let next = match (value, segment.as_str()) {
+        (Value::Array(items), "*") => return items.iter().try_for_each(|v| reach(v, rest, true, out)),
+        (Value::Object(map), "*") => return map.values().try_for_each(|v| reach(v, rest, true, out)),
+        (Value::Array(items), index) => index.parse::<usize>().ok().and_then(|i| items.get(i)),
+        (Value::Object(map), key) => member(map, key),
+        _ => None,
+    };
+    match next {
+        Some(v) => reach(v, rest, under_star, out),
+        None if under_star => Err(ElementLacksField),
+        None => Ok(()),
+    }
+}
+
+fn check_json(rule: &Rule, principal: Option<&Principal>, body: Read<'_>, response: bool) -> Result<(), OwnershipError> {
     let checks: Vec<&OwnerCheck> = rule
         .owner
         .iter()
@@ -135,14 +153,20 @@ fn check_json(rule: &Rule, principal: Option<&Principal>, body: &[u8], response:
         return Ok(());
     }
     let principal = principal.ok_or(OwnershipError::MissingPrincipal)?;
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
     for check in checks {
         let (Location::BodyField(pointer) | Location::ResponseField(pointer)) = &check.location else { continue };
-        let Some(document) = &parsed else {
-            // Cannot read the body: a write is refused as malformed, a response as not owned.
-            return Err(if response { failed(check) } else { OwnershipError::InvalidBody });
+        let document = match body {
+            Ok(document) => document,
+            // Cannot read the answer: it is not shown as owned.
+            Err(_) if response => return Err(failed(check)),
+            Err(JsonError::Ambiguous(_)) => return Err(OwnershipError::AmbiguousJson),
+            Err(JsonError::Invalid | JsonError::TooDeep { .. }) => return Err(OwnershipError::InvalidBody),
         };
-        let values = pointer_values(document, pointer);
+        let segments: Vec<String> = pointer.split('/').skip(1).map(|raw| raw.replace("~1", "/").replace("~0", "~")).collect();
+        let mut values = Vec::new();
+        if reach(document, &segments, false, &mut values).is_err() {
+            return Err(failed(check));
+        }
         if values.is_empty() {
             if check.required {
                 return Err(failed(check));
@@ -163,12 +187,12 @@ fn check_json(rule: &Rule, principal: Option<&Principal>, body: &[u8], response:
 
 /// Body fields of a write must belong to the principal (no creating or moving objects into
 /// another tenant).
-pub fn check_body(rule: &Rule, principal: Option<&Principal>, body: &[u8]) -> Result<(), OwnershipError> {
+pub fn check_body(rule: &Rule, principal: Option<&Principal>, body: Read<'_>) -> Result<(), OwnershipError> {
     check_json(rule, principal, body, false)
 }
 
 /// The object(s) the upstream returned must belong to the principal (IDOR through opaque ids).
-pub fn check_response(rule: &Rule, principal: Option<&Principal>, body: &[u8]) -> Result<(), OwnershipError> {
+pub fn check_response(rule: &Rule, principal: Option<&Principal>, body: Read<'_>) -> Result<(), OwnershipError> {
     check_json(rule, principal, body, true)
 }
 

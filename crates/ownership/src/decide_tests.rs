@@ -88,6 +88,10 @@ fn request_side_decisions() {
     }
 }
 
+fn read(body: &[u8]) -> Result<Value, meshward_core::json::JsonError> {
+    meshward_core::json::read(body, 64).map(|d| d.value)
+}
+
 #[test]
 fn body_and_response_checks() {
     let cfg = config();
@@ -101,11 +105,19 @@ fn body_and_response_checks() {
         ("tenant not a string", br#"{"tenant": {"id": "acme"}}"#, Err(OwnershipError::TenantBoundary { hide: false })),
         ("one foreign item", br#"{"tenant": "acme", "items": [{"owner": "alice"}, {"owner": "mallory"}]}"#, Err(OwnershipError::NotOwner { hide: false })),
         ("not json", b"tenant=acme", Err(OwnershipError::InvalidBody)),
+        ("tenant twice", br#"{"tenant": "acme", "tenant": "globex"}"#, Err(OwnershipError::AmbiguousJson)),
+        ("tenant in two cases", br#"{"tenant": "acme", "Tenant": "globex"}"#, Err(OwnershipError::AmbiguousJson)),
+        ("tenant in another case only", br#"{"TENANT": "globex"}"#, Err(OwnershipError::TenantBoundary { hide: false })),
+        ("own tenant in another case", br#"{"Tenant": "acme"}"#, Ok(())),
+        ("an item without owner", br#"{"tenant": "acme", "items": [{"owner": "alice"}, {"note": "x"}]}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("an item that is not an object", br#"{"tenant": "acme", "items": [{"owner": "alice"}, 7]}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("no items", br#"{"tenant": "acme", "items": []}"#, Ok(())),
+        ("owner in another case", br#"{"tenant": "acme", "items": [{"OWNER": "mallory"}]}"#, Err(OwnershipError::NotOwner { hide: false })),
     ];
     for (name, body, want) in body_cases {
-        assert_eq!(check_body(create, Some(&alice), body), want, "{name}");
+        assert_eq!(check_body(create, Some(&alice), read(body).as_ref().map_err(|e| *e)), want, "{name}");
     }
-    assert_eq!(check_body(create, None, br#"{"tenant": "acme"}"#), Err(OwnershipError::MissingPrincipal));
+    assert_eq!(check_body(create, None, Ok(&json!({"tenant": "acme"}))), Err(OwnershipError::MissingPrincipal));
     let response_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
         ("own order", br#"{"order": {"id": 9, "user": {"email": "alice@acme.test"}}}"#, Ok(())),
         ("someone else's order", br#"{"order": {"id": 9, "user": {"email": "victim@acme.test"}}}"#, Err(OwnershipError::NotOwner { hide: false })),
@@ -113,7 +125,7 @@ fn body_and_response_checks() {
         ("not json", b"<html>", Err(OwnershipError::NotOwner { hide: false })),
     ];
     for (name, body, want) in response_cases {
-        assert_eq!(check_response(order, Some(&alice), body), want, "{name}");
+        assert_eq!(check_response(order, Some(&alice), read(body).as_ref().map_err(|e| *e)), want, "{name}");
     }
     assert_eq!(OwnershipError::NotOwner { hide: true }.denial().status(), 404);
 }

@@ -16,6 +16,9 @@ pub enum OwnershipError {
     NotOwner { hide: bool },
     /// The request body needed for a check is not JSON.
     InvalidBody,
+    /// The request body is JSON that services read differently (duplicate or case-variant
+    /// members, a byte-order mark, bad UTF-8, lone surrogates, integers past 64 bits).
+    AmbiguousJson,
     /// A value needed for a check appears more than once (`?user=a&user=b`).
     AmbiguousRequest,
     /// No rule covers this method and path and unmatched requests are denied.
@@ -31,6 +34,7 @@ impl OwnershipError {
             OwnershipError::TenantBoundary { .. } => "tenant_boundary",
             OwnershipError::NotOwner { .. } => "not_owner",
             OwnershipError::InvalidBody => "invalid_body",
+            OwnershipError::AmbiguousJson => "ambiguous_json",
             OwnershipError::AmbiguousRequest => "ambiguous_request",
             OwnershipError::RouteNotCovered => "route_not_covered",
         }
@@ -45,6 +49,7 @@ impl OwnershipError {
             OwnershipError::TenantBoundary { hide: false } => "the object belongs to another tenant",
             OwnershipError::NotOwner { hide: false } => "the object belongs to someone else",
             OwnershipError::InvalidBody => "the request body is not valid JSON",
+            OwnershipError::AmbiguousJson => "the request body is JSON that services read differently",
             OwnershipError::AmbiguousRequest => "the request repeats a value that is checked",
             OwnershipError::RouteNotCovered => "no authorization rule covers this route",
         }
@@ -54,8 +59,12 @@ impl OwnershipError {
         let kind = match self {
             OwnershipError::MissingPrincipal => DenialKind::MissingCredentials,
             OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => DenialKind::NotFound,
-            OwnershipError::InvalidBody | OwnershipError::AmbiguousRequest => DenialKind::BadRequest,
-            _ => DenialKind::Forbidden { challenge: false },
+            OwnershipError::InvalidBody | OwnershipError::AmbiguousJson | OwnershipError::AmbiguousRequest => DenialKind::BadRequest,
+            OwnershipError::MissingScope
+            | OwnershipError::MissingClaim
+            | OwnershipError::TenantBoundary { hide: false }
+            | OwnershipError::NotOwner { hide: false }
+            | OwnershipError::RouteNotCovered => DenialKind::Forbidden { challenge: false },
         };
         Denial::new(kind, self.reason(), self.message())
     }

@@ -2,9 +2,8 @@
 
 use std::rc::Rc;
 
-use meshward_core::route::canonical_path;
 use meshward_core::principal::current_principal;
-use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_core::{config::ConfigError, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
 use meshward_core::config::Unmatched;
@@ -56,12 +55,8 @@ impl OwnershipStage {
 
 impl Stage for OwnershipStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        let canonical = match canonical_path(&request.path) {
-            Ok(p) => p,
-            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
-        };
         let policy = Rc::clone(&self.policy);
-        let Some((rule, captures)) = find_rule(&policy.config, &request.method, &canonical) else {
+        let Some((rule, captures)) = find_rule(&policy.config, request.route_method(), &request.canonical) else {
             return match policy.config.unmatched {
                 Unmatched::Allow => Step::Continue,
                 Unmatched::Deny => Step::Deny(OwnershipError::RouteNotCovered.denial()),
@@ -70,9 +65,9 @@ impl Stage for OwnershipStage {
         self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
         request.route = rule.name.clone();
         let principal = principal(host, request);
-        let headers = host.request_headers();
+        let seen: &RequestState = request;
         let header = |name: &str| -> Option<Vec<String>> {
-            let values: Vec<String> = headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect();
+            let values: Vec<String> = seen.header_values(name).map(str::to_string).collect();
             (!values.is_empty()).then_some(values)
         };
         match authorize_request(rule, &captures, principal.as_ref(), &request.path, &header) {
@@ -82,7 +77,7 @@ impl Stage for OwnershipStage {
                 let line = serde_json::json!({
                     "filter": "meshward_ownership", "decision": "bypass", "route": rule.name,
                     "principal": principal.as_ref().and_then(|p| p.subject.clone()),
-                    "request_id": request.request_id, "method": request.method, "path": canonical,
+                    "request_id": request.request_id, "method": request.method, "path": request.canonical,
                 });
                 host.log(LogLevel::Info, &format!("meshward_ownership: {line}"));
                 host.increment_counter("meshward_ownership_bypass_total", 1);
@@ -91,6 +86,9 @@ impl Stage for OwnershipStage {
             Ok(Authorized::Checked { check_body, check_response }) => {
                 self.check_body = check_body;
                 self.check_response = check_response;
+                if check_response {
+                    request.want_identity_response(host);
+                }
                 if check_body {
                     Step::NeedBody { max_bytes: policy.config.max_body_bytes }
                 } else {
@@ -105,7 +103,9 @@ impl Stage for OwnershipStage {
         if !self.check_body {
             return Step::Continue;
         }
-        match check_body(rule, principal(host, request).as_ref(), body) {
+        let principal = principal(host, request);
+        let document = request.json(body, meshward_core::json::MAX_DEPTH).map(|doc| &doc.value);
+        match check_body(rule, principal.as_ref(), document) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }
@@ -129,7 +129,8 @@ impl Stage for OwnershipStage {
         if !self.check_response {
             return Step::Continue;
         }
-        match check_response(rule, principal(host, request).as_ref(), body) {
+        let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value);
+        match check_response(rule, principal(host, request).as_ref(), document.as_ref().map_err(|e| *e)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }

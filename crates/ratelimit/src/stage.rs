@@ -5,9 +5,8 @@ use std::rc::Rc;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::principal::current_principal;
-use meshward_core::route::canonical_path;
 use meshward_core::shared::{SlotError, SlotTable, WhenFull};
-use meshward_core::{config::ConfigError, Denial, DenialKind, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{AppliesTo, FailureMode, KeyPart, RateLimitConfig, Rule, Scope};
@@ -145,17 +144,13 @@ impl RateLimitStage {
 
 impl Stage for RateLimitStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        let canonical = match canonical_path(&request.path) {
-            Ok(p) => p,
-            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
-        };
         let policy = Rc::clone(&self.policy);
         let principal = current_principal(host, &mut request.principal);
         let client_ip = host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
         let client_ip = client_ip.as_deref().map(strip_port);
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
-            if rule.route.captures(&request.method, &canonical).is_none() {
+            if rule.route.captures(request.route_method(), &request.canonical).is_none() {
                 continue;
             }
             let applies = match rule.applies_to {
@@ -166,8 +161,8 @@ impl Stage for RateLimitStage {
             if !applies {
                 continue;
             }
-            let host_ref: &dyn Host = host;
-            let values = key_values(rule, principal.as_ref(), &|name| host_ref.request_header(name), client_ip);
+            let seen: &RequestState = request;
+            let values = key_values(rule, principal.as_ref(), &|name| seen.header(name).map(str::to_string), client_ip);
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 (Scope::Local, Some(limit)) => {

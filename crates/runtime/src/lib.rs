@@ -18,7 +18,7 @@
 use std::rc::Rc;
 
 use meshward_core::config::ConfigError;
-use meshward_core::route::canonical_path;
+use meshward_core::request::{coding, decode, BodyError};
 use meshward_core::{Denial, DenialKind, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
@@ -191,9 +191,10 @@ impl Filter {
     /// `end_of_stream`: the request has no body.
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
         self.body_complete = end_of_stream;
-        self.request.request_id = host.request_header("x-request-id");
-        self.request.method = host.request_header(":method").unwrap_or_default();
-        self.request.path = host.request_header(":path").unwrap_or_default();
+        self.request = RequestState::from_headers(host.request_headers(), end_of_stream);
+        for slot in &mut self.slots {
+            slot.stage.scrub(host, &mut self.request);
+        }
         self.run_request_headers(host, 0)
     }
 
@@ -202,7 +203,11 @@ impl Filter {
             let step = {
                 let slot = &mut self.slots[i];
                 self.request.route = None;
-                let step = slot.stage.on_request_headers(host, &mut self.request);
+                // A request no stage can read unambiguously is refused by each in its mode.
+                let step = match &self.request.refusal {
+                    Some(refusal) => Step::Deny(refusal.denial()),
+                    None => slot.stage.on_request_headers(host, &mut self.request),
+                };
                 slot.route = self.request.route.take();
                 step
             };
@@ -297,17 +302,21 @@ impl Filter {
 
     fn deliver_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
         self.body_delivered = true;
-        let body = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
+        let raw = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
+        let limit = self.slots.iter().filter_map(|s| s.body_limit).min().unwrap_or(0);
+        let read = if raw.len() == body_size { self.decoded(raw, limit) } else { Err(None) };
         for i in 0..self.slots.len() {
             if self.slots[i].body_limit.take().is_none() {
                 continue;
             }
-            let step = if body.len() == body_size {
-                let slot = &mut self.slots[i];
-                self.request.route = slot.route.clone();
-                slot.stage.on_request_body(host, &mut self.request, &body)
-            } else {
-                Step::Deny(Denial::new(DenialKind::Unavailable, "body_unavailable", "the request body could not be read"))
+            let step = match &read {
+                Ok(body) => {
+                    let slot = &mut self.slots[i];
+                    self.request.route = slot.route.clone();
+                    slot.stage.on_request_body(host, &mut self.request, body)
+                }
+                Err(Some(e)) => Step::Deny(e.denial()),
+                Err(None) => Step::Deny(Denial::new(DenialKind::Unavailable, "body_unavailable", "the request body could not be read")),
             };
             match self.settle(host, i, step) {
                 Settled::Next => {}
@@ -322,6 +331,18 @@ impl Filter {
             }
         }
         Verdict::Continue
+    }
+
+    /// The body as the service reads it: decoded when it came with a content coding.
+    /// `Err(None)`: it could not be read from the proxy.
+    fn decoded(&self, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, Option<BodyError>> {
+        if raw.is_empty() {
+            return Ok(raw);
+        }
+        match coding(self.request.header("content-encoding")).map_err(Some)? {
+            None => Ok(raw),
+            Some(c) => decode(c, &raw, limit).map_err(Some),
+        }
     }
 
     /// The response headers arrived; `end_of_stream`: the response has no body.
@@ -372,11 +393,16 @@ impl Filter {
 
     fn deliver_response_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
         let body = if body_size == 0 { Vec::new() } else { host.response_body(0, body_size).unwrap_or_default() };
+        // The stages asked the upstream for `identity`; an answer coded anyway cannot be read,
+        // and what cannot be read is not passed (a classified field must not leave gzipped).
+        let encoded = !body.is_empty() && !matches!(coding(host.response_header("content-encoding").as_deref()), Ok(None));
         for i in 0..self.slots.len() {
             if self.slots[i].response_body_limit.take().is_none() {
                 continue;
             }
-            let step = if body.len() == body_size {
+            let step = if encoded {
+                Step::Deny(Denial::new(DenialKind::BadGateway, "encoded_response", "the answer has a content-encoding and cannot be checked"))
+            } else if body.len() == body_size {
                 let slot = &mut self.slots[i];
                 self.request.route = slot.route.clone();
                 slot.stage.on_response_body(host, &mut self.request, &body)
@@ -444,7 +470,7 @@ impl Filter {
     /// One JSON line per denial: request id, principal when known, route, reason.
     fn denial_log_line(&self, i: usize, denial: &Denial, shadow: bool) -> String {
         let slot = &self.slots[i];
-        let path = canonical_path(&self.request.path).unwrap_or_else(|_| "<invalid>".to_string());
+        let path = if self.request.refusal.is_some() { "<invalid>" } else { self.request.canonical.as_str() };
         let principal = self.request.principal.as_ref().and_then(|p| p.subject.clone());
         let line = serde_json::json!({
             "filter": format!("meshward_{}", slot.name),

@@ -1,6 +1,7 @@
 //! Why a request breaks the contract. Each variant is one deny reason users see; locations are
 //! JSON pointers or `query.<name>`-style names, never the offending value.
 
+use meshward_core::json::Ambiguity;
 use meshward_core::{Denial, DenialKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +15,8 @@ pub enum SchemaError {
     UnexpectedBody,
     TooDeep { max_depth: usize },
     InvalidJson,
+    /// JSON that services read differently (see `meshward_core::json`).
+    AmbiguousJson { what: Ambiguity },
     SchemaViolation { location: String, keyword: String },
     /// The answer's status or content type is not declared for the operation.
     UndeclaredResponse,
@@ -35,6 +38,7 @@ impl SchemaError {
             SchemaError::UnexpectedBody => "unexpected_body",
             SchemaError::TooDeep { .. } => "too_deep",
             SchemaError::InvalidJson => "invalid_json",
+            SchemaError::AmbiguousJson { .. } => "ambiguous_json",
             SchemaError::SchemaViolation { .. } => "schema_violation",
             SchemaError::UndeclaredResponse => "undeclared_response",
             SchemaError::ResponseViolation { .. } => "response_violation",
@@ -62,6 +66,7 @@ impl SchemaError {
                 Denial::new(bad, self.reason(), format!("the body nests deeper than {max_depth} levels"))
             }
             SchemaError::InvalidJson => Denial::new(bad, self.reason(), "the body is not valid JSON"),
+            SchemaError::AmbiguousJson { what } => Denial::new(bad, self.reason(), what.describe()),
             SchemaError::SchemaViolation { location, keyword } => Denial::new(bad, self.reason(), "the body does not match the contract")
                 .with("location", location.clone())
                 .with("keyword", keyword.clone()),

@@ -2,11 +2,10 @@
 
 use std::rc::Rc;
 
-use meshward_core::route::canonical_path;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::Host;
 
-use crate::config::{In, SchemaConfig};
+use crate::config::SchemaConfig;
 use crate::validate::{check_answer, check_body, check_content_type, check_parameters, declared_response, match_operation, match_response};
 
 #[derive(Debug)]
@@ -35,8 +34,9 @@ impl Policy for SchemaPolicy {
 #[derive(Debug)]
 pub struct SchemaStage {
     policy: Rc<SchemaPolicy>,
-    /// (operation index, media index) whose JSON schema the body must match.
-    pending: Option<(usize, usize)>,
+    /// (operation index, media index) whose JSON schema the body must match; no media index
+    /// while the framing left open whether there is a body at all.
+    pending: Option<(usize, Option<usize>)>,
     /// The matched operation's index, for the response checks.
     operation: Option<usize>,
     /// (response index, media index) of the declared answer whose body is being checked.
@@ -48,34 +48,65 @@ fn label(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
+/// Whether the request carries a body, as far as its headers tell.
+enum Framing {
+    /// No body: the headers ended the stream, or `content-length: 0`.
+    None,
+    /// A body of known, non-zero length.
+    Some,
+    /// A body of unknown length follows (HTTP/1.1 chunked, HTTP/2 without `content-length`);
+    /// it may still be empty.
+    Unknown,
+}
+
+fn framing(request: &RequestState) -> Framing {
+    if !request.body_follows {
+        return Framing::None;
+    }
+    match request.header("content-length").map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(0)) => Framing::None,
+        Some(Ok(_)) => Framing::Some,
+        _ => Framing::Unknown,
+    }
+}
+
 impl Stage for SchemaStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        let canonical = match canonical_path(&request.path) {
-            Ok(p) => p,
-            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
-        };
         let policy = Rc::clone(&self.policy);
         let config = &policy.config;
-        let (op, captures) = match match_operation(config, &request.method, &canonical) {
+        let (op, captures) = match match_operation(config, request.route_method(), &request.canonical) {
             Ok(found) => found,
             Err(e) => return Step::Deny(e.denial()),
         };
         request.route = Some(label(&op.id));
         self.operation = config.operations.iter().position(|o| std::ptr::eq(o, op));
-        // Copying every header out of the proxy costs; only header parameters need them.
-        let headers = if op.params.iter().any(|p| p.location == In::Header) { host.request_headers() } else { Vec::new() };
-        let header = |name: &str| headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        if config.response.is_some() {
+            request.want_identity_response(host);
+        }
+        let seen: &RequestState = request;
+        let header = |name: &str| seen.header_values(name).map(str::to_string).collect::<Vec<_>>();
         if let Err(e) = check_parameters(op, &captures, &request.path, &header) {
             return Step::Deny(e.denial());
         }
-        let content_length: Option<u64> = host.request_header("content-length").and_then(|v| v.trim().parse().ok());
-        let has_body = content_length.is_some_and(|n| n > 0) || host.request_header("transfer-encoding").is_some();
-        let content_type = host.request_header("content-type");
-        match check_content_type(op, has_body, content_type.as_deref()) {
+        let content_type = request.header("content-type");
+        let has_body = match framing(request) {
+            Framing::None => false,
+            Framing::Some => true,
+            Framing::Unknown => match check_content_type(op, true, content_type) {
+                // A body nobody validates streams on, as with a known length.
+                Ok(Some(media)) if media.validator.is_none() => return Step::Continue,
+                // Whether it is empty decides: read it, then check as with a known length.
+                _ => {
+                    self.pending = self.operation.map(|op| (op, None));
+                    return Step::NeedBody { max_bytes: config.max_body_bytes };
+                }
+            },
+        };
+        match check_content_type(op, has_body, content_type) {
             Err(e) => Step::Deny(e.denial()),
             Ok(Some(media)) if media.validator.is_some() => {
                 let media_index = op.media.iter().position(|m| std::ptr::eq(m, media));
-                self.pending = self.operation.zip(media_index);
+                self.pending = self.operation.map(|op| (op, media_index));
                 Step::NeedBody { max_bytes: config.max_body_bytes }
             }
             Ok(_) => Step::Continue,
@@ -141,11 +172,21 @@ impl Stage for SchemaStage {
         }
     }
 
-    fn on_request_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, body: &[u8]) -> Step {
+    fn on_request_body(&mut self, _host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
+        let policy = Rc::clone(&self.policy);
+        let config = &policy.config;
         let Some((op, media)) = self.pending.take() else { return Step::Continue };
-        let config = &self.policy.config;
-        let Some(media) = config.operations.get(op).and_then(|o| o.media.get(media)) else { return Step::Continue };
-        match check_body(media, body, config.max_depth) {
+        let Some(op) = config.operations.get(op) else { return Step::Continue };
+        let media = match media {
+            Some(m) => op.media.get(m),
+            // Framing did not tell: the body read does (empty is no body).
+            None => match check_content_type(op, !body.is_empty(), request.header("content-type")) {
+                Ok(media) => media,
+                Err(e) => return Step::Deny(e.denial()),
+            },
+        };
+        let Some(media) = media.filter(|m| m.validator.is_some()) else { return Step::Continue };
+        match check_body(media, request.json(body, config.max_depth)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }

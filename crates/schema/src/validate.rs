@@ -2,6 +2,7 @@
 //! ([`match_operation`], [`check_parameters`], [`check_content_type`]); the JSON body after
 //! it is buffered ([`check_body`]).
 
+use meshward_core::json::{Document, JsonError};
 use serde_json::Value;
 
 use crate::config::{In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, Scalar, SchemaConfig, StatusKey};
@@ -167,40 +168,16 @@ pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8])
     serde_json::to_vec(&answer).map(Some).map_err(|_| invalid())
 }
 
-/// Refuses nesting deeper than `max` before any parsing, so a deep payload costs a scan.
-pub fn check_depth(body: &[u8], max: usize) -> Result<(), SchemaError> {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > max {
-                    return Err(SchemaError::TooDeep { max_depth: max });
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// A JSON body against the operation's schema: depth, syntax, then the first violation.
-pub fn check_body(media: &Media, body: &[u8], max_depth: usize) -> Result<(), SchemaError> {
+/// A JSON body, read by the strict reader, against the operation's schema: the first violation.
+pub fn check_body(media: &Media, body: Result<&Document, JsonError>) -> Result<(), SchemaError> {
     let Some(validator) = &media.validator else { return Ok(()) };
-    check_depth(body, max_depth)?;
-    let instance: Value = serde_json::from_slice(body).map_err(|_| SchemaError::InvalidJson)?;
-    match validator.validate(&instance) {
+    let instance = match body {
+        Ok(document) => &document.value,
+        Err(JsonError::Invalid) => return Err(SchemaError::InvalidJson),
+        Err(JsonError::TooDeep { max_depth }) => return Err(SchemaError::TooDeep { max_depth }),
+        Err(JsonError::Ambiguous(what)) => return Err(SchemaError::AmbiguousJson { what }),
+    };
+    match validator.validate(instance) {
         Ok(()) => Ok(()),
         Err(e) => Err(SchemaError::SchemaViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() }),
     }

@@ -27,7 +27,8 @@ fn check(config: &SchemaConfig, method: &str, path: &str, headers: &[(&str, &str
     check_parameters(op, &captures, path, &header)?;
     let content_type = headers.iter().find(|(k, _)| *k == "content-type").map(|(_, v)| *v);
     if let Some(media) = check_content_type(op, body.is_some(), content_type)? {
-        check_body(media, body.unwrap_or_default(), config.max_depth)?;
+        let read = meshward_core::json::read(body.unwrap_or_default(), config.max_depth);
+        check_body(media, read.as_ref().map_err(|e| *e))?;
     }
     Ok(())
 }
@@ -48,6 +49,16 @@ fn crapi_contract() {
     assert_eq!(order(r#"{"product_id": "1", "quantity": 2}"#), violation("/body/product_id", "type"));
     assert_eq!(order(r#"{"product_id": 1}"#), violation("/body", "required"));
     assert_eq!(order("{\"product_id\": 1,"), Err(SchemaError::InvalidJson));
+    // What services read differently is refused, whatever the schema says.
+    let ambiguous = |what| Err(SchemaError::AmbiguousJson { what });
+    use meshward_core::json::Ambiguity::*;
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2, "quantity": 900}"#), ambiguous(DuplicateMember));
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2, "Quantity": 900}"#), ambiguous(CaseVariantMember));
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2, "QUANTITY": 900}"#), ambiguous(CaseVariantMember));
+    assert_eq!(order(r#"{"product_id": 1, "Quantity": 2}"#), violation("/body", "required"), "a case variant alone is an unknown member");
+    assert_eq!(order(r#"{"product_id": 1, "quantity": 2, "x": "\udead"}"#), ambiguous(LoneSurrogate));
+    assert_eq!(order(r#"{"product_id": 99999999999999999999999, "quantity": 2}"#), ambiguous(IntegerOutOfRange));
+    assert_eq!(order("\u{feff}{\"product_id\": 1, \"quantity\": 2}"), ambiguous(ByteOrderMark));
     let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
     assert_eq!(order(&deep), Err(SchemaError::TooDeep { max_depth: 32 }));
     assert_eq!(check(&c, "POST", "/workshop/api/shop/orders", &[("content-type", "text/plain")], Some(b"x")), Err(SchemaError::UnsupportedMediaType));

@@ -3,8 +3,7 @@
 use std::rc::Rc;
 
 use meshward_core::clock::unix_secs;
-use meshward_core::route::canonical_path;
-use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::{config::ConfigError, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::Host;
 
 use meshward_core::config::Unmatched;
@@ -52,20 +51,16 @@ pub struct WebhookStage {
 
 impl Stage for WebhookStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        let canonical = match canonical_path(&request.path) {
-            Ok(p) => p,
-            Err(e) => return Step::Deny(Denial::new(DenialKind::BadRequest, "invalid_path", e.to_string())),
-        };
         let config = &self.policy.config;
-        let Some(index) = config.endpoints.iter().position(|e| e.path_match.matches(&canonical)) else {
+        let Some(index) = config.endpoints.iter().position(|e| e.path_match.matches(&request.canonical)) else {
             return match config.unmatched {
                 Unmatched::Allow => Step::Continue,
                 Unmatched::Deny => Step::Deny(WebhookError::RouteNotCovered.denial()),
             };
         };
         let endpoint = &config.endpoints[index];
-        let host_ref: &dyn Host = host;
-        match check_headers(endpoint, &|name| host_ref.request_header(name), unix_secs(host)) {
+        let seen: &RequestState = request;
+        match check_headers(endpoint, &|name| seen.header(name).map(str::to_string), unix_secs(host)) {
             Ok(delivery) => {
                 self.pending = Some((index, delivery));
                 Step::NeedBody { max_bytes: endpoint.max_body_bytes }

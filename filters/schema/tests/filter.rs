@@ -98,3 +98,99 @@ fn shadow_mode_counts_what_it_would_cut_and_changes_nothing() {
     assert_eq!(o.body, Some(Verdict::Continue));
     assert_eq!(h.counter("meshward_schema_shadow_denied_total.route.get_account.reason.response_violation"), 1);
 }
+
+fn orders_policy() -> Rc<SchemaPolicy> {
+    let order = json!({"type": "object", "required": ["product_id", "quantity"], "properties": {
+        "product_id": {"type": "integer"}, "quantity": {"type": "integer", "maximum": 50}}});
+    let doc = json!({
+        "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/orders": {"post": {"operationId": "create", "requestBody": {"required": true,
+                "content": {"application/json": {"schema": order}}}, "responses": {"201": {"description": "ok"}}}},
+            "/orders/{id}": {"get": {"operationId": "get", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "ok"}}},
+                "patch": {"operationId": "update", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+                "requestBody": {"content": {"application/json": {"schema": order}}}, "responses": {"200": {"description": "ok"}}}}}
+    });
+    Rc::new(SchemaPolicy::configure(json!({"openapi": doc}).to_string().as_bytes(), &FakeHost::default()).unwrap())
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// One request in a given wire form: `None` when it goes on to the upstream, else the reason
+/// of the local reply. `body: None` = the headers end the stream.
+fn outcome(method: &str, path: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Option<String> {
+    let mut all = vec![(":method", method), (":path", path)];
+    all.extend_from_slice(headers);
+    let mut h = FakeHost::with_request(&all);
+    let policy = orders_policy();
+    let mut filter = Filter::new(&policy);
+    let mut verdict = filter.on_request_headers(&mut h, body.is_none());
+    if let (Some(body), None) = (body, &h.sent) {
+        h.request_body = body.to_vec();
+        verdict = filter.on_request_body(&mut h, body.len(), true);
+    }
+    match &h.sent {
+        Some(sent) => Some(serde_json::from_slice::<Value>(&sent.body).unwrap()["reason"].as_str().unwrap().to_string()),
+        None => {
+            assert_eq!(verdict, Verdict::Continue);
+            None
+        }
+    }
+}
+
+/// (name, method, path, headers, body, expected denial reason).
+type Form<'a> = (&'a str, &'a str, &'a str, Vec<(&'a str, &'a str)>, Option<&'a [u8]>, Option<String>);
+
+#[test]
+fn every_wire_form_is_checked_alike() {
+    let good = br#"{"product_id": 1, "quantity": 2}"#.as_slice();
+    let bad = br#"{"product_id": 1, "quantity": 900}"#.as_slice();
+    let len = |b: &[u8]| b.len().to_string();
+    let (good_len, bad_len) = (len(good), len(bad));
+    let json = ("content-type", "application/json");
+    let chunked = ("transfer-encoding", "chunked");
+    let gz = ("content-encoding", "gzip");
+    let (good_gz, bad_gz) = (gzip(good), gzip(bad));
+    let violation = Some("schema_violation".to_string());
+    let reason = |r: &str| Some(r.to_string());
+    let cases: Vec<Form> = vec![
+        ("content-length", "POST", "/orders", vec![json, ("content-length", &good_len)], Some(good), None),
+        ("content-length, invalid", "POST", "/orders", vec![json, ("content-length", &bad_len)], Some(bad), violation.clone()),
+        ("chunked", "POST", "/orders", vec![json, chunked], Some(good), None),
+        ("chunked, invalid", "POST", "/orders", vec![json, chunked], Some(bad), violation.clone()),
+        ("h2 without length", "POST", "/orders", vec![json], Some(good), None),
+        ("h2 without length, invalid", "POST", "/orders", vec![json], Some(bad), violation.clone()),
+        ("h2, empty body where one is required", "POST", "/orders", vec![json], Some(b""), reason("missing_body")),
+        ("no body where one is required", "POST", "/orders", vec![json], None, reason("missing_body")),
+        ("optional body, chunked, invalid", "PATCH", "/orders/1", vec![json, chunked], Some(bad), violation.clone()),
+        ("optional body, h2, invalid", "PATCH", "/orders/1", vec![json], Some(bad), violation.clone()),
+        ("optional body, h2, empty", "PATCH", "/orders/1", vec![], Some(b""), None),
+        ("optional body, chunked, wrong type", "PATCH", "/orders/1", vec![("content-type", "text/plain"), chunked], Some(b"x"), reason("unsupported_media_type")),
+        ("body where none belongs, chunked", "GET", "/orders/1", vec![chunked], Some(b"{}"), reason("unexpected_body")),
+        ("h2 GET with an empty data frame", "GET", "/orders/1", vec![], Some(b""), None),
+        ("gzip", "POST", "/orders", vec![json, gz], Some(&good_gz), None),
+        ("gzip, invalid inside", "POST", "/orders", vec![json, gz, chunked], Some(&bad_gz), violation.clone()),
+        ("gzip that is not", "POST", "/orders", vec![json, gz], Some(good), reason("invalid_encoding")),
+        ("brotli", "POST", "/orders", vec![json, ("content-encoding", "br")], Some(good), reason("unsupported_encoding")),
+        ("duplicate member", "POST", "/orders", vec![json], Some(br#"{"product_id": 1, "quantity": 2, "quantity": 900}"#), reason("ambiguous_json")),
+        ("case-variant member", "POST", "/orders", vec![json], Some(br#"{"product_id": 1, "quantity": 2, "Quantity": 900}"#), reason("ambiguous_json")),
+        ("escaped duplicate", "POST", "/orders", vec![json], Some(br#"{"product_id": 1, "quantity": 2, "quantit\u0079": 900}"#), reason("ambiguous_json")),
+        ("method override header", "POST", "/orders", vec![json, ("x-http-method-override", "DELETE")], Some(good), reason("method_override")),
+        ("method override parameter", "POST", "/orders?_method=DELETE", vec![json], Some(good), reason("method_override")),
+        ("content-type twice", "POST", "/orders", vec![json, ("content-type", "text/plain")], Some(good), reason("ambiguous_header")),
+        ("HEAD is GET", "HEAD", "/orders/1", vec![], None, None),
+        ("HEAD checks GET's parameters", "HEAD", "/orders/x", vec![], None, reason("invalid_parameter")),
+        ("trailing slash", "POST", "/orders/", vec![json], Some(bad), violation.clone()),
+        ("other case", "POST", "/ORDERS", vec![json], Some(bad), violation.clone()),
+        ("path parameter", "PATCH", "/orders/1;x=y", vec![json], Some(bad), reason("invalid_path")),
+    ];
+    for (name, method, path, headers, body, want) in cases {
+        assert_eq!(outcome(method, path, &headers, body), want, "{name}");
+    }
+}
