@@ -94,7 +94,7 @@ bench: build venv system-deps
 # Coverage-guided fuzzing (nightly + cargo-fuzz, installed here if missing), each target for
 # FUZZ_SECONDS. Crashes land in fuzz/artifacts/<target>/; turn each into a regression test.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := jwt_token jwks webhook_delivery configs paths schema_request ratelimit_key
+FUZZ_TARGETS := jwt_token jwks webhook_delivery configs paths schema_request ratelimit_key json_readers
 fuzz:
 	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

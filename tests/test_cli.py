@@ -186,6 +186,8 @@ def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monk
                  "--upstream", f"127.0.0.1:{upstream.port}")
     assert r.returncode == 0, r.stderr
     config = yaml.safe_load(r.stdout)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert (hcm["normalize_path"], hcm["merge_slashes"], hcm["path_with_escaped_slashes_action"]) == (True, True, "REJECT_REQUEST")
     with Envoy(config, concurrency=1) as env:
         now = int(time.time())
         token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, sub="alice", email="alice@example.com", scope="orders:write", exp=now + 300)
@@ -202,6 +204,10 @@ def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monk
         r = env.request("/workshop/api/shop/products", auth, "POST", json.dumps({"name": "x", "price": "1", "image_url": "u"}).encode())
         assert r.status == 403 and r.reason == "missing_scope", r
         assert env.request("/workshop/api/shop/v9/orders", auth).status == 404
+        # Envoy refuses an encoded slash before any filter; dot segments are resolved for all.
+        assert env.request("/workshop/api/shop%2Forders", auth, "POST", mass).status == 400
+        r = env.request("/workshop/api/x/../shop/orders", auth, "POST", mass)
+        assert r.status == 400 and r.reason == "schema_violation", r
     env.cleanup()
 
 

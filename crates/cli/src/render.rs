@@ -240,6 +240,11 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        // Envoy routes, and the service receives, the path meshward decided on:
+                        // dot segments resolved, slashes merged, encoded slashes refused.
+                        "normalize_path": true,
+                        "merge_slashes": true,
+                        "path_with_escaped_slashes_action": "REJECT_REQUEST",
                         "route_config": {"virtual_hosts": [{"name": policy.service, "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}]},
                         "http_filters": http_filters,
                     },

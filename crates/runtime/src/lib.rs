@@ -364,6 +364,18 @@ impl Filter {
                 }
             }
         }
+        // Response headers can only be read here (not in body callbacks).
+        if self.slots.iter().any(|s| s.response_body_limit.is_some()) && response_is_encoded(host) {
+            // The stages asked the upstream for `identity`; an answer coded anyway cannot be
+            // read, and what cannot be read is not passed: it is replaced before it leaves.
+            for i in 0..self.slots.len() {
+                if self.slots[i].response_body_limit.take().is_some() {
+                    if let Settled::Stopped = self.deny(host, i, &encoded_response()) {
+                        return Verdict::Pause;
+                    }
+                }
+            }
+        }
         if end_of_stream && self.slots.iter().any(|s| s.response_body_limit.is_some()) {
             return self.deliver_response_body(host, 0);
         }
@@ -393,16 +405,11 @@ impl Filter {
 
     fn deliver_response_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
         let body = if body_size == 0 { Vec::new() } else { host.response_body(0, body_size).unwrap_or_default() };
-        // The stages asked the upstream for `identity`; an answer coded anyway cannot be read,
-        // and what cannot be read is not passed (a classified field must not leave gzipped).
-        let encoded = !body.is_empty() && !matches!(coding(host.response_header("content-encoding").as_deref()), Ok(None));
         for i in 0..self.slots.len() {
             if self.slots[i].response_body_limit.take().is_none() {
                 continue;
             }
-            let step = if encoded {
-                Step::Deny(Denial::new(DenialKind::BadGateway, "encoded_response", "the answer has a content-encoding and cannot be checked"))
-            } else if body.len() == body_size {
+            let step = if body.len() == body_size {
                 let slot = &mut self.slots[i];
                 self.request.route = slot.route.clone();
                 slot.stage.on_response_body(host, &mut self.request, &body)
@@ -485,6 +492,17 @@ impl Filter {
         });
         format!("meshward_{}: {line}", slot.name)
     }
+}
+
+/// The answer carries a content coding (anything but none or `identity`).
+fn response_is_encoded(host: &dyn Host) -> bool {
+    !matches!(coding(host.response_header("content-encoding").as_deref()), Ok(None))
+}
+
+/// A classified field must not leave because it was compressed: a coded answer a stage must
+/// read is refused (502).
+fn encoded_response() -> Denial {
+    Denial::new(DenialKind::BadGateway, "encoded_response", "the answer has a content-encoding and cannot be checked")
 }
 
 /// Sends the local response for a denial: status, challenge headers, JSON body.

@@ -78,6 +78,8 @@ pub struct Param {
     pub name: String,
     pub location: In,
     pub required: bool,
+    /// `allowEmptyValue`: a required parameter may be given empty (`?q=`).
+    pub allow_empty: bool,
     pub scalar: Scalar,
     /// `type: array` (query: repeated or comma-separated values).
     pub array: bool,
@@ -162,12 +164,41 @@ pub struct SchemaConfig {
     pub max_depth: usize,
     pub operations: Vec<Operation>,
     pub response: Option<ResponseChecks>,
+    /// Base paths of the document's `servers[].url` (`/api/v3`), without trailing slash.
+    pub base_paths: Vec<String>,
 }
 
 impl std::fmt::Debug for SchemaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SchemaConfig({} operations)", self.operations.len())
     }
+}
+
+/// The path part of each top-level `servers[].url` (variables replaced by their defaults),
+/// so a contract served under `/api/v3` matches `/api/v3/pet`. Root and empty bases are left
+/// out: paths without a base always match too.
+fn base_paths(document: &Value) -> Vec<String> {
+    let Some(Value::Array(servers)) = document.get("servers") else { return Vec::new() };
+    let mut out: Vec<String> = Vec::new();
+    for server in servers {
+        let Some(mut url) = server.get("url").and_then(Value::as_str).map(str::to_string) else { continue };
+        if let Some(Value::Object(vars)) = server.get("variables") {
+            for (name, var) in vars {
+                if let Some(default) = var.get("default").and_then(Value::as_str) {
+                    url = url.replace(&format!("{{{name}}}"), default);
+                }
+            }
+        }
+        let path = match url.split_once("://") {
+            Some((_, rest)) => rest.find('/').map_or("", |i| &rest[i..]),
+            None => url.as_str(),
+        };
+        let path = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+        if path.starts_with('/') && !path.contains('{') && !out.iter().any(|p| p == path) {
+            out.push(path.to_string());
+        }
+    }
+    out
 }
 
 /// A JSON pointer as a URI fragment: characters a fragment may not hold are percent-encoded
@@ -193,6 +224,10 @@ fn validator_at(document: &Value, pointer: &str) -> Result<Validator, String> {
     }
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft202012)
+        // OpenAPI's formats are assertions here (`date-time`, `date`, `uuid`, `email`, `ipv4`,
+        // `ipv6`, `uri`, ...): services parse them, and a value they cannot parse is a value
+        // the contract did not allow. Formats the validator does not know are annotations.
+        .should_validate_formats(true)
         .build(&root)
         .map_err(|e| format!("schema at #{pointer} does not compile: {e}"))
 }
@@ -308,6 +343,7 @@ impl SchemaConfig {
                         name: if location == In::Header { name.to_ascii_lowercase() } else { name },
                         location,
                         required: location == In::Path || p.get("required") == Some(&Value::Bool(true)),
+                        allow_empty: p.get("allowEmptyValue") == Some(&Value::Bool(true)),
                         scalar,
                         array,
                         validator,
@@ -360,7 +396,8 @@ impl SchemaConfig {
         }
         // Most literal first, so `/users/me` is tried before `/users/{id}`.
         operations.sort_by_key(|o| std::cmp::Reverse(o.literal_segments));
-        Ok(SchemaConfig { mode: raw.mode, max_body_bytes, max_depth, operations, response })
+        let base_paths = base_paths(&document);
+        Ok(SchemaConfig { mode: raw.mode, max_body_bytes, max_depth, operations, response, base_paths })
     }
 }
 

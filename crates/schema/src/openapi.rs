@@ -4,6 +4,8 @@
 //! Every schema object of the document is rewritten once, per [`View`]:
 //! - 3.0 `nullable: true` → `null` added to `type` (and to `enum`);
 //! - 3.0 boolean `exclusiveMinimum` / `exclusiveMaximum` → the 2020-12 number form;
+//! - `format: int32` / `int64` → `minimum` / `maximum` of that type (unless the schema's own
+//!   bounds are tighter): a value the service's integer cannot hold is not allowed;
 //! - hidden properties (`readOnly` on writes; `writeOnly` and stripped `x-data-class` fields in
 //!   answers) may not appear: their schema becomes `false` and they leave `required`;
 //! - closed views: object schemas get `unevaluatedProperties: false` unless they say
@@ -183,6 +185,7 @@ fn rewrite(document: &Value, schema: &mut Value, view: &View, closed_here: bool)
         return;
     }
     nullable(map);
+    integer_range(map);
     exclusive_bounds(map, "exclusiveMinimum", "minimum");
     exclusive_bounds(map, "exclusiveMaximum", "maximum");
     let hidden: Vec<String> = match map.get("properties") {
@@ -225,6 +228,30 @@ fn rewrite(document: &Value, schema: &mut Value, view: &View, closed_here: bool)
         || LIST_KEYWORDS[..3].iter().any(|k| map.contains_key(*k));
     if view.close && closed_here && is_object && !map.contains_key("additionalProperties") && !map.contains_key("unevaluatedProperties") {
         map.insert("unevaluatedProperties".into(), Value::Bool(false));
+    }
+}
+
+/// The bounds a `format: int32` / `int64` integer can hold, kept where the schema is stricter.
+fn integer_range(map: &mut Map<String, Value>) {
+    let (min, max): (i64, i64) = match map.get("format").and_then(Value::as_str) {
+        Some("int32") => (i32::MIN.into(), i32::MAX.into()),
+        Some("int64") => (i64::MIN, i64::MAX),
+        _ => return,
+    };
+    let looser = |bound: Option<&Value>, limit: i64, lower: bool| match bound.and_then(Value::as_number) {
+        None => true,
+        Some(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(v), _, _) => if lower { v < limit } else { v > limit },
+            (None, Some(_), _) => !lower,
+            (None, None, Some(v)) => if lower { v < limit as f64 } else { v > limit as f64 },
+            (None, None, None) => true,
+        },
+    };
+    if looser(map.get("minimum"), min, true) {
+        map.insert("minimum".into(), Value::from(min));
+    }
+    if looser(map.get("maximum"), max, false) {
+        map.insert("maximum".into(), Value::from(max));
     }
 }
 

@@ -14,14 +14,27 @@ pub type Captures = Vec<(String, String)>;
 
 /// The operation for a method and canonical path (most literal template first), with its
 /// path parameters.
+/// The path is read under each `servers[].url` base path first (`/api/v3/pet` is `/pet`),
+/// then as it is (a proxy in front may have stripped the base).
 pub fn match_operation<'a>(config: &'a SchemaConfig, method: &str, canonical: &str) -> Result<(&'a Operation, Captures), SchemaError> {
+    let under_base = config.base_paths.iter().filter_map(|base| {
+        let head = canonical.get(..base.len()).filter(|h| h.eq_ignore_ascii_case(base))?;
+        let rest = &canonical[head.len()..];
+        match rest {
+            "" => Some("/"),
+            r if r.starts_with('/') => Some(r),
+            _ => None,
+        }
+    });
     let mut path_known = false;
-    for op in &config.operations {
-        if let Some(captures) = op.template.captures(canonical) {
-            if op.method == method {
-                return Ok((op, captures));
+    for path in under_base.chain(std::iter::once(canonical)) {
+        for op in &config.operations {
+            if let Some(captures) = op.template.captures(path) {
+                if op.method == method {
+                    return Ok((op, captures));
+                }
+                path_known = true;
             }
-            path_known = true;
         }
     }
     Err(if path_known { SchemaError::MethodNotAllowed } else { SchemaError::UnknownRoute })
@@ -84,7 +97,9 @@ pub fn check_parameters(
             In::Query => query_values(raw_path, &param.name)?,
             In::Header => header(&param.name),
         };
-        if values.is_empty() {
+        // A required parameter given empty (`?limit=`) is not given, unless the contract says so.
+        let absent = values.is_empty() || (param.required && !param.allow_empty && values.iter().all(String::is_empty));
+        if absent {
             if param.required {
                 return Err(SchemaError::MissingParameter { location: location(param) });
             }

@@ -93,6 +93,14 @@ fn petstore_contract_from_yaml() {
     let pet = |body: &str| check(&p, "POST", "/pet", &[JSON], Some(body.as_bytes()));
     assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "status": "available"}"#), Ok(()));
     assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "status": "sleeping"}"#), violation("/body/status", "enum"));
+    // The contract is served under its `servers` base path (`/api/v3`), and as is.
+    assert_eq!(p.base_paths, vec!["/api/v3".to_string()]);
+    let under_base = |body: &str| check(&p, "POST", "/api/v3/pet", &[JSON], Some(body.as_bytes()));
+    assert_eq!(under_base(r#"{"name": "doggie", "photoUrls": ["u"]}"#), Ok(()));
+    assert_eq!(under_base(r#"{"name": "doggie", "photoUrls": ["u"], "status": "sleeping"}"#), violation("/body/status", "enum"));
+    assert_eq!(check(&p, "GET", "/api/v3/pet/x", &[], None), Err(SchemaError::InvalidParameter { location: "path.petId".into(), keyword: "type".into() }));
+    assert_eq!(check(&p, "GET", "/api/v3x/pet/1", &[], None), Err(SchemaError::UnknownRoute));
+    assert_eq!(check(&p, "PUT", "/api/v3/pet/1", &[], None), Err(SchemaError::MethodNotAllowed));
     assert_eq!(pet(r#"{"name": "doggie", "photoUrls": ["u"], "category": {"id": 1, "name": "d", "x": 1}}"#), violation("/body/category", "unevaluatedProperties"));
     assert_eq!(
         check(&p, "GET", "/pet/findByStatus?status=available", &[], None),
@@ -240,4 +248,78 @@ fn bad_response_configuration_is_refused() {
     assert!(parse(json!({"data_classes": {"pii": "hide"}})).contains("unknown variant `hide`"));
     assert!(parse(json!({"max_body_bytes": 0})).contains("response.max_body_bytes"));
     assert!(parse(json!({})).contains("responses.2YY: not a status code"));
+}
+
+#[test]
+fn integer_ranges_and_formats_are_asserted_exactly() {
+    let doc = json!({
+        "openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+        "paths": {"/things": {"post": {
+            "parameters": [{"name": "day", "in": "query", "schema": {"type": "string", "format": "date"}},
+                           {"name": "n", "in": "query", "schema": {"type": "integer", "format": "int32"}}],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {
+                "count": {"type": "integer", "format": "int32"},
+                "big": {"type": "integer", "format": "int64"},
+                "small": {"type": "integer", "format": "int32", "maximum": 10, "minimum": -5},
+                "ratio": {"type": "number", "minimum": 0.1, "maximum": 0.3, "multipleOf": 0.1},
+                "when": {"type": "string", "format": "date-time"},
+                "id": {"type": "string", "format": "uuid"},
+                "mail": {"type": "string", "format": "email"},
+                "ip": {"type": "string", "format": "ipv4"},
+                "ip6": {"type": "string", "format": "ipv6"},
+                "link": {"type": "string", "format": "uri"},
+                "blob": {"type": "string", "format": "binary"}}}}}},
+            "responses": {"200": {"description": "ok"}}}}}
+    });
+    let c = SchemaConfig::parse(json!({"openapi": doc}).to_string().as_bytes()).unwrap();
+    let post = |path: &str, body: &str| check(&c, "POST", path, &[JSON], Some(body.as_bytes()));
+    let body = |b: &str| post("/things", b);
+    let cases: Vec<(&str, Result<(), SchemaError>)> = vec![
+        (r#"{"count": 2147483647, "big": 9223372036854775807, "small": 10}"#, Ok(())),
+        (r#"{"count": -2147483648, "big": -9223372036854775808, "small": -5}"#, Ok(())),
+        (r#"{"count": 2147483648}"#, violation("/body/count", "maximum")),
+        (r#"{"count": -2147483649}"#, violation("/body/count", "minimum")),
+        (r#"{"big": 9223372036854775808}"#, violation("/body/big", "maximum")),
+        (r#"{"small": 11}"#, violation("/body/small", "maximum")),
+        (r#"{"small": -6}"#, violation("/body/small", "minimum")),
+        (r#"{"ratio": 0.3}"#, Ok(())),
+        (r#"{"ratio": 0.1}"#, Ok(())),
+        (r#"{"ratio": 0.30000000000000004}"#, violation("/body/ratio", "maximum")),
+        (r#"{"ratio": 0.25}"#, violation("/body/ratio", "multipleOf")),
+        (r#"{"when": "2024-02-29T12:00:00Z", "id": "0a9a5e2c-5b2b-4ae4-8e0e-1f0c7d1e7e11", "mail": "a@b.test", "ip": "10.0.0.1", "ip6": "::1", "link": "https://x.test/a", "blob": "\u0001"}"#, Ok(())),
+        (r#"{"when": "yesterday"}"#, violation("/body/when", "format")),
+        (r#"{"when": "2023-02-29T12:00:00Z"}"#, violation("/body/when", "format")),
+        (r#"{"id": "not-a-uuid"}"#, violation("/body/id", "format")),
+        (r#"{"mail": "nobody"}"#, violation("/body/mail", "format")),
+        (r#"{"ip": "10.0.0.256"}"#, violation("/body/ip", "format")),
+        (r#"{"ip6": "::g"}"#, violation("/body/ip6", "format")),
+        (r#"{"link": "not a uri"}"#, violation("/body/link", "format")),
+    ];
+    for (b, want) in cases {
+        assert_eq!(body(b), want, "{b}");
+    }
+    let param = |location: &str, keyword: &str| Err(SchemaError::InvalidParameter { location: location.into(), keyword: keyword.into() });
+    assert_eq!(post("/things?day=2024-02-29&n=7", "{}"), Ok(()));
+    assert_eq!(post("/things?day=2024-13-45", "{}"), param("query.day", "format"));
+    assert_eq!(post("/things?n=2147483648", "{}"), param("query.n", "maximum"));
+}
+
+#[test]
+fn empty_required_parameters_are_missing_unless_allowed() {
+    let doc = json!({
+        "openapi": "3.0.3", "info": {"title": "t", "version": "1"},
+        "paths": {"/search": {"get": {"parameters": [
+            {"name": "q", "in": "query", "required": true, "schema": {"type": "string"}},
+            {"name": "tag", "in": "query", "required": true, "allowEmptyValue": true, "schema": {"type": "string"}},
+            {"name": "x-tenant", "in": "header", "required": true, "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "ok"}}}}}
+    });
+    let c = SchemaConfig::parse(json!({"openapi": doc}).to_string().as_bytes()).unwrap();
+    let get = |path: &str, tenant: &str| check(&c, "GET", path, &[("x-tenant", tenant)], None);
+    let missing = |location: &str| Err(SchemaError::MissingParameter { location: location.into() });
+    assert_eq!(get("/search?q=a&tag=b", "acme"), Ok(()));
+    assert_eq!(get("/search?q=a&tag=", "acme"), Ok(()), "allowEmptyValue");
+    assert_eq!(get("/search?q=&tag=b", "acme"), missing("query.q"));
+    assert_eq!(get("/search?q&tag=b", "acme"), missing("query.q"));
+    assert_eq!(get("/search?q=a&tag=b", ""), missing("header.x-tenant"));
 }
