@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use meshward_core::route::canonical_path;
-use meshward_schema::validate::{check_answer, check_body, check_content_type, check_parameters, match_operation, match_response};
+use meshward_schema::validate::{check_answer, check_body, check_form, check_content_type, check_parameters, match_operation, match_response};
 use meshward_schema::SchemaConfig;
 
 const CRAPI: &str = include_str!("../../tests/specs/crapi-openapi-spec.json");
@@ -36,6 +36,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some(media)) = check_content_type(op, !body.is_empty(), Some(&content_type)) {
         let read = meshward_core::json::read(body, config.max_depth);
         let _ = check_body(media, read.as_ref().map_err(|e| *e));
+        let _ = check_form(media, Some(&content_type), body);
     }
     let status = 200 + u16::from(selector % 8);
     if let (Some(checks), Ok(media)) = (&config.response, match_response(op, status, Some(&content_type))) {

@@ -10,7 +10,8 @@ use meshward_core::Mode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::openapi::{check_refs, escape, rewrite_document, View};
+use crate::form::FormField;
+use crate::openapi::{check_refs, escape, resolve, rewrite_document, View};
 use crate::response::{FieldAction, FieldRules};
 
 const DEFAULT_MAX_DEPTH: usize = 32;
@@ -55,6 +56,10 @@ struct RawResponse {
 #[serde(deny_unknown_fields)]
 struct RawOverride {
     reject_unknown_properties: Option<bool>,
+    /// Declared media types whose schema meshward cannot check (XML, ...) that may pass
+    /// unchecked on this operation (counted as `meshward_schema_unchecked_body_total`).
+    #[serde(default)]
+    unchecked_media_types: Vec<String>,
 }
 
 /// Where a parameter is.
@@ -72,6 +77,8 @@ pub enum Scalar {
     Integer,
     Number,
     Boolean,
+    /// An object in a form field: JSON text (OpenAPI's default `contentType` for objects).
+    Json,
 }
 
 pub struct Param {
@@ -89,8 +96,27 @@ pub struct Param {
 pub struct Media {
     /// `application/json`, `application/*+json`, `*/*`, ...
     pub media_type: String,
-    /// JSON media types are parsed and validated; others are only matched.
+    pub format: BodyFormat,
+    /// The schema's validator, for the formats meshward reads (JSON and forms).
     pub validator: Option<Validator>,
+    /// How each field of a form body is read (its property's type).
+    pub fields: Vec<FormField>,
+}
+
+/// How a body of a declared media type is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// Read by the strict JSON reader and validated.
+    Json,
+    /// `application/x-www-form-urlencoded`, read into its schema's object and validated.
+    UrlEncoded,
+    /// `multipart/form-data`, read into its schema's object and validated.
+    Multipart,
+    /// Nothing to check: no schema, or a plain (binary) string. The body streams on.
+    Unchecked,
+    /// A schema meshward cannot check (XML, ...): refused (415 `unchecked_media_type`) unless
+    /// the operation lists the media type in `unchecked_media_types`.
+    Unreadable { allowed: bool },
 }
 
 /// Which answers a declared response covers.
@@ -172,6 +198,56 @@ impl std::fmt::Debug for SchemaConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SchemaConfig({} operations)", self.operations.len())
     }
+}
+
+/// How a declared request body is checked (see [`BodyFormat`]).
+fn body_format(document: &Value, media_type: &str, schema: Option<&Value>, unchecked: &[String]) -> BodyFormat {
+    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let Some(schema) = schema else { return BodyFormat::Unchecked };
+    if is_json(media_type) {
+        return BodyFormat::Json;
+    }
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => return BodyFormat::UrlEncoded,
+        "multipart/form-data" => return BodyFormat::Multipart,
+        _ => {}
+    }
+    // A string (binary upload, plain text) constrains nothing a reader would disagree on.
+    let resolved = resolve(document, schema);
+    let plain_string = resolved.as_object().is_some_and(|m| {
+        m.get("type") == Some(&json!("string")) && m.keys().all(|k| matches!(k.as_str(), "type" | "format" | "description" | "title" | "example" | "examples"))
+    });
+    if plain_string || resolved == &json!({}) || resolved == &json!(true) {
+        return BodyFormat::Unchecked;
+    }
+    BodyFormat::Unreadable { allowed: unchecked.iter().any(|u| u.eq_ignore_ascii_case(media_type)) }
+}
+
+/// The fields of a form schema (its properties, and those of `allOf` members) with the type
+/// their text is read as.
+fn form_fields(document: &Value, schema: &Value) -> Vec<FormField> {
+    let resolved = resolve(document, schema);
+    let mut schemas = vec![resolved];
+    if let Some(Value::Array(members)) = resolved.get("allOf") {
+        schemas.extend(members.iter().map(|m| resolve(document, m)));
+    }
+    let mut fields: Vec<FormField> = Vec::new();
+    for s in schemas {
+        if let Some(Value::Object(props)) = s.get("properties") {
+            for (name, prop) in props {
+                let (mut scalar, array) = scalar_of(document, prop);
+                let inner = resolve(document, prop);
+                let inner = if array { inner.get("items").map_or(inner, |i| resolve(document, i)) } else { inner };
+                if inner.get("type") == Some(&json!("object")) || inner.get("properties").is_some() {
+                    scalar = Scalar::Json;
+                }
+                if !fields.iter().any(|f| f.name == *name) {
+                    fields.push(FormField { name: name.clone(), scalar, array });
+                }
+            }
+        }
+    }
+    fields
 }
 
 /// The path part of each top-level `servers[].url` (variables replaced by their defaults),
@@ -358,17 +434,26 @@ impl SchemaConfig {
                 if let Some((body, pointer)) = body {
                     body_required = body.get("required") == Some(&Value::Bool(true));
                     if let Some(Value::Object(content)) = body.get("content") {
+                        let unchecked = raw.operations.get(&id).map(|o| o.unchecked_media_types.as_slice()).unwrap_or_default();
+                        for listed in unchecked {
+                            if !content.keys().any(|m| m.eq_ignore_ascii_case(listed)) {
+                                return Err(ConfigError::new(format!("operations.{id}.unchecked_media_types"), "names a media type the operation does not declare"));
+                            }
+                        }
                         for (media_type, m) in content {
-                            let json = is_json(media_type);
-                            let validator = if json && m.get("schema").is_some() {
-                                Some(
+                            let format = body_format(&document, media_type, m.get("schema"), unchecked);
+                            let validator = match format {
+                                BodyFormat::Json | BodyFormat::UrlEncoded | BodyFormat::Multipart => Some(
                                     validator_at(view, &format!("{pointer}/content/{}/schema", escape(media_type)))
                                         .map_err(|e| ConfigError::new(&at_op, e))?,
-                                )
-                            } else {
-                                None
+                                ),
+                                BodyFormat::Unchecked | BodyFormat::Unreadable { .. } => None,
                             };
-                            media.push(Media { media_type: media_type.to_ascii_lowercase(), validator });
+                            let fields = match (format, m.get("schema")) {
+                                (BodyFormat::UrlEncoded | BodyFormat::Multipart, Some(schema)) => form_fields(&document, schema),
+                                _ => Vec::new(),
+                            };
+                            media.push(Media { media_type: media_type.to_ascii_lowercase(), format, validator, fields });
                         }
                     }
                 }

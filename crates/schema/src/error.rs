@@ -17,6 +17,12 @@ pub enum SchemaError {
     InvalidJson,
     /// JSON that services read differently (see `meshward_core::json`).
     AmbiguousJson { what: Ambiguity },
+    /// A form body that does not read as its declared type.
+    InvalidForm,
+    /// A form body that services read differently (see [`crate::form`]).
+    AmbiguousForm,
+    /// A declared media type whose schema meshward cannot check, not opted in.
+    UncheckedMediaType,
     SchemaViolation { location: String, keyword: String },
     /// The answer's status or content type is not declared for the operation.
     UndeclaredResponse,
@@ -39,6 +45,9 @@ impl SchemaError {
             SchemaError::TooDeep { .. } => "too_deep",
             SchemaError::InvalidJson => "invalid_json",
             SchemaError::AmbiguousJson { .. } => "ambiguous_json",
+            SchemaError::InvalidForm => "invalid_form",
+            SchemaError::AmbiguousForm => "ambiguous_form",
+            SchemaError::UncheckedMediaType => "unchecked_media_type",
             SchemaError::SchemaViolation { .. } => "schema_violation",
             SchemaError::UndeclaredResponse => "undeclared_response",
             SchemaError::ResponseViolation { .. } => "response_violation",
@@ -67,6 +76,13 @@ impl SchemaError {
             }
             SchemaError::InvalidJson => Denial::new(bad, self.reason(), "the body is not valid JSON"),
             SchemaError::AmbiguousJson { what } => Denial::new(bad, self.reason(), what.describe()),
+            SchemaError::InvalidForm => Denial::new(bad, self.reason(), "the body is not a form of its content type"),
+            SchemaError::AmbiguousForm => Denial::new(bad, self.reason(), "the form repeats a field or has fields that differ only in case"),
+            SchemaError::UncheckedMediaType => Denial::new(
+                DenialKind::UnsupportedMediaType,
+                self.reason(),
+                "bodies of this content type cannot be checked against the contract here",
+            ),
             SchemaError::SchemaViolation { location, keyword } => Denial::new(bad, self.reason(), "the body does not match the contract")
                 .with("location", location.clone())
                 .with("keyword", keyword.clone()),

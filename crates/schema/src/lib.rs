@@ -6,6 +6,7 @@
 
 pub mod config;
 mod error;
+pub mod form;
 pub mod openapi;
 pub mod response;
 pub mod stage;

@@ -3,10 +3,10 @@
 use std::rc::Rc;
 
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
-use meshward_host::Host;
+use meshward_host::{Host, LogLevel};
 
-use crate::config::SchemaConfig;
-use crate::validate::{check_answer, check_body, check_content_type, check_parameters, declared_response, match_operation, match_response};
+use crate::config::{BodyFormat, SchemaConfig};
+use crate::validate::{check_answer, check_body, check_content_type, check_form, check_parameters, declared_response, match_operation, match_response};
 
 #[derive(Debug)]
 pub struct SchemaPolicy {
@@ -109,6 +109,14 @@ impl Stage for SchemaStage {
                 self.pending = self.operation.map(|op| (op, media_index));
                 Step::NeedBody { max_bytes: config.max_body_bytes }
             }
+            Ok(Some(media)) if media.format == (BodyFormat::Unreadable { allowed: true }) => {
+                // The operator let this media type through unchecked: counted and logged.
+                host.increment_counter("meshward_schema_unchecked_body_total", 1);
+                let line = serde_json::json!({"filter": "meshward_schema", "decision": "unchecked_body", "route": request.route,
+                    "media_type": media.media_type, "request_id": request.request_id});
+                host.log(LogLevel::Info, &format!("meshward_schema: {line}"));
+                Step::Continue
+            }
             Ok(_) => Step::Continue,
         }
     }
@@ -186,7 +194,11 @@ impl Stage for SchemaStage {
             },
         };
         let Some(media) = media.filter(|m| m.validator.is_some()) else { return Step::Continue };
-        match check_body(media, request.json(body, config.max_depth)) {
+        let checked = match media.format {
+            BodyFormat::Json => check_body(media, request.json(body, config.max_depth)),
+            _ => check_form(media, request.header("content-type"), body),
+        };
+        match checked {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }

@@ -5,7 +5,8 @@
 use meshward_core::json::{Document, JsonError};
 use serde_json::Value;
 
-use crate::config::{In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, Scalar, SchemaConfig, StatusKey};
+use crate::config::{BodyFormat, In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, SchemaConfig, StatusKey};
+use crate::form::{boundary, coerce, read_multipart, read_urlencoded, FormError};
 use crate::response::cut_fields;
 use crate::SchemaError;
 
@@ -53,26 +54,6 @@ pub fn query_values(raw_path: &str, name: &str) -> Result<Vec<String>, SchemaErr
         }
     }
     Ok(out)
-}
-
-fn coerce(scalar: Scalar, text: &str) -> Value {
-    let parsed = match scalar {
-        Scalar::String => None,
-        // Integers beyond 64 bits are still integers: read as a whole-valued float.
-        Scalar::Integer => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).ok().or_else(|| {
-            let digits = text.strip_prefix('-').unwrap_or(text);
-            let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            whole.then(|| text.parse::<f64>().ok()).flatten().and_then(serde_json::Number::from_f64).map(Value::Number)
-        }),
-        Scalar::Number => text.parse::<f64>().ok().filter(|f| f.is_finite()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
-        Scalar::Boolean => match text {
-            "true" => Some(Value::Bool(true)),
-            "false" => Some(Value::Bool(false)),
-            _ => None,
-        },
-    };
-    // Text that does not read as the declared type stays text: the validator says `type`.
-    parsed.unwrap_or_else(|| Value::String(text.to_string()))
 }
 
 fn location(param: &Param) -> String {
@@ -141,7 +122,11 @@ pub fn check_content_type<'a>(op: &'a Operation, has_body: bool, content_type: O
     if op.media.is_empty() {
         return Err(SchemaError::UnexpectedBody);
     }
-    op.media.iter().find(|m| covers(&m.media_type, content_type)).map(Some).ok_or(SchemaError::UnsupportedMediaType)
+    let media = op.media.iter().find(|m| covers(&m.media_type, content_type)).ok_or(SchemaError::UnsupportedMediaType)?;
+    if media.format == (BodyFormat::Unreadable { allowed: false }) {
+        return Err(SchemaError::UncheckedMediaType);
+    }
+    Ok(Some(media))
 }
 
 /// The declared answer for a status: the exact code, else its class (`2XX`), else `default`.
@@ -192,6 +177,28 @@ pub fn check_body(media: &Media, body: Result<&Document, JsonError>) -> Result<(
         Err(JsonError::TooDeep { max_depth }) => return Err(SchemaError::TooDeep { max_depth }),
         Err(JsonError::Ambiguous(what)) => return Err(SchemaError::AmbiguousJson { what }),
     };
+    validate_body(validator, instance)
+}
+
+/// A form body (urlencoded or multipart), read as its schema's object, against the schema.
+pub fn check_form(media: &Media, content_type: Option<&str>, body: &[u8]) -> Result<(), SchemaError> {
+    let Some(validator) = &media.validator else { return Ok(()) };
+    let read = match media.format {
+        BodyFormat::UrlEncoded => read_urlencoded(body, &media.fields),
+        BodyFormat::Multipart => match content_type.and_then(boundary) {
+            Some(b) => read_multipart(body, &b, &media.fields),
+            None => Err(FormError::Invalid),
+        },
+        BodyFormat::Json | BodyFormat::Unchecked | BodyFormat::Unreadable { .. } => return Ok(()),
+    };
+    match read {
+        Ok(instance) => validate_body(validator, &instance),
+        Err(FormError::Invalid) => Err(SchemaError::InvalidForm),
+        Err(FormError::Ambiguous) => Err(SchemaError::AmbiguousForm),
+    }
+}
+
+fn validate_body(validator: &jsonschema::Validator, instance: &Value) -> Result<(), SchemaError> {
     match validator.validate(instance) {
         Ok(()) => Ok(()),
         Err(e) => Err(SchemaError::SchemaViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() }),
