@@ -32,6 +32,26 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = ["x-http-method-override", "x-htt
 
 /// Headers whose second copy services read differently (first wins, last wins, joined).
 const SINGLE_HEADERS: [&str; 4] = ["content-type", "content-encoding", "content-length", "transfer-encoding"];
+/// Of those, the ones that hold one value, never a list.
+const SINGLE_VALUED: [&str; 2] = ["content-type", "content-length"];
+
+/// A single-valued header that holds a list: a comma outside quoted strings. Proxies join
+/// repeated headers with commas (Envoy does, for `content-type`), so two copies arrive as one.
+/// `content-encoding` is a list by definition and is read by [`coding`].
+fn is_list(value: &str) -> bool {
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in value.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, ',') => return true,
+            _ => {}
+        }
+    }
+    false
+}
 
 /// A compressed body may grow at most this many times when decoded (a gzip bomb is refused
 /// before it is expanded to the body limit).
@@ -191,7 +211,7 @@ impl RequestState {
         if METHOD_OVERRIDE_HEADERS.iter().any(|h| self.header(h).is_some()) || self.has_method_parameter() {
             return Some(RequestError::MethodOverride);
         }
-        SINGLE_HEADERS.iter().find(|h| self.header_values(h).count() > 1).map(|h| RequestError::AmbiguousHeader(h))
+        SINGLE_HEADERS.iter().find(|h| self.header_values(h).count() > 1 || (SINGLE_VALUED.contains(h) && self.header(h).is_some_and(is_list))).map(|h| RequestError::AmbiguousHeader(h))
     }
 
     /// A `_method` query parameter (Laravel, Rails, Symfony, Express method-override).
@@ -287,11 +307,16 @@ mod tests {
             ("/a?%5Fmethod=put", &[], RequestError::MethodOverride),
             ("/a", &[("content-type", "text/plain"), ("content-type", "application/json")], RequestError::AmbiguousHeader("content-type")),
             ("/a", &[("content-encoding", "gzip"), ("content-encoding", "identity")], RequestError::AmbiguousHeader("content-encoding")),
+            ("/a", &[("content-type", "text/plain,application/json")], RequestError::AmbiguousHeader("content-type")),
+            ("/a", &[("content-length", "4, 4")], RequestError::AmbiguousHeader("content-length")),
         ];
         for (path, headers, want) in cases {
             assert_eq!(request(path, headers, true).refusal.as_ref(), Some(want), "{path} {headers:?}");
         }
         assert_eq!(request("/a?method=x&_methods=y", &[], true).refusal, None);
+        let quoted = [("content-type", "multipart/form-data; boundary=\"a,b\"")];
+        assert_eq!(request("/a", &quoted, true).refusal, None, "a comma inside a quoted parameter");
+        assert_eq!(request("/a", &[("content-encoding", "gzip, identity")], true).refusal, None, "a list by definition");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! proxy-wasm glue: forwards the SDK's callbacks to a [`Plan`] (root) and a [`Filter`] (each
 //! request) with [`ProxyWasmHost`]. Nothing here decides anything.
 
-use meshward_core::{Denial, DenialKind, GrpcResponse};
+use meshward_core::GrpcResponse;
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::{send_denial, Filter, Plan, Verdict};
+use crate::{send_denial, Filter, Plan, RuntimeDenial, Verdict};
 
 /// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
 pub fn register<T: Plan>() {
@@ -120,7 +120,7 @@ impl Context for Unconfigured {}
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let mut host = ProxyWasmHost;
-        let denial = Denial::new(DenialKind::Unavailable, "filter_unconfigured", "the filter has no valid configuration");
+        let denial = RuntimeDenial::FilterUnconfigured.denial();
         let request_id = host.request_header("x-request-id");
         send_denial(&mut host, &denial, request_id.as_deref());
         Action::Pause

@@ -1,0 +1,340 @@
+//! One request through an ordered list of stages: the request model built once, each stage's
+//! step settled (continue, wait, deny in its mode), bodies buffered for the stages that ask.
+
+use std::rc::Rc;
+
+use meshward_core::request::BodyError;
+use meshward_core::{Denial, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
+use meshward_host::{Host, HttpCallResponse, LogLevel};
+
+use crate::body::{decoded, response_is_encoded};
+use crate::denial_log::{log_line, send_denial, RuntimeDenial};
+use crate::plan::AnyPolicy;
+use crate::metrics::counter_name;
+use crate::Verdict;
+
+/// One stage of a request: its policy's name and mode, and what it asked for.
+pub struct Slot {
+    name: &'static str,
+    mode: Mode,
+    stage: Box<dyn Stage>,
+    /// Name of the rule the stage matched (per stage, for its counters).
+    route: Option<String>,
+    /// The stage asked for the request body, up to this size.
+    body_limit: Option<usize>,
+    /// The stage asked for the response body, up to this size.
+    response_body_limit: Option<usize>,
+}
+
+impl Slot {
+    pub fn new(name: &'static str, mode: Mode, stage: Box<dyn Stage>) -> Self {
+        Slot { name, mode, stage, route: None, body_limit: None, response_body_limit: None }
+    }
+}
+
+/// How a stage's step settles for the request.
+enum Settled {
+    /// Go on to the next stage.
+    Next,
+    /// The stage waits for a call it dispatched.
+    Wait,
+    /// A local response was sent: stop.
+    Stopped,
+}
+
+/// One request through an ordered list of stages.
+pub struct Filter {
+    slots: Vec<Slot>,
+    request: RequestState,
+    /// The slot waiting for an HTTP or gRPC call answer.
+    paused: Option<usize>,
+    /// The request has no more body to come (end of stream seen).
+    body_complete: bool,
+    body_delivered: bool,
+}
+
+impl Filter {
+    /// A filter running one policy.
+    pub fn new<P: Policy>(policy: &Rc<P>) -> Self {
+        Filter::from_slots(vec![Rc::clone(policy).new_slot()])
+    }
+
+    /// A filter running these stages in order.
+    pub fn from_slots(slots: Vec<Slot>) -> Self {
+        Filter { slots, request: RequestState::default(), paused: None, body_complete: false, body_delivered: false }
+    }
+
+    /// The request state the stages saw (principal included).
+    pub fn request(&self) -> &RequestState {
+        &self.request
+    }
+
+    /// `end_of_stream`: the request has no body.
+    pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
+        self.body_complete = end_of_stream;
+        self.request = RequestState::from_headers(host.request_headers(), end_of_stream);
+        for slot in &mut self.slots {
+            slot.stage.scrub(host, &mut self.request);
+        }
+        self.run_request_headers(host, 0)
+    }
+
+    fn run_request_headers(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
+        for i in from..self.slots.len() {
+            let step = {
+                let slot = &mut self.slots[i];
+                self.request.route = None;
+                // A request no stage can read unambiguously is refused by each in its mode.
+                let step = match &self.request.refusal {
+                    Some(refusal) => Step::Deny(refusal.denial()),
+                    None => slot.stage.on_request_headers(host, &mut self.request),
+                };
+                slot.route = self.request.route.take();
+                step
+            };
+            match self.settle(host, i, step) {
+                Settled::Next => {}
+                Settled::Wait => {
+                    self.paused = Some(i);
+                    return Verdict::Pause;
+                }
+                Settled::Stopped => return Verdict::Pause,
+            }
+        }
+        if self.slots.iter().any(|s| s.body_limit.is_some()) && self.body_complete {
+            // Headers-only request: the whole body is the empty one.
+            return self.deliver_body(host, 0);
+        }
+        // Any body a stage asked for is held in on_request_body; the headers go on (proxy-wasm
+        // hosts turn a paused headers callback into stop-all-iteration, which never delivers
+        // the body to this filter).
+        Verdict::Continue
+    }
+
+    fn settle(&mut self, host: &mut dyn Host, i: usize, step: Step) -> Settled {
+        match step {
+            Step::Continue => {
+                self.count_allowed(host, i);
+                Settled::Next
+            }
+            Step::Pause => Settled::Wait,
+            Step::NeedBody { .. } if self.body_delivered => {
+                self.deny(host, i, &RuntimeDenial::BodyAskedTwice.denial())
+            }
+            Step::NeedBody { max_bytes } => {
+                self.slots[i].body_limit = Some(max_bytes);
+                Settled::Next
+            }
+            Step::Deny(denial) => self.deny(host, i, &denial),
+        }
+    }
+
+    fn count_allowed(&self, host: &mut dyn Host, i: usize) {
+        let slot = &self.slots[i];
+        host.increment_counter(&counter_name(slot.name, "allowed", slot.route.as_deref(), None), 1);
+    }
+
+    /// Counts and logs a denial; `true` when it is enforced (not shadow mode).
+    fn record_denial(&mut self, host: &mut dyn Host, i: usize, denial: &Denial) -> bool {
+        let slot = &mut self.slots[i];
+        slot.body_limit = None;
+        slot.response_body_limit = None;
+        let shadow = slot.mode == Mode::Shadow;
+        let decision = if shadow { "shadow_denied" } else { "denied" };
+        host.increment_counter(&counter_name(slot.name, decision, slot.route.as_deref(), Some(denial.reason)), 1);
+        host.log(LogLevel::Info, &log_line(slot.name, slot.route.as_deref(), &self.request, denial, shadow));
+        !shadow
+    }
+
+    /// Answers with the denial, unless the stage is in shadow mode (then the request goes on).
+    fn deny(&mut self, host: &mut dyn Host, i: usize, denial: &Denial) -> Settled {
+        if !self.record_denial(host, i, denial) {
+            return Settled::Next;
+        }
+        send_denial(host, denial, self.request.request_id.as_deref());
+        Settled::Stopped
+    }
+
+    /// A body chunk arrived; `body_size` is the size buffered so far.
+    pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
+        self.body_complete = end_of_stream;
+        for i in 0..self.slots.len() {
+            let Some(max_bytes) = self.slots[i].body_limit else { continue };
+            if body_size > max_bytes {
+                let denial = BodyError::TooLarge { max_bytes }.denial();
+                if let Settled::Stopped = self.deny(host, i, &denial) {
+                    return Verdict::Pause;
+                }
+            }
+        }
+        if !self.slots.iter().any(|s| s.body_limit.is_some()) {
+            return Verdict::Continue;
+        }
+        if !end_of_stream {
+            return Verdict::Pause;
+        }
+        self.deliver_body(host, body_size)
+    }
+
+    fn deliver_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
+        self.body_delivered = true;
+        let raw = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
+        let limit = self.slots.iter().filter_map(|s| s.body_limit).min().unwrap_or(0);
+        let read = if raw.len() == body_size { decoded(&self.request, raw, limit) } else { Err(None) };
+        for i in 0..self.slots.len() {
+            if self.slots[i].body_limit.take().is_none() {
+                continue;
+            }
+            let step = match &read {
+                Ok(body) => {
+                    let slot = &mut self.slots[i];
+                    self.request.route = slot.route.clone();
+                    slot.stage.on_request_body(host, &mut self.request, body)
+                }
+                Err(Some(e)) => Step::Deny(e.denial()),
+                Err(None) => Step::Deny(RuntimeDenial::BodyUnavailable.denial()),
+            };
+            match self.settle(host, i, step) {
+                Settled::Next => {}
+                // A stage cannot wait for a call once the body is in: refuse rather than hang.
+                Settled::Wait => {
+                    if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::PausedOnBody.denial()) {
+                        return Verdict::Pause;
+                    }
+                }
+                Settled::Stopped => return Verdict::Pause,
+            }
+        }
+        Verdict::Continue
+    }
+
+
+    /// The response headers arrived; `end_of_stream`: the response has no body.
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
+        for i in 0..self.slots.len() {
+            let step = {
+                let slot = &mut self.slots[i];
+                self.request.route = slot.route.clone();
+                slot.stage.on_response_headers(host, &mut self.request)
+            };
+            match step {
+                Step::Continue | Step::Pause => {}
+                Step::NeedBody { max_bytes } => self.slots[i].response_body_limit = Some(max_bytes),
+                Step::Deny(denial) => {
+                    // Nothing of the response has left yet: a local reply replaces it.
+                    if let Settled::Stopped = self.deny(host, i, &denial) {
+                        return Verdict::Pause;
+                    }
+                }
+            }
+        }
+        // Response headers can only be read here (not in body callbacks).
+        if self.slots.iter().any(|s| s.response_body_limit.is_some()) && response_is_encoded(host) {
+            // The stages asked the upstream for `identity`; an answer coded anyway cannot be
+            // read, and what cannot be read is not passed: it is replaced before it leaves.
+            for i in 0..self.slots.len() {
+                if self.slots[i].response_body_limit.take().is_some() {
+                    if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::EncodedResponse.denial()) {
+                        return Verdict::Pause;
+                    }
+                }
+            }
+        }
+        if end_of_stream && self.slots.iter().any(|s| s.response_body_limit.is_some()) {
+            return self.deliver_response_body(host, 0);
+        }
+        Verdict::Continue
+    }
+
+    /// A response body chunk arrived; `body_size` is the size buffered so far.
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
+        for i in 0..self.slots.len() {
+            let Some(max_bytes) = self.slots[i].response_body_limit else { continue };
+            if body_size > max_bytes {
+                // Too large to check is not checked: it does not pass.
+                if self.deny_response_body(host, i, &RuntimeDenial::ResponseTooLarge.denial()) {
+                    return Verdict::Pause;
+                }
+            }
+        }
+        if !self.slots.iter().any(|s| s.response_body_limit.is_some()) {
+            return Verdict::Continue;
+        }
+        if !end_of_stream {
+            return Verdict::Pause;
+        }
+        self.deliver_response_body(host, body_size)
+    }
+
+    fn deliver_response_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
+        let body = if body_size == 0 { Vec::new() } else { host.response_body(0, body_size).unwrap_or_default() };
+        for i in 0..self.slots.len() {
+            if self.slots[i].response_body_limit.take().is_none() {
+                continue;
+            }
+            let step = if body.len() == body_size {
+                let slot = &mut self.slots[i];
+                self.request.route = slot.route.clone();
+                slot.stage.on_response_body(host, &mut self.request, &body)
+            } else {
+                Step::Deny(RuntimeDenial::ResponseUnavailable.denial())
+            };
+            if let Step::Deny(denial) = step {
+                if self.deny_response_body(host, i, &denial) {
+                    return Verdict::Pause;
+                }
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// A denial after the response status went out. A local reply is no longer possible, so
+    /// asking for one makes Envoy reset the stream: the client gets a broken response and none
+    /// of the body, which cannot be mistaken for success. `true` when enforced.
+    fn deny_response_body(&mut self, host: &mut dyn Host, i: usize, denial: &Denial) -> bool {
+        if !self.record_denial(host, i, denial) {
+            return false;
+        }
+        send_denial(host, denial, self.request.request_id.as_deref());
+        true
+    }
+
+    /// The answer to an HTTP call the waiting stage dispatched.
+    pub fn on_http_call_response(&mut self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
+        let Some(i) = self.paused else { return };
+        let step = {
+            let slot = &mut self.slots[i];
+            self.request.route = slot.route.clone();
+            slot.stage.on_http_call_response(host, &mut self.request, token, response)
+        };
+        self.resume_after(host, i, step);
+    }
+
+    /// The answer to a gRPC call the waiting stage dispatched.
+    pub fn on_grpc_response(&mut self, host: &mut dyn Host, token: u32, response: GrpcResponse) {
+        let Some(i) = self.paused else { return };
+        let step = {
+            let slot = &mut self.slots[i];
+            self.request.route = slot.route.clone();
+            slot.stage.on_grpc_response(host, &mut self.request, token, response)
+        };
+        self.resume_after(host, i, step);
+    }
+
+    fn resume_after(&mut self, host: &mut dyn Host, i: usize, step: Step) {
+        if let Some(route) = self.request.route.take() {
+            self.slots[i].route = Some(route);
+        }
+        match self.settle(host, i, step) {
+            Settled::Wait => {}
+            Settled::Stopped => self.paused = None,
+            Settled::Next => {
+                self.paused = None;
+                if self.run_request_headers(host, i + 1) == Verdict::Continue {
+                    host.resume_request();
+                }
+            }
+        }
+    }
+
+}
