@@ -18,6 +18,7 @@ pub mod principal;
 pub mod request;
 pub mod route;
 pub mod shared;
+pub mod stats;
 pub mod stage;
 
 pub use denial::{Denial, DenialKind};

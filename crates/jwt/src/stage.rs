@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use meshward_core::clock::unix_secs;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step, PRINCIPAL_PROPERTY};
+use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
 
 use crate::authn::{authenticate, Authenticated, Inputs, Outcome};
@@ -190,7 +191,7 @@ impl JwtPolicy {
                 });
                 // Unshared (shared data unavailable), the keys still serve this VM.
                 self.install(index, parsed.set, published.ok().flatten().unwrap_or(0));
-                host.increment_counter("meshward_jwt_jwks_fetch_ok", 1);
+                count(host, Counter::JwtJwksFetchOk);
                 host.log(LogLevel::Info, &format!("meshward_jwt: provider {name}: fetched JWKS from {}", remote.uri));
                 for note in parsed.skipped {
                     host.log(LogLevel::Warn, &format!("meshward_jwt: provider {name}: skipped {note}"));
@@ -218,7 +219,7 @@ impl JwtPolicy {
                 };
                 let has_keys = self.keys.borrow().get(index).is_some_and(|k| k.set.is_some());
                 let kept = if has_keys { "keeping the last good key set" } else { "no keys yet: requests are denied" };
-                host.increment_counter("meshward_jwt_jwks_fetch_failed", 1);
+                count(host, Counter::JwtJwksFetchFailed);
                 host.log(LogLevel::Warn, &format!("meshward_jwt: provider {name}: JWKS fetch from {} failed: {why}; {kept}{retry}", remote.uri));
             }
         }

@@ -4,6 +4,7 @@ use std::rc::Rc;
 
 use meshward_core::principal::current_principal;
 use meshward_core::{config::ConfigError, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
 use meshward_core::config::Unmatched;
@@ -80,7 +81,7 @@ impl Stage for OwnershipStage {
                     "request_id": request.request_id, "method": request.method, "path": request.canonical,
                 });
                 host.log(LogLevel::Info, &format!("meshward_ownership: {line}"));
-                host.increment_counter("meshward_ownership_bypass_total", 1);
+                count(host, Counter::OwnershipBypass);
                 Step::Continue
             }
             Ok(Authorized::Checked { check_body, check_response }) => {

@@ -7,6 +7,7 @@ use meshward_core::clock::unix_micros;
 use meshward_core::principal::current_principal;
 use meshward_core::shared::{SlotError, SlotTable, WhenFull};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{AppliesTo, FailureMode, KeyPart, RateLimitConfig, Rule, Scope};
@@ -132,7 +133,7 @@ impl RateLimitStage {
     }
 
     fn service_failed(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        host.increment_counter("meshward_ratelimit_service_failures_total", 1);
+        count(host, Counter::RatelimitServiceFailures);
         let fail_closed = self.policy.config.global.as_ref().is_some_and(|g| g.failure_mode == FailureMode::Deny);
         if fail_closed {
             self.global_queue.clear();
@@ -174,7 +175,7 @@ impl Stage for RateLimitStage {
                     match table.update(host, &id, now, WhenFull::EvictOldest, decide) {
                         Ok(updated) => {
                             if updated.evicted {
-                                host.increment_counter("meshward_ratelimit_evictions_total", 1);
+                                count(host, Counter::RatelimitEvictions);
                             }
                             let d = updated.result;
                             self.tighten(limit.burst, d.remaining, d.reset_secs);

@@ -10,7 +10,7 @@ use meshward_host::{Host, HttpCallResponse, LogLevel};
 use crate::body::{decoded, response_is_encoded};
 use crate::denial_log::{log_line, send_denial, RuntimeDenial};
 use crate::plan::AnyPolicy;
-use crate::metrics::counter_name;
+use meshward_core::stats::{decision_counter, Decision};
 use crate::Verdict;
 
 /// One stage of a request: its policy's name and mode, and what it asked for.
@@ -131,7 +131,7 @@ impl Filter {
 
     fn count_allowed(&self, host: &mut dyn Host, i: usize) {
         let slot = &self.slots[i];
-        host.increment_counter(&counter_name(slot.name, "allowed", slot.route.as_deref(), None), 1);
+        host.increment_counter(&decision_counter(slot.name, Decision::Allowed, slot.route.as_deref(), None), 1);
     }
 
     /// Counts and logs a denial; `true` when it is enforced (not shadow mode).
@@ -140,8 +140,8 @@ impl Filter {
         slot.body_limit = None;
         slot.response_body_limit = None;
         let shadow = slot.mode == Mode::Shadow;
-        let decision = if shadow { "shadow_denied" } else { "denied" };
-        host.increment_counter(&counter_name(slot.name, decision, slot.route.as_deref(), Some(denial.reason)), 1);
+        let decision = if shadow { Decision::ShadowDenied } else { Decision::Denied };
+        host.increment_counter(&decision_counter(slot.name, decision, slot.route.as_deref(), Some(denial.reason)), 1);
         host.log(LogLevel::Info, &log_line(slot.name, slot.route.as_deref(), &self.request, denial, shadow));
         !shadow
     }

@@ -8,8 +8,9 @@
 //!   stage), bodies buffered for the stages that ask;
 //! - `body`: request bodies decoded from their content coding once, coded answers refused;
 //! - `denial_log`: the deny reasons the runtime itself gives ([`RuntimeDenial`]), the local
-//!   response, one JSON log line per denial;
-//! - `metrics`: counter names per stage, decision and reason.
+//!   response, one JSON log line per denial.
+//!
+//! Counter names, per stage, decision and reason, are declared in `meshward_core::stats`.
 //!
 //! [`Filter`] holds the logic against the `meshward_host::Host` trait so it is tested with the
 //! fake host; the proxy-wasm glue (`proxy`, wasm32 only) only forwards calls.
@@ -25,14 +26,12 @@
 mod body;
 mod denial_log;
 mod filter;
-mod metrics;
 mod plan;
 #[cfg(target_arch = "wasm32")]
 mod proxy;
 
 pub use denial_log::{send_denial, RuntimeDenial};
 pub use filter::{Filter, Slot};
-pub use metrics::counter_name;
 pub use plan::{AnyPolicy, Plan, Single};
 #[cfg(target_arch = "wasm32")]
 pub use proxy::register;

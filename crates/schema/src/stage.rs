@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{BodyFormat, SchemaConfig};
@@ -111,7 +112,7 @@ impl Stage for SchemaStage {
             }
             Ok(Some(media)) if media.format == (BodyFormat::Unreadable { allowed: true }) => {
                 // The operator let this media type through unchecked: counted and logged.
-                host.increment_counter("meshward_schema_unchecked_body_total", 1);
+                count(host, Counter::SchemaUncheckedBody);
                 let line = serde_json::json!({"filter": "meshward_schema", "decision": "unchecked_body", "route": request.route,
                     "media_type": media.media_type, "request_id": request.request_id});
                 host.log(LogLevel::Info, &format!("meshward_schema: {line}"));
@@ -165,12 +166,12 @@ impl Stage for SchemaStage {
             Ok(None) => Step::Continue,
             // Shadow mode changes nothing; it counts what it would have cut.
             Ok(Some(_)) if policy.config.mode == Mode::Shadow => {
-                host.increment_counter("meshward_schema_shadow_stripped_total", 1);
+                count(host, Counter::SchemaShadowStripped);
                 Step::Continue
             }
             Ok(Some(cut)) => match host.set_response_body(body.len(), &cut) {
                 Ok(()) => {
-                    host.increment_counter("meshward_schema_stripped_total", 1);
+                    count(host, Counter::SchemaStripped);
                     Step::Continue
                 }
                 // The fields could not be removed: the answer does not go out with them.
