@@ -39,7 +39,8 @@ CONTRACT = {
         "/tenants/{tenant_id}/orders/{order_id}": {
             "get": {"operationId": "get_order", "parameters": [ID, ORDER_ID], "responses": {"200": {"description": "the order"}}},
             "patch": {"operationId": "update_order", "parameters": [ID, ORDER_ID],
-                      "requestBody": {"content": {"application/json": {"schema": PATCH}}},
+                      "requestBody": {"content": {"application/json": {"schema": PATCH},
+                                                  "application/x-www-form-urlencoded": {"schema": PATCH}}},
                       "responses": {"200": {"description": "updated"}}}},
     },
 }
@@ -149,6 +150,10 @@ def test_valid_requests_reach_the_upstream_unchanged_in_every_form(envoy, auth, 
     patch = json.dumps({"quantity": 3}).encode()
     r = send(envoy, "PATCH", "/tenants/acme/orders/7", auth, patch)
     assert r.reached_upstream and r.json()["body"].encode() == patch, r
+    # A form body the contract declares.
+    form = b"quantity=3&note=a+b"
+    r = send(envoy, "PATCH", "/tenants/acme/orders/7", {**auth, "content-type": "application/x-www-form-urlencoded"}, form)
+    assert r.reached_upstream and r.json()["body"].encode() == form, r
     # The same body, compressed: checked decoded, forwarded as sent.
     r = send(envoy, "POST", "/tenants/acme/orders", {**auth, "content-encoding": "gzip"}, gz(GOOD))
     assert r.reached_upstream and r.json()["method"] == "POST", r
@@ -196,6 +201,10 @@ ATTACKS = {
     "x-http-method": ("POST", "/tenants/acme/orders", {"x-http-method": "PUT"}, GOOD, 400, "method_override"),
     "x-method-override": ("POST", "/tenants/acme/orders", {"x-method-override": "PUT"}, GOOD, 400, "method_override"),
     "_method parameter": ("POST", "/tenants/acme/orders?_method=DELETE", {}, GOOD, 400, "method_override"),
+    "_method in a form body": ("PATCH", "/tenants/acme/orders/7", {"content-type": "application/x-www-form-urlencoded"}, b"quantity=3&_method=DELETE", 400, "method_override"),
+    # class 4: form bodies are checked like JSON ones.
+    "form, contract violation": ("PATCH", "/tenants/acme/orders/7", {"content-type": "application/x-www-form-urlencoded"}, b"quantity=900", 400, "schema_violation"),
+    "form, repeated field": ("PATCH", "/tenants/acme/orders/7", {"content-type": "application/x-www-form-urlencoded"}, b"quantity=3&quantity=900", 400, "ambiguous_form"),
     # class 6: one path.
     "path parameter": ("POST", "/tenants/acme/orders;x=1", {}, BAD_QUANTITY, 400, "invalid_path"),
     "trailing slash": ("POST", "/tenants/acme/orders/", {}, OTHER_TENANT, 403, "tenant_boundary"),

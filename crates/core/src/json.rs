@@ -161,6 +161,18 @@ fn scan_number(bytes: &[u8], start: usize) -> Result<usize, JsonError> {
     Ok(i)
 }
 
+/// Objects up to this many members are checked for colliding names without allocating.
+const SMALL_OBJECT: usize = 16;
+
+/// Whether two member names bind to the same field in a case-insensitive reader.
+fn same_fold(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        fold(a) == fold(b)
+    }
+}
+
 const DUPLICATE: &str = "meshward:duplicate-member";
 const CASE_VARIANT: &str = "meshward:case-variant-member";
 
@@ -221,12 +233,19 @@ impl<'de> Visitor<'de> for Strict {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
         let mut map = Map::new();
-        let mut folded: HashSet<String> = HashSet::new();
+        // Small objects (most) compare names in place; larger ones keep a set of folds.
+        let mut folds: Option<HashSet<String>> = None;
         while let Some(key) = access.next_key::<String>()? {
             if map.contains_key(&key) {
                 return Err(de::Error::custom(DUPLICATE));
             }
-            if !folded.insert(fold(&key)) {
+            let collides = if map.len() < SMALL_OBJECT {
+                map.keys().any(|k| same_fold(k, &key))
+            } else {
+                let set = folds.get_or_insert_with(|| map.keys().map(|k| fold(k)).collect());
+                !set.insert(fold(&key))
+            };
+            if collides {
                 return Err(de::Error::custom(CASE_VARIANT));
             }
             let value = access.next_value_seed(Strict)?;
@@ -240,6 +259,12 @@ impl<'de> Visitor<'de> for Strict {
 mod tests {
     use super::*;
     use Ambiguity::*;
+
+    /// An object of 40 members `name0`..`name39`, then `last`: the large-object path.
+    fn wide_object(last: &str) -> Vec<u8> {
+        let members: Vec<String> = (0..40).map(|i| format!("\"name{i}\": {i}")).chain([format!("\"{last}\": 0")]).collect();
+        format!("{{{}}}", members.join(", ")).into_bytes()
+    }
 
     fn outcome(body: &[u8]) -> Result<Value, JsonError> {
         read(body, 8).map(|d| d.value)
@@ -273,6 +298,8 @@ mod tests {
             (br#"{"tenant_id": "a", "TENANT_ID": "b"}"#, JsonError::Ambiguous(CaseVariantMember)),
             (b"{\"key\": 1, \"\xe2\x84\xaaey\": 2}", JsonError::Ambiguous(CaseVariantMember)),
             (b"{\"scope\": 1, \"\xc5\xbfcope\": 2}", JsonError::Ambiguous(CaseVariantMember)),
+            (&wide_object("NAME7"), JsonError::Ambiguous(CaseVariantMember)),
+            (&wide_object("name7"), JsonError::Ambiguous(DuplicateMember)),
             (b"\xef\xbb\xbf{}", JsonError::Ambiguous(ByteOrderMark)),
             (b"{\"a\": \"\xff\"}", JsonError::Ambiguous(InvalidUtf8)),
             (br#"{"a": "\ud800"}"#, JsonError::Ambiguous(LoneSurrogate)),
@@ -292,6 +319,12 @@ mod tests {
         for (body, want) in cases {
             assert_eq!(outcome(body), Err(*want), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn wide_objects_without_collisions_are_read() {
+        let value = outcome(&wide_object("other")).unwrap();
+        assert_eq!(value.as_object().map(|m| m.len()), Some(41));
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::io::Read;
 
 use meshward_host::Host;
 
+use crate::form::{form_kind, read_pairs, strict_object, FormError};
 use crate::json::{self, Document, JsonError};
 use crate::route::{canonical_path, PathError};
 use crate::{Denial, DenialKind, Principal};
@@ -93,6 +94,9 @@ pub enum BodyError {
     TooLarge { max_bytes: usize },
     /// 413 `compression_ratio`: it decodes to more than [`MAX_COMPRESSION_RATIO`] times its size.
     CompressionRatio,
+    /// 400 `method_override`: a form body with a `_method` field (Rails, Laravel, Symfony run
+    /// the method it names).
+    MethodOverride,
 }
 
 impl BodyError {
@@ -107,6 +111,7 @@ impl BodyError {
             BodyError::TooLarge { max_bytes } => {
                 Denial::new(DenialKind::PayloadTooLarge, "body_too_large", format!("the request body is larger than {max_bytes} bytes"))
             }
+            BodyError::MethodOverride => RequestError::MethodOverride.denial(),
             BodyError::CompressionRatio => Denial::new(
                 DenialKind::PayloadTooLarge,
                 "compression_ratio",
@@ -114,6 +119,31 @@ impl BodyError {
             ),
         }
     }
+}
+
+/// Whether a body the stages read carries a method override: a `_method` field of an
+/// `application/x-www-form-urlencoded` body.
+pub fn body_overrides_method(content_type: Option<&str>, body: &[u8]) -> bool {
+    let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return false;
+    }
+    body.split(|b| *b == b'&').any(|pair| {
+        let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
+        let key = String::from_utf8_lossy(key).replace('+', " ");
+        crate::route::percent_decode(&key).is_some_and(|k| k.trim().eq_ignore_ascii_case("_method"))
+    })
+}
+
+/// Why a body could not be read as a document (JSON, or a form as the object binders build).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreadable {
+    /// Not JSON / not a form of its content type, or nested too deep.
+    Invalid,
+    /// JSON that services read differently ([`json::Ambiguity`]).
+    AmbiguousJson,
+    /// A form that services read differently (repeated or case-variant fields, ...).
+    AmbiguousForm,
 }
 
 /// A `Content-Encoding` meshward decodes.
@@ -180,6 +210,8 @@ pub struct RequestState {
     pub route: Option<String>,
     /// The body read as JSON, once, for every stage that asks.
     json: Option<Result<Document, JsonError>>,
+    /// A form body read as the object of its fields (text values), once.
+    form: Option<Result<serde_json::Value, FormError>>,
 }
 
 impl RequestState {
@@ -272,6 +304,28 @@ impl RequestState {
     }
 }
 
+impl RequestState {
+    /// The body as a service's binder reads it: a form (`application/x-www-form-urlencoded`,
+    /// `multipart/form-data`) as the object of its fields, with text values; anything else as
+    /// JSON (the strict reader). Read once per request.
+    pub fn document(&mut self, body: &[u8], max_depth: usize) -> Result<&serde_json::Value, Unreadable> {
+        match form_kind(self.header("content-type")) {
+            Some(kind) => {
+                let text = |_: &str, t: &str| serde_json::Value::String(t.to_string());
+                let read = self.form.get_or_insert_with(|| read_pairs(&kind, body).and_then(|pairs| strict_object(pairs, &|_| false, &text)));
+                read.as_ref().map_err(|e| match e {
+                    FormError::Invalid => Unreadable::Invalid,
+                    FormError::Ambiguous => Unreadable::AmbiguousForm,
+                })
+            }
+            None => self.json(body, max_depth).map(|d| &d.value).map_err(|e| match e {
+                JsonError::Invalid | JsonError::TooDeep { .. } => Unreadable::Invalid,
+                JsonError::Ambiguous(_) => Unreadable::AmbiguousJson,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +374,16 @@ mod tests {
     }
 
     #[test]
+    fn method_override_in_form_bodies() {
+        let form = Some("application/x-www-form-urlencoded; charset=utf-8");
+        assert!(body_overrides_method(form, b"a=1&_method=DELETE"));
+        assert!(body_overrides_method(form, b"%5Fmethod=put"));
+        assert!(body_overrides_method(form, b"_METHOD=put"));
+        assert!(!body_overrides_method(form, b"method=put&x__method=1"));
+        assert!(!body_overrides_method(Some("application/json"), br#"{"_method": "DELETE"}"#));
+    }
+
+    #[test]
     fn codings() {
         assert_eq!(coding(None), Ok(None));
         assert_eq!(coding(Some("identity")), Ok(None));
@@ -350,6 +414,19 @@ mod tests {
         assert_eq!(decode(Coding::Gzip, &bomb, 16 << 20), Err(BodyError::CompressionRatio));
         let big = gzip(&(0..60_000u32).flat_map(|i| i.to_le_bytes()).collect::<Vec<u8>>());
         assert_eq!(decode(Coding::Gzip, &big, 1000), Err(BodyError::TooLarge { max_bytes: 1000 }));
+    }
+
+    #[test]
+    fn documents_from_json_and_forms() {
+        let with_type = |ct: &str| request("/a", &[("content-type", ct)], false);
+        let mut form = with_type("application/x-www-form-urlencoded");
+        assert_eq!(form.document(b"tenant=acme&n=1", 8).cloned(), Ok(serde_json::json!({"tenant": "acme", "n": "1"})));
+        assert_eq!(with_type("application/x-www-form-urlencoded").document(b"tenant=a&Tenant=b", 8), Err(Unreadable::AmbiguousForm));
+        assert_eq!(with_type("application/x-www-form-urlencoded").document(b"tenant=%zz", 8), Err(Unreadable::Invalid));
+        let multipart = "--b\r\nContent-Disposition: form-data; name=\"tenant\"\r\n\r\nacme\r\n--b--";
+        assert_eq!(with_type("multipart/form-data; boundary=b").document(multipart.as_bytes(), 8).cloned(), Ok(serde_json::json!({"tenant": "acme"})));
+        assert_eq!(with_type("application/json").document(br#"{"a": 1, "a": 2}"#, 8), Err(Unreadable::AmbiguousJson));
+        assert_eq!(with_type("application/json").document(b"nope", 8), Err(Unreadable::Invalid));
     }
 
     #[test]

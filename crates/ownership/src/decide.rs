@@ -2,7 +2,8 @@
 //! the checks on path, query and headers), [`check_body`] (writes) and [`check_response`]
 //! (what the upstream returned). Pure functions; the stage feeds them.
 
-use meshward_core::json::{fold, JsonError};
+use meshward_core::json::fold;
+use meshward_core::request::Unreadable;
 use meshward_core::route::query_param;
 use meshward_core::Principal;
 use serde_json::Value;
@@ -105,8 +106,9 @@ pub fn authorize_request(
     Ok(Authorized::Checked { check_body: rule.needs_body(), check_response: rule.needs_response() })
 }
 
-/// A body read by the strict reader (`meshward_core::json`), or why it could not be.
-pub type Read<'a> = Result<&'a Value, JsonError>;
+/// A body as a service's binder reads it (strict JSON, or a form's fields), or why it could
+/// not be read (`meshward_core::request::RequestState::document`).
+pub type Read<'a> = Result<&'a Value, Unreadable>;
 
 /// A `*` was crossed and an element lacks the rest of the pointer.
 struct ElementLacksField;
@@ -159,8 +161,9 @@ fn check_json(rule: &Rule, principal: Option<&Principal>, body: Read<'_>, respon
             Ok(document) => document,
             // Cannot read the answer: it is not shown as owned.
             Err(_) if response => return Err(failed(check)),
-            Err(JsonError::Ambiguous(_)) => return Err(OwnershipError::AmbiguousJson),
-            Err(JsonError::Invalid | JsonError::TooDeep { .. }) => return Err(OwnershipError::InvalidBody),
+            Err(Unreadable::AmbiguousJson) => return Err(OwnershipError::AmbiguousJson),
+            Err(Unreadable::AmbiguousForm) => return Err(OwnershipError::AmbiguousForm),
+            Err(Unreadable::Invalid) => return Err(OwnershipError::InvalidBody),
         };
         let segments: Vec<String> = pointer.split('/').skip(1).map(|raw| raw.replace("~1", "/").replace("~0", "~")).collect();
         let mut values = Vec::new();

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use meshward_core::request::Unreadable;
 use crate::config::OwnershipConfig;
 
 fn principal(claims: Value) -> Principal {
@@ -88,8 +89,14 @@ fn request_side_decisions() {
     }
 }
 
-fn read(body: &[u8]) -> Result<Value, meshward_core::json::JsonError> {
-    meshward_core::json::read(body, 64).map(|d| d.value)
+fn read(body: &[u8]) -> Result<Value, Unreadable> {
+    let mut request = meshward_core::RequestState::from_headers(vec![("content-type".into(), "application/json".into())], false);
+    request.document(body, 64).cloned()
+}
+
+fn read_form(body: &[u8]) -> Result<Value, Unreadable> {
+    let mut request = meshward_core::RequestState::from_headers(vec![("content-type".into(), "application/x-www-form-urlencoded".into())], false);
+    request.document(body, 64).cloned()
 }
 
 #[test]
@@ -105,6 +112,7 @@ fn body_and_response_checks() {
         ("tenant not a string", br#"{"tenant": {"id": "acme"}}"#, Err(OwnershipError::TenantBoundary { hide: false })),
         ("one foreign item", br#"{"tenant": "acme", "items": [{"owner": "alice"}, {"owner": "mallory"}]}"#, Err(OwnershipError::NotOwner { hide: false })),
         ("not json", b"tenant=acme", Err(OwnershipError::InvalidBody)),
+        ("not json either", b"\xef\xbb\xbf{}", Err(OwnershipError::AmbiguousJson)),
         ("tenant twice", br#"{"tenant": "acme", "tenant": "globex"}"#, Err(OwnershipError::AmbiguousJson)),
         ("tenant in two cases", br#"{"tenant": "acme", "Tenant": "globex"}"#, Err(OwnershipError::AmbiguousJson)),
         ("tenant in another case only", br#"{"TENANT": "globex"}"#, Err(OwnershipError::TenantBoundary { hide: false })),
@@ -118,6 +126,17 @@ fn body_and_response_checks() {
         assert_eq!(check_body(create, Some(&alice), read(body).as_ref().map_err(|e| *e)), want, "{name}");
     }
     assert_eq!(check_body(create, None, Ok(&json!({"tenant": "acme"}))), Err(OwnershipError::MissingPrincipal));
+    // Form bodies: the same fields, as the service's binder reads them.
+    let form_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
+        ("own tenant", b"tenant=acme", Ok(())),
+        ("other tenant", b"tenant=globex", Err(OwnershipError::TenantBoundary { hide: false })),
+        ("tenant twice", b"tenant=acme&tenant=globex", Err(OwnershipError::AmbiguousForm)),
+        ("tenant in two cases", b"tenant=acme&TENANT=globex", Err(OwnershipError::AmbiguousForm)),
+        ("broken escape", b"tenant=%zz", Err(OwnershipError::InvalidBody)),
+    ];
+    for (name, body, want) in form_cases {
+        assert_eq!(check_body(create, Some(&alice), read_form(body).as_ref().map_err(|e| *e)), want, "form: {name}");
+    }
     let response_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
         ("own order", br#"{"order": {"id": 9, "user": {"email": "alice@acme.test"}}}"#, Ok(())),
         ("someone else's order", br#"{"order": {"id": 9, "user": {"email": "victim@acme.test"}}}"#, Err(OwnershipError::NotOwner { hide: false })),

@@ -14,11 +14,14 @@ pub enum OwnershipError {
     TenantBoundary { hide: bool },
     /// The object belongs to another principal. `hide`: answer 404 instead of 403.
     NotOwner { hide: bool },
-    /// The request body needed for a check is not JSON.
+    /// The request body needed for a check is neither JSON nor a form of its content type.
     InvalidBody,
     /// The request body is JSON that services read differently (duplicate or case-variant
     /// members, a byte-order mark, bad UTF-8, lone surrogates, integers past 64 bits).
     AmbiguousJson,
+    /// The request body is a form that services read differently (a field repeated, or
+    /// fields whose names differ only in case).
+    AmbiguousForm,
     /// A value needed for a check appears more than once (`?user=a&user=b`).
     AmbiguousRequest,
     /// No rule covers this method and path and unmatched requests are denied.
@@ -35,6 +38,7 @@ impl OwnershipError {
             OwnershipError::NotOwner { .. } => "not_owner",
             OwnershipError::InvalidBody => "invalid_body",
             OwnershipError::AmbiguousJson => "ambiguous_json",
+            OwnershipError::AmbiguousForm => "ambiguous_form",
             OwnershipError::AmbiguousRequest => "ambiguous_request",
             OwnershipError::RouteNotCovered => "route_not_covered",
         }
@@ -48,8 +52,9 @@ impl OwnershipError {
             OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => "not found",
             OwnershipError::TenantBoundary { hide: false } => "the object belongs to another tenant",
             OwnershipError::NotOwner { hide: false } => "the object belongs to someone else",
-            OwnershipError::InvalidBody => "the request body is not valid JSON",
+            OwnershipError::InvalidBody => "the request body is not valid JSON or form data",
             OwnershipError::AmbiguousJson => "the request body is JSON that services read differently",
+            OwnershipError::AmbiguousForm => "the request body is a form that services read differently",
             OwnershipError::AmbiguousRequest => "the request repeats a value that is checked",
             OwnershipError::RouteNotCovered => "no authorization rule covers this route",
         }
@@ -59,7 +64,9 @@ impl OwnershipError {
         let kind = match self {
             OwnershipError::MissingPrincipal => DenialKind::MissingCredentials,
             OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => DenialKind::NotFound,
-            OwnershipError::InvalidBody | OwnershipError::AmbiguousJson | OwnershipError::AmbiguousRequest => DenialKind::BadRequest,
+            OwnershipError::InvalidBody | OwnershipError::AmbiguousJson | OwnershipError::AmbiguousForm | OwnershipError::AmbiguousRequest => {
+                DenialKind::BadRequest
+            }
             OwnershipError::MissingScope
             | OwnershipError::MissingClaim
             | OwnershipError::TenantBoundary { hide: false }

@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use meshward_core::principal::current_principal;
+use meshward_core::request::Unreadable;
 use meshward_core::{config::ConfigError, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
@@ -105,8 +106,7 @@ impl Stage for OwnershipStage {
             return Step::Continue;
         }
         let principal = principal(host, request);
-        let document = request.json(body, meshward_core::json::MAX_DEPTH).map(|doc| &doc.value);
-        match check_body(rule, principal.as_ref(), document) {
+        match check_body(rule, principal.as_ref(), request.document(body, meshward_core::json::MAX_DEPTH)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }
@@ -130,7 +130,8 @@ impl Stage for OwnershipStage {
         if !self.check_response {
             return Step::Continue;
         }
-        let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value);
+        // Answers are JSON (a form is not an answer format): the strict reader, once.
+        let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value).map_err(|_| Unreadable::Invalid);
         match check_response(rule, principal(host, request).as_ref(), document.as_ref().map_err(|e| *e)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),

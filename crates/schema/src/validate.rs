@@ -6,7 +6,8 @@ use meshward_core::json::{Document, JsonError};
 use serde_json::Value;
 
 use crate::config::{BodyFormat, In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, SchemaConfig, StatusKey};
-use crate::form::{boundary, coerce, read_multipart, read_urlencoded, FormError};
+use crate::form::{coerce, read_form};
+use meshward_core::form::{form_kind, FormError};
 use crate::response::cut_fields;
 use crate::SchemaError;
 
@@ -183,13 +184,10 @@ pub fn check_body(media: &Media, body: Result<&Document, JsonError>) -> Result<(
 /// A form body (urlencoded or multipart), read as its schema's object, against the schema.
 pub fn check_form(media: &Media, content_type: Option<&str>, body: &[u8]) -> Result<(), SchemaError> {
     let Some(validator) = &media.validator else { return Ok(()) };
-    let read = match media.format {
-        BodyFormat::UrlEncoded => read_urlencoded(body, &media.fields),
-        BodyFormat::Multipart => match content_type.and_then(boundary) {
-            Some(b) => read_multipart(body, &b, &media.fields),
-            None => Err(FormError::Invalid),
-        },
-        BodyFormat::Json | BodyFormat::Unchecked | BodyFormat::Unreadable { .. } => return Ok(()),
+    let read = match (media.format, form_kind(content_type)) {
+        (BodyFormat::UrlEncoded | BodyFormat::Multipart, Some(kind)) => read_form(&kind, body, &media.fields),
+        (BodyFormat::UrlEncoded | BodyFormat::Multipart, None) => Err(FormError::Invalid),
+        (BodyFormat::Json | BodyFormat::Unchecked | BodyFormat::Unreadable { .. }, _) => return Ok(()),
     };
     match read {
         Ok(instance) => validate_body(validator, &instance),
