@@ -121,6 +121,19 @@ def test_check_catches_each_hole(tmp_path, mutate, code, text, where, line_has):
     assert human.returncode == 1 and f"{expected_file}:{f['line']}: error[{code}]" in human.stdout, human.stdout
 
 
+def test_check_warns_about_envoy_configs_that_do_not_normalize_paths(tmp_path):
+    shipped = REPO / "envoy" / "envoy.yaml"
+    r = meshward("check", EXAMPLE, "--envoy", shipped, "--format", "json")
+    assert r.returncode == 0 and not [f for f in json.loads(r.stdout)["findings"] if f["code"] == "path_not_normalized"], r.stdout
+    lax = tmp_path / "envoy.yaml"
+    lax.write_text(shipped.read_text().replace("merge_slashes: true", "merge_slashes: false"))
+    r = meshward("check", EXAMPLE, "--envoy", lax)
+    assert r.returncode == 0, "a warning does not fail the check"
+    assert f"{lax}:" in r.stdout and "warning[path_not_normalized]" in r.stdout and "merge_slashes: true" in r.stdout, r.stdout
+    r = meshward("check", EXAMPLE, "--envoy", tmp_path / "missing.yaml")
+    assert r.returncode == 2 and "missing.yaml" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("content,message", [
     ("service: crapi\nstages: [{firewall: {}}]\n", "unknown stage `firewall`"),
     ("service: crapi\nstages: []\n", "at least one stage"),

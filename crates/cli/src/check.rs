@@ -42,6 +42,9 @@ pub enum Code {
     WriteWithoutRateLimit,
     /// A rule that matches no operation of the contract.
     RouteNotInContract,
+    /// An Envoy HTTP connection manager that does not normalise paths: Envoy would route, and
+    /// the service receive, a path other than the one meshward decided on.
+    PathNotNormalized,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -274,8 +277,89 @@ pub fn render_text(findings: &[Finding]) -> String {
     out
 }
 
+/// The HCM options that make Envoy route (and the service receive) the path meshward decided on.
+const NORMALIZATION: [(&str, &str); 3] =
+    [("normalize_path", "true"), ("merge_slashes", "true"), ("path_with_escaped_slashes_action", "REJECT_REQUEST or UNESCAPE_AND_REDIRECT")];
+
+/// Warnings for an Envoy configuration (YAML or JSON): every HTTP connection manager that
+/// lacks a path normalization option.
+pub fn check_envoy(file: &str, text: &str) -> Result<Vec<Finding>, String> {
+    let config: Value = serde_yaml::from_str(text).map_err(|e| format!("{file}: not valid YAML or JSON: {e}"))?;
+    let mut managers = Vec::new();
+    find_managers(&config, &mut managers);
+    if managers.is_empty() {
+        return Err(format!("{file}: no HttpConnectionManager found"));
+    }
+    let mut findings = Vec::new();
+    for (i, hcm) in managers.iter().enumerate() {
+        let name = hcm.get("stat_prefix").and_then(Value::as_str).map_or_else(|| format!("#{i}"), str::to_string);
+        for (option, wanted) in NORMALIZATION {
+            let ok = match (option, hcm.get(option)) {
+                ("path_with_escaped_slashes_action", Some(Value::String(a))) => a == "REJECT_REQUEST" || a == "UNESCAPE_AND_REDIRECT",
+                (_, Some(Value::Bool(b))) => *b,
+                _ => false,
+            };
+            if !ok {
+                let line = line_of(text, option, 1).or_else(|| line_of(text, "HttpConnectionManager", i + 1));
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    code: Code::PathNotNormalized,
+                    message: format!("HTTP connection manager {name:?}: set {option}: {wanted}, so Envoy routes the path meshward checked"),
+                    file: file.to_string(),
+                    line,
+                });
+            }
+        }
+    }
+    Ok(findings)
+}
+
+fn find_managers<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            if map.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".HttpConnectionManager")) {
+                out.push(value);
+            }
+            map.values().for_each(|v| find_managers(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| find_managers(v, out)),
+        _ => {}
+    }
+}
+
 /// Findings for tools.
 pub fn render_json(findings: &[Finding]) -> String {
     let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
     serde_json::json!({ "findings": findings, "errors": errors, "warnings": findings.len() - errors }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HCM: &str = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+
+    fn warnings(options: &str) -> Result<Vec<String>, String> {
+        let text = format!("listeners:\n- filters:\n  - typed_config:\n      \"@type\": {HCM}\n      stat_prefix: ingress\n{options}");
+        check_envoy("envoy.yaml", &text).map(|f| f.into_iter().map(|f| f.message).collect())
+    }
+
+    #[test]
+    fn envoy_configs_without_path_normalization_are_flagged() {
+        let all = "      normalize_path: true\n      merge_slashes: true\n      path_with_escaped_slashes_action: REJECT_REQUEST\n";
+        assert_eq!(warnings(all), Ok(vec![]));
+        let none = warnings("").unwrap();
+        assert_eq!(none.len(), 3, "{none:?}");
+        assert!(none[0].contains("\"ingress\": set normalize_path: true"), "{none:?}");
+        let kept = warnings("      normalize_path: true\n      merge_slashes: false\n      path_with_escaped_slashes_action: KEEP_UNCHANGED\n").unwrap();
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert!(check_envoy("x.yaml", "static_resources: {}").unwrap_err().contains("no HttpConnectionManager"));
+        assert!(check_envoy("x.yaml", ": : :").unwrap_err().contains("not valid YAML"));
+    }
+
+    #[test]
+    fn the_shipped_envoy_config_normalizes_paths() {
+        let text = include_str!("../../../envoy/envoy.yaml");
+        assert_eq!(check_envoy("envoy/envoy.yaml", text).map(|f| f.len()), Ok(0));
+    }
 }

@@ -1,7 +1,7 @@
 //! `meshward`: policy as code for the meshward filters.
 //!
 //! ```text
-//! meshward check   POLICY [--openapi SPEC] [--format text|json]
+//! meshward check   POLICY [--openapi SPEC] [--envoy ENVOY_CONFIG] [--format text|json]
 //! meshward compile POLICY [--openapi SPEC] [--out DIR]
 //! meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT]
 //!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
@@ -28,7 +28,7 @@ use render::{Discovery, EnvoyOptions, Form};
 use serde_json::Value;
 
 const USAGE: &str = "usage:
-  meshward check   POLICY [--openapi SPEC] [--format text|json]
+  meshward check   POLICY [--openapi SPEC] [--envoy ENVOY_CONFIG] [--format text|json]
   meshward compile POLICY [--openapi SPEC] [--out DIR]
   meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT] [--admin PORT]
                                [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
@@ -109,9 +109,13 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
     let Some((command, rest)) = raw.split_first() else { return Err(USAGE.into()) };
     match command.as_str() {
         "check" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "format"])?;
+            let args = Args::parse(rest.to_vec(), &["openapi", "format", "envoy"])?;
             let policy = args.policy()?;
-            let findings = check::check(&policy);
+            let mut findings = check::check(&policy);
+            if let Some(envoy) = args.get("envoy") {
+                let text = std::fs::read_to_string(envoy).map_err(|e| format!("{envoy}: {e}"))?;
+                findings.extend(check::check_envoy(envoy, &text)?);
+            }
             match args.get("format").unwrap_or("text") {
                 "text" => out(&check::render_text(&findings)),
                 "json" => out(&format!("{}\n", check::render_json(&findings))),
