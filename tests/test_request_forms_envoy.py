@@ -24,8 +24,10 @@ from harness import FORMS, Envoy, Response, as_deployed, build_config, plugin
 from test_ownership_envoy import chain_jwt_config
 
 ORDER = {"type": "object", "required": ["tenant_id", "product_id", "quantity"], "properties": {
-    "tenant_id": {"type": "string"}, "product_id": {"type": "integer"},
-    "quantity": {"type": "integer", "minimum": 1, "maximum": 50}, "note": {"type": "string"}}}
+    "tenant_id": {"type": "string"}, "product_id": {"type": "integer", "format": "int32"},
+    "quantity": {"type": "integer", "minimum": 1, "maximum": 50}, "note": {"type": "string"},
+    "deliver_at": {"type": "string", "format": "date-time"},
+    "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}, "owner": {"type": "string"}}}}}}
 PATCH = {"type": "object", "properties": ORDER["properties"]}
 ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}
 ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -46,14 +48,16 @@ CONTRACT = {
 }
 RULES = {"rules": [
     {"name": "order-write", "match": {"template": "/tenants/{tenant_id}/orders", "methods": ["POST"]},
-     "owner": [{"path_param": "tenant_id", "claim": "tenant"}, {"body_field": "/tenant_id", "claim": "tenant"}]},
+     "owner": [{"path_param": "tenant_id", "claim": "tenant"}, {"body_field": "/tenant_id", "claim": "tenant"},
+               {"body_field": "/items/*/owner", "claim": "sub", "required": False}]},
     {"name": "order-update", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}", "methods": ["PATCH"]},
      "owner": [{"path_param": "tenant_id", "claim": "tenant"}, {"body_field": "/tenant_id", "claim": "tenant", "required": False}]},
     {"name": "order-read", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}", "methods": ["GET"]},
      "owner": [{"path_param": "tenant_id", "claim": "tenant"}]},
 ], "unmatched": "deny"}
 
-GOOD = json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2}).encode()
+GOOD = json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2, "deliver_at": "2026-12-24T09:00:00Z",
+                   "items": [{"sku": "a", "owner": "alice"}]}).encode()
 
 
 @pytest.fixture(scope="module", params=FORMS)
@@ -210,7 +214,14 @@ ATTACKS = {
     "trailing slash": ("POST", "/tenants/acme/orders/", {}, OTHER_TENANT, 403, "tenant_boundary"),
     "other case": ("POST", "/TENANTS/acme/ORDERS", {}, OTHER_TENANT, 403, "tenant_boundary"),
     "dot segments": ("POST", "/tenants/x/../acme/orders", {}, OTHER_TENANT, 403, "tenant_boundary"),
-    # class 7: arrays (an element lacking the checked field) are in the ownership unit table.
+    # class 7: arrays in ownership rules: every element carries the field and matches.
+    "array element without the owner": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2,
+                                        "items": [{"sku": "a", "owner": "alice"}, {"sku": "b"}]}).encode(), 403, "not_owner"),
+    "array element of another owner": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2,
+                                       "items": [{"sku": "a", "owner": "alice"}, {"sku": "b", "Owner": "mallory"}]}).encode(), 403, "not_owner"),
+    # class 8: integer ranges and formats.
+    "int32 past its range": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 2**31, "quantity": 2}).encode(), 400, "schema_violation"),
+    "date-time that is not one": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2, "deliver_at": "tomorrow"}).encode(), 400, "schema_violation"),
 }
 
 
