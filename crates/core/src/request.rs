@@ -191,7 +191,8 @@ pub fn decode(coding: Coding, raw: &[u8], max_bytes: usize) -> Result<Vec<u8>, B
 pub struct RequestState {
     /// Envoy's `x-request-id`, echoed in denial bodies and logs.
     pub request_id: Option<String>,
-    /// `:method` as sent, upper-case.
+    /// `:method`, upper-cased: a rule for `DELETE` also decides `delete` (method names are
+    /// case-sensitive, but some servers upper-case them).
     pub method: String,
     /// The raw `:path`, query included.
     pub path: String,
@@ -243,7 +244,8 @@ impl RequestState {
         if METHOD_OVERRIDE_HEADERS.iter().any(|h| self.header(h).is_some()) || self.has_method_parameter() {
             return Some(RequestError::MethodOverride);
         }
-        SINGLE_HEADERS.iter().find(|h| self.header_values(h).count() > 1 || (SINGLE_VALUED.contains(h) && self.header(h).is_some_and(is_list))).map(|h| RequestError::AmbiguousHeader(h))
+        let doubled = |h: &&&str| self.header_values(h).count() > 1 || (SINGLE_VALUED.contains(h) && self.header(h).is_some_and(is_list));
+        SINGLE_HEADERS.iter().find(doubled).map(|h| RequestError::AmbiguousHeader(h))
     }
 
     /// A `_method` query parameter (Laravel, Rails, Symfony, Express method-override).

@@ -185,9 +185,14 @@ impl Stage for SchemaStage {
         let policy = Rc::clone(&self.policy);
         let config = &policy.config;
         let Some((op, media)) = self.pending.take() else { return Step::Continue };
-        let Some(op) = config.operations.get(op) else { return Step::Continue };
+        // The body was held for a check that cannot be found: it does not go on unchecked.
+        let lost = || Step::Deny(Denial::new(DenialKind::Unavailable, "stage_error", "the operation's body check was not found"));
+        let Some(op) = config.operations.get(op) else { return lost() };
         let media = match media {
-            Some(m) => op.media.get(m),
+            Some(m) => match op.media.get(m) {
+                Some(media) => Some(media),
+                None => return lost(),
+            },
             // Framing did not tell: the body read does (empty is no body).
             None => match check_content_type(op, !body.is_empty(), request.header("content-type")) {
                 Ok(media) => media,
