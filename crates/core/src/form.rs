@@ -9,6 +9,7 @@
 use serde_json::{Map, Value};
 
 use crate::json::fold;
+use crate::route::{decode_component, url_pairs};
 
 /// Why a form body cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,18 +75,10 @@ pub fn strict_object(pairs: Vec<(String, String)>, list: &dyn Fn(&str) -> bool, 
     Ok(Value::Object(out))
 }
 
-fn decode_component(text: &str) -> Result<String, FormError> {
-    crate::route::percent_decode(&text.replace('+', " ")).ok_or(FormError::Invalid)
-}
-
 fn urlencoded_pairs(body: &[u8]) -> Result<Vec<(String, String)>, FormError> {
     let text = std::str::from_utf8(body).map_err(|_| FormError::Invalid)?;
-    let mut pairs = Vec::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        pairs.push((decode_component(k)?, decode_component(v)?));
-    }
-    Ok(pairs)
+    let decode = |t: &str| decode_component(t).ok_or(FormError::Invalid);
+    url_pairs(text).map(|(k, v)| Ok((decode(k)?, decode(v)?))).collect()
 }
 
 /// The `boundary` parameter of a `multipart/form-data` content type.

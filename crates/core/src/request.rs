@@ -25,7 +25,7 @@ use meshward_host::Host;
 
 use crate::form::{form_kind, read_pairs, strict_object, FormError};
 use crate::json::{self, Document, JsonError};
-use crate::route::{canonical_path, PathError};
+use crate::route::{canonical_path, decode_component, url_pairs, PathError};
 use crate::{Denial, DenialKind, Principal};
 
 /// Headers that carry a method the service may run instead of `:method`.
@@ -128,11 +128,12 @@ pub fn body_overrides_method(content_type: Option<&str>, body: &[u8]) -> bool {
     if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
         return false;
     }
-    body.split(|b| *b == b'&').any(|pair| {
-        let key = pair.split(|b| *b == b'=').next().unwrap_or_default();
-        let key = String::from_utf8_lossy(key).replace('+', " ");
-        crate::route::percent_decode(&key).is_some_and(|k| k.trim().eq_ignore_ascii_case("_method"))
-    })
+    names_method(&String::from_utf8_lossy(body))
+}
+
+/// Whether a query string or urlencoded form has a `_method` field.
+fn names_method(text: &str) -> bool {
+    url_pairs(text).any(|(k, _)| decode_component(k).is_some_and(|k| k.trim().eq_ignore_ascii_case("_method")))
 }
 
 /// Why a body could not be read as a document (JSON, or a form as the object binders build).
@@ -250,11 +251,8 @@ impl RequestState {
 
     /// A `_method` query parameter (Laravel, Rails, Symfony, Express method-override).
     fn has_method_parameter(&self) -> bool {
-        let Some((_, query)) = self.path.split_once('?') else { return false };
-        query.split('&').any(|pair| {
-            let key = pair.split('=').next().unwrap_or("");
-            crate::route::percent_decode(&key.replace('+', " ")).is_some_and(|k| k.trim().eq_ignore_ascii_case("_method"))
-        })
+        // The whole rest of the path: a `_method` after a `#` is refused too.
+        self.path.split_once('?').is_some_and(|(_, query)| names_method(query))
     }
 
     /// The method rules match: `HEAD` is served by the `GET` handler, so it is decided as `GET`.

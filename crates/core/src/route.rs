@@ -330,19 +330,33 @@ pub fn percent_decode(text: &str) -> Option<String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AmbiguousQuery;
 
+/// The `name=value` pairs of a query string or an urlencoded form, as written, in order:
+/// empty pairs skipped, a pair without `=` has an empty value.
+pub fn url_pairs(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// A name or value of a query string or urlencoded form: `+` as space, percent-decoded;
+/// `None` for a broken escape or a result that is not UTF-8.
+pub fn decode_component(text: &str) -> Option<String> {
+    percent_decode(&text.replace('+', " "))
+}
+
+/// The query of a raw `:path`, fragment dropped; empty when there is none.
+pub fn query_of(raw_path: &str) -> &str {
+    raw_path.split_once('?').map_or("", |(_, q)| q.split('#').next().unwrap_or(""))
+}
+
 /// The value of a query parameter (`+` as space, percent-decoded).
 pub fn query_param(raw_path: &str, name: &str) -> Result<Option<String>, AmbiguousQuery> {
-    let Some((_, query)) = raw_path.split_once('?') else { return Ok(None) };
-    let query = query.split('#').next().unwrap_or("");
     let mut found = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(&k.replace('+', " ")).ok_or(AmbiguousQuery)?;
+    for (k, v) in url_pairs(query_of(raw_path)) {
+        let key = decode_component(k).ok_or(AmbiguousQuery)?;
         if key == name {
             if found.is_some() {
                 return Err(AmbiguousQuery);
             }
-            found = Some(percent_decode(&v.replace('+', " ")).ok_or(AmbiguousQuery)?);
+            found = Some(decode_component(v).ok_or(AmbiguousQuery)?);
         }
     }
     Ok(found)

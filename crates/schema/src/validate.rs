@@ -3,6 +3,7 @@
 //! it is buffered ([`check_body`]).
 
 use meshward_core::json::{Document, JsonError};
+use meshward_core::route::{decode_component, query_of, url_pairs};
 use serde_json::Value;
 
 use crate::config::{BodyFormat, In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, SchemaConfig, StatusKey};
@@ -44,14 +45,11 @@ pub fn match_operation<'a>(config: &'a SchemaConfig, method: &str, canonical: &s
 
 /// All values of a query parameter, percent-decoded (`+` as space), in order.
 pub fn query_values(raw_path: &str, name: &str) -> Result<Vec<String>, SchemaError> {
-    let Some((_, query)) = raw_path.split_once('?') else { return Ok(Vec::new()) };
+    let bad = || SchemaError::InvalidParameter { location: format!("query.{name}"), keyword: "encoding".into() };
     let mut out = Vec::new();
-    for pair in query.split('#').next().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let bad = || SchemaError::InvalidParameter { location: format!("query.{name}"), keyword: "encoding".into() };
-        let key = meshward_core::route::percent_decode(&k.replace('+', " ")).ok_or_else(bad)?;
-        if key == name {
-            out.push(meshward_core::route::percent_decode(&v.replace('+', " ")).ok_or_else(bad)?);
+    for (k, v) in url_pairs(query_of(raw_path)) {
+        if decode_component(k).ok_or_else(bad)? == name {
+            out.push(decode_component(v).ok_or_else(bad)?);
         }
     }
     Ok(out)
