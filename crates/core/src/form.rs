@@ -9,6 +9,7 @@
 use serde_json::{Map, Value};
 
 use crate::json::fold;
+use crate::request::essence;
 use crate::route::{decode_component, url_pairs};
 
 /// Why a form body cannot be read.
@@ -31,8 +32,7 @@ pub enum FormKind {
 /// The form kind of a `content-type`, `None` for anything else.
 pub fn form_kind(content_type: Option<&str>) -> Option<FormKind> {
     let content_type = content_type?;
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
+    match essence(content_type).as_str() {
         "application/x-www-form-urlencoded" => Some(FormKind::UrlEncoded),
         "multipart/form-data" => Some(FormKind::Multipart(boundary(content_type))),
         _ => None,

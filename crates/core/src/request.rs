@@ -121,11 +121,16 @@ impl BodyError {
     }
 }
 
+/// A media type without its parameters, lower-case: `Application/JSON; charset=utf-8` →
+/// `application/json`.
+pub fn essence(media_type: &str) -> String {
+    media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
 /// Whether a body the stages read carries a method override: a `_method` field of an
 /// `application/x-www-form-urlencoded` body.
 pub fn body_overrides_method(content_type: Option<&str>, body: &[u8]) -> bool {
-    let essence = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+    if essence(content_type.unwrap_or("")) != "application/x-www-form-urlencoded" {
         return false;
     }
     names_method(&String::from_utf8_lossy(body))

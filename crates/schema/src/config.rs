@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use jsonschema::Validator;
 use meshward_core::config::{body_limit, parse_json, ConfigError};
 use meshward_core::route::PathTemplate;
+use meshward_core::request::essence;
 use meshward_core::Mode;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -202,12 +203,11 @@ impl std::fmt::Debug for SchemaConfig {
 
 /// How a declared request body is checked (see [`BodyFormat`]).
 fn body_format(document: &Value, media_type: &str, schema: Option<&Value>, unchecked: &[String]) -> BodyFormat {
-    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let Some(schema) = schema else { return BodyFormat::Unchecked };
     if is_json(media_type) {
         return BodyFormat::Json;
     }
-    match essence.as_str() {
+    match essence(media_type).as_str() {
         "application/x-www-form-urlencoded" => return BodyFormat::UrlEncoded,
         "multipart/form-data" => return BodyFormat::Multipart,
         _ => {}
@@ -529,6 +529,6 @@ fn responses_of(document: &Value, checks: &ResponseChecks, op: &Value, op_pointe
 
 /// `application/json`, `application/problem+json`, `*/*` with a JSON schema...
 pub fn is_json(media_type: &str) -> bool {
-    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = essence(media_type);
     essence == "application/json" || essence.ends_with("+json") || essence == "*/*"
 }

@@ -3,6 +3,7 @@
 //! it is buffered ([`check_body`]).
 
 use meshward_core::json::{Document, JsonError};
+use meshward_core::request::essence;
 use meshward_core::route::{decode_component, query_of, url_pairs};
 use serde_json::Value;
 
@@ -98,10 +99,6 @@ pub fn check_parameters(
         }
     }
     Ok(())
-}
-
-fn essence(media_type: &str) -> String {
-    media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 /// Does a declared media type (`application/json`, `image/*`, `*/*`) cover a message's
