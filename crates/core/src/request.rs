@@ -141,6 +141,18 @@ fn names_method(text: &str) -> bool {
     url_pairs(text).any(|(k, _)| decode_component(k).is_some_and(|k| k.trim().eq_ignore_ascii_case("_method")))
 }
 
+/// Whether the request carries a body, as far as its headers tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: the headers ended the stream, or `content-length: 0`.
+    None,
+    /// A body of known, non-zero length.
+    Some,
+    /// A body of unknown length follows (HTTP/1.1 chunked, HTTP/2 without `content-length`);
+    /// it may still be empty.
+    Unknown,
+}
+
 /// Why a body could not be read as a document (JSON, or a form as the object binders build).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unreadable {
@@ -260,6 +272,18 @@ impl RequestState {
         self.path.split_once('?').is_some_and(|(_, query)| names_method(query))
     }
 
+    /// Whether a body follows, as the stream and `content-length` tell.
+    pub fn framing(&self) -> Framing {
+        if !self.body_follows {
+            return Framing::None;
+        }
+        match self.header("content-length").map(|v| v.trim().parse::<u64>()) {
+            Some(Ok(0)) => Framing::None,
+            Some(Ok(_)) => Framing::Some,
+            _ => Framing::Unknown,
+        }
+    }
+
     /// The method rules match: `HEAD` is served by the `GET` handler, so it is decided as `GET`.
     pub fn route_method(&self) -> &str {
         if self.method == "HEAD" {
@@ -348,6 +372,12 @@ mod tests {
         assert_eq!((r.request_id.as_deref(), r.header("content-type"), r.body_follows), (Some("r1"), Some("application/json"), true));
         assert_eq!(r.refusal, None);
         assert!(!request("/a", &[], true).body_follows);
+        let framing = |headers: &[(&str, &str)], end_of_stream| request("/a", headers, end_of_stream).framing();
+        assert_eq!(framing(&[], true), Framing::None);
+        assert_eq!(framing(&[("content-length", "0")], false), Framing::None);
+        assert_eq!(framing(&[("content-length", "12")], false), Framing::Some);
+        assert_eq!(framing(&[("transfer-encoding", "chunked")], false), Framing::Unknown);
+        assert_eq!(framing(&[], false), Framing::Unknown, "HTTP/2 without a length");
         let mut head = request("/a", &[], true);
         head.method = "HEAD".into();
         assert_eq!(head.route_method(), "GET");

@@ -131,8 +131,8 @@ impl Stage for OwnershipStage {
             return Step::Continue;
         }
         // Answers are JSON (a form is not an answer format): the strict reader, once.
-        let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value).map_err(|_| Unreadable::Invalid);
-        match check_response(rule, principal(host, request).as_ref(), document.as_ref().map_err(|e| *e)) {
+        let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value);
+        match check_response(rule, principal(host, request).as_ref(), document.as_ref().map_err(|_| Unreadable::Invalid)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }

@@ -4,13 +4,13 @@
 use std::rc::Rc;
 
 use meshward_core::request::BodyError;
+use meshward_core::stats::{decision_counter, Decision};
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
 use crate::body::{decoded, response_is_encoded};
 use crate::denial_log::{log_line, send_denial, RuntimeDenial};
 use crate::plan::AnyPolicy;
-use meshward_core::stats::{decision_counter, Decision};
 use crate::Verdict;
 
 /// One stage of a request: its policy's name and mode, and what it asked for.
@@ -207,7 +207,6 @@ impl Filter {
         }
         Verdict::Continue
     }
-
 
     /// The response headers arrived; `end_of_stream`: the response has no body.
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {

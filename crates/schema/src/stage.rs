@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::request::Framing;
 use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
@@ -49,28 +50,6 @@ fn label(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }
 
-/// Whether the request carries a body, as far as its headers tell.
-enum Framing {
-    /// No body: the headers ended the stream, or `content-length: 0`.
-    None,
-    /// A body of known, non-zero length.
-    Some,
-    /// A body of unknown length follows (HTTP/1.1 chunked, HTTP/2 without `content-length`);
-    /// it may still be empty.
-    Unknown,
-}
-
-fn framing(request: &RequestState) -> Framing {
-    if !request.body_follows {
-        return Framing::None;
-    }
-    match request.header("content-length").map(|v| v.trim().parse::<u64>()) {
-        Some(Ok(0)) => Framing::None,
-        Some(Ok(_)) => Framing::Some,
-        _ => Framing::Unknown,
-    }
-}
-
 impl Stage for SchemaStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
         let policy = Rc::clone(&self.policy);
@@ -90,7 +69,7 @@ impl Stage for SchemaStage {
             return Step::Deny(e.denial());
         }
         let content_type = request.header("content-type");
-        let has_body = match framing(request) {
+        let has_body = match request.framing() {
             Framing::None => false,
             Framing::Some => true,
             Framing::Unknown => match check_content_type(op, true, content_type) {
