@@ -38,6 +38,12 @@ CONTRACT = {
             "operationId": "create_order", "parameters": [ID],
             "requestBody": {"required": True, "content": {"application/json": {"schema": ORDER}}},
             "responses": {"200": {"description": "created"}}}},
+        "/tenants/{tenant_id}/notes": {"post": {
+            "operationId": "add_note", "parameters": [ID],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": {"type": "object", "properties": {"text": {"type": "string"}}}},
+                "application/xml": {"schema": {"type": "object", "properties": {"text": {"type": "string"}}}}}},
+            "responses": {"200": {"description": "added"}}}},
         "/tenants/{tenant_id}/orders/{order_id}": {
             "get": {"operationId": "get_order", "parameters": [ID, ORDER_ID], "responses": {"200": {"description": "the order"}}},
             "patch": {"operationId": "update_order", "parameters": [ID, ORDER_ID],
@@ -52,6 +58,8 @@ RULES = {"rules": [
                {"body_field": "/items/*/owner", "claim": "sub", "required": False}]},
     {"name": "order-update", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}", "methods": ["PATCH"]},
      "owner": [{"path_param": "tenant_id", "claim": "tenant"}, {"body_field": "/tenant_id", "claim": "tenant", "required": False}]},
+    {"name": "notes", "match": {"template": "/tenants/{tenant_id}/notes", "methods": ["POST"]},
+     "owner": [{"path_param": "tenant_id", "claim": "tenant"}]},
     {"name": "order-read", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}", "methods": ["GET"]},
      "owner": [{"path_param": "tenant_id", "claim": "tenant"}]},
 ], "unmatched": "deny"}
@@ -161,6 +169,8 @@ def test_valid_requests_reach_the_upstream_unchanged_in_every_form(envoy, auth, 
     # The same body, compressed: checked decoded, forwarded as sent.
     r = send(envoy, "POST", "/tenants/acme/orders", {**auth, "content-encoding": "gzip"}, gz(GOOD))
     assert r.reached_upstream and r.json()["method"] == "POST", r
+    # A JSON note on an operation that also declares XML passes.
+    assert send(envoy, "POST", "/tenants/acme/notes", auth, b'{"text": "x"}').reached_upstream
     # A case-variant path and a trailing slash are the same operation (and pass).
     assert send(envoy, "POST", "/Tenants/acme/Orders/", auth, GOOD).reached_upstream
 
@@ -199,7 +209,11 @@ ATTACKS = {
     "gzip, foreign tenant": ("POST", "/tenants/acme/orders", {"content-encoding": "gzip"}, gz(OTHER_TENANT), 403, "tenant_boundary"),
     "deflate, foreign tenant": ("POST", "/tenants/acme/orders", {"content-encoding": "deflate"}, zlib.compress(OTHER_TENANT), 403, "tenant_boundary"),
     "unsupported coding": ("POST", "/tenants/acme/orders", {"content-encoding": "br"}, GOOD, 415, "unsupported_encoding"),
+    "gzip that is not gzip": ("POST", "/tenants/acme/orders", {"content-encoding": "gzip"}, GOOD, 400, "invalid_encoding"),
+    "compression ratio": ("POST", "/tenants/acme/orders", {"content-encoding": "gzip"}, gz(b" " * 60_000), 413, "compression_ratio"),
     "gzip bomb": ("POST", "/tenants/acme/orders", {"content-encoding": "gzip"}, gz(b" " * 8_000_000), 413, None),
+    # class 4: a declared media type meshward cannot check is refused, not passed.
+    "XML body": ("POST", "/tenants/acme/notes", {"content-type": "application/xml"}, b"<note><text>x</text></note>", 415, "unchecked_media_type"),
     # class 5: method override.
     "method override header": ("POST", "/tenants/acme/orders", {"x-http-method-override": "DELETE"}, GOOD, 400, "method_override"),
     "x-http-method": ("POST", "/tenants/acme/orders", {"x-http-method": "PUT"}, GOOD, 400, "method_override"),
