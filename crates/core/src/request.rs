@@ -20,6 +20,7 @@
 //! - **JSON**: read once by the strict reader ([`crate::json`]) and shared by every stage.
 
 use std::io::Read;
+use std::rc::Rc;
 
 use meshward_host::Host;
 
@@ -224,7 +225,7 @@ pub struct RequestState {
     /// Why the request cannot be read unambiguously: every stage refuses it.
     pub refusal: Option<RequestError>,
     /// Set by the JWT stage once a token is verified; read by the stages after it.
-    pub principal: Option<Principal>,
+    pub principal: Option<Rc<Principal>>,
     /// Name of the policy rule that matched, for per-route metrics and logs.
     pub route: Option<String>,
     /// The body read as JSON, once, for every stage that asks.
@@ -236,34 +237,48 @@ pub struct RequestState {
 impl RequestState {
     /// The request as its headers describe it; `end_of_stream`: the headers ended the stream.
     pub fn from_headers(headers: Vec<(String, String)>, end_of_stream: bool) -> RequestState {
-        let first = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let method = first(":method").unwrap_or_default().to_ascii_uppercase();
-        let path = first(":path").unwrap_or_default();
+        // One pass over the headers: the pseudo-headers and every header the model refuses on.
+        let (mut method, mut path, mut request_id) = (None, None, None);
+        let mut overridden = false;
+        let mut copies = [0usize; SINGLE_HEADERS.len()];
+        for (name, value) in &headers {
+            match name.as_str() {
+                ":method" => method = method.or(Some(value)),
+                ":path" => path = path.or(Some(value)),
+                "x-request-id" => request_id = request_id.or(Some(value)),
+                n if METHOD_OVERRIDE_HEADERS.contains(&n) => overridden = true,
+                n => {
+                    if let Some(i) = SINGLE_HEADERS.iter().position(|h| *h == n) {
+                        copies[i] += 1;
+                    }
+                }
+            }
+        }
         let mut state = RequestState {
-            request_id: first("x-request-id"),
-            method,
-            canonical: String::new(),
+            request_id: request_id.cloned(),
+            method: method.map(|m| m.to_ascii_uppercase()).unwrap_or_default(),
+            path: path.cloned().unwrap_or_default(),
             body_follows: !end_of_stream,
             ..RequestState::default()
         };
-        match canonical_path(&path) {
+        match canonical_path(&state.path) {
             Ok(canonical) => state.canonical = canonical,
             Err(e) => state.refusal = Some(RequestError::InvalidPath(e)),
         }
-        state.path = path;
         state.headers = headers;
         if state.refusal.is_none() {
-            state.refusal = state.ambiguity();
+            state.refusal = state.ambiguity(overridden, &copies);
         }
         state
     }
 
-    fn ambiguity(&self) -> Option<RequestError> {
-        if METHOD_OVERRIDE_HEADERS.iter().any(|h| self.header(h).is_some()) || self.has_method_parameter() {
+    /// A method override, or a framing header given twice (`copies`: per [`SINGLE_HEADERS`]).
+    fn ambiguity(&self, overridden: bool, copies: &[usize; SINGLE_HEADERS.len()]) -> Option<RequestError> {
+        if overridden || self.has_method_parameter() {
             return Some(RequestError::MethodOverride);
         }
-        let doubled = |h: &&&str| self.header_values(h).count() > 1 || (SINGLE_VALUED.contains(h) && self.header(h).is_some_and(is_list));
-        SINGLE_HEADERS.iter().find(doubled).map(|h| RequestError::AmbiguousHeader(h))
+        let doubled = |(h, n): (&&'static str, &usize)| *n > 1 || (SINGLE_VALUED.contains(h) && *n == 1 && self.header(h).is_some_and(is_list));
+        SINGLE_HEADERS.iter().zip(copies).find(|pair| doubled(*pair)).map(|(h, _)| RequestError::AmbiguousHeader(h))
     }
 
     /// A `_method` query parameter (Laravel, Rails, Symfony, Express method-override).

@@ -42,6 +42,10 @@ pub fn canonical_path(raw: &str) -> Result<String, PathError> {
         return Err(PathError::NotOriginForm);
     }
     let decoded = decode_unreserved(path)?;
+    // Most paths are canonical already: no copy beyond the decoding one.
+    if decoded == "/" || (!decoded.ends_with('/') && decoded[1..].split('/').all(|s| !matches!(s, "" | "." | ".."))) {
+        return Ok(decoded);
+    }
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -76,10 +80,11 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
             return Err(PathError::PathParameter);
         }
         if b != b'%' {
-            // Non-ASCII bytes are copied through as the UTF-8 they already are.
-            let ch_len = utf8_len(b);
-            out.push_str(path.get(i..i + ch_len).ok_or(PathError::ForbiddenCharacter)?);
-            i += ch_len;
+            // A run of plain bytes is copied at once (non-ASCII ones as the UTF-8 they already
+            // are: every byte that ends a run is ASCII, so runs end on character boundaries).
+            let run = bytes[i..].iter().position(|&c| c < 0x20 || c == 0x7f || c == b'\\' || c == b';' || c == b'%').map_or(bytes.len(), |n| i + n);
+            out.push_str(path.get(i..run).ok_or(PathError::ForbiddenCharacter)?);
+            i = run;
             continue;
         }
         let hex = path.get(i + 1..i + 3).ok_or(PathError::BadPercentEncoding)?;
@@ -101,15 +106,6 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
         i += 3;
     }
     Ok(out)
-}
-
-fn utf8_len(first: u8) -> usize {
-    match first {
-        0x00..=0x7f => 1,
-        0xc0..=0xdf => 2,
-        0xe0..=0xef => 3,
-        _ => 4,
-    }
 }
 
 /// The `match` clause of a rule, with Envoy's `RouteMatch` names. Exactly one field is set.

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use meshward_core::Principal;
 
+use crate::cache::Verified;
 use crate::config::{JwtConfig, KeySource, Requirement};
 use crate::jwks::KeySet;
 use crate::verify::{check_time_claims, extract_token, verify_token};
@@ -15,7 +16,9 @@ use crate::JwtError;
 /// A verified token: who it names, which provider verified it, where it was found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Authenticated {
-    pub principal: Principal,
+    pub principal: Rc<Principal>,
+    /// The principal's filter-state encoding (see [`Verified`]).
+    pub encoded: Rc<[u8]>,
     pub provider: usize,
     pub token_header: String,
 }
@@ -39,9 +42,9 @@ pub struct Inputs<'a> {
     /// Whether the provider's remote keys may be fetched now for this request.
     pub may_refresh: &'a dyn Fn(usize) -> bool,
     /// A principal this exact token already verified to with the provider's current keys.
-    pub cached: &'a dyn Fn(usize, &str) -> Option<Principal>,
+    pub cached: &'a dyn Fn(usize, &str) -> Option<Verified>,
     /// Remembers a token that just verified.
-    pub remember: &'a dyn Fn(usize, &str, &Principal),
+    pub remember: &'a dyn Fn(usize, &str, &Verified),
     /// Unix seconds.
     pub now: u64,
 }
@@ -100,11 +103,11 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     let Some(found) = extract_token(&provider.from_headers, inputs.header) else {
         return Outcome::Denied(JwtError::MissingToken);
     };
-    if let Some(principal) = (inputs.cached)(index, &found.token) {
+    if let Some(Verified { principal, encoded }) = (inputs.cached)(index, &found.token) {
         // Signature, issuer and audience were verified for these bytes and keys; time was not.
         let checked = check_time_claims(&principal.claims, provider, inputs.now).and_then(|()| provider.revoked.check(&principal.claims));
         return match checked {
-            Ok(()) => Outcome::Allowed(Some(Authenticated { principal, provider: index, token_header: found.header })),
+            Ok(()) => Outcome::Allowed(Some(Authenticated { principal, encoded, provider: index, token_header: found.header })),
             Err(e) => Outcome::Denied(e),
         };
     }
@@ -118,16 +121,14 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     };
     match verify_token(&found.token, provider, &keys, inputs.now, config.max_token_bytes) {
         Ok(principal) => {
+            let verified = Verified::new(principal);
             // Remembered as verified; revocation is checked on every use, cached or not.
-            (inputs.remember)(index, &found.token, &principal);
-            if let Err(e) = provider.revoked.check(&principal.claims) {
+            (inputs.remember)(index, &found.token, &verified);
+            if let Err(e) = provider.revoked.check(&verified.principal.claims) {
                 return Outcome::Denied(e);
             }
-            Outcome::Allowed(Some(Authenticated {
-            principal,
-            provider: index,
-            token_header: found.header,
-        }))
+            let Verified { principal, encoded } = verified;
+            Outcome::Allowed(Some(Authenticated { principal, encoded, provider: index, token_header: found.header }))
         }
         Err(JwtError::UnknownKid) if remote && (inputs.may_refresh)(index) => Outcome::NeedKeys(index),
         Err(e) => Outcome::Denied(e),

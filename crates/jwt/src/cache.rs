@@ -7,22 +7,40 @@
 //! verifying at once. Bounded: the oldest entry goes first.
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
+use meshward_core::principal::encode;
 use meshward_core::Principal;
-use sha2::{Digest, Sha256};
 
-type Key = [u8; 32];
-
-struct Entry {
-    generation: u64,
-    principal: Principal,
+/// A verified token's principal and its filter-state encoding, made once per token and shared
+/// by every request that presents it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub principal: Rc<Principal>,
+    /// The principal as published in filter state; empty when it could not be encoded (the
+    /// stages after the JWT filter then find no principal and deny).
+    pub encoded: Rc<[u8]>,
 }
 
-/// A bounded map from (provider, token) to the principal it verified to.
+impl Verified {
+    pub fn new(principal: Principal) -> Self {
+        let encoded = encode(&principal).unwrap_or_else(|_| Rc::from(Vec::new()));
+        Verified { principal: Rc::new(principal), encoded }
+    }
+}
+
+struct Entry {
+    provider: usize,
+    generation: u64,
+    verified: Verified,
+}
+
+/// A bounded map from (provider, token) to what the token verified to. Keyed by the token
+/// itself, compared whole: a hit costs a hash of the token, no digest.
 pub struct TokenCache {
     capacity: usize,
-    entries: HashMap<Key, Entry>,
-    order: VecDeque<Key>,
+    entries: HashMap<Rc<str>, Entry>,
+    order: VecDeque<Rc<str>>,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -32,39 +50,32 @@ impl std::fmt::Debug for TokenCache {
     }
 }
 
-fn key(provider: usize, token: &str) -> Key {
-    Sha256::new()
-        .chain_update(u64::try_from(provider).unwrap_or(u64::MAX).to_be_bytes())
-        .chain_update(token.as_bytes())
-        .finalize()
-        .into()
-}
-
 impl TokenCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize) -> Self {
         TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new() }
     }
 
-    /// The principal `token` verified to for `provider` with key-set `generation`.
-    pub fn get(&self, provider: usize, generation: u64, token: &str) -> Option<Principal> {
-        if self.capacity == 0 {
-            return None;
-        }
+    /// What `token` verified to for `provider` with key-set `generation`.
+    pub fn get(&self, provider: usize, generation: u64, token: &str) -> Option<Verified> {
         self.entries
-            .get(&key(provider, token))
-            .filter(|e| e.generation == generation)
-            .map(|e| e.principal.clone())
+            .get(token)
+            .filter(|e| e.provider == provider && e.generation == generation)
+            .map(|e| e.verified.clone())
     }
 
-    pub fn insert(&mut self, provider: usize, generation: u64, token: &str, principal: &Principal) {
+    pub fn insert(&mut self, provider: usize, generation: u64, token: &str, verified: &Verified) {
         if self.capacity == 0 {
             return;
         }
-        let k = key(provider, token);
-        if self.entries.insert(k, Entry { generation, principal: principal.clone() }).is_none() {
-            self.order.push_back(k);
+        let entry = Entry { provider, generation, verified: verified.clone() };
+        if let Some(existing) = self.entries.get_mut(token) {
+            *existing = entry;
+            return;
         }
+        let key: Rc<str> = Rc::from(token);
+        self.entries.insert(Rc::clone(&key), entry);
+        self.order.push_back(key);
         while self.entries.len() > self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
@@ -89,8 +100,8 @@ mod tests {
     use super::*;
     use serde_json::Map;
 
-    fn principal(sub: &str) -> Principal {
-        Principal {
+    fn principal(sub: &str) -> Verified {
+        Verified::new(Principal {
             provider: "p".into(),
             issuer: "i".into(),
             subject: Some(sub.into()),
@@ -98,14 +109,14 @@ mod tests {
             scopes: vec![],
             tenant: None,
             claims: Map::new(),
-        }
+        })
     }
 
     #[test]
     fn hits_only_for_the_same_provider_token_and_generation() {
         let mut cache = TokenCache::new(2);
         cache.insert(0, 1, "t1", &principal("a"));
-        assert_eq!(cache.get(0, 1, "t1").and_then(|p| p.subject), Some("a".into()));
+        assert_eq!(cache.get(0, 1, "t1").and_then(|v| v.principal.subject.clone()), Some("a".into()));
         assert!(cache.get(1, 1, "t1").is_none(), "other provider");
         assert!(cache.get(0, 2, "t1").is_none(), "keys changed since");
         assert!(cache.get(0, 1, "t2").is_none());

@@ -420,14 +420,11 @@ impl JwtStage {
     /// Publishes a verified principal: filter state, opted-in claim headers, token removal.
     fn admit(&self, host: &mut dyn Host, request: &mut RequestState, a: Authenticated) {
         let Some(provider) = self.policy.config.providers.get(a.provider) else { return };
-        match serde_json::to_vec(&a.principal) {
-            Ok(json) => {
-                if let Err(e) = host.set_property(&[PRINCIPAL_PROPERTY], &json) {
-                    // Later filters then find no principal and deny: still fail closed.
-                    host.log(LogLevel::Error, &format!("meshward_jwt: cannot publish principal: {e}"));
-                }
-            }
-            Err(e) => host.log(LogLevel::Error, &format!("meshward_jwt: cannot encode principal: {e}")),
+        if a.encoded.is_empty() {
+            // Later filters then find no principal and deny: still fail closed.
+            host.log(LogLevel::Error, "meshward_jwt: cannot encode principal");
+        } else if let Err(e) = host.set_property(&[PRINCIPAL_PROPERTY], &a.encoded) {
+            host.log(LogLevel::Error, &format!("meshward_jwt: cannot publish principal: {e}"));
         }
         for c in &provider.claim_to_headers {
             if let Some(value) = a.principal.claim(&c.claim_name).and_then(claim_header_value) {

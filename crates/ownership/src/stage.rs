@@ -45,7 +45,7 @@ pub struct OwnershipStage {
     check_response: bool,
 }
 
-fn principal(host: &dyn Host, request: &mut RequestState) -> Option<Principal> {
+fn principal(host: &dyn Host, request: &mut RequestState) -> Option<Rc<Principal>> {
     current_principal(host, &mut request.principal)
 }
 
@@ -72,7 +72,7 @@ impl Stage for OwnershipStage {
             let values: Vec<String> = seen.header_values(name).map(str::to_string).collect();
             (!values.is_empty()).then_some(values)
         };
-        match authorize_request(rule, &captures, principal.as_ref(), &request.path, &header) {
+        match authorize_request(rule, &captures, principal.as_deref(), &request.path, &header) {
             Err(e) => Step::Deny(e.denial()),
             Ok(Authorized::Public) => Step::Continue,
             Ok(Authorized::Bypassed) => {
@@ -106,7 +106,7 @@ impl Stage for OwnershipStage {
             return Step::Continue;
         }
         let principal = principal(host, request);
-        match check_body(rule, principal.as_ref(), request.document(body, meshward_core::json::MAX_DEPTH)) {
+        match check_body(rule, principal.as_deref(), request.document(body, meshward_core::json::MAX_DEPTH)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }
@@ -132,7 +132,7 @@ impl Stage for OwnershipStage {
         }
         // Answers are JSON (a form is not an answer format): the strict reader, once.
         let document = meshward_core::json::read(body, meshward_core::json::MAX_DEPTH).map(|d| d.value);
-        match check_response(rule, principal(host, request).as_ref(), document.as_ref().map_err(|_| Unreadable::Invalid)) {
+        match check_response(rule, principal(host, request).as_deref(), document.as_ref().map_err(|_| Unreadable::Invalid)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }

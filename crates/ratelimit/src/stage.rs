@@ -22,6 +22,10 @@ pub const MISSING: &str = "-";
 pub struct RateLimitPolicy {
     pub config: RateLimitConfig,
     tables: Vec<SlotTable>,
+    /// Some rule's key names `client_ip`.
+    reads_client_ip: bool,
+    /// Some rule depends on the principal (its key, or whom it applies to).
+    reads_principal: bool,
 }
 
 impl RateLimitPolicy {
@@ -31,7 +35,9 @@ impl RateLimitPolicy {
             .iter()
             .map(|r| SlotTable::new(format!("meshward_ratelimit/{}", r.name), config.max_keys))
             .collect();
-        RateLimitPolicy { config, tables }
+        let reads_client_ip = config.rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
+        let reads_principal = config.rules.iter().any(|r| r.applies_to != AppliesTo::All);
+        RateLimitPolicy { config, tables, reads_client_ip, reads_principal }
     }
 }
 
@@ -146,8 +152,13 @@ impl RateLimitStage {
 impl Stage for RateLimitStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
         let policy = Rc::clone(&self.policy);
-        let principal = current_principal(host, &mut request.principal);
-        let client_ip = host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok());
+        let principal = if policy.reads_principal { current_principal(host, &mut request.principal) } else { None };
+        // The peer address is read only when a rule's key names it (one hostcall saved).
+        let client_ip = if policy.reads_client_ip {
+            host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
         let client_ip = client_ip.as_deref().map(strip_port);
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
@@ -163,7 +174,7 @@ impl Stage for RateLimitStage {
                 continue;
             }
             let seen: &RequestState = request;
-            let values = key_values(rule, principal.as_ref(), &|name| seen.header(name).map(str::to_string), client_ip);
+            let values = key_values(rule, principal.as_deref(), &|name| seen.header(name).map(str::to_string), client_ip);
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 (Scope::Local, Some(limit)) => {
