@@ -43,7 +43,7 @@ def module_file(directory: Path, name: str) -> Path:
     for candidate in FILE[name]:
         if (directory / candidate).is_file():
             return directory / candidate
-    raise FileNotFoundError(f"no {name} module in {directory} (run `make profile-modules` or `make build test-modules`)")
+    raise FileNotFoundError(f"no {name} module in {directory} (run `make profile`, or `make build test-modules` and pass --modules)")
 
 
 def principal(claims: dict) -> str:

@@ -86,14 +86,34 @@ impl SlotTable {
         wide.copy_from_slice(&digest[FINGERPRINT_BYTES..FINGERPRINT_BYTES + 8]);
         let slots = u64::try_from(self.slots).unwrap_or(1).max(1);
         let slot = u64::from_be_bytes(wide) % slots;
-        (fingerprint, format!("{}/{slot}", self.prefix))
+        (fingerprint, self.key(slot))
+    }
+
+    /// `<prefix>/<slot>`, built without the formatting machinery (once per request).
+    fn key(&self, slot: u64) -> String {
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut rest = slot;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (rest % 10) as u8;
+            rest /= 10;
+            if rest == 0 {
+                break;
+            }
+        }
+        let mut key = String::with_capacity(self.prefix.len() + 1 + digits.len() - at);
+        key.push_str(&self.prefix);
+        key.push('/');
+        key.extend(digits[at..].iter().map(|&d| char::from(d)));
+        key
     }
 
     /// Creates every slot key, so that all later writes are compare-and-swap. Call when the
     /// configuration is applied, before traffic.
     pub fn create(&self, host: &mut dyn Host) {
         for slot in 0..self.slots {
-            let key = format!("{}/{slot}", self.prefix);
+            let key = self.key(u64::try_from(slot).unwrap_or(u64::MAX));
             if host.shared_data(&key).0.is_none() {
                 let _ = host.set_shared_data(&key, &[], None);
             }
@@ -147,6 +167,14 @@ impl SlotTable {
 mod tests {
     use super::*;
     use meshward_host::FakeHost;
+
+    #[test]
+    fn slot_keys_name_their_slot() {
+        let table = SlotTable::new("meshward_ratelimit/per-user", 16);
+        for slot in [0u64, 7, 10, 1234, u64::MAX] {
+            assert_eq!(table.key(slot), format!("meshward_ratelimit/per-user/{slot}"));
+        }
+    }
 
     #[test]
     fn values_live_until_now_then_vanish() {

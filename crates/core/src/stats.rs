@@ -2,6 +2,9 @@
 //! `stats.h`): the per-decision families the runtime writes for every stage, and each policy's
 //! own. A counter is written through [`count`], so no name is spelled twice.
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use meshward_host::Host;
 
 /// What a stage decided, as the runtime counts it for every stage:
@@ -36,6 +39,44 @@ pub fn decision_counter(stage: &str, decision: Decision, route: Option<&str>, re
         out.push_str(reason);
     }
     out
+}
+
+/// A decision counter's name, built once per VM: (stage, decision, route, reason) → name.
+struct NamedDecision {
+    stage: &'static str,
+    decision: Decision,
+    route: Option<String>,
+    reason: Option<&'static str>,
+    name: Rc<str>,
+}
+
+/// Names kept per VM; routes are rule names from the configuration, so the set is small. A VM
+/// that sees more (configurations pushed over time) starts again.
+const NAMES_KEPT: usize = 1024;
+
+thread_local! {
+    static DECISION_NAMES: RefCell<Vec<NamedDecision>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Adds one to the decision counter of a stage ([`decision_counter`]), without building its
+/// name on every request.
+pub fn count_decision(host: &mut dyn Host, stage: &'static str, decision: Decision, route: Option<&str>, reason: Option<&'static str>) {
+    let name = DECISION_NAMES.with(|names| {
+        let mut names = names.borrow_mut();
+        if let Some(known) = names
+            .iter()
+            .find(|n| n.stage == stage && n.decision == decision && n.reason == reason && n.route.as_deref() == route)
+        {
+            return Rc::clone(&known.name);
+        }
+        if names.len() >= NAMES_KEPT {
+            names.clear();
+        }
+        let name: Rc<str> = Rc::from(decision_counter(stage, decision, route, reason));
+        names.push(NamedDecision { stage, decision, route: route.map(str::to_string), reason, name: Rc::clone(&name) });
+        name
+    });
+    host.increment_counter(&name, 1);
 }
 
 /// A policy's own counters.
@@ -92,6 +133,20 @@ pub fn count(host: &mut dyn Host, counter: Counter) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_are_counted_under_their_names() {
+        let mut host = meshward_host::FakeHost::default();
+        count_decision(&mut host, "jwt", Decision::Allowed, Some("orders"), None);
+        count_decision(&mut host, "jwt", Decision::Allowed, Some("orders"), None);
+        count_decision(&mut host, "jwt", Decision::Allowed, None, None);
+        count_decision(&mut host, "jwt", Decision::Denied, Some("orders"), Some("expired"));
+        count_decision(&mut host, "ratelimit", Decision::ShadowDenied, None, Some("rate_limited"));
+        assert_eq!(host.counter("meshward_jwt_allowed_total.route.orders"), 2);
+        assert_eq!(host.counter("meshward_jwt_allowed_total"), 1);
+        assert_eq!(host.counter("meshward_jwt_denied_total.route.orders.reason.expired"), 1);
+        assert_eq!(host.counter("meshward_ratelimit_shadow_denied_total.reason.rate_limited"), 1);
+    }
 
     #[test]
     fn names_are_unique_and_namespaced() {

@@ -4,7 +4,7 @@
 use std::rc::Rc;
 
 use meshward_core::request::BodyError;
-use meshward_core::stats::{decision_counter, Decision};
+use meshward_core::stats::{count_decision, Decision};
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
@@ -131,7 +131,7 @@ impl Filter {
 
     fn count_allowed(&self, host: &mut dyn Host, i: usize) {
         let slot = &self.slots[i];
-        host.increment_counter(&decision_counter(slot.name, Decision::Allowed, slot.route.as_deref(), None), 1);
+        count_decision(host, slot.name, Decision::Allowed, slot.route.as_deref(), None);
     }
 
     /// Counts and logs a denial; `true` when it is enforced (not shadow mode).
@@ -141,7 +141,7 @@ impl Filter {
         slot.response_body_limit = None;
         let shadow = slot.mode == Mode::Shadow;
         let decision = if shadow { Decision::ShadowDenied } else { Decision::Denied };
-        host.increment_counter(&decision_counter(slot.name, decision, slot.route.as_deref(), Some(denial.reason)), 1);
+        count_decision(host, slot.name, decision, slot.route.as_deref(), Some(denial.reason));
         host.log(LogLevel::Info, &log_line(slot.name, slot.route.as_deref(), &self.request, denial, shadow));
         !shadow
     }
