@@ -2,10 +2,12 @@
 side by side in ONE run against plain Envoy and Envoy's closest native filter.
 
 Envoy runs with one worker (--concurrency 1) in front of a fast upstream (a second Envoy that
-answers from memory with direct_response), driven by wrk over loopback. Absolute numbers on a
-shared 2-core machine are noisy; the ratios in the same run are what to read.
+answers from memory with direct_response), driven by wrk over loopback. The measured Envoy has
+the first core to itself; wrk and the upstream share the rest. Every scenario's Envoy is started
+first, then the rounds interleave short runs of all of them and each reports its median round.
+Absolute numbers on a shared machine are noisy; the ratios in the same run are what to read.
 
-    python tests/bench.py [--duration 8] [--connections 32] [--json bench-results.json]
+    python tests/bench.py [--duration 3] [--rounds 5] [--only REGEX] [--connections 32] [--json bench-results.json]
 """
 from __future__ import annotations
 
@@ -224,8 +226,25 @@ def wrk_script(directory: Path, headers: dict, body: bytes | None) -> Path:
     return path
 
 
+# With two or more cores, the measured Envoy gets the first to itself; wrk and the upstream share
+# the others. It no longer competes with its own load generator, so what it costs per request
+# decides its throughput, and runs move far less.
+CPUS = sorted(os.sched_getaffinity(0))
+MEASURED_CPUS = set(CPUS[:1]) if len(CPUS) > 1 else set(CPUS)
+LOAD_CPUS = set(CPUS[1:]) if len(CPUS) > 1 else set(CPUS)
+
+
+def pin(pid: int, cpus: set) -> None:
+    """Every thread of a process onto `cpus`."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), cpus)
+        except (ProcessLookupError, OSError):
+            pass
+
+
 def run_wrk(port: int, path: str, script: Path, duration: int, connections: int) -> dict:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"]
+    cmd = ["taskset", "-c", ",".join(map(str, sorted(LOAD_CPUS))), "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -284,34 +303,53 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
     return out
 
 
-def measure(sc: Scenario, upstream: Envoy, work: Path, args) -> dict:
-    """One scenario: its own Envoy, a probe that must answer 200, a warm-up, then the run."""
-    env = Envoy(build_config(upstream.port, sc.plugins, native_filters=sc.native), concurrency=1)
-    env.start()
-    try:
-        probe = env.request(sc.path, sc.headers, method="POST" if sc.body is not None else "GET", body=sc.body)
+class Running:
+    """One scenario's Envoy, started once and kept for every round."""
+
+    def __init__(self, sc: Scenario, upstream: Envoy, work: Path):
+        self.sc = sc
+        self.env = Envoy(build_config(upstream.port, sc.plugins, native_filters=sc.native), concurrency=1)
+        self.env.start()
+        pin(self.env.proc.pid, MEASURED_CPUS)
+        probe = self.env.request(sc.path, sc.headers, method="POST" if sc.body is not None else "GET", body=sc.body)
         if probe.status != 200:
+            self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
-        script = wrk_script(work, sc.headers, sc.body)
-        run_wrk(env.port, sc.path, script, 2, args.connections)  # warm-up
-        cpu_before = cpu_seconds(env)
-        r = run_wrk(env.port, sc.path, script, args.duration, args.connections)
-        # What one request costs the measured Envoy in CPU: steadier than throughput on a
-        # shared machine, where wrk and the upstream compete for the same cores.
-        r["cpu_us_per_request"] = (cpu_seconds(env) - cpu_before) * 1e6 / max(1, r["requests"])
-        r.update(name=sc.name, compare=sc.compare, baseline=sc.baseline, memory_bytes=memory_bytes(env), config_ms=config_ms(env) if sc.plugins else None)
+        directory = work / str(id(self))
+        directory.mkdir()
+        self.script = wrk_script(directory, sc.headers, sc.body)
+
+    def run(self, duration: int, connections: int) -> dict:
+        cpu_before = cpu_seconds(self.env)
+        r = run_wrk(self.env.port, self.sc.path, self.script, duration, connections)
+        # What one request costs the measured Envoy in CPU.
+        r["cpu_us_per_request"] = (cpu_seconds(self.env) - cpu_before) * 1e6 / max(1, r["requests"])
+        return r
+
+    def stop(self) -> None:
+        self.env.stop()
+        self.env.cleanup()
+
+
+def measure(sc: Scenario, upstream: Envoy, work: Path, args) -> dict:
+    """One scenario on its own: its Envoy, a probe that must answer 200, a warm-up, one run."""
+    running = Running(sc, upstream, work)
+    try:
+        running.run(2, args.connections)  # warm-up
+        r = running.run(args.duration, args.connections)
+        r.update(name=sc.name, compare=sc.compare, baseline=sc.baseline, memory_bytes=memory_bytes(running.env),
+                 config_ms=config_ms(running.env) if sc.plugins else None)
         return r
     finally:
-        env.stop()
-        env.cleanup()
+        running.stop()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description="meshward benchmarks")
-    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--duration", type=int, default=3, help="seconds per scenario per round")
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--json", default=str(REPO / "bench-results.json"))
-    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each scenario reports its median round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each scenario reports its median round")
     ap.add_argument("--only", help="regex: only the scenarios it matches (and the ones they are compared with)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
@@ -325,25 +363,36 @@ def main() -> int:
         plan = [sc for sc in plan if sc in wanted or sc.name in needed]
     upstream = Envoy(upstream_config(), concurrency=1)
     upstream.start()
+    pin(upstream.proc.pid, LOAD_CPUS)
     rounds: dict[str, list[dict]] = {sc.name: [] for sc in plan}
     work = Path(tempfile.mkdtemp(prefix="meshward-bench-"))
+    running: list[Running] = []
     try:
-        # Rounds interleave the scenarios, so a slow spell of the shared machine hits all alike.
+        # Every scenario's Envoy is up (idle) for the whole run, so rounds can interleave short
+        # runs of all of them: a slow spell of the shared machine hits every scenario alike.
+        for sc in plan:
+            running.append(Running(sc, upstream, work))
+            running[-1].run(2, args.connections)  # warm-up
         for round_no in range(args.rounds):
-            for sc in plan:
-                r = measure(sc, upstream, work, args)
-                rounds[sc.name].append(r)
-                print(f"  {sc.name:<50} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+            for one in running:
+                r = one.run(args.duration, args.connections)
+                rounds[one.sc.name].append(r)
+                print(f"  {one.sc.name:<50} {r['rps']:>9.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
                       + (f"  (round {round_no + 1})" if args.rounds > 1 else ""), flush=True)
+        # Each scenario's median round by throughput (non-200 answers of any round count).
+        results = []
+        for one in running:
+            runs = sorted(rounds[one.sc.name], key=lambda r: r["rps"])
+            r = dict(runs[len(runs) // 2], non_200=sum(x["non_200"] for x in runs), rounds=[round(x["rps"]) for x in rounds[one.sc.name]],
+                     cpu_us_per_request=sorted(x["cpu_us_per_request"] for x in runs)[len(runs) // 2])
+            r.update(name=one.sc.name, compare=one.sc.compare, baseline=one.sc.baseline, memory_bytes=memory_bytes(one.env),
+                     config_ms=config_ms(one.env) if one.sc.plugins else None)
+            results.append(r)
     finally:
+        for one in running:
+            one.stop()
         upstream.stop()
         upstream.cleanup()
-    # Each scenario's median round by throughput (non-200 answers of any round still count).
-    results = []
-    for sc in plan:
-        runs = sorted(rounds[sc.name], key=lambda r: r["rps"])
-        r = dict(runs[len(runs) // 2], non_200=sum(x["non_200"] for x in runs), rounds=[round(x["rps"]) for x in rounds[sc.name]])
-        results.append(r)
 
     by_name = {r["name"]: r for r in results}
     for r in results:
@@ -361,11 +410,11 @@ def main() -> int:
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
     print()
-    print(f"{'scenario':<50} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'vs plain':>8} {'vs native':>9} {'mem MiB':>7} {'config ms':>9} {'non-200':>7}")
+    print(f"{'scenario':<50} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'vs plain':>8} {'vs native':>9} {'cpu µs':>7} {'mem MiB':>7} {'config ms':>9} {'non-200':>7}")
     for r in results:
         native = f"{r['vs_native']:.2f}x" if r["vs_native"] else "-"
         configured = f"{r['config_ms']:.1f}" if r["config_ms"] is not None else "-"
-        print(f"{r['name']:<50} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} "
+        print(f"{r['name']:<50} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} {r['cpu_us_per_request']:>7.1f} "
               f"{r['memory_bytes'] / 2**20:>7.1f} {configured:>9} {r['non_200']:>7}")
     print("\nmodule sizes: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()))
     report["targets"] = targets(by_name, sizes)
