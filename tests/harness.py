@@ -265,6 +265,16 @@ class Envoy:
     def admin(self, path: str, method: str = "GET") -> Response:
         return self._http(self.admin_port, method, path)
 
+    def counter_reaches(self, name: str, at_least: int, timeout: float = 5.0) -> int:
+        """A counter once it reaches `at_least`; allowed decisions are written by the VMs every
+        second, so they show up within about a second of the requests."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.counter(name)
+            if value >= at_least or time.monotonic() > deadline:
+                return value
+            time.sleep(0.1)
+
     def counter(self, name: str) -> int:
         """A counter from /stats by its full name (0 when it does not exist yet)."""
         text = self.admin("/stats?filter=" + re.escape(name) + "$").body.decode()

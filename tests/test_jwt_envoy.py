@@ -214,7 +214,9 @@ def test_metrics_by_reason(envoy, keys):
     before = envoy.counter("meshward_jwt_denied_total.reason.expired")
     envoy.request("/api/x", bearer(keys.token(exp=int(time.time()) - 3600)))
     assert envoy.counter("meshward_jwt_denied_total.reason.expired") == before + 1
-    assert envoy.counter("meshward_jwt_allowed_total") > 0
+    allowed = envoy.counter("meshward_jwt_allowed_total")
+    assert envoy.request("/api/x", bearer(keys.token())).reached_upstream
+    assert envoy.counter_reaches("meshward_jwt_allowed_total", allowed + 1) >= allowed + 1
     assert 'meshward_jwt_denied_total{reason="expired"}' in envoy.prometheus()
 
 

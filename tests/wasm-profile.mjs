@@ -8,7 +8,7 @@
 //        "headers": [[":method", "GET"], [":path", "/"], ...], "properties": {"name": "value"},
 //        "profile": true}
 // Prints one JSON object: hostcalls per request (by name), microseconds per request (all, and
-// inside the module), the module's functions with the most self time (names need a module built with its name section, as
+// inside the module), the counters after a final tick, the module's functions with the most self time (names need a module built with its name section, as
 // `make profile` builds them), and the local responses sent (a scenario that denies is an error).
 import { readFileSync } from "node:fs";
 import { Session } from "node:inspector/promises";
@@ -52,6 +52,7 @@ const configuration = Buffer.from(typeof spec.configuration === "string" ? spec.
 const shared = new Map(); // key -> [value, cas]
 let cas = 1;
 const metrics = [];
+const totals = [];
 const sent = [];
 let maps, properties;
 
@@ -131,8 +132,9 @@ const env = {
     view().setUint32(retId, metrics.length - 1, true);
     return OK;
   },
-  proxy_increment_metric() {
+  proxy_increment_metric(id, offset) {
     count("proxy_increment_metric");
+    totals[id] = (totals[id] ?? 0n) + BigInt(offset);
     return OK;
   },
   proxy_send_local_response(status, dPtr, dLen, bPtr, bLen) {
@@ -240,7 +242,10 @@ if (spec.profile) {
   moduleShare = inModule / profile.samples.length;
   top = [...self].sort((a, b) => b[1] - a[1]).slice(0, spec.top ?? 40).map(([name, s]) => [name, +(100 * s / inModule).toFixed(1)]);
 }
+// A tick writes what the module counted in the VM; every request must be in the counters.
+instance.exports.proxy_on_tick(ROOT);
+const counters = Object.fromEntries(metrics.map((name, id) => [name, Number(totals[id] ?? 0n)]));
 const denied = sent.length;
 console.log(JSON.stringify({ module: spec.module, micros_per_request: +micros.toFixed(2), hostcalls_per_request: Object.values(perRequest).reduce((a, b) => a + b, 0),
-  hostcalls: perRequest, module_micros_per_request: moduleShare === null ? null : +(micros * moduleShare).toFixed(2), self_time_percent: top, local_responses: denied, first_response: sent[0] }, null, 1));
+  requests: next - ROOT - 1, counters, hostcalls: perRequest, module_micros_per_request: moduleShare === null ? null : +(micros * moduleShare).toFixed(2), self_time_percent: top, local_responses: denied, first_response: sent[0] }, null, 1));
 exit(denied ? 1 : 0);

@@ -16,7 +16,8 @@
 //! fake host; the proxy-wasm glue (`proxy`, wasm32 only) only forwards calls.
 //!
 //! Counters (visible in Envoy's `/stats`; with the `stats_tags` in `envoy/envoy.yaml`,
-//! `route` and `reason` become Prometheus labels):
+//! `route` and `reason` become Prometheus labels; allowed decisions are added up in the VM and
+//! written every second, denials at once):
 //! - `meshward_<stage>_allowed_total[.route.<route>]`
 //! - `meshward_<stage>_denied_total[.route.<route>].reason.<reason>`
 //! - `meshward_<stage>_shadow_denied_total[.route.<route>].reason.<reason>` (shadow: would have denied)

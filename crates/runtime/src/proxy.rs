@@ -1,12 +1,19 @@
 //! proxy-wasm glue: forwards the SDK's callbacks to a [`Plan`] (root) and a [`Filter`] (each
 //! request) with [`ProxyWasmHost`]. Nothing here decides anything.
 
+use std::time::Duration;
+
+use meshward_core::stats::flush_decisions;
 use meshward_core::GrpcResponse;
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
 use crate::{send_denial, Filter, Plan, RuntimeDenial, Verdict};
+
+/// How often the counts of allowed decisions added up in the VM are written to Envoy's stats
+/// (a policy that needs ticks of its own asks for its period when it starts).
+const COUNTER_FLUSH_PERIOD: Duration = Duration::from_secs(1);
 
 /// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
 pub fn register<T: Plan>() {
@@ -19,6 +26,12 @@ struct Root<T: Plan> {
 }
 
 impl<T: Plan> Context for Root<T> {
+    /// The VM stops: nothing counted is left unwritten.
+    fn on_done(&mut self) -> bool {
+        flush_decisions(&mut ProxyWasmHost);
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         if let Some(plan) = &self.plan {
             let mut host = ProxyWasmHost;
@@ -37,6 +50,7 @@ impl<T: Plan> RootContext for Root<T> {
             Ok(plan) => {
                 // How long compiling the configuration took in this VM (`make bench` reads it).
                 let micros = host.now().duration_since(started).map(|d| d.as_micros()).unwrap_or(0);
+                host.set_tick_period(COUNTER_FLUSH_PERIOD);
                 plan.start(&mut host);
                 self.plan = Some(plan);
                 host.log(LogLevel::Info, &format!("{}: configuration accepted in {}.{:03} ms", T::module_name(), micros / 1000, micros % 1000));
@@ -51,6 +65,7 @@ impl<T: Plan> RootContext for Root<T> {
     }
 
     fn on_tick(&mut self) {
+        flush_decisions(&mut ProxyWasmHost);
         if let Some(plan) = &self.plan {
             plan.on_tick(&mut ProxyWasmHost);
         }

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test helpers
 
 use meshward_bundle_filter::Bundle;
+use meshward_core::stats::flush_decisions;
 use meshward_host::FakeHost;
 use meshward_jwt::testkit::{local_config, TestKeys};
 use meshward_runtime::{Plan, Verdict};
@@ -26,6 +27,8 @@ fn run(bundle: &Bundle, path: &str, token: &str) -> (Verdict, FakeHost) {
     let bearer = format!("Bearer {token}");
     let mut host = FakeHost::with_request(&[(":method", "GET"), (":path", path), ("authorization", &bearer)]);
     let verdict = bundle.new_filter().on_request_headers(&mut host, true);
+    // Allowed decisions are written when the runtime flushes (every second in Envoy).
+    flush_decisions(&mut host);
     (verdict, host)
 }
 

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use meshward_core::stats::flush_decisions;
 use meshward_core::{Policy, PRINCIPAL_PROPERTY};
 use meshward_host::{FakeHost, Host, HttpCallResponse, LogLevel};
 use meshward_jwt::testkit::{local_config, TestKeys};
@@ -43,6 +44,8 @@ fn valid_token_publishes_principal_sets_claim_headers_and_strips_spoofs() {
     assert_eq!(published["subject"], "alice");
     assert_eq!(published["tenant"], "acme");
     assert_eq!(filter.request().principal.as_ref().unwrap().subject.as_deref(), Some("alice"));
+    // Allowed decisions are written when the runtime flushes (every second in Envoy).
+    flush_decisions(&mut host);
     assert_eq!(host.counter("meshward_jwt_allowed_total"), 1);
 }
 
@@ -68,6 +71,7 @@ fn denial_sends_401_json_and_counts_and_logs_once() {
     assert_eq!(sent.header("www-authenticate"), Some("Bearer realm=\"meshward\""));
     assert_eq!(body(&host), json!({"error": "a bearer token is required", "reason": "missing_token", "request_id": "req-1"}));
     assert_eq!(host.counter("meshward_jwt_denied_total.reason.missing_token"), 1);
+    flush_decisions(&mut host);
     assert_eq!(host.counter("meshward_jwt_allowed_total"), 0);
     // The spoofed claim header is gone even though the request was denied.
     assert_eq!(host.request_header("x-jwt-sub"), None);
