@@ -291,9 +291,85 @@ fn fragment(pointer: &str) -> String {
     out
 }
 
+/// A copy of `document` holding only what the schema at `pointer` needs: that schema and every
+/// local `$ref` it reaches, each at its own pointer, so references resolve as in the whole
+/// document. Compiling each validator from the whole document made every compile copy all of
+/// it, and the peak stays resident: a VM's memory never shrinks.
+fn needed_by(document: &Value, pointer: &str) -> Value {
+    let mut out = Value::Object(serde_json::Map::new());
+    let mut todo = vec![pointer.to_string()];
+    let mut done: Vec<String> = Vec::new();
+    while let Some(next) = todo.pop() {
+        // A pointer inside one already copied is there already.
+        if done.iter().any(|d| next == *d || next.starts_with(&format!("{d}/"))) {
+            continue;
+        }
+        let Some(target) = document.pointer(&next) else { continue };
+        local_refs(target, &mut todo);
+        place(&mut out, &next, target.clone());
+        done.push(next);
+    }
+    out
+}
+
+/// Every local `$ref` (`#/...`) inside `value`, as a JSON pointer.
+fn local_refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("$ref") {
+                if let Some(pointer) = r.strip_prefix('#') {
+                    out.push(pointer_of_fragment(pointer));
+                }
+            }
+            map.values().for_each(|v| local_refs(v, out));
+        }
+        Value::Array(items) => items.iter().for_each(|v| local_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// A `$ref` fragment as a JSON pointer (percent-decoded, as the validator reads it).
+fn pointer_of_fragment(fragment: &str) -> String {
+    let bytes = fragment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| fragment.to_string())
+}
+
+/// Puts `value` at `pointer` inside `root`, making the objects on the way.
+fn place(root: &mut Value, pointer: &str, value: Value) {
+    let mut at = root;
+    let tokens: Vec<String> = pointer.split('/').skip(1).map(|t| t.replace("~1", "/").replace("~0", "~")).collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(serde_json::Map::new());
+        }
+        let Value::Object(map) = at else { return };
+        if i + 1 == tokens.len() {
+            map.insert(token.clone(), value);
+            return;
+        }
+        at = map.entry(token.clone()).or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    *at = value;
+}
+
 /// A validator for the schema at `pointer` inside the (rewritten) document.
 fn validator_at(document: &Value, pointer: &str) -> Result<Validator, String> {
-    let mut root = document.clone();
+    let mut root = needed_by(document, pointer);
     if let Value::Object(map) = &mut root {
         map.insert("$ref".into(), Value::String(format!("#{}", fragment(pointer))));
         map.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
