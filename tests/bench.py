@@ -205,6 +205,49 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     return out
 
 
+def memory_scenarios(keys: KeyRing) -> list[tuple[str, list[dict]]]:
+    """What each module costs every pod in memory: (name, meshward plugins)."""
+    es = [meshward_jwt(keys, ["es256"])]
+    return [
+        ("plain envoy", []),
+        ("do-nothing wasm filter (floor)", [NOOP]),
+        ("jwt ES256 (meshward)", es),
+        ("schema, whole crAPI contract (meshward)", [SCHEMA]),
+        ("bundle jwt+schema (crAPI)+ownership+ratelimit", [bundle([*es, SCHEMA, ORDER_OWNERSHIP, RATELIMIT])]),
+    ]
+
+
+def rss_bytes(env: Envoy) -> int:
+    """Resident memory of the Envoy process, from /proc (VM linear memory and compiled code
+    included, which Envoy's own allocator statistics miss)."""
+    for line in Path(f"/proc/{env.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def measure_memory(name: str, plugins: list[dict], upstream: Envoy, keys: KeyRing) -> dict:
+    """RSS and configuration time at 1 and 2 workers, after a few requests through each worker."""
+    token = keys.token("ES256", scope="orders:read", exp=int(time.time()) + 3600)
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    out = {"name": name}
+    for workers in (1, 2):
+        env = Envoy(build_config(upstream.port, plugins), concurrency=workers)
+        env.start()
+        try:
+            for _ in range(8 * workers):
+                r = env.request(ORDER_PATH, headers, method="POST", body=ORDER_BODY)
+                if r.status != 200:
+                    raise RuntimeError(f"{name}: answered {r.status} {r.body[:200]!r}")
+            time.sleep(1)
+            out[f"rss_bytes_{workers}w"] = rss_bytes(env)
+            out[f"config_ms_{workers}w"] = config_ms(env) if plugins else None
+        finally:
+            env.stop()
+            env.cleanup()
+    return out
+
+
 def config_ms(env: Envoy) -> float | None:
     """The longest configuration compile any meshward VM of this Envoy reported."""
     times = [float(m) for m in re.findall(r"configuration accepted in ([\d.]+) ms", env.log())]
@@ -350,6 +393,21 @@ def measure(sc: Scenario, upstream: Envoy, work: Path, args) -> dict:
         running.stop()
 
 
+def memory_targets(memory: list[dict]) -> list[dict]:
+    """The footprint issue's goals for the bundle with the whole crAPI contract."""
+    bundle4 = next((m for m in memory if m["name"].startswith("bundle")), None)
+    if bundle4 is None:
+        return []
+    return [
+        {"target": "bundle with crAPI: RSS over plain Envoy at 2 workers <= 40 MiB", "measured": f"{bundle4['over_plain_bytes_2w'] / 2**20:.0f} MiB",
+         "met": bundle4["over_plain_bytes_2w"] <= 40 * 2**20},
+        {"target": "bundle with crAPI: RSS per additional worker <= 5 MiB", "measured": f"{bundle4['per_extra_worker_bytes'] / 2**20:.1f} MiB",
+         "met": bundle4["per_extra_worker_bytes"] <= 5 * 2**20},
+        {"target": "bundle with crAPI: configuration <= 50 ms per worker", "measured": f"{bundle4['config_ms_2w']:.0f} ms",
+         "met": bundle4["config_ms_2w"] is not None and bundle4["config_ms_2w"] <= 50},
+    ]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="meshward benchmarks")
     ap.add_argument("--duration", type=int, default=3, help="seconds per scenario per round")
@@ -400,6 +458,21 @@ def main() -> int:
         upstream.stop()
         upstream.cleanup()
 
+    memory = []
+    if not args.only:
+        upstream = Envoy(upstream_config(), concurrency=1)
+        upstream.start()
+        try:
+            for name, plugins in memory_scenarios(keys):
+                memory.append(measure_memory(name, plugins, upstream, keys))
+        finally:
+            upstream.stop()
+            upstream.cleanup()
+        plain = next(m for m in memory if m["name"] == "plain envoy")
+        for m in memory:
+            m["over_plain_bytes_2w"] = m["rss_bytes_2w"] - plain["rss_bytes_2w"]
+            m["per_extra_worker_bytes"] = (m["rss_bytes_2w"] - m["rss_bytes_1w"]) - (plain["rss_bytes_2w"] - plain["rss_bytes_1w"])
+
     by_name = {r["name"]: r for r in results}
     for r in results:
         r["vs_plain"] = r["rps"] / by_name[r["baseline"]]["rps"]
@@ -411,6 +484,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count()},
         "settings": {"envoy_concurrency": 1, "wrk": f"-t1 -c{args.connections} -d{args.duration}s", "upstream": "envoy direct_response", "rounds": args.rounds},
         "results": results,
+        "memory": memory,
         "module_bytes": sizes,
     }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -423,7 +497,13 @@ def main() -> int:
         print(f"{r['name']:<50} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} {r['cpu_us_per_request']:>7.1f} "
               f"{r['memory_bytes'] / 2**20:>7.1f} {configured:>9} {r['non_200']:>7}")
     print("\nmodule sizes: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()))
-    report["targets"] = targets(by_name, sizes)
+    if memory:
+        print(f"\n{'memory (RSS from /proc)':<50} {'1 worker':>9} {'2 workers':>9} {'over plain':>10} {'+worker':>8} {'config ms':>9}")
+        for m in memory:
+            configured = f"{m['config_ms_1w']:.0f}" if m["config_ms_1w"] is not None else "-"
+            print(f"{m['name']:<50} {m['rss_bytes_1w'] / 2**20:>7.0f} M {m['rss_bytes_2w'] / 2**20:>7.0f} M {m['over_plain_bytes_2w'] / 2**20:>8.0f} M "
+                  f"{m['per_extra_worker_bytes'] / 2**20:>6.0f} M {configured:>9}")
+    report["targets"] = targets(by_name, sizes) + memory_targets(memory)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print("\ntargets (from the benchmark issue; read, not asserted):")
     for t in report["targets"]:
