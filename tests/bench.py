@@ -364,9 +364,7 @@ class Running:
         if probe.status != 200:
             self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
-        directory = work / str(id(self))
-        directory.mkdir()
-        self.script = wrk_script(directory, sc.headers, sc.body)
+        self.script = wrk_script(Path(tempfile.mkdtemp(dir=work)), sc.headers, sc.body)
 
     def run(self, duration: int, connections: int) -> dict:
         cpu_before = cpu_seconds(self.env)
