@@ -165,6 +165,8 @@ mod tests {
 
     #[test]
     fn decisions_are_counted_under_their_names() {
+        // Tests share one thread on wasm32: start from no pending counts.
+        flush_decisions(&mut meshward_host::FakeHost::default());
         let mut host = meshward_host::FakeHost::default();
         count_decision(&mut host, "jwt", Decision::Allowed, Some("orders"), None);
         count_decision(&mut host, "jwt", Decision::Allowed, Some("orders"), None);

@@ -25,6 +25,8 @@ fn ownership_stage(mode: &str) -> Value {
 
 fn run(bundle: &Bundle, path: &str, token: &str) -> (Verdict, FakeHost) {
     let bearer = format!("Bearer {token}");
+    // Counts an earlier request left in this thread's VM state are not this request's.
+    flush_decisions(&mut FakeHost::default());
     let mut host = FakeHost::with_request(&[(":method", "GET"), (":path", path), ("authorization", &bearer)]);
     let verdict = bundle.new_filter().on_request_headers(&mut host, true);
     // Allowed decisions are written when the runtime flushes (every second in Envoy).
