@@ -201,6 +201,7 @@ def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monk
     config = yaml.safe_load(r.stdout)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert (hcm["normalize_path"], hcm["merge_slashes"], hcm["path_with_escaped_slashes_action"]) == (True, True, "REJECT_REQUEST")
+    assert (hcm["use_remote_address"], hcm["xff_num_trusted_hops"]) == (True, 0)
     # Memory freed after compiling the modules goes back to the system.
     assert config["memory_allocator_manager"]["memory_release_interval"] == "1s"
     with Envoy(config, concurrency=1) as env:

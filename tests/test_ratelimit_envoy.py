@@ -103,6 +103,25 @@ def test_unauthenticated_traffic_is_limited_by_client_ip(envoy):
     assert [r.status for r in results] == [200, 200, 200, 429, 429]
 
 
+def test_client_ip_is_the_peer_not_a_forwarded_for_header(upstream, keys):
+    """A client cannot pick its own budget by sending X-Forwarded-For: the client address is the
+    one Envoy saw (the shipped configuration trusts no forwarding hops)."""
+    with Envoy(chain(keys, upstream.port, local_config()), concurrency=1) as env:
+        results = [env.request("/public/catalog", {"x-forwarded-for": f"198.51.100.{i}"}) for i in range(5)]
+        assert [r.status for r in results] == [200, 200, 200, 429, 429]
+    env.cleanup()
+
+
+def test_a_header_value_like_the_missing_placeholder_has_its_own_budget(upstream, keys):
+    cfg = {"rules": [{"name": "by-key", "match": {"prefix": "/public/"}, "applies_to": "unauthenticated",
+                      "key": ["header:x-api-key"], "limit": {"requests": 2, "per": "60s"}}]}
+    with Envoy(chain(keys, upstream.port, cfg), concurrency=1) as env:
+        assert [env.request("/public/x").status for _ in range(3)] == [200, 200, 429]
+        assert [env.request("/public/x", {"x-api-key": "-"}).status for _ in range(3)] == [200, 200, 429]
+        assert [env.request("/public/x", {"x-api-key": "%-"}).status for _ in range(3)] == [200, 200, 429]
+    env.cleanup()
+
+
 def test_shadow_mode_counts_but_forwards(upstream, keys):
     cfg = local_config()
     cfg["mode"] = "shadow"

@@ -240,6 +240,9 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
                     "typed_config": {
                         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                         "stat_prefix": "ingress",
+                        // `client_ip` is the peer Envoy saw, not an X-Forwarded-For a client chose.
+                        "use_remote_address": true,
+                        "xff_num_trusted_hops": 0,
                         // Envoy routes, and the service receives, the path meshward decided on:
                         // dot segments resolved, slashes merged, encoded slashes refused.
                         "normalize_path": true,
