@@ -15,8 +15,33 @@ use crate::gcra;
 use crate::rls;
 use crate::RateLimitError;
 
-/// Stands for a key part the request does not have (all such requests share one budget).
+/// Stands for a key part the request does not have (all such requests share one budget). A
+/// value the request does carry never reads as it ([`key_part`]).
 pub const MISSING: &str = "-";
+
+/// A present key part as it goes into the key: unchanged, unless it starts with `-` or `%`,
+/// which gets a `%` in front. So a header whose value is `-` does not share the missing-header
+/// budget, and different values stay different (descriptors sent to a rate-limit service keep
+/// ordinary values as they are).
+pub fn key_part(value: &str) -> String {
+    if value.starts_with(['-', '%']) {
+        format!("%{value}")
+    } else {
+        value.to_string()
+    }
+}
+
+/// The local key of a rule: each part with its length in front, so no value can run into the
+/// next part whatever characters it holds.
+pub fn local_key(values: &[String]) -> String {
+    let mut key = String::new();
+    for v in values {
+        key.push_str(&v.len().to_string());
+        key.push(':');
+        key.push_str(v);
+    }
+    key
+}
 
 #[derive(Debug)]
 pub struct RateLimitPolicy {
@@ -66,7 +91,7 @@ impl Policy for RateLimitPolicy {
     }
 }
 
-/// The values of a key's parts, in rule order.
+/// The values of a key's parts, in rule order ([`MISSING`] for a part the request lacks).
 pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&str) -> Option<String>, client_ip: Option<&str>) -> Vec<String> {
     rule.key
         .iter()
@@ -83,7 +108,7 @@ pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&s
                 KeyPart::Header(name) => header(name),
                 KeyPart::ClientIp => client_ip.map(str::to_string),
             };
-            value.filter(|v| !v.is_empty()).unwrap_or_else(|| MISSING.to_string())
+            value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), |v| key_part(&v))
         })
         .collect()
 }
@@ -178,7 +203,7 @@ impl Stage for RateLimitStage {
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 (Scope::Local, Some(limit)) => {
-                    let id = values.join("\u{1f}");
+                    let id = local_key(&values);
                     let decide = |tat: Option<u64>| {
                         let d = gcra::decide(&limit, tat, now, rule.cost);
                         if d.allowed { Ok((d.new_tat, d)) } else { Err(d) }
@@ -248,6 +273,31 @@ impl Stage for RateLimitStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_never_reads_as_a_missing_part_or_as_another_value() {
+        let config = crate::RateLimitConfig::parse(
+            br#"{"rules": [{"name": "k", "match": {"prefix": "/"}, "key": ["header:x-api-key", "client_ip"], "limit": {"requests": 1, "per": "1s"}}]}"#,
+        )
+        .unwrap();
+        let rule = &config.rules[0];
+        let keys = |header: Option<&str>, ip: Option<&str>| key_values(rule, None, &|_| header.map(str::to_string), ip);
+        // (header, client ip) → key values
+        let rows: [(Option<&str>, Option<&str>, [&str; 2]); 6] = [
+            (None, Some("10.0.0.1"), ["-", "10.0.0.1"]),
+            (Some(""), Some("10.0.0.1"), ["-", "10.0.0.1"]),
+            (Some("-"), Some("10.0.0.1"), ["%-", "10.0.0.1"]),
+            (Some("%-"), None, ["%%-", "-"]),
+            (Some("-x"), None, ["%-x", "-"]),
+            (Some("abc"), Some("::1"), ["abc", "::1"]),
+        ];
+        for (header, ip, want) in rows {
+            assert_eq!(keys(header, ip), want, "{header:?} {ip:?}");
+        }
+        // Parts cannot run into each other in the local key.
+        assert_ne!(local_key(&["a\u{1f}b".into(), "c".into()]), local_key(&["a".into(), "b\u{1f}c".into()]));
+        assert_ne!(local_key(&["1:a".into(), "b".into()]), local_key(&["1".into(), "a1:b".into()]));
+    }
 
     #[test]
     fn ports_are_stripped() {
