@@ -23,11 +23,11 @@ pub const MISSING: &str = "-";
 /// which gets a `%` in front. So a header whose value is `-` does not share the missing-header
 /// budget, and different values stay different (descriptors sent to a rate-limit service keep
 /// ordinary values as they are).
-pub fn key_part(value: &str) -> String {
+pub fn key_part(value: String) -> String {
     if value.starts_with(['-', '%']) {
         format!("%{value}")
     } else {
-        value.to_string()
+        value
     }
 }
 
@@ -108,7 +108,7 @@ pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&s
                 KeyPart::Header(name) => header(name),
                 KeyPart::ClientIp => client_ip.map(str::to_string),
             };
-            value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), |v| key_part(&v))
+            value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), key_part)
         })
         .collect()
 }
