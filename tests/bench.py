@@ -151,6 +151,29 @@ WEBHOOK = plugin("webhook", {"endpoints": [{"name": "hooks", "match": {"prefix":
 # The floor: a Rust proxy-wasm filter that does nothing (tests/noop-filter, `make test-modules`).
 NOOP = plugin("noop", "{}", module=str(TEST_MODULES / "meshward_noop.wasm"))
 
+# Hostcalls the floor module can repeat (tests/noop-filter), and how often per request.
+HOSTCALLS = ("headers", "header", "time", "set_property", "get_property", "metric", "shared_get", "shared_set", "set_header")
+HOSTCALL_REPEAT = 50
+HOSTCALL_ROW = f"floor making {HOSTCALL_REPEAT}x hostcall: "
+
+
+def noop_repeating(call: str) -> dict:
+    return plugin("noop", {"repeat": {call: HOSTCALL_REPEAT}}, module=str(TEST_MODULES / "meshward_noop.wasm"))
+
+
+def hostcall_costs(by_name: dict) -> dict:
+    """µs one hostcall adds to a request: per round, (1/rps of the row - 1/rps of the floor) /
+    the repeat count, then the median."""
+    floor = by_name.get("do-nothing wasm filter (floor)")
+    out = {}
+    for call in HOSTCALLS:
+        row = by_name.get(HOSTCALL_ROW + call)
+        if floor and row:
+            per_round = [(1e6 / r - 1e6 / f) / HOSTCALL_REPEAT for r, f in zip(row["rounds"], floor["rounds"])]
+            out[call] = round(statistics.median(per_round), 2)
+    return out
+
+
 CRAPI = json.loads((REPO / "tests" / "specs" / "crapi-openapi-spec.json").read_text())
 SCHEMA = plugin("schema", {"openapi": CRAPI})
 # crAPI's create_order: the write operation the chain protects.
@@ -202,6 +225,8 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("bundle jwt+ownership+ratelimit (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT])], headers=es, compare="native chain"),
         Scenario("bundle jwt only (1 module)", [bundle([meshward_jwt(keys, fam["ES256"])])], headers=es),
     ]
+    # What one hostcall costs: the floor module making it HOSTCALL_REPEAT times per request.
+    out += [Scenario(f"{HOSTCALL_ROW}{call}", [noop_repeating(call)], headers=es) for call in HOSTCALLS]
     return out
 
 
@@ -378,19 +403,6 @@ class Running:
         self.env.cleanup()
 
 
-def measure(sc: Scenario, upstream: Envoy, work: Path, args) -> dict:
-    """One scenario on its own: its Envoy, a probe that must answer 200, a warm-up, one run."""
-    running = Running(sc, upstream, work)
-    try:
-        running.run(2, args.connections)  # warm-up
-        r = running.run(args.duration, args.connections)
-        r.update(name=sc.name, compare=sc.compare, baseline=sc.baseline, memory_bytes=memory_bytes(running.env),
-                 config_ms=config_ms(running.env) if sc.plugins else None)
-        return r
-    finally:
-        running.stop()
-
-
 def memory_targets(memory: list[dict]) -> list[dict]:
     """The footprint issue's goals for the bundle with the whole crAPI contract."""
     bundle4 = next((m for m in memory if m["name"].startswith("bundle")), None)
@@ -482,6 +494,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count()},
         "settings": {"envoy_concurrency": 1, "wrk": f"-t1 -c{args.connections} -d{args.duration}s", "upstream": "envoy direct_response", "rounds": args.rounds},
         "results": results,
+        "hostcall_us": hostcall_costs({r["name"]: r for r in results}),
         "memory": memory,
         "module_bytes": sizes,
     }
@@ -495,6 +508,8 @@ def main() -> int:
         print(f"{r['name']:<50} {r['rps']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {r['vs_plain']:>7.2f}x {native:>9} {r['cpu_us_per_request']:>7.1f} "
               f"{r['memory_bytes'] / 2**20:>7.1f} {configured:>9} {r['non_200']:>7}")
     print("\nmodule sizes: " + ", ".join(f"{k} {v / 2**20:.2f} MiB" for k, v in sizes.items()))
+    if report["hostcall_us"]:
+        print("\nwhat one hostcall adds to a request (µs): " + ", ".join(f"{k} {v}" for k, v in report["hostcall_us"].items()))
     if memory:
         print(f"\n{'memory (RSS from /proc)':<50} {'1 worker':>9} {'2 workers':>9} {'over plain':>10} {'+worker':>8} {'config ms':>9}")
         for m in memory:

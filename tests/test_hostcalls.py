@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from harness import DIST, TEST_MODULES
-from profile_modules import cases, run
+from profile_modules import cases, module_file, run
 from tokens import KeyRing
 
 # Per row: the exact hostcalls of one allowed request. None counts it: allowed decisions are added
@@ -18,8 +18,7 @@ from tokens import KeyRing
 EXPECTED = {
     "do-nothing wasm filter (floor)": {},
     "jwt ES256 (meshward)": {
-        # The headers once, the clock once, the principal published once, the token removed,
-        # the allowed counter.
+        # The headers once, the clock once, the principal published once, the token removed.
         "proxy_get_header_map_pairs": 1, "proxy_get_current_time_nanoseconds": 1, "proxy_set_property": 1,
         "proxy_remove_header_map_value": 1,
     },
@@ -45,14 +44,17 @@ EXPECTED = {
     },
 }
 
-MODULES = {"noop": TEST_MODULES / "meshward_noop.wasm", "jwt": DIST / "meshward_jwt.wasm", "ownership": DIST / "meshward_ownership.wasm",
-           "ratelimit": DIST / "meshward_ratelimit.wasm", "bundle": DIST / "meshward.wasm"}
 CASES = cases(KeyRing())
+
+
+def built(module: str):
+    """The module `make build` / `make test-modules` built."""
+    return module_file(TEST_MODULES if module == "noop" else DIST, module)
 
 
 @pytest.mark.parametrize("row, module, configuration, headers, state", CASES, ids=[c[0] for c in CASES])
 def test_hostcalls_per_allowed_request(row, module, configuration, headers, state):
-    result = run(MODULES[module], configuration, headers, requests=50, state=state, profile=False)
+    result = run(built(module), configuration, headers, requests=50, state=state, profile=False)
     assert result["local_responses"] == 0, result["first_response"]
     assert result["hostcalls"] == EXPECTED[row]
     # Every request is in its stages' allowed counters once the tick wrote them.
@@ -67,4 +69,4 @@ def test_a_denied_request_is_seen():
     row, module, configuration, headers, state = CASES[1]
     without_token = [h for h in headers if h[0] != "authorization"]
     with pytest.raises(RuntimeError, match="missing_token"):
-        run(MODULES[module], configuration, without_token, requests=5, state=state, profile=False)
+        run(built(module), configuration, without_token, requests=5, state=state, profile=False)
