@@ -40,9 +40,10 @@ test-modules: wasm-target
 	cp target/$(WASM_TARGET)/release/meshward_crash_test_filter.wasm $(TEST_MODULES)/meshward_crash.wasm
 	cp target/$(WASM_TARGET)/release/meshward_noop_test_filter.wasm $(TEST_MODULES)/meshward_noop.wasm
 
-# The `meshward` command (host binary): target/release/meshward.
+# The `meshward` command and the fleet-state engine (host binaries): target/release/meshward,
+# target/release/meshward-fleet.
 cli:
-	cargo build --release -p meshward-cli
+	cargo build --release -p meshward-cli -p meshward-fleet
 
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
@@ -69,7 +70,7 @@ system-deps:
 # `meshward` command is a host tool, with a gRPC server, and is not built for wasm32).
 lint: wasm-target
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	cargo clippy --workspace --exclude meshward-cli --target $(WASM_TARGET) --quiet -- -D warnings
+	cargo clippy --workspace --exclude meshward-cli --exclude meshward-fleet --target $(WASM_TARGET) --quiet -- -D warnings
 
 unit-test:
 	cargo test --workspace --quiet
@@ -80,7 +81,7 @@ unit-test:
 # for node:wasi.)
 wasm-unit-test: wasm-target system-deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --experimental-wasi-unstable-preview1 $(CURDIR)/tests/wasi-runner.mjs" \
-	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-noop-test-filter --exclude meshward-cli --quiet
+	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-noop-test-filter --exclude meshward-cli --exclude meshward-fleet --quiet
 
 integration-test: build test-modules cli venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)

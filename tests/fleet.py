@@ -1,91 +1,21 @@
-"""A rate-limit service speaking Envoy's RLS v3 gRPC protocol, with Redis as the shared store:
-fixed windows counted with one atomic Lua script, so any number of these servers (one per
-Envoy here) share the same limits. Descriptors are `rule=<name>, <key parts>...`; limits are
-configured per rule name."""
+"""The fleet-state engine and its Redis, as the tests start them: `meshward-fleet` (built by
+`make cli`; Limitador on Redis behind Envoy's RLS v3, and the webhook seen-set) and Debian's
+`redis-server`, both on loopback, stopped after."""
 from __future__ import annotations
 
-import importlib
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
+import threading
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import redis
-from grpc_tools import protoc
+import yaml
 
-PROTO_DIR = Path(__file__).resolve().parent / "rls"
-UNITS = {"second": (1, 1), "minute": (60, 2), "hour": (3600, 3), "day": (86400, 4)}
-
-_INCR = """
-local n = redis.call('INCRBY', KEYS[1], ARGV[1])
-if n == tonumber(ARGV[1]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-return n
-"""
-
-
-def _compile():
-    out = Path(tempfile.mkdtemp(prefix="meshward-rls-"))
-    rc = protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}", str(PROTO_DIR / "rls.proto")])
-    if rc != 0:
-        raise RuntimeError("protoc failed on tests/rls/rls.proto")
-    sys.path.insert(0, str(out))
-    return importlib.import_module("rls_pb2"), importlib.import_module("rls_pb2_grpc")
-
-
-pb, pb_grpc = _compile()
-
-
-class RateLimitService(pb_grpc.RateLimitServiceServicer):
-    def __init__(self, redis_port: int, limits: dict[str, tuple[int, str]]):
-        self.redis = redis.Redis(host="127.0.0.1", port=redis_port)
-        self.incr = self.redis.register_script(_INCR)
-        self.limits = limits
-        self.calls = 0
-
-    def ShouldRateLimit(self, request, context):
-        self.calls += 1
-        hits = request.hits_addend or 1
-        now = time.time()
-        response = pb.RateLimitResponse(overall_code=pb.RateLimitResponse.OK)
-        for descriptor in request.descriptors:
-            entries = [(e.key, e.value) for e in descriptor.entries]
-            rule = dict(entries).get("rule")
-            if rule not in self.limits:
-                response.statuses.add(code=pb.RateLimitResponse.OK)
-                continue
-            limit, unit = self.limits[rule]
-            seconds, unit_code = UNITS[unit]
-            window = int(now // seconds)
-            key = "rls:" + request.domain + ":" + "|".join(f"{k}={v}" for k, v in entries) + f":{window}"
-            used = int(self.incr(keys=[key], args=[hits, seconds]))
-            over = used > limit
-            status = response.statuses.add(
-                code=pb.RateLimitResponse.OVER_LIMIT if over else pb.RateLimitResponse.OK,
-                limit_remaining=max(0, limit - used),
-            )
-            status.current_limit.requests_per_unit = limit
-            status.current_limit.unit = unit_code
-            status.duration_until_reset.seconds = int((window + 1) * seconds - now) + 1
-            if over:
-                response.overall_code = pb.RateLimitResponse.OVER_LIMIT
-        return response
-
-
-class RlsServer:
-    def __init__(self, redis_port: int, limits: dict[str, tuple[int, str]]):
-        self.service = RateLimitService(redis_port, limits)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-        pb_grpc.add_RateLimitServiceServicer_to_server(self.service, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
-        self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop(grace=None)
+REPO = Path(__file__).resolve().parent.parent
+FLEET = REPO / "target" / "release" / "meshward-fleet"
 
 
 def free_port() -> int:
@@ -95,16 +25,25 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """redis-server from the distribution (installed by `make system-deps`), loopback only,
-    no persistence; stopped on exit."""
+    """redis-server from the distribution (installed by `make system-deps`), loopback only.
+    With `durable`, every write is in an fsynced append-only file in its own directory, so
+    `restart()` brings the same data back (a Redis that lost its counters would hide double
+    counting)."""
 
-    def __init__(self):
-        binary = shutil.which("redis-server")
-        if binary is None:
+    def __init__(self, durable: bool = False):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
             raise FileNotFoundError("redis-server is missing: run `make system-deps`")
         self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="meshward-redis-")
+        self.durable = durable
+        self.proc = None
+        self.start()
+
+    def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.dir, *persistence],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(host="127.0.0.1", port=self.port)
@@ -112,14 +51,63 @@ class RedisServer:
         while True:
             try:
                 client.ping()
-                break
+                return
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
                     self.stop()
                     raise
                 time.sleep(0.05)
 
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class FleetEngine:
+    """`meshward-fleet` with the given global limits ({(domain, rule): (key parts, requests,
+    per)}), on a free port, its stderr kept for the test to read."""
+
+    def __init__(self, redis_port: int, limits: dict | None = None):
+        if not FLEET.exists():
+            raise FileNotFoundError(f"{FLEET} is missing: run `make cli`")
+        config = {
+            "redis": f"redis://127.0.0.1:{redis_port}",
+            "limits": [
+                {"domain": domain, "rule": rule, "key": key, "requests": requests, "per": per}
+                for (domain, rule), (key, requests, per) in (limits or {}).items()
+            ],
+        }
+        self.config = Path(tempfile.mkstemp(prefix="meshward-fleet-", suffix=".yaml")[1])
+        self.config.write_text(yaml.safe_dump(config))
+        self.proc = subprocess.Popen(
+            [str(FLEET), "--config", str(self.config), "--listen", "127.0.0.1:0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        first = self.proc.stderr.readline()
+        if "listening on" not in first:
+            self.proc.kill()
+            raise RuntimeError(f"meshward-fleet did not start: {first}{self.proc.stderr.read()}")
+        self.port = int(first.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
+        self.lines: list[str] = []
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+        self.config.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """meshward_ratelimit.wasm in the real Envoy (2 workers), behind meshward_jwt.wasm: exact
 per-principal limits under concurrency, isolation between principals, cost, refill, headers,
 unauthenticated traffic by client IP; and the global mode: two Envoys sharing one limit
-through the rate-limit service (RLS v3 over gRPC) and Redis."""
+through the fleet engine (`meshward-fleet`: Limitador on Redis, RLS v3 over gRPC)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
-from rls_server import RedisServer, RlsServer
+from fleet import FleetEngine, RedisServer
 from test_jwt_envoy import jwt_config
 from tokens import bearer
 
@@ -132,28 +132,38 @@ def test_shadow_mode_counts_but_forwards(upstream, keys):
     env.cleanup()
 
 
-# --- global mode: the rate-limit service and Redis -------------------------------------------
+# --- global mode: the fleet engine (Limitador on Redis) -------------------------------------
+
+DOMAIN = "meshward-test"
+
 
 def global_config(failure_mode="allow") -> dict:
     return {
-        "global": {"cluster": "rls", "domain": "meshward-test", "timeout": "1s", "failure_mode": failure_mode},
+        "global": {"cluster": "rls", "domain": DOMAIN, "timeout": "1s", "failure_mode": failure_mode},
         "rules": [{"name": "fleet-user", "match": {"prefix": "/api/"}, "key": ["subject"], "scope": "global"}],
     }
 
 
+# An hour's window: a test never straddles one.
+FLEET_LIMITS = {(DOMAIN, "fleet-user"): (["subject"], 4, "3600s")}
+
+
 @pytest.fixture(scope="module")
 def redis_server():
-    server = RedisServer()
+    server = RedisServer(durable=True)
     yield server
     server.stop()
 
 
+def global_envoy(keys, upstream, engine, failure_mode="allow", form="separate", concurrency=2) -> Envoy:
+    return Envoy(chain(keys, upstream.port, global_config(failure_mode), [static_cluster("rls", engine.port, http2=True)], form=form), concurrency=concurrency)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_two_envoys_share_one_global_limit(upstream, keys, redis_server, form):
-    limits = {"fleet-user": (4, "hour")}  # hour windows: a test never straddles one
-    rls_a, rls_b = RlsServer(redis_server.port, limits), RlsServer(redis_server.port, limits)
-    env_a = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_a.port, http2=True)], form=form), concurrency=2)
-    env_b = Envoy(chain(keys, upstream.port, global_config(), [static_cluster("rls", rls_b.port, http2=True)], form=form), concurrency=2)
+    # Each replica has its own engine, as a mesh may; Redis is what they share.
+    engine_a, engine_b = FleetEngine(redis_server.port, FLEET_LIMITS), FleetEngine(redis_server.port, FLEET_LIMITS)
+    env_a, env_b = global_envoy(keys, upstream, engine_a, form=form), global_envoy(keys, upstream, engine_b, form=form)
     try:
         env_a.start()
         env_b.start()
@@ -161,22 +171,87 @@ def test_two_envoys_share_one_global_limit(upstream, keys, redis_server, form):
         results = [env.request("/api/orders", h) for env in (env_a, env_b, env_a, env_b, env_a, env_b)]
         assert [r.status for r in results] == [200, 200, 200, 200, 429, 429], [r.status for r in results]
         assert results[0].header("ratelimit-limit") == "4" and results[0].header("ratelimit-remaining") == "3"
-        assert results[4].reason == "rate_limited" and int(results[4].header("retry-after")) >= 1
-        assert rls_a.service.calls == 3 and rls_b.service.calls == 3, "every request asked its service"
+        assert results[3].header("ratelimit-remaining") == "0"
+        assert results[4].reason == "rate_limited" and 1 <= int(results[4].header("retry-after")) <= 3600
+        assert env_a.counter("cluster.rls.upstream_rq_200") == 3 and env_b.counter("cluster.rls.upstream_rq_200") == 3
         # Another principal has its own budget across the fleet.
         assert env_b.request("/api/orders", user(keys, f"iris-fleet-{form}")).reached_upstream
     finally:
-        for thing in (env_a, env_b, rls_a, rls_b):
+        for thing in (env_a, env_b, engine_a, engine_b):
             thing.stop()
         env_a.cleanup()
         env_b.cleanup()
 
 
+def test_concurrent_requests_across_replicas_never_exceed_the_limit(upstream, keys, redis_server):
+    engine = FleetEngine(redis_server.port, FLEET_LIMITS)
+    env_a, env_b = global_envoy(keys, upstream, engine), global_envoy(keys, upstream, engine)
+    try:
+        env_a.start()
+        env_b.start()
+        h = user(keys, "kate-burst")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: (env_a, env_b)[i % 2].request("/api/orders", h), range(16)))
+        assert sum(r.reached_upstream for r in results) == 4, [r.status for r in results]
+        assert sum(r.status == 429 for r in results) == 12
+    finally:
+        for thing in (env_a, env_b, engine):
+            thing.stop()
+        env_a.cleanup()
+        env_b.cleanup()
+
+
+@pytest.mark.parametrize("failure_mode, status_while_down", [("allow", 200), ("deny", 503)])
+def test_redis_restart_honours_failure_mode_and_counts_nothing_twice(upstream, keys, redis_server, failure_mode, status_while_down):
+    engine = FleetEngine(redis_server.port, FLEET_LIMITS)
+    env = global_envoy(keys, upstream, engine, failure_mode=failure_mode, concurrency=1)
+    try:
+        env.start()
+        h = user(keys, f"lena-restart-{failure_mode}")
+        assert [env.request("/api/orders", h).status for _ in range(2)] == [200, 200]
+        redis_server.stop()
+        down = [env.request("/api/orders", h) for _ in range(3)]
+        assert [r.status for r in down] == [status_while_down] * 3, [r.status for r in down]
+        if failure_mode == "deny":
+            assert down[0].reason == "rate_limit_service_unavailable"
+        assert env.counter("meshward_ratelimit_service_failures_total") == 3
+        redis_server.start()
+        # The engine reconnects by itself; another principal probes until it has.
+        deadline = time.monotonic() + 15
+        while env.request("/api/orders", user(keys, f"probe-{failure_mode}")).status != 200:
+            assert time.monotonic() < deadline, engine.log()
+            time.sleep(0.2)
+        # The counter survived the restart and nothing that failed while Redis was down was
+        # counted: exactly the 2 remaining requests pass.
+        after = [env.request("/api/orders", h).status for _ in range(4)]
+        assert after == [200, 200, 429, 429], after
+    finally:
+        if redis_server.proc.poll() is not None:
+            redis_server.start()
+        env.stop()
+        engine.stop()
+        env.cleanup()
+
+
+def test_a_rule_the_engine_does_not_know_is_a_service_failure_not_a_pass(upstream, keys, redis_server):
+    engine = FleetEngine(redis_server.port, {})  # the policy names a rule the engine lacks
+    try:
+        for mode, status in (("allow", 200), ("deny", 503)):
+            with global_envoy(keys, upstream, engine, failure_mode=mode, concurrency=1) as env:
+                r = env.request("/api/orders", user(keys, f"mona-{mode}"))
+                assert r.status == status, r
+                assert env.counter("meshward_ratelimit_service_failures_total") == 1
+            env.cleanup()
+        assert 'no limit is configured for rule "fleet-user" of domain "meshward-test"' in engine.log()
+    finally:
+        engine.stop()
+
+
 def test_service_down_fails_open_by_default_and_closed_when_configured(upstream, keys, redis_server):
-    dead = RlsServer(redis_server.port, {})
+    dead = FleetEngine(redis_server.port, FLEET_LIMITS)
     dead.stop()  # the port is known, nothing answers
     for mode, status in (("allow", 200), ("deny", 503)):
-        with Envoy(chain(keys, upstream.port, global_config(mode), [static_cluster("rls", dead.port, http2=True)]), concurrency=1) as env:
+        with global_envoy(keys, upstream, dead, failure_mode=mode, concurrency=1) as env:
             r = env.request("/api/orders", user(keys, f"jack-{mode}"))
             assert r.status == status, r
             if mode == "deny":

@@ -13,6 +13,7 @@
 pub mod clock;
 pub mod config;
 pub mod denial;
+pub mod fleet;
 pub mod form;
 pub mod json;
 pub mod principal;

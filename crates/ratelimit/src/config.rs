@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use meshward_core::fleet::FailureMode;
 use meshward_core::config::{check_name, parse_duration, parse_json, ConfigError};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
@@ -50,7 +51,10 @@ struct RawGlobal {
     cluster: String,
     domain: String,
     timeout: Option<String>,
-    #[serde(default)]
+    /// Without an answer: let the request through and count
+    /// `meshward_ratelimit_service_failures_total` (default), or refuse with 503
+    /// `rate_limit_service_unavailable`.
+    #[serde(default = "FailureMode::allow")]
     failure_mode: FailureMode,
 }
 
@@ -74,17 +78,6 @@ pub enum Scope {
     Local,
     /// In the rate-limit service (Envoy RLS v3), shared by every replica.
     Global,
-}
-
-/// What happens when the rate-limit service does not answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailureMode {
-    /// Let the request through and count `meshward_ratelimit_service_failures_total`.
-    #[default]
-    Allow,
-    /// Refuse with 503 `rate_limit_service_unavailable`.
-    Deny,
 }
 
 /// One part of a rate-limit key.

@@ -10,7 +10,8 @@ use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, Principal, 
 use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
-use crate::config::{AppliesTo, FailureMode, KeyPart, RateLimitConfig, Rule, Scope};
+use crate::config::{AppliesTo, KeyPart, RateLimitConfig, Rule, Scope};
+use meshward_core::fleet::FailureMode;
 use crate::gcra;
 use crate::rls;
 use crate::RateLimitError;
