@@ -30,8 +30,12 @@ pub enum DenialKind {
     PayloadTooLarge,
     /// 429 with `Retry-After`.
     RateLimited { retry_after_secs: u64 },
+    /// 409 with `Retry-After`: the same request is being handled right now; retry after it.
+    Conflict { retry_after_secs: u64 },
     /// 503: the filter cannot decide (no valid configuration); never an allow.
     Unavailable,
+    /// 503 with `Retry-After`: a dependency the decision needs is down; retrying later is safe.
+    RetryLater { retry_after_secs: u64 },
     /// 502: the upstream's answer breaks the contract and is not passed on.
     BadGateway,
 }
@@ -73,6 +77,8 @@ impl Denial {
             DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
             DenialKind::RateLimited { .. } => 429,
+            DenialKind::Conflict { .. } => 409,
+            DenialKind::RetryLater { .. } => 503,
             DenialKind::MethodNotAllowed => 405,
             DenialKind::UnsupportedMediaType => 415,
             DenialKind::Unavailable => 503,
@@ -95,7 +101,9 @@ impl Denial {
             DenialKind::InvalidCredentials | DenialKind::Forbidden { challenge: true } => {
                 vec![("www-authenticate", invalid_token())]
             }
-            DenialKind::RateLimited { retry_after_secs } => {
+            DenialKind::RateLimited { retry_after_secs }
+            | DenialKind::Conflict { retry_after_secs }
+            | DenialKind::RetryLater { retry_after_secs } => {
                 vec![("retry-after", retry_after_secs.to_string())]
             }
             DenialKind::Forbidden { challenge: false }
@@ -169,9 +177,15 @@ mod tests {
                 .map(|(_, v)| v);
             assert_eq!(got.as_deref(), challenge, "{kind:?}");
         }
-        let limited = Denial::new(DenialKind::RateLimited { retry_after_secs: 7 }, "r", "m");
-        assert_eq!(limited.status(), 429);
-        assert_eq!(limited.headers(), vec![("retry-after", "7".to_string())]);
+        for (kind, status) in [
+            (DenialKind::RateLimited { retry_after_secs: 7 }, 429),
+            (DenialKind::Conflict { retry_after_secs: 7 }, 409),
+            (DenialKind::RetryLater { retry_after_secs: 7 }, 503),
+        ] {
+            let d = Denial::new(kind, "r", "m");
+            assert_eq!(d.status(), status);
+            assert_eq!(d.headers(), vec![("retry-after", "7".to_string())]);
+        }
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub enum Mode {
 pub enum Step {
     /// This stage allows the request.
     Continue,
-    /// The stage is waiting for an HTTP call it dispatched; the request waits too.
+    /// The stage is waiting for an HTTP or gRPC call it dispatched; the request (or, from
+    /// `on_response_headers`, the response) waits too.
     Pause,
     /// The request is refused.
     Deny(Denial),
@@ -78,6 +79,11 @@ pub trait Stage {
     ) -> Step {
         Step::Continue
     }
+
+    /// Called once when the stream ends, however it ended (answered, refused by a later stage,
+    /// reset by either side): releases what the stage holds for the request. Nothing can be
+    /// answered any more; calls dispatched here are best effort.
+    fn on_done(&mut self, _host: &mut dyn Host, _request: &mut RequestState) {}
 
     /// Called with the answer to a gRPC call this stage dispatched while it returned
     /// [`Step::Pause`].

@@ -50,6 +50,7 @@ pub struct FakeHost {
     pub env: HashMap<String, String>,
     pub sent: Option<SentResponse>,
     pub resumed: u32,
+    pub responses_resumed: u32,
     pub calls: Vec<DispatchedCall>,
     /// When set, `dispatch_http_call` fails with this reason.
     pub refuse_calls: Option<String>,
@@ -79,6 +80,7 @@ impl Default for FakeHost {
             env: HashMap::new(),
             sent: None,
             resumed: 0,
+            responses_resumed: 0,
             calls: Vec::new(),
             refuse_calls: None,
             call_response: HttpCallResponse::default(),
@@ -218,6 +220,10 @@ impl Host for FakeHost {
 
     fn resume_request(&mut self) {
         self.resumed += 1;
+    }
+
+    fn resume_response(&mut self) {
+        self.responses_resumed += 1;
     }
 
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

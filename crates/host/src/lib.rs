@@ -95,6 +95,8 @@ pub trait Host {
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
     /// Lets a paused request continue to the next filter.
     fn resume_request(&mut self);
+    /// Lets a paused response continue toward the client.
+    fn resume_response(&mut self);
 
     /// Reads a property (`["request", "path"]`, or a filter-state key set with `set_property`).
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;

@@ -98,6 +98,10 @@ impl Host for ProxyWasmHost {
         let _ = hostcalls::resume_http_request();
     }
 
+    fn resume_response(&mut self) {
+        let _ = hostcalls::resume_http_response();
+    }
+
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
     }

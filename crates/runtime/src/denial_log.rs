@@ -9,8 +9,6 @@ use meshward_host::Host;
 pub enum RuntimeDenial {
     /// 503 `stage_error`: a stage asked for the request body after it was delivered.
     BodyAskedTwice,
-    /// 503 `stage_error`: a stage tried to wait for a call once the body was in.
-    PausedOnBody,
     /// 503 `body_unavailable`: the proxy did not hand over the buffered request body.
     BodyUnavailable,
     /// 503 `response_too_large`: an answer a stage must read is larger than its limit.
@@ -27,7 +25,6 @@ impl RuntimeDenial {
     pub fn denial(self) -> Denial {
         let (kind, reason, message) = match self {
             RuntimeDenial::BodyAskedTwice => (DenialKind::Unavailable, "stage_error", "the filter asked for the body twice"),
-            RuntimeDenial::PausedOnBody => (DenialKind::Unavailable, "stage_error", "the filter paused on the body"),
             RuntimeDenial::BodyUnavailable => (DenialKind::Unavailable, "body_unavailable", "the request body could not be read"),
             RuntimeDenial::ResponseTooLarge => (DenialKind::Unavailable, "response_too_large", "the response is too large to be checked"),
             RuntimeDenial::ResponseUnavailable => (DenialKind::Unavailable, "body_unavailable", "the response body could not be read"),

@@ -42,15 +42,28 @@ enum Settled {
     Stopped,
 }
 
+/// Where a stage waits for the answer to a call it dispatched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    RequestHeaders,
+    /// The body was delivered; the stages after this one still need it ([`Filter::held_body`]).
+    RequestBody,
+    ResponseHeaders,
+}
+
 /// One request through an ordered list of stages.
 pub struct Filter {
     slots: Vec<Slot>,
     request: RequestState,
-    /// The slot waiting for an HTTP or gRPC call answer.
-    paused: Option<usize>,
+    /// The slot waiting for an HTTP or gRPC call answer, and in which phase.
+    paused: Option<(usize, Phase)>,
     /// The request has no more body to come (end of stream seen).
     body_complete: bool,
     body_delivered: bool,
+    /// The decoded request body, kept while a stage waits on it for the stages after it.
+    held_body: Vec<u8>,
+    /// The response has no body (known from its headers).
+    response_complete: bool,
 }
 
 impl Filter {
@@ -61,7 +74,15 @@ impl Filter {
 
     /// A filter running these stages in order.
     pub fn from_slots(slots: Vec<Slot>) -> Self {
-        Filter { slots, request: RequestState::default(), paused: None, body_complete: false, body_delivered: false }
+        Filter {
+            slots,
+            request: RequestState::default(),
+            paused: None,
+            body_complete: false,
+            body_delivered: false,
+            held_body: Vec::new(),
+            response_complete: false,
+        }
     }
 
     /// The request state the stages saw (principal included).
@@ -95,7 +116,7 @@ impl Filter {
             match self.settle(host, i, step) {
                 Settled::Next => {}
                 Settled::Wait => {
-                    self.paused = Some(i);
+                    self.paused = Some((i, Phase::RequestHeaders));
                     return Verdict::Pause;
                 }
                 Settled::Stopped => return Verdict::Pause,
@@ -181,52 +202,89 @@ impl Filter {
         let raw = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
         let limit = self.slots.iter().filter_map(|s| s.body_limit).min().unwrap_or(0);
         let read = if raw.len() == body_size { decoded(&self.request, raw, limit) } else { Err(None) };
-        for i in 0..self.slots.len() {
+        match read {
+            Ok(body) => {
+                self.held_body = body;
+                self.run_request_body(host, 0)
+            }
+            Err(e) => {
+                let denial = match e {
+                    Some(e) => e.denial(),
+                    None => RuntimeDenial::BodyUnavailable.denial(),
+                };
+                for i in 0..self.slots.len() {
+                    if self.slots[i].body_limit.take().is_some() {
+                        if let Settled::Stopped = self.deny(host, i, &denial) {
+                            return Verdict::Pause;
+                        }
+                    }
+                }
+                Verdict::Continue
+            }
+        }
+    }
+
+    /// Gives the held body to each stage from `from` on that asked for it.
+    fn run_request_body(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
+        for i in from..self.slots.len() {
             if self.slots[i].body_limit.take().is_none() {
                 continue;
             }
-            let step = match &read {
-                Ok(body) => {
-                    let slot = &mut self.slots[i];
-                    self.request.route = slot.route.clone();
-                    slot.stage.on_request_body(host, &mut self.request, body)
-                }
-                Err(Some(e)) => Step::Deny(e.denial()),
-                Err(None) => Step::Deny(RuntimeDenial::BodyUnavailable.denial()),
+            let step = {
+                let slot = &mut self.slots[i];
+                self.request.route = slot.route.clone();
+                slot.stage.on_request_body(host, &mut self.request, &self.held_body)
             };
             match self.settle(host, i, step) {
                 Settled::Next => {}
-                // A stage cannot wait for a call once the body is in: refuse rather than hang.
                 Settled::Wait => {
-                    if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::PausedOnBody.denial()) {
-                        return Verdict::Pause;
-                    }
+                    self.paused = Some((i, Phase::RequestBody));
+                    return Verdict::Pause;
                 }
                 Settled::Stopped => return Verdict::Pause,
             }
         }
+        self.held_body = Vec::new();
         Verdict::Continue
     }
 
     /// The response headers arrived; `end_of_stream`: the response has no body.
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
-        for i in 0..self.slots.len() {
+        self.response_complete = end_of_stream;
+        self.run_response_headers(host, 0)
+    }
+
+    /// How a stage's step on the response headers settles.
+    fn settle_response(&mut self, host: &mut dyn Host, i: usize, step: Step) -> Settled {
+        match step {
+            Step::Continue => Settled::Next,
+            Step::Pause => Settled::Wait,
+            Step::NeedBody { max_bytes } => {
+                self.slots[i].response_body_limit = Some(max_bytes);
+                Settled::Next
+            }
+            // Nothing of the response has left yet: a local reply replaces it.
+            Step::Deny(denial) => self.deny(host, i, &denial),
+        }
+    }
+
+    fn run_response_headers(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
+        for i in from..self.slots.len() {
             let step = {
                 let slot = &mut self.slots[i];
                 self.request.route = slot.route.clone();
                 slot.stage.on_response_headers(host, &mut self.request)
             };
-            match step {
-                Step::Continue | Step::Pause => {}
-                Step::NeedBody { max_bytes } => self.slots[i].response_body_limit = Some(max_bytes),
-                Step::Deny(denial) => {
-                    // Nothing of the response has left yet: a local reply replaces it.
-                    if let Settled::Stopped = self.deny(host, i, &denial) {
-                        return Verdict::Pause;
-                    }
+            match self.settle_response(host, i, step) {
+                Settled::Next => {}
+                Settled::Wait => {
+                    self.paused = Some((i, Phase::ResponseHeaders));
+                    return Verdict::Pause;
                 }
+                Settled::Stopped => return Verdict::Pause,
             }
         }
+        let end_of_stream = self.response_complete;
         // Response headers can only be read here (not in body callbacks).
         if self.slots.iter().any(|s| s.response_body_limit.is_some()) && response_is_encoded(host) {
             // The stages asked the upstream for `identity`; an answer coded anyway cannot be
@@ -300,39 +358,60 @@ impl Filter {
 
     /// The answer to an HTTP call the waiting stage dispatched.
     pub fn on_http_call_response(&mut self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
-        let Some(i) = self.paused else { return };
+        let Some((i, phase)) = self.paused else { return };
         let step = {
             let slot = &mut self.slots[i];
             self.request.route = slot.route.clone();
             slot.stage.on_http_call_response(host, &mut self.request, token, response)
         };
-        self.resume_after(host, i, step);
+        self.resume_after(host, i, phase, step);
     }
 
     /// The answer to a gRPC call the waiting stage dispatched.
     pub fn on_grpc_response(&mut self, host: &mut dyn Host, token: u32, response: GrpcResponse) {
-        let Some(i) = self.paused else { return };
+        let Some((i, phase)) = self.paused else { return };
         let step = {
             let slot = &mut self.slots[i];
             self.request.route = slot.route.clone();
             slot.stage.on_grpc_response(host, &mut self.request, token, response)
         };
-        self.resume_after(host, i, step);
+        self.resume_after(host, i, phase, step);
     }
 
-    fn resume_after(&mut self, host: &mut dyn Host, i: usize, step: Step) {
+    /// Settles the waiting stage's step and, when it lets the request go on, runs the stages
+    /// after it in the same phase and resumes the stream.
+    fn resume_after(&mut self, host: &mut dyn Host, i: usize, phase: Phase, step: Step) {
         if let Some(route) = self.request.route.take() {
             self.slots[i].route = Some(route);
         }
-        match self.settle(host, i, step) {
+        let settled = match phase {
+            Phase::ResponseHeaders => self.settle_response(host, i, step),
+            Phase::RequestHeaders | Phase::RequestBody => self.settle(host, i, step),
+        };
+        match settled {
             Settled::Wait => {}
             Settled::Stopped => self.paused = None,
             Settled::Next => {
                 self.paused = None;
-                if self.run_request_headers(host, i + 1) == Verdict::Continue {
-                    host.resume_request();
+                let verdict = match phase {
+                    Phase::RequestHeaders => self.run_request_headers(host, i + 1),
+                    Phase::RequestBody => self.run_request_body(host, i + 1),
+                    Phase::ResponseHeaders => self.run_response_headers(host, i + 1),
+                };
+                if verdict == Verdict::Continue {
+                    match phase {
+                        Phase::ResponseHeaders => host.resume_response(),
+                        Phase::RequestHeaders | Phase::RequestBody => host.resume_request(),
+                    }
                 }
             }
+        }
+    }
+
+    /// The stream ended: every stage releases what it holds for the request.
+    pub fn on_done(&mut self, host: &mut dyn Host) {
+        for slot in &mut self.slots {
+            slot.stage.on_done(host, &mut self.request);
         }
     }
 

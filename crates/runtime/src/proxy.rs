@@ -88,6 +88,11 @@ struct HttpFilter {
 }
 
 impl Context for HttpFilter {
+    fn on_done(&mut self) -> bool {
+        self.filter.on_done(&mut ProxyWasmHost);
+        true
+    }
+
     fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let mut host = ProxyWasmHost;
         let response = host.http_call_response(body_size);
