@@ -125,10 +125,15 @@ pub enum Counter {
     SchemaShadowStripped,
     /// A body of a media type the operation lets through unchecked (`unchecked_media_types`).
     SchemaUncheckedBody,
+    /// The fleet engine did not answer a replay claim (the endpoint's `failure_mode` applied).
+    WebhookReplayServiceFailures,
+    /// A delivery's claim could not be settled (engine down, or the claim had expired): it
+    /// stays in flight until `in_flight_seconds` pass.
+    WebhookSettleFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 8] = [
+    pub const ALL: [Counter; 10] = [
         Counter::JwtJwksFetchOk,
         Counter::JwtJwksFetchFailed,
         Counter::OwnershipBypass,
@@ -137,6 +142,8 @@ impl Counter {
         Counter::SchemaStripped,
         Counter::SchemaShadowStripped,
         Counter::SchemaUncheckedBody,
+        Counter::WebhookReplayServiceFailures,
+        Counter::WebhookSettleFailures,
     ];
 
     /// The name in Envoy's stats (`wasmcustom.` is prefixed by Envoy).
@@ -150,6 +157,8 @@ impl Counter {
             Counter::SchemaStripped => "meshward_schema_stripped_total",
             Counter::SchemaShadowStripped => "meshward_schema_shadow_stripped_total",
             Counter::SchemaUncheckedBody => "meshward_schema_unchecked_body_total",
+            Counter::WebhookReplayServiceFailures => "meshward_webhook_replay_service_failures_total",
+            Counter::WebhookSettleFailures => "meshward_webhook_settle_failures_total",
         }
     }
 }

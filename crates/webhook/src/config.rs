@@ -2,6 +2,7 @@
 
 use ct_codecs::{Base64, Decoder, Hex};
 use meshward_core::config::{body_limit, check_name, parse_json, valid_header_name, ConfigError, Unmatched};
+use meshward_core::fleet::{FailureMode, FleetService, RawFleetService};
 use meshward_core::route::PathMatch;
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -9,6 +10,8 @@ use serde::Deserialize;
 const DEFAULT_TOLERANCE_SECONDS: u64 = 300;
 const DEFAULT_REPLAY_TTL_SECONDS: u64 = 24 * 3600;
 const DEFAULT_REPLAY_CACHE_ENTRIES: usize = 16 * 1024;
+/// Senders time out after 10–30 s; a delivery still unanswered after a minute is not coming back.
+const DEFAULT_IN_FLIGHT_SECONDS: u64 = 60;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -18,6 +21,7 @@ struct RawConfig {
     #[serde(default)]
     unmatched: Unmatched,
     endpoints: Vec<RawEndpoint>,
+    fleet: Option<RawFleetService>,
 }
 
 #[derive(Deserialize)]
@@ -33,6 +37,8 @@ struct RawEndpoint {
     replay_protection: Option<bool>,
     replay_ttl_seconds: Option<u64>,
     replay_cache_entries: Option<usize>,
+    accepted_statuses: Option<Vec<String>>,
+    in_flight_seconds: Option<u64>,
     hmac: Option<RawHmac>,
 }
 
@@ -155,6 +161,28 @@ pub struct Endpoint {
     pub replay_ttl_seconds: u64,
     /// Delivery ids this endpoint's replay cache holds at most.
     pub replay_cache_entries: usize,
+    /// Upstream statuses that mean "accepted": only then is a delivery remembered as seen.
+    pub accepted_statuses: Vec<(u16, u16)>,
+    /// How long a delivery being handled blocks its duplicates if its answer never comes.
+    pub in_flight_seconds: u64,
+}
+
+impl Endpoint {
+    pub fn accepts(&self, status: u16) -> bool {
+        self.accepted_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
+    }
+}
+
+/// `"200-299"` or `"202"`: an inclusive range of statuses.
+fn status_range(path: &str, text: &str) -> Result<(u16, u16), ConfigError> {
+    let bad = || ConfigError::new(path, format!("{text:?} is not a status (\"202\") or a range (\"200-299\")"));
+    let (low, high) = text.split_once('-').unwrap_or((text, text));
+    let low: u16 = low.trim().parse().map_err(|_| bad())?;
+    let high: u16 = high.trim().parse().map_err(|_| bad())?;
+    if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+        return Err(bad());
+    }
+    Ok((low, high))
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +190,8 @@ pub struct WebhookConfig {
     pub mode: Mode,
     pub unmatched: Unmatched,
     pub endpoints: Vec<Endpoint>,
+    /// The fleet engine holding the seen-set every replica shares; `None`: this sidecar only.
+    pub fleet: Option<FleetService>,
 }
 
 impl WebhookConfig {
@@ -220,6 +250,19 @@ impl WebhookConfig {
             if !(16..=1 << 20).contains(&entries) {
                 return Err(ConfigError::new(at("replay_cache_entries"), "must be between 16 and 1048576"));
             }
+            let accepted_statuses = match e.accepted_statuses {
+                None => vec![(200, 299)],
+                Some(list) if list.is_empty() => return Err(ConfigError::new(at("accepted_statuses"), "name at least one status")),
+                Some(list) => list
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| status_range(&at(&format!("accepted_statuses[{j}]")), t))
+                    .collect::<Result<_, _>>()?,
+            };
+            let in_flight_seconds = e.in_flight_seconds.unwrap_or(DEFAULT_IN_FLIGHT_SECONDS);
+            if !(1..=3600).contains(&in_flight_seconds) {
+                return Err(ConfigError::new(at("in_flight_seconds"), "must be between 1 and 3600"));
+            }
             endpoints.push(Endpoint {
                 name: e.name,
                 path_match: e.match_,
@@ -230,12 +273,17 @@ impl WebhookConfig {
                 replay_protection: e.replay_protection.unwrap_or(true),
                 replay_ttl_seconds,
                 replay_cache_entries: entries,
+                accepted_statuses,
+                in_flight_seconds,
             });
         }
+        // Unreachable engine: refuse (503 + Retry-After); senders retry, nothing passes unchecked.
+        let fleet = raw.fleet.map(|f| FleetService::compile("fleet", f, FailureMode::Deny)).transpose()?;
         Ok(WebhookConfig {
             mode: raw.mode,
             unmatched: raw.unmatched,
             endpoints,
+            fleet,
         })
     }
 }

@@ -1,17 +1,31 @@
 //! The webhook policy as a [`Policy`] / [`Stage`].
+//!
+//! A delivery's walk: headers checked, body buffered and its signature verified, then its replay
+//! key claimed (in this sidecar, then in the fleet engine when one is configured). The answer
+//! settles the claim: seen when the upstream accepted it, released when not, so a redelivery
+//! after a failure passes and nothing is processed twice.
 
 use std::rc::Rc;
+use std::time::Duration;
 
-use meshward_core::clock::unix_secs;
-use meshward_core::{config::ConfigError, Mode, Policy, RequestState, Stage, Step};
-use meshward_host::Host;
-
+use meshward_core::clock::unix_micros;
 use meshward_core::config::Unmatched;
+use meshward_core::fleet::{decode_claim, decode_settle, Claim, FailureMode};
+use meshward_core::stats::{count, Counter};
+use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
+use meshward_host::{Host, LogLevel};
 
-use crate::config::WebhookConfig;
-use crate::replay::{check_and_remember, create_buckets};
-use crate::verify::{check_headers, verify_signature, Delivery};
+use crate::config::{Endpoint, WebhookConfig};
+use crate::replay::{self, create_buckets};
+use crate::verify::{check_headers, replay_key, verify_signature, Delivery};
 use crate::WebhookError;
+
+const MICROS: u64 = 1_000_000;
+
+/// The key in the fleet engine (under the service's namespace): endpoint and replay key.
+fn fleet_key(endpoint: &Endpoint, key: &str) -> String {
+    format!("{}/{key}", endpoint.name)
+}
 
 #[derive(Debug)]
 pub struct WebhookPolicy {
@@ -37,16 +51,98 @@ impl Policy for WebhookPolicy {
     }
 
     fn new_stage(policy: &Rc<Self>) -> WebhookStage {
-        WebhookStage { policy: Rc::clone(policy), pending: None }
+        WebhookStage { policy: Rc::clone(policy), pending: None, held: None, waiting: None }
     }
 }
 
-/// One delivery's walk: headers checked first, then the buffered body.
+/// A claim this request holds on its delivery's replay key, until the answer settles it.
+#[derive(Debug)]
+struct Held {
+    endpoint: usize,
+    key: String,
+    /// The claim in this sidecar's table.
+    local: u64,
+    /// The claim in the fleet engine, once it granted one.
+    fleet_token: Option<String>,
+    /// Until when an accepted delivery stays seen: as long as a copy could still pass the
+    /// timestamp check (or `replay_ttl_seconds` for schemes without a timestamp).
+    seen_until_us: u64,
+}
+
+/// The fleet engine call the stage waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Claim(u32),
+    Settle(u32),
+}
+
+/// One delivery's walk: headers checked first, then the buffered body, then the answer.
 #[derive(Debug)]
 pub struct WebhookStage {
     policy: Rc<WebhookPolicy>,
     /// Endpoint index and what its headers said, while the body is buffered.
     pending: Option<(usize, Delivery)>,
+    held: Option<Held>,
+    waiting: Option<Waiting>,
+}
+
+impl WebhookStage {
+    fn endpoint(&self, index: usize) -> Option<&Endpoint> {
+        self.policy.config.endpoints.get(index)
+    }
+
+    /// Releases the claim in this sidecar (the delivery was not accepted).
+    fn release_local(&mut self, host: &mut dyn Host) {
+        let policy = Rc::clone(&self.policy);
+        if let Some(held) = self.held.take() {
+            if let Some(endpoint) = policy.config.endpoints.get(held.endpoint) {
+                let now_us = unix_micros(host);
+                replay::settle(host, endpoint, &held.key, held.local, None, now_us);
+            }
+        }
+    }
+
+    /// The fleet engine did not answer a claim: the configured failure mode decides.
+    fn claim_failed(&mut self, host: &mut dyn Host, why: &str) -> Step {
+        count(host, Counter::WebhookReplayServiceFailures);
+        host.log(LogLevel::Warn, &format!("meshward_webhook: fleet replay check failed: {why}"));
+        let fail_open = self.policy.config.fleet.as_ref().is_some_and(|f| f.failure_mode == FailureMode::Allow);
+        if fail_open {
+            // This sidecar's claim still stands and is settled on the answer.
+            return Step::Continue;
+        }
+        self.release_local(host);
+        Step::Deny(WebhookError::ReplayServiceUnavailable.denial())
+    }
+
+    fn on_claim_answer(&mut self, host: &mut dyn Host, response: GrpcResponse) -> Step {
+        let claim = if response.status == 0 { decode_claim(&response.message) } else { None };
+        let Some(claim) = claim else {
+            return self.claim_failed(host, &format!("grpc status {}", response.status));
+        };
+        match claim {
+            Claim::Claimed { token } => {
+                if let Some(held) = &mut self.held {
+                    held.fleet_token = Some(token);
+                }
+                Step::Continue
+            }
+            Claim::InFlight { remaining_ms } => {
+                self.release_local(host);
+                Step::Deny(WebhookError::InFlight { retry_after_secs: remaining_ms.div_ceil(1000).max(1) }.denial())
+            }
+            Claim::Seen => {
+                // Another replica accepted it: remember here too, so the next copy stops here.
+                if let Some(held) = self.held.take() {
+                    if let Some(endpoint) = self.endpoint(held.endpoint) {
+                        let now_us = unix_micros(host);
+                        replay::remember(host, endpoint, &held.key, held.seen_until_us, now_us);
+                    }
+                }
+                Step::Deny(WebhookError::Replayed.denial())
+            }
+        }
+    }
 }
 
 impl Stage for WebhookStage {
@@ -60,7 +156,7 @@ impl Stage for WebhookStage {
         };
         let endpoint = &config.endpoints[index];
         let seen: &RequestState = request;
-        match check_headers(endpoint, &|name| seen.header(name).map(str::to_string), unix_secs(host)) {
+        match check_headers(endpoint, &|name| seen.header(name).map(str::to_string), unix_micros(host) / MICROS) {
             Ok(delivery) => {
                 self.pending = Some((index, delivery));
                 Step::NeedBody { max_bytes: endpoint.max_body_bytes }
@@ -73,26 +169,99 @@ impl Stage for WebhookStage {
         let Some((index, delivery)) = self.pending.take() else {
             return Step::Deny(WebhookError::MissingSignature.denial());
         };
-        let Some(endpoint) = self.policy.config.endpoints.get(index) else {
+        let policy = Rc::clone(&self.policy);
+        let Some(endpoint) = policy.config.endpoints.get(index) else {
             return Step::Deny(WebhookError::RouteNotCovered.denial());
         };
         if let Err(e) = verify_signature(endpoint, &delivery, body) {
             return Step::Deny(e.denial());
         }
-        if endpoint.replay_protection {
-            let now = unix_secs(host);
-            let Some(id) = &delivery.id else {
-                return Step::Deny(WebhookError::MissingDeliveryId.denial());
-            };
-            // Remember an id as long as a copy could still pass the timestamp check.
-            let expires_at = match delivery.timestamp {
-                Some(ts) => u64::try_from(ts).unwrap_or(0).saturating_add(endpoint.tolerance_seconds).max(now) + 1,
-                None => now.saturating_add(endpoint.replay_ttl_seconds),
-            };
-            if let Err(e) = check_and_remember(host, endpoint, id, expires_at, now) {
-                return Step::Deny(e.denial());
+        if !endpoint.replay_protection {
+            return Step::Continue;
+        }
+        let now_us = unix_micros(host);
+        let now = now_us / MICROS;
+        let seen_until = match delivery.timestamp {
+            Some(ts) => u64::try_from(ts).unwrap_or(0).saturating_add(endpoint.tolerance_seconds).max(now) + 1,
+            None => now.saturating_add(endpoint.replay_ttl_seconds),
+        };
+        let key = replay_key(&delivery, body);
+        let local = match replay::claim(host, endpoint, &key, now_us) {
+            Ok(value) => value,
+            Err(e) => return Step::Deny(e.denial()),
+        };
+        self.held = Some(Held { endpoint: index, key, local, fleet_token: None, seen_until_us: seen_until.saturating_mul(MICROS) });
+        let Some(fleet) = &policy.config.fleet else {
+            return Step::Continue;
+        };
+        let hold = Duration::from_secs(endpoint.in_flight_seconds);
+        let key = fleet_key(endpoint, self.held.as_ref().map(|h| h.key.as_str()).unwrap_or_default());
+        match fleet.claim(host, &key, hold) {
+            Ok(token) => {
+                self.waiting = Some(Waiting::Claim(token));
+                Step::Pause
+            }
+            Err(e) => self.claim_failed(host, &e.to_string()),
+        }
+    }
+
+    fn on_grpc_response(&mut self, host: &mut dyn Host, _request: &mut RequestState, token: u32, response: GrpcResponse) -> Step {
+        match self.waiting {
+            Some(Waiting::Claim(t)) if t == token => {
+                self.waiting = None;
+                self.on_claim_answer(host, response)
+            }
+            Some(Waiting::Settle(t)) if t == token => {
+                self.waiting = None;
+                if response.status != 0 || decode_settle(&response.message) != Some(true) {
+                    count(host, Counter::WebhookSettleFailures);
+                    host.log(LogLevel::Warn, &format!("meshward_webhook: a delivery's fleet claim was not settled (grpc status {})", response.status));
+                }
+                Step::Continue
+            }
+            _ => Step::Pause,
+        }
+    }
+
+    /// The upstream answered: the delivery is seen if it accepted it, released if not. The
+    /// answer waits for the fleet engine to record it, so a sender that got 2xx is never let in
+    /// again by another replica.
+    fn on_response_headers(&mut self, host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        let Some(held) = self.held.take() else { return Step::Continue };
+        let policy = Rc::clone(&self.policy);
+        let Some(endpoint) = policy.config.endpoints.get(held.endpoint) else { return Step::Continue };
+        let status = host.response_header(":status").and_then(|s| s.parse::<u16>().ok());
+        let accepted = status.is_some_and(|s| endpoint.accepts(s));
+        let seen_until = accepted.then_some(held.seen_until_us);
+        let now_us = unix_micros(host);
+        if !replay::settle(host, endpoint, &held.key, held.local, seen_until, now_us) {
+            count(host, Counter::WebhookSettleFailures);
+        }
+        let (Some(fleet), Some(token)) = (&policy.config.fleet, &held.fleet_token) else { return Step::Continue };
+        let keep = Duration::from_micros(held.seen_until_us.saturating_sub(now_us).max(1000));
+        match fleet.settle(host, &fleet_key(endpoint, &held.key), token, accepted, keep) {
+            Ok(call) => {
+                self.waiting = Some(Waiting::Settle(call));
+                Step::Pause
+            }
+            Err(e) => {
+                count(host, Counter::WebhookSettleFailures);
+                host.log(LogLevel::Warn, &format!("meshward_webhook: cannot settle a delivery's fleet claim: {e}"));
+                Step::Continue
             }
         }
-        Step::Continue
+    }
+
+    /// No answer came (the client went away, a later stage refused): release the claim so the
+    /// redelivery passes. The fleet release is best effort; the hold expires otherwise.
+    fn on_done(&mut self, host: &mut dyn Host, _request: &mut RequestState) {
+        let Some(held) = self.held.take() else { return };
+        let policy = Rc::clone(&self.policy);
+        let Some(endpoint) = policy.config.endpoints.get(held.endpoint) else { return };
+        let now_us = unix_micros(host);
+        replay::settle(host, endpoint, &held.key, held.local, None, now_us);
+        if let (Some(fleet), Some(token)) = (&policy.config.fleet, &held.fleet_token) {
+            let _ = fleet.settle(host, &fleet_key(endpoint, &held.key), token, false, Duration::from_millis(1));
+        }
     }
 }

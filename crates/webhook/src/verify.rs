@@ -3,7 +3,7 @@
 
 use ct_codecs::{Base64, Decoder, Hex};
 use hmac::{Hmac, KeyInit, Mac};
-use sha2::{Sha256, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 
 use crate::config::{Endpoint, HmacAlgorithm, Part, Scheme, Secret, SignatureEncoding};
 use crate::WebhookError;
@@ -23,8 +23,9 @@ pub struct Delivery {
     /// Signed content before and after the raw body.
     pub prefix: Vec<u8>,
     pub suffix: Vec<u8>,
-    /// Replay-cache identity of the delivery, when the scheme has one.
-    pub id: Option<String>,
+    /// The delivery id, only when the signature covers it (Standard Webhooks, a generic scheme
+    /// signing `{id}`): the replay key. Otherwise the key is the digest of the signed content.
+    pub signed_id: Option<String>,
     /// Unix seconds the sender signed at, when the scheme carries it.
     pub timestamp: Option<i64>,
 }
@@ -74,7 +75,7 @@ pub fn check_headers(endpoint: &Endpoint, header: &dyn Fn(&str) -> Option<String
                 signatures,
                 prefix: format!("{id}.{}.", ts.trim()).into_bytes(),
                 suffix: Vec::new(),
-                id: Some(id),
+                signed_id: Some(id),
                 timestamp: Some(timestamp),
             })
         }
@@ -82,30 +83,19 @@ pub fn check_headers(endpoint: &Endpoint, header: &dyn Fn(&str) -> Option<String
             let value = header("stripe-signature").ok_or(WebhookError::MissingSignature)?;
             let mut t = None;
             let mut signatures = Vec::new();
-            let mut first_hex = None;
             for item in value.split(',') {
                 match item.trim().split_once('=') {
                     Some(("t", v)) if t.is_none() => t = Some(v.to_string()),
-                    Some(("v1", v)) => {
-                        if let Some(bytes) = decode_hex(v) {
-                            first_hex.get_or_insert_with(|| v.to_ascii_lowercase());
-                            signatures.push(Signature::HmacSha256(bytes));
-                        }
-                    }
+                    Some(("v1", v)) => signatures.extend(decode_hex(v).map(Signature::HmacSha256)),
                     _ => {}
                 }
             }
-            let (Some(t), Some(first)) = (t, first_hex) else {
+            let Some(t) = t.filter(|_| !signatures.is_empty()) else {
                 return Err(WebhookError::BadSignature);
             };
             let timestamp = within_window(&t, now, tolerance)?;
-            Ok(Delivery {
-                signatures,
-                prefix: format!("{t}.").into_bytes(),
-                suffix: Vec::new(),
-                id: Some(format!("{t}.{first}")),
-                timestamp: Some(timestamp),
-            })
+            // The event id is inside the body, not in a header: the signed content is the key.
+            Ok(Delivery { signatures, prefix: format!("{t}.").into_bytes(), suffix: Vec::new(), signed_id: None, timestamp: Some(timestamp) })
         }
         Scheme::Github => {
             let value = header("x-hub-signature-256").ok_or(WebhookError::MissingSignature)?;
@@ -113,11 +103,8 @@ pub fn check_headers(endpoint: &Endpoint, header: &dyn Fn(&str) -> Option<String
                 .strip_prefix("sha256=")
                 .and_then(decode_hex)
                 .ok_or(WebhookError::BadSignature)?;
-            let id = header("x-github-delivery");
-            if endpoint.replay_protection && id.is_none() {
-                return Err(WebhookError::MissingDeliveryId);
-            }
-            Ok(Delivery { signatures: vec![Signature::HmacSha256(bytes)], prefix: Vec::new(), suffix: Vec::new(), id, timestamp: None })
+            // X-GitHub-Delivery is not signed (anyone can send a fresh one): the body is the key.
+            Ok(Delivery { signatures: vec![Signature::HmacSha256(bytes)], prefix: Vec::new(), suffix: Vec::new(), signed_id: None, timestamp: None })
         }
         Scheme::Hmac(h) => {
             let value = header(&h.signature_header).ok_or(WebhookError::MissingSignature)?;
@@ -143,11 +130,6 @@ pub fn check_headers(endpoint: &Endpoint, header: &dyn Fn(&str) -> Option<String
                 Some(name) => Some(header(name).ok_or(WebhookError::MissingDeliveryId)?),
                 None => None,
             };
-            // Without an id header, the timestamp and signature identify the delivery.
-            let replay_id = id.clone().or_else(|| ts_text.as_ref().map(|t| format!("{t}.{encoded}")));
-            if endpoint.replay_protection && replay_id.is_none() {
-                return Err(WebhookError::MissingDeliveryId);
-            }
             let mut prefix = Vec::new();
             let mut suffix = Vec::new();
             let mut after_body = false;
@@ -160,9 +142,34 @@ pub fn check_headers(endpoint: &Endpoint, header: &dyn Fn(&str) -> Option<String
                     Part::Body => after_body = true,
                 }
             }
-            Ok(Delivery { signatures: vec![signature], prefix, suffix, id: replay_id, timestamp })
+            // An id header the signature does not cover cannot be the replay key.
+            let signed_id = if h.signed_content.contains(&Part::Id) { id } else { None };
+            Ok(Delivery { signatures: vec![signature], prefix, suffix, signed_id, timestamp })
         }
     }
+}
+
+/// The replay key of a verified delivery, from signed material only: the signed id, or the
+/// digest of everything the signature covers (so a fresh unsigned header, another encoding or
+/// order of the same signatures, or an added bogus signature, is still the same delivery).
+/// Hex SHA-256, one length whatever the input.
+pub fn replay_key(delivery: &Delivery, body: &[u8]) -> String {
+    let mut digest = Sha256::new();
+    match &delivery.signed_id {
+        Some(id) => {
+            digest.update(b"id\0");
+            digest.update(id.as_bytes());
+        }
+        None => {
+            digest.update(b"signed\0");
+            digest.update(&delivery.prefix);
+            digest.update(body);
+            digest.update(&delivery.suffix);
+        }
+    }
+    let bytes: [u8; 32] = digest.finalize().into();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
 }
 
 fn hmac_matches<M: Mac + KeyInit + Clone>(key: &[u8], delivery: &Delivery, body: &[u8], candidates: &[&Vec<u8>]) -> bool {

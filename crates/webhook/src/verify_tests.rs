@@ -50,7 +50,7 @@ fn standard_webhooks_published_vectors() {
     let e = endpoint("standard_webhooks", &[SW_SECRET], json!({}));
     let now = 1614265330;
     let d = check(&e, &as_refs(&sw(SW_SIG)), SW_BODY, now).unwrap();
-    assert_eq!(d.id.as_deref(), Some(SW_ID));
+    assert_eq!(d.signed_id.as_deref(), Some(SW_ID));
     assert_eq!(check(&e, &as_refs(&sw(SW_BAD)), SW_BODY, now), Err(WebhookError::BadSignature));
     // Several signatures, unknown versions skipped: any valid one passes.
     let several = format!("v2,abc {SW_BAD} {SW_SIG}");
@@ -71,7 +71,7 @@ fn stripe_published_vector() {
     let header = "t=1700000000,v1=d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990";
     let body = br#"{"id":"evt_test_webhook","object":"event"}"#;
     let d = check(&e, &[("stripe-signature", header)], body, 1_700_000_100).unwrap();
-    assert_eq!(d.id.as_deref(), Some("1700000000.d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990"));
+    assert_eq!(d.signed_id, None, "Stripe signs no id header: the signed content is the key");
     // Extra v0 and a second (wrong) v1 do not matter.
     let multi = format!("t=1700000000,v0=abc,v1={},{}", "00".repeat(32), &header[13..]);
     assert!(check(&e, &[("stripe-signature", &multi)], body, 1_700_000_000).is_ok());
@@ -85,9 +85,8 @@ fn github_published_vector() {
     let h = [("x-hub-signature-256", sig), ("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")];
     assert!(check(&e, &h, b"Hello, World!", 0).is_ok());
     assert_eq!(check(&e, &h, b"Hello, World?", 0), Err(WebhookError::BadSignature));
-    assert_eq!(check(&e, &h[..1], b"Hello, World!", 0), Err(WebhookError::MissingDeliveryId));
-    let no_replay = endpoint("github", &["It's a Secret to Everybody"], json!({"replay_protection": false}));
-    assert!(check(&no_replay, &h[..1], b"Hello, World!", 0).is_ok());
+    // X-GitHub-Delivery is not signed, so it is neither needed nor trusted.
+    assert_eq!(check(&e, &h[..1], b"Hello, World!", 0).map(|d| d.signed_id), Ok(None));
 }
 
 #[test]
@@ -136,12 +135,51 @@ fn generic_hmac_scheme() {
     let sig = format!("sha512={}", <ct_codecs::Base64 as ct_codecs::Encoder>::encode_to_string(mac.finalize().into_bytes()).unwrap());
     let h = [("x-signature", sig.as_str()), ("x-timestamp", "1000"), ("x-delivery", "d-1")];
     let d = check(&e, &h, body, 1000).unwrap();
-    assert_eq!(d.id.as_deref(), Some("d-1"));
+    assert_eq!(d.signed_id.as_deref(), Some("d-1"));
     assert_eq!(check(&e, &h, b"payloaX", 1000), Err(WebhookError::BadSignature));
     assert_eq!(check(&e, &h[..2], body, 1000), Err(WebhookError::MissingDeliveryId));
     assert_eq!(check(&e, &[h[0], ("x-timestamp", "1000"), ("x-delivery", "d-2")], body, 1000), Err(WebhookError::BadSignature));
     let unprefixed = sig.trim_start_matches("sha512=");
     assert_eq!(check(&e, &[("x-signature", unprefixed), h[1], h[2]], body, 1000), Err(WebhookError::BadSignature));
+}
+
+/// The replay key of the deliveries a sender (or an attacker replaying one) can produce.
+#[test]
+fn replay_keys_come_from_signed_material_only() {
+    let key = |e: &Endpoint, h: &[(&str, &str)], body: &[u8], now: u64| check(e, h, body, now).map(|d| replay_key(&d, body)).unwrap();
+    // Stripe: reordered signatures, a bogus extra one, another hex case: the same delivery.
+    let stripe = endpoint("stripe", &["whsec_test_secret"], json!({}));
+    let sig = "d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990";
+    let body = br#"{"id":"evt_test_webhook","object":"event"}"#;
+    let plain = format!("t=1700000000,v1={sig}");
+    let original = key(&stripe, &[("stripe-signature", &plain)], body, 1_700_000_000);
+    assert_eq!(original.len(), 64);
+    for variant in [
+        format!("t=1700000000,v1={},v1={sig}", "00".repeat(32)),
+        format!("v1={sig},t=1700000000,v0=ff"),
+        format!("t=1700000000,v1={}", sig.to_ascii_uppercase()),
+    ] {
+        assert_eq!(key(&stripe, &[("stripe-signature", &variant)], body, 1_700_000_000), original, "{variant}");
+    }
+    // GitHub: a fresh, unsigned delivery id does not make a replay new.
+    let github = endpoint("github", &["It's a Secret to Everybody"], json!({}));
+    let gh = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    let first = key(&github, &[("x-hub-signature-256", gh), ("x-github-delivery", "one")], b"Hello, World!", 0);
+    assert_eq!(key(&github, &[("x-hub-signature-256", gh), ("x-github-delivery", "two")], b"Hello, World!", 0), first);
+    // Standard Webhooks: the signed id is the key, whichever signature verified.
+    let sw_e = endpoint("standard_webhooks", &[SW_SECRET], json!({}));
+    let now = 1614265330;
+    let sw_key = key(&sw_e, &as_refs(&sw(SW_SIG)), SW_BODY, now);
+    assert_eq!(key(&sw_e, &as_refs(&sw(&format!("{SW_BAD} {SW_SIG}"))), SW_BODY, now), sw_key);
+    assert_ne!(sw_key, original);
+    // Generic HMAC with an id header the signature does not cover: the id is ignored.
+    let unsigned_id = endpoint("hmac", &["0123456789abcdef0123456789abcdef"], json!({"hmac": {
+        "signature_header": "x-signature", "encoding": "hex", "id_header": "x-delivery"}}));
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"0123456789abcdef0123456789abcdef").unwrap();
+    mac.update(b"payload");
+    let hex = <ct_codecs::Hex as ct_codecs::Encoder>::encode_to_string(mac.finalize().into_bytes()).unwrap();
+    let a = key(&unsigned_id, &[("x-signature", &hex), ("x-delivery", "a")], b"payload", 0);
+    assert_eq!(key(&unsigned_id, &[("x-signature", &hex), ("x-delivery", "b")], b"payload", 0), a);
 }
 
 #[test]
@@ -170,6 +208,16 @@ fn bad_configurations_are_refused() {
         (base(json!({"match": {"prefix": "x"}})), "must start with '/'"),
         (base(json!({"secrets": [{"environment_variable": "NOPE"}]})), "\"NOPE\" is not set"),
         (json!({"endpoints": [base(json!({}))["endpoints"][0], base(json!({}))["endpoints"][0]]}), "used twice"),
+        (base(json!({"accepted_statuses": []})), "endpoints[0].accepted_statuses: name at least one"),
+        (base(json!({"accepted_statuses": ["200-299", "2xx"]})), "endpoints[0].accepted_statuses[1]: \"2xx\" is not a status"),
+        (base(json!({"accepted_statuses": ["299-200"]})), "accepted_statuses[0]"),
+        (base(json!({"accepted_statuses": ["600"]})), "accepted_statuses[0]"),
+        (base(json!({"in_flight_seconds": 0})), "endpoints[0].in_flight_seconds"),
+        (json!({"endpoints": base(json!({}))["endpoints"], "fleet": {"cluster": "", "namespace": "pay"}}), "fleet.cluster"),
+        (json!({"endpoints": base(json!({}))["endpoints"], "fleet": {"cluster": "f", "namespace": "a/b"}}), "fleet.namespace"),
+        (json!({"endpoints": base(json!({}))["endpoints"], "fleet": {"cluster": "f", "namespace": "p", "timeout": "0s"}}), "fleet.timeout"),
+        (json!({"endpoints": base(json!({}))["endpoints"], "fleet": {"cluster": "f", "namespace": "p", "failure_mode": "maybe"}}), "unknown variant `maybe`"),
+        (json!({"endpoints": base(json!({}))["endpoints"], "fleet": {"cluster": "f"}}), "missing field `namespace`"),
     ];
     for (cfg, want) in cases {
         let err = parse(cfg.clone()).unwrap_or_else(|| panic!("accepted: {cfg}"));

@@ -8,7 +8,9 @@ use meshward_core::Policy;
 use meshward_host::{FakeHost, SharedStore};
 use meshward_runtime::{Filter, Verdict};
 use meshward_webhook::WebhookPolicy;
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
+use sha2::Sha256;
 
 const GITHUB_SECRET: &str = "It's a Secret to Everybody";
 const GITHUB_SIG: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
@@ -55,21 +57,92 @@ fn reason(host: &FakeHost) -> String {
     body["reason"].as_str().unwrap().to_string()
 }
 
+/// GitHub's signature over `body` with the test secret.
+fn github_signature(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(GITHUB_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    let bytes = mac.finalize().into_bytes();
+    format!("sha256={}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// The upstream answers with `status`, then the stream ends.
+fn answer(filter: &mut Filter, host: &mut FakeHost, status: &str) -> Verdict {
+    host.response_headers = vec![(":status".into(), status.into())];
+    let verdict = filter.on_response_headers(host, true);
+    filter.on_done(host);
+    verdict
+}
+
+/// A delivery through its whole life on one worker: the verdict on its body, then the answer.
+fn deliver_and_answer(policy: &Rc<WebhookPolicy>, shared: &SharedStore, delivery_id: &str, status: &str) -> (Verdict, FakeHost) {
+    let mut host = worker(shared, delivery_id, GITHUB_SIG);
+    let mut filter = Filter::new(policy);
+    assert_eq!(filter.on_request_headers(&mut host, false), Verdict::Continue);
+    host.request_body = BODY.to_vec();
+    let verdict = filter.on_request_body(&mut host, BODY.len(), true);
+    if verdict == Verdict::Continue {
+        assert_eq!(answer(&mut filter, &mut host, status), Verdict::Continue);
+    }
+    (verdict, host)
+}
+
 #[test]
-fn signed_delivery_passes_once_across_all_workers() {
+fn an_accepted_delivery_passes_once_across_all_workers() {
     let (policy, root) = setup(json!({}), false);
-    let mut first = worker(&root.shared, "d-1", GITHUB_SIG);
-    assert_eq!(deliver(&policy, &mut first, BODY), Verdict::Continue);
+    let (verdict, first) = deliver_and_answer(&policy, &root.shared, "d-1", "200");
+    assert_eq!(verdict, Verdict::Continue);
     assert!(first.sent.is_none());
-    // The same delivery on another worker thread is a replay.
-    let mut second = worker(&root.shared, "d-1", GITHUB_SIG);
-    assert_eq!(deliver(&policy, &mut second, BODY), Verdict::Pause);
-    assert_eq!(second.sent.as_ref().unwrap().status, 401);
-    assert_eq!(reason(&second), "replayed");
-    assert_eq!(second.counter("meshward_webhook_denied_total.reason.replayed"), 1);
-    // A different delivery id with the same (valid) signature is a new delivery.
-    let mut third = worker(&root.shared, "d-2", GITHUB_SIG);
-    assert_eq!(deliver(&policy, &mut third, BODY), Verdict::Continue);
+    // The same delivery on another worker is a replay, even under a fresh (unsigned) delivery id.
+    for id in ["d-1", "d-2"] {
+        let (verdict, second) = deliver_and_answer(&policy, &root.shared, id, "200");
+        assert_eq!(verdict, Verdict::Pause);
+        assert_eq!(second.sent.as_ref().unwrap().status, 401);
+        assert_eq!(reason(&second), "replayed");
+    }
+}
+
+#[test]
+fn a_delivery_the_upstream_did_not_accept_passes_on_redelivery() {
+    // Refused by the upstream (5xx, 4xx), or never answered: the sender's retry must pass.
+    for status in ["500", "503", "404", "never"] {
+        let (policy, root) = setup(json!({}), false);
+        let mut host = worker(&root.shared, "d-1", GITHUB_SIG);
+        let mut filter = Filter::new(&policy);
+        filter.on_request_headers(&mut host, false);
+        host.request_body = BODY.to_vec();
+        assert_eq!(filter.on_request_body(&mut host, BODY.len(), true), Verdict::Continue);
+        if status == "never" {
+            filter.on_done(&mut host); // the client went away before any answer
+        } else {
+            answer(&mut filter, &mut host, status);
+        }
+        let (verdict, retry) = deliver_and_answer(&policy, &root.shared, "d-1", "200");
+        assert_eq!(verdict, Verdict::Continue, "after {status}: {:?}", retry.sent);
+        let (verdict, _) = deliver_and_answer(&policy, &root.shared, "d-1", "200");
+        assert_eq!(verdict, Verdict::Pause, "after {status}, the accepted retry is seen");
+    }
+    // What counts as accepted is configurable.
+    let (policy, root) = setup(json!({"accepted_statuses": ["202"]}), false);
+    assert_eq!(deliver_and_answer(&policy, &root.shared, "d-1", "200").0, Verdict::Continue);
+    assert_eq!(deliver_and_answer(&policy, &root.shared, "d-1", "202").0, Verdict::Continue);
+    assert_eq!(deliver_and_answer(&policy, &root.shared, "d-1", "202").0, Verdict::Pause);
+}
+
+#[test]
+fn a_duplicate_while_the_first_is_in_flight_gets_409() {
+    let (policy, root) = setup(json!({"in_flight_seconds": 30}), false);
+    let mut first = worker(&root.shared, "d-1", GITHUB_SIG);
+    let mut filter = Filter::new(&policy);
+    filter.on_request_headers(&mut first, false);
+    first.request_body = BODY.to_vec();
+    assert_eq!(filter.on_request_body(&mut first, BODY.len(), true), Verdict::Continue);
+    let mut duplicate = worker(&root.shared, "d-1", GITHUB_SIG);
+    assert_eq!(deliver(&policy, &mut duplicate, BODY), Verdict::Pause);
+    let sent = duplicate.sent.as_ref().unwrap();
+    assert_eq!((sent.status, sent.header("retry-after")), (409, Some("30")));
+    assert_eq!(reason(&duplicate), "in_flight");
+    answer(&mut filter, &mut first, "204");
+    assert_eq!(deliver_and_answer(&policy, &root.shared, "d-1", "200").0, Verdict::Pause, "seen once accepted");
 }
 
 #[test]
@@ -81,6 +154,7 @@ fn tampered_body_and_oversized_body() {
     // A rejected delivery is not remembered: the genuine one still passes.
     let mut host = worker(&root.shared, "d-3", GITHUB_SIG);
     assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Continue);
+    assert_eq!(deliver_and_answer(&policy, &root.shared, "d-3", "200").0, Verdict::Pause, "in flight");
 
     let mut host = worker(&root.shared, "d-4", GITHUB_SIG);
     assert_eq!(deliver(&policy, &mut host, &[b'x'; 100]), Verdict::Pause);
@@ -122,18 +196,19 @@ fn cas_races_are_retried_and_a_full_bucket_fails_closed() {
 
     // One bucket of 16 slots: the 17th live delivery is refused, not silently forgotten.
     let (policy, root) = setup(json!({"replay_cache_entries": 16}), false);
+    let body = |i: usize| format!("event {i}").into_bytes();
     for i in 0..16 {
-        let mut host = worker(&root.shared, &format!("id-{i}"), GITHUB_SIG);
-        assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Continue, "delivery {i}");
+        let mut host = worker(&root.shared, "id", &github_signature(&body(i)));
+        assert_eq!(deliver(&policy, &mut host, &body(i)), Verdict::Continue, "delivery {i}");
     }
-    let mut host = worker(&root.shared, "id-16", GITHUB_SIG);
-    assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Pause);
+    let mut host = worker(&root.shared, "id", &github_signature(&body(16)));
+    assert_eq!(deliver(&policy, &mut host, &body(16)), Verdict::Pause);
     assert_eq!(host.sent.as_ref().unwrap().status, 503);
     assert_eq!(reason(&host), "replay_cache_full");
-    // Once the remembered ids expire, there is room again.
-    let mut host = worker(&root.shared, "id-16", GITHUB_SIG);
-    host.now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 86_401);
-    assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Continue);
+    // Once the held deliveries expire, there is room again.
+    let mut host = worker(&root.shared, "id", &github_signature(&body(16)));
+    host.now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 61);
+    assert_eq!(deliver(&policy, &mut host, &body(16)), Verdict::Continue);
 }
 
 #[test]
@@ -156,4 +231,126 @@ fn secret_from_vm_environment() {
     let policy = Rc::new(WebhookPolicy::configure(config.as_bytes(), &root).unwrap());
     let mut host = worker(&root.shared, "d-8", GITHUB_SIG);
     assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Continue);
+}
+
+// --- the fleet-wide seen-set, through the fake host's gRPC calls -----------------------------
+
+use meshward_core::fleet::{ClaimRequest, ClaimResponse, ClaimState, SettleRequest, SettleResponse};
+use meshward_core::GrpcResponse;
+use prost::Message;
+
+fn fleet_setup(failure_mode: &str) -> (Rc<WebhookPolicy>, FakeHost) {
+    let config = json!({"endpoints": [{"name": "gh", "match": {"path": "/hooks/github"}, "scheme": "github",
+        "secrets": [{"inline_string": GITHUB_SECRET}], "in_flight_seconds": 20}],
+        "fleet": {"cluster": "fleet", "namespace": "payments", "failure_mode": failure_mode}})
+    .to_string();
+    let mut root = FakeHost::default();
+    let policy = Rc::new(WebhookPolicy::configure(config.as_bytes(), &root).unwrap());
+    WebhookPolicy::start(&policy, &mut root);
+    (policy, root)
+}
+
+fn claim_answer(state: ClaimState, remaining_ms: u64, token: &str) -> GrpcResponse {
+    GrpcResponse { status: 0, message: ClaimResponse { state: state as i32, remaining_ms, token: token.into() }.encode_to_vec() }
+}
+
+/// A delivery whose body is in: the claim it sent to the engine, and the filter waiting for it.
+fn claimed(policy: &Rc<WebhookPolicy>, shared: &SharedStore) -> (Filter, FakeHost, u32) {
+    let mut host = worker(shared, "d-1", GITHUB_SIG);
+    let mut filter = Filter::new(policy);
+    filter.on_request_headers(&mut host, false);
+    host.request_body = BODY.to_vec();
+    assert_eq!(filter.on_request_body(&mut host, BODY.len(), true), Verdict::Pause, "waits for the engine");
+    let (token, cluster, method, message) = host.grpc_calls.last().cloned().unwrap();
+    assert_eq!((cluster.as_str(), method.as_str()), ("fleet", "meshward.fleet.v1.SeenSet/Claim"));
+    let claim = ClaimRequest::decode(message.as_slice()).unwrap();
+    assert!(claim.key.starts_with("payments/gh/") && claim.key.len() == "payments/gh/".len() + 64, "{}", claim.key);
+    assert_eq!(claim.hold_ms, 20_000);
+    (filter, host, token)
+}
+
+#[test]
+fn fleet_claim_then_settle_on_the_answer() {
+    let (policy, root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, 20_000, "t-1"));
+    assert_eq!(host.resumed, 1, "the request goes on once the engine granted the claim");
+    // The answer waits until the engine recorded the delivery as seen.
+    host.response_headers = vec![(":status".into(), "200".into())];
+    assert_eq!(filter.on_response_headers(&mut host, true), Verdict::Pause);
+    let (settle_token, _, method, message) = host.grpc_calls.last().cloned().unwrap();
+    assert_eq!(method, "meshward.fleet.v1.SeenSet/Settle");
+    let settle = SettleRequest::decode(message.as_slice()).unwrap();
+    assert!(settle.accepted && settle.token == "t-1" && settle.keep_ms >= 86_399_000, "{settle:?}");
+    let settled = GrpcResponse { status: 0, message: SettleResponse { settled: true }.encode_to_vec() };
+    filter.on_grpc_response(&mut host, settle_token, settled);
+    assert_eq!(host.responses_resumed, 1);
+    filter.on_done(&mut host);
+    assert_eq!(host.grpc_calls.len(), 2, "nothing left to release");
+    assert_eq!(host.counter("meshward_webhook_settle_failures_total"), 0);
+}
+
+#[test]
+fn fleet_answers_in_flight_seen_and_failure() {
+    // Another replica handles it right now: 409, and this sidecar's claim is released.
+    let (policy, root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::InFlight, 4_500, ""));
+    let sent = host.sent.as_ref().unwrap();
+    assert_eq!((sent.status, sent.header("retry-after")), (409, Some("5")));
+    let (_, again, _) = claimed(&policy, &root.shared);
+    assert!(again.sent.is_none(), "released locally: the retry asks the engine again");
+
+    // Another replica accepted it: replayed, and remembered here without asking the engine.
+    let (policy, root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Seen, 1_000, ""));
+    assert_eq!(reason(&host), "replayed");
+    let mut next = worker(&root.shared, "d-1", GITHUB_SIG);
+    assert_eq!(deliver(&policy, &mut next, BODY), Verdict::Pause);
+    assert_eq!((reason(&next), next.grpc_calls.len()), ("replayed".to_string(), 0));
+
+    // The engine is down: 503 + Retry-After by default, counted; `allow` lets it through.
+    for (mode, refused) in [("deny", true), ("allow", false)] {
+        let (policy, root) = fleet_setup(mode);
+        let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+        filter.on_grpc_response(&mut host, token, GrpcResponse { status: 14, message: vec![] });
+        assert_eq!(host.counter("meshward_webhook_replay_service_failures_total"), 1);
+        if refused {
+            let sent = host.sent.as_ref().unwrap();
+            assert_eq!((sent.status, sent.header("retry-after")), (503, Some("5")));
+            assert_eq!(reason(&host), "replay_service_unavailable");
+        } else {
+            assert!(host.sent.is_none() && host.resumed == 1);
+        }
+        // A malformed answer is no yes either.
+        let (mut filter, mut host, token) = claimed(&policy, &FakeHost::default().shared);
+        filter.on_grpc_response(&mut host, token, GrpcResponse { status: 0, message: vec![0xff, 0xff] });
+        assert_eq!(host.sent.is_some(), refused);
+    }
+}
+
+#[test]
+fn fleet_claim_released_when_the_upstream_fails_or_never_answers() {
+    let (policy, root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, 20_000, "t-2"));
+    host.response_headers = vec![(":status".into(), "502".into())];
+    assert_eq!(filter.on_response_headers(&mut host, true), Verdict::Pause);
+    let settle = SettleRequest::decode(host.grpc_calls.last().unwrap().3.as_slice()).unwrap();
+    assert!(!settle.accepted && settle.token == "t-2");
+    // The engine says the claim was no longer ours: counted, the answer still goes on.
+    let (settle_token, ..) = host.grpc_calls.last().cloned().unwrap();
+    filter.on_grpc_response(&mut host, settle_token, GrpcResponse { status: 0, message: SettleResponse { settled: false }.encode_to_vec() });
+    assert_eq!((host.responses_resumed, host.counter("meshward_webhook_settle_failures_total")), (1, 1));
+
+    // The client went away before the answer: the claim is released (best effort).
+    let (policy, root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, 20_000, "t-3"));
+    filter.on_done(&mut host);
+    let release = SettleRequest::decode(host.grpc_calls.last().unwrap().3.as_slice()).unwrap();
+    assert!(!release.accepted && release.token == "t-3");
+    let (_, retry, _) = claimed(&policy, &root.shared);
+    assert!(retry.sent.is_none(), "released here too");
 }
