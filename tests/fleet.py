@@ -96,7 +96,7 @@ class FleetEngine:
             self.proc.kill()
             raise RuntimeError(f"meshward-fleet did not start: {first}{self.proc.stderr.read()}")
         self.port = int(first.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-        self.lines: list[str] = []
+        self.lines: list[str] = [first]
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:

@@ -159,6 +159,68 @@ def test_compile_emits_each_module_configuration(tmp_path):
     assert json.loads((tmp_path / "meshward_schema.json").read_text())["openapi"]["info"]["title"]
 
 
+def with_global_limit(policy: dict, limit: dict | None) -> dict:
+    rl = stage(policy, "ratelimit")
+    rl["global"] = {"cluster": "meshward-fleet", "domain": "crapi"}
+    rule = {"name": "fleet-per-user", "match": {"prefix": "/workshop/"}, "key": ["subject", "header:x-api-key"], "scope": "global"}
+    if limit:
+        rule["limit"] = limit
+    rl["rules"].append(rule)
+    return policy
+
+
+def test_compile_writes_the_fleet_engine_limits_and_the_engine_runs_them(tmp_path):
+    from fleet import FleetEngine, RedisServer
+
+    path = write_policy(tmp_path, with_global_limit(example(), {"requests": 50, "per": "60s"}))
+    out = tmp_path / "out"
+    r = meshward("compile", path, "--out", out)
+    assert r.returncode == 0, r.stderr
+    fleet = yaml.safe_load((out / "meshward-fleet.yaml").read_text())
+    assert fleet == {"limits": [{"domain": "crapi", "rule": "fleet-per-user", "key": ["subject", "header.x-api-key"], "requests": 50, "per": "60s"}]}
+    redis_server = RedisServer()
+    try:
+        engine = FleetEngine(redis_server.port, {(l["domain"], l["rule"]): (l["key"], l["requests"], l["per"]) for l in fleet["limits"]})
+        assert "(1 global limits" in engine.log() and engine.proc.poll() is None, engine.log()
+        engine.stop()
+    finally:
+        redis_server.stop()
+    # Without global rules there is no engine configuration.
+    r = meshward("compile", EXAMPLE, "--out", tmp_path / "plain")
+    assert not (tmp_path / "plain" / "meshward-fleet.yaml").exists()
+
+
+@pytest.mark.parametrize("limit,message", [
+    (None, 'global rule "fleet-per-user" declares no `limit`'),
+    ({"requests": 5, "per": "1.5s"}, "a global limit is `requests` per whole seconds"),
+    ({"requests": 5, "per": "60s", "burst": 10}, "without `burst`"),
+])
+def test_compile_refuses_global_limits_the_engine_cannot_count(tmp_path, limit, message):
+    path = write_policy(tmp_path, with_global_limit(example(), limit))
+    r = meshward("compile", path, "--out", tmp_path / "out")
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+
+
+def test_check_warns_when_a_generic_webhook_scheme_signs_no_replay_key(tmp_path):
+    policy = example()
+    hmac = {"signature_header": "x-signature", "encoding": "hex", "id_header": "x-delivery-id"}
+    policy["stages"].insert(1, {"webhook": {"endpoints": [
+        {"name": "partner-unsigned-id", "match": {"path": "/hooks/partner"}, "scheme": "hmac", "hmac": hmac,
+         "secrets": [{"inline_string": "0123456789abcdef0123456789abcdef"}]},
+        {"name": "partner-body-only", "match": {"path": "/hooks/other"}, "scheme": "hmac", "hmac": {"signature_header": "x-sig", "encoding": "hex"},
+         "secrets": [{"inline_string": "0123456789abcdef0123456789abcdef"}]},
+        {"name": "partner-signed", "match": {"path": "/hooks/signed"}, "scheme": "hmac", "hmac": {**hmac, "signed_content": "{id}.{body}"},
+         "secrets": [{"inline_string": "0123456789abcdef0123456789abcdef"}]},
+    ], "unmatched": "allow"}})
+    path = write_policy(tmp_path, policy)
+    r = meshward("check", path, "--format", "json")
+    found = [f for f in json.loads(r.stdout)["findings"] if f["code"] == "replay_key_not_signed"]
+    assert [f["severity"] for f in found] == ["warning", "warning"], r.stdout
+    assert "x-delivery-id is not in signed_content" in found[0]["message"] and "partner-unsigned-id" in found[0]["message"]
+    assert "only the body is signed" in found[1]["message"] and "partner-body-only" in found[1]["message"]
+    assert all("partner-signed" not in f["message"] for f in found)
+
+
 @pytest.mark.parametrize("form", ["separate", "bundle"])
 def test_rendered_istio_validates_and_loads(upstream, keys, form):
     r = meshward("render", "istio", EXAMPLE, "--form", form, "--dist", DIST)

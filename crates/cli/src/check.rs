@@ -45,6 +45,9 @@ pub enum Code {
     /// An Envoy HTTP connection manager that does not normalise paths: Envoy would route, and
     /// the service receive, a path other than the one meshward decided on.
     PathNotNormalized,
+    /// A generic webhook scheme whose delivery id (or timestamp) the signature does not cover:
+    /// replays are keyed on the signed content alone.
+    ReplayKeyNotSigned,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,10 +128,38 @@ pub fn check(policy: &Policy) -> Vec<Finding> {
         }
     }
     check_audiences(&mut c);
+    check_replay_keys(&mut c);
     if let Some(contract) = &policy.contract {
         check_contract(&mut c, contract);
     }
     c.findings
+}
+
+/// Replay keys come from signed material only (the webhook filter ignores an unsigned id), so a
+/// generic scheme that signs neither an id nor a timestamp keys replays on the body alone.
+fn check_replay_keys(c: &mut Checker<'_>) {
+    let Some(Value::Array(endpoints)) = c.policy.stage("webhook").and_then(|s| s.config.get("endpoints")).cloned() else { return };
+    for endpoint in endpoints {
+        let Some(hmac) = endpoint.get("hmac") else { continue };
+        if endpoint.get("replay_protection") == Some(&Value::Bool(false)) {
+            continue;
+        }
+        let name = endpoint.get("name").and_then(Value::as_str).unwrap_or("?");
+        let signed = hmac.get("signed_content").and_then(Value::as_str).unwrap_or("{body}");
+        let line = line_of(&c.policy.text, name, 1);
+        let message = match (hmac.get("id_header").and_then(Value::as_str), signed.contains("{id}"), signed.contains("{timestamp}")) {
+            (Some(id), false, _) => format!(
+                "webhook endpoint {name:?}: {id} is not in signed_content, so it cannot key replays (anyone can send a fresh one); \
+                 deliveries are keyed on the digest of the signed content: sign {{id}} if the sender does"
+            ),
+            (None, false, false) => format!(
+                "webhook endpoint {name:?}: only the body is signed, so two deliveries with the same body within \
+                 replay_ttl_seconds count as one; sign a timestamp or an id if the sender does"
+            ),
+            _ => continue,
+        };
+        c.policy_finding(Severity::Warning, Code::ReplayKeyNotSigned, message, line);
+    }
 }
 
 fn check_audiences(c: &mut Checker<'_>) {

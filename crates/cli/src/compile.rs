@@ -2,6 +2,9 @@
 //! exactly what the module would refuse at load.
 
 use meshward_core::config::ConfigError;
+use meshward_ratelimit::config::{KeyPart, Scope};
+use meshward_ratelimit::RateLimitConfig;
+use serde_json::{json, Value};
 
 use crate::policy::{Policy, Stage};
 
@@ -37,6 +40,29 @@ pub fn compile_policy(policy: &Policy) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The fleet engine's configuration (`meshward-fleet --config`): the limit of every global
+/// rate-limit rule, so the budget lives in the policy with the rule. `None` without global rules.
+pub fn fleet_config(policy: &Policy) -> Result<Option<Value>, String> {
+    let Some(stage) = policy.stage("ratelimit") else { return Ok(None) };
+    let bytes = serde_json::to_vec(&stage.config).map_err(|e| e.to_string())?;
+    let config = RateLimitConfig::parse(&bytes).map_err(|e| format!("ratelimit stage: {e}"))?;
+    let Some(global) = &config.global else { return Ok(None) };
+    let mut limits = Vec::new();
+    for rule in config.rules.iter().filter(|r| r.scope == Scope::Global) {
+        let Some(limit) = rule.limit else {
+            return Err(format!("ratelimit stage: global rule {:?} declares no `limit`; meshward-fleet takes it from the policy", rule.name));
+        };
+        limits.push(json!({
+            "domain": global.domain,
+            "rule": rule.name,
+            "key": rule.key.iter().map(KeyPart::descriptor_key).collect::<Vec<_>>(),
+            "requests": limit.requests,
+            "per": format!("{}s", limit.period_us / 1_000_000),
+        }));
+    }
+    Ok(Some(json!({ "limits": limits })))
 }
 
 /// Compiles one stage with its filter's own parser.

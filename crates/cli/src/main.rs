@@ -134,6 +134,7 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 all.insert(format!("meshward_{}", stage.kind), stage.config.clone());
             }
             all.insert("meshward".into(), policy.bundle_config());
+            let fleet = compile::fleet_config(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
             match args.get("out") {
                 Some(dir) => {
                     let dir = PathBuf::from(dir);
@@ -141,8 +142,17 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                     for (module, config) in &all {
                         write_json(&dir.join(format!("{module}.json")), config)?;
                     }
+                    if let Some(fleet) = &fleet {
+                        let path = dir.join("meshward-fleet.yaml");
+                        std::fs::write(&path, render::to_yaml(fleet)).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
                 }
-                None => out(&format!("{}\n", Value::Object(all))),
+                None => {
+                    if let Some(fleet) = fleet {
+                        all.insert("meshward-fleet".into(), fleet);
+                    }
+                    out(&format!("{}\n", Value::Object(all)))
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -213,6 +213,10 @@ impl RateLimitConfig {
                     if cost > burst {
                         return Err(ConfigError::new(at("cost"), format!("{cost} exceeds the burst of {burst}: no request could ever pass")));
                     }
+                    // The fleet engine counts fixed windows of whole seconds.
+                    if r.scope == Scope::Global && (period_us % 1_000_000 != 0 || burst != l.requests) {
+                        return Err(ConfigError::new(at("limit"), "a global limit is `requests` per whole seconds (\"60s\"), without `burst`"));
+                    }
                     Some(Limit { requests: l.requests, period_us, burst })
                 }
             };
