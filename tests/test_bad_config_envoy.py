@@ -16,7 +16,7 @@ CRAPI_MINI = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
 
 # A configuration each module accepts, to break one way at a time.
 GOOD = {
-    "webhook": {"endpoints": [{"name": "hooks", "match": {"prefix": "/hooks"}, "scheme": "github", "secrets": [{"inline_string": "s3cret"}]}]},
+    "webhook": {"endpoints": [{"name": "hooks", "match": {"prefix": "/hooks"}, "scheme": "github", "secrets": [{"inline_string": "s3cret-s3cret-s3cret"}]}]},
     "ownership": {"rules": [{"name": "orders", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]},
     "ratelimit": {"rules": [{"name": "ip", "match": {"prefix": "/"}, "key": ["client_ip"], "limit": {"requests": 5, "per": "1s"}}]},
     "schema": {"openapi": CRAPI_MINI},
@@ -27,6 +27,8 @@ CASES = {
     "webhook": [
         ("unknown field", lambda c: c["endpoints"][0].update(secret="x"), r"endpoints\[0\]\.secret: unknown field"),
         ("wrong type", lambda c: c["endpoints"][0].update(secrets="s3cret"), r"endpoints\[0\]\.secrets: invalid type"),
+        ("fleet without namespace", lambda c: c.update(fleet={"cluster": "fleet"}), r"fleet: missing field `namespace`"),
+        ("status range", lambda c: c["endpoints"][0].update(accepted_statuses=["2xx"]), r"endpoints\[0\]\.accepted_statuses\[0\]: \"2xx\" is not a status"),
     ],
     "ownership": [
         ("unknown field", lambda c: c["rules"][0].update(scope=["x"]), r"rules\[0\]\.scope: unknown field"),
@@ -36,6 +38,8 @@ CASES = {
         ("unknown field", lambda c: c["rules"][0].update(limits={}), r"rules\[0\]\.limits: unknown field"),
         ("wrong type", lambda c: c["rules"][0]["limit"].update(requests="five"), r"rules\[0\]\.limit\.requests: invalid type"),
         ("huge bound", lambda c: c.update(max_keys=10**12), r"max_keys"),
+        ("global burst", lambda c: c.update(**{"global": {"cluster": "rls", "domain": "d"}}) or c["rules"][0].update(scope="global", limit={"requests": 5, "per": "1s", "burst": 9}),
+         r"rules\[0\]\.limit: a global limit is `requests` per whole seconds"),
     ],
     "schema": [
         ("unknown field", lambda c: c.update(reject_unknown=True), r"reject_unknown: unknown field"),
