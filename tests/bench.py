@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import standardwebhooks  # noqa: E402
 
-from harness import DIST, REPO, TEST_MODULES, Envoy, bundle, build_config, plugin  # noqa: E402
+from fleet import FleetEngine, RedisServer  # noqa: E402
+from harness import DIST, REPO, TEST_MODULES, Envoy, bundle, build_config, plugin, static_cluster  # noqa: E402
 from tokens import AUDIENCE, ISSUER, KeyRing  # noqa: E402
 
 
@@ -147,6 +148,43 @@ SW_SECRET = "whsec_" + base64.b64encode(b"meshward-bench-secret-32-bytes!!").dec
 WEBHOOK = plugin("webhook", {"endpoints": [{"name": "hooks", "match": {"prefix": "/"}, "scheme": "standard_webhooks",
                                             "secrets": [{"inline_string": SW_SECRET}], "replay_protection": False}]})
 
+# Fleet-wide state: the engine (meshward-fleet on Redis) every such scenario's Envoy reaches as
+# cluster `fleet`. A global limit no request reaches, keyed like the native filter's descriptor.
+FLEET_DOMAIN, FLEET_RULE = "bench", "per-client"
+FLEET_LIMITS = {(FLEET_DOMAIN, FLEET_RULE): (["header.x-client"], 1_000_000_000, "3600s")}
+RATELIMIT_GLOBAL = plugin("ratelimit", {"global": {"cluster": "fleet", "domain": FLEET_DOMAIN, "timeout": "1s", "failure_mode": "deny"},
+                                        "rules": [{"name": FLEET_RULE, "match": {"prefix": "/"}, "key": ["header:x-client"], "scope": "global"}]})
+REPLAY_ENDPOINT = {"name": "hooks", "match": {"prefix": "/"}, "scheme": "standard_webhooks", "secrets": [{"inline_string": SW_SECRET}]}
+WEBHOOK_REPLAY_LOCAL = plugin("webhook", {"endpoints": [REPLAY_ENDPOINT]})
+WEBHOOK_REPLAY_FLEET = plugin("webhook", {"endpoints": [REPLAY_ENDPOINT], "fleet": {"cluster": "fleet", "namespace": "bench", "timeout": "1s"}})
+
+
+def native_global_ratelimit() -> dict:
+    """Envoy's own RLS client (envoy.filters.http.ratelimit) asking the same engine the same
+    question: descriptor (rule, header.x-client), set on the virtual host."""
+    return {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": FLEET_DOMAIN, "failure_mode_deny": True, "timeout": "1s",
+        "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": "fleet"}}, "transport_api_version": "V3"}}}
+
+
+NATIVE_RATE_LIMITS = [{"actions": [{"generic_key": {"descriptor_key": "rule", "descriptor_value": FLEET_RULE}},
+                                   {"request_headers": {"header_name": "x-client", "descriptor_key": "header.x-client"}}]}]
+
+
+def new_deliveries(directory: Path, body: bytes, count: int) -> Path:
+    """`count` distinct Standard Webhooks deliveries of `body` (id, timestamp, signature per
+    line) for a wrk script to send one by one: a replay check that refuses nothing."""
+    signer, now = standardwebhooks.Webhook(SW_SECRET), datetime.now(tz=timezone.utc)
+    stamp = str(int(now.timestamp()))
+    text = body.decode()
+    path = directory / f"deliveries-{time.monotonic_ns()}.tsv"
+    with path.open("w") as f:
+        for i in range(count):
+            msg_id = f"msg_{os.urandom(6).hex()}_{i}"
+            f.write(f"{msg_id}\t{stamp}\t{signer.sign(msg_id, now, text)}\n")
+    return path
+
 
 # The floor: a Rust proxy-wasm filter that does nothing (tests/noop-filter, `make test-modules`).
 NOOP = plugin("noop", "{}", module=str(TEST_MODULES / "meshward_noop.wasm"))
@@ -185,11 +223,16 @@ ORDER_OWNERSHIP = plugin("ownership", {"rules": [{"name": "create_order", "match
 class Scenario:
     """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
 
-    def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy"):
+    def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy",
+                 fleet=False, rate_limits=(), new_deliveries=False):
         self.name, self.plugins, self.native = name, list(plugins), list(native)
         self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
         # The plain-Envoy scenario sending the same request.
         self.baseline = baseline
+        # Reaches the fleet engine (cluster `fleet`); route-level rate-limit actions (native RLS).
+        self.fleet, self.rate_limits = fleet, list(rate_limits)
+        # Every request a new signed webhook delivery (`headers` are replaced per request).
+        self.new_deliveries = new_deliveries
 
 
 def scenarios(keys: KeyRing) -> list[Scenario]:
@@ -213,6 +256,15 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("ratelimit (meshward, not limited)", [RATELIMIT_ANON], compare="local_ratelimit"),
         Scenario("local_ratelimit (native)", native=[local_ratelimit()]),
         Scenario("webhook standard 2KiB (meshward)", [WEBHOOK], headers=sw_headers, body=body),
+        # Every request a new delivery, so the replay check claims, and settles on the answer.
+        Scenario("webhook new deliveries, replay check in this sidecar", [WEBHOOK_REPLAY_LOCAL], headers=sw_headers, body=body,
+                 new_deliveries=True, compare="webhook standard 2KiB (meshward)"),
+        Scenario("webhook new deliveries, fleet replay check (meshward-fleet)", [WEBHOOK_REPLAY_FLEET], headers=sw_headers, body=body,
+                 new_deliveries=True, fleet=True, compare="webhook new deliveries, replay check in this sidecar"),
+        Scenario("ratelimit global (meshward, meshward-fleet)", [RATELIMIT_GLOBAL], headers={"x-client": "bench"}, fleet=True,
+                 compare="ratelimit global (native"),
+        Scenario("ratelimit global (native ratelimit filter, meshward-fleet)", native=[native_global_ratelimit()], headers={"x-client": "bench"},
+                 fleet=True, rate_limits=NATIVE_RATE_LIMITS),
         Scenario("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], headers=es),
         Scenario("plain envoy, crAPI POST order", **order),
         Scenario("schema crAPI POST order (meshward)", [SCHEMA], **order),
@@ -279,7 +331,7 @@ def config_ms(env: Envoy) -> float | None:
     return max(times) if times else None
 
 
-def wrk_script(directory: Path, headers: dict, body: bytes | None) -> Path:
+def wrk_script(directory: Path, headers: dict, body: bytes | None, deliveries: Path | None = None) -> Path:
     lines = []
     if body is not None:
         lines.append('wrk.method = "POST"')
@@ -287,10 +339,17 @@ def wrk_script(directory: Path, headers: dict, body: bytes | None) -> Path:
         lines.append("wrk.body = \"" + "".join(f"\\{b:03d}" for b in body) + "\"")
     for k, v in headers.items():
         lines.append(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}")
+    if deliveries is not None:
+        # One signed delivery per request, in order (a wrap-around would be refused as replays).
+        lines.append(f"local deliveries = {{}}\nfor line in io.lines({json.dumps(str(deliveries))}) do deliveries[#deliveries + 1] = line end")
+        lines.append("local sent = 0\nrequest = function()\n  sent = sent + 1\n"
+                     "  local id, ts, sig = deliveries[(sent - 1) % #deliveries + 1]:match('^([^\\t]+)\\t([^\\t]+)\\t(.+)$')\n"
+                     "  wrk.headers['webhook-id'] = id\n  wrk.headers['webhook-timestamp'] = ts\n  wrk.headers['webhook-signature'] = sig\n"
+                     "  return wrk.format()\nend")
     # Count non-2xx answers so a misconfigured scenario cannot pass as fast.
     lines.append("bad = 0\nresponse = function(status, headers, body) if status ~= 200 then bad = bad + 1 end end")
     lines.append('done = function(summary, latency, requests) io.write(string.format("NON200 %d\\n", bad)) end')
-    path = directory / "script.lua"
+    path = directory / ("script.lua" if deliveries is None else f"{deliveries.stem}.lua")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -380,20 +439,34 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
 class Running:
     """One scenario's Envoy, started once and kept for every round."""
 
-    def __init__(self, sc: Scenario, upstream: Envoy, work: Path):
+    def __init__(self, sc: Scenario, upstream: Envoy, work: Path, fleet_port: int | None = None):
         self.sc = sc
-        self.env = Envoy(build_config(upstream.port, sc.plugins, native_filters=sc.native), concurrency=1)
+        clusters = [static_cluster("fleet", fleet_port, http2=True)] if sc.fleet else []
+        cfg = build_config(upstream.port, sc.plugins, clusters=clusters, native_filters=sc.native)
+        if sc.rate_limits:
+            listener = cfg["static_resources"]["listeners"][0]
+            listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["rate_limits"] = sc.rate_limits
+        self.env = Envoy(cfg, concurrency=1)
         self.env.start()
         pin(self.env.proc.pid, MEASURED_CPUS)
-        probe = self.env.request(sc.path, sc.headers, method="POST" if sc.body is not None else "GET", body=sc.body)
+        self.dir = Path(tempfile.mkdtemp(dir=work))
+        headers = sc.headers
+        if sc.new_deliveries:
+            line = new_deliveries(self.dir, sc.body, 1).read_text().split("\t")
+            headers = {**sc.headers, "webhook-id": line[0], "webhook-timestamp": line[1], "webhook-signature": line[2].strip()}
+        probe = self.env.request(sc.path, headers, method="POST" if sc.body is not None else "GET", body=sc.body)
         if probe.status != 200:
             self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
-        self.script = wrk_script(Path(tempfile.mkdtemp(dir=work)), sc.headers, sc.body)
+        self.script = wrk_script(self.dir, sc.headers, sc.body)
 
     def run(self, duration: int, connections: int) -> dict:
+        script = self.script
+        if self.sc.new_deliveries:
+            # More fresh deliveries than any run sends (non-200 answers would show a shortfall).
+            script = wrk_script(self.dir, self.sc.headers, self.sc.body, deliveries=new_deliveries(self.dir, self.sc.body, 40_000 * duration))
         cpu_before = cpu_seconds(self.env)
-        r = run_wrk(self.env.port, self.sc.path, self.script, duration, connections)
+        r = run_wrk(self.env.port, self.sc.path, script, duration, connections)
         # What one request costs the measured Envoy in CPU.
         r["cpu_us_per_request"] = (cpu_seconds(self.env) - cpu_before) * 1e6 / max(1, r["requests"])
         return r
@@ -441,11 +514,18 @@ def main() -> int:
     rounds: dict[str, list[dict]] = {sc.name: [] for sc in plan}
     work = Path(tempfile.mkdtemp(prefix="meshward-bench-"))
     running: list[Running] = []
+    redis_server = engine = None
+    if any(sc.fleet for sc in plan):
+        # The fleet engine and its Redis run beside the upstream, off the measured core.
+        redis_server = RedisServer()
+        engine = FleetEngine(redis_server.port, FLEET_LIMITS)
+        for pid in (redis_server.proc.pid, engine.proc.pid):
+            pin(pid, LOAD_CPUS)
     try:
         # Every scenario's Envoy is up (idle) for the whole run, so rounds can interleave short
         # runs of all of them: a slow spell of the shared machine hits every scenario alike.
         for sc in plan:
-            running.append(Running(sc, upstream, work))
+            running.append(Running(sc, upstream, work, engine.port if engine else None))
             running[-1].run(2, args.connections)  # warm-up
         for round_no in range(args.rounds):
             for one in running:
@@ -467,6 +547,9 @@ def main() -> int:
             one.stop()
         upstream.stop()
         upstream.cleanup()
+        for thing in (engine, redis_server):
+            if thing is not None:
+                thing.stop()
 
     memory = []
     if not args.only:
