@@ -300,6 +300,19 @@ def test_render_names_what_is_missing(tmp_path):
     assert r.returncode == 2 and "make build" in r.stderr, r.stderr
 
 
+def test_render_envoy_adds_the_fleet_engine_cluster_once_as_http2(tmp_path):
+    policy = with_global_limit(example(), {"requests": 50, "per": "60s"})
+    policy["stages"].insert(1, {"webhook": {"unmatched": "allow", "fleet": {"cluster": "meshward-fleet", "namespace": "crapi"}, "endpoints": [
+        {"name": "hooks", "match": {"path": "/hooks"}, "scheme": "github", "secrets": [{"inline_string": "0123456789abcdef"}]}]}})
+    path = write_policy(tmp_path, policy)
+    r = meshward("render", "envoy", path)
+    assert r.returncode == 2 and "--cluster meshward-fleet=HOST:PORT" in r.stderr, r.stderr
+    r = meshward("render", "envoy", path, "--cluster", "meshward-fleet=meshward-fleet.meshward:8081")
+    assert r.returncode == 0, r.stderr
+    clusters = [c for c in yaml.safe_load(r.stdout)["static_resources"]["clusters"] if c["name"] == "meshward-fleet"]
+    assert len(clusters) == 1 and "http2_protocol_options" in json.dumps(clusters[0]), clusters
+
+
 class Serve:
     """`meshward serve` in the background, its stderr collected: over gRPC (`xds`, the port read
     back from its log) or through ECDS files (`files`)."""

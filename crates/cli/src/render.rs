@@ -93,7 +93,8 @@ fn cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
     c
 }
 
-/// Clusters a stage configuration calls: `remote_jwks.http_uri.cluster`, `global.cluster`.
+/// Clusters a stage configuration calls, once each: `remote_jwks.http_uri.cluster`, the rate
+/// limit's `global.cluster` and the webhook seen-set's `fleet.cluster` (both gRPC: HTTP/2).
 fn called_clusters(policy: &Policy) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for stage in &policy.stages {
@@ -104,11 +105,14 @@ fn called_clusters(policy: &Policy) -> Vec<(String, bool)> {
                 }
             }
         }
-        if let Some(name) = stage.config.pointer("/global/cluster").and_then(Value::as_str) {
-            // Envoy RLS v3 is gRPC: HTTP/2.
-            out.push((name.to_string(), true));
+        for grpc in ["/global/cluster", "/fleet/cluster"] {
+            if let Some(name) = stage.config.pointer(grpc).and_then(Value::as_str) {
+                out.push((name.to_string(), true));
+            }
         }
     }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|(name, _)| seen.insert(name.clone()));
     out
 }
 
