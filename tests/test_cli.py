@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -221,6 +222,24 @@ def test_check_warns_when_a_generic_webhook_scheme_signs_no_replay_key(tmp_path)
     assert all("partner-signed" not in f["message"] for f in found)
 
 
+def packaged_digests() -> dict:
+    """Module name -> image digest, as `meshward package` reports them."""
+    out = tempfile.mkdtemp(prefix="meshward-oci-")
+    r = meshward("package", "--dist", DIST, "--out", out)
+    assert r.returncode == 0, r.stderr
+    return {line.split()[0]: line.split()[2].removeprefix("sha256:") for line in r.stdout.splitlines()}
+
+
+def test_rendered_istio_pins_a_module_served_over_http_by_its_file_digest(tmp_path):
+    policy = example()
+    policy["modules"] = {"url": "https://modules.example.com/{module}.wasm"}
+    r = meshward("render", "istio", write_policy(tmp_path, policy), "--dist", DIST)
+    assert r.returncode == 0, r.stderr
+    for doc in (d for d in yaml.safe_load_all(r.stdout) if d):
+        module = doc["spec"]["url"].rsplit("/", 1)[1]
+        assert doc["spec"]["sha256"] == hashlib.sha256((DIST / module).read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("form", ["separate", "bundle"])
 def test_rendered_istio_validates_and_loads(upstream, keys, form):
     r = meshward("render", "istio", EXAMPLE, "--form", form, "--dist", DIST)
@@ -231,7 +250,9 @@ def test_rendered_istio_validates_and_loads(upstream, keys, form):
         jsonschema.validate(doc, crd_schema())
         spec, filter_name = doc["spec"], doc["metadata"]["labels"]["meshward.io/filter"]
         module = "meshward" if filter_name == "bundle" else f"meshward_{filter_name}"
-        assert spec["sha256"] == hashlib.sha256((DIST / f"{module}.wasm").read_bytes()).hexdigest()
+        # An oci:// module is pinned by its image digest (what Istio compares), the image
+        # `meshward package` builds (tests/test_package.py pushes it through a registry).
+        assert spec["sha256"] == packaged_digests()[module]
         assert spec["url"] == f"oci://registry.example.com/meshward/{module}:0.1.0"
         assert spec["failStrategy"] == "FAIL_CLOSE" and spec["selector"]["matchLabels"] == {"app": "crapi"}
         assert spec["phase"] == ("AUTHN" if filter_name in ("jwt", "bundle") else "AUTHZ")

@@ -7,6 +7,7 @@
 //!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
 //!                              [--xds HOST:PORT | --ecds DIR]
 //! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
+//! meshward package [--dist DIR] --out DIR [--tag TAG]
 //! meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
 //!                         [--interval-ms N] [--once true]
 //! ```
@@ -15,6 +16,7 @@
 
 mod check;
 mod compile;
+mod package;
 mod policy;
 mod render;
 mod serve;
@@ -34,6 +36,7 @@ const USAGE: &str = "usage:
                                [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
                                [--xds HOST:PORT | --ecds DIR]
   meshward render istio POLICY [--form separate|bundle] [--dist DIR]
+  meshward package [--dist DIR] --out DIR [--tag TAG]
   meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
                           [--interval-ms N] [--once true]";
 
@@ -201,6 +204,19 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 }
                 other => Err(format!("render: unknown target `{other}` (envoy or istio)\n{USAGE}")),
             }
+        }
+        "package" => {
+            let args = Args::parse(rest.to_vec(), &["dist", "out", "tag"])?;
+            if !args.positional.is_empty() {
+                return Err(format!("package takes no positional arguments\n{USAGE}"));
+            }
+            let out_dir = args.get("out").ok_or_else(|| format!("package: --out DIR is required\n{USAGE}"))?;
+            let tag = args.get("tag").unwrap_or(env!("CARGO_PKG_VERSION"));
+            let digests = package::package(Path::new(args.get("dist").unwrap_or("dist")), Path::new(out_dir), tag)?;
+            for (module, digest) in digests {
+                out(&format!("{module} {out_dir}/{module}:{tag} sha256:{digest}\n"));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         "serve" => {
             let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "dir", "xds", "interval-ms", "once"])?;

@@ -279,6 +279,17 @@ pub fn module_sha256(path: &Path) -> Result<String, String> {
     Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// What Istio verifies a module fetched from `url` against: for `oci://`, the digest of the
+/// image `meshward package` builds from it (Istio compares the manifest digest); otherwise
+/// the module file's sha256.
+fn pinned_sha256(url: &str, path: &Path) -> Result<String, String> {
+    if url.starts_with("oci://") {
+        crate::package::module_image_digest(path)
+    } else {
+        module_sha256(path)
+    }
+}
+
 /// Istio `WasmPlugin` resources, one per filter, ordered by `priority` within their phase.
 pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, String> {
     let Some(url) = &policy.module_url else {
@@ -287,7 +298,8 @@ pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, Str
     let filters = filters(policy, form);
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
-        let sha256 = module_sha256(&dist.join(format!("{}.wasm", f.module)))?;
+        let module_url = url.replace("{module}", &f.module);
+        let sha256 = pinned_sha256(&module_url, &dist.join(format!("{}.wasm", f.module)))?;
         // Istio runs higher priorities first within a phase: the policy's order, top first.
         let priority = 10 * (filters.len() - i);
         let name = if f.name == "bundle" { format!("{}-meshward", policy.service) } else { format!("{}-meshward-{}", policy.service, f.name) };
@@ -297,7 +309,7 @@ pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, Str
         }
         let mut spec = json!({
             "selector": {"matchLabels": policy.selector},
-            "url": url.replace("{module}", &f.module),
+            "url": module_url,
             "sha256": sha256,
             "imagePullPolicy": "IfNotPresent",
             "phase": f.phase,
