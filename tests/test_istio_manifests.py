@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from harness import REPO, Envoy, build_config, plugin, static_cluster
+from harness import DIST, REPO, Envoy, build_config, plugin, static_cluster
 
 # Istio's CRD, vendored unchanged from shared/istio/ (istio/api, July 2026).
 VENDORED_CRD = REPO / "istio" / "testdata" / "wasmplugin-crd.yaml"
@@ -28,8 +28,9 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     assert doc["apiVersion"] == "extensions.istio.io/v1alpha1" and doc["kind"] == "WasmPlugin"
     jsonschema.validate(doc, crd_schema())
     spec = doc["spec"]
-    # jwt and webhook authenticate the caller (AUTHN); ownership authorizes (AUTHZ). Never fail open.
-    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "ownership": "AUTHZ", "ratelimit": "AUTHZ"}
+    # jwt and webhook authenticate the caller (AUTHN), so does the bundle whose first stage is
+    # jwt; ownership, schema and rate limits authorize (AUTHZ). Never fail open.
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ"}
     assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
     assert spec["failStrategy"] == "FAIL_CLOSE"
 
@@ -46,7 +47,7 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
     doc = yaml.safe_load(path.read_text())
     spec, name = doc["spec"], doc["metadata"]["labels"]["meshward.io/filter"]
     config = spec["pluginConfig"]
-    if name == "jwt":
+    if name in ("jwt", "bundle"):
         secret = json.dumps(keys.jwks(["hs"]))
     else:
         secret = "whsec_0123456789abcdef0123456789"
@@ -57,9 +58,10 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             clusters.append(static_cluster(provider["remote_jwks"]["http_uri"]["cluster"], upstream.port))
     if "global" in config:
         clusters.append(static_cluster(config["global"]["cluster"], upstream.port, http2=True))
-    with Envoy(build_config(upstream.port, [plugin(name, config, env=env)], clusters=clusters), concurrency=1) as envoy:
-        envoy.wait_for_log(rf"meshward_{name}: configuration accepted")
-        if name == "jwt":
+    module, log_name = ("meshward.wasm", "meshward") if name == "bundle" else (None, f"meshward_{name}")
+    with Envoy(build_config(upstream.port, [plugin(name, config, module=module, env=env)], clusters=clusters), concurrency=1) as envoy:
+        envoy.wait_for_log(rf"{log_name}: configuration accepted")
+        if name in ("jwt", "bundle"):
             # Every JWT manifest protects "/" with a provider: no token there is a 401.
             r = envoy.request("/orders")
             assert r.status == 401 and r.reason == "missing_token", r
@@ -67,6 +69,12 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             path = config["endpoints"][0]["match"]["path"]
             r = envoy.request(path, method="POST", body=b"{}")
             assert r.status == 401 and r.reason == "missing_signature", r
+        elif name == "schema":
+            # The contract refuses a body it does not declare, and passes one it does.
+            post = lambda body: envoy.request("/tenants/acme/orders", {"content-type": "application/json"}, method="POST", body=body)  # noqa: E731
+            r = post(b'{"product_id": 1, "quantity": 1000}')
+            assert r.status == 400, r
+            assert post(b'{"product_id": 1, "quantity": 2}').status == 200
         elif name == "ratelimit":
             # Without a principal only the anonymous (client IP) rule applies: 30 per minute.
             statuses = [envoy.request("/").status for _ in range(31)]
@@ -78,3 +86,9 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             assert r.status == 200, r
             assert envoy.counter("meshward_ownership_shadow_denied_total.route.tenant-orders-read.reason.missing_principal") == 1
     envoy.cleanup()
+
+
+def test_every_module_has_a_manifest():
+    filters = {yaml.safe_load(p.read_text())["metadata"]["labels"]["meshward.io/filter"] for p in MANIFESTS}
+    modules = {p.stem.removeprefix("meshward_") if p.stem != "meshward" else "bundle" for p in DIST.glob("*.wasm")}
+    assert modules and modules <= filters, modules - filters
