@@ -11,6 +11,9 @@ use tonic::Status;
 
 use crate::config::LimitConfig;
 
+/// How long an admitted hit is held if its commit never comes.
+const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A CEL string literal.
 fn quoted(text: &str) -> String {
     format!("\"{}\"", text.replace('\\', "\\\\").replace('"', "\\\""))
@@ -74,11 +77,16 @@ impl Limits {
             }
             let mut context = Context::default();
             context.list_binding("descriptors".to_string(), vec![entries]);
-            let result = self
-                .limiter
-                .check_rate_limited_and_update(&namespace, &context, delta)
-                .await
-                .map_err(|e| Status::unavailable(format!("rate-limit storage: {e}")))?;
+            let storage_error = |e: limitador::errors::LimitadorError| Status::unavailable(format!("rate-limit storage: {e}"));
+            // Limitador's check-and-update reads the counters, then increments them: two
+            // requests racing on one counter could both pass. A reservation is one atomic
+            // script that checks the amount against the counter and every live hold, and holds
+            // it; committing turns the hold into the count. Exact under concurrency, for one
+            // more Redis round trip. A hold never committed (the engine died) expires.
+            let result = self.limiter.reserve(&namespace, &context, delta, Some(RESERVATION_TTL)).await.map_err(storage_error)?;
+            if !result.limited {
+                self.limiter.commit_reservation(&namespace, &context, result.reservation_id.as_ref(), delta).await.map_err(storage_error)?;
+            }
             // The limit exists and the key parts are there: Limitador not counting would be a
             // silent pass.
             let Some(counter) = result.counters.iter().min_by_key(|c| c.remaining().unwrap_or(c.max_value())) else {
