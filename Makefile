@@ -64,13 +64,13 @@ $(VENV)/.installed: tests/requirements.txt
 
 # Servers the integration tests start themselves (loopback only), from the distribution's
 # packages: Redis for the fleet-state tests (global limits, the webhook seen-set), an OCI
-# registry (docker-registry) and skopeo for the packaging tests.
+# registry (docker-registry) and skopeo for the packaging tests, Prometheus for the rollout gate.
 # Also wrk, the load generator of `make bench`.
 system-deps:
-	@missing=""; for pair in redis-server:redis-server docker-registry:docker-registry skopeo:skopeo wrk:wrk node:nodejs; do \
+	@missing=""; for pair in redis-server:redis-server docker-registry:docker-registry skopeo:skopeo prometheus:prometheus wrk:wrk node:nodejs; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \
 	  else echo "missing:$$missing (sudo apt-get install$$missing)" >&2; exit 1; fi; fi
 
 # No unwrap/expect/panic outside tests, on the host and for wasm32 (workspace lints; the

@@ -8,6 +8,8 @@
 //!                              [--xds HOST:PORT | --ecds DIR]
 //! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
 //! meshward package [--dist DIR] --out DIR [--tag TAG]
+//! meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
+//!                         [--form separate|bundle] [--dist DIR]
 //! meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
 //!                         [--interval-ms N] [--once true]
 //! ```
@@ -19,6 +21,7 @@ mod compile;
 mod package;
 mod policy;
 mod render;
+mod rollout;
 mod serve;
 mod xds;
 
@@ -37,6 +40,8 @@ const USAGE: &str = "usage:
                                [--xds HOST:PORT | --ecds DIR]
   meshward render istio POLICY [--form separate|bundle] [--dist DIR]
   meshward package [--dist DIR] --out DIR [--tag TAG]
+  meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
+                                  [--form separate|bundle] [--dist DIR]
   meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
                           [--interval-ms N] [--once true]";
 
@@ -204,6 +209,31 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 }
                 other => Err(format!("render: unknown target `{other}` (envoy or istio)\n{USAGE}")),
             }
+        }
+        "rollout" => {
+            let Some((action, rest)) = rest.split_first() else { return Err(USAGE.into()) };
+            let args = Args::parse(rest.to_vec(), &["openapi", "prometheus", "window", "format", "form", "dist"])?;
+            let policy = args.policy()?;
+            let url = args.get("prometheus").ok_or_else(|| format!("rollout: --prometheus URL is required\n{USAGE}"))?;
+            let window = args.get("window").map(|w| w.parse::<u64>().map_err(|_| format!("--window: {w:?} is not a number of seconds"))).transpose()?;
+            let status = rollout::status(&policy, &rollout::Prometheus::new(url), window)?;
+            match (action.as_str(), args.get("format").unwrap_or("text")) {
+                ("status", "json") => out(&format!("{}\n", serde_json::to_string(&status).map_err(|e| e.to_string())?)),
+                ("status", "text") => out(&rollout::render_text(&status)),
+                ("status", other) => return Err(format!("--format: {other:?} is not `text` or `json`")),
+                ("promote", _) => {
+                    if !status.ready {
+                        eprint!("{}", rollout::render_text(&status));
+                        return Ok(ExitCode::from(1));
+                    }
+                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
+                    let docs = render::istio(&rollout::enforcing(&policy), form, Path::new(args.get("dist").unwrap_or("dist")))?;
+                    out(&yaml_documents(&docs));
+                    eprint!("{}", rollout::render_text(&status));
+                }
+                (other, _) => return Err(format!("rollout: unknown action `{other}` (status or promote)\n{USAGE}")),
+            }
+            Ok(if status.ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         "package" => {
             let args = Args::parse(rest.to_vec(), &["dist", "out", "tag"])?;

@@ -36,6 +36,23 @@ struct RawPolicy {
     public: Vec<String>,
     modules: Option<RawModules>,
     stages: Vec<Map<String, Value>>,
+    rollout: Option<RawRollout>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollout {
+    window: Option<String>,
+    budgets: BTreeMap<String, String>,
+}
+
+/// How the service is promoted from shadow to enforce: per stage, the most of its decisions
+/// that may be denials over `window` (`meshward rollout status` reads them from Prometheus).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub window_secs: u64,
+    /// Stage kind -> budget as a fraction (`"0.1%"` is 0.001), in stage order.
+    pub budgets: Vec<(String, f64)>,
 }
 
 #[derive(Deserialize)]
@@ -71,6 +88,7 @@ pub struct Policy {
     pub module_url: Option<String>,
     pub stages: Vec<Stage>,
     pub contract: Option<Contract>,
+    pub rollout: Option<Rollout>,
 }
 
 /// A policy that cannot be used at all: unreadable, unparsable, or structurally wrong.
@@ -129,6 +147,7 @@ impl Policy {
             }
             stages.push(Stage { kind, config });
         }
+        let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError(format!("{}: rollout.{e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let contract_path = openapi.map(Path::to_path_buf).or_else(|| raw.openapi.map(|p| dir.join(p)));
         let contract = contract_path.map(|p| load_contract(&p)).transpose()?;
@@ -142,6 +161,7 @@ impl Policy {
             module_url: raw.modules.map(|m| m.url),
             stages,
             contract,
+            rollout,
         };
         policy.add_contract_to_schema_stage()?;
         Ok(policy)
@@ -193,6 +213,41 @@ impl Policy {
         walk(config, &mut out);
         out
     }
+}
+
+const DEFAULT_ROLLOUT_WINDOW_SECS: u64 = 3600;
+
+fn compile_rollout(raw: RawRollout, stages: &[Stage]) -> Result<Rollout, String> {
+    let window_secs = match raw.window {
+        None => DEFAULT_ROLLOUT_WINDOW_SECS,
+        Some(text) => {
+            let d = meshward_core::config::parse_duration("window", &text).map_err(|e| e.to_string().trim_start_matches("window: ").to_string())?;
+            if d.as_secs() < 60 || d.subsec_nanos() != 0 {
+                return Err(format!("window: {text:?} must be whole seconds, at least 60s"));
+            }
+            d.as_secs()
+        }
+    };
+    if raw.budgets.is_empty() {
+        return Err("budgets: name at least one stage's budget (`schema: 0.1%`)".into());
+    }
+    let mut budgets = Vec::new();
+    for stage in stages {
+        if let Some(text) = raw.budgets.get(&stage.kind) {
+            let fraction = text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .filter(|p| p.is_finite() && (0.0..=100.0).contains(p))
+                .map(|p| p / 100.0)
+                .ok_or_else(|| format!("budgets.{}: {text:?} is not a percentage (\"0.1%\")", stage.kind))?;
+            budgets.push((stage.kind.clone(), fraction));
+        }
+    }
+    if let Some(unknown) = raw.budgets.keys().find(|k| !stages.iter().any(|s| &s.kind == *k)) {
+        return Err(format!("budgets.{unknown}: the policy has no `{unknown}` stage"));
+    }
+    Ok(Rollout { window_secs, budgets })
 }
 
 /// The 1-based line of the first line containing `needle` at or after line `from`, if any.

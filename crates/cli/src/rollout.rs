@@ -1,0 +1,206 @@
+//! `meshward rollout status|promote`: is each stage of a service's policy ready to enforce, or,
+//! where it enforces, still within its budget? Read from a real Prometheus scraping the
+//! sidecars' `/stats/prometheus`: per stage with a budget, the share of its decisions that were
+//! denials (shadow or enforced) over the policy's window, with the top reasons and routes.
+//!
+//! The series are the runtime's decision counters, `meshward_<stage>_{allowed,denied,
+//! shadow_denied}_total{route,reason}`, selected by the policy's `selector` labels (as
+//! Prometheus' Kubernetes pod discovery keeps them on every series it scrapes).
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::policy::Policy;
+
+/// What one stage's numbers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Within budget.
+    Ready,
+    /// Over budget in shadow: not ready to enforce.
+    OverBudget,
+    /// Over budget while enforcing: stop the line, roll back.
+    StopTheLine,
+    /// No decision in the window: nothing to judge the stage by.
+    NoTraffic,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStatus {
+    pub stage: String,
+    pub mode: String,
+    pub decisions: f64,
+    pub denials: f64,
+    pub rate: f64,
+    pub budget: f64,
+    pub verdict: Verdict,
+    /// The largest reasons and routes among the denials, with their counts.
+    pub top_reasons: Vec<(String, f64)>,
+    pub top_routes: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub service: String,
+    pub window_secs: u64,
+    pub stages: Vec<StageStatus>,
+    pub ready: bool,
+}
+
+/// One sample of an instant vector: its labels and value.
+type Sample = (serde_json::Map<String, Value>, f64);
+
+/// A PromQL instant-query client (plain HTTP, as Prometheus serves inside a cluster).
+pub struct Prometheus {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Prometheus {
+    pub fn new(base: &str) -> Prometheus {
+        let config = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build();
+        Prometheus { base: base.trim_end_matches('/').to_string(), agent: config.into() }
+    }
+
+    /// The samples of an instant vector: (labels, value).
+    fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
+        let url = format!("{}/api/v1/query", self.base);
+        let mut response = self.agent.get(&url).query("query", promql).call().map_err(|e| format!("Prometheus at {}: {e}", self.base))?;
+        let status = response.status();
+        let text = response.body_mut().read_to_string().map_err(|e| format!("Prometheus at {}: {e}", self.base))?;
+        let body: Value = serde_json::from_str(&text).map_err(|_| format!("Prometheus at {} answered {status} with no JSON", self.base))?;
+        if body["status"] != "success" {
+            return Err(format!("Prometheus refused `{promql}`: {}", body["error"].as_str().unwrap_or("no reason given")));
+        }
+        let samples = body["data"]["result"].as_array().cloned().unwrap_or_default();
+        Ok(samples
+            .into_iter()
+            .filter_map(|s| {
+                let labels = s["metric"].as_object().cloned().unwrap_or_default();
+                let value = s["value"][1].as_str()?.parse::<f64>().ok()?;
+                Some((labels, value))
+            })
+            .collect())
+    }
+
+    fn scalar(&self, promql: &str) -> Result<f64, String> {
+        Ok(self.query(promql)?.first().map(|(_, v)| *v).unwrap_or(0.0))
+    }
+}
+
+/// `{a="x",b="y"}` for the policy's selector (values escaped), joined with `extra`.
+fn matchers(policy: &Policy, extra: &str) -> String {
+    let mut parts: Vec<String> =
+        policy.selector.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    parts.push(extra.to_string());
+    format!("{{{}}}", parts.join(","))
+}
+
+fn top(prometheus: &Prometheus, by: &str, denials: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut rows: Vec<(String, f64)> = prometheus
+        .query(&format!("topk(3, sum by ({by}) ({denials}))"))?
+        .into_iter()
+        .filter(|(_, v)| *v > 0.0)
+        .map(|(labels, v)| (labels.get(by).and_then(Value::as_str).unwrap_or("-").to_string(), v))
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(rows)
+}
+
+/// Each budgeted stage's numbers over `window_secs` (the policy's unless overridden).
+pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>) -> Result<Status, String> {
+    let rollout = policy.rollout.as_ref().ok_or_else(|| "the policy has no `rollout` section (budgets per stage)".to_string())?;
+    let window = window_secs.unwrap_or(rollout.window_secs);
+    let mut stages = Vec::new();
+    for (stage, budget) in &rollout.budgets {
+        let series = |decisions: &str| matchers(policy, &format!("__name__=~\"meshward_{stage}_({decisions})_total\""));
+        let all = format!("increase({}[{window}s])", series("allowed|denied|shadow_denied"));
+        let denied = format!("increase({}[{window}s])", series("denied|shadow_denied"));
+        let decisions = prometheus.scalar(&format!("sum({all})"))?;
+        let denials = prometheus.scalar(&format!("sum({denied})"))?;
+        let mode = policy.stage(stage).and_then(|s| s.config.get("mode")).and_then(Value::as_str).unwrap_or("enforce").to_string();
+        let rate = if decisions > 0.0 { denials / decisions } else { 0.0 };
+        let verdict = match (decisions > 0.0, rate <= *budget, mode == "shadow") {
+            (false, _, _) => Verdict::NoTraffic,
+            (true, true, _) => Verdict::Ready,
+            (true, false, true) => Verdict::OverBudget,
+            (true, false, false) => Verdict::StopTheLine,
+        };
+        let (top_reasons, top_routes) =
+            if verdict == Verdict::Ready || verdict == Verdict::NoTraffic { (vec![], vec![]) } else { (top(prometheus, "reason", &denied)?, top(prometheus, "route", &denied)?) };
+        stages.push(StageStatus { stage: stage.clone(), mode, decisions, denials, rate, budget: *budget, verdict, top_reasons, top_routes });
+    }
+    let ready = stages.iter().all(|s| s.verdict == Verdict::Ready);
+    Ok(Status { service: policy.service.clone(), window_secs: window, stages, ready })
+}
+
+fn listed(rows: &[(String, f64)]) -> String {
+    rows.iter().map(|(name, n)| format!("{name} {n:.0}")).collect::<Vec<_>>().join(", ")
+}
+
+pub fn render_text(status: &Status) -> String {
+    let mut out = format!("{} over the last {}s:\n", status.service, status.window_secs);
+    for s in &status.stages {
+        let numbers = format!("{:.3}% of {:.0} decisions denied (budget {:.3}%)", s.rate * 100.0, s.decisions, s.budget * 100.0);
+        let verdict = match s.verdict {
+            Verdict::Ready => "within budget".to_string(),
+            Verdict::NoTraffic => "no decisions in the window: nothing to judge it by".to_string(),
+            Verdict::OverBudget => format!("OVER BUDGET: reasons {}; routes {}", listed(&s.top_reasons), listed(&s.top_routes)),
+            Verdict::StopTheLine => format!(
+                "STOP THE LINE: enforcing and over budget (reasons {}; routes {}); roll back to the previous policy version, or set this stage to mode: shadow",
+                listed(&s.top_reasons),
+                listed(&s.top_routes)
+            ),
+        };
+        out.push_str(&format!("  {:<10} {:<8} {numbers}: {verdict}\n", s.stage, s.mode));
+    }
+    out.push_str(if status.ready { "ready: every stage is within its budget\n" } else { "not ready\n" });
+    out
+}
+
+/// The policy with every shadow stage set to enforce: what `promote` renders once ready.
+pub fn enforcing(policy: &Policy) -> Policy {
+    let mut promoted = policy.clone();
+    for stage in &mut promoted.stages {
+        if stage.config.get("mode").and_then(Value::as_str) == Some("shadow") {
+            stage.config["mode"] = Value::String("enforce".into());
+        }
+    }
+    promoted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn selector_labels_become_escaped_matchers() {
+        let dir = std::env::temp_dir().join(format!("meshward-rollout-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("policy.yaml");
+        std::fs::write(
+            &path,
+            "service: orders\nselector: {app: orders, tier: 'a\"b'}\nstages:\n  - ownership: {mode: shadow, rules: [{name: r, match: {prefix: /}, public: true}]}\nrollout: {budgets: {ownership: 0.5%}}\n",
+        )
+        .unwrap();
+        let policy = Policy::load(Path::new(&path), None).unwrap();
+        assert_eq!(matchers(&policy, "x=\"1\""), "{app=\"orders\",tier=\"a\\\"b\",x=\"1\"}");
+        assert_eq!(policy.rollout.as_ref().unwrap().budgets, vec![("ownership".to_string(), 0.005)]);
+        assert_eq!(enforcing(&policy).stages[0].config["mode"], "enforce");
+        for (rollout, error) in [
+            ("{budgets: {}}", "rollout.budgets: name at least one"),
+            ("{budgets: {ownership: '0.5'}}", "rollout.budgets.ownership: \"0.5\" is not a percentage"),
+            ("{budgets: {ownership: 101%}}", "is not a percentage"),
+            ("{budgets: {schema: 1%}}", "rollout.budgets.schema: the policy has no `schema` stage"),
+            ("{window: 10s, budgets: {ownership: 1%}}", "rollout.window"),
+        ] {
+            std::fs::write(&path, format!("service: orders\nstages:\n  - ownership: {{rules: []}}\nrollout: {rollout}\n")).unwrap();
+            let e = Policy::load(Path::new(&path), None).unwrap_err().0;
+            assert!(e.contains(error), "{rollout}: {e}");
+        }
+    }
+}

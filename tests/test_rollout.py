@@ -1,0 +1,155 @@
+"""`meshward rollout status|promote` against a real Prometheus (Debian's `prometheus`, started
+here on 127.0.0.1) scraping two real Envoys' `/stats/prometheus` under scripted traffic: one
+service over its shadow budget, one within it."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+import yaml
+
+from fleet import free_port
+from harness import DIST, Envoy, build_config, plugin
+from test_cli import meshward
+
+OWNERSHIP = {"mode": "shadow", "unmatched": "allow",
+             "rules": [{"name": "orders", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]}
+WINDOW = "120"
+
+
+class Prometheus:
+    """prometheus from the distribution, scraping `targets` ({app label: Envoy}) every second."""
+
+    def __init__(self, root, targets: dict):
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise FileNotFoundError("prometheus is missing: run `make system-deps`")
+        self.port = free_port()
+        config = root / "prometheus.yml"
+        config.write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": app, "metrics_path": "/stats/prometheus",
+                 "static_configs": [{"targets": [f"127.0.0.1:{env.admin_port}"], "labels": {"app": app}}]}
+                for app, env in targets.items()
+            ],
+        }))
+        self.proc = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={root / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError("prometheus did not start")
+                time.sleep(0.2)
+
+    def value(self, promql: str) -> float:
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=5) as r:
+            result = json.loads(r.read())["data"]["result"]
+        return float(result[0]["value"][1]) if result else 0.0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+
+
+def policy_file(tmp_path, app: str, mode: str = "shadow") -> str:
+    path = tmp_path / f"{app}-{mode}.yaml"
+    path.write_text(yaml.safe_dump({
+        "service": app, "namespace": app, "selector": {"app": app},
+        "modules": {"url": "oci://registry.example.com/meshward/{module}:0.1.0"},
+        "stages": [{"ownership": {**OWNERSHIP, "mode": mode}}],
+        "rollout": {"window": "3600s", "budgets": {"ownership": "1%"}},
+    }))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def observed(upstream, tmp_path_factory):
+    """Two services' Envoys, scraped; `orders` gets 40 of 100 requests shadow-denied, `billing`
+    none. Yields Prometheus once it has seen all of it."""
+    envs = {app: Envoy(build_config(upstream.port, [plugin("ownership", OWNERSHIP)]), concurrency=1) for app in ("orders", "billing")}
+    for env in envs.values():
+        env.start()
+    prometheus = Prometheus(tmp_path_factory.mktemp("prometheus"), envs)
+    try:
+        # Every series exists before the traffic that is judged (increase() starts from a sample).
+        for env in envs.values():
+            env.request("/health")
+        envs["orders"].request("/orders/0")
+        total = 'sum({__name__=~"meshward_ownership_(allowed|shadow_denied)_total"})'
+        deadline = time.monotonic() + 30
+        while prometheus.value(total) < 3:
+            assert time.monotonic() < deadline, "Prometheus never scraped the Envoys"
+            time.sleep(0.5)
+        for i in range(100):
+            envs["orders"].request(f"/orders/{i}" if i % 5 < 2 else "/health")
+            envs["billing"].request("/health")
+        deadline = time.monotonic() + 30
+        while prometheus.value(total) < 203:
+            assert time.monotonic() < deadline, prometheus.value(total)
+            time.sleep(0.5)
+        time.sleep(2.5)  # a few more scrapes: increase() sees the whole step
+        yield prometheus
+    finally:
+        prometheus.stop()
+        for env in envs.values():
+            env.stop()
+            env.cleanup()
+
+
+def rollout(*args) -> subprocess.CompletedProcess:
+    return meshward("rollout", *args)
+
+
+def test_a_service_over_its_shadow_budget_is_not_ready(observed, tmp_path):
+    r = rollout("status", policy_file(tmp_path, "orders"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    stage = json.loads(r.stdout)["stages"][0]
+    assert stage["verdict"] == "over_budget" and stage["mode"] == "shadow", stage
+    # 40 of 100 judged decisions were denials (increase() extrapolates a little).
+    assert 0.3 < stage["rate"] < 0.5 and 80 < stage["decisions"] < 130, stage
+    assert stage["top_reasons"][0][0] == "missing_principal" and stage["top_routes"][0][0] == "orders", stage
+    text = rollout("status", policy_file(tmp_path, "orders"), "--prometheus", observed.url, "--window", WINDOW)
+    assert text.returncode == 1 and "OVER BUDGET" in text.stdout and "missing_principal" in text.stdout and "not ready" in text.stdout, text.stdout
+    # Promotion is refused, with the reasons.
+    promote = rollout("promote", policy_file(tmp_path, "orders"), "--prometheus", observed.url, "--window", WINDOW, "--dist", DIST)
+    assert promote.returncode == 1 and promote.stdout == "" and "OVER BUDGET" in promote.stderr, promote
+
+
+def test_a_service_within_budget_is_ready_and_promote_renders_it_enforcing(observed, tmp_path):
+    r = rollout("status", policy_file(tmp_path, "billing"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    status = json.loads(r.stdout)
+    assert status["ready"] and status["stages"][0]["verdict"] == "ready" and status["stages"][0]["denials"] == 0, status
+    promote = rollout("promote", policy_file(tmp_path, "billing"), "--prometheus", observed.url, "--window", WINDOW, "--dist", DIST)
+    assert promote.returncode == 0, promote.stderr
+    docs = [d for d in yaml.safe_load_all(promote.stdout) if d]
+    assert [d["spec"]["pluginConfig"]["mode"] for d in docs] == ["enforce"], docs
+    assert docs[0]["spec"]["selector"]["matchLabels"] == {"app": "billing"}
+
+
+def test_an_enforcing_stage_over_budget_stops_the_line(observed, tmp_path):
+    r = rollout("status", policy_file(tmp_path, "orders", mode="enforce"), "--prometheus", observed.url, "--window", WINDOW)
+    assert r.returncode == 1 and "STOP THE LINE" in r.stdout and "roll back" in r.stdout, r.stdout
+
+
+def test_a_service_without_traffic_is_not_ready_and_prometheus_down_is_an_error(observed, tmp_path):
+    r = rollout("status", policy_file(tmp_path, "payments"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert r.returncode == 1 and json.loads(r.stdout)["stages"][0]["verdict"] == "no_traffic", r.stdout
+    r = rollout("status", policy_file(tmp_path, "orders"), "--prometheus", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "Prometheus at" in r.stderr, r.stderr
