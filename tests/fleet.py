@@ -1,6 +1,7 @@
 """The fleet-state engine and its Redis, as the tests start them: `meshward-fleet` (built by
 `make cli`; Limitador on Redis behind Envoy's RLS v3, and the webhook seen-set) and Debian's
-`redis-server`, both on loopback, stopped after."""
+`redis-server`, both on loopback, stopped after; and what the tests of other servers they start
+share (free ports, waiting for readiness)."""
 from __future__ import annotations
 
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -16,6 +18,21 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 FLEET = REPO / "target" / "release" / "meshward-fleet"
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, what: str, timeout: float = 30) -> None:
+    """Polls `url` until it answers 200; raises if `proc` exits or `timeout` passes (the caller
+    stops it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{what} did not start")
+            time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -9,13 +9,10 @@ import json
 import shutil
 import subprocess
 import tarfile
-import time
-import urllib.request
-
 import pytest
 import yaml
 
-from fleet import free_port
+from fleet import free_port, wait_until_ready
 from harness import DIST
 from test_cli import example, meshward, write_policy
 
@@ -38,17 +35,11 @@ class Registry:
             "http": {"addr": f"127.0.0.1:{self.port}"},
         }))
         self.proc = subprocess.Popen([binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v2/", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("docker-registry did not start")
-                time.sleep(0.1)
+        try:
+            wait_until_ready(f"http://127.0.0.1:{self.port}/v2/", self.proc, "docker-registry")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self):
         if self.proc.poll() is None:

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 import yaml
 
-from fleet import free_port
+from fleet import free_port, wait_until_ready
 from harness import DIST, REPO, Envoy, build_config, plugin
 from test_cli import meshward
 from test_monitoring import dashboard_queries
@@ -47,17 +47,11 @@ class Prometheus:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("prometheus did not start")
-                time.sleep(0.2)
+        try:
+            wait_until_ready(f"{self.url}/-/ready", self.proc, "prometheus")
+        except RuntimeError:
+            self.stop()
+            raise
 
     def query(self, promql: str) -> list:
         with urllib.request.urlopen(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql}), timeout=5) as r:
