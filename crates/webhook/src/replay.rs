@@ -14,7 +14,8 @@ use crate::config::Endpoint;
 use crate::WebhookError;
 
 const IN_FLIGHT: u64 = 1;
-const MICROS: u64 = 1_000_000;
+/// Microseconds in a second: the table keeps times in µs.
+pub const MICROS: u64 = 1_000_000;
 
 fn table(endpoint: &Endpoint) -> SlotTable {
     SlotTable::new(format!("meshward_webhook/{}", endpoint.name), endpoint.replay_cache_entries)

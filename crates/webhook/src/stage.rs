@@ -16,11 +16,9 @@ use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestStat
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{Endpoint, WebhookConfig};
-use crate::replay::{self, create_buckets};
+use crate::replay::{self, create_buckets, MICROS};
 use crate::verify::{check_headers, replay_key, verify_signature, Delivery};
 use crate::WebhookError;
-
-const MICROS: u64 = 1_000_000;
 
 /// The key in the fleet engine (under the service's namespace): endpoint and replay key.
 fn fleet_key(endpoint: &Endpoint, key: &str) -> String {
@@ -91,15 +89,15 @@ impl WebhookStage {
         self.policy.config.endpoints.get(index)
     }
 
-    /// Releases the claim in this sidecar (the delivery was not accepted).
-    fn release_local(&mut self, host: &mut dyn Host) {
-        let policy = Rc::clone(&self.policy);
-        if let Some(held) = self.held.take() {
-            if let Some(endpoint) = policy.config.endpoints.get(held.endpoint) {
-                let now_us = unix_micros(host);
-                replay::settle(host, endpoint, &held.key, held.local, None, now_us);
-            }
+    /// Releases the claim in this sidecar (the delivery was not accepted) and hands it back,
+    /// for the fleet claim it may also hold.
+    fn release_local(&mut self, host: &mut dyn Host) -> Option<Held> {
+        let held = self.held.take()?;
+        if let Some(endpoint) = self.policy.config.endpoints.get(held.endpoint) {
+            let now_us = unix_micros(host);
+            replay::settle(host, endpoint, &held.key, held.local, None, now_us);
         }
+        Some(held)
     }
 
     /// The fleet engine did not answer a claim: the configured failure mode decides.
@@ -190,13 +188,12 @@ impl Stage for WebhookStage {
             Ok(value) => value,
             Err(e) => return Step::Deny(e.denial()),
         };
+        let fleet_claim = policy.config.fleet.as_ref().map(|fleet| (fleet, fleet_key(endpoint, &key)));
         self.held = Some(Held { endpoint: index, key, local, fleet_token: None, seen_until_us: seen_until.saturating_mul(MICROS) });
-        let Some(fleet) = &policy.config.fleet else {
+        let Some((fleet, key)) = fleet_claim else {
             return Step::Continue;
         };
-        let hold = Duration::from_secs(endpoint.in_flight_seconds);
-        let key = fleet_key(endpoint, self.held.as_ref().map(|h| h.key.as_str()).unwrap_or_default());
-        match fleet.claim(host, &key, hold) {
+        match fleet.claim(host, &key, Duration::from_secs(endpoint.in_flight_seconds)) {
             Ok(token) => {
                 self.waiting = Some(Waiting::Claim(token));
                 Step::Pause
@@ -255,12 +252,9 @@ impl Stage for WebhookStage {
     /// No answer came (the client went away, a later stage refused): release the claim so the
     /// redelivery passes. The fleet release is best effort; the hold expires otherwise.
     fn on_done(&mut self, host: &mut dyn Host, _request: &mut RequestState) {
-        let Some(held) = self.held.take() else { return };
-        let policy = Rc::clone(&self.policy);
-        let Some(endpoint) = policy.config.endpoints.get(held.endpoint) else { return };
-        let now_us = unix_micros(host);
-        replay::settle(host, endpoint, &held.key, held.local, None, now_us);
-        if let (Some(fleet), Some(token)) = (&policy.config.fleet, &held.fleet_token) {
+        let Some(held) = self.release_local(host) else { return };
+        let policy = &self.policy.config;
+        if let (Some(fleet), Some(token), Some(endpoint)) = (&policy.fleet, &held.fleet_token, policy.endpoints.get(held.endpoint)) {
             let _ = fleet.settle(host, &fleet_key(endpoint, &held.key), token, false, Duration::from_millis(1));
         }
     }
