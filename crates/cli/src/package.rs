@@ -21,7 +21,8 @@ const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// The file name Istio looks for in the layer.
 const PLUGIN_FILE: &str = "plugin.wasm";
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// Lower-case hex SHA-256, as OCI digests and Istio's `sha256` field spell it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 

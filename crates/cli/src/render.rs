@@ -4,7 +4,6 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 use crate::policy::{Policy, Stage};
 
@@ -276,7 +275,7 @@ const MEMORY_RELEASE_BYTES: u64 = 64 * 1024 * 1024;
 /// The sha256 of a module, as Istio's `sha256` field wants it.
 pub fn module_sha256(path: &Path) -> Result<String, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e} (run `make build`, or give --dist)", path.display()))?;
-    Ok(Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::package::sha256_hex(&bytes))
 }
 
 /// What Istio verifies a module fetched from `url` against: for `oci://`, the digest of the

@@ -26,12 +26,9 @@ pub enum FailureMode {
 }
 
 impl FailureMode {
+    /// The rate limit's default (a `#[serde(default = ...)]` path).
     pub fn allow() -> Self {
         FailureMode::Allow
-    }
-
-    pub fn deny() -> Self {
-        FailureMode::Deny
     }
 }
 
