@@ -44,6 +44,7 @@ fn stamp(path: &Path) -> Stamp {
 }
 
 /// An accepted policy version, ready to push.
+#[derive(Debug, PartialEq)]
 struct Version {
     id: String,
     plugins: Vec<WasmPlugin>,
@@ -59,6 +60,8 @@ impl Version {
 struct Watcher<'a> {
     options: &'a ServeOptions,
     seen: Option<(Stamp, Stamp)>,
+    /// A change seen once, read when the next poll finds the files unchanged.
+    settling: Option<(Stamp, Stamp)>,
     contract: Option<PathBuf>,
     /// The filters the running Envoys were rendered with, and the version they have.
     served: Option<(Vec<String>, String)>,
@@ -74,10 +77,18 @@ impl Watcher<'_> {
 
     /// A new version when the policy or its contract changed and was accepted. Refusals are
     /// logged and the last version stays; only a first policy that cannot be used is an error.
+    ///
+    /// A change is read only once the files have stayed as they are for one interval: a policy
+    /// written in place (not renamed into place) is never read half-written, where a truncated
+    /// rule list could still parse and be pushed.
     fn poll(&mut self) -> Result<Option<Version>, String> {
         let options = self.options;
         let now = (stamp(&options.policy), self.contract.as_deref().and_then(stamp));
         if self.seen == Some(now) {
+            return Ok(None);
+        }
+        if self.seen.is_some() && self.settling != Some(now) {
+            self.settling = Some(now);
             return Ok(None);
         }
         self.seen = Some(now);
@@ -160,7 +171,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(dir) = &options.dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut watcher = Watcher { options, seen: None, contract: None, served: None };
+    let mut watcher = Watcher { options, seen: None, settling: None, contract: None, served: None };
     let first = watcher.poll()?.ok_or("the policy could not be read")?;
     let Some(address) = options.xds else {
         publish(options, &first, None)?;
@@ -195,4 +206,44 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             result = watch => result,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = "service: s\nstages:\n  - ratelimit:\n      rules:\n        - name: all\n          match: { prefix: / }\n          key: [client_ip]\n          limit: { requests: 1, per: 1s }\n        - name: writes\n          match: { prefix: /, methods: [POST] }\n          key: [client_ip]\n          limit: { requests: 1, per: 1s }\n";
+
+    #[test]
+    fn a_change_is_read_only_once_the_file_stays_as_it_is() {
+        let dir = std::env::temp_dir().join(format!("meshward-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.yaml");
+        let first_rule_only = &FULL[..FULL.find("        - name: writes").unwrap()];
+        std::fs::write(&policy, first_rule_only).unwrap();
+        let options = ServeOptions {
+            policy: policy.clone(),
+            openapi: None,
+            form: Form::Bundle,
+            modules_dir: dir.clone(),
+            dir: Some(dir.clone()),
+            xds: None,
+            interval: Duration::from_millis(100),
+            once: false,
+        };
+        let mut watcher = Watcher { options: &options, seen: None, settling: None, contract: None, served: None };
+        let first = watcher.poll().unwrap().expect("the first policy is read at once");
+        assert_eq!(watcher.poll(), Ok(None));
+
+        // Written in place: half of it (which parses) is seen, then the rest.
+        std::fs::write(&policy, &FULL[..FULL.len() - 40]).unwrap();
+        assert_eq!(watcher.poll(), Ok(None), "a file just changed is not read yet");
+        std::fs::write(&policy, FULL).unwrap();
+        assert_eq!(watcher.poll(), Ok(None), "it changed again since");
+        let full = watcher.poll().unwrap().expect("unchanged for one interval: read");
+        assert_ne!(full.id, first.id);
+        assert!(full.plugins[0].configuration.contains("\"writes\""), "{}", full.plugins[0].configuration);
+        assert_eq!(watcher.poll(), Ok(None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
