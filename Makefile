@@ -20,7 +20,7 @@ WASM_TARGET := wasm32-wasip1
 DIST        := dist
 VENV        := .venv
 PY          := $(VENV)/bin/python
-FILTERS     := jwt webhook ownership ratelimit schema
+FILTERS     := jwt webhook ownership ratelimit schema idempotency
 PYTEST_ARGS ?= -q
 
 .PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean

@@ -71,6 +71,7 @@ pub fn compile_stage(stage: &Stage) -> Result<(), StageError> {
     let result = match stage.kind.as_str() {
         "jwt" => meshward_jwt::JwtConfig::parse(&bytes, &env).map(drop),
         "webhook" => meshward_webhook::WebhookConfig::parse(&bytes, &env).map(drop),
+        "idempotency" => meshward_idempotency::IdempotencyConfig::parse(&bytes).map(drop),
         "schema" => meshward_schema::SchemaConfig::parse(&bytes).map(drop),
         "ownership" => meshward_ownership::OwnershipConfig::parse(&bytes).map(drop),
         "ratelimit" => meshward_ratelimit::RateLimitConfig::parse(&bytes).map(drop),

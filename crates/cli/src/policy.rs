@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The stage kinds, in the order the bundle knows them.
-pub const KINDS: [&str; 5] = ["jwt", "webhook", "schema", "ownership", "ratelimit"];
+pub const KINDS: [&str; 6] = ["jwt", "webhook", "idempotency", "schema", "ownership", "ratelimit"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +146,16 @@ impl Policy {
                 return Err(PolicyError(format!("{}: stages[{i}]: a second `{kind}` stage", path.display())));
             }
             stages.push(Stage { kind, config });
+        }
+        // Keys are scoped to the caller the jwt stage verified: that stage runs first.
+        let position = |kind: &str| stages.iter().position(|s| s.kind == kind);
+        if let Some(i) = position("idempotency") {
+            if !position("jwt").is_some_and(|j| j < i) {
+                return Err(PolicyError(format!(
+                    "{}: stages[{i}]: idempotency keys belong to the authenticated caller: put a `jwt` stage before it",
+                    path.display()
+                )));
+            }
         }
         let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError(format!("{}: rollout.{e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -28,6 +28,9 @@ pub enum DenialKind {
     BadRequest,
     /// 413: the body exceeds the configured limit.
     PayloadTooLarge,
+    /// 422: the request cannot be processed as sent (an idempotency key reused for another
+    /// request).
+    UnprocessableContent,
     /// 429 with `Retry-After`.
     RateLimited { retry_after_secs: u64 },
     /// 409 with `Retry-After`: the same request is being handled right now; retry after it.
@@ -76,6 +79,7 @@ impl Denial {
             DenialKind::BadRequest => 400,
             DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
+            DenialKind::UnprocessableContent => 422,
             DenialKind::RateLimited { .. } => 429,
             DenialKind::Conflict { .. } => 409,
             DenialKind::RetryLater { .. } => 503,
@@ -113,6 +117,7 @@ impl Denial {
             | DenialKind::MethodNotAllowed
             | DenialKind::UnsupportedMediaType
             | DenialKind::PayloadTooLarge
+            | DenialKind::UnprocessableContent
             | DenialKind::Unavailable
             | DenialKind::BadGateway => vec![],
         }
@@ -164,6 +169,7 @@ mod tests {
             (DenialKind::BadRequest, 400, None),
             (DenialKind::NotFound, 404, None),
             (DenialKind::PayloadTooLarge, 413, None),
+            (DenialKind::UnprocessableContent, 422, None),
             (DenialKind::Unavailable, 503, None),
             (DenialKind::BadGateway, 502, None),
         ];

@@ -70,18 +70,36 @@ impl FleetService {
         Ok(FleetService { cluster: raw.cluster, namespace: raw.namespace, timeout, failure_mode: raw.failure_mode.unwrap_or(default_failure) })
     }
 
-    /// Asks to claim `key` (under this service's namespace) for `hold`.
-    pub fn claim(&self, host: &mut dyn Host, key: &str, hold: Duration) -> Result<u32, HostError> {
-        let message = ClaimRequest { key: format!("{}/{key}", self.namespace), hold_ms: millis(hold) }.encode_to_vec();
+    /// Asks to claim `key` (under this service's namespace) for `hold`; `fingerprint` is kept
+    /// with the entry and answered to later claims (empty: none).
+    pub fn claim(&self, host: &mut dyn Host, key: &str, fingerprint: &str, hold: Duration) -> Result<u32, HostError> {
+        let message =
+            ClaimRequest { key: format!("{}/{key}", self.namespace), hold_ms: millis(hold), fingerprint: fingerprint.to_string() }
+                .encode_to_vec();
         host.dispatch_grpc_call(&self.cluster, SEEN_SET_SERVICE, CLAIM_METHOD, &message, self.timeout)
     }
 
-    /// Settles a claim: keep `key` as seen for `keep`, or release it.
-    pub fn settle(&self, host: &mut dyn Host, key: &str, token: &str, accepted: bool, keep: Duration) -> Result<u32, HostError> {
-        let message = SettleRequest { key: format!("{}/{key}", self.namespace), token: token.to_string(), accepted, keep_ms: millis(keep) }
-            .encode_to_vec();
+    /// Settles a claim: keep `key` as seen for `keep`, with `record` (what a later claim is
+    /// answered; may be empty), or release it.
+    pub fn settle(&self, host: &mut dyn Host, key: &str, token: &str, settlement: Settlement) -> Result<u32, HostError> {
+        let (accepted, keep, record) = match settlement {
+            Settlement::Keep { keep, record } => (true, keep, record),
+            Settlement::Release => (false, Duration::from_millis(1), Vec::new()),
+        };
+        let message =
+            SettleRequest { key: format!("{}/{key}", self.namespace), token: token.to_string(), accepted, keep_ms: millis(keep), record }
+                .encode_to_vec();
         host.dispatch_grpc_call(&self.cluster, SEEN_SET_SERVICE, SETTLE_METHOD, &message, self.timeout)
     }
+}
+
+/// How a claim is settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settlement {
+    /// Seen for `keep`, with what to answer later claims.
+    Keep { keep: Duration, record: Vec<u8> },
+    /// Forgotten: the next claim is granted.
+    Release,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -100,7 +118,13 @@ pub struct ClaimRequest {
     /// How long the claim holds if it is never settled (the upstream's time to answer).
     #[prost(uint64, tag = "2")]
     pub hold_ms: u64,
+    /// Kept with the entry and answered to later claims (what the request was).
+    #[prost(string, tag = "3")]
+    pub fingerprint: String,
 }
+
+/// Largest record the engine keeps with a seen entry.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
 
 /// The state a claim found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
@@ -125,6 +149,12 @@ pub struct ClaimResponse {
     /// For `Claimed`: what settles this claim.
     #[prost(string, tag = "3")]
     pub token: String,
+    /// For `InFlight` and `Seen`: the fingerprint the entry was claimed with.
+    #[prost(string, tag = "4")]
+    pub fingerprint: String,
+    /// For `Seen`: the record it was settled with.
+    #[prost(bytes = "vec", tag = "5")]
+    pub record: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -138,6 +168,9 @@ pub struct SettleRequest {
     pub accepted: bool,
     #[prost(uint64, tag = "4")]
     pub keep_ms: u64,
+    /// Kept with a seen entry (at most [`MAX_RECORD_BYTES`]).
+    #[prost(bytes = "vec", tag = "5")]
+    pub record: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -152,8 +185,8 @@ pub struct SettleResponse {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     Claimed { token: String },
-    InFlight { remaining_ms: u64 },
-    Seen,
+    InFlight { remaining_ms: u64, fingerprint: String },
+    Seen { fingerprint: String, record: Vec<u8> },
 }
 
 /// Decodes a settle answer: `Some(true)` settled, `Some(false)` the claim was no longer ours.
@@ -166,8 +199,8 @@ pub fn decode_claim(bytes: &[u8]) -> Option<Claim> {
     let response = ClaimResponse::decode(bytes).ok()?;
     match ClaimState::try_from(response.state).ok()? {
         ClaimState::Claimed if !response.token.is_empty() => Some(Claim::Claimed { token: response.token }),
-        ClaimState::InFlight => Some(Claim::InFlight { remaining_ms: response.remaining_ms }),
-        ClaimState::Seen => Some(Claim::Seen),
+        ClaimState::InFlight => Some(Claim::InFlight { remaining_ms: response.remaining_ms, fingerprint: response.fingerprint }),
+        ClaimState::Seen => Some(Claim::Seen { fingerprint: response.fingerprint, record: response.record }),
         ClaimState::Claimed | ClaimState::Unspecified => None,
     }
 }
@@ -178,14 +211,17 @@ mod tests {
 
     #[test]
     fn claim_answers_decode_or_refuse() {
-        let answer = |state: ClaimState, token: &str| ClaimResponse { state: state as i32, remaining_ms: 1500, token: token.into() }.encode_to_vec();
+        let answer = |state: ClaimState, token: &str| {
+            ClaimResponse { state: state as i32, remaining_ms: 1500, token: token.into(), fingerprint: "fp".into(), record: b"r".to_vec() }
+                .encode_to_vec()
+        };
         assert_eq!(decode_claim(&answer(ClaimState::Claimed, "t1")), Some(Claim::Claimed { token: "t1".into() }));
-        assert_eq!(decode_claim(&answer(ClaimState::InFlight, "")), Some(Claim::InFlight { remaining_ms: 1500 }));
-        assert_eq!(decode_claim(&answer(ClaimState::Seen, "")), Some(Claim::Seen));
+        assert_eq!(decode_claim(&answer(ClaimState::InFlight, "")), Some(Claim::InFlight { remaining_ms: 1500, fingerprint: "fp".into() }));
+        assert_eq!(decode_claim(&answer(ClaimState::Seen, "")), Some(Claim::Seen { fingerprint: "fp".into(), record: b"r".to_vec() }));
         // A claim without a token could never be settled; an unknown state is not a yes.
         assert_eq!(decode_claim(&answer(ClaimState::Claimed, "")), None);
         assert_eq!(decode_claim(&answer(ClaimState::Unspecified, "")), None);
-        assert_eq!(decode_claim(&ClaimResponse { state: 9, remaining_ms: 0, token: "x".into() }.encode_to_vec()), None);
+        assert_eq!(decode_claim(&ClaimResponse { state: 9, token: "x".into(), ..Default::default() }.encode_to_vec()), None);
         assert_eq!(decode_claim(b"\xff\xff"), None);
     }
 }

@@ -25,4 +25,4 @@ pub mod stage;
 
 pub use denial::{Denial, DenialKind};
 pub use principal::{Principal, PRINCIPAL_PROPERTY};
-pub use stage::{GrpcResponse, Mode, Policy, RequestState, Stage, Step};
+pub use stage::{GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};

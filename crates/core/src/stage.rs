@@ -37,6 +37,23 @@ pub enum Step {
     /// upstream before that decision. Bodies over `max_bytes` are refused with 413. (The request
     /// headers do go on: proxy-wasm hosts deliver no body to a filter that paused its headers.)
     NeedBody { max_bytes: usize },
+    /// From `on_response_headers` only: show the whole response body to
+    /// [`Stage::on_response_body`] if it is at most `max_bytes`, as it is (content coding
+    /// included). A larger one passes on unread and [`Stage::on_response_body_too_large`] is
+    /// called instead. Nothing is refused for its size.
+    CopyBody { max_bytes: usize },
+    /// From the request phases only: answer in the upstream's place (a stored answer replayed).
+    /// Not a refusal: counted as allowed; the stages after this one do not run. In shadow mode
+    /// the request goes on to the upstream instead.
+    Respond(Reply),
+}
+
+/// A response a stage gives in the upstream's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 /// One request's walk through a policy.
@@ -55,18 +72,25 @@ pub trait Stage {
     }
 
     /// Called once the response headers are known (`:status` included). [`Step::Deny`] here
-    /// replaces the response before anything of it reached the client.
+    /// replaces the response before anything of it reached the client. Stages see the response
+    /// in reverse order, as Envoy's encoder filters do: the first stage sees it last, after
+    /// every later stage's checks.
     fn on_response_headers(&mut self, _host: &mut dyn Host, _request: &mut RequestState) -> Step {
         Step::Continue
     }
 
     /// Called once with the whole response body, after `on_response_headers` returned
-    /// [`Step::NeedBody`]; the body is held until then. The response status has already been
+    /// [`Step::NeedBody`] or [`Step::CopyBody`]; the body is held until then (and while the
+    /// stage waits on a call it dispatched here: [`Step::Pause`]). The response status has already been
     /// sent (proxy-wasm cannot hold response headers while reading the body), so a denial here
     /// resets the stream: the client never receives the body.
     fn on_response_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
         Step::Continue
     }
+
+    /// Called instead of `on_response_body` after [`Step::CopyBody`] when the body turned out
+    /// larger than asked for; the body passes on unread.
+    fn on_response_body_too_large(&mut self, _host: &mut dyn Host, _request: &mut RequestState) {}
 
     /// Called with the answer to an HTTP call this stage dispatched while it returned
     /// [`Step::Pause`]. The default denies nothing and continues.

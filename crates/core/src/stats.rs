@@ -130,10 +130,23 @@ pub enum Counter {
     /// A delivery's claim could not be settled (engine down, or the claim had expired): it
     /// stays in flight until `in_flight_seconds` pass.
     WebhookSettleFailures,
+    /// A stored answer was given back for a retried idempotency key (in shadow mode: would
+    /// have been; the request went on).
+    IdempotencyReplays,
+    /// An answer was stored for an idempotency key.
+    IdempotencyStored,
+    /// An answer was not stored (5xx, larger than `max_answer_bytes`, not from the upstream):
+    /// the key was released and a retry goes through.
+    IdempotencyNotStored,
+    /// The fleet engine did not answer a claim (the `failure_mode` applied).
+    IdempotencyServiceFailures,
+    /// A claim could not be settled (engine down or the claim had expired): it stays in flight
+    /// until `in_flight_seconds` pass.
+    IdempotencySettleFailures,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 10] = [
+    pub const ALL: [Counter; 15] = [
         Counter::JwtJwksFetchOk,
         Counter::JwtJwksFetchFailed,
         Counter::OwnershipBypass,
@@ -144,6 +157,11 @@ impl Counter {
         Counter::SchemaUncheckedBody,
         Counter::WebhookReplayServiceFailures,
         Counter::WebhookSettleFailures,
+        Counter::IdempotencyReplays,
+        Counter::IdempotencyStored,
+        Counter::IdempotencyNotStored,
+        Counter::IdempotencyServiceFailures,
+        Counter::IdempotencySettleFailures,
     ];
 
     /// The name in Envoy's stats (`wasmcustom.` is prefixed by Envoy).
@@ -159,6 +177,11 @@ impl Counter {
             Counter::SchemaUncheckedBody => "meshward_schema_unchecked_body_total",
             Counter::WebhookReplayServiceFailures => "meshward_webhook_replay_service_failures_total",
             Counter::WebhookSettleFailures => "meshward_webhook_settle_failures_total",
+            Counter::IdempotencyReplays => "meshward_idempotency_replays_total",
+            Counter::IdempotencyStored => "meshward_idempotency_stored_total",
+            Counter::IdempotencyNotStored => "meshward_idempotency_not_stored_total",
+            Counter::IdempotencyServiceFailures => "meshward_idempotency_service_failures_total",
+            Counter::IdempotencySettleFailures => "meshward_idempotency_settle_failures_total",
         }
     }
 }

@@ -7,8 +7,9 @@ use meshward_host::Host;
 /// Why the runtime (not a policy) refused. Each variant is one deny reason users see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeDenial {
-    /// 503 `stage_error`: a stage asked for the request body after it was delivered.
-    BodyAskedTwice,
+    /// 503 `stage_error`: a stage asked for what its phase cannot give (the request body after
+    /// it was delivered, a stored answer in place of a response).
+    StageError,
     /// 503 `body_unavailable`: the proxy did not hand over the buffered request body.
     BodyUnavailable,
     /// 503 `response_too_large`: an answer a stage must read is larger than its limit.
@@ -24,7 +25,7 @@ pub enum RuntimeDenial {
 impl RuntimeDenial {
     pub fn denial(self) -> Denial {
         let (kind, reason, message) = match self {
-            RuntimeDenial::BodyAskedTwice => (DenialKind::Unavailable, "stage_error", "the filter asked for the body twice"),
+            RuntimeDenial::StageError => (DenialKind::Unavailable, "stage_error", "a stage asked for what this phase cannot give"),
             RuntimeDenial::BodyUnavailable => (DenialKind::Unavailable, "body_unavailable", "the request body could not be read"),
             RuntimeDenial::ResponseTooLarge => (DenialKind::Unavailable, "response_too_large", "the response is too large to be checked"),
             RuntimeDenial::ResponseUnavailable => (DenialKind::Unavailable, "body_unavailable", "the response body could not be read"),

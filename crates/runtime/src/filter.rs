@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use meshward_core::request::BodyError;
 use meshward_core::stats::{count_decision, Decision};
-use meshward_core::{Denial, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
+use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
 use crate::body::{decoded, response_is_encoded};
@@ -24,11 +24,19 @@ pub struct Slot {
     body_limit: Option<usize>,
     /// The stage asked for the response body, up to this size.
     response_body_limit: Option<usize>,
+    /// The stage asked for a copy of the response body if it is at most this size.
+    response_copy_limit: Option<usize>,
+}
+
+impl Slot {
+    fn wants_response_body(&self) -> bool {
+        self.response_body_limit.is_some() || self.response_copy_limit.is_some()
+    }
 }
 
 impl Slot {
     pub fn new(name: &'static str, mode: Mode, stage: Box<dyn Stage>) -> Self {
-        Slot { name, mode, stage, route: None, body_limit: None, response_body_limit: None }
+        Slot { name, mode, stage, route: None, body_limit: None, response_body_limit: None, response_copy_limit: None }
     }
 }
 
@@ -49,6 +57,9 @@ enum Phase {
     /// The body was delivered; the stages after this one still need it ([`Filter::held_body`]).
     RequestBody,
     ResponseHeaders,
+    /// The response body was delivered; the stages after this one (in response order) still
+    /// need it ([`Filter::response_body`]).
+    ResponseBody,
 }
 
 /// One request through an ordered list of stages.
@@ -64,6 +75,9 @@ pub struct Filter {
     held_body: Vec<u8>,
     /// The response has no body (known from its headers).
     response_complete: bool,
+    /// The whole response body once delivered (`None`: the proxy did not hand it over), kept
+    /// while a stage waits on it for the stages after it.
+    response_body: Option<Vec<u8>>,
 }
 
 impl Filter {
@@ -82,6 +96,7 @@ impl Filter {
             body_delivered: false,
             held_body: Vec::new(),
             response_complete: false,
+            response_body: None,
         }
     }
 
@@ -139,15 +154,27 @@ impl Filter {
                 Settled::Next
             }
             Step::Pause => Settled::Wait,
-            Step::NeedBody { .. } if self.body_delivered => {
-                self.deny(host, i, &RuntimeDenial::BodyAskedTwice.denial())
-            }
+            Step::NeedBody { .. } if self.body_delivered => self.deny(host, i, &RuntimeDenial::StageError.denial()),
             Step::NeedBody { max_bytes } => {
                 self.slots[i].body_limit = Some(max_bytes);
                 Settled::Next
             }
+            Step::CopyBody { .. } => self.deny(host, i, &RuntimeDenial::StageError.denial()),
+            Step::Respond(reply) => self.respond(host, i, &reply),
             Step::Deny(denial) => self.deny(host, i, &denial),
         }
+    }
+
+    /// Answers in the upstream's place, unless the stage is in shadow mode (then the request
+    /// goes on to the upstream).
+    fn respond(&mut self, host: &mut dyn Host, i: usize, reply: &Reply) -> Settled {
+        self.count_allowed(host, i);
+        if self.slots[i].mode == Mode::Shadow {
+            return Settled::Next;
+        }
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        host.send_response(reply.status, &headers, &reply.body);
+        Settled::Stopped
     }
 
     fn count_allowed(&self, host: &mut dyn Host, i: usize) {
@@ -160,6 +187,7 @@ impl Filter {
         let slot = &mut self.slots[i];
         slot.body_limit = None;
         slot.response_body_limit = None;
+        slot.response_copy_limit = None;
         let shadow = slot.mode == Mode::Shadow;
         let decision = if shadow { Decision::ShadowDenied } else { Decision::Denied };
         count_decision(host, slot.name, decision, slot.route.as_deref(), Some(denial.reason));
@@ -254,6 +282,12 @@ impl Filter {
         self.run_response_headers(host, 0)
     }
 
+    /// The slot at `position` in response order: the last stage first, as Envoy runs encoder
+    /// filters, so the answer a stage sees is the one every stage after it let through.
+    fn response_slot(&self, position: usize) -> usize {
+        self.slots.len() - 1 - position
+    }
+
     /// How a stage's step on the response headers settles.
     fn settle_response(&mut self, host: &mut dyn Host, i: usize, step: Step) -> Settled {
         match step {
@@ -263,13 +297,19 @@ impl Filter {
                 self.slots[i].response_body_limit = Some(max_bytes);
                 Settled::Next
             }
+            Step::CopyBody { max_bytes } => {
+                self.slots[i].response_copy_limit = Some(max_bytes);
+                Settled::Next
+            }
+            Step::Respond(_) => self.deny(host, i, &RuntimeDenial::StageError.denial()),
             // Nothing of the response has left yet: a local reply replaces it.
             Step::Deny(denial) => self.deny(host, i, &denial),
         }
     }
 
     fn run_response_headers(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
-        for i in from..self.slots.len() {
+        for position in from..self.slots.len() {
+            let i = self.response_slot(position);
             let step = {
                 let slot = &mut self.slots[i];
                 self.request.route = slot.route.clone();
@@ -297,8 +337,9 @@ impl Filter {
                 }
             }
         }
-        if end_of_stream && self.slots.iter().any(|s| s.response_body_limit.is_some()) {
-            return self.deliver_response_body(host, 0);
+        if end_of_stream && self.slots.iter().any(Slot::wants_response_body) {
+            self.response_body = Some(Vec::new());
+            return self.run_response_body(host, 0);
         }
         Verdict::Continue
     }
@@ -306,6 +347,13 @@ impl Filter {
     /// A response body chunk arrived; `body_size` is the size buffered so far.
     pub fn on_response_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
         for i in 0..self.slots.len() {
+            if self.slots[i].response_copy_limit.is_some_and(|max| body_size > max) {
+                // A copy too large to keep is not kept; the body is not held for it.
+                self.slots[i].response_copy_limit = None;
+                let slot = &mut self.slots[i];
+                self.request.route = slot.route.clone();
+                slot.stage.on_response_body_too_large(host, &mut self.request);
+            }
             let Some(max_bytes) = self.slots[i].response_body_limit else { continue };
             if body_size > max_bytes {
                 // Too large to check is not checked: it does not pass.
@@ -314,32 +362,51 @@ impl Filter {
                 }
             }
         }
-        if !self.slots.iter().any(|s| s.response_body_limit.is_some()) {
+        if !self.slots.iter().any(Slot::wants_response_body) {
             return Verdict::Continue;
         }
         if !end_of_stream {
             return Verdict::Pause;
         }
-        self.deliver_response_body(host, body_size)
+        let body = if body_size == 0 { Some(Vec::new()) } else { host.response_body(0, body_size) };
+        self.response_body = body.filter(|b| b.len() == body_size);
+        self.run_response_body(host, 0)
     }
 
-    fn deliver_response_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
-        let body = if body_size == 0 { Vec::new() } else { host.response_body(0, body_size).unwrap_or_default() };
-        for i in 0..self.slots.len() {
-            if self.slots[i].response_body_limit.take().is_none() {
+    /// Gives the buffered response body to each stage from `from` on (in response order) that
+    /// asked for it.
+    fn run_response_body(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
+        let body = self.response_body.take();
+        for position in from..self.slots.len() {
+            let i = self.response_slot(position);
+            let checked = self.slots[i].response_body_limit.take().is_some();
+            if !checked && self.slots[i].response_copy_limit.take().is_none() {
                 continue;
             }
-            let step = if body.len() == body_size {
+            let step = if let Some(body) = &body {
                 let slot = &mut self.slots[i];
                 self.request.route = slot.route.clone();
-                slot.stage.on_response_body(host, &mut self.request, &body)
-            } else {
+                slot.stage.on_response_body(host, &mut self.request, body)
+            } else if checked {
                 Step::Deny(RuntimeDenial::ResponseUnavailable.denial())
+            } else {
+                // A copy that cannot be read is not taken; the body still passes.
+                self.request.route = self.slots[i].route.clone();
+                self.slots[i].stage.on_response_body_too_large(host, &mut self.request);
+                Step::Continue
             };
-            if let Step::Deny(denial) = step {
-                if self.deny_response_body(host, i, &denial) {
+            match step {
+                Step::Pause => {
+                    self.paused = Some((i, Phase::ResponseBody));
+                    self.response_body = body;
                     return Verdict::Pause;
                 }
+                Step::Deny(denial) => {
+                    if self.deny_response_body(host, i, &denial) {
+                        return Verdict::Pause;
+                    }
+                }
+                _ => {}
             }
         }
         Verdict::Continue
@@ -387,20 +454,27 @@ impl Filter {
         let settled = match phase {
             Phase::ResponseHeaders => self.settle_response(host, i, step),
             Phase::RequestHeaders | Phase::RequestBody => self.settle(host, i, step),
+            Phase::ResponseBody => match step {
+                Step::Pause => Settled::Wait,
+                Step::Deny(denial) if self.deny_response_body(host, i, &denial) => Settled::Stopped,
+                _ => Settled::Next,
+            },
         };
         match settled {
             Settled::Wait => {}
             Settled::Stopped => self.paused = None,
             Settled::Next => {
                 self.paused = None;
+                let next_in_response = self.slots.len() - i;
                 let verdict = match phase {
                     Phase::RequestHeaders => self.run_request_headers(host, i + 1),
                     Phase::RequestBody => self.run_request_body(host, i + 1),
-                    Phase::ResponseHeaders => self.run_response_headers(host, i + 1),
+                    Phase::ResponseHeaders => self.run_response_headers(host, next_in_response),
+                    Phase::ResponseBody => self.run_response_body(host, next_in_response),
                 };
                 if verdict == Verdict::Continue {
                     match phase {
-                        Phase::ResponseHeaders => host.resume_response(),
+                        Phase::ResponseHeaders | Phase::ResponseBody => host.resume_response(),
                         Phase::RequestHeaders | Phase::RequestBody => host.resume_request(),
                     }
                 }

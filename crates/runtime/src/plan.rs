@@ -79,6 +79,7 @@ impl<P: Policy> Plan for Single<P> {
             "ownership" => "meshward_ownership",
             "ratelimit" => "meshward_ratelimit",
             "schema" => "meshward_schema",
+            "idempotency" => "meshward_idempotency",
             _ => "meshward",
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::config::Unmatched;
-use meshward_core::fleet::{decode_claim, decode_settle, Claim, FailureMode};
+use meshward_core::fleet::{decode_claim, decode_settle, Claim, FailureMode, Settlement};
 use meshward_core::stats::{count, Counter};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
@@ -125,11 +125,11 @@ impl WebhookStage {
                 }
                 Step::Continue
             }
-            Claim::InFlight { remaining_ms } => {
+            Claim::InFlight { remaining_ms, .. } => {
                 self.release_local(host);
                 Step::Deny(WebhookError::InFlight { retry_after_secs: remaining_ms.div_ceil(1000).max(1) }.denial())
             }
-            Claim::Seen => {
+            Claim::Seen { .. } => {
                 // Another replica accepted it: remember here too, so the next copy stops here.
                 if let Some(held) = self.held.take() {
                     if let Some(endpoint) = self.endpoint(held.endpoint) {
@@ -193,7 +193,7 @@ impl Stage for WebhookStage {
         let Some((fleet, key)) = fleet_claim else {
             return Step::Continue;
         };
-        match fleet.claim(host, &key, Duration::from_secs(endpoint.in_flight_seconds)) {
+        match fleet.claim(host, &key, "", Duration::from_secs(endpoint.in_flight_seconds)) {
             Ok(token) => {
                 self.waiting = Some(Waiting::Claim(token));
                 Step::Pause
@@ -235,8 +235,12 @@ impl Stage for WebhookStage {
             count(host, Counter::WebhookSettleFailures);
         }
         let (Some(fleet), Some(token)) = (&policy.config.fleet, &held.fleet_token) else { return Step::Continue };
-        let keep = Duration::from_micros(held.seen_until_us.saturating_sub(now_us).max(1000));
-        match fleet.settle(host, &fleet_key(endpoint, &held.key), token, accepted, keep) {
+        let settlement = if accepted {
+            Settlement::Keep { keep: Duration::from_micros(held.seen_until_us.saturating_sub(now_us).max(1000)), record: Vec::new() }
+        } else {
+            Settlement::Release
+        };
+        match fleet.settle(host, &fleet_key(endpoint, &held.key), token, settlement) {
             Ok(call) => {
                 self.waiting = Some(Waiting::Settle(call));
                 Step::Pause
@@ -255,7 +259,7 @@ impl Stage for WebhookStage {
         let Some(held) = self.release_local(host) else { return };
         let policy = &self.policy.config;
         if let (Some(fleet), Some(token), Some(endpoint)) = (&policy.fleet, &held.fleet_token, policy.endpoints.get(held.endpoint)) {
-            let _ = fleet.settle(host, &fleet_key(endpoint, &held.key), token, false, Duration::from_millis(1));
+            let _ = fleet.settle(host, &fleet_key(endpoint, &held.key), token, Settlement::Release);
         }
     }
 }

@@ -19,7 +19,7 @@ use meshward_runtime::{AnyPolicy, Plan};
 use serde_json::Value;
 
 /// The stage kinds the bundle knows, by their configuration key.
-pub const STAGE_KINDS: [&str; 5] = ["jwt", "webhook", "schema", "ownership", "ratelimit"];
+pub const STAGE_KINDS: [&str; 6] = ["jwt", "webhook", "idempotency", "schema", "ownership", "ratelimit"];
 
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
@@ -71,6 +71,7 @@ impl Plan for Bundle {
                 "ownership" => stage::<meshward_ownership::OwnershipPolicy>(&at, config, host)?,
                 "ratelimit" => stage::<meshward_ratelimit::RateLimitPolicy>(&at, config, host)?,
                 "schema" => stage::<meshward_schema::SchemaPolicy>(&at, config, host)?,
+                "idempotency" => stage::<meshward_idempotency::IdempotencyPolicy>(&at, config, host)?,
                 other => {
                     return Err(ConfigError::new(
                         format!("stages[{i}]"),

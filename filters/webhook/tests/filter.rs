@@ -251,7 +251,7 @@ fn fleet_setup(failure_mode: &str) -> (Rc<WebhookPolicy>, FakeHost) {
 }
 
 fn claim_answer(state: ClaimState, remaining_ms: u64, token: &str) -> GrpcResponse {
-    GrpcResponse { status: 0, message: ClaimResponse { state: state as i32, remaining_ms, token: token.into() }.encode_to_vec() }
+    GrpcResponse { status: 0, message: ClaimResponse { state: state as i32, remaining_ms, token: token.into(), ..Default::default() }.encode_to_vec() }
 }
 
 /// A delivery whose body is in: the claim it sent to the engine, and the filter waiting for it.
