@@ -39,14 +39,15 @@ fn digest(parts: &[&[u8]]) -> String {
     hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The engine key: operation and a digest of caller and key, so one caller's key never reaches
+/// The engine key: `idempotency/<operation>/<digest of caller and key>` (apart from webhook
+/// replay keys in the same namespace), so one caller's key never reaches
 /// another's stored answer. `None` when the request has no authenticated subject.
 pub fn scoped_key(principal: Option<&Principal>, operation: &str, key: &str) -> Option<String> {
     let principal = principal?;
     let subject = principal.subject.as_deref()?;
     let tenant = principal.tenant.as_deref().unwrap_or("");
     let scope = digest(&[principal.issuer.as_bytes(), tenant.as_bytes(), subject.as_bytes(), key.as_bytes()]);
-    Some(format!("{operation}/{scope}"))
+    Some(format!("idempotency/{operation}/{scope}"))
 }
 
 /// What the request was: method, canonical path and query, and the (decoded) body.
@@ -98,7 +99,7 @@ mod tests {
     fn keys_are_scoped_to_caller_and_operation() {
         let alice = principal("https://idp", None, Some("alice"));
         let key = scoped_key(Some(&alice), "create-order", "k1").unwrap();
-        assert!(key.starts_with("create-order/") && key.len() == "create-order/".len() + 64, "{key}");
+        assert!(key.starts_with("idempotency/create-order/") && key.len() == "idempotency/create-order/".len() + 64, "{key}");
         let others = [
             scoped_key(Some(&principal("https://idp", None, Some("bob"))), "create-order", "k1"),
             scoped_key(Some(&principal("https://other-idp", None, Some("alice"))), "create-order", "k1"),

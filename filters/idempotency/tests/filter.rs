@@ -22,7 +22,7 @@ fn policy(extra: Value) -> Rc<IdempotencyPolicy> {
     Rc::new(IdempotencyPolicy::configure(config.to_string().as_bytes(), &FakeHost::default()).unwrap())
 }
 
-fn host(subject: Option<&str>, headers: &[(&str, &str)]) -> FakeHost {
+fn request_host(subject: Option<&str>, headers: &[(&str, &str)]) -> FakeHost {
     let mut all = vec![(":method", "POST"), (":path", "/orders"), ("content-type", "application/json")];
     all.extend_from_slice(headers);
     let mut host = FakeHost::with_request(&all);
@@ -48,7 +48,7 @@ fn reason(host: &FakeHost) -> String {
 
 /// A request whose body is in: the claim it sent, and the filter waiting for the engine.
 fn claimed(policy: &Rc<IdempotencyPolicy>, key: &str, body: &[u8]) -> (Filter, FakeHost, u32, ClaimRequest) {
-    let mut host = host(Some("alice"), &[("idempotency-key", key)]);
+    let mut host = request_host(Some("alice"), &[("idempotency-key", key)]);
     let mut filter = Filter::new(policy);
     assert_eq!(filter.on_request_headers(&mut host, false), Verdict::Continue);
     host.request_body = body.to_vec();
@@ -102,7 +102,7 @@ fn requests_refused_before_the_engine_is_asked() {
         (None, &[("idempotency-key", "k-1")], 401, "principal_required"),
     ];
     for (subject, headers, status, why) in cases {
-        let mut host = host(subject, headers);
+        let mut host = request_host(subject, headers);
         let mut filter = Filter::new(&policy);
         assert_eq!(filter.on_request_headers(&mut host, false), Verdict::Pause, "{headers:?}");
         assert_eq!((host.sent.as_ref().unwrap().status, reason(&host).as_str()), (status, why), "{headers:?}");
@@ -117,7 +117,7 @@ fn requests_refused_before_the_engine_is_asked() {
 fn the_claim_names_caller_operation_key_and_request() {
     let policy = policy(json!({}));
     let (_, _, _, claim) = claimed(&policy, "k-1", BODY);
-    assert!(claim.key.starts_with("shop/create-order/") && claim.key.len() == "shop/create-order/".len() + 64, "{}", claim.key);
+    assert!(claim.key.starts_with("shop/idempotency/create-order/") && claim.key.len() == "shop/idempotency/create-order/".len() + 64, "{}", claim.key);
     assert_eq!((claim.hold_ms, claim.fingerprint.len()), (30_000, 64));
     // The same key in its structured-field form is the same key; another body is another request.
     let (_, _, _, quoted) = claimed(&policy, "\"k-1\"", BODY);
@@ -126,7 +126,7 @@ fn the_claim_names_caller_operation_key_and_request() {
     assert_eq!(other.key, claim.key);
     assert_ne!(other.fingerprint, claim.fingerprint);
     // Another caller with the same key: another entry.
-    let mut bob = host(Some("bob"), &[("idempotency-key", "k-1")]);
+    let mut bob = request_host(Some("bob"), &[("idempotency-key", "k-1")]);
     let mut filter = Filter::new(&policy);
     filter.on_request_headers(&mut bob, false);
     bob.request_body = BODY.to_vec();
@@ -230,7 +230,7 @@ fn shadow_mode_lets_the_retry_through_and_counts_it() {
     filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Seen, &claim.fingerprint, stored));
     assert!(host.sent.is_none() && host.resumed == 1, "went on to the upstream");
     assert_eq!(host.counter("meshward_idempotency_replays_total"), 1);
-    let mut missing = host(Some("alice"), &[]);
+    let mut missing = request_host(Some("alice"), &[]);
     assert_eq!(Filter::new(&policy).on_request_headers(&mut missing, false), Verdict::Continue);
     assert_eq!(missing.counter("meshward_idempotency_shadow_denied_total.route.create-order.reason.idempotency_key_missing"), 1);
 }
