@@ -25,7 +25,8 @@ EXPIRY_SECONDS = 4
 
 class Shop(BaseHTTPRequestHandler):
     """The service: each POST that reaches it is an order (counted per idempotency key); it
-    answers 201 with the order's number, or the next scripted (status, body size)."""
+    answers 201 with the order's number and owner, or the next scripted (status, padding size,
+    owner)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -42,9 +43,9 @@ class Shop(BaseHTTPRequestHandler):
             key = self.headers.get("idempotency-key", "")
             server.orders.setdefault(key, []).append(body)
             number = next(server.numbers)
-            status, size = server.script.pop(0) if server.script else (201, 0)
+            status, size, owner = server.script.pop(0) if server.script else (201, 0, "alice")
         time.sleep(server.delay)
-        answer = json.dumps({"order": number, "padding": "x" * size}).encode()
+        answer = json.dumps({"order": number, "owner": owner, "padding": "x" * size}).encode()
         self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("location", f"/orders/{number}")
@@ -96,6 +97,7 @@ def replica(keys, shop, engine_port: int, form: str, failure_mode="deny") -> Env
     # answer is not the service's.
     ownership = {"rules": [
         {"name": "own-orders", "match": {"prefix": "/orders/for", "methods": ["POST"]}, "owner": [{"body_field": "/customer", "claim": "sub"}]},
+        {"name": "own-answers", "match": {"prefix": "/orders/claim", "methods": ["POST"]}, "owner": [{"response_field": "/owner", "claim": "sub"}]},
         {"name": "all", "match": {"prefix": "/"}},
     ]}
     plugins = as_deployed(form, [plugin("jwt", jwt), plugin("idempotency", idempotency_config(failure_mode)), plugin("ownership", ownership)])
@@ -202,7 +204,7 @@ def test_concurrent_duplicates_across_replicas_reach_the_service_once(fleet, key
 def test_a_failed_answer_is_not_stored(fleet, keys, shop, status):
     a, b = fleet
     key = str(uuid.uuid4())
-    shop.script.append((status, 0))
+    shop.script.append((status, 0, "alice"))
     assert order(a, keys, key).status == status
     retried = order(b, keys, key)
     assert retried.status == 201 and retried.header("idempotent-replayed") is None, "the retry runs"
@@ -213,7 +215,7 @@ def test_a_failed_answer_is_not_stored(fleet, keys, shop, status):
 def test_an_answer_too_large_to_store_is_not_stored(fleet, keys, shop):
     a, b = fleet
     key = str(uuid.uuid4())
-    shop.script.append((201, 8000))
+    shop.script.append((201, 8000, "alice"))
     first = order(a, keys, key)
     assert first.status == 201 and len(first.body) > 8000, "it reaches the client whole"
     # The release is sent as the body streams on; the retry runs once it has landed.
@@ -232,6 +234,21 @@ def test_a_later_stages_refusal_is_not_stored(fleet, keys, shop):
     # Corrected, the same key runs: the refusal was neither stored nor left in flight.
     corrected = order(b, keys, key, body=b'{"customer": "alice"}', path="/orders/for")
     assert corrected.status == 201 and corrected.header("idempotent-replayed") is None, corrected
+    assert orders_for(shop, key) == 1
+
+
+def test_an_answer_a_later_stage_withheld_is_never_replayed(fleet, keys, shop):
+    """The answer stored is the one the client got: stages see the response in reverse order (as
+    Envoy's encoders run), so the idempotency stage copies it only after ownership let it pass."""
+    a, b = fleet
+    key = str(uuid.uuid4())
+    shop.script.append((201, 0, "bob"))
+    withheld = order(a, keys, key, path="/orders/claim")
+    assert withheld.reset or withheld.status != 201 or b"bob" not in withheld.body, withheld
+    # The service ran it, so the key is not released either: the retry waits, it is not replayed.
+    retry = order(b, keys, key, path="/orders/claim")
+    assert (retry.status, retry.reason) == (409, "idempotency_key_in_flight"), retry
+    assert b"bob" not in retry.body
     assert orders_for(shop, key) == 1
 
 
