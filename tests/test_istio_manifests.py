@@ -30,7 +30,7 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     spec = doc["spec"]
     # jwt and webhook authenticate the caller (AUTHN), so does the bundle whose first stage is
     # jwt; ownership, schema and rate limits authorize (AUTHZ). Never fail open.
-    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ"}
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ", "idempotency": "AUTHZ"}
     assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
     assert spec["failStrategy"] == "FAIL_CLOSE"
 
@@ -56,8 +56,9 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
     for provider in config.get("providers", {}).values():
         if "remote_jwks" in provider:
             clusters.append(static_cluster(provider["remote_jwks"]["http_uri"]["cluster"], upstream.port))
-    if "global" in config:
-        clusters.append(static_cluster(config["global"]["cluster"], upstream.port, http2=True))
+    for grpc in ("global", "fleet"):
+        if grpc in config:
+            clusters.append(static_cluster(config[grpc]["cluster"], upstream.port, http2=True))
     module, log_name = ("meshward.wasm", "meshward") if name == "bundle" else (None, f"meshward_{name}")
     with Envoy(build_config(upstream.port, [plugin(name, config, module=module, env=env)], clusters=clusters), concurrency=1) as envoy:
         envoy.wait_for_log(rf"{log_name}: configuration accepted")
@@ -75,6 +76,11 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             r = post(b'{"product_id": 1, "quantity": 1000}')
             assert r.status == 400, r
             assert post(b'{"product_id": 1, "quantity": 2}').status == 200
+        elif name == "idempotency":
+            # Every write the manifest names requires a key; reads do not.
+            r = envoy.request("/v1/payments", {"content-type": "application/json"}, method="POST", body=b"{}")
+            assert r.status == 400 and r.reason == "idempotency_key_missing", r
+            assert envoy.request("/v1/payments").status == 200
         elif name == "ratelimit":
             # Without a principal only the anonymous (client IP) rule applies: 30 per minute.
             statuses = [envoy.request("/").status for _ in range(31)]
