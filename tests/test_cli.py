@@ -222,6 +222,42 @@ def test_check_warns_when_a_generic_webhook_scheme_signs_no_replay_key(tmp_path)
     assert all("partner-signed" not in f["message"] for f in found)
 
 
+def idempotency_stage(operations: list[dict]) -> dict:
+    return {"idempotency": {"operations": operations, "fleet": {"cluster": "meshward-fleet", "namespace": "crapi"}}}
+
+
+def test_check_and_compile_take_an_idempotency_stage(tmp_path):
+    policy = example()
+    policy["stages"].insert(1, idempotency_stage([
+        {"name": "create-order", "match": {"path": "/workshop/api/shop/orders", "methods": ["POST"]}},
+        {"name": "any-method", "match": {"prefix": "/workshop/api/shop/orders"}},
+        {"name": "reads-too", "match": {"path": "/workshop/api/shop/orders", "methods": ["POST", "get"]}},
+        {"name": "nowhere", "match": {"path": "/no/such/route", "methods": ["POST"]}},
+    ]))
+    path = write_policy(tmp_path, policy)
+    r = meshward("check", path, "--format", "json")
+    findings = json.loads(r.stdout)["findings"]
+    reads = [f["message"] for f in findings if f["code"] == "idempotency_covers_reads"]
+    assert len(reads) == 2 and "\"any-method\" matches every method" in reads[0] and "\"reads-too\" matches GET" in reads[1], reads
+    assert any(f["code"] == "route_not_in_contract" and "idempotency rule `nowhere`" in f["message"] for f in findings), findings
+    assert not any("create-order" in f["message"] for f in findings)
+    # The stage compiles into the bundle and its own module; the engine cluster is rendered.
+    r = meshward("render", "envoy", path, "--form", "separate", "--cluster", "meshward-fleet=127.0.0.1:8081")
+    assert r.returncode == 0, r.stderr
+    rendered = yaml.safe_load(r.stdout)
+    assert any(c["name"] == "meshward-fleet" for c in rendered["static_resources"]["clusters"])
+    assert "meshward_idempotency.wasm" in r.stdout
+
+    # Refused whole: no engine, or no principal before it.
+    policy["stages"][1]["idempotency"].pop("fleet")
+    r = meshward("check", write_policy(tmp_path, policy))
+    assert r.returncode != 0 and "fleet: idempotency keys live in the fleet engine" in r.stdout + r.stderr, r.stdout + r.stderr
+    policy = example()
+    policy["stages"].insert(0, idempotency_stage([{"name": "o", "match": {"prefix": "/", "methods": ["POST"]}}]))
+    r = meshward("check", write_policy(tmp_path, policy))
+    assert r.returncode != 0 and "put a `jwt` stage before it" in r.stderr, r.stderr
+
+
 def packaged_digests() -> dict:
     """Module name -> image digest, as `meshward package` reports them."""
     out = tempfile.mkdtemp(prefix="meshward-oci-")

@@ -48,6 +48,9 @@ pub enum Code {
     /// A generic webhook scheme whose delivery id (or timestamp) the signature does not cover:
     /// replays are keyed on the signed content alone.
     ReplayKeyNotSigned,
+    /// An idempotency operation that matches reads (no `methods`, or GET / HEAD / OPTIONS):
+    /// every read there would need a key, and reads are idempotent already.
+    IdempotencyCoversReads,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +132,7 @@ pub fn check(policy: &Policy) -> Vec<Finding> {
     }
     check_audiences(&mut c);
     check_replay_keys(&mut c);
+    check_idempotent_operations(&mut c);
     if let Some(contract) = &policy.contract {
         check_contract(&mut c, contract);
     }
@@ -159,6 +163,31 @@ fn check_replay_keys(c: &mut Checker<'_>) {
             _ => continue,
         };
         c.policy_finding(Severity::Warning, Code::ReplayKeyNotSigned, message, line);
+    }
+}
+
+/// Idempotency keys are for writes: an operation that also matches reads refuses every read
+/// without a key (400), which clients never send on a GET.
+fn check_idempotent_operations(c: &mut Checker<'_>) {
+    let Some(Value::Array(operations)) = c.policy.stage("idempotency").and_then(|s| s.config.get("operations")).cloned() else { return };
+    for operation in operations {
+        let name = operation.get("name").and_then(Value::as_str).unwrap_or("?");
+        let methods: Option<Vec<String>> = operation.pointer("/match/methods").and_then(Value::as_array).map(|m| {
+            m.iter().filter_map(Value::as_str).map(str::to_ascii_uppercase).collect()
+        });
+        let reads: Vec<&str> = match &methods {
+            None => vec!["every method"],
+            Some(m) => ["GET", "HEAD", "OPTIONS"].into_iter().filter(|r| m.iter().any(|x| x == r)).collect(),
+        };
+        if reads.is_empty() {
+            continue;
+        }
+        let line = line_of(&c.policy.text, name, c.stage_line("idempotency").unwrap_or(1));
+        let message = format!(
+            "idempotency operation {name:?} matches {}: reads there would be refused without an Idempotency-Key; list the write methods",
+            reads.join(", ")
+        );
+        c.policy_finding(Severity::Warning, Code::IdempotencyCoversReads, message, line);
     }
 }
 
@@ -209,7 +238,8 @@ fn operations(contract: &Contract) -> Vec<Operation> {
 fn route_rules(c: &Checker<'_>) -> Vec<RouteRule> {
     let mut out = Vec::new();
     for stage in &c.policy.stages {
-        let Some(Value::Array(rules)) = stage.config.get("rules") else { continue };
+        // Idempotency names its rules `operations`.
+        let Some(Value::Array(rules)) = stage.config.get("rules").or_else(|| stage.config.get("operations")) else { continue };
         let from = c.stage_line(&stage.kind).unwrap_or(1);
         for (i, rule) in rules.iter().enumerate() {
             let name = rule.get("name").and_then(Value::as_str);

@@ -150,7 +150,7 @@ impl Policy {
         // Keys are scoped to the caller the jwt stage verified: that stage runs first.
         let position = |kind: &str| stages.iter().position(|s| s.kind == kind);
         if let Some(i) = position("idempotency") {
-            if !position("jwt").is_some_and(|j| j < i) {
+            if position("jwt").is_none_or(|j| j >= i) {
                 return Err(PolicyError(format!(
                     "{}: stages[{i}]: idempotency keys belong to the authenticated caller: put a `jwt` stage before it",
                     path.display()

@@ -401,11 +401,7 @@ impl Filter {
                     self.response_body = body;
                     return Verdict::Pause;
                 }
-                Step::Deny(denial) => {
-                    if self.deny_response_body(host, i, &denial) {
-                        return Verdict::Pause;
-                    }
-                }
+                Step::Deny(denial) if self.deny_response_body(host, i, &denial) => return Verdict::Pause,
                 _ => {}
             }
         }

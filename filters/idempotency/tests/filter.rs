@@ -94,7 +94,9 @@ fn answered(status: &str, details: &str, body: &[u8]) -> (Filter, FakeHost, Verd
 #[test]
 fn requests_refused_before_the_engine_is_asked() {
     let policy = policy(json!({}));
-    let cases: [(Option<&str>, &[(&str, &str)], u16, &str); 5] = [
+    // (caller, headers) → status, reason.
+    type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: [Case; 5] = [
         (Some("alice"), &[], 400, "idempotency_key_missing"),
         (Some("alice"), &[("idempotency-key", "")], 400, "idempotency_key_invalid"),
         (Some("alice"), &[("idempotency-key", "a"), ("idempotency-key", "b")], 400, "idempotency_key_invalid"),
