@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -222,6 +223,10 @@ SCHEMA = plugin("schema", {"openapi": CRAPI})
 # crAPI's create_order: the write operation the chain protects.
 ORDER_PATH = "/workshop/api/shop/orders"
 ORDER_BODY = json.dumps({"product_id": 1, "quantity": 2}).encode()
+# Idempotency keys on the crAPI order write, in the fleet engine; answers kept for the run.
+IDEMPOTENCY = plugin("idempotency", {"operations": [{"name": "create-order", "match": {"path": "/workshop/api/shop/orders", "methods": ["POST"]}}],
+                                     "expiry": "3600s", "fleet": {"cluster": "fleet", "namespace": "bench", "timeout": "1s"}})
+
 ORDER_OWNERSHIP = plugin("ownership", {"rules": [{"name": "create_order", "match": {"path": ORDER_PATH, "methods": ["POST"]}, "scopes": ["orders:read"]}]})
 
 
@@ -229,7 +234,7 @@ class Scenario:
     """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
 
     def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy",
-                 fleet=False, rate_limits=(), new_deliveries=False):
+                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False):
         self.name, self.plugins, self.native = name, list(plugins), list(native)
         self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
         # The plain-Envoy scenario sending the same request.
@@ -238,6 +243,8 @@ class Scenario:
         self.fleet, self.rate_limits = fleet, list(rate_limits)
         # Every request a new signed webhook delivery (`headers` are replaced per request).
         self.new_deliveries = new_deliveries
+        # Every request a new `idempotency-key`.
+        self.new_keys = new_keys
 
 
 def scenarios(keys: KeyRing) -> list[Scenario]:
@@ -270,6 +277,14 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
                  compare="ratelimit global (native"),
         Scenario("ratelimit global (native ratelimit filter, meshward-fleet)", native=[native_global_ratelimit()], headers={"x-client": "bench"},
                  fleet=True, rate_limits=NATIVE_RATE_LIMITS),
+        Scenario("jwt ES256, POST order (meshward)", [meshward_jwt(keys, fam["ES256"])], **order),
+        # Every request a new key: claimed in the engine, the answer stored before it leaves.
+        Scenario("jwt ES256 + idempotency, new keys (meshward-fleet)", [meshward_jwt(keys, fam["ES256"]), IDEMPOTENCY], fleet=True, new_keys=True,
+                 compare="jwt ES256, POST order (meshward)", **order),
+        # Every request the same key: answered from the engine, the upstream never asked.
+        Scenario("jwt ES256 + idempotency, retries answered from the store (meshward-fleet)", [meshward_jwt(keys, fam["ES256"]), IDEMPOTENCY],
+                 fleet=True, compare="jwt ES256, POST order (meshward)",
+                 **{**order, "headers": {**order["headers"], "idempotency-key": f"bench-retry-{uuid.uuid4()}"}}),
         Scenario("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], headers=es),
         Scenario("plain envoy, crAPI POST order", **order),
         Scenario("schema crAPI POST order (meshward)", [SCHEMA], **order),
@@ -336,7 +351,7 @@ def config_ms(env: Envoy) -> float | None:
     return max(times) if times else None
 
 
-def wrk_script(directory: Path, headers: dict, body: bytes | None, deliveries: Path | None = None) -> Path:
+def wrk_script(directory: Path, headers: dict, body: bytes | None, deliveries: Path | None = None, new_keys: bool = False) -> Path:
     lines = []
     if body is not None:
         lines.append('wrk.method = "POST"')
@@ -351,6 +366,11 @@ def wrk_script(directory: Path, headers: dict, body: bytes | None, deliveries: P
                      "  local id, ts, sig = deliveries[(sent - 1) % #deliveries + 1]:match('^([^\\t]+)\\t([^\\t]+)\\t(.+)$')\n"
                      "  wrk.headers['webhook-id'] = id\n  wrk.headers['webhook-timestamp'] = ts\n  wrk.headers['webhook-signature'] = sig\n"
                      "  return wrk.format()\nend")
+    if new_keys:
+        # A key no earlier request (of this run or an earlier round) used.
+        lines.append("math.randomseed(os.time())\nlocal prefix = os.time() .. '-' .. math.random(1, 1000000000)\n"
+                     "local sent = 0\nrequest = function()\n  sent = sent + 1\n"
+                     "  wrk.headers['idempotency-key'] = prefix .. '-' .. sent\n  return wrk.format()\nend")
     path = directory / ("script.lua" if deliveries is None else f"{deliveries.stem}.lua")
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -458,11 +478,13 @@ class Running:
         if sc.new_deliveries:
             line = new_deliveries(self.dir, sc.body, 1).read_text().split("\t")
             headers = {**sc.headers, "webhook-id": line[0], "webhook-timestamp": line[1], "webhook-signature": line[2].strip()}
+        if sc.new_keys:
+            headers = {**headers, "idempotency-key": f"probe-{uuid.uuid4()}"}
         probe = self.env.request(sc.path, headers, method="POST" if sc.body is not None else "GET", body=sc.body)
         if probe.status != 200:
             self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
-        self.script = wrk_script(self.dir, sc.headers, sc.body)
+        self.script = wrk_script(self.dir, sc.headers, sc.body, new_keys=sc.new_keys)
 
     def run(self, duration: int, connections: int) -> dict:
         script = self.script
