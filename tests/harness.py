@@ -42,13 +42,16 @@ def module_path(module: str) -> Path:
     return path
 
 
-def plugin(name: str, config, module: str | None = None, env: dict | None = None) -> dict:
-    """One meshward filter for `build_config`: `config` is a dict (JSON-encoded) or raw text."""
+def plugin(name: str, config, module: str | None = None, env: dict | None = None, hold_headers: bool = True) -> dict:
+    """One meshward filter for `build_config`: `config` is a dict (JSON-encoded) or raw text.
+    `hold_headers`: request headers wait for the body decisions (as `meshward render` and
+    envoy/envoy.yaml deploy it); without, they go on first (as Istio's WasmPlugin deploys it)."""
     return {
         "name": name,
         "config": config,
         "module": module or f"meshward_{name}.wasm",
         "env": env or {},
+        "hold_headers": hold_headers,
     }
 
 
@@ -59,7 +62,7 @@ def bundle(plugins: list[dict]) -> dict:
         config = json.loads(p["config"]) if isinstance(p["config"], str) else p["config"]
         stages.append({p["name"]: config})
         env.update(p["env"])
-    return plugin("bundle", {"stages": stages}, module="meshward.wasm", env=env)
+    return plugin("bundle", {"stages": stages}, module="meshward.wasm", env=env, hold_headers=all(p.get("hold_headers", True) for p in plugins))
 
 
 def as_deployed(form: str, plugins: list[dict]) -> list[dict]:
@@ -110,8 +113,12 @@ def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] =
         c["vm_config"]["code"]["local"]["filename"] = str(module_path(p["module"]))
         value = p["config"] if isinstance(p["config"], str) else json.dumps(p["config"])
         c["configuration"]["value"] = value
-        if p["env"]:
-            c["vm_config"]["environment_variables"] = {"key_values": p["env"]}
+        if p.get("hold_headers", True):
+            c["vm_config"]["environment_variables"]["key_values"].update(p["env"])
+        else:
+            # As Istio's WasmPlugin deploys it: no allow_on_headers_stop_iteration, so headers go on.
+            c.pop("allow_on_headers_stop_iteration")
+            c["vm_config"]["environment_variables"] = {"key_values": dict(p["env"])}
         filters.append(f)
     hcm["http_filters"] = list(native_filters) + filters + [router]
     if request_headers_to_add:

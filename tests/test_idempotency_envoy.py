@@ -18,6 +18,7 @@ import pytest
 from fleet import FleetEngine, RedisServer
 from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
 from test_jwt_envoy import jwt_config
+from test_held_headers_envoy import EarlyAnswer
 from tokens import bearer
 
 EXPIRY_SECONDS = 4
@@ -261,6 +262,29 @@ def test_a_stored_answer_expires(fleet, keys, shop):
     r = order(b, keys, key)
     assert r.status == 201 and r.header("idempotent-replayed") is None, "after expiry the key is new"
     assert orders_for(shop, key) == 2
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_service_that_answers_before_reading_the_body_runs_each_key_once(keys, form):
+    """Request headers wait for the claim (as `meshward render` deploys the filter): a service
+    that acts on headers alone never sees a duplicate."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EarlyAnswer)
+    server.lock, server.arrived = threading.Lock(), []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    redis_server = RedisServer()
+    engine = FleetEngine(redis_server.port)
+    try:
+        with Envoy(replica(keys, server, engine.port, form).config) as env:
+            key = str(uuid.uuid4())
+            answers = [order(env, keys, key) for _ in range(5)]
+            assert [r.status for r in answers] == [200] * 5, answers
+            assert [r.header("idempotent-replayed") for r in answers] == [None] + ["true"] * 4
+            assert server.arrived == ["/orders"], server.arrived
+        env.cleanup()
+    finally:
+        engine.stop()
+        redis_server.stop()
+        server.shutdown()
 
 
 @pytest.mark.parametrize("failure_mode", ["deny", "allow"])

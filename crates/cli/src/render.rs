@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use meshward_runtime::HOLD_HEADERS_ENV;
 use serde_json::{json, Value};
 
 use crate::policy::{Policy, Stage};
@@ -153,9 +154,12 @@ impl WasmPlugin {
             "runtime": WASM_RUNTIME,
             "code": {"local": {"filename": self.filename}},
         });
+        // The module learns from its environment that the proxy holds request headers for it.
+        let mut environment = json!({"key_values": {HOLD_HEADERS_ENV: "true"}});
         if !self.host_env_keys.is_empty() {
-            vm_config["environment_variables"] = json!({"host_env_keys": self.host_env_keys});
+            environment["host_env_keys"] = json!(self.host_env_keys);
         }
+        vm_config["environment_variables"] = environment;
         json!({
             "@type": WASM_TYPE,
             "config": {
@@ -163,6 +167,9 @@ impl WasmPlugin {
                 "root_id": self.module,
                 // A VM that fails must not let traffic through.
                 "failure_policy": "FAIL_CLOSED",
+                // Request headers wait while a stage reads the body: the service never sees a
+                // request meshward refuses on its body (Envoy 1.35+).
+                "allow_on_headers_stop_iteration": true,
                 "vm_config": vm_config,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": self.configuration},
             },

@@ -20,6 +20,10 @@ pub enum RuntimeDenial {
     EncodedResponse,
     /// 503 `filter_unconfigured`: the VM has no valid configuration.
     FilterUnconfigured,
+    /// 502 `answered_before_checked`: the service answered (not a refusal) before the request
+    /// body it answers was checked; deploy with `allow_on_headers_stop_iteration` so headers
+    /// wait for the body.
+    AnsweredBeforeChecked,
 }
 
 impl RuntimeDenial {
@@ -34,6 +38,9 @@ impl RuntimeDenial {
                 (DenialKind::BadGateway, "encoded_response", "the answer has a content-encoding and cannot be checked")
             }
             RuntimeDenial::FilterUnconfigured => (DenialKind::Unavailable, "filter_unconfigured", "the filter has no valid configuration"),
+            RuntimeDenial::AnsweredBeforeChecked => {
+                (DenialKind::BadGateway, "answered_before_checked", "the service answered before the request body was checked")
+            }
         };
         Denial::new(kind, reason, message)
     }

@@ -13,6 +13,12 @@ use crate::denial_log::{log_line, send_denial, RuntimeDenial};
 use crate::plan::AnyPolicy;
 use crate::Verdict;
 
+/// The VM environment variable that says the proxy delivers the request body to a filter
+/// holding the request headers: `true` only where Envoy's `allow_on_headers_stop_iteration` is
+/// set for the filter (`meshward render` sets both). Without that setting, held headers would
+/// never see their body and the request would hang, so the default is to let headers go on.
+pub const HOLD_HEADERS_ENV: &str = "MESHWARD_HOLD_REQUEST_HEADERS";
+
 /// One stage of a request: its policy's name and mode, and what it asked for.
 pub struct Slot {
     name: &'static str,
@@ -73,6 +79,9 @@ pub struct Filter {
     body_delivered: bool,
     /// The decoded request body, kept while a stage waits on it for the stages after it.
     held_body: Vec<u8>,
+    /// The proxy delivers the body to a filter that holds the request headers (Envoy's
+    /// `allow_on_headers_stop_iteration`): headers wait for the body decisions ([`HOLD_HEADERS_ENV`]).
+    hold_headers: bool,
     /// The response has no body (known from its headers).
     response_complete: bool,
     /// The whole response body once delivered (`None`: the proxy did not hand it over), kept
@@ -95,9 +104,16 @@ impl Filter {
             body_complete: false,
             body_delivered: false,
             held_body: Vec::new(),
+            hold_headers: false,
             response_complete: false,
             response_body: None,
         }
+    }
+
+    /// Holds the request headers while stages read the body (see [`HOLD_HEADERS_ENV`]).
+    pub fn holding_request_headers(mut self, hold: bool) -> Self {
+        self.hold_headers = hold;
+        self
     }
 
     /// The request state the stages saw (principal included).
@@ -141,9 +157,13 @@ impl Filter {
             // Headers-only request: the whole body is the empty one.
             return self.deliver_body(host, 0);
         }
-        // Any body a stage asked for is held in on_request_body; the headers go on (proxy-wasm
-        // hosts turn a paused headers callback into stop-all-iteration, which never delivers
-        // the body to this filter).
+        // Any body a stage asked for is held in on_request_body. The headers wait for it where
+        // the proxy allows (the service never sees a request a stage refuses on its body);
+        // elsewhere they go on (proxy-wasm hosts turn a paused headers callback into
+        // stop-all-iteration, which never delivers the body to this filter).
+        if self.hold_headers && self.slots.iter().any(|s| s.body_limit.is_some()) {
+            return Verdict::Pause;
+        }
         Verdict::Continue
     }
 
@@ -279,6 +299,23 @@ impl Filter {
     /// The response headers arrived; `end_of_stream`: the response has no body.
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
         self.response_complete = end_of_stream;
+        // Headers that went on before the body (where the proxy cannot hold them) reached a
+        // service that answered at once: an answer to a request not checked yet does not leave,
+        // unless it is a refusal of its own. (Envoy delivers no more request body once the
+        // upstream has answered, so waiting for the checks would hang.)
+        let unchecked = self.slots.iter().position(|s| s.body_limit.is_some()).or(match self.paused {
+            Some((i, Phase::RequestBody)) => Some(i),
+            _ => None,
+        });
+        if let Some(i) = unchecked {
+            let status = host.response_header(":status").and_then(|s| s.parse::<u16>().ok());
+            if status.is_none_or(|s| s < 400) {
+                self.paused = None;
+                if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::AnsweredBeforeChecked.denial()) {
+                    return Verdict::Pause;
+                }
+            }
+        }
         self.run_response_headers(host, 0)
     }
 

@@ -32,7 +32,7 @@ mod plan;
 mod proxy;
 
 pub use denial_log::{send_denial, RuntimeDenial};
-pub use filter::{Filter, Slot};
+pub use filter::{Filter, Slot, HOLD_HEADERS_ENV};
 pub use plan::{AnyPolicy, Plan, Single};
 #[cfg(target_arch = "wasm32")]
 pub use proxy::register;

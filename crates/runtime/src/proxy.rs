@@ -9,7 +9,7 @@ use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::{send_denial, Filter, Plan, RuntimeDenial, Verdict};
+use crate::{send_denial, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
 
 /// How often the counts of allowed decisions added up in the VM are written to Envoy's stats
 /// (a policy that needs ticks of its own asks for its period when it starts).
@@ -18,11 +18,13 @@ const COUNTER_FLUSH_PERIOD: Duration = Duration::from_secs(1);
 /// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
 pub fn register<T: Plan>() {
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None, hold_headers: false }) });
 }
 
 struct Root<T: Plan> {
     plan: Option<T>,
+    /// Request headers wait for the body decisions ([`HOLD_HEADERS_ENV`]).
+    hold_headers: bool,
 }
 
 impl<T: Plan> Context for Root<T> {
@@ -53,6 +55,7 @@ impl<T: Plan> RootContext for Root<T> {
                 host.set_tick_period(COUNTER_FLUSH_PERIOD);
                 plan.start(&mut host);
                 self.plan = Some(plan);
+                self.hold_headers = host.env_var(HOLD_HEADERS_ENV).is_some_and(|v| v == "true");
                 host.log(LogLevel::Info, &format!("{}: configuration accepted in {}.{:03} ms", T::module_name(), micros / 1000, micros % 1000));
                 true
             }
@@ -73,7 +76,7 @@ impl<T: Plan> RootContext for Root<T> {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.plan {
-            Some(plan) => Box::new(HttpFilter { filter: plan.new_filter() }),
+            Some(plan) => Box::new(HttpFilter { filter: plan.new_filter().holding_request_headers(self.hold_headers) }),
             None => Box::new(Unconfigured),
         })
     }

@@ -354,3 +354,24 @@ fn fleet_claim_released_when_the_upstream_fails_or_never_answers() {
     let (_, retry, _) = claimed(&policy, &root.shared);
     assert!(retry.sent.is_none(), "released here too");
 }
+
+#[test]
+fn an_answer_that_comes_before_the_body_was_checked_does_not_leave() {
+    // A service answering as soon as the headers reach it (they go on where the proxy cannot
+    // hold them while the body is read): its answer to an unchecked delivery is replaced; its
+    // own refusals pass.
+    for (status, replaced) in [("200", true), ("302", true), ("401", false), ("503", false)] {
+        let (policy, root) = setup(json!({}), false);
+        let mut host = worker(&root.shared, &format!("early-{status}"), GITHUB_SIG);
+        let mut filter = Filter::new(&policy);
+        assert_eq!(filter.on_request_headers(&mut host, false), Verdict::Continue);
+        host.response_headers = vec![(":status".into(), status.into())];
+        let verdict = filter.on_response_headers(&mut host, true);
+        if replaced {
+            assert_eq!((verdict, reason(&host).as_str()), (Verdict::Pause, "answered_before_checked"), "{status}");
+            assert_eq!(host.sent.as_ref().unwrap().status, 502);
+        } else {
+            assert_eq!((verdict, host.sent.is_none()), (Verdict::Continue, true), "{status}");
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! api/envoy/extensions/wasm/v3/wasm.proto, api/envoy/config/core/v3/*.proto); fields meshward
 //! never sets or reads are left out, which protobuf allows (unknown fields are skipped).
 
+use meshward_runtime::HOLD_HEADERS_ENV;
 use prost::Message;
 
 use crate::render::WasmPlugin;
@@ -101,6 +102,16 @@ pub struct PluginConfig {
     pub configuration: Option<Any>,
     #[prost(enumeration = "FailurePolicy", tag = "7")]
     pub failure_policy: i32,
+    /// `google.protobuf.BoolValue`: the body reaches a filter holding the request headers.
+    #[prost(message, optional, tag = "9")]
+    pub allow_on_headers_stop_iteration: Option<BoolValue>,
+}
+
+/// `google.protobuf.BoolValue`.
+#[derive(Clone, PartialEq, Message)]
+pub struct BoolValue {
+    #[prost(bool, tag = "1")]
+    pub value: bool,
 }
 
 /// `envoy.extensions.wasm.v3.FailurePolicy`.
@@ -131,6 +142,8 @@ pub struct VmConfig {
 pub struct EnvironmentVariables {
     #[prost(string, repeated, tag = "1")]
     pub host_env_keys: Vec<String>,
+    #[prost(btree_map = "string, string", tag = "2")]
+    pub key_values: std::collections::BTreeMap<String, String>,
 }
 
 /// `envoy.config.core.v3.AsyncDataSource` with its `local` case.
@@ -165,8 +178,10 @@ pub fn extension_config(plugin: &WasmPlugin) -> Any {
                 vm_id: plugin.module.clone(),
                 runtime: crate::render::WASM_RUNTIME.to_string(),
                 code: Some(AsyncDataSource { local: Some(DataSource { filename: plugin.filename.clone() }) }),
-                environment_variables: (!plugin.host_env_keys.is_empty())
-                    .then(|| EnvironmentVariables { host_env_keys: plugin.host_env_keys.clone() }),
+                environment_variables: Some(EnvironmentVariables {
+                    host_env_keys: plugin.host_env_keys.clone(),
+                    key_values: [(HOLD_HEADERS_ENV.to_string(), "true".to_string())].into(),
+                }),
             }),
             configuration: Some(Any::pack(
                 "type.googleapis.com/google.protobuf.StringValue",
@@ -174,6 +189,7 @@ pub fn extension_config(plugin: &WasmPlugin) -> Any {
             )),
             // A VM that fails must not let traffic through.
             failure_policy: FailurePolicy::FailClosed as i32,
+            allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
         }),
     };
     Any::pack(
