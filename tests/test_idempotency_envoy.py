@@ -79,8 +79,9 @@ def fresh_script(shop):
     shop.delay = 0.0
 
 
-def idempotency_config(failure_mode="deny") -> dict:
+def idempotency_config(failure_mode="deny", mode="enforce") -> dict:
     return {
+        "mode": mode,
         "operations": [
             {"name": "create-order", "match": {"prefix": "/orders", "methods": ["POST"]}},
         ],
@@ -91,7 +92,7 @@ def idempotency_config(failure_mode="deny") -> dict:
     }
 
 
-def replica(keys, shop, engine_port: int, form: str, failure_mode="deny") -> Envoy:
+def replica(keys, shop, engine_port: int, form: str, failure_mode="deny", mode="enforce") -> Envoy:
     jwt = jwt_config(keys)
     jwt["rules"] = [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
     # After the key is claimed (on the body), a later stage may still refuse on the body: that
@@ -101,7 +102,7 @@ def replica(keys, shop, engine_port: int, form: str, failure_mode="deny") -> Env
         {"name": "own-answers", "match": {"prefix": "/orders/claim", "methods": ["POST"]}, "owner": [{"response_field": "/owner", "claim": "sub"}]},
         {"name": "all", "match": {"prefix": "/"}},
     ]}
-    plugins = as_deployed(form, [plugin("jwt", jwt), plugin("idempotency", idempotency_config(failure_mode)), plugin("ownership", ownership)])
+    plugins = as_deployed(form, [plugin("jwt", jwt), plugin("idempotency", idempotency_config(failure_mode, mode)), plugin("ownership", ownership)])
     return Envoy(build_config(shop.server_address[1], plugins, clusters=[static_cluster("fleet", engine_port, http2=True)]), concurrency=2)
 
 
@@ -285,6 +286,25 @@ def test_a_service_that_answers_before_reading_the_body_runs_each_key_once(keys,
         engine.stop()
         redis_server.stop()
         server.shutdown()
+
+
+def test_shadow_mode_counts_and_lets_everything_through(keys, shop):
+    redis_server = RedisServer()
+    engine = FleetEngine(redis_server.port)
+    try:
+        with Envoy(replica(keys, shop, engine.port, "bundle", mode="shadow").config) as env:
+            key = str(uuid.uuid4())
+            answers = [order(env, keys, key) for _ in range(3)] + [order(env, keys, key, body=b'{"product": 2}')]
+            assert [r.status for r in answers] == [201] * 4 and all(r.header("idempotent-replayed") is None for r in answers)
+            assert orders_for(shop, key) == 4, "shadow: every request reaches the service"
+            assert order(env, keys, None).status == 201
+            assert env.counter_reaches("wasmcustom.meshward_idempotency_replays_total", 2) == 2
+            assert env.counter("wasmcustom.meshward_idempotency_shadow_denied_total.route.create-order.reason.idempotency_key_reused") == 1
+            assert env.counter("wasmcustom.meshward_idempotency_shadow_denied_total.route.create-order.reason.idempotency_key_missing") == 1
+        env.cleanup()
+    finally:
+        engine.stop()
+        redis_server.stop()
 
 
 @pytest.mark.parametrize("failure_mode", ["deny", "allow"])
