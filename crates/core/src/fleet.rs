@@ -14,6 +14,7 @@ use prost::Message;
 use serde::Deserialize;
 
 use crate::config::{check_name, parse_duration, ConfigError};
+use crate::GrpcResponse;
 
 /// What a filter does when the fleet engine does not answer (unreachable, timeout, error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -189,9 +190,10 @@ pub enum Claim {
     Seen { fingerprint: String, record: Vec<u8> },
 }
 
-/// Decodes a settle answer: `Some(true)` settled, `Some(false)` the claim was no longer ours.
-pub fn decode_settle(bytes: &[u8]) -> Option<bool> {
-    SettleResponse::decode(bytes).ok().map(|r| r.settled)
+/// Whether the engine's answer to a settle says it was done: a failed call, a malformed
+/// answer, and a claim no longer ours (it had expired) all say no.
+pub fn settled(response: &GrpcResponse) -> bool {
+    response.status == 0 && SettleResponse::decode(response.message.as_slice()).is_ok_and(|r| r.settled)
 }
 
 /// Decodes a claim answer; `None` for anything malformed (the caller fails closed).

@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use meshward_core::fleet::{decode_claim, decode_settle, Claim, FailureMode, Settlement};
+use meshward_core::fleet::{decode_claim, settled, Claim, FailureMode, Settlement};
 use meshward_core::principal::current_principal;
 use meshward_core::route::query_of;
 use meshward_core::stats::{count, Counter};
@@ -170,7 +170,7 @@ impl Stage for IdempotencyStage {
             }
             Some(Waiting::Settle(t, outcome)) if t == token => {
                 self.waiting = None;
-                if response.status != 0 || decode_settle(&response.message) != Some(true) {
+                if !settled(&response) {
                     count(host, Counter::IdempotencySettleFailures);
                     host.log(LogLevel::Warn, &format!("meshward_idempotency: a claim was not settled (grpc status {})", response.status));
                 } else {

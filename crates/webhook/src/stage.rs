@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::config::Unmatched;
-use meshward_core::fleet::{decode_claim, decode_settle, Claim, FailureMode, Settlement};
+use meshward_core::fleet::{decode_claim, settled, Claim, FailureMode, Settlement};
 use meshward_core::stats::{count, Counter};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
@@ -210,7 +210,7 @@ impl Stage for WebhookStage {
             }
             Some(Waiting::Settle(t)) if t == token => {
                 self.waiting = None;
-                if response.status != 0 || decode_settle(&response.message) != Some(true) {
+                if !settled(&response) {
                     count(host, Counter::WebhookSettleFailures);
                     host.log(LogLevel::Warn, &format!("meshward_webhook: a delivery's fleet claim was not settled (grpc status {})", response.status));
                 }
