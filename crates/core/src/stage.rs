@@ -34,8 +34,9 @@ pub enum Step {
     /// The request is refused.
     Deny(Denial),
     /// Buffer the whole body, then call [`Stage::on_request_body`]; no body byte reaches the
-    /// upstream before that decision. Bodies over `max_bytes` are refused with 413. (The request
-    /// headers do go on: proxy-wasm hosts deliver no body to a filter that paused its headers.)
+    /// upstream before that decision. Bodies over `max_bytes` are refused with 413. The request
+    /// headers wait too where the proxy allows it (Envoy's `allow_on_headers_stop_iteration`);
+    /// elsewhere they go on first.
     NeedBody { max_bytes: usize },
     /// From `on_response_headers` only: show the whole response body to
     /// [`Stage::on_response_body`] if it is at most `max_bytes`, as it is (content coding
@@ -80,10 +81,10 @@ pub trait Stage {
     }
 
     /// Called once with the whole response body, after `on_response_headers` returned
-    /// [`Step::NeedBody`] or [`Step::CopyBody`]; the body is held until then (and while the
-    /// stage waits on a call it dispatched here: [`Step::Pause`]). The response status has already been
-    /// sent (proxy-wasm cannot hold response headers while reading the body), so a denial here
-    /// resets the stream: the client never receives the body.
+    /// [`Step::NeedBody`] or [`Step::CopyBody`]; the body is held until then, and while the
+    /// stage waits on a call it dispatched here ([`Step::Pause`]). The response status has
+    /// already been sent (proxy-wasm cannot hold response headers while reading the body), so a
+    /// denial here resets the stream: the client never receives the body.
     fn on_response_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
         Step::Continue
     }

@@ -35,14 +35,12 @@ pub struct Slot {
 }
 
 impl Slot {
-    fn wants_response_body(&self) -> bool {
-        self.response_body_limit.is_some() || self.response_copy_limit.is_some()
-    }
-}
-
-impl Slot {
     pub fn new(name: &'static str, mode: Mode, stage: Box<dyn Stage>) -> Self {
         Slot { name, mode, stage, route: None, body_limit: None, response_body_limit: None, response_copy_limit: None }
+    }
+
+    fn wants_response_body(&self) -> bool {
+        self.response_body_limit.is_some() || self.response_copy_limit.is_some()
     }
 }
 
@@ -300,16 +298,18 @@ impl Filter {
     pub fn on_response_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
         self.response_complete = end_of_stream;
         // Headers that went on before the body (where the proxy cannot hold them) reached a
-        // service that answered at once: an answer to a request not checked yet does not leave,
-        // unless it is a refusal of its own. (Envoy delivers no more request body once the
-        // upstream has answered, so waiting for the checks would hang.)
+        // service that answered at once: its answer to a request not checked yet does not
+        // leave, unless it is a refusal of its own. (Envoy delivers no more request body once
+        // the upstream has answered, so waiting for the checks would hang.) Envoy's own answers
+        // (a redirect route, a later filter's refusal) did not run anything and pass.
         let unchecked = self.slots.iter().position(|s| s.body_limit.is_some()).or(match self.paused {
             Some((i, Phase::RequestBody)) => Some(i),
             _ => None,
         });
         if let Some(i) = unchecked {
             let status = host.response_header(":status").and_then(|s| s.parse::<u16>().ok());
-            if status.is_none_or(|s| s < 400) {
+            let from_service = || host.property(&["response", "code_details"]).is_none_or(|d| d == b"via_upstream");
+            if status.is_none_or(|s| s < 400) && from_service() {
                 self.paused = None;
                 if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::AnsweredBeforeChecked.denial()) {
                     return Verdict::Pause;

@@ -360,9 +360,12 @@ fn an_answer_that_comes_before_the_body_was_checked_does_not_leave() {
     // A service answering as soon as the headers reach it (they go on where the proxy cannot
     // hold them while the body is read): its answer to an unchecked delivery is replaced; its
     // own refusals pass.
-    for (status, replaced) in [("200", true), ("302", true), ("401", false), ("503", false)] {
+    // (status, who answered) → replaced? Envoy's own answers (a redirect route) ran nothing.
+    let cases = [("200", "via_upstream", true), ("302", "via_upstream", true), ("401", "via_upstream", false), ("503", "via_upstream", false), ("301", "direct_response", false)];
+    for (status, details, replaced) in cases {
         let (policy, root) = setup(json!({}), false);
         let mut host = worker(&root.shared, &format!("early-{status}"), GITHUB_SIG);
+        host.properties.insert(vec!["response".into(), "code_details".into()], details.as_bytes().to_vec());
         let mut filter = Filter::new(&policy);
         assert_eq!(filter.on_request_headers(&mut host, false), Verdict::Continue);
         host.response_headers = vec![(":status".into(), status.into())];
