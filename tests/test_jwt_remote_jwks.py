@@ -11,8 +11,8 @@ from harness import Envoy, build_config, plugin, static_cluster
 from tokens import AUDIENCE, ISSUER, KeyRing, bearer
 
 
-def remote_config(cache_duration: str = "600s") -> dict:
-    return {
+def remote_config(cache_duration: str = "600s", unavailable_status: int | None = None) -> dict:
+    config = {
         "providers": {
             "idp": {
                 "issuer": ISSUER,
@@ -26,15 +26,18 @@ def remote_config(cache_duration: str = "600s") -> dict:
         },
         "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
     }
+    if unavailable_status is not None:
+        config["providers"]["idp"]["remote_jwks"]["unavailable_status"] = unavailable_status
+    return config
 
 
 @contextmanager
-def idp_and_envoy(upstream, content: bytes, status: int = 200, idp_up: bool = True, cache_duration="600s", concurrency=1):
+def idp_and_envoy(upstream, content: bytes, status: int = 200, idp_up: bool = True, cache_duration="600s", concurrency=1, unavailable_status=None):
     """A JWKS server (stopped at once when not `idp_up`) and an Envoy fetching from it."""
     server = jwks_server(content, status)
     if not idp_up:
         server.stop()  # the port is known but nothing listens: the IdP is down
-    cfg = build_config(upstream.port, [plugin("jwt", remote_config(cache_duration))], clusters=[static_cluster("jwks", server.port)])
+    cfg = build_config(upstream.port, [plugin("jwt", remote_config(cache_duration, unavailable_status))], clusters=[static_cluster("jwks", server.port)])
     env = Envoy(cfg, concurrency=concurrency)
     try:
         env.start()
@@ -136,13 +139,18 @@ def test_server_down_keeps_last_good_keys(upstream):
         assert env.request("/orders", bearer(ring.token("RS256"))).reached_upstream
 
 
+def assert_unavailable(r):
+    """The IdP being down is not the caller's fault: 503, retry later, counted under its own reason."""
+    assert (r.status, r.reason, r.header("retry-after")) == (503, "jwks_unavailable", "5"), r
+    assert not r.reached_upstream
+
+
 def test_no_keys_yet_denies(upstream):
     ring = KeyRing()
     with idp_and_envoy(upstream, jwks_bytes(ring), idp_up=False) as (env, server):
         for _ in range(3):
-            r = env.request("/orders", bearer(ring.token("RS256")))
-            assert r.status == 401 and r.reason == "jwks_unavailable", r
-            assert not r.reached_upstream
+            assert_unavailable(env.request("/orders", bearer(ring.token("RS256"))))
+        assert env.counter_reaches("meshward_jwt_denied_total.reason.jwks_unavailable", 3) == 3
         # Once the IdP is back, an on-demand or scheduled fetch brings the keys.
         server.start()
         deadline = time.monotonic() + 40
@@ -150,14 +158,20 @@ def test_no_keys_yet_denies(upstream):
             r = env.request("/orders", bearer(ring.token("RS256")))
             if r.reached_upstream:
                 break
-            assert r.status == 401 and r.reason == "jwks_unavailable", r
+            assert_unavailable(r)
             time.sleep(0.5)
         assert r.reached_upstream, r
+
+
+def test_a_provider_may_answer_401_while_its_keys_are_unavailable(upstream):
+    ring = KeyRing()
+    with idp_and_envoy(upstream, jwks_bytes(ring), idp_up=False, unavailable_status=401) as (env, _):
+        r = env.request("/orders", bearer(ring.token("RS256")))
+        assert (r.status, r.reason, r.header("retry-after")) == (401, "jwks_unavailable", None), r
 
 
 def test_non_200_jwks_is_not_accepted(upstream):
     ring = KeyRing()
     with idp_and_envoy(upstream, jwks_bytes(ring), status=500) as (env, server):
-        r = env.request("/orders", bearer(ring.token("RS256")))
-        assert r.status == 401 and r.reason == "jwks_unavailable", r
+        assert_unavailable(env.request("/orders", bearer(ring.token("RS256"))))
         env.wait_for_log(r"HTTP status 500")

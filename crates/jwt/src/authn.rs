@@ -98,7 +98,7 @@ pub fn authenticate(config: &JwtConfig, requirement: &Requirement, inputs: &Inpu
 
 fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Outcome {
     let Some(provider) = config.providers.get(index) else {
-        return Outcome::Denied(JwtError::JwksUnavailable);
+        return Outcome::Denied(JwtError::JwksUnavailable { retry_later: false });
     };
     let Some(found) = extract_token(&provider.from_headers, inputs.header) else {
         return Outcome::Denied(JwtError::MissingToken);
@@ -111,12 +111,15 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
             Err(e) => Outcome::Denied(e),
         };
     }
-    let remote = matches!(provider.keys, KeySource::Remote(_));
+    let (remote, retry_later) = match &provider.keys {
+        KeySource::Remote(r) => (true, r.unavailable_status == 503),
+        KeySource::Local(_) => (false, false),
+    };
     let Some(keys) = (inputs.keys)(index) else {
         return if remote && (inputs.may_refresh)(index) {
             Outcome::NeedKeys(index)
         } else {
-            Outcome::Denied(JwtError::JwksUnavailable)
+            Outcome::Denied(JwtError::JwksUnavailable { retry_later })
         };
     };
     match verify_token(&found.token, provider, &keys, inputs.now, config.max_token_bytes) {

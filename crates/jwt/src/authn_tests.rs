@@ -187,7 +187,14 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     };
     // No keys yet.
     assert_eq!(run(&|_| None, true), Outcome::NeedKeys(0));
-    assert_eq!(run(&|_| None, false), Outcome::Denied(JwtError::JwksUnavailable));
+    assert_eq!(run(&|_| None, false), Outcome::Denied(JwtError::JwksUnavailable { retry_later: true }));
+    // A provider that asks for 401 while its keys are unavailable gets it.
+    let mut unauthorized = remote_config();
+    if let crate::config::KeySource::Remote(r) = &mut unauthorized.providers[0].keys {
+        r.unavailable_status = 401;
+    }
+    let no_keys = Inputs { header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW };
+    assert_eq!(authenticate(&unauthorized, &req, &no_keys), Outcome::Denied(JwtError::JwksUnavailable { retry_later: false }));
     // Keys cached, but not this kid.
     assert_eq!(run(&|_| Some(Rc::clone(&cached)), true), Outcome::NeedKeys(0));
     assert_eq!(run(&|_| Some(Rc::clone(&cached)), false), Outcome::Denied(JwtError::UnknownKid));

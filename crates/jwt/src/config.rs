@@ -63,6 +63,7 @@ struct RawDataSource {
 struct RawRemoteJwks {
     http_uri: RawHttpUri,
     cache_duration: Option<String>,
+    unavailable_status: Option<u16>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +131,9 @@ pub struct RemoteJwks {
     pub path: String,
     pub timeout: Duration,
     pub cache_duration: Duration,
+    /// The answer while no key set could be fetched: 503 (+ `Retry-After`, the default: the
+    /// caller did nothing wrong) or 401.
+    pub unavailable_status: u16,
 }
 
 /// Where a provider's keys come from.
@@ -453,7 +457,12 @@ fn compile_remote(at: &str, raw: RawRemoteJwks) -> Result<RemoteJwks, ConfigErro
     if cache_duration < Duration::from_secs(1) {
         return Err(ConfigError::new(format!("{at}.cache_duration"), "must be at least 1s"));
     }
+    let unavailable_status = raw.unavailable_status.unwrap_or(503);
+    if ![401, 503].contains(&unavailable_status) {
+        return Err(ConfigError::new(format!("{at}.unavailable_status"), "must be 503 (retry later, the default) or 401"));
+    }
     Ok(RemoteJwks {
+        unavailable_status,
         authority: authority.to_string(),
         path: path.to_string(),
         uri,
@@ -501,6 +510,12 @@ mod tests {
         let KeySource::Remote(r) = &cfg.providers[0].keys else { panic!("remote expected") };
         assert_eq!((r.authority.as_str(), r.path.as_str(), r.cluster.as_str()), ("idp.example.com:8443", "/keys?v=2", "idp"));
         assert_eq!((r.timeout, r.cache_duration), (Duration::from_secs(2), Duration::from_secs(30)));
+        assert_eq!(r.unavailable_status, 503, "an IdP outage is not the caller's fault");
+        v["providers"]["main"]["remote_jwks"]["unavailable_status"] = json!(401);
+        let KeySource::Remote(r) = &parse(&v).unwrap().providers[0].keys else { panic!("remote expected") };
+        assert_eq!(r.unavailable_status, 401);
+        v["providers"]["main"]["remote_jwks"]["unavailable_status"] = json!(500);
+        assert_eq!(parse(&v).unwrap_err().path, "providers.main.remote_jwks.unavailable_status");
     }
 
     #[test]

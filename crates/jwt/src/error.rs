@@ -2,6 +2,10 @@
 
 use meshward_core::{Denial, DenialKind};
 
+/// What a client is told to wait when no key set could be fetched (the first retries of the
+/// fetch come within seconds).
+const RETRY_AFTER_JWKS_SECS: u64 = 5;
+
 /// A JWT authentication failure. [`JwtError::reason`] is the `reason` in the response body and
 /// the metric label; the mapping is 1:1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +31,10 @@ pub enum JwtError {
     MissingExpiration,
     WrongIssuer,
     WrongAudience,
-    /// The provider's remote key set has never been fetched successfully.
-    JwksUnavailable,
+    /// The provider's remote key set has never been fetched successfully: not the caller's
+    /// fault, so 503 + `Retry-After` (`retry_later`), or 401 where the provider asks for it
+    /// (`remote_jwks.unavailable_status: 401`).
+    JwksUnavailable { retry_later: bool },
     /// A valid token the policy revoked (by `jti`, or its subject).
     TokenRevoked,
 }
@@ -50,7 +56,7 @@ impl JwtError {
             JwtError::MissingExpiration => "missing_exp",
             JwtError::WrongIssuer => "wrong_issuer",
             JwtError::WrongAudience => "wrong_audience",
-            JwtError::JwksUnavailable => "jwks_unavailable",
+            JwtError::JwksUnavailable { .. } => "jwks_unavailable",
             JwtError::TokenRevoked => "token_revoked",
         }
     }
@@ -71,7 +77,7 @@ impl JwtError {
             JwtError::MissingExpiration => "the token has no expiration",
             JwtError::WrongIssuer => "the token's issuer is not accepted",
             JwtError::WrongAudience => "the token is not meant for this audience",
-            JwtError::JwksUnavailable => "the signing keys are not available",
+            JwtError::JwksUnavailable { .. } => "the signing keys are not available; retry later",
             JwtError::TokenRevoked => "the token has been revoked",
         }
     }
@@ -83,7 +89,7 @@ impl JwtError {
             JwtError::MissingToken => 0,
             JwtError::TokenTooLarge | JwtError::MalformedToken => 1,
             JwtError::UnsupportedAlgorithm | JwtError::UnsupportedCritical => 2,
-            JwtError::JwksUnavailable | JwtError::UnknownKid | JwtError::AlgorithmMismatch => 3,
+            JwtError::JwksUnavailable { .. } | JwtError::UnknownKid | JwtError::AlgorithmMismatch => 3,
             JwtError::BadSignature => 4,
             JwtError::Expired | JwtError::NotYetValid | JwtError::MissingExpiration => 5,
             JwtError::WrongIssuer => 6,
@@ -97,6 +103,7 @@ impl JwtError {
         let kind = match self {
             JwtError::MissingToken => DenialKind::MissingCredentials,
             JwtError::WrongAudience => DenialKind::Forbidden { challenge: true },
+            JwtError::JwksUnavailable { retry_later: true } => DenialKind::RetryLater { retry_after_secs: RETRY_AFTER_JWKS_SECS },
             _ => DenialKind::InvalidCredentials,
         };
         Denial::new(kind, self.reason(), self.message())
@@ -119,7 +126,10 @@ mod tests {
         assert_eq!(JwtError::Expired.denial().status(), 401);
         assert_eq!(JwtError::WrongIssuer.denial().status(), 401);
         assert_eq!(JwtError::WrongAudience.denial().status(), 403);
-        assert_eq!(JwtError::JwksUnavailable.denial().status(), 401);
+        // The identity provider being down is not the caller's fault: 503, retry later.
+        let unavailable = JwtError::JwksUnavailable { retry_later: true }.denial();
+        assert_eq!((unavailable.status(), unavailable.headers()), (503, vec![("retry-after", "5".to_string())]));
+        assert_eq!(JwtError::JwksUnavailable { retry_later: false }.denial().status(), 401);
         assert_eq!(JwtError::TokenRevoked.denial().status(), 401);
     }
 }
