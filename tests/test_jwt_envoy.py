@@ -150,6 +150,20 @@ def test_bad_signature(envoy, keys):
     assert_denied(envoy.request("/api/x", bearer(f"{header}.{payload}.{sig}")), 401, "bad_signature")
 
 
+def test_a_forged_token_repeated_is_refused_without_verifying_it_again(envoy, keys):
+    """A flood of one forged token (valid kid, bad signature) costs a hash per request, not an
+    RSA verification: each VM verifies it once, then refuses it from memory."""
+    header, payload, _ = keys.token("RS256", sub=f"forger-{time.time()}").split(".")
+    forged = f"{header}.{payload}.{'A' * 342}"
+    before = envoy.counter("meshward_jwt_refused_from_memory_total")
+    for _ in range(6):
+        assert_denied(envoy.request("/api/x", bearer(forged)), 401, "bad_signature")
+    # Two workers: at most one verification on each.
+    assert envoy.counter("meshward_jwt_refused_from_memory_total") - before >= 4
+    # The real token with the same header and claims still verifies.
+    assert envoy.request("/api/x", bearer(keys.token("RS256"))).reached_upstream
+
+
 def test_alg_none_is_refused(envoy, keys):
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": now + 300}

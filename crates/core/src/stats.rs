@@ -114,6 +114,8 @@ pub enum Counter {
     /// A remote JWKS fetch succeeded / failed.
     JwtJwksFetchOk,
     JwtJwksFetchFailed,
+    /// A token refused from memory: the same token's signature failed before (no verification).
+    JwtRefusedFromMemory,
     /// An ownership rule's audited bypass let a principal skip object checks.
     OwnershipBypass,
     /// A rate-limit key was evicted from the full local table.
@@ -146,9 +148,10 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 16] = [
         Counter::JwtJwksFetchOk,
         Counter::JwtJwksFetchFailed,
+        Counter::JwtRefusedFromMemory,
         Counter::OwnershipBypass,
         Counter::RatelimitEvictions,
         Counter::RatelimitServiceFailures,
@@ -169,6 +172,7 @@ impl Counter {
         match self {
             Counter::JwtJwksFetchOk => "meshward_jwt_jwks_fetch_ok",
             Counter::JwtJwksFetchFailed => "meshward_jwt_jwks_fetch_failed",
+            Counter::JwtRefusedFromMemory => "meshward_jwt_refused_from_memory_total",
             Counter::OwnershipBypass => "meshward_ownership_bypass_total",
             Counter::RatelimitEvictions => "meshward_ratelimit_evictions_total",
             Counter::RatelimitServiceFailures => "meshward_ratelimit_service_failures_total",

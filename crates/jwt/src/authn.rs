@@ -45,6 +45,11 @@ pub struct Inputs<'a> {
     pub cached: &'a dyn Fn(usize, &str) -> Option<Verified>,
     /// Remembers a token that just verified.
     pub remember: &'a dyn Fn(usize, &str, &Verified),
+    /// Why this exact token was already refused with the provider's current keys (a bad
+    /// signature), so it is refused again without verifying.
+    pub refused: &'a dyn Fn(usize, &str) -> Option<JwtError>,
+    /// Remembers a token whose signature just failed.
+    pub remember_refusal: &'a dyn Fn(usize, &str, JwtError),
     /// Unix seconds.
     pub now: u64,
 }
@@ -111,6 +116,9 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
             Err(e) => Outcome::Denied(e),
         };
     }
+    if let Some(e) = (inputs.refused)(index, &found.token) {
+        return Outcome::Denied(e);
+    }
     let (remote, retry_later) = match &provider.keys {
         KeySource::Remote(r) => (true, r.unavailable_status == 503),
         KeySource::Local(_) => (false, false),
@@ -134,7 +142,13 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
             Outcome::Allowed(Some(Authenticated { principal, encoded, provider: index, token_header: found.header }))
         }
         Err(JwtError::UnknownKid) if remote && (inputs.may_refresh)(index) => Outcome::NeedKeys(index),
-        Err(e) => Outcome::Denied(e),
+        Err(e) => {
+            // The expensive failure, and one that depends on the token bytes and keys alone.
+            if e == JwtError::BadSignature {
+                (inputs.remember_refusal)(index, &found.token, e);
+            }
+            Outcome::Denied(e)
+        }
     }
 }
 

@@ -27,7 +27,7 @@ fn decide(config: &JwtConfig, authorization: Option<&str>) -> Outcome {
     authenticate(
         config,
         &requirement,
-        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW },
+        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW },
     )
 }
 
@@ -151,7 +151,7 @@ fn requirement_combinations() {
     let run = |req: &Requirement, auth: Option<&str>| {
         let auth = auth.map(str::to_string);
         let header = move |n: &str| if n == "authorization" { auth.clone() } else { None };
-        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW })
+        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW })
     };
     let optional = Requirement::Any(vec![Requirement::Provider(0), Requirement::AllowMissing]);
     assert_eq!(run(&optional, None), Outcome::Allowed(None));
@@ -183,7 +183,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     let cached = Rc::new(crate::jwks::parse_jwks(keys.jwks().as_bytes(), true).unwrap().set);
     let req = Requirement::Provider(0);
     let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>, may: bool| {
-        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW })
+        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW })
     };
     // No keys yet.
     assert_eq!(run(&|_| None, true), Outcome::NeedKeys(0));
@@ -193,7 +193,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     if let crate::config::KeySource::Remote(r) = &mut unauthorized.providers[0].keys {
         r.unavailable_status = 401;
     }
-    let no_keys = Inputs { header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW };
+    let no_keys = Inputs { header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW };
     assert_eq!(authenticate(&unauthorized, &req, &no_keys), Outcome::Denied(JwtError::JwksUnavailable { retry_later: false }));
     // Keys cached, but not this kid.
     assert_eq!(run(&|_| Some(Rc::clone(&cached)), true), Outcome::NeedKeys(0));
@@ -201,7 +201,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     // No token: no fetch is needed to say so.
     let none = |_: &str| None;
     assert_eq!(
-        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, now: NOW }),
+        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW }),
         Outcome::Denied(JwtError::MissingToken)
     );
 }
@@ -224,6 +224,8 @@ fn cached_tokens_skip_the_signature_but_not_the_clock() {
             may_refresh: &|_| false,
             cached: &|i, t| cache.borrow().get(i, 0, t),
             remember: &|i, t, p| { *verifications.borrow_mut() += 1; cache.borrow_mut().insert(i, 0, t, p) },
+            refused: &|_, _| None,
+            remember_refusal: &|_, _, _| {},
             now,
         })
     };
@@ -238,9 +240,43 @@ fn cached_tokens_skip_the_signature_but_not_the_clock() {
     let header2 = |n: &str| if n == "authorization" { Some(tampered.clone()) } else { None };
     let out = authenticate(&cfg, &Requirement::Provider(0), &Inputs {
         header: &header2, keys: &keys_fn, may_refresh: &|_| false,
-        cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|_, _, _| {}, now: NOW,
+        cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW,
     });
     assert!(matches!(out, Outcome::Denied(_)));
+}
+
+#[test]
+fn a_forged_token_repeated_is_refused_from_memory_without_verifying() {
+    let keys = TestKeys::new();
+    let cfg = config(&keys, json!({}));
+    let keys_fn = local_keys(&cfg);
+    let refused = std::cell::RefCell::new(crate::cache::RefusedTokens::new(8));
+    let signed = keys.sign("ES256", Some("es"), &TestKeys::claims());
+    let (head, _) = signed.rsplit_once('.').unwrap();
+    let forged = format!("Bearer {head}.{}", "A".repeat(86));
+    let header = |n: &str| if n == "authorization" { Some(forged.clone()) } else { None };
+    let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>| {
+        authenticate(&cfg, &Requirement::Provider(0), &Inputs {
+            header: &header, keys, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {},
+            refused: &|i, t| refused.borrow().get(i, 0, t),
+            remember_refusal: &|i, t, e| refused.borrow_mut().insert(i, 0, t, e),
+            now: NOW,
+        })
+    };
+    assert_eq!(run(&keys_fn), Outcome::Denied(JwtError::BadSignature));
+    // Again: refused from memory; the keys (and the signature check) are not even consulted.
+    assert_eq!(run(&|_| panic!("verified again")), Outcome::Denied(JwtError::BadSignature));
+    // Other failures are not remembered: they depend on time or trigger a key refresh.
+    let expired = format!("Bearer {}", keys.sign("ES256", Some("es"), &with(json!({"exp": NOW - 1000}))));
+    let header = |n: &str| if n == "authorization" { Some(expired.clone()) } else { None };
+    let out = authenticate(&cfg, &Requirement::Provider(0), &Inputs {
+        header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {},
+        refused: &|i, t| refused.borrow().get(i, 0, t),
+        remember_refusal: &|i, t, e| refused.borrow_mut().insert(i, 0, t, e),
+        now: NOW,
+    });
+    assert_eq!(out, Outcome::Denied(JwtError::Expired));
+    assert_eq!(refused.borrow().get(0, 0, &expired[7..]), None);
 }
 
 #[test]
@@ -263,7 +299,7 @@ fn revoked_tokens_are_denied_verified_or_cached() {
     let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>| {
         authenticate(&cfg, &Requirement::Provider(0), &Inputs {
             header: &header, keys, may_refresh: &|_| false,
-            cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|i, t, p| cache.borrow_mut().insert(i, 0, t, p), now: NOW,
+            cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|i, t, p| cache.borrow_mut().insert(i, 0, t, p), refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW,
         })
     };
     assert_eq!(run(&keys_fn), Outcome::Denied(JwtError::TokenRevoked));

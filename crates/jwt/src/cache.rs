@@ -1,16 +1,21 @@
 //! Verified tokens, remembered per VM so a client that sends the same token again does not pay
-//! for the signature again (Envoy's `jwt_authn` has the same idea: `jwt_cache_config`).
+//! for the signature again (Envoy's `jwt_authn` has the same idea: `jwt_cache_config`), and
+//! tokens whose signature failed, so a forged token repeated is refused cheaply.
 //!
 //! Only the signature, issuer and audience results are reused: they depend on the token bytes
 //! and the provider's keys alone. Time claims are checked again on every hit, and an entry is
 //! only valid for the key-set generation it was verified with, so a rotated-out key stops
 //! verifying at once. Bounded: the oldest entry goes first.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use meshward_core::principal::encode;
 use meshward_core::Principal;
+
+use crate::JwtError;
 
 /// A verified token's principal and its filter-state encoding, made once per token and shared
 /// by every request that presents it.
@@ -95,10 +100,77 @@ impl TokenCache {
     }
 }
 
+/// Tokens whose signature did not verify, remembered per VM so the same forged token sent again
+/// is refused without paying for the signature again: a flood of one forged token costs a hash
+/// per request, not a verification. Keyed by a keyed 64-bit hash of the token (random per VM):
+/// a forged token is never kept whole, and a collision could only refuse, never admit. Valid
+/// only for the key-set generation it was refused with. Bounded: the oldest entry goes first.
+pub struct RefusedTokens {
+    capacity: usize,
+    hasher: RandomState,
+    entries: HashMap<u64, (usize, u64, JwtError)>,
+    order: VecDeque<u64>,
+}
+
+impl std::fmt::Debug for RefusedTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RefusedTokens({}/{})", self.entries.len(), self.capacity)
+    }
+}
+
+impl RefusedTokens {
+    /// At most `capacity` tokens; 0 disables it.
+    pub fn new(capacity: usize) -> Self {
+        RefusedTokens { capacity, hasher: RandomState::new(), entries: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// Why `token` was refused for `provider` with key-set `generation`, if it was.
+    pub fn get(&self, provider: usize, generation: u64, token: &str) -> Option<JwtError> {
+        self.entries
+            .get(&self.hasher.hash_one(token))
+            .filter(|(p, g, _)| *p == provider && *g == generation)
+            .map(|(_, _, e)| *e)
+    }
+
+    pub fn insert(&mut self, provider: usize, generation: u64, token: &str, error: JwtError) {
+        if self.capacity == 0 {
+            return;
+        }
+        let key = self.hasher.hash_one(token);
+        if self.entries.insert(key, (provider, generation, error)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Map;
+
+    #[test]
+    fn refused_tokens_hit_for_the_same_provider_token_and_generation_bounded() {
+        let mut refused = RefusedTokens::new(2);
+        refused.insert(0, 1, "forged-1", JwtError::BadSignature);
+        assert_eq!(refused.get(0, 1, "forged-1"), Some(JwtError::BadSignature));
+        assert_eq!(refused.get(1, 1, "forged-1"), None, "other provider");
+        assert_eq!(refused.get(0, 2, "forged-1"), None, "keys changed since");
+        assert_eq!(refused.get(0, 1, "forged-2"), None);
+        refused.insert(0, 1, "forged-2", JwtError::BadSignature);
+        refused.insert(0, 1, "forged-3", JwtError::BadSignature);
+        assert_eq!((refused.get(0, 1, "forged-1"), refused.entries.len()), (None, 2), "oldest first");
+        let mut off = RefusedTokens::new(0);
+        off.insert(0, 0, "forged", JwtError::BadSignature);
+        assert_eq!(off.get(0, 0, "forged"), None);
+    }
 
     fn principal(sub: &str) -> Verified {
         Verified::new(Principal {

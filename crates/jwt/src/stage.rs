@@ -12,7 +12,7 @@ use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, HostError, HttpCall, HttpCallResponse, LogLevel};
 
 use crate::authn::{authenticate, Authenticated, Inputs, Outcome};
-use crate::cache::TokenCache;
+use crate::cache::{RefusedTokens, TokenCache};
 use crate::config::{JwtConfig, KeySource, RemoteJwks};
 use crate::jwks::{parse_jwks, KeySet};
 use crate::shared_jwks::SharedJwks;
@@ -58,6 +58,8 @@ pub struct JwtPolicy {
     /// Scheduled fetches in flight: (call token, provider index, under the shared lease).
     scheduled: RefCell<Vec<(u32, usize, bool)>>,
     cache: RefCell<TokenCache>,
+    /// Tokens whose signature failed, refused again without verifying (same size as `cache`).
+    refused: RefCell<RefusedTokens>,
 }
 
 impl JwtPolicy {
@@ -84,6 +86,7 @@ impl JwtPolicy {
             .collect();
         JwtPolicy {
             cache: RefCell::new(TokenCache::new(config.token_cache_size)),
+            refused: RefCell::new(RefusedTokens::new(config.token_cache_size)),
             shared,
             config,
             keys: RefCell::new(keys),
@@ -365,6 +368,7 @@ impl JwtStage {
         };
         loop {
             let now = unix_secs(host);
+            let refused_from_memory = std::cell::Cell::new(false);
             let outcome = {
                 let refused = &self.refresh_refused;
                 let seen: &RequestState = request;
@@ -379,6 +383,12 @@ impl JwtStage {
                         remember: &|i, token, principal| {
                             policy.cache.borrow_mut().insert(i, policy.generation(i), token, principal)
                         },
+                        refused: &|i, token| {
+                            let refused = policy.refused.borrow().get(i, policy.generation(i), token);
+                            refused_from_memory.set(refused.is_some());
+                            refused
+                        },
+                        remember_refusal: &|i, token, e| policy.refused.borrow_mut().insert(i, policy.generation(i), token, e),
                         now,
                     },
                 )
@@ -390,7 +400,12 @@ impl JwtStage {
                     }
                     return Step::Continue;
                 }
-                Outcome::Denied(e) => return Step::Deny(e.denial()),
+                Outcome::Denied(e) => {
+                    if refused_from_memory.get() {
+                        count(host, Counter::JwtRefusedFromMemory);
+                    }
+                    return Step::Deny(e.denial());
+                }
                 Outcome::NeedKeys(index) => {
                     // Another worker may have fetched newer keys: try them once.
                     if !self.synced.contains(&index) {
