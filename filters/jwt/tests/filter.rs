@@ -212,7 +212,9 @@ fn no_keys_yet_is_a_denial_never_an_allow() {
     let token = host.calls[0].token;
     filter.on_http_call_response(&mut host, token, HttpCallResponse::default());
     assert_eq!(host.resumed, 0);
-    assert_eq!(host.sent.as_ref().unwrap().status, 401);
+    // Not the caller's fault: 503, retry later.
+    let sent = host.sent.as_ref().unwrap();
+    assert_eq!((sent.status, sent.header("retry-after")), (503, Some("5")));
     assert_eq!(body(&host)["reason"], "jwks_unavailable");
 
     // The proxy refuses the call outright (unknown cluster): deny at once.
