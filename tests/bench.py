@@ -12,6 +12,7 @@ Absolute numbers on a shared machine are noisy; the ratios in the same run are w
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import gzip
 import base64
 import json
@@ -230,11 +231,30 @@ IDEMPOTENCY = plugin("idempotency", {"operations": [{"name": "create-order", "ma
 ORDER_OWNERSHIP = plugin("ownership", {"rules": [{"name": "create_order", "match": {"path": ORDER_PATH, "methods": ["POST"]}, "scopes": ["orders:read"]}]})
 
 
+# Of the connections of a flood row, this share sends forged tokens; the rest are the valid client.
+FLOOD_SHARE = 0.9
+
+
+def forged_prefix(token: str) -> str:
+    """A valid token's header and payload: forged tokens add a signature of the right length."""
+    return token.rsplit(".", 1)[0]
+
+
+def flood_script(directory: Path, prefix: str, signature_chars: int = 342) -> Path:
+    """wrk sends `prefix` with a different bad signature on every request: no cache can help."""
+    pad = "A" * (signature_chars - 10)
+    path = directory / "flood.lua"
+    path.write_text(f"local sent = 0\nrequest = function()\n  sent = sent + 1\n"
+                    f"  wrk.headers['authorization'] = 'Bearer {prefix}.' .. string.format('%010d', sent) .. '{pad}'\n"
+                    f"  return wrk.format()\nend\n")
+    return path
+
+
 class Scenario:
     """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
 
     def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy",
-                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False):
+                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False, flood=None):
         self.name, self.plugins, self.native = name, list(plugins), list(native)
         self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
         # The plain-Envoy scenario sending the same request.
@@ -245,6 +265,10 @@ class Scenario:
         self.new_deliveries = new_deliveries
         # Every request a new `idempotency-key`.
         self.new_keys = new_keys
+        # Forged tokens (this header.payload with a different bad signature each time) sent
+        # from most connections while the row's own client sends `headers`: the row reports
+        # that client ([`FLOOD_SHARE`]).
+        self.flood = flood
 
 
 def scenarios(keys: KeyRing) -> list[Scenario]:
@@ -285,6 +309,12 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("jwt ES256 + idempotency, retries answered from the store (meshward-fleet)", [meshward_jwt(keys, fam["ES256"]), IDEMPOTENCY],
                  fleet=True, compare="jwt ES256, POST order (meshward)",
                  **{**order, "headers": {**order["headers"], "idempotency-key": f"bench-retry-{uuid.uuid4()}"}}),
+        # A flood of forged RS256 tokens (valid kid, bad signature, all different) beside one
+        # valid client: what the valid client still gets.
+        Scenario("jwt RS256 under a forged-token flood (meshward)", [meshward_jwt(keys, fam["RS256"])], headers=auth("RS256"),
+                 flood=forged_prefix(tok["RS256"]), compare="jwt_authn RS256 under a forged-token flood"),
+        Scenario("jwt_authn RS256 under a forged-token flood (native)", native=[jwt_authn(keys, fam["RS256"])], headers=auth("RS256"),
+                 flood=forged_prefix(tok["RS256"])),
         Scenario("jwt ES256 + ownership (meshward)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP], headers=es),
         Scenario("plain envoy, crAPI POST order", **order),
         Scenario("schema crAPI POST order (meshward)", [SCHEMA], **order),
@@ -492,7 +522,16 @@ class Running:
             # More fresh deliveries than any run sends (non-200 answers would show a shortfall).
             script = wrk_script(self.dir, self.sc.headers, self.sc.body, deliveries=new_deliveries(self.dir, self.sc.body, 40_000 * duration))
         cpu_before = cpu_seconds(self.env)
-        r = run_wrk(self.env.port, self.sc.path, script, duration, connections)
+        if self.sc.flood is not None:
+            forged = max(1, round(connections * FLOOD_SHARE))
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                flood = pool.submit(run_wrk, self.env.port, self.sc.path, flood_script(self.dir, self.sc.flood), duration, forged)
+                r = run_wrk(self.env.port, self.sc.path, script, duration, max(1, connections - forged))
+                f = flood.result()
+            # The forged requests are all refused (401), as they must be.
+            r["flood_rps"], r["flood_refused"] = f["rps"], f["non_200"] == f["requests"]
+        else:
+            r = run_wrk(self.env.port, self.sc.path, script, duration, connections)
         # What one request costs the measured Envoy in CPU.
         r["cpu_us_per_request"] = (cpu_seconds(self.env) - cpu_before) * 1e6 / max(1, r["requests"])
         return r
