@@ -9,7 +9,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasher;
+use std::borrow::Borrow;
+use std::hash::{BuildHasher, Hash};
 use std::rc::Rc;
 
 use meshward_core::principal::encode;
@@ -34,6 +35,52 @@ impl Verified {
     }
 }
 
+/// A map of at most `capacity` entries, the oldest going first; capacity 0 keeps nothing. Both
+/// caches below are one of these.
+struct Bounded<K, V> {
+    capacity: usize,
+    entries: HashMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
+    fn new(capacity: usize) -> Self {
+        Bounded { capacity, entries: HashMap::new(), order: VecDeque::new() }
+    }
+
+    fn get<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+    {
+        self.entries.get(key)
+    }
+
+    /// Inserts or replaces; a new key may push the oldest one out.
+    fn insert(&mut self, key: K, value: V) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.entries.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.entries.remove(&old);
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Bounded<K, V> {
+    /// Counts only: never prints tokens or claims.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.entries.len(), self.capacity)
+    }
+}
+
 struct Entry {
     provider: usize,
     generation: u64,
@@ -42,23 +89,15 @@ struct Entry {
 
 /// A bounded map from (provider, token) to what the token verified to. Keyed by the token
 /// itself, compared whole: a hit costs a hash of the token, no digest.
+#[derive(Debug)]
 pub struct TokenCache {
-    capacity: usize,
-    entries: HashMap<Rc<str>, Entry>,
-    order: VecDeque<Rc<str>>,
-}
-
-impl std::fmt::Debug for TokenCache {
-    /// Never prints tokens or claims.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenCache({}/{})", self.entries.len(), self.capacity)
-    }
+    entries: Bounded<Rc<str>, Entry>,
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize) -> Self {
-        TokenCache { capacity, entries: HashMap::new(), order: VecDeque::new() }
+        TokenCache { entries: Bounded::new(capacity) }
     }
 
     /// What `token` verified to for `provider` with key-set `generation`.
@@ -70,33 +109,15 @@ impl TokenCache {
     }
 
     pub fn insert(&mut self, provider: usize, generation: u64, token: &str, verified: &Verified) {
-        if self.capacity == 0 {
-            return;
-        }
-        let entry = Entry { provider, generation, verified: verified.clone() };
-        if let Some(existing) = self.entries.get_mut(token) {
-            *existing = entry;
-            return;
-        }
-        let key: Rc<str> = Rc::from(token);
-        self.entries.insert(Rc::clone(&key), entry);
-        self.order.push_back(key);
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.entries.insert(Rc::from(token), Entry { provider, generation, verified: verified.clone() });
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.entries.is_empty()
     }
 }
 
@@ -105,23 +126,16 @@ impl TokenCache {
 /// per request, not a verification. Keyed by a keyed 64-bit hash of the token (random per VM):
 /// a forged token is never kept whole, and a collision could only refuse, never admit. Valid
 /// only for the key-set generation it was refused with. Bounded: the oldest entry goes first.
+#[derive(Debug)]
 pub struct RefusedTokens {
-    capacity: usize,
     hasher: RandomState,
-    entries: HashMap<u64, (usize, u64, JwtError)>,
-    order: VecDeque<u64>,
-}
-
-impl std::fmt::Debug for RefusedTokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RefusedTokens({}/{})", self.entries.len(), self.capacity)
-    }
+    entries: Bounded<u64, (usize, u64, JwtError)>,
 }
 
 impl RefusedTokens {
     /// At most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize) -> Self {
-        RefusedTokens { capacity, hasher: RandomState::new(), entries: HashMap::new(), order: VecDeque::new() }
+        RefusedTokens { hasher: RandomState::new(), entries: Bounded::new(capacity) }
     }
 
     /// Why `token` was refused for `provider` with key-set `generation`, if it was.
@@ -133,21 +147,7 @@ impl RefusedTokens {
     }
 
     pub fn insert(&mut self, provider: usize, generation: u64, token: &str, error: JwtError) {
-        if self.capacity == 0 {
-            return;
-        }
-        let key = self.hasher.hash_one(token);
-        if self.entries.insert(key, (provider, generation, error)).is_none() {
-            self.order.push_back(key);
-        }
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.entries.insert(self.hasher.hash_one(token), (provider, generation, error));
     }
 }
 
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(refused.get(0, 1, "forged-2"), None);
         refused.insert(0, 1, "forged-2", JwtError::BadSignature);
         refused.insert(0, 1, "forged-3", JwtError::BadSignature);
-        assert_eq!((refused.get(0, 1, "forged-1"), refused.entries.len()), (None, 2), "oldest first");
+        assert_eq!((refused.get(0, 1, "forged-1"), refused.entries.entries.len()), (None, 2), "oldest first");
         let mut off = RefusedTokens::new(0);
         off.insert(0, 0, "forged", JwtError::BadSignature);
         assert_eq!(off.get(0, 0, "forged"), None);
