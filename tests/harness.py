@@ -15,7 +15,9 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -93,6 +95,17 @@ def static_cluster(name: str, port: int, http2: bool = False) -> dict:
             }
         }
     return cluster
+
+
+def http_server(handler: type[BaseHTTPRequestHandler], **state) -> ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port), serving in the background until
+    `shutdown()`; `state` becomes its attributes, beside a `lock` for its handlers."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.lock = threading.Lock()
+    for name, value in state.items():
+        setattr(server, name, value)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] = (), request_headers_to_add: list[dict] = (), native_filters: list[dict] = ()) -> dict:

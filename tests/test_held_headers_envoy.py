@@ -7,13 +7,12 @@ that answers before the body was checked sees the request, and its answer is rep
 from __future__ import annotations
 
 import http.client
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import FORMS, Envoy, Response, as_deployed, build_config, plugin
+from harness import FORMS, Envoy, Response, as_deployed, build_config, http_server, plugin
 from test_webhook_envoy import STRIPE_SECRET, assert_denied, payload, standard, webhook_config
 
 
@@ -55,9 +54,7 @@ def slow_post(env, path: str, headers: dict, body: bytes) -> Response:
 
 @pytest.fixture(scope="module")
 def service():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EarlyAnswer)
-    server.lock, server.arrived = threading.Lock(), []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http_server(EarlyAnswer, arrived=[])
     yield server
     server.shutdown()
 

@@ -7,16 +7,15 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
 from fleet import FleetEngine, RedisServer
-from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
+from harness import FORMS, Envoy, as_deployed, build_config, http_server, plugin, static_cluster
 from test_jwt_envoy import jwt_config
 from test_held_headers_envoy import EarlyAnswer
 from tokens import bearer
@@ -62,9 +61,7 @@ class Shop(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def shop():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Shop)
-    server.lock, server.orders, server.script, server.delay, server.numbers = threading.Lock(), {}, [], 0.0, itertools.count(1)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http_server(Shop, orders={}, script=[], delay=0.0, numbers=itertools.count(1))
     yield server
     server.shutdown()
 
@@ -265,9 +262,7 @@ def test_a_stored_answer_expires(fleet, keys, shop):
 def test_a_service_that_answers_before_reading_the_body_runs_each_key_once(keys, form):
     """Request headers wait for the claim (as `meshward render` deploys the filter): a service
     that acts on headers alone never sees a duplicate."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), EarlyAnswer)
-    server.lock, server.arrived = threading.Lock(), []
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http_server(EarlyAnswer, arrived=[])
     redis_server = RedisServer()
     engine = FleetEngine(redis_server.port)
     try:

@@ -13,14 +13,13 @@ import gzip
 import http.client
 import json
 import subprocess
-import threading
 import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import httpx
 import pytest
 
-from harness import FORMS, Envoy, Response, as_deployed, build_config, plugin
+from harness import FORMS, Envoy, Response, as_deployed, build_config, http_server, plugin
 from test_ownership_envoy import chain_jwt_config
 
 ORDER = {"type": "object", "required": ["tenant_id", "product_id", "quantity"], "properties": {
@@ -284,8 +283,7 @@ class _Compressing(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def compressing():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Compressing)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http_server(_Compressing)
     yield server
     server.shutdown()
 

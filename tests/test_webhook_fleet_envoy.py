@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from fleet import FleetEngine, RedisServer
-from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
+from harness import FORMS, Envoy, as_deployed, build_config, http_server, plugin, static_cluster
 from test_webhook_envoy import (
     STRIPE_SECRET, assert_denied, github_headers, payload, post, standard, stripe_headers, webhook_config,
 )
@@ -44,9 +43,7 @@ class Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def receiver():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    server.lock, server.seen, server.script, server.delay = threading.Lock(), [], [], 0.0
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = http_server(Receiver, seen=[], script=[], delay=0.0)
     yield server
     server.shutdown()
 
