@@ -316,3 +316,23 @@ def test_the_engine_down_follows_the_failure_mode(keys, shop, failure_mode):
         assert env.counter("meshward_idempotency_service_failures_total") >= 1
     env.cleanup()
     redis_server.stop()
+
+
+def test_a_stored_answer_that_cannot_be_read_is_refused_not_run_again(keys, shop):
+    redis_server = RedisServer()
+    engine = FleetEngine(redis_server.port)
+    try:
+        with Envoy(replica(keys, shop, engine.port, "bundle").config) as env:
+            key = str(uuid.uuid4())
+            assert order(env, keys, key).status == 201
+            client = redis_server.client()
+            stored = client.keys("meshward:seen:shop/idempotency/create-order/*")
+            assert len(stored) == 1, stored
+            client.hset(stored[0], "record", b"\xff\xff not an answer")
+            r = order(env, keys, key)
+            assert (r.status, r.reason) == (503, "stored_answer_unreadable"), r
+            assert orders_for(shop, key) == 1, "refused, never run a second time"
+        env.cleanup()
+    finally:
+        engine.stop()
+        redis_server.stop()
