@@ -64,6 +64,16 @@ def test_every_algorithm_family_reaches_upstream(envoy, keys, alg):
     assert "authorization" not in seen
 
 
+@pytest.mark.parametrize("alg", ALGORITHMS)
+def test_every_algorithm_refuses_another_signer_and_a_tampered_payload(envoy, keys, alg):
+    # Signed by the sender's own library with another key of the same family, under our kid.
+    assert_denied(envoy.request("/api/orders", bearer(KeyRing().token(alg, kid=keys.kid(alg)))), 401, "bad_signature")
+    head, _, signature = keys.token(alg).rpartition(".")
+    header, _ = head.split(".")
+    evil = keys.token(alg, sub="admin").split(".")[1]
+    assert_denied(envoy.request("/api/orders", bearer(f"{header}.{evil}.{signature}")), 401, "bad_signature")
+
+
 def test_token_without_kid_is_matched_by_algorithm(envoy, keys):
     assert envoy.request("/api/orders", bearer(keys.token("ES256", kid=None))).reached_upstream
 

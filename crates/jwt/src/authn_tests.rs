@@ -76,7 +76,7 @@ fn deny_reasons() {
     let other = TestKeys::new();
     let sign = |claims: Map<String, Value>| keys.sign("ES256", Some("es"), &claims);
     let forged_hs_with_ec_kid = hs256(
-        &keys.es.public_key().to_bytes(),
+        keys.es.verifying_key().to_sec1_point(true).as_bytes(),
         &json!({"alg": "HS256", "kid": "es"}),
         &TestKeys::claims(),
     );
@@ -117,6 +117,14 @@ fn deny_reasons() {
         ("wrong aud", Some(format!("Bearer {}", sign(with(json!({"aud": "payments"}))))), JwtError::WrongAudience),
         ("no aud", Some(format!("Bearer {}", sign(with(json!({"aud": null}))))), JwtError::WrongAudience),
         ("aud array without ours", Some(format!("Bearer {}", sign(with(json!({"aud": ["a", "b"]}))))), JwtError::WrongAudience),
+        // Registered claims of another type (RFC 7519 §4.1) are not read some other way.
+        ("exp as text", Some(format!("Bearer {}", sign(with(json!({"exp": (NOW + 300).to_string()}))))), JwtError::MalformedToken),
+        ("exp with a fraction", Some(format!("Bearer {}", sign(with(json!({"exp": NOW as f64 + 300.5}))))), JwtError::MalformedToken),
+        ("negative nbf", Some(format!("Bearer {}", sign(with(json!({"nbf": -1}))))), JwtError::MalformedToken),
+        ("sub a number", Some(format!("Bearer {}", sign(with(json!({"sub": 42}))))), JwtError::MalformedToken),
+        ("iss an array", Some(format!("Bearer {}", sign(with(json!({"iss": [ISSUER]}))))), JwtError::MalformedToken),
+        ("aud with a number", Some(format!("Bearer {}", sign(with(json!({"aud": [AUDIENCE, 7]}))))), JwtError::MalformedToken),
+        ("signature of the wrong size", Some(format!("Bearer {}.AAAA", sign(TestKeys::claims()).rsplit_once('.').unwrap().0)), JwtError::MalformedToken),
     ];
     for (name, header, want) in cases {
         assert_eq!(denied(decide(&cfg, header.as_deref())), want, "{name}");

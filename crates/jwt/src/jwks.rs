@@ -1,7 +1,10 @@
 //! JSON Web Key Sets (RFC 7517), parsed once into ready-to-use verification keys.
 
+use std::rc::Rc;
+
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder};
-use jwt_simple::prelude::*;
+use hmac::{Hmac, KeyInit, Mac};
+use p256::ecdsa::signature::Verifier;
 use serde::Deserialize;
 
 /// Largest JWKS document accepted, local or fetched.
@@ -65,20 +68,58 @@ impl std::fmt::Display for JwksError {
     }
 }
 
+/// The hash an HMAC or RSA algorithm signs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Hash {
+    fn of(alg: Algorithm) -> Hash {
+        match alg {
+            Algorithm::HS384 | Algorithm::RS384 | Algorithm::PS384 | Algorithm::ES384 => Hash::Sha384,
+            Algorithm::HS512 | Algorithm::RS512 | Algorithm::PS512 => Hash::Sha512,
+            _ => Hash::Sha256,
+        }
+    }
+}
+
+/// An RSA public key (2048 to 4096 bits, exponent 65537) with its Montgomery parameters,
+/// prepared once when the key set is read and shared by the algorithms the JWK allows.
+pub struct RsaKey(rsa::PublicKey);
+
+impl RsaKey {
+    /// RFC 7518 §3.3: at least 2048 bits; larger than 4096 or another exponent is refused
+    /// (every verification pays for the modulus size and the exponent's bits).
+    fn from_components(n: &[u8], e: &[u8]) -> Result<RsaKey, JwksError> {
+        let invalid = |why: &str| JwksError(format!("invalid RSA key: {why}"));
+        let n = significant(n);
+        if !(256..=512).contains(&n.len()) {
+            return Err(invalid("the modulus must be 2048 to 4096 bits"));
+        }
+        if significant(e) != [1, 0, 1] {
+            return Err(invalid("the exponent must be 65537"));
+        }
+        let n = rsa::BoxedUint::from_be_slice_vartime(n);
+        let e = rsa::BoxedUint::from(65537u64);
+        rsa::PublicKey::new_with_size_limits(n, e, 2048..=4096).map(RsaKey).map_err(|err| invalid(&err.to_string()))
+    }
+}
+
+/// A big-endian number without its leading zero bytes.
+fn significant(bytes: &[u8]) -> &[u8] {
+    bytes.iter().position(|b| *b != 0).map_or(&[], |i| &bytes[i..])
+}
+
 /// A verification key for exactly one algorithm.
 pub enum VerifyingKey {
-    HS256(HS256Key),
-    HS384(HS384Key),
-    HS512(HS512Key),
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
-    ES256(ES256PublicKey),
-    ES384(ES384PublicKey),
-    EdDSA(Ed25519PublicKey),
+    Hmac(Algorithm, Vec<u8>),
+    Rsa(Algorithm, Rc<RsaKey>),
+    ES256(p256::ecdsa::VerifyingKey),
+    ES384(p384::ecdsa::VerifyingKey),
+    EdDSA(ed25519_compact::PublicKey),
 }
 
 impl std::fmt::Debug for VerifyingKey {
@@ -88,45 +129,69 @@ impl std::fmt::Debug for VerifyingKey {
     }
 }
 
+/// What a signature check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    Valid,
+    Invalid,
+    /// Not a signature of this algorithm at all (the wrong length for it).
+    Unreadable,
+}
+
 impl VerifyingKey {
     pub fn algorithm(&self) -> Algorithm {
         match self {
-            VerifyingKey::HS256(_) => Algorithm::HS256,
-            VerifyingKey::HS384(_) => Algorithm::HS384,
-            VerifyingKey::HS512(_) => Algorithm::HS512,
-            VerifyingKey::RS256(_) => Algorithm::RS256,
-            VerifyingKey::RS384(_) => Algorithm::RS384,
-            VerifyingKey::RS512(_) => Algorithm::RS512,
-            VerifyingKey::PS256(_) => Algorithm::PS256,
-            VerifyingKey::PS384(_) => Algorithm::PS384,
-            VerifyingKey::PS512(_) => Algorithm::PS512,
+            VerifyingKey::Hmac(alg, _) | VerifyingKey::Rsa(alg, _) => *alg,
             VerifyingKey::ES256(_) => Algorithm::ES256,
             VerifyingKey::ES384(_) => Algorithm::ES384,
             VerifyingKey::EdDSA(_) => Algorithm::EdDSA,
         }
     }
 
-    /// Verifies signature and time claims (with `options`), returning jwt-simple's error.
-    pub(crate) fn verify(
-        &self,
-        token: &str,
-        options: VerificationOptions,
-    ) -> Result<JWTClaims<NoCustomClaims>, jwt_simple::Error> {
-        let o = Some(options);
+    /// Checks `signature` over `signing_input` (the token's `header.payload`). HMAC tags are
+    /// compared in constant time; the rest is the maintained crates' own verification.
+    pub fn check_signature(&self, signing_input: &[u8], signature: &[u8]) -> SignatureCheck {
+        let valid = |ok: bool| if ok { SignatureCheck::Valid } else { SignatureCheck::Invalid };
         match self {
-            VerifyingKey::HS256(k) => k.verify_token(token, o),
-            VerifyingKey::HS384(k) => k.verify_token(token, o),
-            VerifyingKey::HS512(k) => k.verify_token(token, o),
-            VerifyingKey::RS256(k) => k.verify_token(token, o),
-            VerifyingKey::RS384(k) => k.verify_token(token, o),
-            VerifyingKey::RS512(k) => k.verify_token(token, o),
-            VerifyingKey::PS256(k) => k.verify_token(token, o),
-            VerifyingKey::PS384(k) => k.verify_token(token, o),
-            VerifyingKey::PS512(k) => k.verify_token(token, o),
-            VerifyingKey::ES256(k) => k.verify_token(token, o),
-            VerifyingKey::ES384(k) => k.verify_token(token, o),
-            VerifyingKey::EdDSA(k) => k.verify_token(token, o),
+            VerifyingKey::Hmac(alg, secret) => valid(hmac_matches(Hash::of(*alg), secret, signing_input, signature)),
+            VerifyingKey::Rsa(alg, key) => {
+                let key = &key.0;
+                let pss = matches!(alg, Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512);
+                let verified = match (Hash::of(*alg), pss) {
+                    (Hash::Sha256, false) => key.pkcs1v15_verify::<sha2::Sha256>(signing_input, signature),
+                    (Hash::Sha384, false) => key.pkcs1v15_verify::<sha2::Sha384>(signing_input, signature),
+                    (Hash::Sha512, false) => key.pkcs1v15_verify::<sha2::Sha512>(signing_input, signature),
+                    (Hash::Sha256, true) => key.pss_verify::<sha2::Sha256>(signing_input, signature),
+                    (Hash::Sha384, true) => key.pss_verify::<sha2::Sha384>(signing_input, signature),
+                    (Hash::Sha512, true) => key.pss_verify::<sha2::Sha512>(signing_input, signature),
+                };
+                valid(verified.is_ok())
+            }
+            VerifyingKey::ES256(key) if signature.len() == 64 => valid(
+                p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            ),
+            VerifyingKey::ES384(key) if signature.len() == 96 => valid(
+                p384::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            ),
+            VerifyingKey::EdDSA(key) if signature.len() == 64 => valid(
+                ed25519_compact::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
+            ),
+            // JWS (RFC 7518 §3.4, RFC 8037 §3.1): fixed-size signatures, r‖s for ECDSA.
+            VerifyingKey::ES256(_) | VerifyingKey::ES384(_) | VerifyingKey::EdDSA(_) => SignatureCheck::Unreadable,
         }
+    }
+}
+
+fn hmac_matches(hash: Hash, secret: &[u8], input: &[u8], tag: &[u8]) -> bool {
+    fn check<M: Mac + KeyInit>(secret: &[u8], input: &[u8], tag: &[u8]) -> bool {
+        let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret) else { return false };
+        mac.update(input);
+        mac.verify_slice(tag).is_ok()
+    }
+    match hash {
+        Hash::Sha256 => check::<Hmac<sha2::Sha256>>(secret, input, tag),
+        Hash::Sha384 => check::<Hmac<sha2::Sha384>>(secret, input, tag),
+        Hash::Sha512 => check::<Hmac<sha2::Sha512>>(secret, input, tag),
     }
 }
 
@@ -251,29 +316,15 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
                     }
                     continue;
                 }
-                keys.push(match alg {
-                    Algorithm::HS256 => VerifyingKey::HS256(HS256Key::from_bytes(&secret)),
-                    Algorithm::HS384 => VerifyingKey::HS384(HS384Key::from_bytes(&secret)),
-                    _ => VerifyingKey::HS512(HS512Key::from_bytes(&secret)),
-                });
+                keys.push(VerifyingKey::Hmac(alg, secret.clone()));
             }
         }
         "RSA" => {
             let n = b64("n", jwk.n.as_ref())?;
             let e = b64("e", jwk.e.as_ref())?;
-            for alg in allowed(&Algorithm::RSA)? {
-                let rsa = |r: Result<VerifyingKey, jwt_simple::Error>| {
-                    r.map_err(|err| JwksError(format!("invalid RSA key: {err}")))
-                };
-                keys.push(rsa(match alg {
-                    Algorithm::RS256 => RS256PublicKey::from_components(&n, &e).map(VerifyingKey::RS256),
-                    Algorithm::RS384 => RS384PublicKey::from_components(&n, &e).map(VerifyingKey::RS384),
-                    Algorithm::RS512 => RS512PublicKey::from_components(&n, &e).map(VerifyingKey::RS512),
-                    Algorithm::PS256 => PS256PublicKey::from_components(&n, &e).map(VerifyingKey::PS256),
-                    Algorithm::PS384 => PS384PublicKey::from_components(&n, &e).map(VerifyingKey::PS384),
-                    _ => PS512PublicKey::from_components(&n, &e).map(VerifyingKey::PS512),
-                })?);
-            }
+            let algorithms = allowed(&Algorithm::RSA)?;
+            let key = Rc::new(RsaKey::from_components(&n, &e)?);
+            keys.extend(algorithms.into_iter().map(|alg| VerifyingKey::Rsa(alg, Rc::clone(&key))));
         }
         "EC" => {
             let x = b64("x", jwk.x.as_ref())?;
@@ -292,9 +343,9 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
             sec1.extend_from_slice(&x);
             sec1.extend_from_slice(&y);
             keys.push(if alg == Algorithm::ES256 {
-                VerifyingKey::ES256(ES256PublicKey::from_bytes(&sec1).map_err(|_| bad("EC"))?)
+                VerifyingKey::ES256(p256::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| bad("EC"))?)
             } else {
-                VerifyingKey::ES384(ES384PublicKey::from_bytes(&sec1).map_err(|_| bad("EC"))?)
+                VerifyingKey::ES384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| bad("EC"))?)
             });
         }
         "OKP" => {
@@ -304,7 +355,7 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
             allowed(&[Algorithm::EdDSA])?;
             let x = b64("x", jwk.x.as_ref())?;
             keys.push(VerifyingKey::EdDSA(
-                Ed25519PublicKey::from_bytes(&x).map_err(|_| bad("Ed25519"))?,
+                ed25519_compact::PublicKey::from_slice(&x).map_err(|_| bad("Ed25519"))?,
             ));
         }
         other => return Err(JwksError(format!("unsupported kty {other:?}"))),
@@ -323,6 +374,28 @@ mod tests {
 
     fn algs(set: &KeySet) -> Vec<Vec<Algorithm>> {
         set.keys.iter().map(|k| k.keys.iter().map(VerifyingKey::algorithm).collect()).collect()
+    }
+
+    fn b64_of(bytes: &[u8]) -> String {
+        crate::testkit::b64(bytes)
+    }
+
+    /// An odd modulus of `bytes` bytes with its top bit set (a structurally valid RSA modulus).
+    fn rsa_n(bytes: usize) -> String {
+        b64_of(&vec![0xC3; bytes])
+    }
+
+    #[test]
+    fn rsa_keys_are_prepared_once_for_every_algorithm_they_allow() {
+        // A leading zero byte (some issuers send one) does not change the key's size.
+        let padded = b64_of(&[&[0u8][..], &[0xC3; 256]].concat());
+        for n in [rsa_n(256), padded, rsa_n(512)] {
+            let doc = json!({"keys": [{"kty": "RSA", "n": n, "e": "AAEAAQ"}]}).to_string();
+            let set = parse_jwks(doc.as_bytes(), true).unwrap().set;
+            assert_eq!(algs(&set), vec![Algorithm::RSA.to_vec()]);
+        }
+        let pinned = json!({"keys": [{"kty": "RSA", "alg": "PS384", "n": rsa_n(384), "e": "AQAB"}]}).to_string();
+        assert_eq!(algs(&parse_jwks(pinned.as_bytes(), true).unwrap().set), vec![vec![Algorithm::PS384]]);
     }
 
     #[test]
@@ -365,6 +438,10 @@ mod tests {
             (json!({"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}).to_string(), "needs at least 32"),
             (json!({"keys": [{"kty": "oct", "alg": "RS256", "k": "AAAA"}]}).to_string(), "does not fit kty"),
             (json!({"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}).to_string(), "invalid RSA key"),
+            (json!({"keys": [{"kty": "RSA", "n": rsa_n(128), "e": "AQAB"}]}).to_string(), "2048 to 4096 bits"),
+            (json!({"keys": [{"kty": "RSA", "n": rsa_n(513), "e": "AQAB"}]}).to_string(), "2048 to 4096 bits"),
+            (json!({"keys": [{"kty": "RSA", "n": rsa_n(256), "e": "Aw"}]}).to_string(), "exponent must be 65537"),
+            (json!({"keys": [{"kty": "RSA", "n": b64_of(&[0xC4; 256]), "e": "AQAB"}]}).to_string(), "invalid RSA key"),
             (json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"}]}).to_string(), "invalid EC key"),
             (json!({"keys": [{"kty": "OKP", "crv": "X25519", "x": "AAAA"}]}).to_string(), "unsupported OKP curve"),
             (json!({"keys": [{"kty": "oct", "alg": "none", "k": "AAAA"}]}).to_string(), "unsupported `alg`"),

@@ -1,13 +1,15 @@
 //! Keys and tokens for tests (feature `testkit`). Tokens are built claim by claim so tests can
-//! leave out or falsify any of them; signatures come from jwt-simple (ES256, EdDSA) and from
-//! the `hmac` crate (HS256, and hand-forged headers such as `crit` or `alg: none`).
+//! leave out or falsify any of them; signatures come from the same crates the filter verifies
+//! with (`p256`, `ed25519-compact`, `hmac`), from fresh keys for every [`TestKeys`].
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use hmac::{Hmac, KeyInit, Mac};
-use jwt_simple::prelude::*;
+use p256::ecdsa::signature::Signer;
 use serde_json::{json, Map, Value};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 pub const ISSUER: &str = "https://issuer.test";
 pub const AUDIENCE: &str = "orders-api";
@@ -21,8 +23,8 @@ pub fn b64(data: &[u8]) -> String {
 /// An HMAC secret, an ES256 and an Ed25519 key pair, with kids `hs`, `es`, `ed`.
 pub struct TestKeys {
     pub hmac_secret: Vec<u8>,
-    pub es: ES256KeyPair,
-    pub ed: Ed25519KeyPair,
+    pub es: p256::ecdsa::SigningKey,
+    pub ed: ed25519_compact::KeyPair,
 }
 
 impl Default for TestKeys {
@@ -31,12 +33,19 @@ impl Default for TestKeys {
     }
 }
 
+/// A different 32-byte seed on every call (no RNG needed on wasm32).
+fn next_seed() -> [u8; 32] {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Sha256::digest(format!("meshward testkit key {n}")).into()
+}
+
 impl TestKeys {
     pub fn new() -> Self {
         TestKeys {
             hmac_secret: (0u8..64).collect(),
-            es: ES256KeyPair::generate(),
-            ed: Ed25519KeyPair::generate(),
+            es: p256::ecdsa::SigningKey::from_slice(&next_seed()).unwrap(),
+            ed: ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new(next_seed())),
         }
     }
 
@@ -46,11 +55,12 @@ impl TestKeys {
     }
 
     pub fn jwks_with_kids(&self, hs: &str, es: &str, ed: &str) -> String {
-        let point = self.es.public_key().public_key().to_bytes_uncompressed();
+        let point = self.es.verifying_key().to_sec1_point(false);
+        let point = point.as_bytes();
         json!({"keys": [
             {"kty": "oct", "kid": hs, "k": b64(&self.hmac_secret)},
             {"kty": "EC", "kid": es, "crv": "P-256", "x": b64(&point[1..33]), "y": b64(&point[33..65]), "use": "sig"},
-            {"kty": "OKP", "kid": ed, "crv": "Ed25519", "x": b64(&self.ed.public_key().to_bytes())},
+            {"kty": "OKP", "kid": ed, "crv": "Ed25519", "x": b64(self.ed.pk.as_ref())},
         ]})
         .to_string()
     }
@@ -70,63 +80,33 @@ impl TestKeys {
         if let Some(kid) = kid {
             header["kid"] = json!(kid);
         }
-        match alg {
-            "HS256" => hs256(&self.hmac_secret, &header, claims),
-            "ES256" | "EdDSA" => {
-                // jwt-simple signs its own claim struct; rebuild ours in it field by field.
-                let mut c = JWTClaims {
-                    issued_at: None,
-                    expires_at: None,
-                    invalid_before: None,
-                    issuer: None,
-                    subject: None,
-                    audiences: None,
-                    jwt_id: None,
-                    nonce: None,
-                    custom: Map::new(),
-                };
-                for (k, v) in claims {
-                    match (k.as_str(), v) {
-                        ("iat", Value::Number(n)) => c.issued_at = Some(Duration::from_secs(n.as_u64().unwrap())),
-                        ("exp", Value::Number(n)) => c.expires_at = Some(Duration::from_secs(n.as_u64().unwrap())),
-                        ("nbf", Value::Number(n)) => c.invalid_before = Some(Duration::from_secs(n.as_u64().unwrap())),
-                        ("iss", Value::String(s)) => c.issuer = Some(s.clone()),
-                        ("sub", Value::String(s)) => c.subject = Some(s.clone()),
-                        ("aud", Value::String(s)) => c.audiences = Some(Audiences::AsString(s.clone())),
-                        ("aud", Value::Array(a)) => {
-                            c.audiences = Some(Audiences::AsSet(a.iter().map(|x| x.as_str().unwrap().to_string()).collect()))
-                        }
-                        _ => {
-                            c.custom.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-                if alg == "ES256" {
-                    let mut key = ES256KeyPair::from_bytes(&self.es.to_bytes()).unwrap();
-                    if let Some(kid) = kid {
-                        key = key.with_key_id(kid);
-                    }
-                    key.sign(c).unwrap()
-                } else {
-                    let mut key = Ed25519KeyPair::from_bytes(&self.ed.to_bytes()).unwrap();
-                    if let Some(kid) = kid {
-                        key = key.with_key_id(kid);
-                    }
-                    key.sign(c).unwrap()
-                }
-            }
-            other => panic!("testkit cannot sign {other}"),
+        if alg == "HS256" {
+            return hs256(&self.hmac_secret, &header, claims);
         }
+        let input = signing_input(&header, claims);
+        let signature = match alg {
+            "ES256" => {
+                let sig: p256::ecdsa::Signature = self.es.sign(input.as_bytes());
+                sig.to_bytes().to_vec()
+            }
+            "EdDSA" => self.ed.sk.sign(input.as_bytes(), None).to_vec(),
+            other => panic!("testkit cannot sign {other}"),
+        };
+        format!("{input}.{}", b64(&signature))
     }
+}
+
+fn signing_input(header: &Value, claims: &Map<String, Value>) -> String {
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(Value::Object(claims.clone()).to_string().as_bytes())
+    )
 }
 
 /// An HS256 token with exactly this header and payload.
 pub fn hs256(secret: &[u8], header: &Value, claims: &Map<String, Value>) -> String {
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(Value::Object(claims.clone()).to_string().as_bytes())
-    );
+    let input = signing_input(header, claims);
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).unwrap();
     mac.update(input.as_bytes());
     format!("{input}.{}", b64(&mac.finalize().into_bytes()))
