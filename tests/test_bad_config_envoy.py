@@ -40,6 +40,8 @@ CASES = {
         ("huge bound", lambda c: c.update(max_keys=10**12), r"max_keys"),
         ("global burst", lambda c: c.update(**{"global": {"cluster": "rls", "domain": "d"}}) or c["rules"][0].update(scope="global", limit={"requests": 5, "per": "1s", "burst": 9}),
          r"rules\[0\]\.limit: a global limit is `requests` per whole seconds"),
+        ("own 429 counted as a failure", lambda c: c["rules"][0].update(counts="failures", failure_statuses=[401, 429]),
+         r"rules\[0\]\.failure_statuses: 429 is not a failure to count"),
     ],
     "schema": [
         ("unknown field", lambda c: c.update(reject_unknown=True), r"reject_unknown: unknown field"),

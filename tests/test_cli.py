@@ -141,6 +141,8 @@ def test_check_warns_about_envoy_configs_that_do_not_normalize_paths(tmp_path):
     ("service: Not A Label\nstages: [{ownership: {rules: []}}]\n", "must be a DNS label"),
     ("service: crapi\nstages: [{schema: {}}]\n", "the schema stage needs `openapi`"),
     ("service: [unclosed\n", "not valid YAML"),
+    ("service: crapi\nstages:\n  - ratelimit: {rules: [{name: u, match: {prefix: /}, key: [subject], limit: {requests: 1, per: 1s}}]}\n"
+     "  - jwt: {providers: {}, rules: []}\n", "stages[0].ratelimit.rules[0]: keys on the principal, but the ratelimit stage runs before the jwt stage"),
 ])
 def test_unusable_policies_exit_2_with_the_reason(tmp_path, content, message):
     path = tmp_path / "policy.yaml"

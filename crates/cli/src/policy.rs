@@ -157,6 +157,21 @@ impl Policy {
                 )));
             }
         }
+        // A rule keyed on the principal sees none before the jwt stage ran: it would never apply.
+        if let (Some(r), Some(j)) = (position("ratelimit"), position("jwt")) {
+            if r < j {
+                let principal_part = |part: &Value| part.as_str().is_some_and(|p| matches!(p, "subject" | "tenant") || p.starts_with("claim:"));
+                let rules = stages[r].config.get("rules").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+                for (n, rule) in rules.iter().enumerate() {
+                    if rule.get("key").and_then(Value::as_array).is_some_and(|key| key.iter().any(principal_part)) {
+                        return Err(PolicyError(format!(
+                            "{}: stages[{r}].ratelimit.rules[{n}]: keys on the principal, but the ratelimit stage runs before the jwt stage, where there is none yet: move the stage after jwt (failure limits keyed by client_ip or a header belong before it)",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
         let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError(format!("{}: rollout.{e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let contract_path = openapi.map(Path::to_path_buf).or_else(|| raw.openapi.map(|p| dir.join(p)));

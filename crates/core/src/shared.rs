@@ -120,6 +120,13 @@ impl SlotTable {
         }
     }
 
+    /// The live value for `id`, if any (nothing is written).
+    pub fn get(&self, host: &dyn Host, id: &str, now: u64) -> Option<u64> {
+        let (fingerprint, key) = self.locate(id);
+        let entries = decode(host.shared_data(&key).0.as_deref().unwrap_or_default());
+        entries.into_iter().find(|(f, v)| *f == fingerprint && *v > now).map(|(_, v)| v)
+    }
+
     /// Reads the live value for `id` (if any), lets `update` compute the new value, and writes
     /// it with compare-and-swap, retrying on contention. `update` returning `Err` writes nothing.
     pub fn update<T, E>(
@@ -187,6 +194,18 @@ mod tests {
         assert_eq!(table.update(&mut host, "a", 100, WhenFull::Refuse, seen).unwrap().result, None, "expired at 100");
         let refuse = |_: Option<u64>| -> Result<(u64, ()), &str> { Err("no") };
         assert_eq!(table.update(&mut host, "a", 10, WhenFull::Refuse, refuse), Err(SlotError::Rejected("no")));
+    }
+
+    #[test]
+    fn get_reads_the_live_value_and_writes_nothing() {
+        let mut host = FakeHost::default();
+        let table = SlotTable::new("t", 16);
+        table.create(&mut host);
+        assert_eq!(table.get(&host, "a", 100), None);
+        assert!(table.update(&mut host, "a", 100, WhenFull::Refuse, |_| Ok::<_, ()>((200, ()))).is_ok());
+        assert_eq!(table.get(&host, "a", 100), Some(200));
+        assert_eq!(table.get(&host, "b", 100), None);
+        assert_eq!(table.get(&host, "a", 200), None, "gone once `now` reaches it");
     }
 
     #[test]

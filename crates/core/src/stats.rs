@@ -122,6 +122,8 @@ pub enum Counter {
     RatelimitEvictions,
     /// The global rate-limit service failed (unavailable, timeout, bad answer).
     RatelimitServiceFailures,
+    /// A failure (a `counts: failures` rule's status) was counted against its key.
+    RatelimitFailuresCounted,
     /// Fields cut from an answer (`strip`); in shadow mode, answers that would have been cut.
     SchemaStripped,
     SchemaShadowStripped,
@@ -148,13 +150,14 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::JwtJwksFetchOk,
         Counter::JwtJwksFetchFailed,
         Counter::JwtRefusedFromMemory,
         Counter::OwnershipBypass,
         Counter::RatelimitEvictions,
         Counter::RatelimitServiceFailures,
+        Counter::RatelimitFailuresCounted,
         Counter::SchemaStripped,
         Counter::SchemaShadowStripped,
         Counter::SchemaUncheckedBody,
@@ -176,6 +179,7 @@ impl Counter {
             Counter::OwnershipBypass => "meshward_ownership_bypass_total",
             Counter::RatelimitEvictions => "meshward_ratelimit_evictions_total",
             Counter::RatelimitServiceFailures => "meshward_ratelimit_service_failures_total",
+            Counter::RatelimitFailuresCounted => "meshward_ratelimit_failures_counted_total",
             Counter::SchemaStripped => "meshward_schema_stripped_total",
             Counter::SchemaShadowStripped => "meshward_schema_shadow_stripped_total",
             Counter::SchemaUncheckedBody => "meshward_schema_unchecked_body_total",

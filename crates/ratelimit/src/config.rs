@@ -35,7 +35,22 @@ struct RawRule {
     cost: Option<u64>,
     #[serde(default)]
     scope: Scope,
+    #[serde(default)]
+    counts: RawCounts,
+    failure_statuses: Option<Vec<u16>>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawCounts {
+    #[default]
+    Requests,
+    Failures,
+}
+
+/// The statuses a `counts: failures` rule counts unless it names its own: refusals of the
+/// caller's credentials or rights, whether meshward or the service answered them.
+const DEFAULT_FAILURE_STATUSES: [u16; 2] = [401, 403];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +93,18 @@ pub enum Scope {
     Local,
     /// In the rate-limit service (Envoy RLS v3), shared by every replica.
     Global,
+}
+
+/// What spends a rule's budget.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Counts {
+    /// Every request the rule matches, when it arrives.
+    Requests,
+    /// Only requests answered with one of these statuses (brute force: failed logins, OTP or
+    /// token guesses), counted when the answer leaves. Once the budget is spent, requests are
+    /// refused (429) when they arrive, before any stage after this one (a signature check)
+    /// runs.
+    Failures(Vec<u16>),
 }
 
 /// One part of a rate-limit key.
@@ -131,6 +158,7 @@ pub struct Rule {
     pub limit: Option<Limit>,
     pub cost: u64,
     pub scope: Scope,
+    pub counts: Counts,
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +175,16 @@ pub struct RateLimitConfig {
     pub rules: Vec<Rule>,
     pub global: Option<Global>,
     pub max_keys: usize,
+}
+
+impl Rule {
+    /// The statuses this rule counts when the answer leaves (`None`: it counts requests).
+    pub fn failure_statuses(&self) -> Option<&[u16]> {
+        match &self.counts {
+            Counts::Failures(statuses) => Some(statuses),
+            Counts::Requests => None,
+        }
+    }
 }
 
 impl RateLimitConfig {
@@ -226,8 +264,63 @@ impl RateLimitConfig {
             if r.scope == Scope::Global && global.is_none() {
                 return Err(ConfigError::new(at("scope"), "a global rule needs the `global` service settings"));
             }
-            rules.push(Rule { name: r.name, route, applies_to, key, limit, cost, scope: r.scope });
+            let counts = match (r.counts, r.failure_statuses) {
+                (RawCounts::Requests, None) => Counts::Requests,
+                (RawCounts::Requests, Some(_)) => {
+                    return Err(ConfigError::new(at("failure_statuses"), "only a rule with `counts: failures` counts statuses"));
+                }
+                (RawCounts::Failures, _) if r.scope == Scope::Global => {
+                    // The rate-limit service counts when asked; it has no "would this pass" question.
+                    return Err(ConfigError::new(at("counts"), "failures are counted in this sidecar only (`scope: local`)"));
+                }
+                (RawCounts::Failures, statuses) => {
+                    let statuses = statuses.unwrap_or_else(|| DEFAULT_FAILURE_STATUSES.to_vec());
+                    if statuses.is_empty() {
+                        return Err(ConfigError::new(at("failure_statuses"), "name at least one status"));
+                    }
+                    if let Some(bad) = statuses.iter().find(|s| !(400..=599).contains(*s) || **s == 429) {
+                        return Err(ConfigError::new(
+                            at("failure_statuses"),
+                            format!("{bad} is not a failure to count (400-599, not this filter's own 429)"),
+                        ));
+                    }
+                    Counts::Failures(statuses)
+                }
+            };
+            rules.push(Rule { name: r.name, route, applies_to, key, limit, cost, scope: r.scope, counts });
         }
         Ok(RateLimitConfig { mode: raw.mode, rules, global, max_keys })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(extra: &str) -> String {
+        format!(r#"{{"rules": [{{"name": "r", "match": {{"prefix": "/"}}, "key": ["client_ip"], "limit": {{"requests": 3, "per": "60s"}}{extra}}}]}}"#)
+    }
+
+    #[test]
+    fn failure_counting_rules() {
+        let counts = |extra: &str| RateLimitConfig::parse(rule(extra).as_bytes()).map(|c| c.rules[0].counts.clone());
+        assert_eq!(counts(""), Ok(Counts::Requests));
+        assert_eq!(counts(r#", "counts": "failures""#), Ok(Counts::Failures(vec![401, 403])));
+        assert_eq!(counts(r#", "counts": "failures", "failure_statuses": [422]"#), Ok(Counts::Failures(vec![422])));
+        // (extra fields, the error's field, a piece of its message)
+        let refused = [
+            (r#", "failure_statuses": [401]"#, "rules[0].failure_statuses", "only a rule with `counts: failures`"),
+            (r#", "counts": "failures", "failure_statuses": []"#, "rules[0].failure_statuses", "at least one"),
+            (r#", "counts": "failures", "failure_statuses": [200]"#, "rules[0].failure_statuses", "200 is not a failure"),
+            (r#", "counts": "failures", "failure_statuses": [429]"#, "rules[0].failure_statuses", "429 is not a failure"),
+            (r#", "counts": "errors""#, "rules[0].counts", "unknown variant"),
+        ];
+        for (extra, field, message) in refused {
+            let err = RateLimitConfig::parse(rule(extra).as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains(message), "{extra}: {err}");
+        }
+        let global = r#"{"global": {"cluster": "rls", "domain": "d"}, "rules": [{"name": "r", "match": {"prefix": "/"}, "key": ["client_ip"], "scope": "global", "counts": "failures"}]}"#;
+        let err = RateLimitConfig::parse(global.as_bytes()).unwrap_err().to_string();
+        assert!(err.contains("rules[0].counts") && err.contains("in this sidecar only"), "{err}");
     }
 }

@@ -51,6 +51,39 @@ fn requests_without_a_principal_skip_principal_rules() {
     }
 }
 
+#[test]
+fn only_answered_failures_spend_a_failure_budget_and_a_spent_one_refuses_on_arrival() {
+    let (policy, root) = policy(json!({"rules": [{"name": "f", "match": {"prefix": "/"}, "key": ["subject"], "counts": "failures",
+                                                   "limit": {"requests": 2, "per": "60s"}}]}));
+    // (status the request is answered with, verdict on arrival, failures counted so far)
+    let rows: [(&str, Verdict, u64); 7] = [
+        ("200", Verdict::Continue, 0),
+        ("401", Verdict::Continue, 1),
+        ("404", Verdict::Continue, 1),
+        ("500", Verdict::Continue, 1),
+        ("403", Verdict::Continue, 2),
+        ("200", Verdict::Pause, 2),
+        ("200", Verdict::Pause, 2),
+    ];
+    let mut counted = 0;
+    for (i, (status, want, failures)) in rows.into_iter().enumerate() {
+        let mut host = request(&root.shared, "mallory");
+        let mut filter = Filter::new(&policy);
+        let verdict = filter.on_request_headers(&mut host, true);
+        assert_eq!(verdict, want, "row {i}");
+        if verdict == Verdict::Continue {
+            host.response_headers = vec![(":status".into(), status.into())];
+            assert_eq!(filter.on_response_headers(&mut host, true), Verdict::Continue);
+        } else {
+            assert_eq!(host.sent.as_ref().map(|r| r.status), Some(429), "row {i}");
+        }
+        counted += host.counter("meshward_ratelimit_failures_counted_total");
+        assert_eq!(counted, failures, "row {i}");
+    }
+    // Another subject has its own budget.
+    assert_eq!(Filter::new(&policy).on_request_headers(&mut request(&root.shared, "alice"), true), Verdict::Continue);
+}
+
 fn global(failure_mode: &str) -> (Rc<RateLimitPolicy>, FakeHost) {
     policy(json!({"global": {"cluster": "rls", "domain": "d", "failure_mode": failure_mode},
                   "rules": [{"name": "fleet", "match": {"prefix": "/api/"}, "key": ["subject", "header:x-plan"], "scope": "global", "cost": 2}]}))
