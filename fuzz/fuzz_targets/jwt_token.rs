@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
     let auth = format!("Bearer {token}");
     let header = |n: &str| (n == "authorization").then(|| auth.clone());
     let outcome = authenticate(&config, &Requirement::Provider(0), &Inputs {
-        header: &header, keys: &keys, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW,
+        header: &header, keys: &keys, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW,
     });
     // Random bytes cannot carry a signature by keys generated in this process.
     assert!(!matches!(outcome, Outcome::Allowed(_)), "allowed a fuzzed token");

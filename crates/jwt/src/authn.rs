@@ -6,11 +6,12 @@
 use std::rc::Rc;
 
 use meshward_core::Principal;
+use serde_json::{Map, Value};
 
 use crate::cache::Verified;
 use crate::config::{JwtConfig, KeySource, Requirement};
 use crate::jwks::KeySet;
-use crate::verify::{check_time_claims, extract_token, verify_token};
+use crate::verify::{accept_claims, check_time_claims, extract_token, verify_token};
 use crate::JwtError;
 
 /// A verified token: who it names, which provider verified it, where it was found.
@@ -50,6 +51,9 @@ pub struct Inputs<'a> {
     pub refused: &'a dyn Fn(usize, &str) -> Option<JwtError>,
     /// Remembers a token whose signature just failed.
     pub remember_refusal: &'a dyn Fn(usize, &str, JwtError),
+    /// For a `from_native_jwt_authn` provider: the payload Envoy's jwt_authn verified for this
+    /// request (`None`: it verified none; `Err`: its metadata could not be read).
+    pub native_payload: &'a dyn Fn(usize) -> Option<Result<Map<String, Value>, JwtError>>,
     /// Unix seconds.
     pub now: u64,
 }
@@ -60,7 +64,10 @@ pub fn authenticate(config: &JwtConfig, requirement: &Requirement, inputs: &Inpu
         Requirement::Provider(i) => verify_provider(config, *i, inputs),
         Requirement::AllowMissing => {
             let presented: Vec<Requirement> = (0..config.providers.len())
-                .filter(|i| extract_token(&config.providers[*i].from_headers, inputs.header).is_some())
+                .filter(|i| match config.providers[*i].keys {
+                    KeySource::Native { .. } => (inputs.native_payload)(*i).is_some(),
+                    _ => extract_token(&config.providers[*i].from_headers, inputs.header).is_some(),
+                })
                 .map(Requirement::Provider)
                 .collect();
             if presented.is_empty() {
@@ -105,6 +112,9 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     let Some(provider) = config.providers.get(index) else {
         return Outcome::Denied(JwtError::JwksUnavailable { retry_later: false });
     };
+    if let KeySource::Native { .. } = provider.keys {
+        return accept_native(provider, index, inputs);
+    }
     let Some(found) = extract_token(&provider.from_headers, inputs.header) else {
         return Outcome::Denied(JwtError::MissingToken);
     };
@@ -121,7 +131,7 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
     }
     let (remote, retry_later) = match &provider.keys {
         KeySource::Remote(r) => (true, r.unavailable_status == 503),
-        KeySource::Local(_) => (false, false),
+        KeySource::Local(_) | KeySource::Native { .. } => (false, false),
     };
     let Some(keys) = (inputs.keys)(index) else {
         return if remote && (inputs.may_refresh)(index) {
@@ -149,6 +159,25 @@ fn verify_provider(config: &JwtConfig, index: usize, inputs: &Inputs<'_>) -> Out
             }
             Outcome::Denied(e)
         }
+    }
+}
+
+/// A provider whose tokens Envoy's jwt_authn verified: its payload, checked like one meshward
+/// verified. No payload means jwt_authn verified no token for it (none sent, or one it refused
+/// under `allow_missing_or_failed`): missing, whatever the request carries.
+fn accept_native(provider: &crate::config::Provider, index: usize, inputs: &Inputs<'_>) -> Outcome {
+    let Some(payload) = (inputs.native_payload)(index) else {
+        return Outcome::Denied(JwtError::MissingToken);
+    };
+    let accepted = payload
+        .and_then(|payload| accept_claims(payload, provider, inputs.now))
+        .and_then(|principal| provider.revoked.check(&principal.claims).map(|()| principal));
+    match accepted {
+        Ok(principal) => {
+            let Verified { principal, encoded } = Verified::new(principal);
+            Outcome::Allowed(Some(Authenticated { principal, encoded, provider: index, token_header: String::new() }))
+        }
+        Err(e) => Outcome::Denied(e),
     }
 }
 

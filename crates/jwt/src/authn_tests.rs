@@ -15,7 +15,7 @@ fn config(keys: &TestKeys, extra: Value) -> JwtConfig {
 fn local_keys(config: &JwtConfig) -> impl Fn(usize) -> Option<Rc<KeySet>> + '_ {
     move |i| match &config.providers[i].keys {
         KeySource::Local(k) => Some(Rc::clone(k)),
-        KeySource::Remote(_) => None,
+        KeySource::Remote(_) | KeySource::Native { .. } => None,
     }
 }
 
@@ -27,7 +27,7 @@ fn decide(config: &JwtConfig, authorization: Option<&str>) -> Outcome {
     authenticate(
         config,
         &requirement,
-        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW },
+        &Inputs { header: &header, keys: &keys, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW },
     )
 }
 
@@ -159,7 +159,7 @@ fn requirement_combinations() {
     let run = |req: &Requirement, auth: Option<&str>| {
         let auth = auth.map(str::to_string);
         let header = move |n: &str| if n == "authorization" { auth.clone() } else { None };
-        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW })
+        authenticate(&cfg, req, &Inputs { header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW })
     };
     let optional = Requirement::Any(vec![Requirement::Provider(0), Requirement::AllowMissing]);
     assert_eq!(run(&optional, None), Outcome::Allowed(None));
@@ -191,7 +191,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     let cached = Rc::new(crate::jwks::parse_jwks(keys.jwks().as_bytes(), true).unwrap().set);
     let req = Requirement::Provider(0);
     let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>, may: bool| {
-        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW })
+        authenticate(&cfg, &req, &Inputs { header: &header, keys, may_refresh: &|_| may, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW })
     };
     // No keys yet.
     assert_eq!(run(&|_| None, true), Outcome::NeedKeys(0));
@@ -201,7 +201,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     if let crate::config::KeySource::Remote(r) = &mut unauthorized.providers[0].keys {
         r.unavailable_status = 401;
     }
-    let no_keys = Inputs { header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW };
+    let no_keys = Inputs { header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW };
     assert_eq!(authenticate(&unauthorized, &req, &no_keys), Outcome::Denied(JwtError::JwksUnavailable { retry_later: false }));
     // Keys cached, but not this kid.
     assert_eq!(run(&|_| Some(Rc::clone(&cached)), true), Outcome::NeedKeys(0));
@@ -209,7 +209,7 @@ fn remote_keys_are_fetched_on_demand_or_the_request_is_denied() {
     // No token: no fetch is needed to say so.
     let none = |_: &str| None;
     assert_eq!(
-        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW }),
+        authenticate(&cfg, &req, &Inputs { header: &none, keys: &|_| None, may_refresh: &|_| true, cached: &|_, _| None, remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW }),
         Outcome::Denied(JwtError::MissingToken)
     );
 }
@@ -234,6 +234,7 @@ fn cached_tokens_skip_the_signature_but_not_the_clock() {
             remember: &|i, t, p| { *verifications.borrow_mut() += 1; cache.borrow_mut().insert(i, 0, t, p) },
             refused: &|_, _| None,
             remember_refusal: &|_, _, _| {},
+            native_payload: &|_| None,
             now,
         })
     };
@@ -248,7 +249,7 @@ fn cached_tokens_skip_the_signature_but_not_the_clock() {
     let header2 = |n: &str| if n == "authorization" { Some(tampered.clone()) } else { None };
     let out = authenticate(&cfg, &Requirement::Provider(0), &Inputs {
         header: &header2, keys: &keys_fn, may_refresh: &|_| false,
-        cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW,
+        cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|_, _, _| {}, refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW,
     });
     assert!(matches!(out, Outcome::Denied(_)));
 }
@@ -268,7 +269,7 @@ fn a_forged_token_repeated_is_refused_from_memory_without_verifying() {
             header: &header, keys, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {},
             refused: &|i, t| refused.borrow().get(i, 0, t),
             remember_refusal: &|i, t, e| refused.borrow_mut().insert(i, 0, t, e),
-            now: NOW,
+            native_payload: &|_| None, now: NOW,
         })
     };
     assert_eq!(run(&keys_fn), Outcome::Denied(JwtError::BadSignature));
@@ -281,7 +282,7 @@ fn a_forged_token_repeated_is_refused_from_memory_without_verifying() {
         header: &header, keys: &keys_fn, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {},
         refused: &|i, t| refused.borrow().get(i, 0, t),
         remember_refusal: &|i, t, e| refused.borrow_mut().insert(i, 0, t, e),
-        now: NOW,
+        native_payload: &|_| None, now: NOW,
     });
     assert_eq!(out, Outcome::Denied(JwtError::Expired));
     assert_eq!(refused.borrow().get(0, 0, &expired[7..]), None);
@@ -307,9 +308,63 @@ fn revoked_tokens_are_denied_verified_or_cached() {
     let run = |keys: &dyn Fn(usize) -> Option<Rc<KeySet>>| {
         authenticate(&cfg, &Requirement::Provider(0), &Inputs {
             header: &header, keys, may_refresh: &|_| false,
-            cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|i, t, p| cache.borrow_mut().insert(i, 0, t, p), refused: &|_, _| None, remember_refusal: &|_, _, _| {}, now: NOW,
+            cached: &|i, t| cache.borrow().get(i, 0, t), remember: &|i, t, p| cache.borrow_mut().insert(i, 0, t, p), refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| None, now: NOW,
         })
     };
     assert_eq!(run(&keys_fn), Outcome::Denied(JwtError::TokenRevoked));
     assert_eq!(run(&|_| None), Outcome::Denied(JwtError::TokenRevoked), "from the cache");
+}
+
+/// What the stage found in native jwt_authn's metadata.
+type NativePayload = Option<Result<Map<String, Value>, JwtError>>;
+
+/// A provider on native jwt_authn's payload: (payload in the metadata, outcome).
+#[test]
+fn native_payloads_are_checked_like_verified_tokens() {
+    let cfg = JwtConfig::parse(
+        json!({"providers": {"main": {"issuer": ISSUER, "audiences": [AUDIENCE], "from_native_jwt_authn": {"payload_in_metadata": "main"},
+                                        "revoked": {"subjects": [{"sub": "mallory"}]}}},
+               "rules": [{"match": {"prefix": "/api"}, "requires": {"provider_name": "main"}},
+                         {"match": {"prefix": "/maybe"}, "requires": {"allow_missing": {}}}]})
+        .to_string()
+        .as_bytes(),
+        &|_| None,
+    )
+    .unwrap();
+    let run = |payload: NativePayload, requirement: &Requirement| {
+        // A token in the request changes nothing: only what jwt_authn verified counts.
+        let forged = format!("Bearer {}", hs256(b"x", &json!({"alg": "HS256"}), &TestKeys::claims()));
+        let header = move |name: &str| (name == "authorization").then(|| forged.clone());
+        authenticate(&cfg, requirement, &Inputs {
+            header: &header, keys: &|_| None, may_refresh: &|_| false, cached: &|_, _| None, remember: &|_, _, _| {},
+            refused: &|_, _| None, remember_refusal: &|_, _, _| {}, native_payload: &|_| payload.clone(), now: NOW,
+        })
+    };
+    // As the stage reads it: through Envoy's metadata encoding (numbers become doubles).
+    let encoded = |claims: Map<String, Value>| crate::native::payload_from_metadata(&crate::native::encode_metadata("main", &claims), "main");
+    let provider = Requirement::Provider(0);
+    match run(encoded(TestKeys::claims()), &provider) {
+        Outcome::Allowed(Some(a)) => {
+            assert_eq!(a.principal.subject.as_deref(), Some("alice"));
+            assert_eq!(a.principal.tenant.as_deref(), Some("acme"));
+            assert_eq!(a.token_header, "", "jwt_authn already removed the token");
+        }
+        other => panic!("{other:?}"),
+    }
+    let rows: Vec<(&str, NativePayload, JwtError)> = vec![
+        ("no payload: jwt_authn verified nothing", None, JwtError::MissingToken),
+        ("metadata unreadable", Some(Err(JwtError::MalformedToken)), JwtError::MalformedToken),
+        ("another audience", encoded(with(json!({"aud": "payments"}))), JwtError::WrongAudience),
+        ("another issuer", encoded(with(json!({"iss": "https://evil.test"}))), JwtError::WrongIssuer),
+        ("expired", encoded(with(json!({"exp": NOW - 3600}))), JwtError::Expired),
+        ("no exp", encoded(with(json!({"exp": null}))), JwtError::MissingExpiration),
+        ("exp with a fraction", encoded(with(json!({"exp": NOW as f64 + 0.5}))), JwtError::MalformedToken),
+        ("revoked subject", encoded(with(json!({"sub": "mallory"}))), JwtError::TokenRevoked),
+    ];
+    for (name, payload, want) in rows {
+        assert_eq!(run(payload, &provider), Outcome::Denied(want), "{name}");
+    }
+    // allow_missing: no payload passes as anonymous; a payload must pass the checks.
+    assert_eq!(run(None, &Requirement::AllowMissing), Outcome::Allowed(None));
+    assert_eq!(run(encoded(with(json!({"aud": "payments"}))), &Requirement::AllowMissing), Outcome::Denied(JwtError::WrongAudience));
 }

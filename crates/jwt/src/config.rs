@@ -40,6 +40,7 @@ struct RawProvider {
     audiences: Option<Vec<String>>,
     local_jwks: Option<RawDataSource>,
     remote_jwks: Option<RawRemoteJwks>,
+    from_native_jwt_authn: Option<RawNative>,
     from_headers: Option<Vec<RawHeader>>,
     #[serde(default)]
     forward: bool,
@@ -56,6 +57,12 @@ struct RawProvider {
 struct RawDataSource {
     inline_string: Option<String>,
     environment_variable: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNative {
+    payload_in_metadata: String,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +148,9 @@ pub struct RemoteJwks {
 pub enum KeySource {
     Local(Rc<KeySet>),
     Remote(RemoteJwks),
+    /// Envoy's `jwt_authn`, earlier in the filter chain, verified the token and stored its
+    /// payload in dynamic metadata under this key (its `payload_in_metadata`).
+    Native { payload_in_metadata: String },
 }
 
 /// A trusted token issuer and how its tokens are checked.
@@ -321,8 +331,8 @@ fn compile_provider(
             ))
         }
     };
-    let keys = match (p.local_jwks, p.remote_jwks) {
-        (Some(local), None) => {
+    let keys = match (p.local_jwks, p.remote_jwks, p.from_native_jwt_authn) {
+        (Some(local), None, None) => {
             let text = match (local.inline_string, local.environment_variable) {
                 (Some(s), None) => s,
                 (None, Some(var)) => env(&var).ok_or_else(|| {
@@ -342,11 +352,25 @@ fn compile_provider(
                 .map_err(|e| ConfigError::new(at("local_jwks"), e.to_string()))?;
             KeySource::Local(Rc::new(parsed.set))
         }
-        (None, Some(remote)) => KeySource::Remote(compile_remote(&at("remote_jwks"), remote)?),
+        (None, Some(remote), None) => KeySource::Remote(compile_remote(&at("remote_jwks"), remote)?),
+        (None, None, Some(native)) => {
+            let key = native.payload_in_metadata;
+            if key.trim().is_empty() {
+                return Err(ConfigError::new(at("from_native_jwt_authn.payload_in_metadata"), "names the key jwt_authn stores the payload under"));
+            }
+            // The native filter finds the token (and removes it unless it forwards it).
+            if p.from_headers.is_some() || p.forward {
+                return Err(ConfigError::new(
+                    at("from_native_jwt_authn"),
+                    "the native jwt_authn filter reads the token: set `from_headers` and `forward` there",
+                ));
+            }
+            KeySource::Native { payload_in_metadata: key }
+        }
         _ => {
             return Err(ConfigError::new(
                 format!("providers.{name}"),
-                "set exactly one of `local_jwks` or `remote_jwks`",
+                "set exactly one of `local_jwks`, `remote_jwks` or `from_native_jwt_authn`",
             ))
         }
     };
@@ -559,6 +583,9 @@ mod tests {
             ("uri without scheme", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "idp/jwks", "cluster": "c"}}); }, "providers.main.remote_jwks.http_uri.uri"),
             ("uri with userinfo", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://u:p@idp/jwks", "cluster": "c"}}); }, "providers.main.remote_jwks.http_uri.uri"),
             ("bad timeout", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://idp/jwks", "cluster": "c", "timeout": "5"}}); }, "providers.main.remote_jwks.http_uri.timeout"),
+            ("native and local keys", |v| v["providers"]["main"]["from_native_jwt_authn"] = json!({"payload_in_metadata": "main"}), "providers.main"),
+            ("native without a key", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["from_native_jwt_authn"] = json!({"payload_in_metadata": " "}); }, "providers.main.from_native_jwt_authn.payload_in_metadata"),
+            ("native with token headers", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["from_native_jwt_authn"] = json!({"payload_in_metadata": "main"}); v["providers"]["main"]["from_headers"] = json!([{"name": "x-token"}]); }, "providers.main.from_native_jwt_authn"),
             ("tiny cache duration", |v| { v["providers"]["main"].as_object_mut().unwrap().remove("local_jwks"); v["providers"]["main"]["remote_jwks"] = json!({"http_uri": {"uri": "https://idp/jwks", "cluster": "c"}, "cache_duration": "0.1s"}); }, "providers.main.remote_jwks.cache_duration"),
         ];
         for (name, edit, path) in cases {

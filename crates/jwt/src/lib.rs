@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 mod error;
 pub mod jwks;
+pub mod native;
 pub mod revocation;
 pub mod shared_jwks;
 pub mod stage;

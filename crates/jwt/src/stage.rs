@@ -15,6 +15,7 @@ use crate::authn::{authenticate, Authenticated, Inputs, Outcome};
 use crate::cache::{RefusedTokens, TokenCache};
 use crate::config::{JwtConfig, KeySource, RemoteJwks};
 use crate::jwks::{parse_jwks, KeySet};
+use crate::native::{payload_from_metadata, METADATA_PROPERTY};
 use crate::shared_jwks::SharedJwks;
 use crate::verify::claim_header_value;
 
@@ -71,7 +72,7 @@ impl JwtPolicy {
             .map(|p| ProviderKeys {
                 set: match &p.keys {
                     KeySource::Local(set) => Some(Rc::clone(set)),
-                    KeySource::Remote(_) => None,
+                    KeySource::Remote(_) | KeySource::Native { .. } => None,
                 },
                 ..ProviderKeys::default()
             })
@@ -81,7 +82,7 @@ impl JwtPolicy {
             .iter()
             .map(|p| match &p.keys {
                 KeySource::Remote(r) => Some(SharedJwks::new(&p.name, &r.uri)),
-                KeySource::Local(_) => None,
+                KeySource::Local(_) | KeySource::Native { .. } => None,
             })
             .collect();
         JwtPolicy {
@@ -97,7 +98,7 @@ impl JwtPolicy {
     fn remote(&self, index: usize) -> Option<&RemoteJwks> {
         match &self.config.providers.get(index)?.keys {
             KeySource::Remote(r) => Some(r),
-            KeySource::Local(_) => None,
+            KeySource::Local(_) | KeySource::Native { .. } => None,
         }
     }
 
@@ -389,6 +390,12 @@ impl JwtStage {
                             refused
                         },
                         remember_refusal: &|i, token, e| policy.refused.borrow_mut().insert(i, policy.generation(i), token, e),
+                        native_payload: &|i| match &policy.config.providers.get(i)?.keys {
+                            KeySource::Native { payload_in_metadata } => {
+                                payload_from_metadata(&host.property(&METADATA_PROPERTY)?, payload_in_metadata)
+                            }
+                            _ => None,
+                        },
                         now,
                     },
                 )
@@ -446,7 +453,8 @@ impl JwtStage {
                 request.set_header(host, &c.header_name, Some(&value));
             }
         }
-        if !provider.forward {
+        // (A payload from native jwt_authn has no token header here: that filter removes it.)
+        if !provider.forward && !a.token_header.is_empty() {
             request.set_header(host, &a.token_header, None);
         }
         request.principal = Some(a.principal);

@@ -119,6 +119,12 @@ pub fn verify_token(
     // The payload was just authenticated; read it as a whole for the principal.
     let payload: Map<String, Value> =
         serde_json::from_slice(&decode_segment(payload_b64)?).map_err(|_| JwtError::MalformedToken)?;
+    accept_claims(payload, provider, now)
+}
+
+/// The checks after the signature, on an authenticated payload (ours, or native `jwt_authn`'s):
+/// claim types, time claims, issuer, audience; then the principal they name.
+pub fn accept_claims(payload: Map<String, Value>, provider: &Provider, now: u64) -> Result<Principal, JwtError> {
     check_claim_types(&payload)?;
     check_time_claims(&payload, provider, now)?;
     if payload.get("iss").and_then(Value::as_str) != Some(provider.issuer.as_str()) {
