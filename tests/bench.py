@@ -58,8 +58,10 @@ def upstream_config() -> dict:
     }
 
 
-def jwt_authn(keys: KeyRing, families, cache: bool = True) -> dict:
+def jwt_authn(keys: KeyRing, families, cache: bool = True, payload_in_metadata: str | None = None) -> dict:
     provider = {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline_string": json.dumps(keys.jwks(families))}}
+    if payload_in_metadata:
+        provider["payload_in_metadata"] = payload_in_metadata
     if cache:
         # The same verified-token cache meshward has on by default, so both skip repeat work.
         # Without `jwt_cache_config` Envoy verifies every request (its default).
@@ -137,6 +139,13 @@ def native_chain(keys: KeyRing, families) -> list[dict]:
     return [authn, rbac, ratelimit]
 
 
+# meshward's checks on the payload native jwt_authn verified (no signature work in wasm).
+MESHWARD_ON_NATIVE = plugin("jwt", {
+    "providers": {"main": {"issuer": ISSUER, "audiences": [AUDIENCE], "from_native_jwt_authn": {"payload_in_metadata": "main"}}},
+    "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}],
+})
+
+
 def meshward_jwt(keys: KeyRing, families, cache: int = 1024) -> dict:
     return plugin("jwt", {
         "providers": {"main": {"issuer": ISSUER, "audiences": [AUDIENCE], "local_jwks": {"inline_string": json.dumps(keys.jwks(families))}}},
@@ -149,6 +158,9 @@ OWNERSHIP = plugin("ownership", {"rules": [{"name": "orders", "match": {"templat
                                            "scopes": ["orders:read"], "owner": [{"path_param": "tenant_id", "claim": "tenant"}]}]})
 RATELIMIT = plugin("ratelimit", {"rules": [{"name": "per-user", "match": {"prefix": "/"}, "key": ["subject"], "limit": {"requests": 1000000000, "per": "10000s"}}]})
 RATELIMIT_ANON = plugin("ratelimit", {"rules": [{"name": "per-ip", "match": {"prefix": "/"}, "key": ["client_ip"], "limit": {"requests": 1000000000, "per": "10000s"}}]})
+# Token guessing: 5 failures (401/403) per client, then one more try every 12 s.
+FAILURE_LIMIT = plugin("ratelimit", {"rules": [{"name": "token-guessing", "match": {"prefix": "/"}, "key": ["header:x-client"],
+                                               "counts": "failures", "limit": {"requests": 5, "per": "60s"}}]})
 SW_SECRET = "whsec_" + base64.b64encode(b"meshward-bench-secret-32-bytes!!").decode()
 # The same signed delivery is sent for the whole run: its timestamp must stay in the window.
 WEBHOOK = plugin("webhook", {"endpoints": [{"name": "hooks", "match": {"prefix": "/"}, "scheme": "standard_webhooks",
@@ -244,10 +256,13 @@ def forged_prefix(token: str) -> str:
 
 
 def flood_script(directory: Path, prefix: str, signature_chars: int = 342) -> Path:
-    """wrk sends `prefix` with a different bad signature on every request: no cache can help."""
+    """wrk sends `prefix` with a different bad signature on every request: no cache can help.
+    The flooding client names itself (`x-client: flood`): every wrk connection comes from
+    127.0.0.1, so the failure-limit row keys on this header where a deployment keys on
+    `client_ip`."""
     pad = "A" * (signature_chars - 10)
     path = directory / "flood.lua"
-    path.write_text(f"local sent = 0\nrequest = function()\n  sent = sent + 1\n"
+    path.write_text(f"local sent = 0\nwrk.headers['x-client'] = 'flood'\nrequest = function()\n  sent = sent + 1\n"
                     f"  wrk.headers['authorization'] = 'Bearer {prefix}.' .. string.format('%010d', sent) .. '{pad}'\n"
                     f"  return wrk.format()\nend\n")
     return path
@@ -299,6 +314,11 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
                             compare=f"jwt_authn {alg} (native, no cache)"))
         out.append(Scenario(f"jwt_authn {alg} (native)", native=[jwt_authn(keys, fam[alg])], headers=auth(alg)))
         out.append(Scenario(f"jwt_authn {alg} (native, no cache)", native=[jwt_authn(keys, fam[alg], cache=False)], headers=auth(alg)))
+    # Where the sidecar runs native jwt_authn anyway (Istio RequestAuthentication): meshward reads
+    # its verified payload, so a new token costs native's verification, not wasm's.
+    out.append(Scenario("jwt ES256 on native jwt_authn's payload, no cache (meshward)", [MESHWARD_ON_NATIVE],
+                        native=[jwt_authn(keys, fam["ES256"], cache=False, payload_in_metadata="main")], headers=auth("ES256"),
+                        compare="jwt_authn ES256 (native, no cache)"))
     out += [
         Scenario("ratelimit (meshward, not limited)", [RATELIMIT_ANON], compare="local_ratelimit"),
         Scenario("local_ratelimit (native)", native=[local_ratelimit()]),
@@ -323,6 +343,11 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         # A flood of forged RS256 tokens (valid kid, bad signature, all different) beside one
         # valid client: what the valid client still gets.
         Scenario("jwt RS256 under a forged-token flood (meshward)", [meshward_jwt(keys, fam["RS256"])], headers=auth("RS256"),
+                 flood=forged_prefix(tok["RS256"]), compare="jwt_authn RS256 under a forged-token flood"),
+        # The same flood with a failure limit before the JWT stage: the flooding client's 401s
+        # spend its budget, then it is refused (429) before any signature check.
+        Scenario("jwt RS256 under a forged-token flood, failures limited before it (meshward)",
+                 [bundle([FAILURE_LIMIT, meshward_jwt(keys, fam["RS256"])])], headers=auth("RS256"),
                  flood=forged_prefix(tok["RS256"]), compare="jwt_authn RS256 under a forged-token flood"),
         Scenario("jwt_authn RS256 under a forged-token flood (native)", native=[jwt_authn(keys, fam["RS256"])], headers=auth("RS256"),
                  flood=forged_prefix(tok["RS256"])),
@@ -494,6 +519,8 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "bundle jwt+ownership+ratelimit (1 module)", "native chain jwt_authn+rbac+local_ratelimit", "rps", at_least=0.9)
     ratio("chain jwt+ownership+ratelimit (3 modules) throughput >= 0.8x native chain",
           "chain jwt+ownership+ratelimit (3 modules)", "native chain jwt_authn+rbac+local_ratelimit", "rps", at_least=0.8)
+    ratio("jwt ES256 on native jwt_authn's payload >= 0.9x native jwt_authn alone (both verifying every token)",
+          "jwt ES256 on native jwt_authn's payload, no cache (meshward)", "jwt_authn ES256 (native, no cache)", "rps", at_least=0.9)
     ratio("ratelimit (meshward, not limited) throughput >= 0.9x do-nothing wasm floor", "ratelimit (meshward, not limited)",
           "do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("bundle memory < 4-module chain memory", "bundle jwt+schema+ownership+ratelimit (1 module)",
