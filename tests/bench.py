@@ -260,10 +260,13 @@ def flood_script(directory: Path, prefix: str, signature_chars: int = 342) -> Pa
     The flooding client names itself (`x-client: flood`): every wrk connection comes from
     127.0.0.1, so the failure-limit row keys on this header where a deployment keys on
     `client_ip`."""
-    pad = "A" * (signature_chars - 10)
+    # Zero bytes first, so the signature is below the modulus and costs the whole verification
+    # (a signature not below it is refused at once); the counter in the low bytes, then a
+    # last character whose unused bits are zero (a strict base64url reader refuses others).
+    pad = "A" * (signature_chars - 11)
     path = directory / "flood.lua"
     path.write_text(f"local sent = 0\nwrk.headers['x-client'] = 'flood'\nrequest = function()\n  sent = sent + 1\n"
-                    f"  wrk.headers['authorization'] = 'Bearer {prefix}.' .. string.format('%010d', sent) .. '{pad}'\n"
+                    f"  wrk.headers['authorization'] = 'Bearer {prefix}.{pad}' .. string.format('%010d', sent) .. 'A'\n"
                     f"  return wrk.format()\nend\n")
     return path
 
