@@ -7,6 +7,9 @@
 //! Envoy (N large enough to stand out of the noise): `headers` (all request headers),
 //! `header` (one request header), `time`, `set_property`, `get_property`, `metric`,
 //! `shared_get`, `shared_set`, `set_header`.
+//!
+//! With `{"read_body": true}` it buffers the request body and reads it once, whole: the floor
+//! for the filters that check bodies (schema, webhook, idempotency).
 
 use std::rc::Rc;
 
@@ -15,7 +18,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, MapType, MetricType};
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { repeat: Rc::new(Vec::new()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { repeat: Rc::new(Vec::new()), read_body: false }) });
 }}
 
 /// Hostcalls to make per request, with their counts.
@@ -23,6 +26,7 @@ type Repeat = Rc<Vec<(String, u32)>>;
 
 struct Root {
     repeat: Repeat,
+    read_body: bool,
 }
 
 impl Context for Root {}
@@ -44,6 +48,7 @@ impl RootContext for Root {
                 .collect()
         });
         self.repeat = Rc::new(repeat.unwrap_or_default());
+        self.read_body = value.get("read_body").and_then(serde_json::Value::as_bool).unwrap_or(false);
         if self
             .repeat
             .iter()
@@ -57,6 +62,7 @@ impl RootContext for Root {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Noop {
             repeat: Rc::clone(&self.repeat),
+            read_body: self.read_body,
         }))
     }
 
@@ -67,6 +73,7 @@ impl RootContext for Root {
 
 struct Noop {
     repeat: Repeat,
+    read_body: bool,
 }
 
 impl Context for Noop {}
@@ -117,6 +124,17 @@ impl HttpContext for Noop {
                 }
             }
         }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if !self.read_body {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let _ = hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpRequestBody, 0, body_size);
         Action::Continue
     }
 }
