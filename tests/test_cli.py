@@ -260,6 +260,28 @@ def test_check_and_compile_take_an_idempotency_stage(tmp_path):
     assert r.returncode != 0 and "put a `jwt` stage before it" in r.stderr, r.stderr
 
 
+def test_check_warns_when_a_failure_limit_runs_after_jwt(tmp_path):
+    policy = example()
+    guessing = {"name": "token-guessing", "match": {"prefix": "/"}, "key": ["client_ip"], "counts": "failures", "limit": {"requests": 5, "per": "60s"}}
+    limits = next(s for s in policy["stages"] if "ratelimit" in s)
+    limits["ratelimit"]["rules"].append(guessing)
+    r = meshward("check", write_policy(tmp_path, policy), "--format", "json")
+    found = [f for f in json.loads(r.stdout)["findings"] if f["code"] == "failure_limit_after_jwt"]
+    assert len(found) == 1 and "\"token-guessing\"" in found[0]["message"] and found[0]["severity"] == "warning", found
+    # Before the jwt stage (keyed by the caller, not the principal): nothing to say.
+    policy["stages"].remove(limits)
+    limits["ratelimit"]["rules"] = [guessing]
+    policy["stages"].insert(0, limits)
+    r = meshward("check", write_policy(tmp_path, policy), "--format", "json")
+    assert not [f for f in json.loads(r.stdout)["findings"] if f["code"] == "failure_limit_after_jwt"], r.stdout
+    # Counting only the service's 403s after jwt is what it is for: nothing to say either.
+    policy["stages"].remove(limits)
+    limits["ratelimit"]["rules"] = [{**guessing, "failure_statuses": [403]}]
+    policy["stages"].append(limits)
+    r = meshward("check", write_policy(tmp_path, policy), "--format", "json")
+    assert not [f for f in json.loads(r.stdout)["findings"] if f["code"] == "failure_limit_after_jwt"], r.stdout
+
+
 def packaged_digests() -> dict:
     """Module name -> image digest, as `meshward package` reports them."""
     out = tempfile.mkdtemp(prefix="meshward-oci-")

@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let config = JwtConfig::parse(local_config(jwks(), serde_json::json!({})).as_bytes(), &|_| None).expect("config");
     let keys = |i: usize| match &config.providers[i].keys {
         KeySource::Local(k) => Some(Rc::clone(k)),
-        KeySource::Remote(_) => None,
+        KeySource::Remote(_) | KeySource::Native { .. } => None,
     };
     let auth = format!("Bearer {token}");
     let header = |n: &str| (n == "authorization").then(|| auth.clone());

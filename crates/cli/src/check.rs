@@ -51,6 +51,10 @@ pub enum Code {
     /// An idempotency operation that matches reads (no `methods`, or GET / HEAD / OPTIONS):
     /// every read there would need a key, and reads are idempotent already.
     IdempotencyCoversReads,
+    /// A rate-limit rule counting 401s by client or header, in a stage after `jwt`: the JWT
+    /// stage's refusals never reach it, and a guessing client is refused only after its
+    /// signature check.
+    FailureLimitAfterJwt,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,6 +137,7 @@ pub fn check(policy: &Policy) -> Vec<Finding> {
     check_audiences(&mut c);
     check_replay_keys(&mut c);
     check_idempotent_operations(&mut c);
+    check_failure_limits(&mut c);
     if let Some(contract) = &policy.contract {
         check_contract(&mut c, contract);
     }
@@ -188,6 +193,34 @@ fn check_idempotent_operations(c: &mut Checker<'_>) {
             reads.join(", ")
         );
         c.policy_finding(Severity::Warning, Code::IdempotencyCoversReads, message, line);
+    }
+}
+
+/// Token guessing is contained before the signature check only by a failure limit that runs
+/// first: after `jwt`, the JWT stage's 401s never reach it.
+fn check_failure_limits(c: &mut Checker<'_>) {
+    let position = |kind: &str| c.policy.stages.iter().position(|s| s.kind == kind);
+    let (Some(jwt), Some(ratelimit)) = (position("jwt"), position("ratelimit")) else { return };
+    if ratelimit < jwt {
+        return;
+    }
+    let Some(Value::Array(rules)) = c.policy.stage("ratelimit").and_then(|s| s.config.get("rules")).cloned() else { return };
+    for rule in rules {
+        let counts_401 = rule.get("counts").and_then(Value::as_str) == Some("failures")
+            && rule.get("failure_statuses").and_then(Value::as_array).is_none_or(|s| s.iter().any(|x| x.as_u64() == Some(401)));
+        let by_caller = rule.get("key").and_then(Value::as_array).is_some_and(|key| {
+            key.iter().filter_map(Value::as_str).all(|p| p == "client_ip" || p.starts_with("header:"))
+        });
+        if !(counts_401 && by_caller) {
+            continue;
+        }
+        let name = rule.get("name").and_then(Value::as_str).unwrap_or("?");
+        let line = line_of(&c.policy.text, name, c.stage_line("ratelimit").unwrap_or(1));
+        let message = format!(
+            "ratelimit rule {name:?} counts 401s by client, but the ratelimit stage runs after jwt: the JWT stage's refusals \
+             (forged or expired tokens) never reach it; put the ratelimit stage before jwt to refuse a guessing client before its signature check"
+        );
+        c.policy_finding(Severity::Warning, Code::FailureLimitAfterJwt, message, line);
     }
 }
 
