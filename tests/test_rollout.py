@@ -69,13 +69,16 @@ class Prometheus:
             self.proc.wait(timeout=15)
 
 
-def policy_file(tmp_path, app: str, mode: str = "shadow") -> str:
-    path = tmp_path / f"{app}-{mode}.yaml"
+def policy_file(tmp_path, app: str, mode: str = "shadow", min_shadow: str | None = None) -> str:
+    path = tmp_path / f"{app}-{mode}-{min_shadow}.yaml"
+    rollout = {"window": "3600s", "budgets": {"ownership": "1%"}}
+    if min_shadow:
+        rollout["min_shadow"] = min_shadow
     path.write_text(yaml.safe_dump({
         "service": app, "namespace": app, "selector": {"app": app},
         "modules": {"url": "oci://registry.example.com/meshward/{module}:0.1.0"},
         "stages": [{"ownership": {**OWNERSHIP, "mode": mode}}],
-        "rollout": {"window": "3600s", "budgets": {"ownership": "1%"}},
+        "rollout": rollout,
     }))
     return str(path)
 
@@ -143,6 +146,24 @@ def test_a_service_within_budget_is_ready_and_promote_renders_it_enforcing(obser
     docs = [d for d in yaml.safe_load_all(promote.stdout) if d]
     assert [d["spec"]["pluginConfig"]["mode"] for d in docs] == ["enforce"], docs
     assert docs[0]["spec"]["selector"]["matchLabels"] == {"app": "billing"}
+
+
+def test_a_stage_within_budget_must_also_have_been_in_shadow_for_min_shadow(observed, tmp_path):
+    # The fixture's Envoys have reported for seconds, not an hour: within budget, not ready.
+    r = rollout("status", policy_file(tmp_path, "billing", min_shadow="3600s"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    stage = json.loads(r.stdout)["stages"][0]
+    assert stage["verdict"] == "shadow_too_short" and stage["denials"] == 0 and 3 < stage["shadow_secs"] < 600, stage
+    text = rollout("status", policy_file(tmp_path, "billing", min_shadow="3600s"), "--prometheus", observed.url, "--window", WINDOW)
+    assert "SHADOW TOO SHORT" in text.stdout and "of the 3600s min_shadow" in text.stdout and "not ready" in text.stdout, text.stdout
+    promote = rollout("promote", policy_file(tmp_path, "billing", min_shadow="3600s"), "--prometheus", observed.url, "--window", WINDOW, "--dist", DIST)
+    assert promote.returncode == 1 and promote.stdout == "", promote
+    # Reporting for longer than a short min_shadow: ready.
+    r = rollout("status", policy_file(tmp_path, "billing", min_shadow="2s"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert r.returncode == 0 and json.loads(r.stdout)["stages"][0]["verdict"] == "ready", r.stdout
+    # Over budget stays over budget whatever the time in shadow.
+    r = rollout("status", policy_file(tmp_path, "orders", min_shadow="3600s"), "--prometheus", observed.url, "--window", WINDOW, "--format", "json")
+    assert json.loads(r.stdout)["stages"][0]["verdict"] == "over_budget", r.stdout
 
 
 def test_an_enforcing_stage_over_budget_stops_the_line(observed, tmp_path):

@@ -44,6 +44,7 @@ struct RawPolicy {
 struct RawRollout {
     window: Option<String>,
     budgets: BTreeMap<String, String>,
+    min_shadow: Option<String>,
 }
 
 /// How the service is promoted from shadow to enforce: per stage, the most of its decisions
@@ -53,6 +54,8 @@ pub struct Rollout {
     pub window_secs: u64,
     /// Stage kind -> budget as a fraction (`"0.1%"` is 0.001), in stage order.
     pub budgets: Vec<(String, f64)>,
+    /// How long a shadow stage must have reported decisions before it may be promoted.
+    pub min_shadow_secs: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -246,7 +249,7 @@ fn compile_rollout(raw: RawRollout, stages: &[Stage]) -> Result<Rollout, String>
     let window_secs = match raw.window {
         None => DEFAULT_ROLLOUT_WINDOW_SECS,
         Some(text) => {
-            let d = meshward_core::config::parse_duration("window", &text).map_err(|e| e.to_string().trim_start_matches("window: ").to_string())?;
+            let d = meshward_core::config::parse_duration("window", &text).map_err(|e| e.to_string())?;
             if d.as_secs() < 60 || d.subsec_nanos() != 0 {
                 return Err(format!("window: {text:?} must be whole seconds, at least 60s"));
             }
@@ -272,7 +275,17 @@ fn compile_rollout(raw: RawRollout, stages: &[Stage]) -> Result<Rollout, String>
     if let Some(unknown) = raw.budgets.keys().find(|k| !stages.iter().any(|s| &s.kind == *k)) {
         return Err(format!("budgets.{unknown}: the policy has no `{unknown}` stage"));
     }
-    Ok(Rollout { window_secs, budgets })
+    let min_shadow_secs = match raw.min_shadow {
+        None => None,
+        Some(text) => {
+            let d = meshward_core::config::parse_duration("min_shadow", &text).map_err(|e| e.to_string())?;
+            if d.as_secs() == 0 || d.subsec_nanos() != 0 {
+                return Err(format!("min_shadow: {text:?} must be whole seconds (\"604800s\" for a week)"));
+            }
+            Some(d.as_secs())
+        }
+    };
+    Ok(Rollout { window_secs, budgets, min_shadow_secs })
 }
 
 /// The 1-based line of the first line containing `needle` at or after line `from`, if any.

@@ -26,6 +26,8 @@ pub enum Verdict {
     StopTheLine,
     /// No decision in the window: nothing to judge the stage by.
     NoTraffic,
+    /// Within budget in shadow, but not in shadow for the policy's `min_shadow` yet.
+    ShadowTooShort,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +39,8 @@ pub struct StageStatus {
     pub rate: f64,
     pub budget: f64,
     pub verdict: Verdict,
+    /// For a shadow stage under `min_shadow`: for how long (seconds) it has reported decisions.
+    pub shadow_secs: Option<f64>,
     /// The largest reasons and routes among the denials, with their counts.
     pub top_reasons: Vec<(String, f64)>,
     pub top_routes: Vec<(String, f64)>,
@@ -46,6 +50,7 @@ pub struct StageStatus {
 pub struct Status {
     pub service: String,
     pub window_secs: u64,
+    pub min_shadow_secs: Option<u64>,
     pub stages: Vec<StageStatus>,
     pub ready: bool,
 }
@@ -123,18 +128,30 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
         let denials = prometheus.scalar(&format!("sum({denied})"))?;
         let mode = policy.stage(stage).and_then(|s| s.config.get("mode")).and_then(Value::as_str).unwrap_or("enforce").to_string();
         let rate = if decisions > 0.0 { denials / decisions } else { 0.0 };
-        let verdict = match (decisions > 0.0, rate <= *budget, mode == "shadow") {
+        let mut verdict = match (decisions > 0.0, rate <= *budget, mode == "shadow") {
             (false, _, _) => Verdict::NoTraffic,
             (true, true, _) => Verdict::Ready,
             (true, false, true) => Verdict::OverBudget,
             (true, false, false) => Verdict::StopTheLine,
         };
+        let mut shadow_secs = None;
+        if let (Verdict::Ready, true, Some(min)) = (verdict, mode == "shadow", rollout.min_shadow_secs) {
+            // The earliest moment within `min` the stage reported decisions, at a resolution
+            // of at most 300 steps; the policy's mode says it has been shadow since.
+            let step = (min / 300).max(1);
+            let reporting = format!("sum({})", series("allowed|denied|shadow_denied"));
+            let secs = prometheus.scalar(&format!("time() - min_over_time(timestamp({reporting})[{min}s:{step}s])"))?;
+            if secs + (step as f64) < (min as f64) {
+                verdict = Verdict::ShadowTooShort;
+            }
+            shadow_secs = Some(secs);
+        }
         let (top_reasons, top_routes) =
             if verdict == Verdict::Ready || verdict == Verdict::NoTraffic { (vec![], vec![]) } else { (top(prometheus, "reason", &denied)?, top(prometheus, "route", &denied)?) };
-        stages.push(StageStatus { stage: stage.clone(), mode, decisions, denials, rate, budget: *budget, verdict, top_reasons, top_routes });
+        stages.push(StageStatus { stage: stage.clone(), mode, decisions, denials, rate, budget: *budget, verdict, shadow_secs, top_reasons, top_routes });
     }
     let ready = stages.iter().all(|s| s.verdict == Verdict::Ready);
-    Ok(Status { service: policy.service.clone(), window_secs: window, stages, ready })
+    Ok(Status { service: policy.service.clone(), window_secs: window, min_shadow_secs: rollout.min_shadow_secs, stages, ready })
 }
 
 fn listed(rows: &[(String, f64)]) -> String {
@@ -148,6 +165,11 @@ pub fn render_text(status: &Status) -> String {
         let verdict = match s.verdict {
             Verdict::Ready => "within budget".to_string(),
             Verdict::NoTraffic => "no decisions in the window: nothing to judge it by".to_string(),
+            Verdict::ShadowTooShort => format!(
+                "within budget, but SHADOW TOO SHORT: reporting decisions for {:.0}s of the {}s min_shadow",
+                s.shadow_secs.unwrap_or(0.0),
+                status.min_shadow_secs.unwrap_or(0)
+            ),
             Verdict::OverBudget => format!("OVER BUDGET: reasons {}; routes {}", listed(&s.top_reasons), listed(&s.top_routes)),
             Verdict::StopTheLine => format!(
                 "STOP THE LINE: enforcing and over budget (reasons {}; routes {}); roll back to the previous policy version, or set this stage to mode: shadow",
@@ -197,6 +219,9 @@ mod tests {
             ("{budgets: {ownership: 101%}}", "is not a percentage"),
             ("{budgets: {schema: 1%}}", "rollout.budgets.schema: the policy has no `schema` stage"),
             ("{window: 10s, budgets: {ownership: 1%}}", "rollout.window"),
+            ("{min_shadow: 1.5s, budgets: {ownership: 1%}}", "rollout.min_shadow: \"1.5s\" must be whole seconds"),
+            ("{min_shadow: a week, budgets: {ownership: 1%}}", "rollout.min_shadow: `a week` is not a duration"),
+            ("{window: an hour, budgets: {ownership: 1%}}", "rollout.window: `an hour` is not a duration"),
         ] {
             std::fs::write(&path, format!("service: orders\nstages:\n  - ownership: {{rules: []}}\nrollout: {rollout}\n")).unwrap();
             let e = Policy::load(Path::new(&path), None).unwrap_err().0;
