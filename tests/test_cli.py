@@ -79,6 +79,12 @@ def only_read_limits(p):
                                        "limit": {"requests": 100, "per": "60s"}}]
 
 
+def only_failure_limits(p):
+    # A failure limit on writes counts refusals; it does not limit how often a write is sent.
+    stage(p, "ratelimit")["rules"] = [{"name": "write-failures", "match": {"prefix": "/", "methods": ["POST", "PUT", "PATCH", "DELETE"]},
+                                       "key": ["client_ip"], "counts": "failures", "limit": {"requests": 5, "per": "60s"}}]
+
+
 HOLES = [
     # (name, mutation, code, text in the message, file the finding points at, text on that line)
     ("write without ownership", drop_rule("ownership", "vehicle-writes"), "write_without_ownership",
@@ -89,6 +95,8 @@ HOLES = [
     ("rule for a route the contract lacks", add_ownership_rule, "route_not_in_contract", "ownership rule `ghost-route`", "policy", "ghost-route"),
     ("provider without audience", lambda p: stage(p, "jwt")["providers"]["crapi"].pop("audiences"), "provider_without_audience", "`crapi`", "policy", "crapi:"),
     ("write without rate limit", only_read_limits, "write_without_rate_limit", "POST /workshop/api/shop/orders (create_order)", "spec", '"/workshop/api/shop/orders"'),
+    ("write with only a failure limit", only_failure_limits, "write_without_rate_limit", "POST /workshop/api/shop/orders (create_order)", "spec",
+     '"/workshop/api/shop/orders"'),
     ("open operation not declared public", lambda p: p["public"].remove("login"), "no_security_requirement",
      "POST /identity/api/auth/login (login)", "spec", '"/identity/api/auth/login"'),
     ("public operation the contract lacks", lambda p: p["public"].append("ghost_op"), "unknown_public_operation", "ghost_op", "policy", "ghost_op"),

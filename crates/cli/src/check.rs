@@ -83,6 +83,9 @@ struct RouteRule {
     label: String,
     route: Route,
     public: bool,
+    /// A rate-limit rule that spends its budget on failures only (`counts: failures`): it
+    /// does not limit how often a write may be sent.
+    counts_failures: bool,
     line: Option<usize>,
 }
 
@@ -293,7 +296,8 @@ fn route_rules(c: &Checker<'_>) -> Vec<RouteRule> {
                 "jwt" => rule.get("requires").is_none(),
                 _ => rule.get("public") == Some(&Value::Bool(true)),
             };
-            out.push(RouteRule { stage: stage.kind.clone(), label, route, public, line });
+            let counts_failures = rule.get("counts").and_then(Value::as_str) == Some("failures");
+            out.push(RouteRule { stage: stage.kind.clone(), label, route, public, counts_failures, line });
         }
     }
     out
@@ -342,7 +346,7 @@ fn check_contract(c: &mut Checker<'_>, contract: &Contract) {
         if !ownership && !public {
             c.contract_finding(contract, Code::WriteWithoutOwnership, format!("{what}: a write operation, and the policy has no ownership stage"), op.line);
         }
-        if !ratelimit || !rules.iter().any(|r| r.stage == "ratelimit" && r.route.covers(op)) {
+        if !ratelimit || !rules.iter().any(|r| r.stage == "ratelimit" && !r.counts_failures && r.route.covers(op)) {
             c.contract_finding(contract, Code::WriteWithoutRateLimit, format!("{what}: no rate limit covers this write operation"), op.line);
         }
     }
