@@ -52,8 +52,6 @@ pub struct RateLimitPolicy {
     reads_client_ip: bool,
     /// Some rule depends on the principal (its key, or whom it applies to).
     reads_principal: bool,
-    /// Some rule counts failures: the response status is read.
-    counts_failures: bool,
 }
 
 impl RateLimitPolicy {
@@ -65,8 +63,7 @@ impl RateLimitPolicy {
             .collect();
         let reads_client_ip = config.rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         let reads_principal = config.rules.iter().any(|r| r.applies_to != AppliesTo::All);
-        let counts_failures = config.rules.iter().any(|r| r.failure_statuses().is_some());
-        RateLimitPolicy { config, tables, reads_client_ip, reads_principal, counts_failures }
+        RateLimitPolicy { config, tables, reads_client_ip, reads_principal }
     }
 }
 
@@ -91,7 +88,7 @@ impl Policy for RateLimitPolicy {
     }
 
     fn new_stage(policy: &Rc<Self>) -> RateLimitStage {
-        RateLimitStage { policy: Rc::clone(policy), global_queue: Vec::new(), pending: None, headers: None, checked: false }
+        RateLimitStage { policy: Rc::clone(policy), global_queue: Vec::new(), pending: None, headers: None, failure_keys: Vec::new() }
     }
 }
 
@@ -128,40 +125,6 @@ pub fn strip_port(address: &str) -> &str {
     }
 }
 
-/// Who the request comes from, as far as the rules need: the principal (if a rule depends on
-/// it) and the peer address without its port (if a rule's key names it).
-struct Caller {
-    principal: Option<Rc<Principal>>,
-    client_ip: Option<String>,
-}
-
-impl Caller {
-    fn read(policy: &RateLimitPolicy, host: &mut dyn Host, request: &mut RequestState) -> Caller {
-        let principal = if policy.reads_principal { current_principal(host, &mut request.principal) } else { None };
-        // The peer address is read only when a rule's key names it (one hostcall saved).
-        let client_ip = if policy.reads_client_ip {
-            host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok())
-        } else {
-            None
-        };
-        Caller { principal, client_ip: client_ip.as_deref().map(strip_port).map(str::to_string) }
-    }
-
-    /// The rule covers this request: its route matches and it applies to this kind of caller.
-    fn falls_under(&self, rule: &Rule, request: &RequestState) -> bool {
-        let applies = match rule.applies_to {
-            AppliesTo::All => true,
-            AppliesTo::Authenticated => self.principal.is_some(),
-            AppliesTo::Unauthenticated => self.principal.is_none(),
-        };
-        applies && rule.route.captures(request.route_method(), &request.canonical).is_some()
-    }
-
-    fn key_values(&self, rule: &Rule, request: &RequestState) -> Vec<String> {
-        key_values(rule, self.principal.as_deref(), &|name| request.header(name).map(str::to_string), self.client_ip.as_deref())
-    }
-}
-
 /// The RateLimit-* header values to put on the response: (limit, remaining, reset seconds).
 type Headers = (u64, u64, u64);
 
@@ -174,10 +137,11 @@ pub struct RateLimitStage {
     /// The call in flight: (token, rule index).
     pending: Option<(u32, usize)>,
     headers: Option<Headers>,
-    /// The request reached this stage's checks. Failures are counted only for such requests,
-    /// in every deployment form alike (a local reply from a module before this one still
-    /// runs through its response callbacks).
-    checked: bool,
+    /// The `counts: failures` rules this request fell under when it arrived, with its key in
+    /// each: (rule index, local key). Only such requests are counted, as they were checked, in
+    /// every deployment form alike (a local reply from a module before this one still runs
+    /// through its response callbacks, for a request this stage never saw).
+    failure_keys: Vec<(usize, String)>,
 }
 
 impl RateLimitStage {
@@ -205,29 +169,23 @@ impl RateLimitStage {
         }
     }
 
-    /// Counts the answer against every `counts: failures` rule that covers the request and
-    /// names its status, whichever stage or module refused it, or the service.
-    fn count_failure(&self, host: &mut dyn Host, request: &mut RequestState) {
-        let policy = Rc::clone(&self.policy);
+    /// Counts the answer against the `counts: failures` rules the request fell under that name
+    /// its status, whichever stage or module refused it, or the service.
+    fn count_failure(&self, host: &mut dyn Host) {
         let Some(status) = host.response_header(":status").and_then(|s| s.parse::<u16>().ok()) else { return };
-        let counted = |rule: &Rule| rule.failure_statuses().is_some_and(|statuses| statuses.contains(&status));
-        if !policy.config.rules.iter().any(counted) {
-            return;
-        }
-        let caller = Caller::read(&policy, host, request);
         let now = unix_micros(host);
-        for (rule, table) in policy.config.rules.iter().zip(&policy.tables) {
-            let (true, Some(limit)) = (counted(rule), rule.limit) else { continue };
-            if !caller.falls_under(rule, request) {
+        for (index, id) in &self.failure_keys {
+            let (Some(rule), Some(table)) = (self.policy.config.rules.get(*index), self.policy.tables.get(*index)) else { continue };
+            let (Some(statuses), Some(limit)) = (rule.failure_statuses(), rule.limit) else { continue };
+            if !statuses.contains(&status) {
                 continue;
             }
-            let id = local_key(&caller.key_values(rule, request));
             // A key already out of budget stays so; it is refused until it refills.
             let spend = |tat: Option<u64>| {
                 let d = gcra::decide(&limit, tat, now, rule.cost);
                 if d.allowed { Ok((d.new_tat, ())) } else { Err(()) }
             };
-            match table.update(host, &id, now, WhenFull::EvictOldest, spend) {
+            match table.update(host, id, now, WhenFull::EvictOldest, spend) {
                 Ok(updated) => {
                     count(host, Counter::RatelimitFailuresCounted);
                     if updated.evicted {
@@ -255,24 +213,41 @@ impl RateLimitStage {
 
 impl Stage for RateLimitStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        self.checked = true;
         let policy = Rc::clone(&self.policy);
-        let caller = Caller::read(&policy, host, request);
+        let principal = if policy.reads_principal { current_principal(host, &mut request.principal) } else { None };
+        // The peer address is read only when a rule's key names it (one hostcall saved).
+        let client_ip = if policy.reads_client_ip {
+            host.property(&["source", "address"]).and_then(|b| String::from_utf8(b).ok())
+        } else {
+            None
+        };
+        let client_ip = client_ip.as_deref().map(strip_port);
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
-            if !caller.falls_under(rule, request) {
+            if rule.route.captures(request.route_method(), &request.canonical).is_none() {
                 continue;
             }
-            let values = caller.key_values(rule, request);
+            let applies = match rule.applies_to {
+                AppliesTo::All => true,
+                AppliesTo::Authenticated => principal.is_some(),
+                AppliesTo::Unauthenticated => principal.is_none(),
+            };
+            if !applies {
+                continue;
+            }
+            let seen: &RequestState = request;
+            let values = key_values(rule, principal.as_deref(), &|name| seen.header(name).map(str::to_string), client_ip);
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 // Failures spend the budget when they are answered; here it is only looked at.
                 (Scope::Local, Some(limit)) if rule.failure_statuses().is_some() => {
-                    let d = gcra::decide(&limit, table.get(host, &local_key(&values), now), now, rule.cost);
+                    let id = local_key(&values);
+                    let d = gcra::decide(&limit, table.get(host, &id, now), now, rule.cost);
                     if !d.allowed {
                         self.headers = Some((limit.burst, d.remaining, d.reset_secs));
                         return Step::Deny(RateLimitError::RateLimited { retry_after_secs: d.retry_after_secs }.denial());
                     }
+                    self.failure_keys.push((index, id));
                 }
                 (Scope::Local, Some(limit)) => {
                     let id = local_key(&values);
@@ -332,9 +307,9 @@ impl Stage for RateLimitStage {
         self.next_global(host, request)
     }
 
-    fn on_response_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
-        if self.policy.counts_failures && self.checked {
-            self.count_failure(host, request);
+    fn on_response_headers(&mut self, host: &mut dyn Host, _request: &mut RequestState) -> Step {
+        if !self.failure_keys.is_empty() {
+            self.count_failure(host);
         }
         if let Some((limit, remaining, reset)) = self.headers {
             host.set_response_header("ratelimit-limit", Some(&limit.to_string()));
