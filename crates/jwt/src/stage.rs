@@ -367,6 +367,8 @@ impl JwtStage {
         else {
             return Step::Continue;
         };
+        // The request's metadata, read once for every native provider and requirement asking.
+        let metadata: std::cell::OnceCell<Option<Vec<u8>>> = std::cell::OnceCell::new();
         loop {
             let now = unix_secs(host);
             let refused_from_memory = std::cell::Cell::new(false);
@@ -391,9 +393,10 @@ impl JwtStage {
                         },
                         remember_refusal: &|i, token, e| policy.refused.borrow_mut().insert(i, policy.generation(i), token, e),
                         native_payload: &|i| match &policy.config.providers.get(i)?.keys {
-                            KeySource::Native { payload_in_metadata } => {
-                                payload_from_metadata(&host.property(&METADATA_PROPERTY)?, payload_in_metadata)
-                            }
+                            KeySource::Native { payload_in_metadata } => payload_from_metadata(
+                                metadata.get_or_init(|| host.property(&METADATA_PROPERTY)).as_deref()?,
+                                payload_in_metadata,
+                            ),
                             _ => None,
                         },
                         now,
