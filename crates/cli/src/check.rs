@@ -2,12 +2,13 @@
 //! hole; every finding names the file and line it is about where there is one.
 
 use meshward_core::route::{canonical_path, PathMatch, RawRouteMatch, RouteMatch};
+use meshward_ratelimit::config::KeyPart;
 use meshward_schema::config::METHODS;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::compile::{compile_stage, StageError};
-use crate::policy::{line_of, Contract, Policy};
+use crate::policy::{line_of, Contract, Policy, Stage};
 
 const WRITES: [&str; 4] = ["POST", "PUT", "PATCH", "DELETE"];
 
@@ -207,17 +208,13 @@ fn check_failure_limits(c: &mut Checker<'_>) {
     if ratelimit < jwt {
         return;
     }
-    let Some(Value::Array(rules)) = c.policy.stage("ratelimit").and_then(|s| s.config.get("rules")).cloned() else { return };
-    for rule in rules {
-        let counts_401 = rule.get("counts").and_then(Value::as_str) == Some("failures")
-            && rule.get("failure_statuses").and_then(Value::as_array).is_none_or(|s| s.iter().any(|x| x.as_u64() == Some(401)));
-        let by_caller = rule.get("key").and_then(Value::as_array).is_some_and(|key| {
-            key.iter().filter_map(Value::as_str).all(|p| p == "client_ip" || p.starts_with("header:"))
-        });
-        if !(counts_401 && by_caller) {
+    let Some(config) = c.policy.stage("ratelimit").and_then(Stage::ratelimit_config) else { return };
+    for rule in &config.rules {
+        let counts_401 = rule.failure_statuses().is_some_and(|statuses| statuses.contains(&401));
+        if !counts_401 || rule.key.iter().any(KeyPart::from_principal) {
             continue;
         }
-        let name = rule.get("name").and_then(Value::as_str).unwrap_or("?");
+        let name = &rule.name;
         let line = line_of(&c.policy.text, name, c.stage_line("ratelimit").unwrap_or(1));
         let message = format!(
             "ratelimit rule {name:?} counts 401s by client, but the ratelimit stage runs after jwt: the JWT stage's refusals \

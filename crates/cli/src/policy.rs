@@ -18,6 +18,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use meshward_ratelimit::config::KeyPart;
+use meshward_ratelimit::RateLimitConfig;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -69,6 +71,17 @@ struct RawModules {
 pub struct Stage {
     pub kind: String,
     pub config: Value,
+}
+
+impl Stage {
+    /// A ratelimit stage's configuration as its module reads it (`None`: another stage, or
+    /// one the module refuses).
+    pub fn ratelimit_config(&self) -> Option<RateLimitConfig> {
+        if self.kind != "ratelimit" {
+            return None;
+        }
+        RateLimitConfig::parse(&serde_json::to_vec(&self.config).ok()?).ok()
+    }
 }
 
 /// The contract a policy is checked against.
@@ -162,16 +175,13 @@ impl Policy {
         }
         // A rule keyed on the principal sees none before the jwt stage ran: it would never apply.
         if let (Some(r), Some(j)) = (position("ratelimit"), position("jwt")) {
-            if r < j {
-                let principal_part = |part: &Value| part.as_str().is_some_and(|p| matches!(p, "subject" | "tenant") || p.starts_with("claim:"));
-                let rules = stages[r].config.get("rules").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-                for (n, rule) in rules.iter().enumerate() {
-                    if rule.get("key").and_then(Value::as_array).is_some_and(|key| key.iter().any(principal_part)) {
-                        return Err(PolicyError(format!(
-                            "{}: stages[{r}].ratelimit.rules[{n}]: keys on the principal, but the ratelimit stage runs before the jwt stage, where there is none yet: move the stage after jwt (failure limits keyed by client_ip or a header belong before it)",
-                            path.display()
-                        )));
-                    }
+            // (A configuration the module refuses is reported by `check` as an invalid stage.)
+            if let Some(config) = stages[r].ratelimit_config().filter(|_| r < j) {
+                if let Some(n) = config.rules.iter().position(|rule| rule.key.iter().any(KeyPart::from_principal)) {
+                    return Err(PolicyError(format!(
+                        "{}: stages[{r}].ratelimit.rules[{n}]: keys on the principal, but the ratelimit stage runs before the jwt stage, where there is none yet: move the stage after jwt (failure limits keyed by client_ip or a header belong before it)",
+                        path.display()
+                    )));
                 }
             }
         }
