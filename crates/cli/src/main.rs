@@ -10,6 +10,7 @@
 //! meshward package [--dist DIR] --out DIR [--tag TAG]
 //! meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
 //!                         [--form separate|bundle] [--dist DIR]
+//! meshward drift   POLICY --prometheus URL [--window SECONDS] [--format text|json]
 //! meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
 //!                         [--interval-ms N] [--once true]
 //! ```
@@ -18,6 +19,7 @@
 
 mod check;
 mod compile;
+mod drift;
 mod package;
 mod policy;
 mod render;
@@ -42,6 +44,7 @@ const USAGE: &str = "usage:
   meshward package [--dist DIR] --out DIR [--tag TAG]
   meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
                                   [--form separate|bundle] [--dist DIR]
+  meshward drift   POLICY --prometheus URL [--window SECONDS] [--format text|json]
   meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
                           [--interval-ms N] [--once true]";
 
@@ -234,6 +237,24 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
                 (other, _) => return Err(format!("rollout: unknown action `{other}` (status or promote)\n{USAGE}")),
             }
             Ok(if status.ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        "drift" => {
+            let args = Args::parse(rest.to_vec(), &["openapi", "prometheus", "window", "format"])?;
+            let policy = args.policy()?;
+            let url = args.get("prometheus").ok_or_else(|| format!("drift: --prometheus URL is required\n{USAGE}"))?;
+            let window = match args.get("window") {
+                Some(w) => w.parse::<u64>().map_err(|_| format!("--window: {w:?} is not a number of seconds"))?,
+                None => policy.rollout.as_ref().map_or(3600, |r| r.window_secs),
+            };
+            let drift = drift::drift(&policy, &rollout::Prometheus::new(url), window)?;
+            match args.get("format").unwrap_or("text") {
+                "json" => out(&format!("{}\n", serde_json::to_string(&drift).map_err(|e| e.to_string())?)),
+                "text" => out(&drift::render_text(&drift)),
+                other => return Err(format!("--format: {other:?} is not `text` or `json`")),
+            }
+            // Traffic the contract does not describe is refused once schema enforces: a CI or
+            // rollout step stops on it. Operations nobody called are reported, not failed.
+            Ok(if drift.unknown_routes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         "package" => {
             let args = Args::parse(rest.to_vec(), &["dist", "out", "tag"])?;

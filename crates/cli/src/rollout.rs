@@ -71,7 +71,7 @@ impl Prometheus {
     }
 
     /// The samples of an instant vector: (labels, value).
-    fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
+    pub(crate) fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
         let url = format!("{}/api/v1/query", self.base);
         let mut response = self.agent.get(&url).query("query", promql).call().map_err(|e| format!("Prometheus at {}: {e}", self.base))?;
         let status = response.status();
@@ -97,7 +97,7 @@ impl Prometheus {
 }
 
 /// `{a="x",b="y"}` for the policy's selector (values escaped), joined with `extra`.
-fn matchers(policy: &Policy, extra: &str) -> String {
+pub(crate) fn matchers(policy: &Policy, extra: &str) -> String {
     let mut parts: Vec<String> =
         policy.selector.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
     parts.push(extra.to_string());

@@ -162,6 +162,19 @@ enum TemplateSegment {
     Param(String),
 }
 
+impl std::fmt::Display for PathTemplate {
+    /// The template as written: `/tenants/{tenant_id}/orders`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for segment in &self.segments {
+            match segment {
+                TemplateSegment::Literal(l) => write!(f, "/{l}")?,
+                TemplateSegment::Param(name) => write!(f, "/{{{name}}}")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl PathTemplate {
     /// Parses a template; the error says what is wrong with it.
     pub fn parse(template: &str) -> Result<PathTemplate, String> {
@@ -376,6 +389,8 @@ mod tests {
         assert_eq!(t.captures("/tenant/acme/orders/42"), None);
         assert_eq!(t.captures("/tenants/%ff/orders/1"), None, "not UTF-8");
         assert_eq!(t.params().collect::<Vec<_>>(), vec!["tenant_id", "order_id"]);
+        assert_eq!(t.to_string(), "/tenants/{tenant_id}/orders/{order_id}");
+        assert_eq!(PathTemplate::parse("/").unwrap().to_string(), "/");
         for bad in ["tenants/{id}", "/a/{}", "/a/x{id}", "/a/{id}/{id}", "/a/{i d}"] {
             assert!(PathTemplate::parse(bad).is_err(), "{bad}");
         }

@@ -5,6 +5,7 @@
 //! Why a request was refused: [`validate`]; every reason is a [`SchemaError`] variant.
 
 pub mod config;
+pub mod drift;
 mod error;
 pub mod form;
 pub mod openapi;

@@ -8,6 +8,7 @@ use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{BodyFormat, SchemaConfig};
+use crate::drift::{route_label, unknown_route_label};
 use crate::validate::{check_answer, check_body, check_content_type, check_form, check_parameters, declared_response, match_operation, match_response};
 
 #[derive(Debug)]
@@ -45,20 +46,19 @@ pub struct SchemaStage {
     answer: Option<(usize, usize)>,
 }
 
-/// Operation ids as metric labels: letters, digits, `_` and `-` only.
-fn label(id: &str) -> String {
-    id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
-}
-
 impl Stage for SchemaStage {
     fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
         let policy = Rc::clone(&self.policy);
         let config = &policy.config;
         let (op, captures) = match match_operation(config, request.route_method(), &request.canonical) {
             Ok(found) => found,
-            Err(e) => return Step::Deny(e.denial()),
+            Err(e) => {
+                // Counted under the route's shape: what `meshward drift` reports.
+                request.route = Some(unknown_route_label(host, request.route_method(), &request.canonical));
+                return Step::Deny(e.denial());
+            }
         };
-        request.route = Some(label(&op.id));
+        request.route = Some(route_label(&op.id));
         self.operation = config.operations.iter().position(|o| std::ptr::eq(o, op));
         if config.response.is_some() {
             request.want_identity_response(host);

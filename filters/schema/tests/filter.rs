@@ -194,3 +194,23 @@ fn every_wire_form_is_checked_alike() {
         assert_eq!(outcome(method, path, &headers, body), want, "{name}");
     }
 }
+
+#[test]
+fn routes_outside_the_contract_are_counted_under_their_shape() {
+    let shadow = policy("shadow");
+    let mut h = FakeHost::default();
+    for (method, path, counter) in [
+        ("GET", "/admin/users/42?token=x", "meshward_schema_shadow_denied_total.route.GET-admin-users-_v.reason.unknown_route"),
+        ("GET", "/admin/users/43", "meshward_schema_shadow_denied_total.route.GET-admin-users-_v.reason.unknown_route"),
+        ("DELETE", "/accounts/7", "meshward_schema_shadow_denied_total.route.DELETE-accounts-_v.reason.method_not_allowed"),
+        ("GET", "/accounts/7", "meshward_schema_allowed_total.route.get_account"),
+    ] {
+        h.request_headers = vec![(":method".into(), method.into()), (":path".into(), path.into())];
+        let mut filter = Filter::new(&shadow);
+        assert_eq!(filter.on_request_headers(&mut h, true), Verdict::Continue, "{method} {path}");
+        filter.on_done(&mut h);
+        meshward_core::stats::flush_decisions(&mut h);
+        assert!(h.counter(counter) >= 1, "{method} {path}: {:?}", h.counters);
+    }
+    assert_eq!(h.counter("meshward_schema_shadow_denied_total.route.GET-admin-users-_v.reason.unknown_route"), 2);
+}
