@@ -631,10 +631,10 @@ def test_serve_says_what_it_needs(tmp_path):
     assert r.returncode == 2 and "--xds HOST:PORT" in r.stderr and "--dir DIR" in r.stderr, r.stderr
     r = meshward("serve", EXAMPLE, "--xds", "localhost")
     assert r.returncode == 2 and "is not IP:PORT" in r.stderr, r.stderr
-    r = meshward("serve", EXAMPLE, "--xds", "127.0.0.1:0", "--once", "true")
+    r = meshward("serve", EXAMPLE, "--xds", "127.0.0.1:0", "--once")
     assert r.returncode == 2 and "needs --dir" in r.stderr, r.stderr
     r = meshward("render", "envoy", EXAMPLE, "--xds", "127.0.0.1:1", "--ecds", tmp_path)
-    assert r.returncode == 2 and "choose one" in r.stderr, r.stderr
+    assert r.returncode == 2 and "'--xds <HOST:PORT>' cannot be used with '--ecds <DIR>'" in r.stderr, r.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("service: x\nstages: [{ratelimit: {rules: 3}}]\n")
     r = meshward("serve", broken, "--xds", "127.0.0.1:0")
@@ -651,3 +651,21 @@ def test_the_committed_istio_example_is_what_the_policy_renders():
         jsonschema.validate(doc, crd_schema())
         doc["spec"].pop("sha256")
     assert committed == fresh, "re-render: meshward render istio examples/crapi/policy.yaml --dist dist > istio/rendered/crapi-wasmplugins.yaml"
+
+
+def test_the_command_line_explains_itself():
+    version = meshward("--version")
+    assert version.returncode == 0 and version.stdout.startswith("meshward "), version
+    for command in (["check"], ["render", "envoy"], ["rollout", "promote"], ["drift"], ["serve"], ["package"]):
+        r = meshward(*command, "--help")
+        assert r.returncode == 0 and f"Usage: meshward {' '.join(command)}" in r.stdout, r.stdout
+    assert "--apply" in meshward("rollout", "promote", "--help").stdout
+    # A wrong flag is named, with the command's usage; exit 2.
+    r = meshward("check", EXAMPLE, "--fromat", "json")
+    assert r.returncode == 2 and "unexpected argument '--fromat'" in r.stderr and "Usage: meshward check" in r.stderr, r.stderr
+    r = meshward("check", EXAMPLE, "--format", "xml")
+    assert r.returncode == 2 and "invalid value 'xml' for '--format <FORMAT>'" in r.stderr, r.stderr
+    r = meshward("rollout", "status", EXAMPLE)
+    assert r.returncode == 2 and "--prometheus <URL>" in r.stderr, r.stderr
+    completion = meshward("completions", "bash")
+    assert completion.returncode == 0 and "_meshward()" in completion.stdout and "rollout" in completion.stdout, completion.stdout[:200]

@@ -118,4 +118,4 @@ def test_package_says_what_it_needs(tmp_path):
     r = meshward("package", "--dist", tmp_path, "--out", tmp_path / "oci")
     assert r.returncode == 2 and "no .wasm modules" in r.stderr, r.stderr
     r = meshward("package", "--dist", DIST)
-    assert r.returncode == 2 and "--out DIR is required" in r.stderr, r.stderr
+    assert r.returncode == 2 and "required arguments were not provided:\n  --out <DIR>" in r.stderr, r.stderr

@@ -1,21 +1,9 @@
-//! `meshward`: policy as code for the meshward filters.
+//! `meshward`: policy as code for the meshward filters. `meshward --help` and `meshward
+//! <command> --help` say what each command takes; `meshward completions SHELL` prints a shell
+//! completion script.
 //!
-//! ```text
-//! meshward check   POLICY [--openapi SPEC] [--envoy ENVOY_CONFIG] [--format text|json]
-//! meshward compile POLICY [--openapi SPEC] [--out DIR]
-//! meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT]
-//!                              [--admin PORT] [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
-//!                              [--xds HOST:PORT | --ecds DIR]
-//! meshward render istio POLICY [--form separate|bundle] [--dist DIR]
-//! meshward package [--dist DIR] --out DIR [--tag TAG]
-//! meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
-//!                         [--form separate|bundle] [--dist DIR]
-//! meshward drift   POLICY --prometheus URL [--window SECONDS] [--format text|json]
-//! meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
-//!                         [--interval-ms N] [--once true]
-//! ```
-//!
-//! Exit codes: 0 fine, 1 the check found errors, 2 the command or policy cannot be used.
+//! Exit codes: 0 fine, 1 the check found errors (or: not ready to enforce, drift found), 2 the
+//! command or policy cannot be used.
 
 mod check;
 mod compile;
@@ -27,79 +15,219 @@ mod rollout;
 mod serve;
 mod xds;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use policy::Policy;
 use render::{Discovery, EnvoyOptions, Form};
 use serde_json::Value;
 
-const USAGE: &str = "usage:
-  meshward check   POLICY [--openapi SPEC] [--envoy ENVOY_CONFIG] [--format text|json]
-  meshward compile POLICY [--openapi SPEC] [--out DIR]
-  meshward render envoy POLICY [--form separate|bundle] [--modules DIR] [--listen PORT] [--admin PORT]
-                               [--upstream HOST:PORT] [--cluster NAME=HOST:PORT]...
-                               [--xds HOST:PORT | --ecds DIR]
-  meshward render istio POLICY [--form separate|bundle] [--dist DIR]
-  meshward package [--dist DIR] --out DIR [--tag TAG]
-  meshward rollout status|promote POLICY --prometheus URL [--window SECONDS] [--format text|json]
-                                  [--form separate|bundle] [--dist DIR]
-  meshward drift   POLICY --prometheus URL [--window SECONDS] [--format text|json]
-  meshward serve   POLICY (--xds IP:PORT | --dir DIR) [--form separate|bundle] [--modules DIR]
-                          [--interval-ms N] [--once true]";
-
-/// Positional arguments and `--flag value` options, in order.
-struct Args {
-    positional: Vec<String>,
-    options: Vec<(String, String)>,
+#[derive(Parser)]
+#[command(name = "meshward", version, about = "Policy as code for the meshward filters: check a service's policy against its contract, \
+compile it into filter configurations, render Envoy and Istio resources, package the modules, gate the rollout on \
+Prometheus, report drift, and serve the policy to running Envoys.",
+    after_help = "Exit codes: 0 fine, 1 the check found errors (or: not ready to enforce, drift found), 2 the command or policy cannot be used.",
+    // A flag given twice takes its last value (scripts append overrides); --cluster accumulates.
+    args_override_self = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-impl Args {
-    fn parse(raw: Vec<String>, known: &[&str]) -> Result<Args, String> {
-        let mut args = Args { positional: Vec::new(), options: Vec::new() };
-        let mut it = raw.into_iter();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                if !known.contains(&name) {
-                    return Err(format!("unknown option --{name}"));
-                }
-                let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
-                args.options.push((name.to_string(), value));
-            } else {
-                args.positional.push(a);
-            }
-        }
-        Ok(args)
-    }
+/// The service's policy file, and optionally a contract in place of its `openapi`.
+#[derive(Args)]
+struct PolicyArgs {
+    /// The service's policy file (YAML).
+    policy: PathBuf,
+    /// An OpenAPI contract to use instead of the one the policy's `openapi` names.
+    #[arg(long, value_name = "SPEC")]
+    openapi: Option<PathBuf>,
+}
 
-    fn get(&self, name: &str) -> Option<&str> {
-        self.options.iter().rev().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+impl PolicyArgs {
+    fn load(&self) -> Result<Policy, String> {
+        Policy::load(&self.policy, self.openapi.as_deref()).map_err(|e| e.to_string())
     }
+}
 
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.options.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
 
-    fn policy(&self) -> Result<Policy, String> {
-        let [path] = self.positional.as_slice() else { return Err("expected one POLICY file".into()) };
-        Policy::load(Path::new(path), self.get("openapi").map(Path::new)).map_err(|e| e.to_string())
-    }
+/// Where the sidecars' metrics are, and over which window to read them.
+#[derive(Args)]
+struct PrometheusArgs {
+    /// Prometheus' base URL, over plain HTTP as it is served inside a cluster.
+    #[arg(long, value_name = "URL")]
+    prometheus: String,
+    /// The window to read, in seconds [default: the policy's `rollout.window`].
+    #[arg(long, value_name = "SECONDS")]
+    window: Option<u64>,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a policy against its contract (and an Envoy configuration); exit 1 on errors.
+    Check {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Also check this Envoy configuration (does it normalise paths as meshward reads them?).
+        #[arg(long, value_name = "ENVOY_CONFIG")]
+        envoy: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Compile the policy into each module's configuration (and the fleet engine's).
+    Compile {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Write one JSON file per module (and meshward-fleet.yaml) here instead of stdout.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+    /// Render Envoy or Istio resources that run the policy.
+    #[command(subcommand)]
+    Render(RenderTarget),
+    /// Build each module in --dist as an OCI image Istio's WasmPlugin can pull.
+    Package {
+        /// Where the built modules are.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        dist: PathBuf,
+        /// The OCI image layout directory to write.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+    },
+    /// Is each stage within its violation budget? Gate promotion from shadow to enforce on it.
+    #[command(subcommand)]
+    Rollout(RolloutAction),
+    /// Routes seen in traffic but not in the contract, and contract operations not seen.
+    Drift {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        prometheus: PrometheusArgs,
+    },
+    /// Keep running Envoys' filter configurations current with the policy file (ECDS).
+    Serve {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Serve ECDS over gRPC here (port 0 picks one); for Envoys rendered with --xds.
+        #[arg(long, value_name = "IP:PORT", value_parser = socket_address)]
+        xds: Option<SocketAddr>,
+        /// Write ECDS files here; for Envoys rendered with --ecds.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        /// Where the Envoys find the modules.
+        #[arg(long, value_name = "DIR", default_value = "/etc/envoy/wasm")]
+        modules: PathBuf,
+        /// How often to look at the policy and its contract, in milliseconds (at least 50).
+        #[arg(long, value_name = "N", default_value_t = 500)]
+        interval_ms: u64,
+        /// Write the files once and exit (with --dir; for scripts and CI).
+        #[arg(long)]
+        once: bool,
+    },
+    /// Print a completion script for a shell.
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum RenderTarget {
+    /// An Envoy bootstrap running the policy.
+    Envoy {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        /// Where Envoy finds the modules.
+        #[arg(long, value_name = "DIR", default_value = "/etc/envoy/wasm")]
+        modules: PathBuf,
+        #[arg(long, value_name = "PORT", default_value_t = 10000)]
+        listen: u16,
+        #[arg(long, value_name = "PORT", default_value_t = 9901)]
+        admin: u16,
+        /// The service behind the sidecar.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080", value_parser = host_port)]
+        upstream: (String, u16),
+        /// A cluster the policy calls (remote JWKS, rate-limit service, fleet engine); repeat it.
+        #[arg(long, value_name = "NAME=HOST:PORT", value_parser = named_cluster)]
+        cluster: Vec<(String, String, u16)>,
+        /// Take the filters' configurations from `meshward serve --xds` at this address.
+        #[arg(long, value_name = "HOST:PORT", value_parser = host_port, conflicts_with = "ecds")]
+        xds: Option<(String, u16)>,
+        /// Take the filters' configurations from the files `meshward serve --dir` writes here.
+        #[arg(long, value_name = "DIR")]
+        ecds: Option<PathBuf>,
+    },
+    /// Istio WasmPlugin resources, one per stage or one for the bundle.
+    Istio {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        /// Where the built modules are (their sha256 pins the manifests).
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        dist: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Each budgeted stage's verdict; exit 1 unless every one is within budget.
+    Status {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        prometheus: PrometheusArgs,
+    },
+    /// When ready: the policy with every shadow stage enforcing (manifests, or --apply).
+    Promote {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[command(flatten)]
+        prometheus: PrometheusArgs,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        dist: PathBuf,
+        /// Instead of printing manifests, rewrite the policy file with every shadow stage
+        /// enforcing, keeping the old one as `<policy>.previous`: `meshward serve`, watching
+        /// the file, pushes it to the running Envoys.
+        #[arg(long)]
+        apply: bool,
+    },
+}
+
+fn socket_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| format!("{text:?} is not IP:PORT (127.0.0.1:18000; port 0 picks one)"))
+}
+
+fn host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{text:?} is not HOST:PORT"))?;
+    let port = port.parse().map_err(|_| format!("{port:?} is not a port"))?;
+    Ok((host.to_string(), port))
+}
+
+fn named_cluster(text: &str) -> Result<(String, String, u16), String> {
+    let (name, address) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=HOST:PORT"))?;
+    let (host, port) = host_port(address)?;
+    Ok((name.to_string(), host, port))
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error worth a panic.
 fn out(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-fn host_port(text: &str, what: &str) -> Result<(String, u16), String> {
-    let (host, port) = text.rsplit_once(':').ok_or_else(|| format!("{what}: {text:?} is not HOST:PORT"))?;
-    let port = port.parse().map_err(|_| format!("{what}: {port:?} is not a port"))?;
-    Ok((host.to_string(), port))
-}
-
-fn port(args: &Args, name: &str, default: u16) -> Result<u16, String> {
-    args.get(name).map_or(Ok(default), |p| p.parse().map_err(|_| format!("--{name}: {p:?} is not a port")))
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<(), String> {
@@ -116,28 +244,24 @@ fn yaml_documents(docs: &[Value]) -> String {
     out
 }
 
-fn run(raw: Vec<String>) -> Result<ExitCode, String> {
-    let Some((command, rest)) = raw.split_first() else { return Err(USAGE.into()) };
-    match command.as_str() {
-        "check" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "format", "envoy"])?;
-            let policy = args.policy()?;
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Check { policy, envoy, format } => {
+            let policy = policy.load()?;
             let mut findings = check::check(&policy);
-            if let Some(envoy) = args.get("envoy") {
-                let text = std::fs::read_to_string(envoy).map_err(|e| format!("{envoy}: {e}"))?;
-                findings.extend(check::check_envoy(envoy, &text)?);
+            if let Some(envoy) = envoy {
+                let text = std::fs::read_to_string(&envoy).map_err(|e| format!("{}: {e}", envoy.display()))?;
+                findings.extend(check::check_envoy(&envoy.display().to_string(), &text)?);
             }
-            match args.get("format").unwrap_or("text") {
-                "text" => out(&check::render_text(&findings)),
-                "json" => out(&format!("{}\n", check::render_json(&findings))),
-                other => return Err(format!("--format: {other:?} is not `text` or `json`")),
+            match format {
+                Format::Text => out(&check::render_text(&findings)),
+                Format::Json => out(&format!("{}\n", check::render_json(&findings))),
             }
             let failed = findings.iter().any(|f| f.severity == check::Severity::Error);
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        "compile" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "out"])?;
-            let policy = args.policy()?;
+        Command::Compile { policy, out: out_dir } => {
+            let policy = policy.load()?;
             // Compiling refuses what the modules would refuse; secrets may be absent here.
             compile::compile_policy(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
             let mut all = serde_json::Map::new();
@@ -146,9 +270,8 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             }
             all.insert("meshward".into(), policy.bundle_config());
             let fleet = compile::fleet_config(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
-            match args.get("out") {
+            match out_dir {
                 Some(dir) => {
-                    let dir = PathBuf::from(dir);
                     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                     for (module, config) in &all {
                         write_json(&dir.join(format!("{module}.json")), config)?;
@@ -167,142 +290,132 @@ fn run(raw: Vec<String>) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        "render" => {
-            let Some((target, rest)) = rest.split_first() else { return Err(USAGE.into()) };
-            match target.as_str() {
-                "envoy" => {
-                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "listen", "admin", "upstream", "cluster", "ecds", "xds"])?;
-                    let policy = args.policy()?;
-                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
-                    let clusters = args
-                        .all("cluster")
-                        .map(|c| {
-                            let (name, address) = c.split_once('=').ok_or_else(|| format!("--cluster: {c:?} is not NAME=HOST:PORT"))?;
-                            let (host, port) = host_port(address, "--cluster")?;
-                            Ok((name.to_string(), host, port))
-                        })
-                        .collect::<Result<Vec<_>, String>>()?;
-                    let options = EnvoyOptions {
-                        modules_dir: Path::new(args.get("modules").unwrap_or("/etc/envoy/wasm")),
-                        listen_port: port(&args, "listen", 10000)?,
-                        admin_port: port(&args, "admin", 9901)?,
-                        upstream: host_port(args.get("upstream").unwrap_or("127.0.0.1:8080"), "--upstream")?,
-                        clusters,
-                        discovery: match (args.get("ecds"), args.get("xds")) {
-                            (Some(_), Some(_)) => return Err("--ecds and --xds: choose one way for `meshward serve` to reach Envoy".into()),
-                            (Some(dir), None) => Some(Discovery::Files(Path::new(dir))),
-                            (None, Some(address)) => {
-                                let (host, port) = host_port(address, "--xds")?;
-                                Some(Discovery::Xds(host, port))
-                            }
-                            (None, None) => None,
-                        },
-                    };
-                    let config = render::envoy(&policy, form, &options)?;
-                    out(&render::to_yaml(&config));
-                    Ok(ExitCode::SUCCESS)
-                }
-                "istio" => {
-                    let args = Args::parse(rest.to_vec(), &["openapi", "form", "dist"])?;
-                    let policy = args.policy()?;
-                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
-                    let docs = render::istio(&policy, form, Path::new(args.get("dist").unwrap_or("dist")))?;
-                    out(&yaml_documents(&docs));
-                    Ok(ExitCode::SUCCESS)
-                }
-                other => Err(format!("render: unknown target `{other}` (envoy or istio)\n{USAGE}")),
-            }
+        Command::Render(RenderTarget::Envoy { policy, form, modules, listen, admin, upstream, cluster, xds, ecds }) => {
+            let policy = policy.load()?;
+            let options = EnvoyOptions {
+                modules_dir: &modules,
+                listen_port: listen,
+                admin_port: admin,
+                upstream,
+                clusters: cluster,
+                discovery: match (&ecds, xds) {
+                    (Some(dir), _) => Some(Discovery::Files(dir)),
+                    (None, Some((host, port))) => Some(Discovery::Xds(host, port)),
+                    (None, None) => None,
+                },
+            };
+            let config = render::envoy(&policy, form, &options)?;
+            out(&render::to_yaml(&config));
+            Ok(ExitCode::SUCCESS)
         }
-        "rollout" => {
-            let Some((action, rest)) = rest.split_first() else { return Err(USAGE.into()) };
-            let args = Args::parse(rest.to_vec(), &["openapi", "prometheus", "window", "format", "form", "dist"])?;
-            let policy = args.policy()?;
-            let url = args.get("prometheus").ok_or_else(|| format!("rollout: --prometheus URL is required\n{USAGE}"))?;
-            let window = args.get("window").map(|w| w.parse::<u64>().map_err(|_| format!("--window: {w:?} is not a number of seconds"))).transpose()?;
-            let status = rollout::status(&policy, &rollout::Prometheus::new(url), window)?;
-            match (action.as_str(), args.get("format").unwrap_or("text")) {
-                ("status", "json") => out(&format!("{}\n", serde_json::to_string(&status).map_err(|e| e.to_string())?)),
-                ("status", "text") => out(&rollout::render_text(&status)),
-                ("status", other) => return Err(format!("--format: {other:?} is not `text` or `json`")),
-                ("promote", _) => {
-                    if !status.ready {
-                        eprint!("{}", rollout::render_text(&status));
-                        return Ok(ExitCode::from(1));
-                    }
-                    let form = Form::parse(args.get("form").unwrap_or("separate"))?;
-                    let docs = render::istio(&rollout::enforcing(&policy), form, Path::new(args.get("dist").unwrap_or("dist")))?;
-                    out(&yaml_documents(&docs));
-                    eprint!("{}", rollout::render_text(&status));
-                }
-                (other, _) => return Err(format!("rollout: unknown action `{other}` (status or promote)\n{USAGE}")),
+        Command::Render(RenderTarget::Istio { policy, form, dist }) => {
+            let policy = policy.load()?;
+            out(&yaml_documents(&render::istio(&policy, form, &dist)?));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rollout(RolloutAction::Status { policy, prometheus }) => {
+            let policy = policy.load()?;
+            let status = rollout::status(&policy, &rollout::Prometheus::new(&prometheus.prometheus), prometheus.window)?;
+            match prometheus.format {
+                Format::Json => out(&format!("{}\n", serde_json::to_string(&status).map_err(|e| e.to_string())?)),
+                Format::Text => out(&rollout::render_text(&status)),
             }
             Ok(if status.ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        "drift" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "prometheus", "window", "format"])?;
-            let policy = args.policy()?;
-            let url = args.get("prometheus").ok_or_else(|| format!("drift: --prometheus URL is required\n{USAGE}"))?;
-            let window = match args.get("window") {
-                Some(w) => w.parse::<u64>().map_err(|_| format!("--window: {w:?} is not a number of seconds"))?,
-                None => policy.rollout.as_ref().map_or(3600, |r| r.window_secs),
-            };
-            let drift = drift::drift(&policy, &rollout::Prometheus::new(url), window)?;
-            match args.get("format").unwrap_or("text") {
-                "json" => out(&format!("{}\n", serde_json::to_string(&drift).map_err(|e| e.to_string())?)),
-                "text" => out(&drift::render_text(&drift)),
-                other => return Err(format!("--format: {other:?} is not `text` or `json`")),
+        Command::Rollout(RolloutAction::Promote { policy, prometheus, form, dist, apply }) => {
+            let policy = policy.load()?;
+            let status = rollout::status(&policy, &rollout::Prometheus::new(&prometheus.prometheus), prometheus.window)?;
+            eprint!("{}", rollout::render_text(&status));
+            if !status.ready {
+                return Ok(ExitCode::from(1));
+            }
+            if apply {
+                let previous = rollout::apply(&policy)?;
+                out(&format!(
+                    "promoted {}: every shadow stage enforces; `meshward serve` watching it pushes the new version. Roll back: mv {} {}\n",
+                    policy.path.display(),
+                    previous.display(),
+                    policy.path.display()
+                ));
+            } else {
+                out(&yaml_documents(&render::istio(&rollout::enforcing(&policy), form, &dist)?));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Drift { policy, prometheus } => {
+            let policy = policy.load()?;
+            let window = prometheus.window.unwrap_or_else(|| policy.rollout.as_ref().map_or(3600, |r| r.window_secs));
+            let drift = drift::drift(&policy, &rollout::Prometheus::new(&prometheus.prometheus), window)?;
+            match prometheus.format {
+                Format::Json => out(&format!("{}\n", serde_json::to_string(&drift).map_err(|e| e.to_string())?)),
+                Format::Text => out(&drift::render_text(&drift)),
             }
             // Traffic the contract does not describe is refused once schema enforces: a CI or
             // rollout step stops on it. Operations nobody called are reported, not failed.
             Ok(if drift.unknown_routes.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
-        "package" => {
-            let args = Args::parse(rest.to_vec(), &["dist", "out", "tag"])?;
-            if !args.positional.is_empty() {
-                return Err(format!("package takes no positional arguments\n{USAGE}"));
-            }
-            let out_dir = args.get("out").ok_or_else(|| format!("package: --out DIR is required\n{USAGE}"))?;
-            let tag = args.get("tag").unwrap_or(env!("CARGO_PKG_VERSION"));
-            let digests = package::package(Path::new(args.get("dist").unwrap_or("dist")), Path::new(out_dir), tag)?;
+        Command::Package { dist, out: out_dir, tag } => {
+            let digests = package::package(&dist, &out_dir, &tag)?;
             for (module, digest) in digests {
-                out(&format!("{module} {out_dir}/{module}:{tag} sha256:{digest}\n"));
+                out(&format!("{module} {}/{module}:{tag} sha256:{digest}\n", out_dir.display()));
             }
             Ok(ExitCode::SUCCESS)
         }
-        "serve" => {
-            let args = Args::parse(rest.to_vec(), &["openapi", "form", "modules", "dir", "xds", "interval-ms", "once"])?;
-            let [path] = args.positional.as_slice() else { return Err("expected one POLICY file".into()) };
-            let interval = args.get("interval-ms").map_or(Ok(500), |v| v.parse::<u64>().map_err(|_| format!("--interval-ms: {v:?} is not a number")))?;
+        Command::Serve { policy, xds, dir, form, modules, interval_ms, once } => {
             let options = serve::ServeOptions {
-                policy: PathBuf::from(path),
-                openapi: args.get("openapi").map(PathBuf::from),
-                form: Form::parse(args.get("form").unwrap_or("separate"))?,
-                modules_dir: PathBuf::from(args.get("modules").unwrap_or("/etc/envoy/wasm")),
-                dir: args.get("dir").map(PathBuf::from),
-                xds: match args.get("xds") {
-                    Some(a) => Some(a.parse().map_err(|_| format!("--xds: {a:?} is not IP:PORT (127.0.0.1:18000; port 0 picks one)"))?),
-                    None => None,
-                },
-                interval: std::time::Duration::from_millis(interval.max(50)),
-                once: args.get("once") == Some("true"),
+                policy: policy.policy,
+                openapi: policy.openapi,
+                form,
+                modules_dir: modules,
+                dir,
+                xds,
+                interval: std::time::Duration::from_millis(interval_ms.max(50)),
+                once,
             };
             serve::serve(&options)?;
             Ok(ExitCode::SUCCESS)
         }
-        "help" | "--help" | "-h" => {
-            out(&format!("{USAGE}\n"));
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "meshward", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        other => Err(format!("unknown command `{other}`\n{USAGE}")),
     }
 }
 
 fn main() -> ExitCode {
-    match run(std::env::args().skip(1).collect()) {
+    match run(Cli::parse().command) {
         Ok(code) => code,
         Err(message) => {
             eprintln!("meshward: {message}");
             ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_repeated_flags_behave() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(std::iter::once("meshward").chain(args.iter().copied())).map(|c| c.command);
+        // --cluster accumulates; any other flag given twice takes its last value.
+        let Ok(Command::Render(RenderTarget::Envoy { cluster, modules, .. })) =
+            parse(&["render", "envoy", "p.yaml", "--cluster", "a=b:1", "--modules", "x", "--cluster", "c=d:2", "--modules", "y"])
+        else {
+            panic!("render envoy did not parse");
+        };
+        assert_eq!(cluster, vec![("a".into(), "b".into(), 1), ("c".into(), "d".into(), 2)]);
+        assert_eq!(modules, PathBuf::from("y"));
+        for (args, error) in [
+            (&["render", "envoy", "p.yaml", "--cluster", "a"][..], "\"a\" is not NAME=HOST:PORT"),
+            (&["render", "envoy", "p.yaml", "--upstream", "h:port"], "\"port\" is not a port"),
+            (&["serve", "p.yaml", "--xds", "localhost:1"], "is not IP:PORT"),
+            (&["rollout", "status", "p.yaml", "--prometheus", "u", "--window", "1h"], "--window <SECONDS>"),
+        ] {
+            let e = parse(args).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(error), "{args:?}: {e}");
         }
     }
 }

@@ -9,20 +9,12 @@ use serde_json::{json, Value};
 use crate::policy::{Policy, Stage};
 
 /// One module per stage, chained; or every stage in `meshward.wasm`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Form {
+    /// One module per stage, chained in the policy's order.
     Separate,
+    /// Every stage in `meshward.wasm`.
     Bundle,
-}
-
-impl Form {
-    pub fn parse(text: &str) -> Result<Form, String> {
-        match text {
-            "separate" => Ok(Form::Separate),
-            "bundle" => Ok(Form::Bundle),
-            other => Err(format!("--form: {other:?} is not `separate` or `bundle`")),
-        }
-    }
 }
 
 /// A filter to render: its name (`jwt`, ..., `bundle`), module file name and configuration.
