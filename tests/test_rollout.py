@@ -4,6 +4,7 @@ service over its shadow budget, one within it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -15,7 +16,7 @@ import yaml
 
 from fleet import free_port, wait_until_ready
 from harness import DIST, REPO, Envoy, build_config, plugin
-from test_cli import meshward
+from test_cli import Serve, meshward, wait_until
 from test_monitoring import dashboard_queries
 
 OWNERSHIP = {"mode": "shadow", "unmatched": "allow",
@@ -198,3 +199,40 @@ def test_the_recording_rules_and_every_dashboard_query_work_on_real_envoy_metric
     assert {s for e, s in with_data if "stage_" in e} == {"ownership", "ratelimit"}, with_data
     assert {("shadow" in e, "by (reason)" in e, "by (route)" in e) for e, s in with_data if s == "ownership" and "meshward_" in e} == {
         (True, True, False), (True, False, True)}, with_data
+
+
+def test_promote_apply_rewrites_the_policy_and_serve_pushes_it_to_the_running_envoy(observed, upstream, tmp_path):
+    path = policy_file(tmp_path, "billing")
+    original = open(path).read()
+    serve = Serve(path, "separate", "files", tmp_path)
+    try:
+        with Envoy(serve.render_envoy(path, "separate", upstream), concurrency=1) as env:
+            assert env.request("/orders/1").reached_upstream  # shadow: through, counted
+            before = serve.versions()
+            r = rollout("promote", path, "--prometheus", observed.url, "--window", WINDOW, "--apply")
+            assert r.returncode == 0 and "promoted" in r.stdout and f"{path}.previous" in r.stdout, r.stdout + r.stderr
+            assert open(f"{path}.previous").read() == original
+            assert yaml.safe_load(open(path))["stages"][0]["ownership"]["mode"] == "enforce"
+            # serve saw the new file and pushed it; the same Envoy now refuses.
+            wait_until(lambda: serve.versions() > before)
+            wait_until(lambda: not env.request("/orders/1").reached_upstream)
+            refused = env.request("/orders/1")
+            assert refused.reason == "missing_principal", refused
+            assert env.request("/health").reached_upstream
+        env.cleanup()
+    finally:
+        serve.stop()
+    # A stage over budget while enforcing names the file to roll back to.
+    enforcing = policy_file(tmp_path, "orders", mode="enforce")
+    open(f"{enforcing}.previous", "w").write(open(policy_file(tmp_path, "orders")).read())
+    r = rollout("status", enforcing, "--prometheus", observed.url, "--window", WINDOW)
+    assert r.returncode == 1 and f"roll back to {enforcing}.previous (the policy before its promotion)" in r.stdout, r.stdout
+
+
+def test_promote_apply_refuses_a_service_that_is_not_ready_and_changes_nothing(observed, tmp_path):
+    path = policy_file(tmp_path, "orders")
+    original = open(path).read()
+    r = rollout("promote", path, "--prometheus", observed.url, "--window", WINDOW, "--apply")
+    assert r.returncode == 1 and "OVER BUDGET" in r.stderr and r.stdout == "", r
+    assert open(path).read() == original
+    assert not os.path.exists(f"{path}.previous")

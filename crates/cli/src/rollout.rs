@@ -7,12 +7,16 @@
 //! shadow_denied}_total{route,reason}`, selected by the policy's `selector` labels (as
 //! Prometheus' Kubernetes pod discovery keeps them on every series it scrapes).
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::policy::Policy;
+use meshward_schema::drift::label_shape;
+
+use crate::policy::{parse_text, Policy};
+use crate::render::to_yaml;
 
 /// What one stage's numbers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -53,6 +57,9 @@ pub struct Status {
     pub min_shadow_secs: Option<u64>,
     pub stages: Vec<StageStatus>,
     pub ready: bool,
+    /// The policy before the last `promote --apply` (`<policy>.previous`), when there is one:
+    /// what a stage that stops the line rolls back to.
+    pub rollback: Option<PathBuf>,
 }
 
 /// One sample of an instant vector: its labels and value.
@@ -109,7 +116,11 @@ fn top(prometheus: &Prometheus, by: &str, denials: &str) -> Result<Vec<(String, 
         .query(&format!("topk(3, sum by ({by}) ({denials}))"))?
         .into_iter()
         .filter(|(_, v)| *v > 0.0)
-        .map(|(labels, v)| (labels.get(by).and_then(Value::as_str).unwrap_or("-").to_string(), v))
+        .map(|(labels, v)| {
+            let label = labels.get(by).and_then(Value::as_str).unwrap_or("-");
+            // A route outside the contract is labelled with its shape's spelling: read it back.
+            (label_shape(label).unwrap_or_else(|| label.to_string()), v)
+        })
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(rows)
@@ -151,7 +162,8 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
         stages.push(StageStatus { stage: stage.clone(), mode, decisions, denials, rate, budget: *budget, verdict, shadow_secs, top_reasons, top_routes });
     }
     let ready = stages.iter().all(|s| s.verdict == Verdict::Ready);
-    Ok(Status { service: policy.service.clone(), window_secs: window, min_shadow_secs: rollout.min_shadow_secs, stages, ready })
+    let rollback = Some(previous_path(&policy.path)).filter(|p| p.exists());
+    Ok(Status { service: policy.service.clone(), window_secs: window, min_shadow_secs: rollout.min_shadow_secs, stages, ready, rollback })
 }
 
 fn listed(rows: &[(String, f64)]) -> String {
@@ -172,9 +184,10 @@ pub fn render_text(status: &Status) -> String {
             ),
             Verdict::OverBudget => format!("OVER BUDGET: reasons {}; routes {}", listed(&s.top_reasons), listed(&s.top_routes)),
             Verdict::StopTheLine => format!(
-                "STOP THE LINE: enforcing and over budget (reasons {}; routes {}); roll back to the previous policy version, or set this stage to mode: shadow",
+                "STOP THE LINE: enforcing and over budget (reasons {}; routes {}); roll back to {}, or set this stage to mode: shadow",
                 listed(&s.top_reasons),
-                listed(&s.top_routes)
+                listed(&s.top_routes),
+                status.rollback.as_ref().map_or("the previous policy version".to_string(), |p| format!("{} (the policy before its promotion)", p.display()))
             ),
         };
         out.push_str(&format!("  {:<10} {:<8} {numbers}: {verdict}\n", s.stage, s.mode));
@@ -194,10 +207,81 @@ pub fn enforcing(policy: &Policy) -> Policy {
     promoted
 }
 
+/// Where `promote --apply` keeps the policy it replaces: `<policy>.previous`.
+pub fn previous_path(policy: &Path) -> PathBuf {
+    let mut name = policy.file_name().unwrap_or_default().to_os_string();
+    name.push(".previous");
+    policy.with_file_name(name)
+}
+
+/// Promotes in place: the policy file (what `meshward serve` watches and pushes) becomes the
+/// policy with every shadow stage enforcing; the file it replaces is kept as
+/// [`previous_path`], the version to roll back to. The new file is read back and must load as
+/// exactly the enforcing policy before it replaces the old one, by rename (never half-written).
+/// The file is written anew from its parsed form: comments stay in the previous file only.
+pub fn apply(policy: &Policy) -> Result<PathBuf, String> {
+    let path = &policy.path;
+    let mut document = parse_text(path, &policy.text).map_err(|e| e.to_string())?;
+    let stages = document.get_mut("stages").and_then(Value::as_array_mut).ok_or_else(|| format!("{}: no stages", path.display()))?;
+    for config in stages.iter_mut().filter_map(Value::as_object_mut).flat_map(|stage| stage.values_mut()) {
+        if config.get("mode").and_then(Value::as_str) == Some("shadow") {
+            config["mode"] = Value::String("enforce".into());
+        }
+    }
+    let previous = previous_path(path);
+    let json = path.extension().is_some_and(|e| e == "json") || policy.text.trim_start().starts_with('{');
+    let text = if json {
+        serde_json::to_string_pretty(&document).map_err(|e| e.to_string())? + "\n"
+    } else {
+        let name = previous.file_name().unwrap_or_default().to_string_lossy();
+        format!("# Promoted to enforce by `meshward rollout promote --apply`; the policy before: {name}\n{}", to_yaml(&document))
+    };
+    let mut staging_name = path.file_name().unwrap_or_default().to_os_string();
+    staging_name.push(".promoting");
+    let staging = path.with_file_name(staging_name);
+    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::write(&staging, &text).map_err(|e| io(&staging, e))?;
+    let contract = policy.contract.as_ref().map(|c| c.path.as_path());
+    let promoted = Policy::load(&staging, contract).map_err(|e| e.to_string());
+    let expected = enforcing(policy);
+    let same = promoted.as_ref().is_ok_and(|p| {
+        p.stages.len() == expected.stages.len() && p.stages.iter().zip(&expected.stages).all(|(a, b)| a.kind == b.kind && a.config == b.config)
+    });
+    if !same {
+        let _ = std::fs::remove_file(&staging);
+        let why = promoted.err().unwrap_or_else(|| "its stages differ".into());
+        return Err(format!("{}: the promoted policy did not read back as the enforcing policy ({why}); nothing was changed", path.display()));
+    }
+    std::fs::write(&previous, &policy.text).map_err(|e| io(&previous, e))?;
+    std::fs::rename(&staging, path).map_err(|e| io(path, e))?;
+    Ok(previous)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn promotion_in_place_keeps_the_previous_policy() {
+        let dir = std::env::temp_dir().join(format!("meshward-promote-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rules = "[{name: r, match: {prefix: /}, public: true}]";
+        for (name, text) in [
+            ("policy.yaml", format!("# reviewed\nservice: orders\nstages:\n  - ownership: {{mode: shadow, rules: {rules}}}\n  - ratelimit: {{mode: enforce, rules: []}}\n")),
+            ("policy.json", r#"{"service": "orders", "stages": [{"ownership": {"mode": "shadow", "unmatched": "allow", "rules": []}}]}"#.to_string()),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, &text).unwrap();
+            let policy = Policy::load(&path, None).unwrap();
+            let previous = apply(&policy).unwrap();
+            assert_eq!(previous, dir.join(format!("{name}.previous")));
+            assert_eq!(std::fs::read_to_string(&previous).unwrap(), text, "the old file, comments and all");
+            let promoted = Policy::load(&path, None).unwrap();
+            assert!(promoted.stages.iter().all(|s| s.config["mode"] == "enforce"), "{name}: {}", promoted.text);
+            assert!(!dir.join(format!("{name}.promoting")).exists());
+        }
+    }
 
     #[test]
     fn selector_labels_become_escaped_matchers() {
