@@ -207,26 +207,37 @@ def test_promote_apply_rewrites_the_policy_and_serve_pushes_it_to_the_running_en
     serve = Serve(path, "separate", "files", tmp_path)
     try:
         with Envoy(serve.render_envoy(path, "separate", upstream), concurrency=1) as env:
-            assert env.request("/orders/1").reached_upstream  # shadow: through, counted
-            before = serve.versions()
-            r = rollout("promote", path, "--prometheus", observed.url, "--window", WINDOW, "--apply")
-            assert r.returncode == 0 and "promoted" in r.stdout and f"{path}.previous" in r.stdout, r.stdout + r.stderr
-            assert open(f"{path}.previous").read() == original
-            assert yaml.safe_load(open(path))["stages"][0]["ownership"]["mode"] == "enforce"
-            # serve saw the new file and pushed it; the same Envoy now refuses.
-            wait_until(lambda: serve.versions() > before)
-            wait_until(lambda: not env.request("/orders/1").reached_upstream)
-            refused = env.request("/orders/1")
-            assert refused.reason == "missing_principal", refused
-            assert env.request("/health").reached_upstream
+            (tmp_path / "own-prometheus").mkdir()
+            own = Prometheus(tmp_path / "own-prometheus", {"billing": env})
+            try:
+                assert env.request("/orders/1").reached_upstream  # shadow: through, counted
+                before = serve.versions()
+                r = rollout("promote", path, "--prometheus", observed.url, "--window", WINDOW, "--apply")
+                assert r.returncode == 0 and "promoted" in r.stdout and f"{path}.previous" in r.stdout, r.stdout + r.stderr
+                assert open(f"{path}.previous").read() == original
+                assert yaml.safe_load(open(path))["stages"][0]["ownership"]["mode"] == "enforce"
+                # serve saw the new file and pushed it; the same Envoy now refuses.
+                wait_until(lambda: serve.versions() > before)
+                wait_until(lambda: not env.request("/orders/1").reached_upstream)
+                refused = env.request("/orders/1")
+                assert refused.reason == "missing_principal", refused
+                assert env.request("/health").reached_upstream
+                # The same check after promotion, on this Envoy's own numbers (its shadow and
+                # enforced denials of one route and reason are two series): stop the line, and
+                # roll back to the file promote kept.
+                denied = 'sum(meshward_ownership_denied_total{app="billing"})'
+                wait_until(lambda: own.value(denied) >= 2 and own.value('sum(meshward_ownership_shadow_denied_total{app="billing"})') >= 1)
+                r = rollout("status", path, "--prometheus", own.url, "--window", WINDOW, "--format", "json")
+                status = json.loads(r.stdout)
+                assert r.returncode == 1 and status["stages"][0]["verdict"] == "stop_the_line", r.stdout + r.stderr
+                assert status["stages"][0]["denials"] >= 3 and status["rollback"] == f"{path}.previous", status
+                text = rollout("status", path, "--prometheus", own.url, "--window", WINDOW).stdout
+                assert f"roll back to {path}.previous (the policy before its promotion)" in text, text
+            finally:
+                own.stop()
         env.cleanup()
     finally:
         serve.stop()
-    # A stage over budget while enforcing names the file to roll back to.
-    enforcing = policy_file(tmp_path, "orders", mode="enforce")
-    open(f"{enforcing}.previous", "w").write(open(policy_file(tmp_path, "orders")).read())
-    r = rollout("status", enforcing, "--prometheus", observed.url, "--window", WINDOW)
-    assert r.returncode == 1 and f"roll back to {enforcing}.previous (the policy before its promotion)" in r.stdout, r.stdout
 
 
 def test_promote_apply_refuses_a_service_that_is_not_ready_and_changes_nothing(observed, tmp_path):

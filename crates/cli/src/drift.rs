@@ -5,7 +5,8 @@
 //!   operation for under the route's shape (`GET /admin/users/{id}`, at most
 //!   [`meshward_schema::drift::MAX_SHAPES`] per sidecar, the rest as `other routes`) with the
 //!   reason `unknown_route` or `method_not_allowed`; with how many requests in the window and
-//!   how long ago the route was first seen (the first sample of its series within the window).
+//!   how long ago the route was first seen (the first sample of its series within the window);
+//!   counted as `rollout status` counts ([`growth`]).
 //! - **Contract operations not seen**: operations with no schema decision in the window.
 
 use serde::Serialize;
@@ -13,7 +14,7 @@ use meshward_schema::drift::{label_shape, route_label, OTHER_ROUTES};
 use meshward_schema::SchemaConfig;
 
 use crate::policy::Policy;
-use crate::rollout::{matchers, Prometheus};
+use crate::rollout::{growth, matchers, Prometheus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnknownRoute {
@@ -52,14 +53,6 @@ fn contract(policy: &Policy) -> Result<SchemaConfig, String> {
     SchemaConfig::parse(&bytes).map_err(|e| format!("schema stage: {e}"))
 }
 
-/// PromQL for how much the counters `selector` grew within the window, per route. A series
-/// born within the window counts from zero: `increase()` would miss its first requests (a
-/// counter is created by the request that first increments it, so its first sample is not 0).
-fn growth(selector: &str, w: u64) -> String {
-    let now = format!("sum by (route) (max_over_time({selector}[{w}s]))");
-    format!("({now} - sum by (route) ({selector} offset {w}s)) or {now}")
-}
-
 /// `{route: value}` of a `sum by (route)` query, values above zero.
 fn by_route(prometheus: &Prometheus, promql: &str) -> Result<Vec<(String, f64)>, String> {
     Ok(prometheus
@@ -81,7 +74,7 @@ pub fn drift(policy: &Policy, prometheus: &Prometheus, window_secs: u64) -> Resu
         let step = (w / 300).max(1);
         by_route(prometheus, &format!("time() - min_over_time(timestamp(sum by (route) ({outside}))[{w}s:{step}s])"))?
     };
-    for (label, requests) in by_route(prometheus, &growth(&outside, w))? {
+    for (label, requests) in by_route(prometheus, &format!("sum by (route) ({})", growth(&outside, w)))? {
         let first_seen_secs_ago = first_seen.iter().find(|(l, _)| *l == label).map_or(0.0, |(_, s)| *s);
         let route = match label_shape(&label) {
             Some(shape) => shape,
@@ -91,7 +84,7 @@ pub fn drift(policy: &Policy, prometheus: &Prometheus, window_secs: u64) -> Resu
         unknown_routes.push(UnknownRoute { route, label, requests, first_seen_secs_ago });
     }
     unknown_routes.sort_by(|a, b| b.requests.total_cmp(&a.requests).then_with(|| a.route.cmp(&b.route)));
-    let seen = by_route(prometheus, &growth(&series("allowed|denied|shadow_denied", ""), w))?;
+    let seen = by_route(prometheus, &format!("sum by (route) ({})", growth(&series("allowed|denied|shadow_denied", ""), w)))?;
     let unseen_operations = contract
         .operations
         .iter()

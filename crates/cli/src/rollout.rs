@@ -111,6 +111,21 @@ pub(crate) fn matchers(policy: &Policy, extra: &str) -> String {
     format!("{{{}}}", parts.join(","))
 }
 
+/// PromQL for how much each counter series of `selector` grew within the last `window_secs`:
+/// its value now less its value at the window's start. Unlike `increase()`:
+/// - a series born within the window counts from zero: a counter is created by the request
+///   that first increments it, so its first sample is not 0, and what it counted before the
+///   first scrape (a new denial reason's first burst) would be missed;
+/// - series keep their name (as `name`), so `denied` and `shadow_denied` with the same labels
+///   (a stage promoted on a running Envoy) stay two series instead of an error.
+/// A counter that went back (its Envoy restarted) counts from the restart.
+pub(crate) fn growth(selector: &str, window_secs: u64) -> String {
+    let named = |s: &str| format!("label_replace({s}, \"name\", \"$1\", \"__name__\", \"(.+)\")");
+    let now = named(selector);
+    let before = named(&format!("{selector} offset {window_secs}s"));
+    format!("((({now} - {before}) >= 0) or {now})")
+}
+
 fn top(prometheus: &Prometheus, by: &str, denials: &str) -> Result<Vec<(String, f64)>, String> {
     let mut rows: Vec<(String, f64)> = prometheus
         .query(&format!("topk(3, sum by ({by}) ({denials}))"))?
@@ -133,8 +148,8 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
     let mut stages = Vec::new();
     for (stage, budget) in &rollout.budgets {
         let series = |decisions: &str| matchers(policy, &format!("__name__=~\"meshward_{stage}_({decisions})_total\""));
-        let all = format!("increase({}[{window}s])", series("allowed|denied|shadow_denied"));
-        let denied = format!("increase({}[{window}s])", series("denied|shadow_denied"));
+        let all = growth(&series("allowed|denied|shadow_denied"), window);
+        let denied = growth(&series("denied|shadow_denied"), window);
         let decisions = prometheus.scalar(&format!("sum({all})"))?;
         let denials = prometheus.scalar(&format!("sum({denied})"))?;
         let mode = policy.stage(stage).and_then(|s| s.config.get("mode")).and_then(Value::as_str).unwrap_or("enforce").to_string();
