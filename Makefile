@@ -4,7 +4,8 @@
 #                (installs the wasm32-wasip1 target if missing)
 #   make cli     the `meshward` command and the `meshward-fleet` engine -> target/release/
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
-#   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers
+#   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers;
+#                then every stage on one service, promoted from shadow to enforce by the gate
 #   make bench   what each filter costs per request, next to plain and native Envoy
 #   make package each module as an OCI image (target/oci/) for Istio's WasmPlugin
 #   make profile where a request's time goes inside each module (hostcalls, functions)
@@ -95,8 +96,11 @@ integration-test: build test-modules cli venv system-deps
 
 test: lint unit-test wasm-unit-test integration-test
 
-demo: build venv
+# The JWT table, then the whole bundle on examples/orders promoted from shadow by the gate
+# (meshward serve, a real Prometheus).
+demo: build cli venv system-deps
 	$(PY) tests/demo.py
+	$(PY) tests/demo_rollout.py
 
 # Side by side in one run: plain Envoy, meshward filters, Envoy's native equivalents.
 # (`cli` builds meshward-fleet, the engine the fleet-state rows reach.)
