@@ -231,6 +231,13 @@ def test_promote_apply_rewrites_the_policy_and_serve_pushes_it_to_the_running_en
                 status = json.loads(r.stdout)
                 assert r.returncode == 1 and status["stages"][0]["verdict"] == "stop_the_line", r.stdout + r.stderr
                 assert status["stages"][0]["denials"] >= 3 and status["rollback"] == f"{path}.previous", status
+                # Which configuration the proxy runs: the promoted policy's, not the one before.
+                [proxy] = status["proxies"]
+                assert proxy["current"] and [m for m, _ in proxy["configs"]] == ["meshward_ownership"], status
+                before = json.loads(rollout("status", f"{path}.previous", "--prometheus", own.url, "--window", WINDOW, "--format", "json").stdout)
+                assert [p["current"] for p in before["proxies"]] == [False], before
+                text = rollout("status", f"{path}.previous", "--prometheus", own.url, "--window", WINDOW).stdout
+                assert "proxies: 0 of 1 run this policy" in text and "runs another configuration: meshward_ownership " in text, text
                 text = rollout("status", path, "--prometheus", own.url, "--window", WINDOW).stdout
                 assert f"roll back to {path}.previous (the policy before its promotion)" in text, text
             finally:

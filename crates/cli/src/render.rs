@@ -264,8 +264,16 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         "stats_config": {"stats_tags": [
             {"tag_name": "reason", "regex": "(\\.reason\\.([^.]+))$"},
             {"tag_name": "route", "regex": "(\\.route\\.([^.]+))"},
+            // Which configuration each module runs (`meshward rollout status` reads it).
+            {"tag_name": "config", "regex": "_config_info(\\.config\\.([0-9a-f]+))$"},
         ]},
     }))
+}
+
+/// Every module configuration the policy renders to, in either form: (module, the configuration
+/// exactly as Envoy hands it to the module). What a proxy running this policy reports.
+pub fn module_configurations(policy: &Policy) -> Vec<(String, String)> {
+    [Form::Separate, Form::Bundle].into_iter().flat_map(|form| filters(policy, form)).map(|f| (f.module, f.config.to_string())).collect()
 }
 
 /// At most this much free memory is returned to the system per release interval.

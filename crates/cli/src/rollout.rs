@@ -16,7 +16,8 @@ use serde_json::Value;
 use meshward_schema::drift::label_shape;
 
 use crate::policy::{parse_text, Policy};
-use crate::render::to_yaml;
+use crate::render::{module_configurations, to_yaml};
+use meshward_core::config::fingerprint;
 
 /// What one stage's numbers say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -50,6 +51,16 @@ pub struct StageStatus {
     pub top_routes: Vec<(String, f64)>,
 }
 
+/// What one proxy (a scrape `instance`) reports running.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyStatus {
+    pub instance: String,
+    /// Every configuration it reports is one this policy renders to.
+    pub current: bool,
+    /// (module, configuration fingerprint), as its `meshward[_<stage>]_config_info` gauges say.
+    pub configs: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub service: String,
@@ -57,6 +68,8 @@ pub struct Status {
     pub min_shadow_secs: Option<u64>,
     pub stages: Vec<StageStatus>,
     pub ready: bool,
+    /// Each proxy reporting a configuration, and whether it runs this policy's.
+    pub proxies: Vec<ProxyStatus>,
     /// The policy before the last `promote --apply` (`<policy>.previous`), when there is one:
     /// what a stage that stops the line rolls back to.
     pub rollback: Option<PathBuf>,
@@ -118,6 +131,7 @@ pub(crate) fn matchers(policy: &Policy, extra: &str) -> String {
 ///   first scrape (a new denial reason's first burst) would be missed;
 /// - series keep their name (as `name`), so `denied` and `shadow_denied` with the same labels
 ///   (a stage promoted on a running Envoy) stay two series instead of an error.
+///
 /// A counter that went back (its Envoy restarted) counts from the restart.
 pub(crate) fn growth(selector: &str, window_secs: u64) -> String {
     let named = |s: &str| format!("label_replace({s}, \"name\", \"$1\", \"__name__\", \"(.+)\")");
@@ -177,8 +191,36 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
         stages.push(StageStatus { stage: stage.clone(), mode, decisions, denials, rate, budget: *budget, verdict, shadow_secs, top_reasons, top_routes });
     }
     let ready = stages.iter().all(|s| s.verdict == Verdict::Ready);
+    let proxies = proxies(policy, prometheus)?;
     let rollback = Some(previous_path(&policy.path)).filter(|p| p.exists());
-    Ok(Status { service: policy.service.clone(), window_secs: window, min_shadow_secs: rollout.min_shadow_secs, stages, ready, rollback })
+    Ok(Status { service: policy.service.clone(), window_secs: window, min_shadow_secs: rollout.min_shadow_secs, stages, ready, proxies, rollback })
+}
+
+/// The proxies of the service by what configuration they report (each module publishes
+/// `<module>_config_info{config="<fingerprint>"} 1` for the configuration it runs), each
+/// compared with the configurations this policy renders to.
+fn proxies(policy: &Policy, prometheus: &Prometheus) -> Result<Vec<ProxyStatus>, String> {
+    let expected: Vec<(String, String)> =
+        module_configurations(policy).into_iter().map(|(module, config)| (module, fingerprint(config.as_bytes()))).collect();
+    let mut proxies: Vec<ProxyStatus> = Vec::new();
+    for (labels, value) in prometheus.query(&matchers(policy, "__name__=~\"meshward(_[a-z]+)?_config_info\""))? {
+        let label = |name: &str| labels.get(name).and_then(Value::as_str).unwrap_or("").to_string();
+        let (instance, module) = (label("instance"), label("__name__").trim_end_matches("_config_info").to_string());
+        if value <= 0.0 {
+            continue;
+        }
+        let config = (module, label("config"));
+        match proxies.iter_mut().find(|p| p.instance == instance) {
+            Some(proxy) => proxy.configs.push(config),
+            None => proxies.push(ProxyStatus { instance, current: false, configs: vec![config] }),
+        }
+    }
+    for proxy in &mut proxies {
+        proxy.configs.sort();
+        proxy.current = proxy.configs.iter().all(|c| expected.contains(c));
+    }
+    proxies.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(proxies)
 }
 
 fn listed(rows: &[(String, f64)]) -> String {
@@ -206,6 +248,16 @@ pub fn render_text(status: &Status) -> String {
             ),
         };
         out.push_str(&format!("  {:<10} {:<8} {numbers}: {verdict}\n", s.stage, s.mode));
+    }
+    let current = status.proxies.iter().filter(|p| p.current).count();
+    if status.proxies.is_empty() {
+        out.push_str("  proxies: none reports which configuration it runs\n");
+    } else {
+        out.push_str(&format!("  proxies: {current} of {} run this policy\n", status.proxies.len()));
+    }
+    for proxy in status.proxies.iter().filter(|p| !p.current) {
+        let configs: Vec<String> = proxy.configs.iter().map(|(module, config)| format!("{module} {config}")).collect();
+        out.push_str(&format!("    {} runs another configuration: {}\n", proxy.instance, configs.join(", ")));
     }
     out.push_str(if status.ready { "ready: every stage is within its budget\n" } else { "not ready\n" });
     out

@@ -138,10 +138,26 @@ pub fn parse_duration(path: &str, text: &str) -> Result<Duration, ConfigError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A configuration's fingerprint: 64-bit FNV-1a of its bytes, as 16 hex digits. It names which
+/// configuration a proxy runs (`meshward rollout status` computes the same from the policy);
+/// identification, not integrity.
+pub fn fingerprint(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3));
+    format!("{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde::Deserialize;
+
+    #[test]
+    fn fingerprints() {
+        // FNV-1a 64 reference values.
+        assert_eq!(fingerprint(b""), "cbf29ce484222325");
+        assert_eq!(fingerprint(b"a"), "af63dc4c8601ec8c");
+        assert_ne!(fingerprint(br#"{"mode":"shadow"}"#), fingerprint(br#"{"mode":"enforce"}"#));
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]

@@ -199,6 +199,28 @@ pub fn count(host: &mut dyn Host, counter: Counter) {
     host.increment_counter(counter.name(), 1);
 }
 
+/// The gauge saying which configuration a module runs: `<module>_config_info.config.<fingerprint>`
+/// (`meshward_jwt_config_info{config="…"} 1`; the bundle's is `meshward_config_info`).
+pub fn config_info_gauge(module: &str, fingerprint: &str) -> String {
+    format!("{module}_config_info.config.{fingerprint}")
+}
+
+thread_local! {
+    /// The configuration gauge this VM last set to 1.
+    static CONFIG_INFO: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Publishes that this VM now runs `configuration` (its previous one's gauge goes to 0), so a
+/// proxy's metrics say which policy version it enforces.
+pub fn publish_configuration(host: &mut dyn Host, module: &str, configuration: &[u8]) {
+    let name = config_info_gauge(module, &crate::config::fingerprint(configuration));
+    let previous = CONFIG_INFO.with(|last| last.borrow_mut().replace(name.clone()));
+    if let Some(previous) = previous.filter(|p| *p != name) {
+        host.set_gauge(&previous, 0);
+    }
+    host.set_gauge(&name, 1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +247,19 @@ mod tests {
         flush_decisions(&mut host);
         flush_decisions(&mut host);
         assert_eq!(host.counter("meshward_jwt_allowed_total.route.orders"), 3, "each decision written once");
+    }
+
+    #[test]
+    fn the_configuration_a_vm_runs_is_published() {
+        let mut host = meshward_host::FakeHost::default();
+        publish_configuration(&mut host, "meshward_jwt", b"{}");
+        let first = config_info_gauge("meshward_jwt", &crate::config::fingerprint(b"{}"));
+        assert_eq!(host.gauges.get(&first), Some(&1));
+        publish_configuration(&mut host, "meshward_jwt", b"{\"mode\":\"shadow\"}");
+        let second = config_info_gauge("meshward_jwt", &crate::config::fingerprint(b"{\"mode\":\"shadow\"}"));
+        assert_eq!((host.gauges.get(&first), host.gauges.get(&second)), (Some(&0), Some(&1)));
+        publish_configuration(&mut host, "meshward_jwt", b"{\"mode\":\"shadow\"}");
+        assert_eq!(host.gauges.get(&second), Some(&1), "the same configuration again stays 1");
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub struct FakeHost {
     pub grpc_response: Vec<u8>,
     pub tick_period: Option<Duration>,
     pub counters: BTreeMap<String, u64>,
+    pub gauges: BTreeMap<String, u64>,
     logs: RefCell<Vec<(LogLevel, String)>>,
     next_token: u32,
 }
@@ -88,6 +89,7 @@ impl Default for FakeHost {
             grpc_response: Vec::new(),
             tick_period: None,
             counters: BTreeMap::new(),
+            gauges: BTreeMap::new(),
             logs: RefCell::new(Vec::new()),
             next_token: 1,
         }
@@ -291,5 +293,9 @@ impl Host for FakeHost {
 
     fn increment_counter(&mut self, name: &str, by: u64) {
         *self.counters.entry(name.to_string()).or_insert(0) += by;
+    }
+
+    fn set_gauge(&mut self, name: &str, value: u64) {
+        self.gauges.insert(name.to_string(), value);
     }
 }

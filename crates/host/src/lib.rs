@@ -136,4 +136,6 @@ pub trait Host {
     fn log(&self, level: LogLevel, message: &str);
     /// Adds `by` to the counter `name`, defining it on first use.
     fn increment_counter(&mut self, name: &str, by: u64);
+    /// Sets the gauge `name` to `value`, defining it on first use.
+    fn set_gauge(&mut self, name: &str, value: u64);
 }

@@ -172,17 +172,27 @@ impl Host for ProxyWasmHost {
     }
 
     fn increment_counter(&mut self, name: &str, by: u64) {
-        let id = METRICS.with(|m| {
-            let mut m = m.borrow_mut();
-            if let Some(id) = m.get(name) {
-                return Some(*id);
-            }
-            let id = hostcalls::define_metric(MetricType::Counter, name).ok()?;
-            m.insert(name.to_string(), id);
-            Some(id)
-        });
-        if let Some(id) = id {
+        if let Some(id) = metric_id(MetricType::Counter, name) {
             let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
         }
     }
+
+    fn set_gauge(&mut self, name: &str, value: u64) {
+        if let Some(id) = metric_id(MetricType::Gauge, name) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+/// A metric's id, defined on first use (names are never shared between kinds).
+fn metric_id(kind: MetricType, name: &str) -> Option<u32> {
+    METRICS.with(|m| {
+        let mut m = m.borrow_mut();
+        if let Some(id) = m.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        m.insert(name.to_string(), id);
+        Some(id)
+    })
 }

@@ -23,6 +23,9 @@
 //! - `meshward_<stage>_shadow_denied_total[.route.<route>].reason.<reason>` (shadow: would have denied)
 //!
 //! `.route.<route>` appears when the matching rule has a name.
+//!
+//! Gauge: `<module>_config_info.config.<fingerprint>` is 1 for the configuration the module
+//! runs, 0 for the one it ran before (`meshward rollout status` reads which proxies run which).
 
 mod body;
 mod denial_log;

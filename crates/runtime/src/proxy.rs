@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meshward_core::stats::flush_decisions;
+use meshward_core::stats::{flush_decisions, publish_configuration};
 use meshward_core::GrpcResponse;
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -53,6 +53,7 @@ impl<T: Plan> RootContext for Root<T> {
                 // How long compiling the configuration took in this VM (`make bench` reads it).
                 let micros = host.now().duration_since(started).map(|d| d.as_micros()).unwrap_or(0);
                 host.set_tick_period(COUNTER_FLUSH_PERIOD);
+                publish_configuration(&mut host, T::module_name(), &config);
                 plan.start(&mut host);
                 self.plan = Some(plan);
                 self.hold_headers = host.env_var(HOLD_HEADERS_ENV).is_some_and(|v| v == "true");
