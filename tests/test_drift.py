@@ -106,3 +106,15 @@ def test_drift_needs_a_schema_stage(tmp_path):
     policy.write_text(yaml.safe_dump({"service": "x", "stages": [{"ownership": {"rules": []}}]}))
     r = meshward("drift", str(policy), "--prometheus", "http://127.0.0.1:1")
     assert r.returncode == 2 and "has no `schema` stage" in r.stderr, r.stderr
+
+
+def test_the_dashboards_drift_panel_shows_the_shapes(observed):
+    from test_monitoring import dashboard_queries
+    prometheus, _ = observed
+    [expr] = [e for e in dashboard_queries() if "unknown_route" in e]
+    # rate() needs two samples of a series: some scrapes after the traffic.
+    deadline = time.monotonic() + 20
+    while not (rows := prometheus.query(expr.replace("$app", "pets"))):
+        assert time.monotonic() < deadline, expr
+        time.sleep(0.5)
+    assert "GET-api-v3-admin-users-_v" in {r["metric"]["route"] for r in prometheus.query(expr.replace("$app", "pets").replace("topk(10,", "topk(100,"))}, rows

@@ -194,11 +194,13 @@ def test_the_recording_rules_and_every_dashboard_query_work_on_real_envoy_metric
         for stage in ("ownership", "ratelimit"):
             promql = expr.replace("$app", "orders").replace("${stage}", stage).replace("$stage", stage)
             has_data[(expr, stage)] = bool(observed.query(promql))  # valid PromQL, or query() fails
-    # The stage-wide panels and ownership's shadow reasons and routes show orders' traffic.
+    # The stage-wide panels, ownership's shadow reasons and routes show orders' traffic, and the
+    # configuration each proxy runs; no schema stage ran, so the drift panel shows nothing.
     with_data = {(e, s) for (e, s), yes in has_data.items() if yes}
     assert {s for e, s in with_data if "stage_" in e} == {"ownership", "ratelimit"}, with_data
-    assert {("shadow" in e, "by (reason)" in e, "by (route)" in e) for e, s in with_data if s == "ownership" and "meshward_" in e} == {
-        (True, True, False), (True, False, True)}, with_data
+    assert {("shadow" in e, "by (reason)" in e, "by (route)" in e, "config_info" in e) for e, s in with_data if s == "ownership" and "meshward_" in e} == {
+        (True, True, False, False), (True, False, True, False), (False, False, False, True)}, with_data
+    assert not any("unknown_route" in e for e, _ in with_data)
 
 
 def test_promote_apply_rewrites_the_policy_and_serve_pushes_it_to_the_running_envoy(observed, upstream, tmp_path):
