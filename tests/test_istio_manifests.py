@@ -3,6 +3,8 @@ pluginConfig is a configuration the JWT filter accepts (checked by loading it in
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import jsonschema
@@ -98,3 +100,27 @@ def test_every_module_has_a_manifest():
     filters = {yaml.safe_load(p.read_text())["metadata"]["labels"]["meshward.io/filter"] for p in MANIFESTS}
     modules = {p.stem.removeprefix("meshward_") if p.stem != "meshward" else "bundle" for p in DIST.glob("*.wasm")}
     assert modules and modules <= filters, modules - filters
+
+
+def test_the_bootstrap_override_gives_envoy_meshwards_labels_and_leaves_envoys_own(upstream, tmp_path):
+    """`meshward render istio-bootstrap`: the ConfigMap Istio merges into a sidecar's bootstrap.
+    Loaded into a real Envoy (in place of envoy/envoy.yaml's own tags), meshward's reason, route
+    and configuration become labels, and Envoy's own stats keep their names."""
+    from test_cli import EXAMPLE, meshward
+    r = meshward("render", "istio-bootstrap", EXAMPLE)
+    assert r.returncode == 0, r.stderr
+    [config_map] = [d for d in yaml.safe_load_all(r.stdout) if d]
+    assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "meshward-bootstrap", "crapi")
+    override = json.loads(config_map["data"]["custom_bootstrap.json"])
+    config = build_config(upstream.port, [plugin("ownership", {"mode": "shadow", "unmatched": "allow",
+                                                               "rules": [{"name": "order-read", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]})])
+    config.update(override)
+    with Envoy(config, concurrency=1) as env:
+        assert env.request("/orders/1").reached_upstream
+        time.sleep(1.2)  # allowed decisions are written every second
+        text = env.prometheus()
+        labelled = r'meshward_ownership_shadow_denied_total\{(?=[^}]*route="order-read")(?=[^}]*reason="missing_principal")[^}]*\} 1'
+        assert re.search(labelled, text), text
+        assert re.search(r'meshward_ownership_config_info\{config="[0-9a-f]{16}"\} 1', text), text
+        assert re.search(r"^envoy_http_downstream_rq_total\{", text, re.M), "Envoy's own stats keep their tags"
+    env.cleanup()

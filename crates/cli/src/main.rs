@@ -169,6 +169,12 @@ enum RenderTarget {
         #[arg(long, value_name = "DIR")]
         ecds: Option<PathBuf>,
     },
+    /// For Istio: the sidecar bootstrap override meshward's metrics need (a ConfigMap; pods opt
+    /// in with `sidecar.istio.io/bootstrapOverride: meshward-bootstrap`).
+    IstioBootstrap {
+        #[command(flatten)]
+        policy: PolicyArgs,
+    },
     /// Istio WasmPlugin resources, one per stage or one for the bundle.
     Istio {
         #[command(flatten)]
@@ -306,6 +312,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
             };
             let config = render::envoy(&policy, form, &options)?;
             out(&render::to_yaml(&config));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Render(RenderTarget::IstioBootstrap { policy }) => {
+            out(&yaml_documents(&[render::istio_bootstrap(&policy.load()?)?]));
             Ok(ExitCode::SUCCESS)
         }
         Command::Render(RenderTarget::Istio { policy, form, dist }) => {

@@ -257,17 +257,39 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
             }],
             "clusters": clusters,
         },
+        "memory_allocator_manager": bootstrap_extras()["memory_allocator_manager"],
+        "stats_config": bootstrap_extras()["stats_config"],
+    }))
+}
+
+/// What every Envoy running meshward needs in its bootstrap besides the filters; `render envoy`
+/// writes it into the bootstrap, `render istio-bootstrap` into an Istio bootstrap override.
+fn bootstrap_extras() -> Value {
+    json!({
         // Compiling wasm modules (each VM at start and at every policy push) leaves freed pages
         // in Envoy's allocator; give them back to the system every second.
         "memory_allocator_manager": {"bytes_to_release": MEMORY_RELEASE_BYTES, "memory_release_interval": "1s"},
-        // meshward's denial reasons and routes as Prometheus labels.
+        // meshward's denial reasons, routes and configurations as Prometheus labels; anchored to
+        // meshward's own stats, so Envoy's (and Istio's) keep their names.
         "stats_config": {"stats_tags": [
-            {"tag_name": "reason", "regex": "(\\.reason\\.([^.]+))$"},
-            {"tag_name": "route", "regex": "(\\.route\\.([^.]+))"},
+            {"tag_name": "reason", "regex": "^wasmcustom\\.meshward_\\w+_total(?:\\.route\\.[\\w-]+)?(\\.reason\\.(\\w+))$"},
+            {"tag_name": "route", "regex": "^wasmcustom\\.meshward_\\w+_total(\\.route\\.([\\w-]+))(?:\\.reason\\.\\w+)?$"},
             // Which configuration each module runs (`meshward rollout status` reads it).
-            {"tag_name": "config", "regex": "_config_info(\\.config\\.([0-9a-f]+))$"},
+            {"tag_name": "config", "regex": "^wasmcustom\\.meshward(?:_\\w+)?_config_info(\\.config\\.([0-9a-f]+))$"},
         ]},
-    }))
+    })
+}
+
+/// For Istio: a ConfigMap holding a sidecar bootstrap override (`custom_bootstrap.json`) with
+/// [`bootstrap_extras`]; pods opt in with the annotation `sidecar.istio.io/bootstrapOverride:
+/// meshward-bootstrap`. Istio merges it into the sidecar's bootstrap (its own `stats_tags` stay).
+pub fn istio_bootstrap(policy: &Policy) -> Result<Value, String> {
+    let bootstrap = serde_json::to_string_pretty(&bootstrap_extras()).map_err(|e| e.to_string())?;
+    let mut metadata = json!({"name": "meshward-bootstrap", "labels": {"app.kubernetes.io/managed-by": "meshward"}});
+    if let Some(namespace) = &policy.namespace {
+        metadata["namespace"] = Value::String(namespace.clone());
+    }
+    Ok(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": {"custom_bootstrap.json": bootstrap}}))
 }
 
 /// Every module configuration the policy renders to, in either form: (module, the configuration
