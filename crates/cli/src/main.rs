@@ -125,6 +125,19 @@ enum Command {
         /// Write ECDS files here; for Envoys rendered with --ecds.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Serve xDS over mTLS with this certificate (PEM; its SPIFFE ID is what proxies check).
+        #[arg(long, value_name = "FILE", requires_all = ["tls_key", "client_ca", "allow_client"])]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// The CA a proxy's client certificate must chain to (PEM); no certificate, no policy.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
+        /// A SPIFFE ID a proxy may present: exact, or a prefix ending in `/`
+        /// (spiffe://cluster.local/ns/orders/); repeat it.
+        #[arg(long, value_name = "SPIFFE_ID", requires = "tls_cert", value_parser = spiffe_id)]
+        allow_client: Vec<String>,
         #[arg(long, value_enum, default_value_t = Form::Separate)]
         form: Form,
         /// Where the Envoys find the modules.
@@ -142,6 +155,7 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum RenderTarget {
     /// An Envoy bootstrap running the policy.
     Envoy {
@@ -168,6 +182,18 @@ enum RenderTarget {
         /// Take the filters' configurations from the files `meshward serve --dir` writes here.
         #[arg(long, value_name = "DIR")]
         ecds: Option<PathBuf>,
+        /// Reach `meshward serve --xds` over mTLS with this client certificate (PEM; its SPIFFE
+        /// ID is what serve checks).
+        #[arg(long, value_name = "FILE", requires_all = ["xds", "xds_key", "xds_ca", "xds_server_id"])]
+        xds_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "xds_cert")]
+        xds_key: Option<PathBuf>,
+        /// The CA serve's certificate must chain to (PEM).
+        #[arg(long, value_name = "FILE", requires = "xds_cert")]
+        xds_ca: Option<PathBuf>,
+        /// The SPIFFE ID serve's certificate must carry.
+        #[arg(long, value_name = "SPIFFE_ID", requires = "xds_cert", value_parser = spiffe_id)]
+        xds_server_id: Option<String>,
     },
     /// For Istio: the sidecar bootstrap override meshward's metrics need (a ConfigMap; pods opt
     /// in with `sidecar.istio.io/bootstrapOverride: meshward-bootstrap`).
@@ -212,6 +238,13 @@ enum RolloutAction {
         #[arg(long)]
         apply: bool,
     },
+}
+
+fn spiffe_id(text: &str) -> Result<String, String> {
+    match text.strip_prefix("spiffe://") {
+        Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(text.to_string()),
+        _ => Err(format!("{text:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)")),
+    }
 }
 
 fn socket_address(text: &str) -> Result<SocketAddr, String> {
@@ -296,8 +329,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render(RenderTarget::Envoy { policy, form, modules, listen, admin, upstream, cluster, xds, ecds }) => {
+        Command::Render(RenderTarget::Envoy { policy, form, modules, listen, admin, upstream, cluster, xds, ecds, xds_cert, xds_key, xds_ca, xds_server_id }) => {
             let policy = policy.load()?;
+            let xds_tls = match (xds_cert, xds_key, xds_ca, xds_server_id) {
+                (Some(cert), Some(key), Some(ca), Some(server_id)) => Some(render::XdsTls { cert, key, ca, server_id }),
+                _ => None,
+            };
             let options = EnvoyOptions {
                 modules_dir: &modules,
                 listen_port: listen,
@@ -306,7 +343,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 clusters: cluster,
                 discovery: match (&ecds, xds) {
                     (Some(dir), _) => Some(Discovery::Files(dir)),
-                    (None, Some((host, port))) => Some(Discovery::Xds(host, port)),
+                    (None, Some((host, port))) => Some(Discovery::Xds(host, port, xds_tls)),
                     (None, None) => None,
                 },
             };
@@ -371,7 +408,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { policy, xds, dir, form, modules, interval_ms, once } => {
+        Command::Serve { policy, xds, dir, tls_cert, tls_key, client_ca, allow_client, form, modules, interval_ms, once } => {
+            let tls = match (tls_cert, tls_key, client_ca) {
+                (Some(cert), Some(key), Some(client_ca)) => Some(xds::Tls { cert, key, client_ca, allowed: allow_client }),
+                _ => None,
+            };
             let options = serve::ServeOptions {
                 policy: policy.policy,
                 openapi: policy.openapi,
@@ -379,6 +420,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 modules_dir: modules,
                 dir,
                 xds,
+                tls,
                 interval: std::time::Duration::from_millis(interval_ms.max(50)),
                 once,
             };

@@ -1,7 +1,7 @@
 //! `meshward render`: the policy as an Envoy bootstrap (for a local Envoy or the harness) or as
 //! Istio `WasmPlugin` resources, with the stages as separate modules or as the bundle.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use meshward_runtime::HOLD_HEADERS_ENV;
 use serde_json::{json, Value};
@@ -61,10 +61,39 @@ pub struct EnvoyOptions<'a> {
     pub discovery: Option<Discovery<'a>>,
 }
 
-/// How `meshward serve` reaches the Envoy: ECDS files it rewrites, or its xDS gRPC server.
+/// How `meshward serve` reaches the Envoy: ECDS files it rewrites, or its xDS gRPC server
+/// (host, port, and mTLS when serve runs with it).
 pub enum Discovery<'a> {
     Files(&'a Path),
-    Xds(String, u16),
+    Xds(String, u16, Option<XdsTls>),
+}
+
+/// The Envoy's side of the policy channel's mTLS: its client certificate and key, the CA serve's
+/// certificate chains to, and the SPIFFE ID serve's certificate must carry.
+pub struct XdsTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub server_id: String,
+}
+
+impl XdsTls {
+    /// The `meshward_xds` cluster's transport socket: TLS with a client certificate, ALPN h2,
+    /// serve's certificate verified against the CA and its SPIFFE ID.
+    fn transport_socket(&self) -> Value {
+        let file = |p: &PathBuf| json!({"filename": p.display().to_string()});
+        json!({"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": file(&self.cert), "private_key": file(&self.key)}],
+                "validation_context": {
+                    "trusted_ca": file(&self.ca),
+                    "match_typed_subject_alt_names": [{"san_type": "URI", "matcher": {"exact": self.server_id}}],
+                },
+            },
+        }})
+    }
 }
 
 /// The cluster an Envoy rendered with `--xds` reaches `meshward serve` through.
@@ -226,9 +255,13 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         };
         clusters.push(cluster(&name, host, *port, http2));
     }
-    if let Some(Discovery::Xds(host, port)) = &options.discovery {
+    if let Some(Discovery::Xds(host, port, tls)) = &options.discovery {
         // xDS is gRPC: HTTP/2.
-        clusters.push(cluster(XDS_CLUSTER, host, *port, true));
+        let mut xds = cluster(XDS_CLUSTER, host, *port, true);
+        if let Some(tls) = tls {
+            xds["transport_socket"] = tls.transport_socket();
+        }
+        clusters.push(xds);
     }
     Ok(json!({
         "node": {"id": policy.service, "cluster": policy.service},

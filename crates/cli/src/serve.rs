@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub dir: Option<PathBuf>,
     /// Serve ECDS over gRPC here.
     pub xds: Option<SocketAddr>,
+    /// ... over mTLS, to proxies with these SPIFFE IDs.
+    pub tls: Option<xds::Tls>,
     pub interval: Duration,
     /// Write the current policy once and return (for scripts and CI; files only).
     pub once: bool,
@@ -165,6 +167,9 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if options.dir.is_none() && options.xds.is_none() {
         return Err("serve needs --xds HOST:PORT (Envoys rendered with --xds) or --dir DIR (rendered with --ecds)".into());
     }
+    if options.tls.is_some() && options.xds.is_none() {
+        return Err("--tls-cert, --tls-key and --client-ca secure the xDS server: they need --xds".into());
+    }
     if options.once && options.xds.is_some() {
         return Err("--once writes the ECDS files and returns; it needs --dir, not --xds".into());
     }
@@ -189,7 +194,10 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     publish(options, &first, Some(&sender))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let server = xds::serve(address, snapshots, |bound| eprintln!("meshward serve: xDS listening on {bound}"));
+        if let Some(tls) = &options.tls {
+            eprintln!("meshward serve: xDS over mTLS, for proxies whose SPIFFE ID is {}", tls.allowed.join(" or "));
+        }
+        let server = xds::serve(address, options.tls.as_ref(), snapshots, |bound| eprintln!("meshward serve: xDS listening on {bound}"));
         let watch = async {
             loop {
                 tokio::time::sleep(options.interval).await;
@@ -228,6 +236,7 @@ mod tests {
             modules_dir: dir.clone(),
             dir: Some(dir.clone()),
             xds: None,
+            tls: None,
             interval: Duration::from_millis(100),
             once: false,
         };

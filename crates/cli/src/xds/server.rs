@@ -2,12 +2,14 @@
 //! with each new [`Snapshot`] from the policy watcher.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::proto::{DiscoveryRequest, DiscoveryResponse};
@@ -18,8 +20,39 @@ mod generated {
 }
 use generated::extension_config_discovery_service_server::{ExtensionConfigDiscoveryService, ExtensionConfigDiscoveryServiceServer};
 
+/// The policy channel over mTLS: the server's certificate and key, the CA a proxy's client
+/// certificate must chain to, and the SPIFFE IDs it may carry (exact, or a prefix ending in `/`:
+/// `spiffe://cluster.local/ns/orders/`). Anything else gets no configuration.
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub allowed: Vec<String>,
+}
+
 struct Ecds {
     snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// With mTLS: the SPIFFE IDs a proxy may present.
+    allowed: Option<Vec<String>>,
+}
+
+/// The SPIFFE IDs (URI SANs `spiffe://…`) of a DER certificate.
+fn spiffe_ids(der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return Vec::new() };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) if uri.starts_with("spiffe://") => Some(uri.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `id` is allowed: equal to an entry, or under an entry ending in `/`.
+fn permitted(id: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|a| if a.ends_with('/') { id.len() > a.len() && id.starts_with(a.as_str()) } else { id == a })
 }
 
 fn log(event: &Event) {
@@ -94,24 +127,65 @@ impl ExtensionConfigDiscoveryService for Ecds {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
+        if let Some(allowed) = &self.allowed {
+            // The TLS handshake proved the certificate chains to the client CA; its SPIFFE ID
+            // says which proxy it is.
+            let peer = request.remote_addr().map_or("-".to_string(), |a| a.to_string());
+            let ids = request.peer_certs().and_then(|certs| certs.first().map(|c| spiffe_ids(c))).unwrap_or_default();
+            if !ids.iter().any(|id| permitted(id, allowed)) {
+                eprintln!("meshward serve: refused {peer}: its certificate names {ids:?}, none of the SPIFFE IDs --allow-client lets in");
+                return Err(Status::permission_denied("this proxy's SPIFFE ID may not receive this policy"));
+            }
+        }
         let (outbound, responses) = mpsc::channel(4);
         tokio::spawn(drive(request.into_inner(), self.snapshots.clone(), outbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
     }
 }
 
-/// Serves ECDS on `address` until the process ends; `ready` hears the bound address (port 0
-/// picks a free one). Snapshots come from the policy watcher.
+/// Serves ECDS on `address` until the process ends, over mTLS when `tls` is given; `ready` hears
+/// the bound address (port 0 picks a free one). Snapshots come from the policy watcher.
 pub async fn serve(
     address: SocketAddr,
+    tls: Option<&Tls>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
+        builder = builder.tls_config(config).map_err(|e| format!("xDS TLS: {e}"))?;
+    }
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("--xds {address}: {e}"))?;
     ready(listener.local_addr().map_err(|e| e.to_string())?);
-    tonic::transport::Server::builder()
-        .add_service(ExtensionConfigDiscoveryServiceServer::new(Ecds { snapshots }))
+    let allowed = tls.map(|t| t.allowed.clone());
+    builder
+        .add_service(ExtensionConfigDiscoveryServiceServer::new(Ecds { snapshots, allowed }))
         .serve_with_incoming(TcpListenerStream::new(listener))
         .await
         .map_err(|e| format!("xDS server: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_spiffe_ids() {
+        let allowed = vec!["spiffe://mesh.test/ns/orders/".to_string(), "spiffe://mesh.test/ns/billing/sa/billing".to_string()];
+        for (id, ok) in [
+            ("spiffe://mesh.test/ns/orders/sa/orders", true),
+            ("spiffe://mesh.test/ns/orders/", false),
+            ("spiffe://mesh.test/ns/ordersx/sa/a", false),
+            ("spiffe://mesh.test/ns/billing/sa/billing", true),
+            ("spiffe://mesh.test/ns/billing/sa/billing2", false),
+            ("spiffe://other.test/ns/orders/sa/orders", false),
+        ] {
+            assert_eq!(permitted(id, &allowed), ok, "{id}");
+        }
+        assert!(spiffe_ids(b"not a certificate").is_empty());
+    }
 }
