@@ -137,6 +137,11 @@ const env = {
     totals[id] = (totals[id] ?? 0n) + BigInt(offset);
     return OK;
   },
+  proxy_record_metric(id, value) {
+    count("proxy_record_metric");
+    totals[id] = BigInt(value);
+    return OK;
+  },
   proxy_send_local_response(status, dPtr, dLen, bPtr, bLen) {
     count("proxy_send_local_response");
     sent.push({ status, body: text(bPtr, bLen).slice(0, 300) });
