@@ -425,6 +425,35 @@ def measure_memory(name: str, plugins: list[dict], upstream: Envoy, keys: KeyRin
     return out
 
 
+def footprint(keys: KeyRing) -> list[dict]:
+    """The memory rows, side by side in one run, each against plain Envoy's."""
+    memory = []
+    upstream = Envoy(upstream_config(), concurrency=1)
+    upstream.start()
+    try:
+        for name, plugins in memory_scenarios(keys):
+            memory.append(measure_memory(name, plugins, upstream, keys))
+    finally:
+        upstream.stop()
+        upstream.cleanup()
+    plain = next(m for m in memory if m["name"] == "plain envoy")
+    for m in memory:
+        m["over_plain_bytes_2w"] = m["rss_bytes_2w"] - plain["rss_bytes_2w"]
+        m["per_extra_worker_bytes"] = (m["rss_bytes_2w"] - m["rss_bytes_1w"]) - (plain["rss_bytes_2w"] - plain["rss_bytes_1w"])
+    return memory
+
+
+def print_memory(memory: list[dict]) -> int:
+    print(f"\n{'memory (RSS from /proc)':<50} {'1 worker':>9} {'2 workers':>9} {'over plain':>10} {'+worker':>8} {'config ms':>9}")
+    for m in memory:
+        configured = f"{m['config_ms_1w']:.0f} / {m['config_ms_2w']:.0f}" if m["config_ms_1w"] is not None else "-"
+        print(f"{m['name']:<50} {m['rss_bytes_1w'] / 2**20:>7.0f} M {m['rss_bytes_2w'] / 2**20:>7.0f} M {m['over_plain_bytes_2w'] / 2**20:>8.0f} M "
+              f"{m['per_extra_worker_bytes'] / 2**20:>6.1f} M {configured:>9}")
+    for t in memory_targets(memory):
+        print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+    return 0
+
+
 def config_ms(env: Envoy) -> float | None:
     """The longest configuration compile any meshward VM of this Envoy reported."""
     times = [float(m) for m in re.findall(r"configuration accepted in ([\d.]+) ms", env.log())]
@@ -621,11 +650,14 @@ def main() -> int:
     ap.add_argument("--json", default=str(REPO / "bench-results.json"))
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each scenario reports its median round")
     ap.add_argument("--only", help="regex: only the scenarios it matches (and the ones they are compared with)")
+    ap.add_argument("--memory-only", action="store_true", help="only the footprint rows (RSS and configuration time at 1 and 2 workers)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is missing: run `make system-deps`", file=sys.stderr)
         return 2
     keys = KeyRing()
+    if args.memory_only:
+        return print_memory(footprint(keys))
     plan = scenarios(keys)
     if args.only:
         wanted = [sc for sc in plan if re.search(args.only, sc.name)]
@@ -674,20 +706,7 @@ def main() -> int:
             if thing is not None:
                 thing.stop()
 
-    memory = []
-    if not args.only:
-        upstream = Envoy(upstream_config(), concurrency=1)
-        upstream.start()
-        try:
-            for name, plugins in memory_scenarios(keys):
-                memory.append(measure_memory(name, plugins, upstream, keys))
-        finally:
-            upstream.stop()
-            upstream.cleanup()
-        plain = next(m for m in memory if m["name"] == "plain envoy")
-        for m in memory:
-            m["over_plain_bytes_2w"] = m["rss_bytes_2w"] - plain["rss_bytes_2w"]
-            m["per_extra_worker_bytes"] = (m["rss_bytes_2w"] - m["rss_bytes_1w"]) - (plain["rss_bytes_2w"] - plain["rss_bytes_1w"])
+    memory = [] if args.only else footprint(keys)
 
     by_name = {r["name"]: r for r in results}
     for r in results:
@@ -717,11 +736,7 @@ def main() -> int:
     if report["hostcall_us"]:
         print("\nwhat one hostcall adds to a request (µs): " + ", ".join(f"{k} {v}" for k, v in report["hostcall_us"].items()))
     if memory:
-        print(f"\n{'memory (RSS from /proc)':<50} {'1 worker':>9} {'2 workers':>9} {'over plain':>10} {'+worker':>8} {'config ms':>9}")
-        for m in memory:
-            configured = f"{m['config_ms_1w']:.0f}" if m["config_ms_1w"] is not None else "-"
-            print(f"{m['name']:<50} {m['rss_bytes_1w'] / 2**20:>7.0f} M {m['rss_bytes_2w'] / 2**20:>7.0f} M {m['over_plain_bytes_2w'] / 2**20:>8.0f} M "
-                  f"{m['per_extra_worker_bytes'] / 2**20:>6.0f} M {configured:>9}")
+        print_memory(memory)
     report["targets"] = targets(by_name, sizes) + memory_targets(memory)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print("\ntargets (from the benchmark issue; read, not asserted):")
