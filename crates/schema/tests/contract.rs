@@ -384,3 +384,21 @@ fn multipart_bodies_are_read_as_their_schema() {
     // A binary upload has nothing to check: it streams on.
     assert_eq!(check(&c, "POST", "/avatars", &[("content-type", "image/png")], Some(b"\x89PNG")), Ok(()));
 }
+
+/// Every schema of the contract is checked against the 2020-12 meta-schema before it is
+/// compiled, also after the first one (the meta-schema validator is built once per VM and kept:
+/// vendor/jsonschema/MESHWARD.md). A schema that breaks it refuses the whole configuration.
+#[test]
+fn schemas_that_break_the_meta_schema_are_refused_every_time() {
+    let doc = |schema: Value| {
+        json!({"openapi": "3.1.0", "info": {"title": "t", "version": "1"}, "paths": {"/a": {"post": {
+            "requestBody": {"content": {"application/json": {"schema": schema}}}, "responses": {"200": {"description": "ok"}}}}}})
+    };
+    for _ in 0..2 {
+        assert!(SchemaConfig::parse(json!({"openapi": doc(json!({"type": "object"}))}).to_string().as_bytes()).is_ok());
+        for bad in [json!({"type": "strng"}), json!({"minLength": -1}), json!({"required": "name"})] {
+            let e = SchemaConfig::parse(json!({"openapi": doc(bad.clone())}).to_string().as_bytes()).err().map(|e| e.to_string());
+            assert!(e.as_deref().is_some_and(|e| e.contains("does not compile")), "{bad}: {e:?}");
+        }
+    }
+}
