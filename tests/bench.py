@@ -368,6 +368,9 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("schema crAPI GET order, shadow (meshward)", [SCHEMA_SHADOW], path="/workshop/api/shop/orders/42"),
         Scenario("schema crAPI GET outside the contract, shadow: counted by shape (meshward)", [SCHEMA_SHADOW],
                  path="/workshop/api/shop/v9/orders/42", compare="schema crAPI GET order, shadow"),
+        # The same denial cost without a shape: a known route with a parameter the contract refuses.
+        Scenario("schema crAPI GET order, bad parameter, shadow (meshward)", [SCHEMA_SHADOW],
+                 path="/workshop/api/shop/orders/seven", compare="schema crAPI GET order, shadow"),
         Scenario("schema crAPI POST order, gzip body (meshward)", [SCHEMA],
                  **{**order, "headers": {**order["headers"], "content-encoding": "gzip"}, "body": gzip.compress(ORDER_BODY)}),
         Scenario("chain jwt+schema+ownership+ratelimit (4 modules)", chain4, **order),
