@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import shutil
 
 import pytest
 import yaml
@@ -16,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from harness import DIST, Envoy, EnvoyFailedToStart
-from test_cli import Serve, meshward
+from test_cli import Serve, meshward, wait_until
 
 TRUST = "spiffe://meshward.test"
 SERVER_ID = f"{TRUST}/ns/meshward/sa/meshward-serve"
@@ -68,6 +70,7 @@ def pki(tmp_path_factory):
     server = ExtendedKeyUsageOID.SERVER_AUTH
     client = ExtendedKeyUsageOID.CLIENT_AUTH
     return {
+        "issuer": mesh,
         "ca": mesh.write(d / "ca.pem"),
         "serve": mesh.issue(d, "serve", SERVER_ID, server),
         "impostor-serve": mesh.issue(d, "impostor-serve", f"{TRUST}/ns/other/sa/other", server),
@@ -159,3 +162,45 @@ def test_tls_flags_come_together():
     assert r.returncode == 2 and "is not a SPIFFE ID" in r.stderr, r.stderr
     r = meshward("render", "envoy", "p.yaml", "--xds-cert", "c.pem")
     assert r.returncode == 2 and "--xds <HOST:PORT>" in r.stderr, r.stderr
+
+
+def served_certificate(port: int, client) -> x509.Certificate:
+    """The certificate serve presents now (a TLS handshake as a proxy would make it)."""
+    import socket
+    import ssl
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(*client)
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def test_a_rotated_server_certificate_is_served_without_a_restart(pki, upstream, tmp_path):
+    policy, serve = start_serve(pki, tmp_path)
+    cert_path, key_path = pki["serve"]
+    original = (open(cert_path, "rb").read(), open(key_path, "rb").read())
+    try:
+        first = served_certificate(serve.port, pki["orders"])
+        # The issuer rotates serve's certificate in place (same SPIFFE ID, new key): renamed in.
+        new_cert, new_key = pki["issuer"].issue(tmp_path, "serve-rotated", SERVER_ID, ExtendedKeyUsageOID.SERVER_AUTH)
+        for new, old in ((new_key, key_path), (new_cert, cert_path)):
+            shutil.copy(new, old + ".tmp")
+            os.replace(old + ".tmp", old)
+        serve.wait_for("the TLS certificate, key or client CA changed")
+        wait_until(lambda: sum("xDS listening on" in line for line in serve.lines) >= 2)
+        second = served_certificate(serve.port, pki["orders"])
+        assert second.serial_number != first.serial_number and second == x509.load_pem_x509_certificate(open(new_cert, "rb").read())
+        # A proxy connecting now verifies the new certificate and gets the policy.
+        with Envoy(envoy_config(serve, policy, upstream, pki["orders"], pki["ca"]), concurrency=1) as env:
+            assert env.request("/orders/1").reason == "missing_principal"
+        env.cleanup()
+        # A broken rotation (a key that is not PEM) keeps the running certificate.
+        open(key_path, "w").write("not a key")
+        serve.wait_for("refused the new TLS files")
+        assert served_certificate(serve.port, pki["orders"]).serial_number == second.serial_number
+    finally:
+        serve.stop()
+        open(cert_path, "wb").write(original[0])
+        open(key_path, "wb").write(original[1])

@@ -190,14 +190,13 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             }
         }
     };
-    let (sender, snapshots) = tokio::sync::watch::channel(Arc::new(xds::snapshot(&first.id, &first.plugins)));
+    let (sender, _) = tokio::sync::watch::channel(Arc::new(xds::snapshot(&first.id, &first.plugins)));
     publish(options, &first, Some(&sender))?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         if let Some(tls) = &options.tls {
             eprintln!("meshward serve: xDS over mTLS, for proxies whose SPIFFE ID is {}", tls.allowed.join(" or "));
         }
-        let server = xds::serve(address, options.tls.as_ref(), snapshots, |bound| eprintln!("meshward serve: xDS listening on {bound}"));
         let watch = async {
             loop {
                 tokio::time::sleep(options.interval).await;
@@ -209,11 +208,59 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
                 }
             }
         };
-        tokio::select! {
-            result = server => result,
-            result = watch => result,
+        tokio::pin!(watch);
+        let mut address = address;
+        loop {
+            // Certificates rotate (Istio, SPIRE, cert-manager rewrite the files): when the
+            // files change and make a usable configuration, the server starts again with them
+            // on the same address. Open streams keep their connection; new ones get the new
+            // certificate.
+            let files = options.tls.as_ref().map(tls_stamps);
+            let bound = std::cell::Cell::new(None);
+            let server = xds::serve(address, options.tls.as_ref(), sender.subscribe(), |b| {
+                bound.set(Some(b));
+                eprintln!("meshward serve: xDS listening on {b}");
+            });
+            let rotated = rotation(options, files);
+            tokio::select! {
+                result = server => return result,
+                result = &mut watch => return result,
+                () = rotated => eprintln!("meshward serve: the TLS certificate, key or client CA changed: serving with the new ones"),
+            }
+            address = bound.get().unwrap_or(address);
         }
     })
+}
+
+/// The TLS files as last seen.
+fn tls_stamps(tls: &xds::Tls) -> [Stamp; 3] {
+    [stamp(&tls.cert), stamp(&tls.key), stamp(&tls.client_ca)]
+}
+
+/// Returns once the TLS files changed, stayed as they are for one interval (never read
+/// half-written), and make a configuration the server can run with; never without `--tls-*`.
+async fn rotation(options: &ServeOptions, files: Option<[Stamp; 3]>) {
+    let (Some(tls), Some(mut running)) = (&options.tls, files) else { return std::future::pending().await };
+    let mut settling = None;
+    loop {
+        tokio::time::sleep(options.interval).await;
+        let now = tls_stamps(tls);
+        if now == running {
+            settling = None;
+            continue;
+        }
+        if settling != Some(now) {
+            settling = Some(now);
+            continue;
+        }
+        match xds::check_tls(tls) {
+            Ok(()) => return,
+            Err(e) => {
+                eprintln!("meshward serve: refused the new TLS files: {e}; still serving the previous certificate");
+                running = now;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ pub mod proto;
 mod server;
 mod session;
 
-pub use server::{serve, Tls};
+pub use server::{check_tls, serve, Tls};
 pub use session::Snapshot;
 
 use crate::render::WasmPlugin;

@@ -143,6 +143,21 @@ impl ExtensionConfigDiscoveryService for Ecds {
     }
 }
 
+/// The server's TLS configuration from the files, refused whole when any is unreadable or not a
+/// usable certificate, key or CA.
+fn tls_config(tls: &Tls) -> Result<ServerTlsConfig, String> {
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
+        .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?)))
+}
+
+/// Whether the files make a TLS configuration the server can run with (read and parsed as
+/// [`serve`] would), so a rotation that is half-written or broken keeps the running server.
+pub fn check_tls(tls: &Tls) -> Result<(), String> {
+    tonic::transport::Server::builder().tls_config(tls_config(tls)?).map(drop).map_err(|e| format!("xDS TLS: {e}"))
+}
+
 /// Serves ECDS on `address` until the process ends, over mTLS when `tls` is given; `ready` hears
 /// the bound address (port 0 picks a free one). Snapshots come from the policy watcher.
 pub async fn serve(
@@ -153,11 +168,7 @@ pub async fn serve(
 ) -> Result<(), String> {
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?))
-            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?));
-        builder = builder.tls_config(config).map_err(|e| format!("xDS TLS: {e}"))?;
+        builder = builder.tls_config(tls_config(tls)?).map_err(|e| format!("xDS TLS: {e}"))?;
     }
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("--xds {address}: {e}"))?;
     ready(listener.local_addr().map_err(|e| e.to_string())?);
