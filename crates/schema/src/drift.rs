@@ -60,26 +60,29 @@ fn is_literal(segment: &str) -> bool {
     word_like && !id_like
 }
 
-/// A shape as a label: `/` is `-`; `-`, `_`, `.`, `~` are `_h`, `__`, `_d`, `_t`; `{id}` is
-/// `_v` and `...` is `_m`; the method and the path are joined by nothing (`GET-a`).
+/// How a shape's pieces outside the label alphabet are spelled in a label: `_` and a letter.
+/// Single characters anywhere in a literal segment; `{id}` and `...` as whole segments.
+const ESCAPES: [(&str, char); 6] = [("-", 'h'), ("_", '_'), (".", 'd'), ("~", 't'), ("{id}", 'v'), ("...", 'm')];
+
+fn escape_of(piece: &str) -> Option<char> {
+    ESCAPES.iter().find(|(p, _)| *p == piece).map(|(_, e)| *e)
+}
+
+/// A shape as a label: `/` is `-`, the [`ESCAPES`] are `_` and their letter (`-` is `_h`,
+/// `{id}` is `_v`); the method and the path are joined by nothing (`GET-a`).
 pub fn shape_label(shape: &str) -> String {
     let (method, path) = shape.split_once(' ').unwrap_or((shape, ""));
     let mut out = method.to_string();
     for segment in path.split('/').skip(1) {
         out.push('-');
-        match segment {
-            "{id}" => out.push_str("_v"),
-            "..." => out.push_str("_m"),
-            literal => {
-                for c in literal.chars() {
-                    match c {
-                        '-' => out.push_str("_h"),
-                        '_' => out.push_str("__"),
-                        '.' => out.push_str("_d"),
-                        '~' => out.push_str("_t"),
-                        c => out.push(c),
-                    }
-                }
+        if let Some(e) = escape_of(segment).filter(|_| segment.len() > 1) {
+            out.extend(['_', e]);
+            continue;
+        }
+        for c in segment.chars() {
+            match escape_of(c.encode_utf8(&mut [0; 4])) {
+                Some(e) => out.extend(['_', e]),
+                None => out.push(c),
             }
         }
     }
@@ -98,15 +101,10 @@ pub fn label_shape(label: &str) -> Option<String> {
     while let Some(c) = chars.next() {
         match c {
             '-' => out.push('/'),
-            '_' => out.push_str(match chars.next()? {
-                'h' => "-",
-                '_' => "_",
-                'd' => ".",
-                't' => "~",
-                'v' => "{id}",
-                'm' => "...",
-                _ => return None,
-            }),
+            '_' => {
+                let e = chars.next()?;
+                out.push_str(ESCAPES.iter().find(|(_, x)| *x == e)?.0);
+            }
             c if c.is_ascii_alphanumeric() => out.push(c),
             _ => return None,
         }
