@@ -14,7 +14,7 @@ use meshward_schema::drift::{label_shape, route_label, OTHER_ROUTES};
 use meshward_schema::SchemaConfig;
 
 use crate::policy::Policy;
-use crate::rollout::{growth, matchers, Prometheus};
+use crate::rollout::{first_sample_age, growth, matchers, Prometheus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct UnknownRoute {
@@ -53,14 +53,9 @@ fn contract(policy: &Policy) -> Result<SchemaConfig, String> {
     SchemaConfig::parse(&bytes).map_err(|e| format!("schema stage: {e}"))
 }
 
-/// `{route: value}` of a `sum by (route)` query, values above zero.
+/// `{route: value}` of a `sum by (route)` query, values above zero, series with a route.
 fn by_route(prometheus: &Prometheus, promql: &str) -> Result<Vec<(String, f64)>, String> {
-    Ok(prometheus
-        .query(promql)?
-        .into_iter()
-        .filter(|(_, v)| *v > 0.0)
-        .filter_map(|(labels, v)| Some((labels.get("route")?.as_str()?.to_string(), v)))
-        .collect())
+    Ok(prometheus.by_label(promql, "route")?.into_iter().filter_map(|(route, v)| Some((route?, v))).collect())
 }
 
 pub fn drift(policy: &Policy, prometheus: &Prometheus, window_secs: u64) -> Result<Drift, String> {
@@ -69,11 +64,8 @@ pub fn drift(policy: &Policy, prometheus: &Prometheus, window_secs: u64) -> Resu
     let series = |decisions: &str, extra: &str| matchers(policy, &format!("__name__=~\"meshward_schema_({decisions})_total\"{extra}"));
     let outside = series("denied|shadow_denied", ",reason=~\"unknown_route|method_not_allowed\"");
     let mut unknown_routes = Vec::new();
-    let first_seen: Vec<(String, f64)> = {
-        // Each route's first sample within the window, at a resolution of at most 300 steps.
-        let step = (w / 300).max(1);
-        by_route(prometheus, &format!("time() - min_over_time(timestamp(sum by (route) ({outside}))[{w}s:{step}s])"))?
-    };
+    // Each route's first sample within the window.
+    let first_seen = by_route(prometheus, &first_sample_age(&format!("sum by (route) ({outside})"), w).0)?;
     for (label, requests) in by_route(prometheus, &format!("sum by (route) ({})", growth(&outside, w)))? {
         let first_seen_secs_ago = first_seen.iter().find(|(l, _)| *l == label).map_or(0.0, |(_, s)| *s);
         let route = match label_shape(&label) {

@@ -122,9 +122,13 @@ fn read(path: &Path) -> Result<String, PolicyError> {
 }
 
 /// JSON or YAML text as a JSON value.
+/// Whether a policy or contract file is JSON (by its name or its first character), else YAML.
+pub fn is_json(path: &Path, text: &str) -> bool {
+    path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{')
+}
+
 pub fn parse_text(path: &Path, text: &str) -> Result<Value, PolicyError> {
-    let json = path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with('{');
-    if json {
+    if is_json(path, text) {
         serde_json::from_str(text).map_err(|e| PolicyError(format!("{}: not valid JSON: {e}", path.display())))
     } else {
         serde_yaml::from_str(text).map_err(|e| PolicyError(format!("{}: not valid YAML: {e}", path.display())))

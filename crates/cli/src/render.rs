@@ -263,7 +263,7 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         }
         clusters.push(xds);
     }
-    Ok(json!({
+    let mut config = json!({
         "node": {"id": policy.service, "cluster": policy.service},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": options.admin_port}}},
         "static_resources": {
@@ -290,9 +290,11 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
             }],
             "clusters": clusters,
         },
-        "memory_allocator_manager": bootstrap_extras()["memory_allocator_manager"],
-        "stats_config": bootstrap_extras()["stats_config"],
-    }))
+    });
+    if let (Value::Object(bootstrap), Value::Object(extras)) = (&mut config, bootstrap_extras()) {
+        bootstrap.extend(extras);
+    }
+    Ok(config)
 }
 
 /// What every Envoy running meshward needs in its bootstrap besides the filters; `render envoy`

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use meshward_schema::drift::label_shape;
 
-use crate::policy::{parse_text, Policy};
+use crate::policy::{is_json, parse_text, Policy};
 use crate::render::{module_configurations, to_yaml};
 use meshward_core::config::fingerprint;
 
@@ -114,6 +114,24 @@ impl Prometheus {
     fn scalar(&self, promql: &str) -> Result<f64, String> {
         Ok(self.query(promql)?.first().map(|(_, v)| *v).unwrap_or(0.0))
     }
+
+    /// The samples above zero of an aggregation `by (label)`: (the label's value, if the series
+    /// has one; the value).
+    pub(crate) fn by_label(&self, promql: &str, label: &str) -> Result<Vec<(Option<String>, f64)>, String> {
+        Ok(self
+            .query(promql)?
+            .into_iter()
+            .filter(|(_, v)| *v > 0.0)
+            .map(|(labels, v)| (labels.get(label).and_then(Value::as_str).map(str::to_string), v))
+            .collect())
+    }
+}
+
+/// PromQL for how many seconds ago `expr` first had a sample within the last `lookback_secs`,
+/// read at `step` seconds (at most 300 steps): (query, step).
+pub(crate) fn first_sample_age(expr: &str, lookback_secs: u64) -> (String, u64) {
+    let step = (lookback_secs / 300).max(1);
+    (format!("time() - min_over_time(timestamp({expr})[{lookback_secs}s:{step}s])"), step)
 }
 
 /// `{a="x",b="y"}` for the policy's selector (values escaped), joined with `extra`.
@@ -142,13 +160,12 @@ pub(crate) fn growth(selector: &str, window_secs: u64) -> String {
 
 fn top(prometheus: &Prometheus, by: &str, denials: &str) -> Result<Vec<(String, f64)>, String> {
     let mut rows: Vec<(String, f64)> = prometheus
-        .query(&format!("topk(3, sum by ({by}) ({denials}))"))?
+        .by_label(&format!("topk(3, sum by ({by}) ({denials}))"), by)?
         .into_iter()
-        .filter(|(_, v)| *v > 0.0)
-        .map(|(labels, v)| {
-            let label = labels.get(by).and_then(Value::as_str).unwrap_or("-");
+        .map(|(label, v)| {
+            let label = label.unwrap_or_else(|| "-".to_string());
             // A route outside the contract is labelled with its shape's spelling: read it back.
-            (label_shape(label).unwrap_or_else(|| label.to_string()), v)
+            (label_shape(&label).unwrap_or(label), v)
         })
         .collect();
     rows.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -176,11 +193,10 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
         };
         let mut shadow_secs = None;
         if let (Verdict::Ready, true, Some(min)) = (verdict, mode == "shadow", rollout.min_shadow_secs) {
-            // The earliest moment within `min` the stage reported decisions, at a resolution
-            // of at most 300 steps; the policy's mode says it has been shadow since.
-            let step = (min / 300).max(1);
-            let reporting = format!("sum({})", series("allowed|denied|shadow_denied"));
-            let secs = prometheus.scalar(&format!("time() - min_over_time(timestamp({reporting})[{min}s:{step}s])"))?;
+            // The earliest moment within `min` the stage reported decisions; the policy's mode
+            // says it has been shadow since.
+            let (age, step) = first_sample_age(&format!("sum({})", series("allowed|denied|shadow_denied")), min);
+            let secs = prometheus.scalar(&age)?;
             if secs + (step as f64) < (min as f64) {
                 verdict = Verdict::ShadowTooShort;
             }
@@ -274,11 +290,16 @@ pub fn enforcing(policy: &Policy) -> Policy {
     promoted
 }
 
+/// `<file><suffix>` beside `file`.
+fn beside(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    file.with_file_name(name)
+}
+
 /// Where `promote --apply` keeps the policy it replaces: `<policy>.previous`.
 pub fn previous_path(policy: &Path) -> PathBuf {
-    let mut name = policy.file_name().unwrap_or_default().to_os_string();
-    name.push(".previous");
-    policy.with_file_name(name)
+    beside(policy, ".previous")
 }
 
 /// Promotes in place: the policy file (what `meshward serve` watches and pushes) becomes the
@@ -296,16 +317,13 @@ pub fn apply(policy: &Policy) -> Result<PathBuf, String> {
         }
     }
     let previous = previous_path(path);
-    let json = path.extension().is_some_and(|e| e == "json") || policy.text.trim_start().starts_with('{');
-    let text = if json {
+    let text = if is_json(path, &policy.text) {
         serde_json::to_string_pretty(&document).map_err(|e| e.to_string())? + "\n"
     } else {
         let name = previous.file_name().unwrap_or_default().to_string_lossy();
         format!("# Promoted to enforce by `meshward rollout promote --apply`; the policy before: {name}\n{}", to_yaml(&document))
     };
-    let mut staging_name = path.file_name().unwrap_or_default().to_os_string();
-    staging_name.push(".promoting");
-    let staging = path.with_file_name(staging_name);
+    let staging = beside(path, ".promoting");
     let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     std::fs::write(&staging, &text).map_err(|e| io(&staging, e))?;
     let contract = policy.contract.as_ref().map(|c| c.path.as_path());
