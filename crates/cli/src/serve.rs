@@ -86,11 +86,7 @@ impl Watcher<'_> {
     fn poll(&mut self) -> Result<Option<Version>, String> {
         let options = self.options;
         let now = (stamp(&options.policy), self.contract.as_deref().and_then(stamp));
-        if self.seen == Some(now) {
-            return Ok(None);
-        }
-        if self.seen.is_some() && self.settling != Some(now) {
-            self.settling = Some(now);
+        if !settled(self.seen, &mut self.settling, now) {
             return Ok(None);
         }
         self.seen = Some(now);
@@ -232,6 +228,22 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     })
 }
 
+/// Whether files now stamped `now` differ from how they were `seen` and have stayed as they are
+/// for one look (`settling` holds a change seen once): a file written in place is never read
+/// half-written. Nothing seen yet reads at once.
+fn settled<T: PartialEq + Copy>(seen: Option<T>, settling: &mut Option<T>, now: T) -> bool {
+    if seen == Some(now) {
+        *settling = None;
+        return false;
+    }
+    if seen.is_some() && *settling != Some(now) {
+        *settling = Some(now);
+        return false;
+    }
+    *settling = None;
+    true
+}
+
 /// The TLS files as last seen.
 fn tls_stamps(tls: &xds::Tls) -> [Stamp; 3] {
     [stamp(&tls.cert), stamp(&tls.key), stamp(&tls.client_ca)]
@@ -245,12 +257,7 @@ async fn rotation(options: &ServeOptions, files: Option<[Stamp; 3]>) {
     loop {
         tokio::time::sleep(options.interval).await;
         let now = tls_stamps(tls);
-        if now == running {
-            settling = None;
-            continue;
-        }
-        if settling != Some(now) {
-            settling = Some(now);
+        if !settled(Some(running), &mut settling, now) {
             continue;
         }
         match xds::check_tls(tls) {

@@ -152,10 +152,19 @@ fn tls_config(tls: &Tls) -> Result<ServerTlsConfig, String> {
         .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?)))
 }
 
+/// A server builder, over mTLS when `tls` is given.
+fn server(tls: Option<&Tls>) -> Result<tonic::transport::Server, String> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls_config(tls)?).map_err(|e| format!("xDS TLS: {e}")),
+        None => Ok(builder),
+    }
+}
+
 /// Whether the files make a TLS configuration the server can run with (read and parsed as
-/// [`serve`] would), so a rotation that is half-written or broken keeps the running server.
+/// [`serve`] does), so a rotation that is half-written or broken keeps the running server.
 pub fn check_tls(tls: &Tls) -> Result<(), String> {
-    tonic::transport::Server::builder().tls_config(tls_config(tls)?).map(drop).map_err(|e| format!("xDS TLS: {e}"))
+    server(Some(tls)).map(drop)
 }
 
 /// Serves ECDS on `address` until the process ends, over mTLS when `tls` is given; `ready` hears
@@ -166,10 +175,7 @@ pub async fn serve(
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls_config(tls)?).map_err(|e| format!("xDS TLS: {e}"))?;
-    }
+    let mut builder = server(tls)?;
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("--xds {address}: {e}"))?;
     ready(listener.local_addr().map_err(|e| e.to_string())?);
     let allowed = tls.map(|t| t.allowed.clone());
