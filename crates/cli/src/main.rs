@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use meshward_core::workload::{SpiffeIds, Workload};
 use policy::Policy;
 use render::{Discovery, EnvoyOptions, Form};
 use serde_json::Value;
@@ -136,7 +137,7 @@ enum Command {
         client_ca: Option<PathBuf>,
         /// A SPIFFE ID a proxy may present: exact, or a prefix ending in `/`
         /// (spiffe://cluster.local/ns/orders/); repeat it.
-        #[arg(long, value_name = "SPIFFE_ID", requires = "tls_cert", value_parser = spiffe_id)]
+        #[arg(long, value_name = "SPIFFE_ID", requires = "tls_cert", value_parser = spiffe_ids)]
         allow_client: Vec<String>,
         #[arg(long, value_enum, default_value_t = Form::Separate)]
         form: Form,
@@ -240,11 +241,13 @@ enum RolloutAction {
     },
 }
 
+/// A SPIFFE ID, or a prefix of some ending in `/`.
+fn spiffe_ids(text: &str) -> Result<String, String> {
+    SpiffeIds::new(vec![text.to_string()]).map(|_| text.to_string())
+}
+
 fn spiffe_id(text: &str) -> Result<String, String> {
-    match text.strip_prefix("spiffe://") {
-        Some(rest) if rest.contains('/') && !rest.starts_with('/') => Ok(text.to_string()),
-        _ => Err(format!("{text:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)")),
-    }
+    Workload::parse(text).map(|_| text.to_string()).ok_or_else(|| format!("{text:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)"))
 }
 
 fn socket_address(text: &str) -> Result<SocketAddr, String> {
@@ -410,7 +413,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
         }
         Command::Serve { policy, xds, dir, tls_cert, tls_key, client_ca, allow_client, form, modules, interval_ms, once } => {
             let tls = match (tls_cert, tls_key, client_ca) {
-                (Some(cert), Some(key), Some(client_ca)) => Some(xds::Tls { cert, key, client_ca, allowed: allow_client }),
+                (Some(cert), Some(key), Some(client_ca)) => Some(xds::Tls { cert, key, client_ca, allowed: SpiffeIds::new(allow_client)? }),
                 _ => None,
             };
             let options = serve::ServeOptions {

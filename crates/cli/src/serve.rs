@@ -191,7 +191,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         if let Some(tls) = &options.tls {
-            eprintln!("meshward serve: xDS over mTLS, for proxies whose SPIFFE ID is {}", tls.allowed.join(" or "));
+            eprintln!("meshward serve: xDS over mTLS, for proxies whose SPIFFE ID is {}", tls.allowed.entries().join(" or "));
         }
         let watch = async {
             loop {

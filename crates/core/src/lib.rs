@@ -2,6 +2,7 @@
 //!
 //! - [`Principal`]: who is calling, as the JWT stage verified it, and how it travels between
 //!   filters (Envoy filter state, never a client header).
+//! - [`workload`]: the calling workload (east-west), from its verified mTLS certificate.
 //! - [`Denial`]: why a request is refused, and the HTTP response that says so.
 //! - [`route`]: canonical request paths and the `match` rules policies use.
 //! - [`Policy`] / [`Stage`]: the trait every policy implements, so one runtime can drive any
@@ -22,6 +23,7 @@ pub mod route;
 pub mod shared;
 pub mod stats;
 pub mod stage;
+pub mod workload;
 
 pub use denial::{Denial, DenialKind};
 pub use principal::{Principal, PRINCIPAL_PROPERTY};

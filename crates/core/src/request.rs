@@ -27,6 +27,7 @@ use meshward_host::Host;
 use crate::form::{form_kind, read_pairs, strict_object, FormError};
 use crate::json::{self, Document, JsonError};
 use crate::route::{canonical_path, decode_component, url_pairs, PathError};
+use crate::workload::Workload;
 use crate::{Denial, DenialKind, Principal};
 
 /// Headers that carry a method the service may run instead of `:method`.
@@ -226,6 +227,8 @@ pub struct RequestState {
     pub refusal: Option<RequestError>,
     /// Set by the JWT stage once a token is verified; read by the stages after it.
     pub principal: Option<Rc<Principal>>,
+    /// The peer workload, read from the connection on first use (`Some(None)`: none).
+    pub workload: Option<Option<Rc<Workload>>>,
     /// Name of the policy rule that matched, for per-route metrics and logs.
     pub route: Option<String>,
     /// The body read as JSON, once, for every stage that asks.
