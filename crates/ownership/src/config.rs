@@ -2,6 +2,7 @@
 
 use meshward_core::config::{body_limit, check_name, parse_json, ConfigError, Unmatched};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
+use meshward_core::workload::SpiffeIds;
 use meshward_core::Mode;
 use serde::Deserialize;
 
@@ -33,6 +34,14 @@ struct RawRule {
     #[serde(default)]
     owner: Vec<RawOwnerCheck>,
     bypass: Option<RawBypass>,
+    #[serde(default)]
+    workloads: Vec<String>,
+    #[serde(default = "yes")]
+    require_user: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize, Clone)]
@@ -120,6 +129,11 @@ pub struct Rule {
     pub claims: Vec<ClaimRule>,
     pub owner: Vec<OwnerCheck>,
     pub bypass: Bypass,
+    /// The calling workloads (SPIFFE IDs of the peer's verified certificate) allowed; empty:
+    /// any caller, with or without a certificate.
+    pub workloads: SpiffeIds,
+    /// A verified user token is needed (`false`: the workload's identity alone decides).
+    pub require_user: bool,
 }
 
 impl Rule {
@@ -184,6 +198,18 @@ impl OwnershipConfig {
             if r.public && (!r.scopes.is_empty() || !r.claims.is_empty() || !r.owner.is_empty() || r.bypass.is_some()) {
                 return Err(ConfigError::new(at("public"), "a public rule cannot also require scopes, claims or owners"));
             }
+            let workloads = SpiffeIds::new(r.workloads).map_err(|e| ConfigError::new(at("workloads"), e))?;
+            if !r.require_user {
+                if workloads.is_empty() {
+                    return Err(ConfigError::new(at("require_user"), "a rule without a user needs `workloads` (or is `public`)"));
+                }
+                if !r.scopes.is_empty() || !r.claims.is_empty() || !r.owner.is_empty() || r.bypass.is_some() {
+                    return Err(ConfigError::new(at("require_user"), "scopes, claims, owners and bypass are read from the user's token"));
+                }
+            }
+            if r.public && !workloads.is_empty() {
+                return Err(ConfigError::new(at("public"), "a public rule cannot also require workloads"));
+            }
             let mut owner = Vec::with_capacity(r.owner.len());
             for (j, o) in r.owner.into_iter().enumerate() {
                 let oat = format!("rules[{i}].owner[{j}]");
@@ -237,6 +263,8 @@ impl OwnershipConfig {
                 claims: compile_claims(&at("claims"), r.claims)?,
                 owner,
                 bypass,
+                workloads,
+                require_user: r.require_user,
             });
         }
         Ok(OwnershipConfig { mode: raw.mode, unmatched: raw.unmatched, max_body_bytes, max_response_bytes, rules })

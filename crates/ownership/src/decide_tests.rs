@@ -53,7 +53,7 @@ fn decide(method: &str, path: &str, who: Option<&Principal>, headers: &[(&str, &
         let v: Vec<String> = owned.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect();
         (!v.is_empty()).then_some(v)
     };
-    authorize_request(rule, &captures, who, path, &header)
+    authorize_request(rule, &captures, Caller { user: who, workload: None }, path, &header)
 }
 
 #[test]
@@ -166,9 +166,59 @@ fn bad_configurations_are_refused() {
         (json!([{"match": {"path": "/a", "methods": ["G3T"]}}]), "is not an HTTP method"),
         (json!([{"match": {"path": "/a"}, "bypass": {}}]), "names no scope or claim"),
         (json!([{"match": {"path": "/a"}, "claims": [{"claim": "role", "one_of": []}]}]), "one_of"),
+        (json!([{"match": {"path": "/a"}, "workloads": ["billing"]}]), "rules[0].workloads: \"billing\" is not a SPIFFE ID"),
+        (json!([{"match": {"path": "/a"}, "require_user": false}]), "needs `workloads`"),
+        (json!([{"match": {"path": "/a"}, "require_user": false, "workloads": ["spiffe://m/ns/a/sa/b"], "scopes": ["x"]}]), "read from the user's token"),
+        (json!([{"match": {"path": "/a"}, "public": true, "workloads": ["spiffe://m/ns/a/sa/b"]}]), "cannot also require workloads"),
     ];
     for (rules, want) in cases {
         let err = parse(rules.clone()).unwrap_or_else(|| panic!("accepted: {rules}"));
         assert!(err.contains(want), "{rules}: {err}");
     }
+}
+
+#[test]
+fn workload_decisions() {
+    let cfg = OwnershipConfig::parse(
+        json!({"rules": [
+            {"name": "settle", "match": {"template": "/internal/invoices/{id}/settle", "methods": ["POST"]},
+             "workloads": ["spiffe://mesh.test/ns/billing/sa/billing"], "require_user": false},
+            {"name": "refund", "match": {"template": "/invoices/{id}/refund", "methods": ["POST"]},
+             "workloads": ["spiffe://mesh.test/ns/support/"], "scopes": ["refunds"],
+             "claims": [{"claim": "act.sub", "one_of": ["spiffe://mesh.test/ns/support/sa/desk"]}]},
+            {"name": "any", "match": {"prefix": "/"}, "scopes": ["read"]}
+        ]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let billing = meshward_core::workload::Workload::parse("spiffe://mesh.test/ns/billing/sa/billing").unwrap();
+    let desk = meshward_core::workload::Workload::parse("spiffe://mesh.test/ns/support/sa/desk").unwrap();
+    let intruder = meshward_core::workload::Workload::parse("spiffe://mesh.test/ns/orders/sa/orders").unwrap();
+    let other_domain = meshward_core::workload::Workload::parse("spiffe://evil.test/ns/billing/sa/billing").unwrap();
+    // A support agent's token, exchanged by the desk workload (RFC 8693 `act`).
+    let agent = principal(json!({"sub": "agent7", "scope": "refunds read", "act": {"sub": "spiffe://mesh.test/ns/support/sa/desk"}}));
+    let agent_direct = principal(json!({"sub": "agent7", "scope": "refunds read"}));
+    let checked = Ok(Authorized::Checked { check_body: false, check_response: false });
+    type Case<'a> = (&'a str, &'a str, Option<&'a Principal>, Option<&'a meshward_core::workload::Workload>, Result<Authorized, OwnershipError>);
+    let cases: Vec<Case> = vec![
+        ("workload alone", "/internal/invoices/7/settle", None, Some(&billing), checked.clone()),
+        ("workload alone, a token changes nothing", "/internal/invoices/7/settle", Some(&agent), Some(&billing), checked.clone()),
+        ("no certificate", "/internal/invoices/7/settle", Some(&agent), None, Err(OwnershipError::MissingWorkload)),
+        ("another service account", "/internal/invoices/7/settle", None, Some(&intruder), Err(OwnershipError::WorkloadNotAllowed)),
+        ("same path, another trust domain", "/internal/invoices/7/settle", None, Some(&other_domain), Err(OwnershipError::WorkloadNotAllowed)),
+        ("on behalf of a user", "/invoices/7/refund", Some(&agent), Some(&desk), checked.clone()),
+        ("workload without the user", "/invoices/7/refund", None, Some(&desk), Err(OwnershipError::MissingPrincipal)),
+        ("user without the workload", "/invoices/7/refund", Some(&agent), None, Err(OwnershipError::MissingWorkload)),
+        ("token not exchanged by the workload", "/invoices/7/refund", Some(&agent_direct), Some(&desk), Err(OwnershipError::MissingClaim)),
+        ("namespace prefix, other namespace", "/invoices/7/refund", Some(&agent), Some(&billing), Err(OwnershipError::WorkloadNotAllowed)),
+        ("rule without workloads ignores the peer", "/anything", Some(&agent), None, checked.clone()),
+    ];
+    for (name, path, user, workload, want) in cases {
+        let (rule, captures) = find_rule(&cfg, "POST", path).unwrap();
+        let got = authorize_request(rule, &captures, Caller { user, workload }, path, &|_| None);
+        assert_eq!(got, want, "{name}");
+    }
+    assert_eq!(OwnershipError::WorkloadNotAllowed.denial().status(), 403);
+    assert_eq!(OwnershipError::MissingWorkload.denial().status(), 403);
 }

@@ -6,6 +6,11 @@ use meshward_core::{Denial, DenialKind};
 pub enum OwnershipError {
     /// No verified principal in filter state (the JWT filter did not run or did not verify).
     MissingPrincipal,
+    /// The rule names calling workloads and the peer presented no verified certificate with
+    /// a SPIFFE ID.
+    MissingWorkload,
+    /// The calling workload is not one the rule allows.
+    WorkloadNotAllowed,
     /// A scope the rule requires is not granted.
     MissingScope,
     /// A claim the rule requires is absent or has another value.
@@ -32,6 +37,8 @@ impl OwnershipError {
     pub fn reason(self) -> &'static str {
         match self {
             OwnershipError::MissingPrincipal => "missing_principal",
+            OwnershipError::MissingWorkload => "missing_workload",
+            OwnershipError::WorkloadNotAllowed => "workload_not_allowed",
             OwnershipError::MissingScope => "missing_scope",
             OwnershipError::MissingClaim => "missing_claim",
             OwnershipError::TenantBoundary { .. } => "tenant_boundary",
@@ -47,6 +54,8 @@ impl OwnershipError {
     pub fn message(self) -> &'static str {
         match self {
             OwnershipError::MissingPrincipal => "authentication is required",
+            OwnershipError::MissingWorkload => "the calling workload is not identified by a client certificate",
+            OwnershipError::WorkloadNotAllowed => "the calling workload may not call this route",
             OwnershipError::MissingScope => "a required scope is missing",
             OwnershipError::MissingClaim => "a required claim is missing",
             OwnershipError::TenantBoundary { hide: true } | OwnershipError::NotOwner { hide: true } => "not found",
@@ -67,7 +76,9 @@ impl OwnershipError {
             OwnershipError::InvalidBody | OwnershipError::AmbiguousJson | OwnershipError::AmbiguousForm | OwnershipError::AmbiguousRequest => {
                 DenialKind::BadRequest
             }
-            OwnershipError::MissingScope
+            OwnershipError::MissingWorkload
+            | OwnershipError::WorkloadNotAllowed
+            | OwnershipError::MissingScope
             | OwnershipError::MissingClaim
             | OwnershipError::TenantBoundary { hide: false }
             | OwnershipError::NotOwner { hide: false }

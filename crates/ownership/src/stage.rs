@@ -3,6 +3,7 @@
 use std::rc::Rc;
 
 use meshward_core::principal::current_principal;
+use meshward_core::workload::current_workload;
 use meshward_core::request::Unreadable;
 use meshward_core::{config::ConfigError, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_core::stats::{count, Counter};
@@ -11,7 +12,7 @@ use meshward_host::{Host, LogLevel};
 use meshward_core::config::Unmatched;
 
 use crate::config::OwnershipConfig;
-use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized};
+use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized, Caller};
 use crate::OwnershipError;
 
 #[derive(Debug)]
@@ -67,12 +68,15 @@ impl Stage for OwnershipStage {
         self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
         request.route = rule.name.clone();
         let principal = principal(host, request);
+        // The peer certificate is read only for rules that name workloads.
+        let workload = if rule.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
         let seen: &RequestState = request;
         let header = |name: &str| -> Option<Vec<String>> {
             let values: Vec<String> = seen.header_values(name).map(str::to_string).collect();
             (!values.is_empty()).then_some(values)
         };
-        match authorize_request(rule, &captures, principal.as_deref(), &request.path, &header) {
+        let caller = Caller { user: principal.as_deref(), workload: workload.as_deref() };
+        match authorize_request(rule, &captures, caller, &request.path, &header) {
             Err(e) => Step::Deny(e.denial()),
             Ok(Authorized::Public) => Step::Continue,
             Ok(Authorized::Bypassed) => {
