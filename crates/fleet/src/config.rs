@@ -45,7 +45,8 @@ pub struct FleetConfig {
     pub limits: Vec<LimitConfig>,
 }
 
-const KEY_PARTS: &[&str] = &["subject", "tenant", "client_ip"];
+const KEY_PARTS: &[&str] =
+    &["subject", "tenant", "client_ip", "workload", "workload.trust_domain", "workload.namespace", "workload.service_account"];
 
 fn valid_key_part(part: &str) -> bool {
     KEY_PARTS.contains(&part)
@@ -73,7 +74,7 @@ impl FleetConfig {
                 return Err(format!("{}: name the rule's key parts, as its filter does", at("key")));
             }
             if let Some(bad) = l.key.iter().find(|k| !valid_key_part(k)) {
-                return Err(format!("{}: {bad:?} is not subject, tenant, client_ip, claim.<name> or header.<name>", at("key")));
+                return Err(format!("{}: {bad:?} is not subject, tenant, client_ip, workload[.namespace|.service_account|.trust_domain], claim.<name> or header.<name>", at("key")));
             }
             if l.requests == 0 {
                 return Err(format!("{}: must be at least 1", at("requests")));

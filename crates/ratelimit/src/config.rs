@@ -115,6 +115,41 @@ pub enum KeyPart {
     Claim(String),
     Header(String),
     ClientIp,
+    /// The calling workload's SPIFFE ID, or one part of it (a per-service quota).
+    Workload(WorkloadPart),
+}
+
+/// Which part of the calling workload's identity a key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkloadPart {
+    SpiffeId,
+    TrustDomain,
+    Namespace,
+    ServiceAccount,
+}
+
+impl WorkloadPart {
+    const ALL: [(WorkloadPart, &'static str); 4] = [
+        (WorkloadPart::SpiffeId, "workload"),
+        (WorkloadPart::TrustDomain, "workload.trust_domain"),
+        (WorkloadPart::Namespace, "workload.namespace"),
+        (WorkloadPart::ServiceAccount, "workload.service_account"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        WorkloadPart::ALL.iter().find(|(p, _)| *p == self).map_or("workload", |(_, n)| n)
+    }
+
+    /// This part of a workload (`None`: a SPIFFE ID without an Istio-form path has no
+    /// namespace or service account).
+    pub fn of(self, workload: &meshward_core::workload::Workload) -> Option<&str> {
+        match self {
+            WorkloadPart::SpiffeId => Some(&workload.spiffe_id),
+            WorkloadPart::TrustDomain => Some(&workload.trust_domain),
+            WorkloadPart::Namespace => workload.namespace.as_deref(),
+            WorkloadPart::ServiceAccount => workload.service_account.as_deref(),
+        }
+    }
 }
 
 impl KeyPart {
@@ -123,6 +158,7 @@ impl KeyPart {
             "subject" => KeyPart::Subject,
             "tenant" => KeyPart::Tenant,
             "client_ip" => KeyPart::ClientIp,
+            _ if text.starts_with("workload") => KeyPart::Workload(WorkloadPart::ALL.iter().find(|(_, n)| *n == text)?.0),
             _ => match text.split_once(':')? {
                 ("claim", name) if !name.is_empty() => KeyPart::Claim(name.to_string()),
                 ("header", name) if !name.is_empty() => KeyPart::Header(name.to_ascii_lowercase()),
@@ -144,6 +180,7 @@ impl KeyPart {
             KeyPart::Claim(n) => format!("claim.{n}"),
             KeyPart::Header(n) => format!("header.{n}"),
             KeyPart::ClientIp => "client_ip".into(),
+            KeyPart::Workload(part) => part.name().into(),
         }
     }
 }
@@ -222,12 +259,12 @@ impl RateLimitConfig {
             }
             let route = RouteMatch::compile(r.match_).map_err(|e| ConfigError::new(at("match"), e))?;
             if r.key.is_empty() {
-                return Err(ConfigError::new(at("key"), "name at least one key part (subject, tenant, claim:<name>, header:<name>, client_ip)"));
+                return Err(ConfigError::new(at("key"), "name at least one key part (subject, tenant, claim:<name>, header:<name>, client_ip, workload[.namespace|.service_account|.trust_domain])"));
             }
             let key = r
                 .key
                 .iter()
-                .map(|k| KeyPart::parse(k).ok_or_else(|| ConfigError::new(at("key"), format!("{k:?} is not subject, tenant, claim:<name>, header:<name> or client_ip"))))
+                .map(|k| KeyPart::parse(k).ok_or_else(|| ConfigError::new(at("key"), format!("{k:?} is not subject, tenant, claim:<name>, header:<name>, client_ip or workload[.namespace|.service_account|.trust_domain]"))))
                 .collect::<Result<Vec<_>, _>>()?;
             let needs_principal = key.iter().any(KeyPart::from_principal);
             let applies_to = r.applies_to.unwrap_or(if needs_principal { AppliesTo::Authenticated } else { AppliesTo::All });

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::principal::current_principal;
+use meshward_core::workload::{current_workload, Workload};
 use meshward_core::shared::{SlotError, SlotTable, WhenFull};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
 use meshward_core::stats::{count, Counter};
@@ -52,6 +53,8 @@ pub struct RateLimitPolicy {
     reads_client_ip: bool,
     /// Some rule depends on the principal (its key, or whom it applies to).
     reads_principal: bool,
+    /// Some rule's key names the calling workload.
+    reads_workload: bool,
 }
 
 impl RateLimitPolicy {
@@ -63,7 +66,8 @@ impl RateLimitPolicy {
             .collect();
         let reads_client_ip = config.rules.iter().any(|r| r.key.contains(&KeyPart::ClientIp));
         let reads_principal = config.rules.iter().any(|r| r.applies_to != AppliesTo::All);
-        RateLimitPolicy { config, tables, reads_client_ip, reads_principal }
+        let reads_workload = config.rules.iter().any(|r| r.key.iter().any(|k| matches!(k, KeyPart::Workload(_))));
+        RateLimitPolicy { config, tables, reads_client_ip, reads_principal, reads_workload }
     }
 }
 
@@ -92,8 +96,18 @@ impl Policy for RateLimitPolicy {
     }
 }
 
+/// What a key can name about the caller.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub principal: Option<&'a Principal>,
+    pub workload: Option<&'a Workload>,
+    /// The peer address without its port.
+    pub client_ip: Option<&'a str>,
+}
+
 /// The values of a key's parts, in rule order ([`MISSING`] for a part the request lacks).
-pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&str) -> Option<String>, client_ip: Option<&str>) -> Vec<String> {
+pub fn key_values(rule: &Rule, caller: &Caller<'_>, header: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let principal = caller.principal;
     rule.key
         .iter()
         .map(|part| {
@@ -107,7 +121,8 @@ pub fn key_values(rule: &Rule, principal: Option<&Principal>, header: &dyn Fn(&s
                     _ => None,
                 }),
                 KeyPart::Header(name) => header(name),
-                KeyPart::ClientIp => client_ip.map(str::to_string),
+                KeyPart::ClientIp => caller.client_ip.map(str::to_string),
+                KeyPart::Workload(part) => caller.workload.and_then(|w| part.of(w)).map(str::to_string),
             };
             value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), key_part)
         })
@@ -222,6 +237,8 @@ impl Stage for RateLimitStage {
             None
         };
         let client_ip = client_ip.as_deref().map(strip_port);
+        let workload = if policy.reads_workload { current_workload(host, &mut request.workload) } else { None };
+        let caller = Caller { principal: principal.as_deref(), workload: workload.as_deref(), client_ip };
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
             if rule.route.captures(request.route_method(), &request.canonical).is_none() {
@@ -236,7 +253,7 @@ impl Stage for RateLimitStage {
                 continue;
             }
             let seen: &RequestState = request;
-            let values = key_values(rule, principal.as_deref(), &|name| seen.header(name).map(str::to_string), client_ip);
+            let values = key_values(rule, &caller, &|name| seen.header(name).map(str::to_string));
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 // Failures spend the budget when they are answered; here it is only looked at.
@@ -331,7 +348,7 @@ mod tests {
         )
         .unwrap();
         let rule = &config.rules[0];
-        let keys = |header: Option<&str>, ip: Option<&str>| key_values(rule, None, &|_| header.map(str::to_string), ip);
+        let keys = |header: Option<&str>, ip: Option<&str>| key_values(rule, &Caller { client_ip: ip, ..Caller::default() }, &|_| header.map(str::to_string));
         // (header, client ip) → key values
         let rows: [(Option<&str>, Option<&str>, [&str; 2]); 6] = [
             (None, Some("10.0.0.1"), ["-", "10.0.0.1"]),
@@ -347,6 +364,26 @@ mod tests {
         // Parts cannot run into each other in the local key.
         assert_ne!(local_key(&["a\u{1f}b".into(), "c".into()]), local_key(&["a".into(), "b\u{1f}c".into()]));
         assert_ne!(local_key(&["1:a".into(), "b".into()]), local_key(&["1".into(), "a1:b".into()]));
+    }
+
+    #[test]
+    fn workload_keys() {
+        let config = crate::RateLimitConfig::parse(
+            br#"{"rules": [{"name": "k", "match": {"prefix": "/"}, "key": ["workload", "workload.namespace", "workload.service_account", "workload.trust_domain"], "limit": {"requests": 1, "per": "1s"}}]}"#,
+        )
+        .unwrap();
+        let rule = &config.rules[0];
+        let istio = Workload::parse("spiffe://mesh.test/ns/billing/sa/api").unwrap();
+        let other = Workload::parse("spiffe://mesh.test/payments/worker").unwrap();
+        let keys = |workload: Option<&Workload>| key_values(rule, &Caller { workload, ..Caller::default() }, &|_| None);
+        assert_eq!(keys(Some(&istio)), ["spiffe://mesh.test/ns/billing/sa/api", "billing", "api", "mesh.test"]);
+        assert_eq!(keys(Some(&other)), ["spiffe://mesh.test/payments/worker", "-", "-", "mesh.test"]);
+        assert_eq!(keys(None), ["-", "-", "-", "-"], "no certificate: the one shared bucket");
+        let refused = crate::RateLimitConfig::parse(
+            br#"{"rules": [{"name": "k", "match": {"prefix": "/"}, "key": ["workload.ns"], "limit": {"requests": 1, "per": "1s"}}]}"#,
+        );
+        assert!(refused.unwrap_err().to_string().contains("\"workload.ns\" is not"));
+        assert_eq!(rule.key.iter().map(KeyPart::descriptor_key).collect::<Vec<_>>(), ["workload", "workload.namespace", "workload.service_account", "workload.trust_domain"]);
     }
 
     #[test]
