@@ -46,10 +46,12 @@ impl RuntimeDenial {
     }
 }
 
-/// One JSON line per denial: request id, principal when known, route, reason.
+/// One JSON line per denial: request id, principal and calling workload when known, route,
+/// reason.
 pub fn log_line(stage: &str, route: Option<&str>, request: &RequestState, denial: &Denial, shadow: bool) -> String {
     let path = if request.refusal.is_some() { "<invalid>" } else { request.canonical.as_str() };
     let principal = request.principal.as_ref().and_then(|p| p.subject.as_deref());
+    let workload = request.workload.as_ref().and_then(|w| w.as_deref()).map(|w| w.spiffe_id.as_str());
     let line = serde_json::json!({
         "filter": format!("meshward_{stage}"),
         "decision": if shadow { "shadow_deny" } else { "deny" },
@@ -57,6 +59,7 @@ pub fn log_line(stage: &str, route: Option<&str>, request: &RequestState, denial
         "reason": denial.reason,
         "request_id": request.request_id,
         "principal": principal,
+        "workload": workload,
         "route": route,
         "method": request.method,
         "path": path,
