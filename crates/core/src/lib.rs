@@ -9,8 +9,10 @@
 //!   policy alone (its own module) or several in one module.
 //! - [`request`]: the one request model (method, canonical path, headers, framing, decoded
 //!   body, JSON read once by the strict [`json`] reader) every stage reads.
+//! - [`audit`]: audit records and their hash chain (sealed here, verified by `meshward audit verify`).
 //! - [`config`]: strict JSON configuration parsing with errors that name the field.
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod denial;

@@ -1,0 +1,301 @@
+//! Audit records: one structured record per decided request, chained so that a removed,
+//! reordered or altered record shows.
+//!
+//! Each VM is a *producer* (a name unique to the proxy, the VM's start and its number among the
+//! proxy's VMs). Its records carry `seq` (1, 2, 3, ... without gaps), `prev` (the previous
+//! record's `hash`; [`GENESIS`] for the first) and `hash`: SHA-256 over `prev` and the record's
+//! canonical form (compact JSON with sorted keys, without `hash`). [`verify`] recomputes every
+//! link. What a chain cannot show is its own tail cut off: records removed after the last one a
+//! verifier holds (a shipped copy of the newest `seq` closes that gap).
+//!
+//! The record leaves through Envoy's access log: the runtime puts it in filter state
+//! ([`AUDIT_PROPERTY`]) when the request ends, and an access log prints
+//! `%FILTER_STATE(wasm.meshward.audit:PLAIN)%` (`meshward render envoy` writes that log).
+
+use std::cell::RefCell;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{parse_json, ConfigError};
+
+/// Filter-state key holding the request's record (Envoy: `wasm.meshward.audit`).
+pub const AUDIT_PROPERTY: &str = "meshward.audit";
+
+/// `prev` of a producer's first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Which requests get a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Records {
+    /// Requests that may change something: every method but GET, HEAD, OPTIONS and TRACE.
+    #[default]
+    Writes,
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub records: Records,
+}
+
+impl AuditConfig {
+    pub fn parse(json: &[u8]) -> Result<AuditConfig, ConfigError> {
+        parse_json(json)
+    }
+
+    /// Whether a request with this method gets a record.
+    pub fn covers(&self, method: &str) -> bool {
+        self.records == Records::All || !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
+    }
+}
+
+/// Where a producer's chain stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Link {
+    producer: String,
+    seq: u64,
+    hash: String,
+}
+
+thread_local! {
+    /// This VM's chain (a VM is one thread; reconfiguring it keeps the chain going).
+    static CHAIN: RefCell<Option<Link>> = const { RefCell::new(None) };
+}
+
+/// The hash that seals a record: SHA-256 of its canonical form without `hash` (`prev` is part
+/// of it, which links the chain).
+pub fn seal_hash(record: &Map<String, Value>) -> String {
+    let mut unsealed = record.clone();
+    unsealed.remove("hash");
+    let canonical = canonical(&Value::Object(unsealed));
+    let digest = Sha256::new().chain_update(canonical.as_bytes()).finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compact JSON with the keys of every object sorted (whatever order a pipeline kept them in).
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let members: Vec<String> =
+                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), map.get(*k).map(canonical).unwrap_or_default())).collect();
+            format!("{{{}}}", members.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+/// Adds `producer`, `seq`, `prev` and `hash` to a record of this VM and advances its chain.
+/// `producer` names the chain on its first record (later records keep the VM's first name).
+pub fn seal(mut record: Map<String, Value>, producer: impl FnOnce() -> String) -> Map<String, Value> {
+    CHAIN.with(|chain| {
+        let mut chain = chain.borrow_mut();
+        let link = chain.get_or_insert_with(|| Link { producer: producer(), seq: 0, hash: GENESIS.to_string() });
+        record.insert("producer".into(), Value::String(link.producer.clone()));
+        record.insert("seq".into(), Value::from(link.seq + 1));
+        record.insert("prev".into(), Value::String(link.hash.clone()));
+        let hash = seal_hash(&record);
+        record.insert("hash".into(), Value::String(hash.clone()));
+        link.seq += 1;
+        link.hash = hash;
+        record
+    })
+}
+
+/// What [`verify`] found wrong, at a record (1-based line of its file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// What [`verify`] read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    pub records: usize,
+    /// Each producer with the last `seq` read from it.
+    pub producers: Vec<(String, u64)>,
+    pub findings: Vec<Finding>,
+}
+
+/// Checks the records of some files (lines of JSON; blank lines and lines that are not records
+/// are findings too, since a record can be cut into them). Records of several producers may be
+/// interleaved and spread over files read in order (a rotated log: oldest first).
+pub fn verify(files: &[(String, String)]) -> Verified {
+    let mut out = Verified::default();
+    // producer -> (seq, hash) of the last record read
+    let mut last: Vec<(String, u64, String)> = Vec::new();
+    for (file, text) in files {
+        for (i, line) in text.lines().enumerate() {
+            let at = |message: String| Finding { file: file.clone(), line: i + 1, message };
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Ok(Value::Object(record)) = serde_json::from_str::<Value>(line) else {
+                out.findings.push(at("not a JSON record (altered, or cut)".into()));
+                continue;
+            };
+            let field = |name: &str| record.get(name).and_then(Value::as_str);
+            let (Some(producer), Some(seq), Some(prev), Some(hash)) =
+                (field("producer"), record.get("seq").and_then(Value::as_u64), field("prev"), field("hash"))
+            else {
+                out.findings.push(at("lacks producer, seq, prev or hash".into()));
+                continue;
+            };
+            out.records += 1;
+            if seal_hash(&record) != hash {
+                out.findings.push(at(format!("{producer} #{seq}: altered (its content does not match its hash)")));
+            }
+            let (expected_seq, expected_prev) = match last.iter().find(|(p, _, _)| p == producer) {
+                Some((_, s, h)) => (s + 1, h.clone()),
+                None => (1, GENESIS.to_string()),
+            };
+            if seq != expected_seq {
+                let message = if seq > expected_seq {
+                    format!("{producer} #{seq}: {} record(s) before it are missing (expected #{expected_seq})", seq - expected_seq)
+                } else {
+                    format!("{producer} #{seq}: out of order or repeated (expected #{expected_seq})")
+                };
+                out.findings.push(at(message));
+            } else if prev != expected_prev {
+                out.findings.push(at(format!("{producer} #{seq}: does not follow the record before it (prev differs)")));
+            }
+            // A record from the past does not move the chain back: what follows is checked
+            // against the newest record read.
+            if seq >= expected_seq {
+                match last.iter_mut().find(|(p, _, _)| p == producer) {
+                    Some(entry) => *entry = (producer.to_string(), seq, hash.to_string()),
+                    None => last.push((producer.to_string(), seq, hash.to_string())),
+                }
+            }
+        }
+    }
+    out.producers = last.into_iter().map(|(p, s, _)| (p, s)).collect();
+    out
+}
+
+/// An RFC 3339 UTC time with milliseconds from Unix milliseconds (`2026-12-03T00:19:43.120Z`).
+pub fn rfc3339(unix_ms: u64) -> String {
+    let (days, ms) = (unix_ms / 86_400_000, unix_ms % 86_400_000);
+    // Civil from days (H. Hinnant), for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record(n: u64) -> Map<String, Value> {
+        json!({"method": "POST", "path": format!("/orders/{n}"), "status": 201, "stages": [{"stage": "jwt", "decision": "allowed"}]})
+            .as_object()
+            .cloned()
+            .unwrap()
+    }
+
+    /// Five sealed records of one fresh chain, as lines.
+    fn chain_of_five(producer: &str) -> Vec<String> {
+        CHAIN.with(|c| *c.borrow_mut() = None);
+        (1..=5).map(|n| Value::Object(seal(record(n), || producer.to_string())).to_string()).collect()
+    }
+
+    fn check(lines: &[String]) -> Vec<String> {
+        verify(&[("audit.log".into(), lines.join("\n"))]).findings.into_iter().map(|f| format!("{}: {}", f.line, f.message)).collect()
+    }
+
+    #[test]
+    fn an_intact_chain_verifies_in_any_key_order() {
+        let lines = chain_of_five("p1");
+        assert_eq!(check(&lines), Vec::<String>::new());
+        let first: Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!((first["seq"].as_u64(), first["prev"].as_str()), (Some(1), Some(GENESIS)));
+        // A pipeline that re-serialises records (other key order, spaces) changes nothing.
+        let reordered: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                let v: Map<String, Value> = serde_json::from_str(l).unwrap();
+                let mut pairs: Vec<(String, Value)> = v.into_iter().collect();
+                pairs.reverse();
+                format!("{{ {} }}", pairs.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), v)).collect::<Vec<_>>().join(", "))
+            })
+            .collect();
+        assert_eq!(check(&reordered), Vec::<String>::new());
+        let verified = verify(&[("a".into(), lines.join("\n"))]);
+        assert_eq!((verified.records, verified.producers), (5, vec![("p1".to_string(), 5)]));
+    }
+
+    #[test]
+    fn each_tampering_is_found_where_it_is() {
+        let lines = chain_of_five("p1");
+        // (what was done, the lines, the findings)
+        let altered = lines[2].replace("201", "403");
+        let mut swapped = lines.clone();
+        swapped.swap(1, 2);
+        let resealed = {
+            // Altered and re-hashed by someone without the rest of the chain: the next link breaks.
+            let mut v: Map<String, Value> = serde_json::from_str(&lines[2]).unwrap();
+            v.insert("status".into(), json!(403));
+            let hash = seal_hash(&v);
+            v.insert("hash".into(), Value::String(hash));
+            Value::Object(v).to_string()
+        };
+        let cases: Vec<(&str, Vec<String>, Vec<&str>)> = vec![
+            ("removed", [&lines[..2], &lines[3..]].concat(), vec!["3: p1 #4: 1 record(s) before it are missing (expected #3)"]),
+            ("altered", [&lines[..2], &[altered], &lines[3..]].concat(), vec!["3: p1 #3: altered (its content does not match its hash)"]),
+            ("swapped", swapped, vec!["2: p1 #3: 1 record(s) before it are missing (expected #2)", "3: p1 #2: out of order or repeated (expected #4)"]),
+            ("re-hashed", [&lines[..2], &[resealed], &lines[3..]].concat(), vec!["4: p1 #4: does not follow the record before it (prev differs)"]),
+            ("cut", [&lines[..2], &[lines[2][..40].to_string()], &lines[3..]].concat(), vec!["3: not a JSON record (altered, or cut)", "4: p1 #4: 1 record(s) before it are missing (expected #3)"]),
+            ("first removed", lines[1..].to_vec(), vec!["1: p1 #2: 1 record(s) before it are missing (expected #1)"]),
+        ];
+        for (what, lines, want) in cases {
+            assert_eq!(check(&lines), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn producers_interleave_and_files_continue_each_other() {
+        let a = chain_of_five("a");
+        let b = chain_of_five("b");
+        let mixed: Vec<String> = a.iter().zip(&b).flat_map(|(x, y)| [x.clone(), y.clone()]).collect();
+        assert_eq!(check(&mixed), Vec::<String>::new());
+        let verified = verify(&[("1".into(), a[..3].join("\n")), ("2".into(), a[3..].join("\n"))]);
+        assert!(verified.findings.is_empty(), "{:?}", verified.findings);
+        let out_of_order = verify(&[("2".into(), a[3..].join("\n")), ("1".into(), a[..3].join("\n"))]);
+        assert_eq!(out_of_order.findings[0].file, "2");
+    }
+
+    #[test]
+    fn which_methods_are_recorded() {
+        let writes = AuditConfig::default();
+        assert!(writes.covers("POST") && writes.covers("DELETE") && writes.covers("PATCH") && writes.covers("PROPFIND"));
+        assert!(!writes.covers("GET") && !writes.covers("HEAD") && !writes.covers("OPTIONS"));
+        assert!(AuditConfig { records: Records::All }.covers("GET"));
+        assert!(AuditConfig::parse(br#"{"records": "reads"}"#).is_err());
+        assert_eq!(AuditConfig::parse(br#"{"records": "all"}"#), Ok(AuditConfig { records: Records::All }));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_796_257_400_123), "2026-12-03T00:23:20.123Z");
+    }
+}
