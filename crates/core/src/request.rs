@@ -229,6 +229,9 @@ pub struct RequestState {
     pub principal: Option<Rc<Principal>>,
     /// The peer workload, read from the connection on first use (`Some(None)`: none).
     pub workload: Option<Option<Rc<Workload>>>,
+    /// The object ids the rules read (an ownership rule's path parameters), for the audit
+    /// record.
+    pub objects: Vec<(String, String)>,
     /// Name of the policy rule that matched, for per-route metrics and logs.
     pub route: Option<String>,
     /// The body read as JSON, once, for every stage that asks.

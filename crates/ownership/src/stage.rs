@@ -68,6 +68,7 @@ impl Stage for OwnershipStage {
         self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
         request.route = rule.name.clone();
         let principal = principal(host, request);
+        request.objects.clone_from(&captures);
         // The peer certificate is read only for rules that name workloads.
         let workload = if rule.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
         let seen: &RequestState = request;

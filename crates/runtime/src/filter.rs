@@ -8,6 +8,7 @@ use meshward_core::stats::{count_decision, Decision};
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
+use crate::audit::{Audit, StageRecord};
 use crate::body::{decoded, response_is_encoded};
 use crate::denial_log::{log_line, send_denial, RuntimeDenial};
 use crate::plan::AnyPolicy;
@@ -32,11 +33,33 @@ pub struct Slot {
     response_body_limit: Option<usize>,
     /// The stage asked for a copy of the response body if it is at most this size.
     response_copy_limit: Option<usize>,
+    /// What the stage decided, for the audit record.
+    outcome: Outcome,
+}
+
+/// What a stage decided about a request, as its audit record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An earlier stage answered first.
+    NotReached,
+    Allowed,
+    Denied(&'static str),
+    /// Shadow mode: it would have denied, the request went on.
+    ShadowDenied(&'static str),
 }
 
 impl Slot {
     pub fn new(name: &'static str, mode: Mode, stage: Box<dyn Stage>) -> Self {
-        Slot { name, mode, stage, route: None, body_limit: None, response_body_limit: None, response_copy_limit: None }
+        Slot {
+            name,
+            mode,
+            stage,
+            route: None,
+            body_limit: None,
+            response_body_limit: None,
+            response_copy_limit: None,
+            outcome: Outcome::NotReached,
+        }
     }
 
     fn wants_response_body(&self) -> bool {
@@ -85,6 +108,8 @@ pub struct Filter {
     /// The whole response body once delivered (`None`: the proxy did not hand it over), kept
     /// while a stage waits on it for the stages after it.
     response_body: Option<Vec<u8>>,
+    /// Write an audit record when the request ends.
+    audit: Option<Rc<Audit>>,
 }
 
 impl Filter {
@@ -105,7 +130,14 @@ impl Filter {
             hold_headers: false,
             response_complete: false,
             response_body: None,
+            audit: None,
         }
+    }
+
+    /// Writes an audit record of each request these settings cover.
+    pub fn auditing(mut self, audit: Option<Rc<Audit>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// Holds the request headers while stages read the body (see [`HOLD_HEADERS_ENV`]).
@@ -195,8 +227,11 @@ impl Filter {
         Settled::Stopped
     }
 
-    fn count_allowed(&self, host: &mut dyn Host, i: usize) {
-        let slot = &self.slots[i];
+    fn count_allowed(&mut self, host: &mut dyn Host, i: usize) {
+        let slot = &mut self.slots[i];
+        if slot.outcome == Outcome::NotReached {
+            slot.outcome = Outcome::Allowed;
+        }
         count_decision(host, slot.name, Decision::Allowed, slot.route.as_deref(), None);
     }
 
@@ -208,6 +243,7 @@ impl Filter {
         slot.response_copy_limit = None;
         let shadow = slot.mode == Mode::Shadow;
         let decision = if shadow { Decision::ShadowDenied } else { Decision::Denied };
+        slot.outcome = if shadow { Outcome::ShadowDenied(denial.reason) } else { Outcome::Denied(denial.reason) };
         count_decision(host, slot.name, decision, slot.route.as_deref(), Some(denial.reason));
         host.log(LogLevel::Info, &log_line(slot.name, slot.route.as_deref(), &self.request, denial, shadow));
         !shadow
@@ -513,6 +549,14 @@ impl Filter {
                 }
             }
         }
+    }
+
+    /// The request is over (its status and duration are known): the audit record.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        let Some(audit) = &self.audit else { return };
+        let stages: Vec<StageRecord> =
+            self.slots.iter().map(|s| StageRecord { stage: s.name, rule: s.route.as_deref(), outcome: s.outcome }).collect();
+        crate::audit::write(host, audit, &mut self.request, &stages);
     }
 
     /// The stream ended: every stage releases what it holds for the request.

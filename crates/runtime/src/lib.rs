@@ -7,6 +7,7 @@
 //!   ([`meshward_core::RequestState`]), each step settled in its stage's mode (shadow per
 //!   stage), bodies buffered for the stages that ask;
 //! - `body`: request bodies decoded from their content coding once, coded answers refused;
+//! - `audit`: the audit record of each request, made when it ends, sealed into the VM's chain;
 //! - `denial_log`: the deny reasons the runtime itself gives ([`RuntimeDenial`]), the local
 //!   response, one JSON log line per denial.
 //!
@@ -27,6 +28,7 @@
 //! Gauge: `<module>_config_info.config.<fingerprint>` is 1 for the configuration the module
 //! runs, 0 for the one it ran before (`meshward rollout status` reads which proxies run which).
 
+mod audit;
 mod body;
 mod denial_log;
 mod filter;
@@ -34,8 +36,9 @@ mod plan;
 #[cfg(target_arch = "wasm32")]
 mod proxy;
 
+pub use audit::Audit;
 pub use denial_log::{send_denial, RuntimeDenial};
-pub use filter::{Filter, Slot, HOLD_HEADERS_ENV};
+pub use filter::{Filter, Outcome, Slot, HOLD_HEADERS_ENV};
 pub use plan::{AnyPolicy, Plan, Single};
 #[cfg(target_arch = "wasm32")]
 pub use proxy::register;

@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use meshward_core::audit::AuditConfig;
 use meshward_core::config::ConfigError;
 use meshward_core::Policy;
 use meshward_host::{Host, HttpCallResponse};
@@ -43,6 +44,10 @@ pub trait Plan: Sized + 'static {
     fn module_name() -> &'static str;
     fn configure(config: &[u8], host: &dyn Host) -> Result<Self, ConfigError>;
     fn policies(&self) -> &[Box<dyn AnyPolicy>];
+    /// The audit settings, when this plan writes audit records (the bundle's `audit`).
+    fn audit(&self) -> Option<AuditConfig> {
+        None
+    }
 
     fn start(&self, host: &mut dyn Host) {
         for p in self.policies() {

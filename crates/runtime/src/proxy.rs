@@ -9,7 +9,11 @@ use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::{send_denial, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
+use std::rc::Rc;
+
+use meshward_core::config::fingerprint;
+
+use crate::{send_denial, Audit, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
 
 /// How often the counts of allowed decisions added up in the VM are written to Envoy's stats
 /// (a policy that needs ticks of its own asks for its period when it starts).
@@ -18,13 +22,15 @@ const COUNTER_FLUSH_PERIOD: Duration = Duration::from_secs(1);
 /// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
 pub fn register<T: Plan>() {
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None, hold_headers: false }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None, hold_headers: false, audit: None }) });
 }
 
 struct Root<T: Plan> {
     plan: Option<T>,
     /// Request headers wait for the body decisions ([`HOLD_HEADERS_ENV`]).
     hold_headers: bool,
+    /// The plan's audit settings with the fingerprint of its configuration.
+    audit: Option<Rc<Audit>>,
 }
 
 impl<T: Plan> Context for Root<T> {
@@ -55,6 +61,7 @@ impl<T: Plan> RootContext for Root<T> {
                 host.set_tick_period(COUNTER_FLUSH_PERIOD);
                 publish_configuration(&mut host, T::module_name(), &config);
                 plan.start(&mut host);
+                self.audit = plan.audit().map(|settings| Rc::new(Audit { config: settings, policy: fingerprint(&config) }));
                 self.plan = Some(plan);
                 self.hold_headers = host.env_var(HOLD_HEADERS_ENV).is_some_and(|v| v == "true");
                 host.log(LogLevel::Info, &format!("{}: configuration accepted in {}.{:03} ms", T::module_name(), micros / 1000, micros % 1000));
@@ -77,7 +84,9 @@ impl<T: Plan> RootContext for Root<T> {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.plan {
-            Some(plan) => Box::new(HttpFilter { filter: plan.new_filter().holding_request_headers(self.hold_headers) }),
+            Some(plan) => Box::new(HttpFilter {
+                filter: plan.new_filter().holding_request_headers(self.hold_headers).auditing(self.audit.clone()),
+            }),
             None => Box::new(Unconfigured),
         })
     }
@@ -125,6 +134,10 @@ impl HttpContext for HttpFilter {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         action(self.filter.on_response_body(&mut ProxyWasmHost, body_size, end_of_stream))
+    }
+
+    fn on_log(&mut self) {
+        self.filter.on_log(&mut ProxyWasmHost);
     }
 }
 

@@ -7,11 +7,15 @@
 //! {"stages": [{"jwt": {...}}, {"ownership": {...}}, {"ratelimit": {...}}]}
 //! ```
 //!
+//! With `"audit": {"records": "writes" | "all"}` beside `stages`, every request it covers
+//! leaves one audit record (`meshward_core::audit`) with every stage's decision.
+//!
 //! Stages run in order and the first enforced denial answers; the JWT stage hands the principal
 //! to the later stages in memory (and still publishes it to filter state for other filters).
 
 use std::rc::Rc;
 
+use meshward_core::audit::AuditConfig;
 use meshward_core::config::ConfigError;
 use meshward_core::Policy;
 use meshward_host::Host;
@@ -24,6 +28,7 @@ pub const STAGE_KINDS: [&str; 6] = ["jwt", "webhook", "idempotency", "schema", "
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
     policies: Vec<Box<dyn AnyPolicy>>,
+    audit: Option<AuditConfig>,
 }
 
 fn stage<P: Policy>(at: &str, config: &Value, host: &dyn Host) -> Result<Box<dyn AnyPolicy>, ConfigError> {
@@ -45,9 +50,16 @@ impl Plan for Bundle {
         let Value::Object(top) = document else {
             return Err(ConfigError::new("", "the configuration is a JSON object with `stages`"));
         };
-        if let Some(unknown) = top.keys().find(|k| *k != "stages") {
-            return Err(ConfigError::new(unknown.as_str(), format!("unknown field `{unknown}`, expected `stages`")));
+        if let Some(unknown) = top.keys().find(|k| *k != "stages" && *k != "audit") {
+            return Err(ConfigError::new(unknown.as_str(), format!("unknown field `{unknown}`, expected `stages` or `audit`")));
         }
+        let audit = match top.get("audit") {
+            None => None,
+            Some(value) => {
+                let bytes = serde_json::to_vec(value).map_err(|e| ConfigError::new("audit", e.to_string()))?;
+                Some(AuditConfig::parse(&bytes).map_err(|e| ConfigError::new(format!("audit.{}", e.path).trim_end_matches('.'), e.message))?)
+            }
+        };
         let Some(Value::Array(stages)) = top.get("stages") else {
             return Err(ConfigError::new("stages", "is required: a list of stages such as {\"jwt\": {...}}"));
         };
@@ -80,11 +92,15 @@ impl Plan for Bundle {
                 }
             });
         }
-        Ok(Bundle { policies })
+        Ok(Bundle { policies, audit })
     }
 
     fn policies(&self) -> &[Box<dyn AnyPolicy>] {
         &self.policies
+    }
+
+    fn audit(&self) -> Option<AuditConfig> {
+        self.audit
     }
 }
 

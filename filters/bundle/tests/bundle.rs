@@ -84,3 +84,56 @@ fn configuration_errors_name_the_stage() {
     let err = Bundle::configure(br#"{"stages": [], "mode": "x"}"#, &FakeHost::default()).err().unwrap().to_string();
     assert!(err.contains("unknown field `mode`"), "{err}");
 }
+
+#[test]
+fn audit_records_every_stage_and_chain_per_vm() {
+    use meshward_core::audit::{verify, AUDIT_PROPERTY};
+    use meshward_runtime::Audit;
+    use std::rc::Rc;
+    let keys = TestKeys::new();
+    let config = json!({"audit": {"records": "writes"}, "stages": [{"jwt": jwt_stage(&keys)}, {"ownership": ownership_stage("enforce")}]});
+    let b = Bundle::configure(config.to_string().as_bytes(), &FakeHost::default()).unwrap();
+    let audit = Rc::new(Audit { config: b.audit().unwrap(), policy: "f00d".into() });
+    let token = keys.sign("ES256", Some("es"), &TestKeys::claims());
+    let bearer = format!("Bearer {token}");
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    // (method, path, status the request ends with) → the record's stage decisions, or no record
+    let mut lines = Vec::new();
+    let rows = [
+        ("POST", "/tenants/acme/x?secret=s3cr3t", 201, Some(json!([["jwt", "allowed", null], ["ownership", "allowed", null]]))),
+        ("GET", "/tenants/acme/x", 200, None),
+        ("DELETE", "/tenants/globex/x", 403, Some(json!([["jwt", "allowed", null], ["ownership", "denied", "tenant_boundary"]]))),
+    ];
+    for (method, path, status, stages) in rows {
+        let mut host = FakeHost::with_request(&[(":method", method), (":path", path), ("authorization", &bearer), ("traceparent", traceparent), ("x-request-id", "r-9")]);
+        host.properties.insert(vec!["xds".into(), "node".into(), "id".into()], b"sidecar~10.0.0.7~orders-7d9f~orders".to_vec());
+        let mut filter = b.new_filter().auditing(Some(Rc::clone(&audit)));
+        filter.on_request_headers(&mut host, true);
+        host.properties.insert(vec!["response".into(), "code".into()], i64::from(status).to_le_bytes().to_vec());
+        host.properties.insert(vec!["request".into(), "duration".into()], 1_755_101_i64.to_le_bytes().to_vec());
+        filter.on_log(&mut host);
+        let written = host.properties.get(&vec![AUDIT_PROPERTY.to_string()]).map(|b| String::from_utf8(b.clone()).unwrap());
+        let Some(want) = stages else {
+            assert_eq!(written, None, "{method} is not a write");
+            continue;
+        };
+        let line = written.unwrap();
+        let record: Value = serde_json::from_str(&line).unwrap();
+        let got: Vec<Value> = record["stages"].as_array().unwrap().iter().map(|s| json!([s["stage"], s["decision"], s["reason"]])).collect();
+        assert_eq!(Value::Array(got), want, "{method} {path}");
+        assert_eq!(record["status"], json!(status));
+        assert_eq!(record["latency_us"], json!(1755));
+        assert_eq!((record["subject"].as_str(), record["tenant"].as_str()), (Some("alice"), Some("acme")));
+        assert_eq!(record["traceparent"], json!(traceparent));
+        assert_eq!(record["request_id"], json!("r-9"));
+        assert_eq!(record["policy"], json!("f00d"));
+        assert_eq!(record["objects"], json!({"tenant": path.split('/').nth(2).unwrap()}));
+        assert!(record["producer"].as_str().unwrap().starts_with("sidecar~10.0.0.7~orders-7d9f~orders/"), "{record}");
+        assert!(!line.contains(&token) && !line.contains("s3cr3t") && !line.contains("Bearer"), "no token or query in {line}");
+        lines.push(line);
+    }
+    let verified = verify(&[("audit".into(), lines.join("\n"))]);
+    assert_eq!((verified.records, verified.findings.len()), (2, 0), "{:?}", verified.findings);
+    let err = Bundle::configure(br#"{"audit": {"records": "some"}, "stages": [{"ownership": {"rules": [{"match": {"prefix": "/"}, "public": true}]}}]}"#, &FakeHost::default()).err().unwrap().to_string();
+    assert!(err.starts_with("audit") && err.contains("unknown variant `some`"), "{err}");
+}
