@@ -109,6 +109,9 @@ enum Command {
     /// Is each stage within its violation budget? Gate promotion from shadow to enforce on it.
     #[command(subcommand)]
     Rollout(RolloutAction),
+    /// Audit records written by the bundle's access log.
+    #[command(subcommand)]
+    Audit(AuditAction),
     /// Routes seen in traffic but not in the contract, and contract operations not seen.
     Drift {
         #[command(flatten)]
@@ -156,6 +159,18 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chains of audit records: a removed, reordered or altered record is
+    /// reported with its file and line (exit 1). Give rotated files oldest first.
+    Verify {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
 #[allow(clippy::large_enum_variant)] // parsed once per run
 enum RenderTarget {
     /// An Envoy bootstrap running the policy.
@@ -195,6 +210,9 @@ enum RenderTarget {
         /// The SPIFFE ID serve's certificate must carry.
         #[arg(long, value_name = "SPIFFE_ID", requires = "xds_cert", value_parser = spiffe_id)]
         xds_server_id: Option<String>,
+        /// Where the access log writes the audit records of a policy with `audit`.
+        #[arg(long, value_name = "FILE", default_value = "/dev/stdout")]
+        audit_log: PathBuf,
     },
     /// For Istio: the sidecar bootstrap override meshward's metrics need (a ConfigMap; pods opt
     /// in with `sidecar.istio.io/bootstrapOverride: meshward-bootstrap`).
@@ -248,6 +266,27 @@ fn spiffe_ids(text: &str) -> Result<String, String> {
 
 fn spiffe_id(text: &str) -> Result<String, String> {
     Workload::parse(text).map(|_| text.to_string()).ok_or_else(|| format!("{text:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)"))
+}
+
+fn audit_text(verified: &meshward_core::audit::Verified) -> String {
+    let mut text: String = verified.findings.iter().map(|f| format!("{}:{}: {}\n", f.file, f.line, f.message)).collect();
+    let producers: Vec<String> = verified.producers.iter().map(|(p, last)| format!("{p} (last #{last})")).collect();
+    text.push_str(&format!("{} record(s) from {} producer(s): {}\n", verified.records, producers.len(), producers.join(", ")));
+    text.push_str(match (verified.findings.len(), verified.records) {
+        (_, 0) => "no audit records\n",
+        (0, _) => "every chain is intact\n",
+        _ => "the records were tampered with or lost\n",
+    });
+    text
+}
+
+fn audit_json(verified: &meshward_core::audit::Verified) -> Value {
+    serde_json::json!({
+        "records": verified.records,
+        "producers": verified.producers.iter().map(|(p, last)| serde_json::json!({"producer": p, "last_seq": last})).collect::<Vec<_>>(),
+        "findings": verified.findings.iter().map(|f| serde_json::json!({"file": f.file, "line": f.line, "message": f.message})).collect::<Vec<_>>(),
+        "intact": verified.findings.is_empty() && verified.records > 0,
+    })
 }
 
 fn socket_address(text: &str) -> Result<SocketAddr, String> {
@@ -332,7 +371,22 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Render(RenderTarget::Envoy { policy, form, modules, listen, admin, upstream, cluster, xds, ecds, xds_cert, xds_key, xds_ca, xds_server_id }) => {
+        Command::Render(RenderTarget::Envoy {
+            policy,
+            form,
+            modules,
+            listen,
+            admin,
+            upstream,
+            cluster,
+            xds,
+            ecds,
+            xds_cert,
+            xds_key,
+            xds_ca,
+            xds_server_id,
+            audit_log,
+        }) => {
             let policy = policy.load()?;
             let xds_tls = match (xds_cert, xds_key, xds_ca, xds_server_id) {
                 (Some(cert), Some(key), Some(ca), Some(server_id)) => Some(render::XdsTls { cert, key, ca, server_id }),
@@ -349,6 +403,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     (None, Some((host, port))) => Some(Discovery::Xds(host, port, xds_tls)),
                     (None, None) => None,
                 },
+                audit_log: &audit_log,
             };
             let config = render::envoy(&policy, form, &options)?;
             out(&render::to_yaml(&config));
@@ -429,6 +484,20 @@ fn run(command: Command) -> Result<ExitCode, String> {
             };
             serve::serve(&options)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditAction::Verify { files, format }) => {
+            let mut texts = Vec::with_capacity(files.len());
+            for file in &files {
+                let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                texts.push((file.display().to_string(), text));
+            }
+            let verified = meshward_core::audit::verify(&texts);
+            match format {
+                Format::Text => out(&audit_text(&verified)),
+                Format::Json => out(&format!("{}\n", audit_json(&verified))),
+            }
+            // No record at all proves nothing: the log may have been emptied.
+            Ok(if verified.findings.is_empty() && verified.records > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshward", &mut std::io::stdout());

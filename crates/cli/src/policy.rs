@@ -13,11 +13,13 @@
 //!   - schema: { mode: shadow }            # the contract is added from `openapi`
 //!   - ownership: { rules: [ ... ] }
 //!   - ratelimit: { rules: [ ... ] }
+//! audit: { records: writes }              # one audit record per write (or `all`); bundle only
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use meshward_core::audit::AuditConfig;
 use meshward_ratelimit::config::KeyPart;
 use meshward_ratelimit::RateLimitConfig;
 use serde::Deserialize;
@@ -39,6 +41,7 @@ struct RawPolicy {
     modules: Option<RawModules>,
     stages: Vec<Map<String, Value>>,
     rollout: Option<RawRollout>,
+    audit: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +108,8 @@ pub struct Policy {
     pub stages: Vec<Stage>,
     pub contract: Option<Contract>,
     pub rollout: Option<Rollout>,
+    /// Audit records (the bundle's `audit`), checked as the bundle reads them.
+    pub audit: Option<Value>,
 }
 
 /// A policy that cannot be used at all: unreadable, unparsable, or structurally wrong.
@@ -190,6 +195,10 @@ impl Policy {
             }
         }
         let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError(format!("{}: rollout.{e}", path.display())))?;
+        if let Some(audit) = &raw.audit {
+            let bytes = serde_json::to_vec(audit).map_err(|e| PolicyError(e.to_string()))?;
+            AuditConfig::parse(&bytes).map_err(|e| PolicyError(format!("{}: audit: {}", path.display(), e.message)))?;
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let contract_path = openapi.map(Path::to_path_buf).or_else(|| raw.openapi.map(|p| dir.join(p)));
         let contract = contract_path.map(|p| load_contract(&p)).transpose()?;
@@ -204,6 +213,7 @@ impl Policy {
             stages,
             contract,
             rollout,
+            audit: raw.audit,
         };
         policy.add_contract_to_schema_stage()?;
         Ok(policy)
@@ -232,7 +242,11 @@ impl Policy {
     /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
     pub fn bundle_config(&self) -> Value {
         let stages: Vec<Value> = self.stages.iter().map(|s| Value::Object(Map::from_iter([(s.kind.clone(), s.config.clone())]))).collect();
-        serde_json::json!({ "stages": stages })
+        let mut config = serde_json::json!({ "stages": stages });
+        if let Some(audit) = &self.audit {
+            config["audit"] = audit.clone();
+        }
+        config
     }
 
     /// Environment variables the stages read secrets from (`environment_variable` fields).

@@ -33,6 +33,35 @@ fn phase(kind: &str) -> &'static str {
     }
 }
 
+/// Audit records are made by the bundle, the one module that sees every stage's decision.
+pub fn check_form(policy: &Policy, form: Form) -> Result<(), String> {
+    if policy.audit.is_some() && form == Form::Separate {
+        return Err(format!(
+            "{}: audit: records are made by the bundle, which sees every stage's decision: use --form bundle",
+            policy.path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The access log that writes the bundle's audit records, one JSON line each, and nothing for
+/// requests without one (Envoy's CEL access-log filter).
+fn audit_access_log(path: &Path) -> Value {
+    let key = format!("wasm.{}", meshward_core::audit::AUDIT_PROPERTY);
+    json!({
+        "name": "envoy.access_loggers.file",
+        "filter": {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": format!("'{key}' in filter_state"),
+        }}},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(),
+            "log_format": {"text_format_source": {"inline_string": format!("%FILTER_STATE({key}:PLAIN)%\n")}},
+        },
+    })
+}
+
 fn filters(policy: &Policy, form: Form) -> Vec<Filter> {
     match form {
         Form::Separate => policy
@@ -59,6 +88,8 @@ pub struct EnvoyOptions<'a> {
     /// Where the filters' configurations come from when `meshward serve` pushes them; `None`:
     /// written into the bootstrap.
     pub discovery: Option<Discovery<'a>>,
+    /// Where the access log writes the audit records (a policy with `audit`).
+    pub audit_log: &'a Path,
 }
 
 /// How `meshward serve` reaches the Envoy: ECDS files it rewrites, or its xDS gRPC server
@@ -226,6 +257,7 @@ pub fn ecds(plugins: &[WasmPlugin], dir: &Path, version: &str) -> Vec<(std::path
 
 /// An Envoy bootstrap (as JSON, which Envoy reads as YAML too).
 pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<Value, String> {
+    check_form(policy, form)?;
     let mut http_filters = Vec::new();
     for plugin in wasm_plugins(policy, form, options.modules_dir) {
         let name = plugin.filter_name.clone();
@@ -291,6 +323,10 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
             "clusters": clusters,
         },
     });
+    if policy.audit.is_some() {
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] =
+            json!([audit_access_log(options.audit_log)]);
+    }
     if let (Value::Object(bootstrap), Value::Object(extras)) = (&mut config, bootstrap_extras()) {
         bootstrap.extend(extras);
     }
@@ -358,6 +394,7 @@ pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, Str
     let Some(url) = &policy.module_url else {
         return Err("the policy has no `modules.url` (where the sidecars fetch the modules from)".into());
     };
+    check_form(policy, form)?;
     let filters = filters(policy, form);
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::compile_policy;
 use crate::policy::Policy;
-use crate::render::{ecds, wasm_plugins, Form, WasmPlugin};
+use crate::render::{check_form, ecds, wasm_plugins, Form, WasmPlugin};
 use crate::xds;
 
 pub struct ServeOptions {
@@ -74,6 +74,7 @@ impl Watcher<'_> {
     fn load(&self) -> Result<Policy, String> {
         let policy = Policy::load(&self.options.policy, self.options.openapi.as_deref()).map_err(|e| e.to_string())?;
         compile_policy(&policy)?;
+        check_form(&policy, self.options.form)?;
         Ok(policy)
     }
 
