@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import ssl
+import time
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -95,7 +96,19 @@ def caller_config(callee_port: int, pki) -> dict:
 
 @pytest.fixture(scope="module", params=FORMS)
 def mesh(request, upstream, keys, pki):
-    callee = Envoy(with_tls_listener(build_config(upstream.port, as_deployed(request.param, callee_plugins(keys))), pki))
+    plugins = as_deployed(request.param, callee_plugins(keys))
+    config = with_tls_listener(build_config(upstream.port, plugins), pki)
+    callee = Envoy(config)
+    if request.param == "bundle":
+        # Every request audited: the record names the calling workload.
+        plugins[0]["config"]["audit"] = {"records": "all"}
+        config = with_tls_listener(build_config(upstream.port, plugins), pki)
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(callee.dir / "audit.log"),
+            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.meshward.audit:PLAIN)%\n"}}}}]
+        callee.config = config
     with callee:
         with Envoy(caller_config(callee.port, pki), concurrency=1) as caller:
             yield caller, callee
@@ -178,3 +191,24 @@ def test_quotas_per_calling_namespace(mesh):
     # Another namespace has its own budget.
     assert call(caller, "orders", "/internal/reports", method="GET").reached_upstream
     assert json.loads(r.body)["reason"] == "rate_limited"
+
+
+@pytest.mark.parametrize("mesh", ["bundle"], indirect=True)  # audit records are made by the bundle
+def test_the_audit_record_names_the_calling_workload(mesh):
+    caller, callee = mesh
+    call(caller, "billing", "/internal/invoices/8/settle")
+    call(caller, "orders", "/internal/invoices/9/settle")
+    log = callee.dir / "audit.log"
+    deadline = time.monotonic() + 10
+    wanted = {"/internal/invoices/8/settle": (BILLING, 200, "allowed"), "/internal/invoices/9/settle": (ORDERS, 403, "denied")}
+    while time.monotonic() < deadline:
+        found = {}
+        for line in (log.read_text().splitlines() if log.exists() else []):
+            record = json.loads(line)
+            if record["path"] in wanted:
+                ownership = next(s for s in record["stages"] if s["stage"] == "ownership")
+                found[record["path"]] = (record["workload"], record["status"], ownership["decision"])
+        if found == wanted:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{found} != {wanted}")
