@@ -72,40 +72,81 @@ thread_local! {
 pub fn seal_hash(record: &Map<String, Value>) -> String {
     let mut unsealed = record.clone();
     unsealed.remove("hash");
-    let canonical = canonical(&Value::Object(unsealed));
-    let digest = Sha256::new().chain_update(canonical.as_bytes()).finalize();
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    hex_digest(&canonical(&Value::Object(unsealed)))
 }
 
-/// Compact JSON with the keys of every object sorted (whatever order a pipeline kept them in).
-fn canonical(value: &Value) -> String {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let members: Vec<String> =
-                keys.iter().map(|k| format!("{}:{}", Value::String((*k).clone()), map.get(*k).map(canonical).unwrap_or_default())).collect();
-            format!("{{{}}}", members.join(","))
-        }
-        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
+fn hex_digest(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
+    out
 }
 
-/// Adds `producer`, `seq`, `prev` and `hash` to a record of this VM and advances its chain.
-/// `producer` names the chain on its first record (later records keep the VM's first name).
-pub fn seal(mut record: Map<String, Value>, producer: impl FnOnce() -> String) -> Map<String, Value> {
+/// Compact JSON with the keys of every object sorted (whatever order a pipeline kept them in),
+/// written in one buffer: what the hash covers.
+fn canonical(value: &Value) -> Vec<u8> {
+    fn write(value: &Value, out: &mut Vec<u8>) {
+        match value {
+            Value::Object(map) => {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                out.push(b'{');
+                for (i, (key, member)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    // Writing JSON into memory cannot fail.
+                    let _ = serde_json::to_writer(&mut *out, key);
+                    out.push(b':');
+                    write(member, out);
+                }
+                out.push(b'}');
+            }
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(item, out);
+                }
+                out.push(b']');
+            }
+            scalar => {
+                let _ = serde_json::to_writer(&mut *out, scalar);
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(1024);
+    write(value, &mut out);
+    out
+}
+
+/// Adds `producer`, `seq` and `prev` to a record of this VM, seals it with `hash` and advances
+/// the chain: the record as one JSON line. `producer` names the chain on its first record
+/// (later records keep the VM's first name).
+pub fn seal(mut record: Map<String, Value>, producer: impl FnOnce() -> String) -> String {
     CHAIN.with(|chain| {
         let mut chain = chain.borrow_mut();
         let link = chain.get_or_insert_with(|| Link { producer: producer(), seq: 0, hash: GENESIS.to_string() });
         record.insert("producer".into(), Value::String(link.producer.clone()));
         record.insert("seq".into(), Value::from(link.seq + 1));
         record.insert("prev".into(), Value::String(link.hash.clone()));
-        let hash = seal_hash(&record);
-        record.insert("hash".into(), Value::String(hash.clone()));
+        record.remove("hash");
+        let mut line = canonical(&Value::Object(record));
+        let hash = hex_digest(&line);
+        // `{...}` → `{...,"hash":"<hex>"}`: the line is the canonical form with its seal.
+        line.pop();
+        line.extend_from_slice(b",\"hash\":\"");
+        line.extend_from_slice(hash.as_bytes());
+        line.extend_from_slice(b"\"}");
         link.seq += 1;
         link.hash = hash;
-        record
+        String::from_utf8(line).unwrap_or_default()
     })
 }
 
@@ -214,7 +255,7 @@ mod tests {
     /// Five sealed records of one fresh chain, as lines.
     fn chain_of_five(producer: &str) -> Vec<String> {
         CHAIN.with(|c| *c.borrow_mut() = None);
-        (1..=5).map(|n| Value::Object(seal(record(n), || producer.to_string())).to_string()).collect()
+        (1..=5).map(|n| seal(record(n), || producer.to_string())).collect()
     }
 
     fn check(lines: &[String]) -> Vec<String> {

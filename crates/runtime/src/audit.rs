@@ -41,8 +41,7 @@ pub fn write(host: &mut dyn Host, audit: &Audit, request: &mut RequestState, sta
         return;
     }
     let record = record(host, &audit.policy, request, stages);
-    let sealed = seal(record, || producer(host));
-    let line = Value::Object(sealed).to_string();
+    let line = seal(record, || producer(host));
     if host.set_property(&[AUDIT_PROPERTY], line.as_bytes()).is_err() {
         host.log(LogLevel::Error, "meshward: the audit record could not be handed to the access log");
     }
