@@ -44,6 +44,8 @@ pub trait Plan: Sized + 'static {
     fn module_name() -> &'static str;
     fn configure(config: &[u8], host: &dyn Host) -> Result<Self, ConfigError>;
     fn policies(&self) -> &[Box<dyn AnyPolicy>];
+    /// Whether this kind of module can write audit records at all (the bundle).
+    const WRITES_AUDIT_RECORDS: bool = false;
     /// The audit settings, when this plan writes audit records (the bundle's `audit`).
     fn audit(&self) -> Option<AuditConfig> {
         None

@@ -84,8 +84,9 @@ impl<T: Plan> RootContext for Root<T> {
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.plan {
-            Some(plan) => Box::new(HttpFilter {
+            Some(plan) => Box::new(HttpFilter::<T> {
                 filter: plan.new_filter().holding_request_headers(self.hold_headers).auditing(self.audit.clone()),
+                plan: std::marker::PhantomData,
             }),
             None => Box::new(Unconfigured),
         })
@@ -96,11 +97,12 @@ impl<T: Plan> RootContext for Root<T> {
     }
 }
 
-struct HttpFilter {
+struct HttpFilter<T: Plan> {
     filter: Filter,
+    plan: std::marker::PhantomData<T>,
 }
 
-impl Context for HttpFilter {
+impl<T: Plan> Context for HttpFilter<T> {
     fn on_done(&mut self) -> bool {
         self.filter.on_done(&mut ProxyWasmHost);
         true
@@ -119,7 +121,7 @@ impl Context for HttpFilter {
     }
 }
 
-impl HttpContext for HttpFilter {
+impl<T: Plan> HttpContext for HttpFilter<T> {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         action(self.filter.on_request_headers(&mut ProxyWasmHost, end_of_stream))
     }
@@ -137,7 +139,10 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_log(&mut self) {
-        self.filter.on_log(&mut ProxyWasmHost);
+        // Known when compiling: a module that never audits does not carry the record writer.
+        if T::WRITES_AUDIT_RECORDS {
+            self.filter.on_log(&mut ProxyWasmHost);
+        }
     }
 }
 

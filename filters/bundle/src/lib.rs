@@ -41,6 +41,8 @@ fn stage<P: Policy>(at: &str, config: &Value, host: &dyn Host) -> Result<Box<dyn
 }
 
 impl Plan for Bundle {
+    const WRITES_AUDIT_RECORDS: bool = true;
+
     fn module_name() -> &'static str {
         "meshward"
     }
