@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import standardwebhooks  # noqa: E402
 
 from fleet import FleetEngine, RedisServer  # noqa: E402
-from harness import DIST, REPO, TEST_MODULES, Envoy, bundle, build_config, plugin, static_cluster  # noqa: E402
+from harness import DIST, REPO, TEST_MODULES, Envoy, audit_access_log, bundle, build_config, plugin, static_cluster  # noqa: E402
+from test_workload_envoy import BILLING, caller_config, make_pki, with_tls_listener  # noqa: E402
 from tokens import AUDIENCE, ISSUER, KeyRing  # noqa: E402
 
 
@@ -211,6 +212,19 @@ def new_deliveries(directory: Path, body: bytes, count: int) -> Path:
 # The floor: a Rust proxy-wasm filter that does nothing (tests/noop-filter, `make test-modules`).
 NOOP = plugin("noop", "{}", module=str(TEST_MODULES / "meshward_noop.wasm"))
 
+# East-west: the calling workload's SPIFFE ID decides (the caller's sidecar presents it over mTLS).
+OWNERSHIP_WORKLOAD = plugin("ownership", {"rules": [{"name": "orders", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}"},
+                                                     "workloads": [BILLING], "require_user": False}]})
+
+
+def native_rbac_by_spiffe_id() -> dict:
+    """Envoy's rbac allowing one SPIFFE ID (the URI SAN of the verified peer certificate)."""
+    return {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+        "rules": {"action": "ALLOW", "policies": {"billing": {
+            "permissions": [{"any": True}],
+            "principals": [{"authenticated": {"principal_name": {"exact": BILLING}}}]}}}}}
+
 # The floor for filters that read the body: the same module buffering it and reading it once.
 NOOP_BODY = plugin("noop", {"read_body": True}, module=str(TEST_MODULES / "meshward_noop.wasm"))
 
@@ -279,7 +293,7 @@ class Scenario:
     """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
 
     def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy",
-                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False, flood=None):
+                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False, flood=None, mtls=False, audit=False):
         self.name, self.plugins, self.native = name, list(plugins), list(native)
         self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
         # The plain-Envoy scenario sending the same request.
@@ -294,10 +308,32 @@ class Scenario:
         # from most connections while the row's own client sends `headers`: the row reports
         # that client ([`FLOOD_SHARE`]).
         self.flood = flood
+        # East-west: wrk talks to a caller-side Envoy (on the load cores) that presents the
+        # `billing` workload's certificate over mTLS to the measured Envoy's TLS listener.
+        self.mtls = mtls
+        # The measured Envoy writes the bundle's audit records to a file (as `render envoy`).
+        self.audit = audit
 
 
 # The JWT rows: HMAC, and the four public-key families a new token costs most in.
 JWT_ALGORITHMS = ("HS256", "RS256", "PS256", "ES256", "EdDSA")
+
+
+EAST_WEST = "east-west mTLS: "
+
+
+def east_west_pki(work: Path) -> dict:
+    """Certificates for the east-west rows, made once per run."""
+    if not hasattr(east_west_pki, "pki"):
+        directory = work / "pki"
+        directory.mkdir(exist_ok=True)
+        east_west_pki.pki = make_pki(directory)
+    return east_west_pki.pki
+
+
+def audited(bundle_plugin: dict) -> dict:
+    """The bundle writing an audit record of every request."""
+    return {**bundle_plugin, "config": {**bundle_plugin["config"], "audit": {"records": "all"}}}
 
 
 def scenarios(keys: KeyRing) -> list[Scenario]:
@@ -309,6 +345,7 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
                   "webhook-signature": standardwebhooks.Webhook(SW_SECRET).sign(msg_id, now, body.decode()), "content-type": "application/json"}
     fam = {"HS256": ["hs"], "RS256": ["rsa"], "PS256": ["rsa"], "ES256": ["es256"], "EdDSA": ["ed"]}
     es = auth("ES256")
+    as_billing = {"x-as": "billing"}
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     out = [Scenario("plain envoy", compare="plain"),
@@ -379,6 +416,15 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("chain jwt+ownership+ratelimit (3 modules)", [meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT], headers=es, compare="native chain"),
         Scenario("bundle jwt+ownership+ratelimit (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT])], headers=es, compare="native chain"),
         Scenario("bundle jwt only (1 module)", [bundle([meshward_jwt(keys, fam["ES256"])])], headers=es),
+        Scenario("bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
+                 [audited(bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT]))], headers=es, audit=True,
+                 compare="bundle jwt+ownership+ratelimit (1 module)"),
+        Scenario(f"{EAST_WEST}plain envoy", mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
+        Scenario(f"{EAST_WEST}do-nothing wasm filter (floor)", [NOOP], mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
+        Scenario(f"{EAST_WEST}rbac by SPIFFE ID (native)", native=[native_rbac_by_spiffe_id()], mtls=True, headers=as_billing,
+                 baseline=f"{EAST_WEST}plain envoy"),
+        Scenario(f"{EAST_WEST}ownership workload rule (meshward)", [OWNERSHIP_WORKLOAD], mtls=True, headers=as_billing,
+                 baseline=f"{EAST_WEST}plain envoy", compare=f"{EAST_WEST}rbac"),
     ]
     # What one hostcall costs: the floor module making it HOSTCALL_REPEAT times per request.
     out += [Scenario(f"{HOSTCALL_ROW}{call}", [noop_repeating(call)], headers=es) for call in HOSTCALLS]
@@ -571,6 +617,10 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "jwt ES256 on native jwt_authn's payload, no cache (meshward)", "jwt_authn ES256 (native, no cache)", "rps", at_least=0.9)
     ratio("ratelimit (meshward, not limited) throughput >= 0.9x do-nothing wasm floor", "ratelimit (meshward, not limited)",
           "do-nothing wasm filter (floor)", "rps", at_least=0.9)
+    ratio("bundle auditing every request >= 0.9x the same bundle without records", "bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
+          "bundle jwt+ownership+ratelimit (1 module)", "rps", at_least=0.9)
+    ratio("east-west workload rule >= 0.9x the do-nothing wasm floor (both over mTLS)", f"{EAST_WEST}ownership workload rule (meshward)",
+          f"{EAST_WEST}do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("bundle memory < 4-module chain memory", "bundle jwt+schema+ownership+ratelimit (1 module)",
           "chain jwt+schema+ownership+ratelimit (4 modules)", "memory_bytes", at_most=0.999)
     for name, size in sizes.items():
@@ -586,21 +636,32 @@ class Running:
     def __init__(self, sc: Scenario, upstream: Envoy, work: Path, fleet_port: int | None = None):
         self.sc = sc
         clusters = [static_cluster("fleet", fleet_port, http2=True)] if sc.fleet else []
+        self.dir = Path(tempfile.mkdtemp(dir=work))
         cfg = build_config(upstream.port, sc.plugins, clusters=clusters, native_filters=sc.native)
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         if sc.rate_limits:
-            listener = cfg["static_resources"]["listeners"][0]
-            listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["rate_limits"] = sc.rate_limits
+            hcm["route_config"]["virtual_hosts"][0]["rate_limits"] = sc.rate_limits
+        if sc.audit:
+            hcm["access_log"] = [audit_access_log(self.dir / "audit.log")]
+        if sc.mtls:
+            cfg = with_tls_listener(cfg, east_west_pki(work))
         self.env = Envoy(cfg, concurrency=1)
         self.env.start()
         pin(self.env.proc.pid, MEASURED_CPUS)
-        self.dir = Path(tempfile.mkdtemp(dir=work))
+        self.front = None
+        self.port = self.env.port
+        if sc.mtls:
+            self.front = Envoy(caller_config(self.env.port, east_west_pki(work)), concurrency=1)
+            self.front.start()
+            pin(self.front.proc.pid, LOAD_CPUS)
+            self.port = self.front.port
         headers = sc.headers
         if sc.new_deliveries:
             line = new_deliveries(self.dir, sc.body, 1).read_text().split("\t")
             headers = {**sc.headers, "webhook-id": line[0], "webhook-timestamp": line[1], "webhook-signature": line[2].strip()}
         if sc.new_keys:
             headers = {**headers, "idempotency-key": f"probe-{uuid.uuid4()}"}
-        probe = self.env.request(sc.path, headers, method="POST" if sc.body is not None else "GET", body=sc.body)
+        probe = self.env._http(self.port, "POST" if sc.body is not None else "GET", sc.path, headers, sc.body)
         if probe.status != 200:
             self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
@@ -615,20 +676,22 @@ class Running:
         if self.sc.flood is not None:
             forged = max(1, round(connections * FLOOD_SHARE))
             with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                flood = pool.submit(run_wrk, self.env.port, self.sc.path, flood_script(self.dir, self.sc.flood), duration, forged)
-                r = run_wrk(self.env.port, self.sc.path, script, duration, max(1, connections - forged))
+                flood = pool.submit(run_wrk, self.port, self.sc.path, flood_script(self.dir, self.sc.flood), duration, forged)
+                r = run_wrk(self.port, self.sc.path, script, duration, max(1, connections - forged))
                 f = flood.result()
             # The forged requests are all refused (401), as they must be.
             r["flood_rps"], r["flood_refused"] = f["rps"], f["non_200"] == f["requests"]
         else:
-            r = run_wrk(self.env.port, self.sc.path, script, duration, connections)
+            r = run_wrk(self.port, self.sc.path, script, duration, connections)
         # What one request costs the measured Envoy in CPU.
         r["cpu_us_per_request"] = (cpu_seconds(self.env) - cpu_before) * 1e6 / max(1, r["requests"])
         return r
 
     def stop(self) -> None:
-        self.env.stop()
-        self.env.cleanup()
+        for env in (self.env, self.front):
+            if env is not None:
+                env.stop()
+                env.cleanup()
 
 
 def memory_targets(memory: list[dict]) -> list[dict]:

@@ -141,6 +141,21 @@ def build_config(upstream_port: int, plugins: list[dict], clusters: list[dict] =
     return cfg
 
 
+def audit_access_log(path) -> dict:
+    """The access log `meshward render envoy` writes for a policy with `audit`: the bundle's
+    records, one JSON line each, and nothing for requests without one."""
+    return {
+        "name": "envoy.access_loggers.file",
+        "filter": {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": "'wasm.meshward.audit' in filter_state"}}},
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(path),
+            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.meshward.audit:PLAIN)%\n"}}},
+    }
+
+
 class Response:
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes, reset: bool = False):
         self.status, self.headers, self.body = status, headers, body

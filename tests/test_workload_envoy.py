@@ -15,7 +15,7 @@ import time
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from harness import FORMS, Envoy, Response, as_deployed, build_config, plugin, static_cluster
+from harness import FORMS, Envoy, Response, as_deployed, audit_access_log, build_config, plugin, static_cluster
 from test_jwt_envoy import jwt_config
 from test_xds_mtls import TRUST, Issuer
 from tokens import bearer
@@ -26,9 +26,8 @@ DESK = f"{TRUST}/ns/support/sa/desk"
 CALLERS = {"billing": BILLING, "orders": ORDERS, "desk": DESK}
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pki")
+def make_pki(d) -> dict:
+    """The mesh CA, a certificate per calling workload (and one from a rogue CA), the callee's."""
     mesh, rogue = Issuer("mesh CA"), Issuer("rogue CA")
     client = ExtendedKeyUsageOID.CLIENT_AUTH
     certs = {name: mesh.issue(d, name, spiffe_id, client) for name, spiffe_id in CALLERS.items()}
@@ -36,6 +35,11 @@ def pki(tmp_path_factory):
     certs["callee"] = mesh.issue(d, "callee", f"{TRUST}/ns/invoices/sa/invoices", ExtendedKeyUsageOID.SERVER_AUTH)
     certs["ca"] = mesh.write(d / "ca.pem")
     return certs
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def callee_plugins(keys) -> list[dict]:
@@ -104,10 +108,7 @@ def mesh(request, upstream, keys, pki):
         plugins[0]["config"]["audit"] = {"records": "all"}
         config = with_tls_listener(build_config(upstream.port, plugins), pki)
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-            "path": str(callee.dir / "audit.log"),
-            "log_format": {"text_format_source": {"inline_string": "%FILTER_STATE(wasm.meshward.audit:PLAIN)%\n"}}}}]
+        hcm["access_log"] = [audit_access_log(callee.dir / "audit.log")]
         callee.config = config
     with callee:
         with Envoy(caller_config(callee.port, pki), concurrency=1) as caller:
