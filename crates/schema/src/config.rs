@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::form::FormField;
 use crate::openapi::{check_refs, escape, resolve, rewrite_document, View};
-use crate::response::{FieldAction, FieldRules};
+use crate::response::{FieldAction, FieldRules, REQUIRED_SCOPE};
 
 const DEFAULT_MAX_DEPTH: usize = 32;
 /// The operations an OpenAPI path item may hold.
@@ -50,6 +50,8 @@ struct RawResponse {
     /// `x-data-class` value → strip or block.
     #[serde(default)]
     data_classes: BTreeMap<String, FieldAction>,
+    /// What happens to a field whose `x-required-scope` the caller lacks (default: strip).
+    required_scope: Option<FieldAction>,
     max_body_bytes: Option<usize>,
 }
 
@@ -442,6 +444,13 @@ impl SchemaConfig {
         let closed_view = rewrite_document(&document, &View::request(true));
         let response = match &raw.response {
             Some(r) => Some(response_checks(&document, r)?),
+            // Fields only some callers may read would leave whole, to every caller.
+            None if mentions_key(&document, REQUIRED_SCOPE, 0) => {
+                return Err(ConfigError::new(
+                    "response",
+                    "the contract tags fields with x-required-scope: configure `response` (at least `{}`) so answers are read",
+                ))
+            }
             None => None,
         };
         let Some(Value::Object(paths)) = document.get("paths") else {
@@ -562,15 +571,36 @@ impl SchemaConfig {
     }
 }
 
+/// Whether a key appears anywhere in a document (at most 128 levels deep).
+fn mentions_key(value: &Value, key: &str, depth: usize) -> bool {
+    match value {
+        _ if depth > 128 => false,
+        Value::Object(map) => map.contains_key(key) || map.values().any(|v| mentions_key(v, key, depth + 1)),
+        Value::Array(items) => items.iter().any(|v| mentions_key(v, key, depth + 1)),
+        _ => false,
+    }
+}
+
 fn response_checks(document: &Value, raw: &RawResponse) -> Result<ResponseChecks, ConfigError> {
     let max_body_bytes = body_limit("response.max_body_bytes", raw.max_body_bytes)?;
     if let Some(class) = raw.data_classes.keys().find(|c| c.is_empty() || c.len() > 64) {
         return Err(ConfigError::new(format!("response.data_classes.{class}"), "a class name is 1 to 64 characters"));
     }
-    let fields = FieldRules { write_only: raw.write_only.unwrap_or(FieldAction::Strip), classes: raw.data_classes.clone() };
+    let fields = FieldRules {
+        write_only: raw.write_only.unwrap_or(FieldAction::Strip),
+        classes: raw.data_classes.clone(),
+        required_scope: raw.required_scope.unwrap_or(FieldAction::Strip),
+    };
     let view = rewrite_document(
         document,
-        &View { close: false, hide_read_only: false, hide_write_only: fields.write_only == FieldAction::Strip, hide_classes: fields.stripped_classes() },
+        &View {
+            close: false,
+            hide_read_only: false,
+            hide_write_only: fields.write_only == FieldAction::Strip,
+            hide_classes: fields.stripped_classes(),
+            // Present for one caller, cut for another: never required.
+            optional_scoped: true,
+        },
     );
     Ok(ResponseChecks { validate: raw.validate, fields, max_body_bytes, view, document: document.clone() })
 }

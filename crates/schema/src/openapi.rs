@@ -40,6 +40,8 @@ pub struct View {
     pub hide_write_only: bool,
     /// Properties whose `x-data-class` is one of these may not appear.
     pub hide_classes: Vec<String>,
+    /// Properties with an `x-required-scope` are optional (answers: cut for some callers).
+    pub optional_scoped: bool,
 }
 
 impl View {
@@ -192,6 +194,19 @@ fn rewrite(document: &Value, schema: &mut Value, view: &View, closed_here: bool)
         Some(Value::Object(props)) => props.iter().filter(|(_, p)| view.hides(document, p)).map(|(k, _)| k.clone()).collect(),
         _ => Vec::new(),
     };
+    let scoped: Vec<String> = match map.get("properties") {
+        Some(Value::Object(props)) if view.optional_scoped => props
+            .iter()
+            .filter(|(_, p)| ref_chain(document, p).any(|s| s.get(crate::response::REQUIRED_SCOPE).is_some()))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !scoped.is_empty() {
+        if let Some(Value::Array(required)) = map.get_mut("required") {
+            required.retain(|r| !r.as_str().is_some_and(|r| scoped.iter().any(|n| n == r)));
+        }
+    }
     if !hidden.is_empty() {
         if let Some(Value::Object(props)) = map.get_mut("properties") {
             for name in &hidden {

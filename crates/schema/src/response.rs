@@ -2,9 +2,10 @@
 //! answer match the contract.
 //!
 //! A field is tagged by the schema that declares it: `writeOnly: true` (a password the client
-//! may set but never read back) or `x-data-class: <class>` (`internal`, `pii`, ...). The
-//! configuration says per tag whether the field is stripped from the answer or the whole answer
-//! is blocked. Tags are found by walking the answer alongside its schema, through `$ref`,
+//! may set but never read back), `x-data-class: <class>` (`internal`, `pii`, ...), or
+//! `x-required-scope: <scope>` (or a list: every scope in it), a tag only for a caller whose
+//! verified token lacks the scope (no token: every such field). The configuration says per tag
+//! whether the field is stripped from the answer or the whole answer is blocked. Tags are found by walking the answer alongside its schema, through `$ref`,
 //! `allOf` / `anyOf` / `oneOf`, `items` and `additionalProperties`.
 
 use std::collections::BTreeMap;
@@ -34,11 +35,27 @@ pub struct FieldRules {
     pub write_only: FieldAction,
     /// `x-data-class` value → action; classes not listed pass.
     pub classes: BTreeMap<String, FieldAction>,
+    /// For a field whose `x-required-scope` the caller lacks.
+    pub required_scope: FieldAction,
+}
+
+/// Key of the scope tag on a property schema.
+pub const REQUIRED_SCOPE: &str = "x-required-scope";
+
+/// Whether `scopes` hold what a `x-required-scope` value asks for (a scope, or all of a list).
+/// A value of another shape is never held: the field is treated as tagged.
+fn holds(required: &Value, scopes: &[String]) -> bool {
+    let has = |s: &Value| s.as_str().is_some_and(|s| scopes.iter().any(|g| g == s));
+    match required {
+        Value::Array(all) => !all.is_empty() && all.iter().all(has),
+        one => has(one),
+    }
 }
 
 impl FieldRules {
-    /// The action for a property schema and the tag that caused it; `Block` wins over `Strip`.
-    pub fn action(&self, doc: &Value, property: &Value) -> Option<(FieldAction, String)> {
+    /// The action for a property schema, for a caller granted `scopes`, and the tag that
+    /// caused it; `Block` wins over `Strip`.
+    pub fn action(&self, doc: &Value, property: &Value, scopes: &[String]) -> Option<(FieldAction, String)> {
         let mut found: Option<(FieldAction, String)> = None;
         for s in ref_chain(doc, property) {
             let mut tags = Vec::new();
@@ -48,6 +65,11 @@ impl FieldRules {
             if let Some(class) = s.get("x-data-class").and_then(Value::as_str) {
                 if let Some(action) = self.classes.get(class) {
                     tags.push((*action, class.to_string()));
+                }
+            }
+            if let Some(required) = s.get(REQUIRED_SCOPE) {
+                if !holds(required, scopes) {
+                    tags.push((self.required_scope, REQUIRED_SCOPE.to_string()));
                 }
             }
             for (action, tag) in tags {
@@ -65,8 +87,8 @@ impl FieldRules {
         self.classes.iter().filter(|(_, a)| **a == FieldAction::Strip).map(|(c, _)| c.clone()).collect()
     }
 
-    /// Can an answer of this schema carry a tagged field at all? Decided once per operation,
-    /// so answers that cannot are not buffered.
+    /// Can an answer of this schema carry a tagged field at all (for some caller)? Decided once
+    /// per operation, so answers that cannot are not buffered.
     pub fn may_tag(&self, doc: &Value, schema: &Value) -> bool {
         let mut seen = Vec::new();
         self.walk_schema(doc, schema, &mut seen, 0)
@@ -86,14 +108,14 @@ impl FieldRules {
         let Value::Object(map) = schema else { return false };
         if let Some(Value::Object(props)) = map.get("properties") {
             for p in props.values() {
-                if self.action(doc, p).is_some() || self.walk_schema(doc, p, seen, depth + 1) {
+                if self.action(doc, p, &[]).is_some() || self.walk_schema(doc, p, seen, depth + 1) {
                     return true;
                 }
             }
         }
         for key in ["items", "additionalProperties"] {
             if let Some(sub @ Value::Object(_)) = map.get(key) {
-                if self.action(doc, sub).is_some() || self.walk_schema(doc, sub, seen, depth + 1) {
+                if self.action(doc, sub, &[]).is_some() || self.walk_schema(doc, sub, seen, depth + 1) {
                     return true;
                 }
             }
@@ -125,13 +147,20 @@ fn flatten<'a>(doc: &'a Value, schema: &'a Value, out: &mut Vec<&'a Value>, dept
     }
 }
 
-/// Removes the stripped fields from `answer`; `Ok(true)` when something was removed. A field
-/// whose action is `Block` refuses the whole answer, naming where it is and its tag.
-pub fn cut_fields(doc: &Value, schema: &Value, answer: &mut Value, rules: &FieldRules) -> Result<bool, SchemaError> {
-    cut(doc, &[schema], answer, rules, "/body", 0)
+/// Removes the stripped fields from `answer` for a caller granted `scopes`; `Ok(true)` when
+/// something was removed. A field whose action is `Block` refuses the whole answer, naming where
+/// it is and its tag.
+pub fn cut_fields(doc: &Value, schema: &Value, answer: &mut Value, rules: &FieldRules, scopes: &[String]) -> Result<bool, SchemaError> {
+    cut(doc, &[schema], answer, &Cut { rules, scopes }, "/body", 0)
 }
 
-fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, rules: &FieldRules, at: &str, depth: usize) -> Result<bool, SchemaError> {
+/// What decides a cut: the rules, and the scopes of the caller the answer goes to.
+struct Cut<'a> {
+    rules: &'a FieldRules,
+    scopes: &'a [String],
+}
+
+fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, how: &Cut<'_>, at: &str, depth: usize) -> Result<bool, SchemaError> {
     if depth > MAX_WALK_DEPTH || schemas.is_empty() {
         return Ok(false);
     }
@@ -151,7 +180,7 @@ fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, rules: &FieldRules, a
                 let here = format!("{at}/{}", escape(&key));
                 let mut strip = false;
                 for sub in &subs {
-                    match rules.action(doc, sub) {
+                    match how.rules.action(doc, sub, how.scopes) {
                         Some((FieldAction::Block, tag)) => return Err(SchemaError::BlockedField { location: here, tag }),
                         Some((FieldAction::Strip, _)) => strip = true,
                         None => {}
@@ -161,7 +190,7 @@ fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, rules: &FieldRules, a
                     map.remove(&key);
                     changed = true;
                 } else if let Some(inner) = map.get_mut(&key) {
-                    changed |= cut(doc, &subs, inner, rules, &here, depth + 1)?;
+                    changed |= cut(doc, &subs, inner, how, &here, depth + 1)?;
                 }
             }
         }
@@ -172,7 +201,7 @@ fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, rules: &FieldRules, a
                     .filter_map(|s| s.get("prefixItems").and_then(|p| p.get(i)).or_else(|| s.get("items")))
                     .filter(|s| s.is_object())
                     .collect();
-                changed |= cut(doc, &subs, item, rules, &format!("{at}/{i}"), depth + 1)?;
+                changed |= cut(doc, &subs, item, how, &format!("{at}/{i}"), depth + 1)?;
             }
         }
         _ => {}
@@ -205,7 +234,7 @@ mod tests {
     type Case<'a> = (&'a str, &'a Value, Value, &'a FieldRules, Result<Value, SchemaError>);
 
     fn rules(classes: &[(&str, FieldAction)]) -> FieldRules {
-        FieldRules { write_only: FieldAction::Strip, classes: classes.iter().map(|(c, a)| (c.to_string(), *a)).collect() }
+        FieldRules { write_only: FieldAction::Strip, classes: classes.iter().map(|(c, a)| (c.to_string(), *a)).collect(), required_scope: FieldAction::Strip }
     }
 
     #[test]
@@ -237,7 +266,7 @@ mod tests {
             ("not an object", &user, json!("text"), &strip_all, Ok(json!("text"))),
         ];
         for (name, schema, mut answer, rules, want) in cases {
-            let got = cut_fields(&doc(), schema, &mut answer, rules).map(|_| answer);
+            let got = cut_fields(&doc(), schema, &mut answer, rules, &[]).map(|_| answer);
             assert_eq!(got, want, "{name}");
         }
     }
@@ -247,9 +276,43 @@ mod tests {
         let d = doc();
         let r = rules(&[("secret", FieldAction::Strip)]);
         assert!(r.may_tag(&d, &json!({"$ref": "#/components/schemas/Admin"})));
-        let no_write_only = FieldRules { write_only: FieldAction::Strip, classes: BTreeMap::new() };
+        let no_write_only = FieldRules { write_only: FieldAction::Strip, classes: BTreeMap::new(), required_scope: FieldAction::Strip };
         assert!(no_write_only.may_tag(&d, &json!({"$ref": "#/components/schemas/User"})));
         assert!(!r.may_tag(&d, &json!({"$ref": "#/components/schemas/Bag"})));
         assert!(!r.may_tag(&d, &json!({"type": "object", "properties": {"a": {"type": "string"}}})));
+    }
+
+    #[test]
+    fn fields_by_the_callers_scopes() {
+        let d = json!({"components": {"schemas": {
+            "Invoice": {"type": "object", "properties": {
+                "id": {"type": "integer"},
+                "total": {"type": "number", "x-required-scope": "billing:read"},
+                "iban": {"$ref": "#/components/schemas/Iban"},
+                "lines": {"type": "array", "items": {"type": "object", "properties": {
+                    "sku": {"type": "string"}, "cost": {"type": "number", "x-required-scope": "billing:read"}}}},
+                "odd": {"type": "string", "x-required-scope": 7}
+            }},
+            "Iban": {"type": "string", "x-required-scope": ["billing:read", "billing:pii"]}
+        }}});
+        let invoice = json!({"$ref": "#/components/schemas/Invoice"});
+        let answer = || json!({"id": 1, "total": 9.5, "iban": "DE00", "lines": [{"sku": "a", "cost": 2}], "odd": "x"});
+        let strip = rules(&[]);
+        let block = FieldRules { required_scope: FieldAction::Block, ..rules(&[]) };
+        let scopes = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<String>>();
+        // (caller's scopes, rules, the answer that leaves)
+        let cases: Vec<(Vec<String>, &FieldRules, Result<Value, SchemaError>)> = vec![
+            (scopes(&[]), &strip, Ok(json!({"id": 1, "lines": [{"sku": "a"}]}))),
+            (scopes(&["billing:read"]), &strip, Ok(json!({"id": 1, "total": 9.5, "lines": [{"sku": "a", "cost": 2}]}))),
+            (scopes(&["billing:read", "billing:pii"]), &strip, Ok(json!({"id": 1, "total": 9.5, "iban": "DE00", "lines": [{"sku": "a", "cost": 2}]}))),
+            (scopes(&["billing:pii"]), &strip, Ok(json!({"id": 1, "lines": [{"sku": "a"}]}))),
+            (scopes(&[]), &block, Err(SchemaError::BlockedField { location: "/body/iban".into(), tag: "x-required-scope".into() })),
+        ];
+        for (granted, rules, want) in cases {
+            let mut got = answer();
+            let result = cut_fields(&d, &invoice, &mut got, rules, &granted).map(|_| got);
+            assert_eq!(result, want, "{granted:?}");
+        }
+        assert!(strip.may_tag(&d, &invoice), "a scoped field is a tag for some caller");
     }
 }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use meshward_core::{config::ConfigError, Denial, DenialKind, Mode, Policy, RequestState, Stage, Step};
 use meshward_core::request::Framing;
 use meshward_core::stats::{count, Counter};
+use meshward_core::principal::current_principal;
 use meshward_host::{Host, LogLevel};
 
 use crate::config::{BodyFormat, SchemaConfig};
@@ -132,7 +133,7 @@ impl Stage for SchemaStage {
         Step::NeedBody { max_bytes: checks.max_body_bytes }
     }
 
-    fn on_response_body(&mut self, host: &mut dyn Host, _request: &mut RequestState, body: &[u8]) -> Step {
+    fn on_response_body(&mut self, host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
         let policy = Rc::clone(&self.policy);
         let Some(checks) = &policy.config.response else { return Step::Continue };
         let Some((r, m)) = self.answer.take() else { return Step::Continue };
@@ -141,7 +142,10 @@ impl Stage for SchemaStage {
             // The answer was held for a check that cannot be found: it does not go out unchecked.
             return Step::Deny(Denial::new(DenialKind::BadGateway, "stage_error", "the answer's declared schema was not found"));
         };
-        match check_answer(checks, media, body) {
+        // The caller's scopes decide `x-required-scope` fields; no verified caller holds none.
+        let principal = current_principal(host, &mut request.principal);
+        let scopes = principal.as_ref().map_or(&[][..], |p| p.scopes.as_slice());
+        match check_answer(checks, media, body, scopes) {
             Ok(None) => Step::Continue,
             // Shadow mode changes nothing; it counts what it would have cut.
             Ok(Some(_)) if policy.config.mode == Mode::Shadow => {

@@ -140,7 +140,9 @@ pub fn match_response<'a>(op: &'a Operation, status: u16, content_type: Option<&
 
 /// A JSON answer: tagged fields cut (or the answer blocked), then — when validating — the rest
 /// against the declared schema. `Ok(Some(body))`: the answer to send instead.
-pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8]) -> Result<Option<Vec<u8>>, SchemaError> {
+/// An answer for a caller granted `scopes`: the tagged fields cut (or the answer blocked), then
+/// validated; the rewritten body when something was cut.
+pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8], scopes: &[String]) -> Result<Option<Vec<u8>>, SchemaError> {
     let invalid = || SchemaError::ResponseViolation { location: "/body".into(), keyword: "json".into() };
     let mut answer: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -150,7 +152,7 @@ pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8])
     };
     let schema = media.schema_pointer.as_deref().and_then(|p| checks.document.pointer(p));
     let changed = match schema {
-        Some(schema) if media.may_tag => cut_fields(&checks.document, schema, &mut answer, &checks.fields)?,
+        Some(schema) if media.may_tag => cut_fields(&checks.document, schema, &mut answer, &checks.fields, scopes)?,
         _ => false,
     };
     if let Some(validator) = &media.validator {

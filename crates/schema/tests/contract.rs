@@ -213,7 +213,7 @@ fn answer(c: &SchemaConfig, status: u16, content_type: &str, body: &str) -> Answ
     let (op, _) = match_operation(c, "GET", "/accounts/1")?;
     let media = match_response(op, status, Some(content_type))?;
     let checks = c.response.as_ref().unwrap();
-    check_answer(checks, media, body.as_bytes()).map(|cut| cut.map(|b| serde_json::from_slice(&b).unwrap()))
+    check_answer(checks, media, body.as_bytes(), &[]).map(|cut| cut.map(|b| serde_json::from_slice(&b).unwrap()))
 }
 
 #[test]
@@ -401,4 +401,29 @@ fn schemas_that_break_the_meta_schema_are_refused_every_time() {
             assert!(e.as_deref().is_some_and(|e| e.contains("does not compile")), "{bad}: {e:?}");
         }
     }
+}
+
+#[test]
+fn scoped_fields_follow_the_caller_and_stay_valid() {
+    let doc = json!({
+        "openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+        "paths": {"/accounts/{id}": {"parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}],
+            "get": {"operationId": "get_account", "responses": {
+                "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Account"}}}}}}}},
+        "components": {"schemas": {"Account": {"type": "object", "required": ["id", "balance"], "properties": {
+            "id": {"type": "integer"},
+            "balance": {"type": "number", "x-required-scope": "accounts:balance"}}}}}
+    });
+    let c = SchemaConfig::parse(json!({"openapi": doc, "response": {"validate": true}}).to_string().as_bytes()).unwrap();
+    let (op, _) = match_operation(&c, "GET", "/accounts/1").unwrap();
+    let media = match_response(op, 200, Some("application/json")).unwrap();
+    let checks = c.response.as_ref().unwrap();
+    let body = br#"{"id": 1, "balance": 12.5}"#;
+    let cut = |scopes: &[String]| check_answer(checks, media, body, scopes).map(|b| b.map(|b| serde_json::from_slice::<Value>(&b).unwrap()));
+    // Cut for a caller without the scope, and still valid though the contract requires it.
+    assert_eq!(cut(&[]), Ok(Some(json!({"id": 1}))));
+    assert_eq!(cut(&["accounts:balance".to_string()]), Ok(None));
+    // Without response checks the field would leave whole to every caller: refused.
+    let err = SchemaConfig::parse(json!({"openapi": doc}).to_string().as_bytes()).err().unwrap().to_string();
+    assert!(err.starts_with("response") && err.contains("x-required-scope"), "{err}");
 }
