@@ -49,6 +49,9 @@ def callee_plugins(keys) -> list[dict]:
         {"name": "settle", "match": {"template": "/internal/invoices/{id}/settle", "methods": ["POST"]},
          "workloads": [BILLING], "require_user": False},
         {"name": "reports", "match": {"path": "/internal/reports"}, "workloads": [f"{TRUST}/"], "require_user": False},
+        # A user's request that crossed a mesh workload: the user's own token decides the tenant.
+        {"name": "tenant-orders", "match": {"template": "/tenants/{tenant}/orders"}, "workloads": [f"{TRUST}/"],
+         "owner": [{"path_param": "tenant", "claim": "tenant"}]},
         # The support desk acting for an agent: both the workload and the agent's exchanged token.
         {"name": "refund", "match": {"template": "/invoices/{id}/refund", "methods": ["POST"]},
          "workloads": [f"{TRUST}/ns/support/"], "scopes": ["refunds"],
@@ -75,10 +78,10 @@ def with_tls_listener(config: dict, pki) -> dict:
     return config
 
 
-def caller_config(callee_port: int, pki) -> dict:
-    """The calling workloads' sidecar: plain HTTP in, mTLS out with the certificate of the
-    workload named by `x-as` (one cluster per workload)."""
-    config = build_config(callee_port, [])
+def caller_config(callee_port: int, pki, plugins: list[dict] = ()) -> dict:
+    """The calling workloads' sidecar (running `plugins`): plain HTTP in, mTLS out with the
+    certificate of the workload named by `x-as` (one cluster per workload)."""
+    config = build_config(callee_port, list(plugins))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes, clusters = [], []
     for name in [*CALLERS, "rogue"]:
@@ -213,3 +216,42 @@ def test_the_audit_record_names_the_calling_workload(mesh):
             return
         time.sleep(0.1)
     raise AssertionError(f"{found} != {wanted}")
+
+
+@pytest.fixture(scope="module")
+def hops(mesh, keys, pki):
+    """The user's first hop: a sidecar verifying the user's token, forwarding it (or not) to the
+    callee over mTLS."""
+    _, callee = mesh
+    started = []
+    try:
+        for forward in (True, False):
+            jwt = jwt_config(keys)
+            jwt["providers"]["main"]["forward"] = forward
+            jwt["rules"] = [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
+            env = Envoy(caller_config(callee.port, pki, [plugin("jwt", jwt)]), concurrency=1)
+            env.start()
+            started.append(env)
+        yield started[0], started[1], callee
+    finally:
+        for env in started:
+            env.stop()
+            env.cleanup()
+
+
+def test_the_users_token_travels_and_each_hop_verifies_it(hops, keys):
+    forwarding, stripping, _ = hops
+    alice = bearer(keys.token("ES256", sub="alice", tenant="acme"))
+    forged = {"x-jwt-sub": "admin", "x-jwt-tenant": "globex"}
+    r = call(forwarding, "billing", "/tenants/acme/orders", {**alice, **forged}, method="GET")
+    assert r.reached_upstream, r
+    seen = r.upstream_headers()
+    # Claim headers are the callee's own, from the token; the caller's copies never arrive.
+    assert seen["x-jwt-sub"] == ["alice"] and seen["x-jwt-tenant"] == ["acme"], seen
+    # The callee verified the forwarded token itself (its claim headers come from it) and, not
+    # forwarding, keeps it from its service.
+    assert "authorization" not in seen, seen
+    assert denied(call(forwarding, "billing", "/tenants/globex/orders", alice, method="GET"), 403, "tenant_boundary")
+    # A first hop that strips the token leaves only headers behind: the next hop trusts none.
+    r = call(stripping, "billing", "/tenants/acme/orders", alice, method="GET")
+    assert denied(r, 401, "missing_token"), r
