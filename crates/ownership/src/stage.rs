@@ -67,7 +67,8 @@ impl Stage for OwnershipStage {
         };
         self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
         request.route = rule.name.clone();
-        let principal = principal(host, request);
+        // The user is read only for rules that need one (filter state is a hostcall away).
+        let principal = if rule.require_user && !rule.public { principal(host, request) } else { None };
         request.objects.clone_from(&captures);
         // The peer certificate is read only for rules that name workloads.
         let workload = if rule.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
