@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import NOOP, OWNERSHIP, RATELIMIT, RATELIMIT_ANON, audited, meshward_jwt  # noqa: E402
+from bench import BILLING, NOOP, OWNERSHIP, OWNERSHIP_WORKLOAD, RATELIMIT, RATELIMIT_ANON, audited, meshward_jwt  # noqa: E402
 from harness import REPO, bundle  # noqa: E402
 from tokens import AUDIENCE, ISSUER, KeyRing  # noqa: E402
 
@@ -71,6 +71,8 @@ def cases(keys: KeyRing) -> list[tuple[str, str, object, list, dict]]:
         ("ratelimit per subject after jwt (chain of 3, third module)", "ratelimit", RATELIMIT["config"], get, state),
         ("bundle jwt+ownership+ratelimit (1 module)", "bundle", bundle(three)["config"], auth, {}),
         ("bundle jwt+ownership+ratelimit, audit record of every request (1 module)", "bundle", audited(bundle(three))["config"], auth, {}),
+        # Envoy's connection property for the verified peer certificate (path segments joined by NUL).
+        ("east-west: ownership workload rule", "ownership", OWNERSHIP_WORKLOAD["config"], get, {"connection\u0000uri_san_peer_certificate": BILLING}),
     ]
 
 
