@@ -43,6 +43,20 @@ pub enum DenialKind {
     BadGateway,
 }
 
+/// The gRPC status codes a denial maps to (numbered as gRPC numbers them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcCode {
+    InvalidArgument = 3,
+    NotFound = 5,
+    PermissionDenied = 7,
+    ResourceExhausted = 8,
+    Aborted = 10,
+    Unimplemented = 12,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+}
+
 /// A refusal: the machine-readable reason users see, and a short human message.
 /// Never carries secrets or token contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +101,23 @@ impl Denial {
             DenialKind::UnsupportedMediaType => 415,
             DenialKind::Unavailable => 503,
             DenialKind::BadGateway => 502,
+        }
+    }
+
+    /// The gRPC status a gRPC caller gets instead of the HTTP status (its codes carry the
+    /// meaning: a refused argument is `INVALID_ARGUMENT`, not the `INTERNAL` Envoy would map a
+    /// 400 to; a spent budget `RESOURCE_EXHAUSTED`).
+    pub fn grpc_status(&self) -> GrpcCode {
+        match self.kind {
+            DenialKind::MissingCredentials | DenialKind::InvalidCredentials | DenialKind::Unauthorized => GrpcCode::Unauthenticated,
+            DenialKind::Forbidden { .. } => GrpcCode::PermissionDenied,
+            DenialKind::BadRequest | DenialKind::UnsupportedMediaType | DenialKind::UnprocessableContent => GrpcCode::InvalidArgument,
+            DenialKind::NotFound => GrpcCode::NotFound,
+            DenialKind::MethodNotAllowed => GrpcCode::Unimplemented,
+            DenialKind::PayloadTooLarge | DenialKind::RateLimited { .. } => GrpcCode::ResourceExhausted,
+            DenialKind::Conflict { .. } => GrpcCode::Aborted,
+            DenialKind::Unavailable | DenialKind::RetryLater { .. } => GrpcCode::Unavailable,
+            DenialKind::BadGateway => GrpcCode::Internal,
         }
     }
 
@@ -192,6 +223,23 @@ mod tests {
             assert_eq!(d.status(), status);
             assert_eq!(d.headers(), vec![("retry-after", "7".to_string())]);
         }
+    }
+
+    #[test]
+    fn grpc_codes() {
+        let cases = [
+            (DenialKind::MissingCredentials, GrpcCode::Unauthenticated),
+            (DenialKind::Forbidden { challenge: false }, GrpcCode::PermissionDenied),
+            (DenialKind::BadRequest, GrpcCode::InvalidArgument),
+            (DenialKind::PayloadTooLarge, GrpcCode::ResourceExhausted),
+            (DenialKind::RateLimited { retry_after_secs: 1 }, GrpcCode::ResourceExhausted),
+            (DenialKind::MethodNotAllowed, GrpcCode::Unimplemented),
+            (DenialKind::Unavailable, GrpcCode::Unavailable),
+        ];
+        for (kind, code) in cases {
+            assert_eq!(Denial::new(kind.clone(), "r", "m").grpc_status(), code, "{kind:?}");
+        }
+        assert_eq!(GrpcCode::Unauthenticated as u32, 16);
     }
 
     #[test]

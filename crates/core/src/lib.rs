@@ -27,6 +27,6 @@ pub mod stats;
 pub mod stage;
 pub mod workload;
 
-pub use denial::{Denial, DenialKind};
+pub use denial::{Denial, DenialKind, GrpcCode};
 pub use principal::{Principal, PRINCIPAL_PROPERTY};
 pub use stage::{GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};

@@ -129,6 +129,13 @@ pub fn essence(media_type: &str) -> String {
     media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
+/// Whether a content type is gRPC's (`application/grpc`, `application/grpc+proto`, ...; not
+/// gRPC-Web, whose answers carry their trailers in the body).
+pub fn is_grpc(content_type: &str) -> bool {
+    let essence = essence(content_type);
+    essence == "application/grpc" || essence.starts_with("application/grpc+")
+}
+
 /// Whether a body the stages read carries a method override: a `_method` field of an
 /// `application/x-www-form-urlencoded` body.
 pub fn body_overrides_method(content_type: Option<&str>, body: &[u8]) -> bool {
@@ -241,6 +248,11 @@ pub struct RequestState {
 }
 
 impl RequestState {
+    /// A gRPC call: denials answer it in gRPC's own form.
+    pub fn is_grpc(&self) -> bool {
+        self.header("content-type").is_some_and(is_grpc)
+    }
+
     /// The request as its headers describe it; `end_of_stream`: the headers ended the stream.
     pub fn from_headers(headers: Vec<(String, String)>, end_of_stream: bool) -> RequestState {
         // One pass over the headers: the pseudo-headers and every header the model refuses on.

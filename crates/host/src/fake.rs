@@ -220,6 +220,12 @@ impl Host for FakeHost {
         });
     }
 
+    fn send_grpc_response(&mut self, status: u32, message: &str, metadata: &[(&str, &str)]) {
+        let mut headers: Vec<(String, String)> = vec![("grpc-status".into(), status.to_string()), ("grpc-message".into(), message.into())];
+        headers.extend(metadata.iter().map(|(n, v)| ((*n).to_string(), (*v).to_string())));
+        self.sent = Some(SentResponse { status: 200, headers, body: Vec::new() });
+    }
+
     fn resume_request(&mut self) {
         self.resumed += 1;
     }

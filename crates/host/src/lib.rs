@@ -93,6 +93,8 @@ pub trait Host {
 
     /// Answers the downstream directly; the request does not reach the upstream.
     fn send_response(&mut self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Answers a gRPC call directly, trailers-only: `grpc-status`, `grpc-message` and metadata.
+    fn send_grpc_response(&mut self, status: u32, message: &str, metadata: &[(&str, &str)]);
     /// Lets a paused request continue to the next filter.
     fn resume_request(&mut self);
     /// Lets a paused response continue toward the client.

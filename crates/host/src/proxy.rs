@@ -94,6 +94,31 @@ impl Host for ProxyWasmHost {
         let _ = hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body));
     }
 
+    fn send_grpc_response(&mut self, status: u32, message: &str, metadata: &[(&str, &str)]) {
+        use proxy_wasm::types::GrpcStatusCode as C;
+        let code = match status {
+            1 => C::Cancelled,
+            3 => C::InvalidArgument,
+            4 => C::DeadlineExceeded,
+            5 => C::NotFound,
+            6 => C::AlreadyExists,
+            7 => C::PermissionDenied,
+            8 => C::ResourceExhausted,
+            9 => C::FailedPrecondition,
+            10 => C::Aborted,
+            11 => C::OutOfRange,
+            12 => C::Unimplemented,
+            13 => C::Internal,
+            14 => C::Unavailable,
+            15 => C::DataLoss,
+            16 => C::Unauthenticated,
+            // Never an OK: an unknown code is still a failure.
+            _ => C::Unknown,
+        };
+        let metadata: Vec<(&str, &[u8])> = metadata.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        let _ = hostcalls::send_grpc_response(code, Some(message), metadata);
+    }
+
     fn resume_request(&mut self) {
         let _ = hostcalls::resume_http_request();
     }

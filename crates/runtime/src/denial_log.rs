@@ -67,9 +67,17 @@ pub fn log_line(stage: &str, route: Option<&str>, request: &RequestState, denial
     format!("meshward_{stage}: {line}")
 }
 
-/// Sends the local response for a denial: status, challenge headers, JSON body.
-pub fn send_denial(host: &mut dyn Host, denial: &Denial, request_id: Option<&str>) {
+/// Sends the local response for a denial: status, challenge headers, JSON body; to a gRPC
+/// call, a trailers-only gRPC answer with the status the denial maps to, its message, and the
+/// reason and challenge headers as metadata.
+pub fn send_denial(host: &mut dyn Host, denial: &Denial, request_id: Option<&str>, grpc: bool) {
     let extra = denial.headers();
+    if grpc {
+        let mut metadata: Vec<(&str, &str)> = vec![("meshward-reason", denial.reason)];
+        metadata.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
+        host.send_grpc_response(denial.grpc_status() as u32, &denial.message, &metadata);
+        return;
+    }
     let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
     headers.extend(extra.iter().map(|(n, v)| (*n, v.as_str())));
     host.send_response(denial.status(), &headers, &denial.body(request_id));

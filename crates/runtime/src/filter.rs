@@ -254,7 +254,7 @@ impl Filter {
         if !self.record_denial(host, i, denial) {
             return Settled::Next;
         }
-        send_denial(host, denial, self.request.request_id.as_deref());
+        send_denial(host, denial, self.request.request_id.as_deref(), self.request.is_grpc());
         Settled::Stopped
     }
 
@@ -488,7 +488,7 @@ impl Filter {
         if !self.record_denial(host, i, denial) {
             return false;
         }
-        send_denial(host, denial, self.request.request_id.as_deref());
+        send_denial(host, denial, self.request.request_id.as_deref(), self.request.is_grpc());
         true
     }
 

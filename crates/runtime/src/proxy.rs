@@ -164,7 +164,8 @@ impl HttpContext for Unconfigured {
         let mut host = ProxyWasmHost;
         let denial = RuntimeDenial::FilterUnconfigured.denial();
         let request_id = host.request_header("x-request-id");
-        send_denial(&mut host, &denial, request_id.as_deref());
+        let grpc = host.request_header("content-type").is_some_and(|t| meshward_core::request::is_grpc(&t));
+        send_denial(&mut host, &denial, request_id.as_deref(), grpc);
         Action::Pause
     }
 }

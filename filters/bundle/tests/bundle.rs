@@ -137,3 +137,23 @@ fn audit_records_every_stage_and_chain_per_vm() {
     let err = Bundle::configure(br#"{"audit": {"records": "some"}, "stages": [{"ownership": {"rules": [{"match": {"prefix": "/"}, "public": true}]}}]}"#, &FakeHost::default()).err().unwrap().to_string();
     assert!(err.starts_with("audit") && err.contains("unknown variant `some`"), "{err}");
 }
+
+#[test]
+fn grpc_calls_are_refused_in_grpc_form() {
+    let keys = TestKeys::new();
+    let b = bundle(json!([{"jwt": jwt_stage(&keys)}])).unwrap();
+    // (content-type, expected: gRPC answer?)
+    for (content_type, grpc) in [("application/grpc", true), ("application/grpc+proto", true), ("application/grpc-web", false), ("application/json", false)] {
+        let mut host = FakeHost::with_request(&[(":method", "POST"), (":path", "/demo.Echo/Say"), ("content-type", content_type)]);
+        assert_eq!(b.new_filter().on_request_headers(&mut host, false), Verdict::Pause);
+        let sent = host.sent.as_ref().unwrap();
+        if grpc {
+            assert_eq!((sent.status, sent.header("grpc-status")), (200, Some("16")), "{content_type}");
+            assert_eq!(sent.header("meshward-reason"), Some("missing_token"));
+            assert_eq!(sent.header("www-authenticate"), Some("Bearer realm=\"meshward\""));
+            assert!(sent.body.is_empty(), "trailers-only");
+        } else {
+            assert_eq!((sent.status, sent.header("grpc-status")), (401, None), "{content_type}");
+        }
+    }
+}
