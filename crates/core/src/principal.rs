@@ -71,6 +71,25 @@ pub fn encode(principal: &Principal) -> Result<Rc<[u8]>, String> {
 }
 
 impl Principal {
+    /// The principal's value(s) for a claim, as rules compare them: a string, a number, or the
+    /// strings / numbers of an array; `sub` and `tenant` fall back to the subject and tenant.
+    pub fn claim_values(&self, claim: &str) -> Vec<String> {
+        let scalar = |v: &Value| match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match self.claim(claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(scalar).collect(),
+            Some(v) => scalar(v).into_iter().collect(),
+            None => match claim {
+                "tenant" => self.tenant.clone().into_iter().collect(),
+                "sub" => self.subject.clone().into_iter().collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
     /// A claim by name, or by a dotted path into nested objects (`realm_access.roles`).
     pub fn claim(&self, path: &str) -> Option<&Value> {
         if let Some(v) = self.claims.get(path) {

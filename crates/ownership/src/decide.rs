@@ -35,26 +35,8 @@ pub enum Authorized {
     Checked { check_body: bool, check_response: bool },
 }
 
-/// The principal's value(s) for a claim: a string, a number, or the strings/numbers of an array.
-fn claim_values(principal: &Principal, claim: &str) -> Vec<String> {
-    let scalar = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
-    match principal.claim(claim) {
-        Some(Value::Array(items)) => items.iter().filter_map(scalar).collect(),
-        Some(v) => scalar(v).into_iter().collect(),
-        None => match claim {
-            "tenant" => principal.tenant.clone().into_iter().collect(),
-            "sub" => principal.subject.clone().into_iter().collect(),
-            _ => Vec::new(),
-        },
-    }
-}
-
 fn claim_rule_holds(principal: &Principal, rule: &ClaimRule) -> bool {
-    claim_values(principal, &rule.claim).iter().any(|v| rule.one_of.contains(v))
+    principal.claim_values(&rule.claim).iter().any(|v| rule.one_of.contains(v))
 }
 
 fn bypasses(principal: &Principal, bypass: &Bypass) -> bool {
@@ -69,7 +51,7 @@ fn failed(check: &OwnerCheck) -> OwnershipError {
 }
 
 fn compare(check: &OwnerCheck, principal: &Principal, value: &str) -> Result<(), OwnershipError> {
-    if claim_values(principal, &check.claim).iter().any(|c| c == value) {
+    if principal.claim_values(&check.claim).iter().any(|c| c == value) {
         Ok(())
     } else {
         Err(failed(check))
