@@ -87,6 +87,7 @@ impl<P: Policy> Plan for Single<P> {
             "ratelimit" => "meshward_ratelimit",
             "schema" => "meshward_schema",
             "idempotency" => "meshward_idempotency",
+            "grpc" => "meshward_grpc",
             _ => "meshward",
         }
     }

@@ -1,0 +1,146 @@
+//! Why a gRPC call is refused: [`find_method`], then [`authorize`] (who may call it), then
+//! [`check_request`] (the message itself). Pure functions; the stage feeds them.
+
+use meshward_core::request::{decode, Coding};
+use meshward_core::workload::Workload;
+use meshward_core::Principal;
+use prost_reflect::{DynamicMessage, Kind, MapKey, Value};
+
+use crate::config::{GrpcConfig, Method, UnknownFields};
+use crate::framing::frames;
+use crate::GrpcError;
+
+/// The offered method a call's `:path` names.
+pub fn find_method<'a>(config: &'a GrpcConfig, path: &str) -> Option<&'a Method> {
+    config.methods.iter().find(|m| m.path == path)
+}
+
+/// Who is calling: the user whose token was verified, the workload whose certificate was.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub user: Option<&'a Principal>,
+    pub workload: Option<&'a Workload>,
+}
+
+/// The calling workload, then the user and their scopes.
+pub fn authorize(method: &Method, caller: Caller<'_>) -> Result<(), GrpcError> {
+    if method.public {
+        return Ok(());
+    }
+    if !method.workloads.is_empty() {
+        let workload = caller.workload.ok_or(GrpcError::MissingWorkload)?;
+        if !method.workloads.permit(&workload.spiffe_id) {
+            return Err(GrpcError::WorkloadNotAllowed);
+        }
+    }
+    if !method.require_user {
+        return Ok(());
+    }
+    let user = caller.user.ok_or(GrpcError::MissingPrincipal)?;
+    if !method.scopes.iter().all(|s| user.scopes.contains(s)) {
+        return Err(GrpcError::MissingScope);
+    }
+    Ok(())
+}
+
+/// The request body: one message, decompressed by `grpc-encoding` when flagged, within the
+/// size limit, decoding as the method's input, with no undeclared field (unless allowed) or
+/// enum value, and its owner fields equal to the user's claims.
+pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
+    let framed = frames(body)?;
+    let [frame] = framed.as_slice() else { return Err(GrpcError::MalformedFrame) };
+    let max_bytes = config.max_message_bytes;
+    let decompressed;
+    let bytes = if frame.compressed {
+        let coding = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+            Some("gzip") => Coding::Gzip,
+            Some("deflate") => Coding::Deflate,
+            _ => return Err(GrpcError::UnsupportedCompression),
+        };
+        decompressed = decode(coding, frame.message, max_bytes).map_err(|e| match e {
+            meshward_core::request::BodyError::TooLarge { .. } | meshward_core::request::BodyError::CompressionRatio => {
+                GrpcError::MessageTooLarge { max_bytes }
+            }
+            _ => GrpcError::InvalidMessage,
+        })?;
+        decompressed.as_slice()
+    } else {
+        frame.message
+    };
+    if bytes.len() > max_bytes {
+        return Err(GrpcError::MessageTooLarge { max_bytes });
+    }
+    let message = DynamicMessage::decode(method.input.clone(), bytes).map_err(|_| GrpcError::InvalidMessage)?;
+    check_fields(&message, config.unknown_fields, method.input.name())?;
+    for owner in &method.owner {
+        let fail = if owner.claim == "tenant" { GrpcError::TenantBoundary } else { GrpcError::NotOwner };
+        let user = user.ok_or(GrpcError::MissingPrincipal)?;
+        let value = owner_value(&message, owner).ok_or(fail.clone())?;
+        if !user.claim_values(&owner.claim).contains(&value) {
+            return Err(fail);
+        }
+    }
+    Ok(())
+}
+
+/// The text of an owner field; `None` when it is not set (proto3's empty default proves nothing).
+fn owner_value(message: &DynamicMessage, owner: &crate::config::OwnerField) -> Option<String> {
+    let (last, parents) = owner.path.split_last()?;
+    let mut current = message.clone();
+    for field in parents {
+        if !current.has_field(field) {
+            return None;
+        }
+        current = current.get_field(field).as_message()?.clone();
+    }
+    let text = match current.get_field(last).as_ref() {
+        Value::String(s) => s.clone(),
+        Value::I32(n) => n.to_string(),
+        Value::I64(n) => n.to_string(),
+        Value::U32(n) => n.to_string(),
+        Value::U64(n) => n.to_string(),
+        _ => return None,
+    };
+    (!text.is_empty() && current.has_field(last)).then_some(text)
+}
+
+/// Undeclared fields (unless allowed) and undeclared enum numbers, anywhere in the message.
+fn check_fields(message: &DynamicMessage, unknown: UnknownFields, at: &str) -> Result<(), GrpcError> {
+    if unknown == UnknownFields::Deny {
+        if let Some(field) = message.unknown_fields().next() {
+            return Err(GrpcError::UnknownField { path: format!("{at}.#{}", field.number()) });
+        }
+    }
+    for (field, value) in message.fields() {
+        let here = format!("{at}.{}", field.name());
+        if field.is_map() {
+            let Kind::Message(entry) = field.kind() else { continue };
+            let value_field = entry.map_entry_value_field();
+            if let Value::Map(map) = value {
+                for (key, v) in map {
+                    let key = match key {
+                        MapKey::String(s) => s.clone(),
+                        other => format!("{other:?}"),
+                    };
+                    check_value(&value_field.kind(), v, unknown, &format!("{here}[{key}]"))?;
+                }
+            }
+        } else {
+            check_value(&field.kind(), value, unknown, &here)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_value(kind: &Kind, value: &Value, unknown: UnknownFields, at: &str) -> Result<(), GrpcError> {
+    match (kind, value) {
+        (_, Value::List(items)) => items.iter().enumerate().try_for_each(|(i, v)| check_value(kind, v, unknown, &format!("{at}[{i}]"))),
+        (Kind::Enum(e), Value::EnumNumber(n)) if e.get_value(*n).is_none() => Err(GrpcError::InvalidEnum { path: at.to_string() }),
+        (_, Value::Message(inner)) => check_fields(inner, unknown, at),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;
