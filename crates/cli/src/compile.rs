@@ -73,6 +73,7 @@ pub fn compile_stage(stage: &Stage) -> Result<(), StageError> {
         "webhook" => meshward_webhook::WebhookConfig::parse(&bytes, &env).map(drop),
         "idempotency" => meshward_idempotency::IdempotencyConfig::parse(&bytes).map(drop),
         "schema" => meshward_schema::SchemaConfig::parse(&bytes).map(drop),
+        "grpc" => meshward_grpc::GrpcConfig::parse(&bytes).map(drop),
         "ownership" => meshward_ownership::OwnershipConfig::parse(&bytes).map(drop),
         "ratelimit" => meshward_ratelimit::RateLimitConfig::parse(&bytes).map(drop),
         other => return Err(StageError::Invalid(format!("unknown stage `{other}`"))),

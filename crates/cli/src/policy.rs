@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The stage kinds, in the order the bundle knows them.
-pub const KINDS: [&str; 6] = ["jwt", "webhook", "idempotency", "schema", "ownership", "ratelimit"];
+pub const KINDS: [&str; 7] = ["jwt", "webhook", "idempotency", "schema", "grpc", "ownership", "ratelimit"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +216,7 @@ impl Policy {
             audit: raw.audit,
         };
         policy.add_contract_to_schema_stage()?;
+        policy.inline_descriptor_set()?;
         Ok(policy)
     }
 
@@ -232,6 +233,26 @@ impl Policy {
             return Err(PolicyError(format!("{}: the schema stage needs `openapi` (in the policy or --openapi)", self.path.display())));
         };
         config.insert("openapi".into(), contract.document.clone());
+        Ok(())
+    }
+
+    /// A grpc stage's `descriptor_set_file` (relative to the policy; `protoc --include_imports
+    /// --descriptor_set_out`, `buf build -o`) becomes the `descriptor_set` its module reads.
+    fn inline_descriptor_set(&mut self) -> Result<(), PolicyError> {
+        use ct_codecs::{Base64, Encoder};
+        let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let Some(Value::Object(config)) = self.stages.iter_mut().find(|s| s.kind == "grpc").map(|s| &mut s.config) else { return Ok(()) };
+        let Some(file) = config.remove("descriptor_set_file") else { return Ok(()) };
+        let Value::String(file) = file else {
+            return Err(PolicyError(format!("{}: grpc.descriptor_set_file: a path", self.path.display())));
+        };
+        if config.contains_key("descriptor_set") {
+            return Err(PolicyError(format!("{}: grpc: give `descriptor_set` or `descriptor_set_file`, not both", self.path.display())));
+        }
+        let path = dir.join(&file);
+        let bytes = std::fs::read(&path).map_err(|e| PolicyError(format!("{}: grpc.descriptor_set_file: {}: {e}", self.path.display(), path.display())))?;
+        let encoded = Base64::encode_to_string(&bytes).map_err(|e| PolicyError(e.to_string()))?;
+        config.insert("descriptor_set".into(), Value::String(encoded));
         Ok(())
     }
 
