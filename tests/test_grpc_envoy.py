@@ -1,15 +1,23 @@
-"""gRPC through the real Envoy (HTTP/2 both ways): a real grpcio server behind it, a real grpcio
-client in front. A call meshward refuses gets a real gRPC answer, trailers-only, with the status
-the reason means (UNAUTHENTICATED, RESOURCE_EXHAUSTED, ...), never Envoy's mapping of an HTTP
-status (where a 400 would read INTERNAL), in both forms."""
+"""gRPC through the real Envoy (HTTP/2 both ways): real grpcio servers behind it, real grpcio
+clients in front, in both forms. A call meshward refuses gets a real gRPC answer, trailers-only,
+with the status the reason means (UNAUTHENTICATED, RESOURCE_EXHAUSTED, ...), never Envoy's
+mapping of an HTTP status (where a 400 would read INTERNAL). The gRPC stage enforces the
+service's descriptor set (`tests/protos/orders.proto`, compiled here by protoc): offered methods
+only, per-method scopes and tenant fields, messages that decode with no undeclared field or enum
+value."""
 from __future__ import annotations
 
+import base64
+import json
+import sys
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc_tools import protoc as grpc_protoc
 
-from harness import FORMS, Envoy, as_deployed, build_config, plugin, static_cluster
+from harness import FORMS, REPO, Envoy, as_deployed, build_config, plugin, static_cluster
 from test_jwt_envoy import jwt_config
 from tokens import bearer
 
@@ -80,3 +88,177 @@ def test_a_spent_budget_is_resource_exhausted(envoy, keys):
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
     trailers = dict(err.trailing_metadata())
     assert trailers["meshward-reason"] == "rate_limited" and int(trailers["retry-after"]) > 0, trailers
+
+
+# -- the gRPC stage: the service's contract is its descriptor set -------------------------------
+
+PROTO_DIR = Path(__file__).resolve().parent / "protos"
+DESCRIPTORS = REPO / "crates" / "grpc" / "tests" / "orders.pb"
+
+
+@pytest.fixture(scope="module")
+def orders_proto(tmp_path_factory):
+    """`tests/protos/orders.proto` compiled by protoc (grpcio-tools): Python stubs and the
+    descriptor set, imported from a temporary directory."""
+    out = tmp_path_factory.mktemp("orders-proto")
+    code = grpc_protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
+                             "--include_imports", f"--descriptor_set_out={out / 'orders.pb'}", str(PROTO_DIR / "orders.proto")])
+    assert code == 0
+    sys.path.insert(0, str(out))
+    try:
+        import orders_pb2
+        import orders_pb2_grpc
+    finally:
+        sys.path.remove(str(out))
+    return orders_pb2, orders_pb2_grpc, (out / "orders.pb").read_bytes()
+
+
+def test_the_unit_tests_descriptor_set_is_the_proto_compiled(orders_proto):
+    assert DESCRIPTORS.read_bytes() == orders_proto[2], "regenerate crates/grpc/tests/orders.pb from tests/protos/orders.proto"
+
+
+class OrdersServer:
+    """demo.orders.Orders served by grpcio: answers say which tenant and order they were for."""
+
+    def __init__(self, pb2, pb2_grpc):
+        outer = self
+
+        class Orders(pb2_grpc.OrdersServicer):
+            def GetOrder(self, request, context):
+                return pb2.Order(tenant_id=request.tenant_id, order_id=request.order_id, status=pb2.OPEN)
+
+            def CreateOrder(self, request, context):
+                outer.created.append(request)
+                return pb2.Order(tenant_id=request.tenant_id, order_id="new", status=request.status, item=request.item)
+
+            def DeleteOrder(self, request, context):
+                return pb2.Order(tenant_id=request.tenant_id, order_id=request.order_id, status=pb2.CLOSED)
+
+            def WatchOrders(self, request, context):
+                for n in range(3):
+                    yield pb2.Order(tenant_id=request.tenant_id, order_id=str(n))
+
+            def Upload(self, request_iterator, context):
+                return pb2.Order(order_id=str(sum(1 for _ in request_iterator)))
+
+        self.created = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        pb2_grpc.add_OrdersServicer_to_server(Orders(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(0)
+
+
+def grpc_stage(descriptors: bytes) -> dict:
+    return {"descriptor_set": base64.b64encode(descriptors).decode(), "max_message_bytes": 1024, "services": {"demo.orders.Orders": {"methods": {
+        "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
+        "CreateOrder": {"scopes": ["orders:write"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
+        "WatchOrders": {"public": True},
+    }}}}
+
+
+@pytest.fixture(scope="module", params=FORMS)
+def orders(request, orders_proto, keys):
+    pb2, pb2_grpc, descriptors = orders_proto
+    server = OrdersServer(pb2, pb2_grpc)
+    jwt = jwt_config(keys)
+    jwt["rules"] = [{"match": {"prefix": "/demo.orders.Orders/WatchOrders"}},
+                    {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
+    config = grpc_upstream(build_config(server.port, as_deployed(request.param, [plugin("jwt", jwt), plugin("grpc", grpc_stage(descriptors))])), server.port)
+    try:
+        with Envoy(config, concurrency=1) as env:
+            channel = grpc.insecure_channel(f"127.0.0.1:{env.port}")
+            yield env, pb2_grpc.OrdersStub(channel), pb2, server, channel
+            channel.close()
+        env.cleanup()
+    finally:
+        server.stop()
+
+
+def caller(keys, scope="orders:read orders:write", tenant="acme"):
+    return list(bearer(keys.token("ES256", scope=scope, tenant=tenant)).items())
+
+
+def refusal(call) -> tuple:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    err = caught.value
+    return err.code(), dict(err.trailing_metadata()).get("meshward-reason")
+
+
+def raw(channel, method: str, payload: bytes, metadata, compression=None):
+    """A call with bytes the typed stubs would never send."""
+    return channel.unary_unary(f"/demo.orders.Orders/{method}")(payload, timeout=10, metadata=metadata, compression=compression)
+
+
+def test_offered_methods_pass_with_their_requirements(orders, keys):
+    env, stub, pb2, _, _ = orders
+    answer = stub.GetOrder(pb2.GetOrderRequest(tenant_id="acme", order_id="7"), metadata=caller(keys), timeout=10)
+    assert (answer.tenant_id, answer.order_id) == ("acme", "7")
+    created = stub.CreateOrder(pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="brake", quantity=2), status=pb2.OPEN),
+                               metadata=caller(keys), timeout=10, compression=grpc.Compression.Gzip)
+    assert created.item.sku == "brake", "a gzip-compressed message is read and passes"
+    streamed = list(stub.WatchOrders(pb2.GetOrderRequest(tenant_id="acme"), timeout=10))
+    assert [o.order_id for o in streamed] == ["0", "1", "2"], "server streaming, public"
+    assert env.counter_reaches("meshward_grpc_allowed_total.route.demo_orders_Orders-GetOrder", 1) >= 1
+
+
+def test_who_may_call_what(orders, keys):
+    _, stub, pb2, _, _ = orders
+    get = lambda md, tenant="acme": stub.GetOrder(pb2.GetOrderRequest(tenant_id=tenant, order_id="7"), metadata=md, timeout=10)  # noqa: E731
+    assert refusal(lambda: get(caller(keys), tenant="globex")) == (grpc.StatusCode.PERMISSION_DENIED, "tenant_boundary")
+    env = orders[0]
+    assert env.counter("meshward_grpc_denied_total.route.demo_orders_Orders-GetOrder.reason.tenant_boundary") >= 1
+    assert refusal(lambda: get(caller(keys, scope="orders:write"))) == (grpc.StatusCode.PERMISSION_DENIED, "missing_scope")
+    assert refusal(lambda: stub.DeleteOrder(pb2.GetOrderRequest(tenant_id="acme"), metadata=caller(keys), timeout=10)) == \
+        (grpc.StatusCode.UNIMPLEMENTED, "method_not_allowed")
+    assert refusal(lambda: stub.Upload(iter([pb2.Item(sku="a")]), metadata=caller(keys), timeout=10)) == \
+        (grpc.StatusCode.UNIMPLEMENTED, "method_not_allowed")
+
+
+def test_messages_outside_the_contract_never_reach_the_service(orders, keys):
+    _, _, pb2, server, channel = orders
+    before = len(server.created)
+    valid = pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="a", quantity=1)).SerializeToString()
+    md = caller(keys)
+    rows = [
+        ("a field the type does not declare", valid + b"\x48\x01", None, grpc.StatusCode.INVALID_ARGUMENT, "unknown_field"),
+        ("the same, compressed", valid + b"\x48\x01", grpc.Compression.Gzip, grpc.StatusCode.INVALID_ARGUMENT, "unknown_field"),
+        ("an undeclared enum value", valid + b"\x18\x07", None, grpc.StatusCode.INVALID_ARGUMENT, "invalid_enum"),
+        ("not protobuf", b"\xff\xff\xff\xff", None, grpc.StatusCode.INVALID_ARGUMENT, "invalid_message"),
+        ("too large", pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="x" * 1500)).SerializeToString(), None,
+         grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+    ]
+    for name, payload, compression, code, reason in rows:
+        got = refusal(lambda: raw(channel, "CreateOrder", payload, md, compression))
+        assert got[0] == code and (reason is None or got[1] == reason), (name, got)
+    assert len(server.created) == before, "nothing refused reached the service"
+    # A tenant in the message that is not the caller's.
+    other = pb2.CreateOrderRequest(tenant_id="globex", item=pb2.Item(sku="a")).SerializeToString()
+    assert refusal(lambda: raw(channel, "CreateOrder", other, md)) == (grpc.StatusCode.PERMISSION_DENIED, "tenant_boundary")
+
+
+def test_a_plain_http_request_is_not_a_call(orders, keys):
+    env, *_ = orders
+    r = env.request("/demo.orders.Orders/GetOrder", {**bearer(keys.token("ES256", scope="orders:read")), "content-type": "application/json"},
+                    method="POST", body=b"{}")
+    assert r.status == 415 and r.reason == "not_grpc", r
+
+
+def test_the_policy_names_a_descriptor_file(tmp_path):
+    from test_cli import meshward
+
+    (tmp_path / "orders.pb").write_bytes(DESCRIPTORS.read_bytes())
+    policy = tmp_path / "policy.yaml"
+    stage = {"descriptor_set_file": "orders.pb", "services": {"demo.orders.Orders": {"methods": {"WatchOrders": {"public": True}}}}}
+    policy.write_text(json.dumps({"service": "orders", "stages": [{"grpc": stage}]}))
+    r = meshward("compile", policy)
+    assert r.returncode == 0, r.stderr
+    compiled = json.loads(r.stdout)["meshward_grpc"]
+    assert base64.b64decode(compiled["descriptor_set"]) == DESCRIPTORS.read_bytes() and "descriptor_set_file" not in compiled
+    stage["services"]["demo.orders.Orders"]["methods"] = {"Upload": {}}
+    policy.write_text(json.dumps({"service": "orders", "stages": [{"grpc": stage}]}))
+    r = meshward("check", policy)
+    assert r.returncode == 1 and "invalid_stage" in r.stdout and "client-streaming" in r.stdout, r.stdout
