@@ -68,7 +68,7 @@ $(VENV)/.installed: tests/requirements.txt
 # registry (docker-registry) and skopeo for the packaging tests, Prometheus for the rollout gate.
 # Also wrk, the load generator of `make bench`.
 system-deps:
-	@missing=""; for pair in redis-server:redis-server docker-registry:docker-registry skopeo:skopeo prometheus:prometheus wrk:wrk node:nodejs; do \
+	@missing=""; for pair in redis-server:redis-server docker-registry:docker-registry skopeo:skopeo prometheus:prometheus wrk:wrk h2load:nghttp2-client node:nodejs; do \
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing; \

@@ -293,7 +293,7 @@ class Scenario:
     """One measured setup: meshward plugins and/or native filters, and the request wrk sends."""
 
     def __init__(self, name, plugins=(), native=(), headers=None, body=None, compare=None, path="/tenants/acme/orders/42", baseline="plain envoy",
-                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False, flood=None, mtls=False, audit=False):
+                 fleet=False, rate_limits=(), new_deliveries=False, new_keys=False, flood=None, mtls=False, audit=False, grpc=False):
         self.name, self.plugins, self.native = name, list(plugins), list(native)
         self.headers, self.body, self.compare, self.path = headers or {}, body, compare, path
         # The plain-Envoy scenario sending the same request.
@@ -313,6 +313,8 @@ class Scenario:
         self.mtls = mtls
         # The measured Envoy writes the bundle's audit records to a file (as `render envoy`).
         self.audit = audit
+        # A unary gRPC call (`body` is its framed message) over HTTP/2, driven by h2load.
+        self.grpc = grpc
 
 
 # The JWT rows: HMAC, and the four public-key families a new token costs most in.
@@ -320,6 +322,14 @@ JWT_ALGORITHMS = ("HS256", "RS256", "PS256", "ES256", "EdDSA")
 
 
 EAST_WEST = "east-west mTLS: "
+GRPC_ROW = "gRPC unary GetOrder: "
+# GetOrderRequest{tenant_id: "acme", order_id: "42"}, framed (uncompressed, 10-byte message).
+_GET_ORDER = b"\x0a\x04acme\x12\x0242"
+GET_ORDER_FRAME = b"\x00" + len(_GET_ORDER).to_bytes(4, "big") + _GET_ORDER
+_DESCRIPTORS = base64.b64encode((REPO / "crates" / "grpc" / "tests" / "orders.pb").read_bytes()).decode()
+GRPC_STAGE = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {"GetOrder": {"public": True}}}}})
+GRPC_OWNED = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {
+    "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]}}}}})
 
 
 def east_west_pki(work: Path) -> dict:
@@ -346,6 +356,7 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     fam = {"HS256": ["hs"], "RS256": ["rsa"], "PS256": ["rsa"], "ES256": ["es256"], "EdDSA": ["ed"]}
     es = auth("ES256")
     as_billing = {"x-as": "billing"}
+    unary = {"path": "/demo.orders.Orders/GetOrder", "body": GET_ORDER_FRAME, "headers": {"content-type": "application/grpc", "te": "trailers"}}
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     out = [Scenario("plain envoy", compare="plain"),
@@ -419,6 +430,11 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
                  [audited(bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT]))], headers=es, audit=True,
                  compare="bundle jwt+ownership+ratelimit (1 module)"),
+        Scenario(f"{GRPC_ROW}plain envoy", grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
+        Scenario(f"{GRPC_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
+        Scenario(f"{GRPC_ROW}grpc stage, message checked (meshward)", [GRPC_STAGE], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
+        Scenario(f"{GRPC_ROW}bundle jwt+grpc, scope and tenant field (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), GRPC_OWNED])], grpc=True,
+                 **{**unary, "headers": {**unary["headers"], **es}}, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{EAST_WEST}plain envoy", mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
         Scenario(f"{EAST_WEST}do-nothing wasm filter (floor)", [NOOP], mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
         Scenario(f"{EAST_WEST}rbac by SPIFFE ID (native)", native=[native_rbac_by_spiffe_id()], mtls=True, headers=as_billing,
@@ -566,6 +582,33 @@ def run_wrk(port: int, path: str, script: Path, duration: int, connections: int)
     return {"rps": rps, "requests": requests, "p50_ms": pct(50), "p99_ms": pct(99), "non_200": non200}
 
 
+def grpc_probe(port: int, path: str, headers: dict, body: bytes):
+    """One gRPC call over HTTP/2 (prior knowledge). The fast upstream's answer is Envoy's own
+    (`grpc-status` 2 for a direct response), the same in every row; a meshward refusal carries
+    `meshward-reason`."""
+    import httpx
+
+    from harness import Response
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:
+        r = client.post(f"http://127.0.0.1:{port}{path}", headers=headers, content=body)
+    status = 403 if "meshward-reason" in r.headers else r.status_code
+    return Response(status, list(r.headers.items()), r.content)
+
+
+def run_h2load(port: int, path: str, headers: dict, body: Path, duration: int, connections: int) -> dict:
+    """h2load over HTTP/2 (h2c): `p50_ms` is its mean, `p99_ms` its max (it reports no percentiles)."""
+    cmd = ["taskset", "-c", ",".join(map(str, sorted(LOAD_CPUS))), "h2load", "-t1", f"-c{connections}", "-m1", f"-D{duration}",
+           "-d", str(body), *[f"-H{k}: {v}" for k, v in headers.items()], f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    done = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    latency = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", out)
+    ms = lambda v, u: float(v) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[u]  # noqa: E731
+    requests, succeeded = int(done.group(2)), int(done.group(3))
+    return {"rps": rps, "requests": requests, "p50_ms": ms(latency.group(5), latency.group(6)), "p99_ms": ms(latency.group(3), latency.group(4)),
+            "non_200": requests - succeeded}
+
+
 def cpu_seconds(env: Envoy) -> float:
     """CPU time (user + system) the measured Envoy has used so far, from /proc."""
     fields = Path(f"/proc/{env.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -621,6 +664,8 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "bundle jwt+ownership+ratelimit (1 module)", "rps", at_least=0.9)
     ratio("east-west workload rule >= 0.9x the do-nothing wasm floor (both over mTLS)", f"{EAST_WEST}ownership workload rule (meshward)",
           f"{EAST_WEST}do-nothing wasm filter (floor)", "rps", at_least=0.9)
+    ratio("gRPC unary: grpc stage >= 0.9x the do-nothing wasm floor reading the body", f"{GRPC_ROW}grpc stage, message checked (meshward)",
+          f"{GRPC_ROW}do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("bundle memory < 4-module chain memory", "bundle jwt+schema+ownership+ratelimit (1 module)",
           "chain jwt+schema+ownership+ratelimit (4 modules)", "memory_bytes", at_most=0.999)
     for name, size in sizes.items():
@@ -661,11 +706,16 @@ class Running:
             headers = {**sc.headers, "webhook-id": line[0], "webhook-timestamp": line[1], "webhook-signature": line[2].strip()}
         if sc.new_keys:
             headers = {**headers, "idempotency-key": f"probe-{uuid.uuid4()}"}
-        probe = self.env._http(self.port, "POST" if sc.body is not None else "GET", sc.path, headers, sc.body)
+        if sc.grpc:
+            probe = grpc_probe(self.port, sc.path, headers, sc.body)
+        else:
+            probe = self.env._http(self.port, "POST" if sc.body is not None else "GET", sc.path, headers, sc.body)
         if probe.status != 200:
             self.stop()
             raise RuntimeError(f"{sc.name}: probe answered {probe.status} {probe.body[:200]!r}")
         self.script = wrk_script(self.dir, sc.headers, sc.body, new_keys=sc.new_keys)
+        if sc.grpc:
+            (self.dir / "message.bin").write_bytes(sc.body)
 
     def run(self, duration: int, connections: int) -> dict:
         script = self.script
@@ -681,6 +731,8 @@ class Running:
                 f = flood.result()
             # The forged requests are all refused (401), as they must be.
             r["flood_rps"], r["flood_refused"] = f["rps"], f["non_200"] == f["requests"]
+        elif self.sc.grpc:
+            r = run_h2load(self.port, self.sc.path, self.sc.headers, self.dir / "message.bin", duration, connections)
         else:
             r = run_wrk(self.port, self.sc.path, script, duration, connections)
         # What one request costs the measured Envoy in CPU.

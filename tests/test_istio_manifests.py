@@ -32,7 +32,7 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     spec = doc["spec"]
     # jwt and webhook authenticate the caller (AUTHN), so does the bundle whose first stage is
     # jwt; ownership, schema and rate limits authorize (AUTHZ). Never fail open.
-    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ", "idempotency": "AUTHZ"}
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ", "idempotency": "AUTHZ", "grpc": "AUTHZ"}
     assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
     assert spec["failStrategy"] == "FAIL_CLOSE"
 
@@ -83,6 +83,13 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             r = envoy.request("/v1/payments", {"content-type": "application/json"}, method="POST", body=b"{}")
             assert r.status == 400 and r.reason == "idempotency_key_missing", r
             assert envoy.request("/v1/payments").status == 200
+        elif name == "grpc":
+            # The contract is gRPC: a plain HTTP request is not a call, and a gRPC call to a
+            # method not offered is UNIMPLEMENTED (trailers-only, grpc-status 12).
+            r = envoy.request("/demo.orders.Orders/GetOrder", {"content-type": "application/json"}, method="POST", body=b"{}")
+            assert r.status == 415 and r.reason == "not_grpc", r
+            r = envoy.request("/demo.orders.Orders/Upload", {"content-type": "application/grpc", "te": "trailers"}, method="POST", body=b"\0\0\0\0\0")
+            assert r.status == 200 and r.header("grpc-status") == "12" and r.header("meshward-reason") == "method_not_allowed", (r, r.headers)
         elif name == "ratelimit":
             # Without a principal only the anonymous (client IP) rule applies: 30 per minute.
             statuses = [envoy.request("/").status for _ in range(31)]
