@@ -2,6 +2,7 @@
 //!
 //! - [`Principal`]: who is calling, as the JWT stage verified it, and how it travels between
 //!   filters (Envoy filter state, never a client header).
+//! - [`caller`]: who is calling (user, workload) and what a rule asks of them, checked once.
 //! - [`workload`]: the calling workload (east-west), from its verified mTLS certificate.
 //! - [`Denial`]: why a request is refused, and the HTTP response that says so.
 //! - [`route`]: canonical request paths and the `match` rules policies use.
@@ -13,6 +14,7 @@
 //! - [`config`]: strict JSON configuration parsing with errors that name the field.
 
 pub mod audit;
+pub mod caller;
 pub mod clock;
 pub mod config;
 pub mod denial;

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use ct_codecs::{Base64, Decoder};
 use meshward_core::config::{body_limit, parse_json, ConfigError};
+use meshward_core::caller::Requirement;
 use meshward_core::workload::SpiffeIds;
 use meshward_core::Mode;
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
@@ -92,9 +93,8 @@ pub struct Method {
     pub name: String,
     pub input: MessageDescriptor,
     pub public: bool,
-    pub scopes: Vec<String>,
-    pub workloads: SpiffeIds,
-    pub require_user: bool,
+    /// The calling workload, the user and their scopes.
+    pub access: Requirement,
     pub owner: Vec<OwnerField>,
 }
 
@@ -166,9 +166,7 @@ impl GrpcConfig {
                     name: format!("{}-{method_name}", service_name.replace('.', "_")),
                     input,
                     public: m.public,
-                    scopes: m.scopes,
-                    workloads,
-                    require_user: m.require_user,
+                    access: Requirement { workloads, require_user: m.require_user, scopes: m.scopes },
                     owner,
                 });
             }

@@ -2,7 +2,7 @@
 //! [`check_request`] (the message itself). Pure functions; the stage feeds them.
 
 use meshward_core::request::{decode, Coding};
-use meshward_core::workload::Workload;
+use meshward_core::caller::Caller;
 use meshward_core::Principal;
 use prost_reflect::{DynamicMessage, Kind, MapKey, Value};
 
@@ -15,31 +15,12 @@ pub fn find_method<'a>(config: &'a GrpcConfig, path: &str) -> Option<&'a Method>
     config.methods.iter().find(|m| m.path == path)
 }
 
-/// Who is calling: the user whose token was verified, the workload whose certificate was.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Caller<'a> {
-    pub user: Option<&'a Principal>,
-    pub workload: Option<&'a Workload>,
-}
-
-/// The calling workload, then the user and their scopes.
+/// Who may call it: nothing asked of a public method, else its [`Requirement`](meshward_core::caller::Requirement).
 pub fn authorize(method: &Method, caller: Caller<'_>) -> Result<(), GrpcError> {
     if method.public {
         return Ok(());
     }
-    if !method.workloads.is_empty() {
-        let workload = caller.workload.ok_or(GrpcError::MissingWorkload)?;
-        if !method.workloads.permit(&workload.spiffe_id) {
-            return Err(GrpcError::WorkloadNotAllowed);
-        }
-    }
-    if !method.require_user {
-        return Ok(());
-    }
-    let user = caller.user.ok_or(GrpcError::MissingPrincipal)?;
-    if !method.scopes.iter().all(|s| user.scopes.contains(s)) {
-        return Err(GrpcError::MissingScope);
-    }
+    method.access.admit(caller)?;
     Ok(())
 }
 

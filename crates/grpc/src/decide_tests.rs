@@ -7,6 +7,7 @@ use prost_reflect::{DynamicMessage, MapKey, ReflectMessage, Value};
 use serde_json::{json, Value as Json};
 
 use super::*;
+use meshward_core::caller::Caller;
 
 const DESCRIPTORS: &[u8] = include_bytes!("../tests/orders.pb");
 

@@ -1,6 +1,7 @@
 //! Why a gRPC call was refused. Each variant is one deny reason users see (as `meshward-reason`
 //! metadata beside the gRPC status its [`DenialKind`] maps to).
 
+use meshward_core::caller::Unmet;
 use meshward_core::{Denial, DenialKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +36,17 @@ pub enum GrpcError {
     TenantBoundary,
     /// A field the method compares with one of the principal's claims holds another value.
     NotOwner,
+}
+
+impl From<Unmet> for GrpcError {
+    fn from(unmet: Unmet) -> Self {
+        match unmet {
+            Unmet::MissingWorkload => GrpcError::MissingWorkload,
+            Unmet::WorkloadNotAllowed => GrpcError::WorkloadNotAllowed,
+            Unmet::MissingPrincipal => GrpcError::MissingPrincipal,
+            Unmet::MissingScope => GrpcError::MissingScope,
+        }
+    }
 }
 
 impl GrpcError {

@@ -8,7 +8,8 @@ use meshward_core::{config::ConfigError, Mode, Policy, RequestState, Stage, Step
 use meshward_host::Host;
 
 use crate::config::GrpcConfig;
-use crate::decide::{authorize, check_request, find_method, Caller};
+use crate::decide::{authorize, check_request, find_method};
+use meshward_core::caller::Caller;
 use crate::GrpcError;
 
 /// gRPC's 5-byte prefix before each message.
@@ -55,8 +56,8 @@ impl Stage for GrpcStage {
         };
         self.method = policy.config.methods.iter().position(|m| std::ptr::eq(m, method));
         request.route = Some(method.name.clone());
-        let workload = if method.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
-        let user = if method.require_user && !method.public { current_principal(host, &mut request.principal) } else { None };
+        let workload = if method.access.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
+        let user = if method.access.require_user && !method.public { current_principal(host, &mut request.principal) } else { None };
         if let Err(e) = authorize(method, Caller { user: user.as_deref(), workload: workload.as_deref() }) {
             return Step::Deny(e.denial());
         }

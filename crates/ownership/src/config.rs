@@ -2,6 +2,7 @@
 
 use meshward_core::config::{body_limit, check_name, parse_json, ConfigError, Unmatched};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
+use meshward_core::caller::Requirement;
 use meshward_core::workload::SpiffeIds;
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -125,15 +126,12 @@ pub struct Rule {
     pub name: Option<String>,
     pub route: RouteMatch,
     pub public: bool,
-    pub scopes: Vec<String>,
     pub claims: Vec<ClaimRule>,
     pub owner: Vec<OwnerCheck>,
     pub bypass: Bypass,
-    /// The calling workloads (SPIFFE IDs of the peer's verified certificate) allowed; empty:
-    /// any caller, with or without a certificate.
-    pub workloads: SpiffeIds,
-    /// A verified user token is needed (`false`: the workload's identity alone decides).
-    pub require_user: bool,
+    /// The calling workload, the user and their `scopes` (the rule's `workloads`,
+    /// `require_user`, `scopes`).
+    pub access: Requirement,
 }
 
 impl Rule {
@@ -259,12 +257,10 @@ impl OwnershipConfig {
                 name: r.name,
                 route,
                 public: r.public,
-                scopes: r.scopes,
                 claims: compile_claims(&at("claims"), r.claims)?,
                 owner,
                 bypass,
-                workloads,
-                require_user: r.require_user,
+                access: Requirement { workloads, require_user: r.require_user, scopes: r.scopes },
             });
         }
         Ok(OwnershipConfig { mode: raw.mode, unmatched: raw.unmatched, max_body_bytes, max_response_bytes, rules })

@@ -5,7 +5,7 @@
 use meshward_core::json::fold;
 use meshward_core::request::Unreadable;
 use meshward_core::route::query_param;
-use meshward_core::workload::Workload;
+use meshward_core::caller::Caller;
 use meshward_core::Principal;
 use serde_json::Value;
 
@@ -15,13 +15,6 @@ use crate::OwnershipError;
 /// The rule that covers a method and canonical path, with the path parameters it captured.
 pub fn find_rule<'a>(config: &'a OwnershipConfig, method: &str, canonical: &str) -> Option<(&'a Rule, Vec<(String, String)>)> {
     config.rules.iter().find_map(|rule| Some((rule, rule.route.captures(method, canonical)?)))
-}
-
-/// Who is calling: the user whose token was verified, and the workload whose certificate was.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Caller<'a> {
-    pub user: Option<&'a Principal>,
-    pub workload: Option<&'a Workload>,
 }
 
 /// What the request side decided.
@@ -70,19 +63,9 @@ pub fn authorize_request(
     if rule.public {
         return Ok(Authorized::Public);
     }
-    if !rule.workloads.is_empty() {
-        let workload = caller.workload.ok_or(OwnershipError::MissingWorkload)?;
-        if !rule.workloads.permit(&workload.spiffe_id) {
-            return Err(OwnershipError::WorkloadNotAllowed);
-        }
-    }
-    if !rule.require_user {
+    let Some(principal) = rule.access.admit(caller)? else {
         return Ok(Authorized::Checked { check_body: false, check_response: false });
-    }
-    let principal = caller.user.ok_or(OwnershipError::MissingPrincipal)?;
-    if !rule.scopes.iter().all(|s| principal.scopes.contains(s)) {
-        return Err(OwnershipError::MissingScope);
-    }
+    };
     if !rule.claims.iter().all(|c| claim_rule_holds(principal, c)) {
         return Err(OwnershipError::MissingClaim);
     }

@@ -3,6 +3,7 @@
 use serde_json::{json, Value};
 
 use super::*;
+use meshward_core::caller::Caller;
 use meshward_core::request::Unreadable;
 use crate::config::OwnershipConfig;
 

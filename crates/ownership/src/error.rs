@@ -1,5 +1,6 @@
 //! Why a request was refused. Each variant is one deny reason users see.
 
+use meshward_core::caller::Unmet;
 use meshward_core::{Denial, DenialKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,17 @@ pub enum OwnershipError {
     AmbiguousRequest,
     /// No rule covers this method and path and unmatched requests are denied.
     RouteNotCovered,
+}
+
+impl From<Unmet> for OwnershipError {
+    fn from(unmet: Unmet) -> Self {
+        match unmet {
+            Unmet::MissingWorkload => OwnershipError::MissingWorkload,
+            Unmet::WorkloadNotAllowed => OwnershipError::WorkloadNotAllowed,
+            Unmet::MissingPrincipal => OwnershipError::MissingPrincipal,
+            Unmet::MissingScope => OwnershipError::MissingScope,
+        }
+    }
 }
 
 impl OwnershipError {

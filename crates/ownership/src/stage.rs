@@ -12,7 +12,8 @@ use meshward_host::{Host, LogLevel};
 use meshward_core::config::Unmatched;
 
 use crate::config::OwnershipConfig;
-use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized, Caller};
+use crate::decide::{authorize_request, check_body, check_response, find_rule, Authorized};
+use meshward_core::caller::Caller;
 use crate::OwnershipError;
 
 #[derive(Debug)]
@@ -68,10 +69,10 @@ impl Stage for OwnershipStage {
         self.rule = policy.config.rules.iter().position(|r| std::ptr::eq(r, rule));
         request.route = rule.name.clone();
         // The user is read only for rules that need one (filter state is a hostcall away).
-        let principal = if rule.require_user && !rule.public { principal(host, request) } else { None };
+        let principal = if rule.access.require_user && !rule.public { principal(host, request) } else { None };
         request.objects.clone_from(&captures);
         // The peer certificate is read only for rules that name workloads.
-        let workload = if rule.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
+        let workload = if rule.access.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
         let seen: &RequestState = request;
         let header = |name: &str| -> Option<Vec<String>> {
             let values: Vec<String> = seen.header_values(name).map(str::to_string).collect();
