@@ -1,17 +1,15 @@
 //! proxy-wasm glue: forwards the SDK's callbacks to a [`Plan`] (root) and a [`Filter`] (each
 //! request) with [`ProxyWasmHost`]. Nothing here decides anything.
 
+use std::rc::Rc;
 use std::time::Duration;
 
+use meshward_core::config::fingerprint;
 use meshward_core::stats::{flush_decisions, publish_configuration};
 use meshward_core::GrpcResponse;
 use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
-
-use std::rc::Rc;
-
-use meshward_core::config::fingerprint;
 
 use crate::{send_denial, Audit, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
 
