@@ -9,7 +9,6 @@ import json
 import httpx
 import pytest
 
-from fake_crapi import crapi_server
 from harness import FORMS, Envoy, as_deployed, build_config, plugin
 from test_jwt_envoy import jwt_config
 from test_schema_envoy import CRAPI
@@ -32,13 +31,6 @@ def plugins(keys, response: dict) -> list[dict]:
     jwt = jwt_config(keys)
     jwt["rules"] = [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
     return [plugin("jwt", jwt), plugin("schema", {"openapi": scoped_crapi(), "response": response})]
-
-
-@pytest.fixture(scope="module")
-def crapi():
-    server = crapi_server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module", params=FORMS)

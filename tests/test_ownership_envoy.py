@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from fake_crapi import crapi_server
 from harness import FORMS, REPO, Envoy, as_deployed, build_config, plugin
 from tokens import AUDIENCE, ISSUER, bearer
 from test_jwt_envoy import jwt_config
@@ -34,13 +33,6 @@ def chain_jwt_config(keys) -> dict:
     cfg = jwt_config(keys)
     cfg["rules"] = [{"match": {"prefix": "/identity/api/auth/"}}, {"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
     return cfg
-
-
-@pytest.fixture(scope="module")
-def crapi():
-    server = crapi_server()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module", params=FORMS)
