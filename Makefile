@@ -21,7 +21,7 @@ WASM_TARGET := wasm32-wasip1
 DIST        := dist
 VENV        := .venv
 PY          := $(VENV)/bin/python
-FILTERS     := jwt webhook ownership ratelimit schema idempotency grpc
+FILTERS     := jwt webhook ownership ratelimit schema idempotency grpc graphql
 PYTEST_ARGS ?= -q
 
 .PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
@@ -118,7 +118,7 @@ profile: wasm-target venv system-deps
 # Coverage-guided fuzzing (nightly + cargo-fuzz, installed here if missing), each target for
 # FUZZ_SECONDS. Crashes land in fuzz/artifacts/<target>/; turn each into a regression test.
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS := jwt_token jwks webhook_delivery configs paths schema_request ratelimit_key json_readers grpc_message
+FUZZ_TARGETS := jwt_token jwks webhook_delivery configs paths schema_request ratelimit_key json_readers grpc_message graphql_request
 fuzz:
 	@rustup toolchain list | grep -q nightly || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked

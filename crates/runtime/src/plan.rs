@@ -88,6 +88,7 @@ impl<P: Policy> Plan for Single<P> {
             "schema" => "meshward_schema",
             "idempotency" => "meshward_idempotency",
             "grpc" => "meshward_grpc",
+            "graphql" => "meshward_graphql",
             _ => "meshward",
         }
     }

@@ -23,7 +23,7 @@ use meshward_runtime::{AnyPolicy, Plan};
 use serde_json::Value;
 
 /// The stage kinds the bundle knows, by their configuration key.
-pub const STAGE_KINDS: [&str; 7] = ["jwt", "webhook", "idempotency", "schema", "grpc", "ownership", "ratelimit"];
+pub const STAGE_KINDS: [&str; 8] = ["jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit"];
 
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
@@ -87,6 +87,7 @@ impl Plan for Bundle {
                 "schema" => stage::<meshward_schema::SchemaPolicy>(&at, config, host)?,
                 "idempotency" => stage::<meshward_idempotency::IdempotencyPolicy>(&at, config, host)?,
                 "grpc" => stage::<meshward_grpc::GrpcPolicy>(&at, config, host)?,
+                "graphql" => stage::<meshward_graphql::GraphqlPolicy>(&at, config, host)?,
                 other => {
                     return Err(ConfigError::new(
                         format!("stages[{i}]"),

@@ -1,0 +1,93 @@
+//! Why a GraphQL request is refused: [`operations`] reads what it asks to run (one operation,
+//! or a batch), [`check_operation`] decides each: a persisted operation by hash or id, or — only
+//! where allowed — a raw document within the limits. Pure functions; the stage feeds them.
+
+use serde_json::Value;
+
+use crate::config::{sha256_hex, GraphqlConfig};
+use crate::document::check_document;
+use crate::GraphqlError;
+
+/// One operation of a request, as a GraphQL server reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Operation {
+    /// `query`: the document's text.
+    pub query: Option<String>,
+    /// `extensions.persistedQuery.sha256Hash` (Apollo), or `id` / `documentId` (Relay).
+    pub persisted: Option<String>,
+    /// `operationName`: which operation of the document runs.
+    pub name: Option<String>,
+}
+
+fn string(value: Option<&Value>) -> Result<Option<String>, GraphqlError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(GraphqlError::InvalidRequest),
+    }
+}
+
+/// One operation's JSON object (a POST body, or the parameters of a GET).
+pub fn operation(object: &Value) -> Result<Operation, GraphqlError> {
+    let Value::Object(map) = object else { return Err(GraphqlError::InvalidRequest) };
+    let hash = string(map.get("extensions").and_then(|e| e.get("persistedQuery")).and_then(|p| p.get("sha256Hash")))?;
+    let id = match string(map.get("id"))? {
+        Some(id) => Some(id),
+        None => string(map.get("documentId"))?,
+    };
+    if hash.is_some() && id.is_some() && hash != id {
+        return Err(GraphqlError::InvalidRequest);
+    }
+    Ok(Operation { query: string(map.get("query"))?, persisted: hash.or(id), name: string(map.get("operationName"))? })
+}
+
+/// The operations of a POST body: one object, or a batch (an array of them).
+pub fn operations(body: &Value, max_batch: usize) -> Result<Vec<Operation>, GraphqlError> {
+    match body {
+        Value::Array(items) if items.is_empty() => Err(GraphqlError::InvalidRequest),
+        Value::Array(items) if items.len() > max_batch => Err(GraphqlError::BatchTooLarge { max: max_batch }),
+        Value::Array(items) => items.iter().map(operation).collect(),
+        one => Ok(vec![operation(one)?]),
+    }
+}
+
+/// Whether the document's operations let `name` pick one to run.
+fn picks(operations: &[Option<String>], name: Option<&str>) -> bool {
+    match name {
+        Some(name) => operations.iter().any(|o| o.as_deref() == Some(name)),
+        None => operations.len() == 1,
+    }
+}
+
+/// A persisted operation (by hash or id, its document's hash matching any text sent with it),
+/// or a raw document where allowed, within the limits.
+pub fn check_operation(config: &GraphqlConfig, op: &Operation) -> Result<(), GraphqlError> {
+    let hash = op.query.as_deref().map(sha256_hex);
+    let key = match (&op.persisted, &hash) {
+        (Some(sent), Some(computed)) if config.persisted.contains_key(sent) && sent != computed => {
+            // An id (not a hash) with the text: the text must be the persisted document.
+            let known = config.persisted.get(sent).and_then(|i| config.documents.get(*i)).map(|(d, _)| sha256_hex(d));
+            if known.as_ref() != Some(computed) {
+                return Err(GraphqlError::HashMismatch);
+            }
+            sent.clone()
+        }
+        (Some(sent), Some(computed)) if sent != computed => return Err(GraphqlError::HashMismatch),
+        (Some(sent), _) => sent.clone(),
+        (None, Some(computed)) => computed.clone(),
+        (None, None) => return Err(GraphqlError::InvalidRequest),
+    };
+    if let Some((_, operations)) = config.persisted.get(&key).and_then(|i| config.documents.get(*i)) {
+        return if picks(operations, op.name.as_deref()) { Ok(()) } else { Err(GraphqlError::InvalidDocument) };
+    }
+    let Some(query) = &op.query else { return Err(GraphqlError::UnknownPersistedQuery) };
+    if !config.allow_raw_documents {
+        return Err(if op.persisted.is_some() { GraphqlError::UnknownPersistedQuery } else { GraphqlError::NotPersisted });
+    }
+    let operations = check_document(query, &config.limits)?;
+    if picks(&operations, op.name.as_deref()) { Ok(()) } else { Err(GraphqlError::InvalidDocument) }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;
