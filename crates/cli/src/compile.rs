@@ -74,6 +74,7 @@ pub fn compile_stage(stage: &Stage) -> Result<(), StageError> {
         "idempotency" => meshward_idempotency::IdempotencyConfig::parse(&bytes).map(drop),
         "schema" => meshward_schema::SchemaConfig::parse(&bytes).map(drop),
         "grpc" => meshward_grpc::GrpcConfig::parse(&bytes).map(drop),
+        "graphql" => meshward_graphql::GraphqlConfig::parse(&bytes).map(drop),
         "ownership" => meshward_ownership::OwnershipConfig::parse(&bytes).map(drop),
         "ratelimit" => meshward_ratelimit::RateLimitConfig::parse(&bytes).map(drop),
         other => return Err(StageError::Invalid(format!("unknown stage `{other}`"))),

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The stage kinds, in the order the bundle knows them.
-pub const KINDS: [&str; 7] = ["jwt", "webhook", "idempotency", "schema", "grpc", "ownership", "ratelimit"];
+pub const KINDS: [&str; 8] = ["jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
