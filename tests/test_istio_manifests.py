@@ -32,7 +32,7 @@ def test_manifest_validates_against_the_wasmplugin_crd(path):
     spec = doc["spec"]
     # jwt and webhook authenticate the caller (AUTHN), so does the bundle whose first stage is
     # jwt; ownership, schema and rate limits authorize (AUTHZ). Never fail open.
-    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ", "idempotency": "AUTHZ", "grpc": "AUTHZ"}
+    phases = {"jwt": "AUTHN", "webhook": "AUTHN", "bundle": "AUTHN", "ownership": "AUTHZ", "schema": "AUTHZ", "ratelimit": "AUTHZ", "idempotency": "AUTHZ", "grpc": "AUTHZ", "graphql": "AUTHZ"}
     assert spec["phase"] == phases[doc["metadata"]["labels"]["meshward.io/filter"]]
     assert spec["failStrategy"] == "FAIL_CLOSE"
 
@@ -90,6 +90,10 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             assert r.status == 415 and r.reason == "not_grpc", r
             r = envoy.request("/demo.orders.Orders/Upload", {"content-type": "application/grpc", "te": "trailers"}, method="POST", body=b"\0\0\0\0\0")
             assert r.status == 200 and r.header("grpc-status") == "12" and r.header("meshward-reason") == "method_not_allowed", (r, r.headers)
+        elif name == "graphql":
+            # A document outside the allowlist never runs.
+            r = envoy.request("/graphql", {"content-type": "application/json"}, method="POST", body=b'{"query": "{ secret }"}')
+            assert r.status == 403 and r.reason == "not_persisted", r
         elif name == "ratelimit":
             # Without a principal only the anonymous (client IP) rule applies: 30 per minute.
             statuses = [envoy.request("/").status for _ in range(31)]

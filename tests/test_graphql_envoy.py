@@ -1,0 +1,207 @@
+"""GraphQL through the real Envoy: a real GraphQL server (strawberry, executing every document
+it is given) behind it, httpx in front, in both forms. Only persisted operations run (Apollo's
+`persistedQuery` hash, a Relay-style id, or the persisted text itself); raw documents, unknown
+hashes, text that does not match its hash, oversized batches and JSON two servers read two ways
+never reach the server; where raw documents are allowed, depth, alias and introspection limits
+hold."""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+import strawberry
+
+from harness import FORMS, Envoy, as_deployed, build_config, plugin
+
+BOOK = "query Book($id: ID!) { book(id: $id) { title author { name } } }"
+SHELF = "query Shelf { books { title } }"
+PERSISTED = [{"document": BOOK}, {"id": "relay-shelf", "document": SHELF}]
+
+
+@strawberry.type
+class Author:
+    name: str
+
+    @strawberry.field
+    def books(self) -> list["Book"]:
+        return [Book(title="Dune", author=self)]
+
+
+@strawberry.type
+class Book:
+    title: str
+    author: Author
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def book(self, id: strawberry.ID) -> Book:
+        return Book(title=f"book {id}", author=Author(name="Frank Herbert"))
+
+    @strawberry.field
+    def books(self) -> list[Book]:
+        return [Book(title="Dune", author=Author(name="Frank Herbert"))]
+
+    @strawberry.field
+    def secret(self) -> str:
+        return "not for everyone"
+
+
+SCHEMA = strawberry.Schema(query=Query)
+
+
+class GraphqlServer:
+    """A GraphQL server over HTTP: POST JSON (one operation or a batch), POST application/graphql,
+    GET with parameters; it runs whatever document it gets (persisted ones looked up by hash or
+    id, as Apollo Server and Relay servers do). `executed` lists the documents it ran."""
+
+    def __init__(self):
+        by_key = {}
+        for p in PERSISTED:
+            by_key[hashlib.sha256(p["document"].encode()).hexdigest()] = p["document"]
+            if "id" in p:
+                by_key[p["id"]] = p["document"]
+        outer = self
+        self.executed: list[str] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _run(self, op: dict) -> dict:
+                key = (op.get("extensions") or {}).get("persistedQuery", {}).get("sha256Hash") or op.get("id") or op.get("documentId")
+                document = op.get("query") or by_key.get(key)
+                if document is None:
+                    return {"errors": [{"message": "PersistedQueryNotFound"}]}
+                outer.executed.append(document)
+                result = SCHEMA.execute_sync(document, variable_values=op.get("variables"), operation_name=op.get("operationName"))
+                out = {"data": result.data}
+                if result.errors:
+                    out["errors"] = [{"message": str(e)} for e in result.errors]
+                return out
+
+            def _answer(self, payload) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                if self.headers.get("content-type", "").startswith("application/graphql"):
+                    return self._answer(self._run({"query": raw.decode()}))
+                request = json.loads(raw)
+                self._answer([self._run(op) for op in request] if isinstance(request, list) else self._run(request))
+
+            def do_GET(self):
+                params = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
+                for name in ("extensions", "variables"):
+                    if name in params:
+                        params[name] = json.loads(params[name])
+                self._answer(self._run(params))
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = GraphqlServer()
+    yield s
+    s.stop()
+
+
+def start(server, form: str, **extra) -> Envoy:
+    config = {"persisted": PERSISTED, "max_depth": 4, "max_aliases": 3, "max_batch": 2, **extra}
+    return Envoy(build_config(server.port, as_deployed(form, [plugin("graphql", config)])), concurrency=1)
+
+
+@pytest.fixture(scope="module", params=FORMS)
+def envoy(request, server):
+    with start(server, request.param) as env:
+        yield env
+    env.cleanup()
+
+
+def post(env: Envoy, payload, content_type="application/json", raw: bytes | None = None) -> httpx.Response:
+    body = raw if raw is not None else json.dumps(payload).encode()
+    return httpx.post(f"http://127.0.0.1:{env.port}/graphql", content=body, headers={"content-type": content_type}, timeout=10)
+
+
+def sha(document: str) -> str:
+    return hashlib.sha256(document.encode()).hexdigest()
+
+
+def refused(r: httpx.Response, status: int, reason: str) -> bool:
+    return r.status_code == status and r.json().get("reason") == reason
+
+
+def test_persisted_operations_run(envoy, server):
+    apollo = {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha(BOOK)}}, "variables": {"id": "7"}}
+    r = post(envoy, apollo)
+    assert r.status_code == 200 and r.json()["data"]["book"]["title"] == "book 7", r.text
+    assert post(envoy, {**apollo, "query": BOOK}).json()["data"]["book"]["author"]["name"] == "Frank Herbert"
+    assert post(envoy, {"query": BOOK, "variables": {"id": "1"}}).status_code == 200, "the persisted text alone"
+    assert post(envoy, {"documentId": "relay-shelf"}).json()["data"]["books"][0]["title"] == "Dune"
+    assert post(envoy, [apollo, {"id": "relay-shelf"}]).status_code == 200, "a batch within the limit"
+    extensions = json.dumps({"persistedQuery": {"version": 1, "sha256Hash": sha(BOOK)}})
+    r = httpx.get(f"http://127.0.0.1:{envoy.port}/graphql", params={"extensions": extensions, "variables": '{"id": "3"}'}, timeout=10)
+    assert r.status_code == 200 and r.json()["data"]["book"]["title"] == "book 3", r.text
+
+
+def test_anything_else_never_reaches_the_server(envoy, server):
+    before = len(server.executed)
+    rows = [
+        ("a raw document", {"query": "{ secret }"}, 403, "not_persisted"),
+        ("an unknown hash", {"extensions": {"persistedQuery": {"version": 1, "sha256Hash": "0" * 64}}}, 403, "unknown_persisted_query"),
+        ("text under another document's hash", {"query": "{ secret }", "extensions": {"persistedQuery": {"version": 1, "sha256Hash": sha(BOOK)}}},
+         400, "hash_mismatch"),
+        ("text under a persisted id", {"query": "{ secret }", "id": "relay-shelf"}, 400, "hash_mismatch"),
+        ("a batch too large", [{"id": "relay-shelf"}] * 3, 400, "batch_too_large"),
+        ("a raw document in a batch", [{"id": "relay-shelf"}, {"query": "{ secret }"}], 403, "not_persisted"),
+    ]
+    for name, payload, status, reason in rows:
+        r = post(envoy, payload)
+        assert refused(r, status, reason), (name, r.status_code, r.text)
+    # Two `query` members: Python's reader (this server) takes the last, others the first.
+    twice = ('{"query": "' + BOOK.replace('"', '\\"') + '", "query": "{ secret }"}').encode()
+    assert refused(post(envoy, None, raw=twice), 400, "invalid_request")
+    assert refused(post(envoy, None, content_type="application/graphql", raw=b"{ secret }"), 403, "not_persisted")
+    r = httpx.get(f"http://127.0.0.1:{envoy.port}/graphql", params={"query": "{ secret }"}, timeout=10)
+    assert refused(r, 403, "not_persisted"), r.text
+    assert refused(post(envoy, None, content_type="text/plain", raw=b"{ secret }"), 415, "not_graphql")
+    assert len(server.executed) == before, server.executed[before:]
+
+
+@pytest.fixture(scope="module")
+def open_envoy(server):
+    with start(server, "bundle", allow_raw_documents=True) as env:
+        yield env
+    env.cleanup()
+
+
+def test_raw_documents_within_limits_where_allowed(open_envoy, server):
+    assert post(open_envoy, {"query": "{ books { author { name } } }"}).status_code == 200
+    rows = [
+        ("too deep", "{ books { author { books { author { name } } } } }", 400, "too_deep"),
+        ("too many aliases", "{ a: books { title } b: books { title } c: books { title } d: books { title } }", 400, "too_many_aliases"),
+        ("introspection", "{ __schema { types { name } } }", 403, "introspection_disabled"),
+        ("not GraphQL", "{ books { ", 400, "invalid_document"),
+    ]
+    before = len(server.executed)
+    for name, document, status, reason in rows:
+        r = post(open_envoy, {"query": document})
+        assert refused(r, status, reason), (name, r.status_code, r.text)
+    assert len(server.executed) == before
