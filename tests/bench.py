@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import gzip
+import hashlib
 import base64
 import json
 import os
@@ -322,6 +323,12 @@ JWT_ALGORITHMS = ("HS256", "RS256", "PS256", "ES256", "EdDSA")
 
 
 EAST_WEST = "east-west mTLS: "
+GRAPHQL_ROW = "GraphQL POST: "
+_BOOK = "query Book($id: ID!) { book(id: $id) { title author { name } } }"
+GRAPHQL_PERSISTED = json.dumps({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(_BOOK.encode()).hexdigest()}},
+                                "variables": {"id": "7"}}).encode()
+GRAPHQL_RAW = json.dumps({"query": "{ books { title author { name books { title } } } }"}).encode()
+GRAPHQL = plugin("graphql", {"persisted": [{"document": _BOOK}], "allow_raw_documents": True, "max_depth": 8})
 GRPC_ROW = "gRPC unary GetOrder: "
 # GetOrderRequest{tenant_id: "acme", order_id: "42"}, framed (uncompressed, 10-byte message).
 _GET_ORDER = b"\x0a\x04acme\x12\x0242"
@@ -356,6 +363,7 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     fam = {"HS256": ["hs"], "RS256": ["rsa"], "PS256": ["rsa"], "ES256": ["es256"], "EdDSA": ["ed"]}
     es = auth("ES256")
     as_billing = {"x-as": "billing"}
+    graphql = {"path": "/graphql", "body": GRAPHQL_PERSISTED, "headers": {"content-type": "application/json"}}
     unary = {"path": "/demo.orders.Orders/GetOrder", "body": GET_ORDER_FRAME, "headers": {"content-type": "application/grpc", "te": "trailers"}}
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
@@ -430,6 +438,11 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
                  [audited(bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT]))], headers=es, audit=True,
                  compare="bundle jwt+ownership+ratelimit (1 module)"),
+        Scenario(f"{GRAPHQL_ROW}plain envoy, persisted query", **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
+        Scenario(f"{GRAPHQL_ROW}do-nothing wasm filter reading the body (floor)", [NOOP_BODY], **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
+        Scenario(f"{GRAPHQL_ROW}graphql persisted query (meshward)", [GRAPHQL], **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
+        Scenario(f"{GRAPHQL_ROW}graphql raw document parsed, within limits (meshward)", [GRAPHQL], **{**graphql, "body": GRAPHQL_RAW},
+                 baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
         Scenario(f"{GRPC_ROW}plain envoy", grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}grpc stage, message checked (meshward)", [GRPC_STAGE], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
@@ -664,6 +677,8 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "bundle jwt+ownership+ratelimit (1 module)", "rps", at_least=0.9)
     ratio("east-west workload rule >= 0.9x the do-nothing wasm floor (both over mTLS)", f"{EAST_WEST}ownership workload rule (meshward)",
           f"{EAST_WEST}do-nothing wasm filter (floor)", "rps", at_least=0.9)
+    ratio("GraphQL persisted query >= 0.9x the do-nothing wasm floor reading the body", f"{GRAPHQL_ROW}graphql persisted query (meshward)",
+          f"{GRAPHQL_ROW}do-nothing wasm filter reading the body (floor)", "rps", at_least=0.9)
     ratio("gRPC unary: grpc stage >= 0.9x the do-nothing wasm floor reading the body", f"{GRPC_ROW}grpc stage, message checked (meshward)",
           f"{GRPC_ROW}do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("bundle memory < 4-module chain memory", "bundle jwt+schema+ownership+ratelimit (1 module)",
