@@ -13,6 +13,9 @@ use crate::GraphqlError;
 const RECURSION_LIMIT: usize = 128;
 /// Tokens the parser reads before it gives up.
 const TOKEN_LIMIT: usize = 100_000;
+/// Fragments spread inside fragments, nested, before a document is too complex (each level is
+/// a frame of the walk: a chain of thousands would exhaust the VM's stack).
+const MAX_FRAGMENT_NESTING: usize = 32;
 /// Selections visited (fragments expanded where spread) before a document is too complex:
 /// fragments spreading fragments twice over would otherwise double the work at each step.
 const MAX_VISITS: usize = 10_000;
@@ -111,6 +114,9 @@ impl Walk<'_> {
                     if self.visiting.contains(&name) {
                         return Err(GraphqlError::InvalidDocument);
                     }
+                    if self.visiting.len() >= MAX_FRAGMENT_NESTING {
+                        return Err(GraphqlError::TooComplex);
+                    }
                     let inner = self.fragments.get(&name).ok_or(GraphqlError::InvalidDocument)?.clone();
                     self.visiting.push(name);
                     self.selection_set(&inner, depth)?;
@@ -163,6 +169,13 @@ mod tests {
         }
         doubling.push_str(" fragment F20 on Q { a }");
         assert_eq!(check_document(&doubling, &LIMITS), Err(GraphqlError::TooComplex));
+        // A chain of fragments, each spreading the next.
+        let mut chain = String::from("{ ...F0 }");
+        for i in 0..5000 {
+            chain.push_str(&format!(" fragment F{i} on Q {{ ...F{} }}", i + 1));
+        }
+        chain.push_str(" fragment F5000 on Q { a }");
+        assert_eq!(check_document(&chain, &LIMITS), Err(GraphqlError::TooComplex));
         let deep = format!("{}{}", "{ a ".repeat(200), "}".repeat(200));
         assert_eq!(check_document(&deep, &LIMITS), Err(GraphqlError::InvalidDocument), "past the parser's recursion limit");
     }
