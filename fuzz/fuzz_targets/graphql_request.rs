@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(document) = meshward_core::json::read(data, meshward_core::json::MAX_DEPTH) {
         if let Ok(ops) = operations(&document.value, config().max_batch) {
             for op in &ops {
-                let _ = check_operation(config(), op);
+                let _ = check_operation(config(), op, data.len() % 2 == 0);
             }
         }
     }

@@ -16,7 +16,7 @@ use meshward_core::Mode;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::document::{check_document, Limits};
+use crate::document::{check_document, Limits, OperationInfo};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,8 +57,8 @@ pub struct GraphqlConfig {
     pub paths: Vec<String>,
     /// Persisted operations by SHA-256 hex and by id: their index in `documents`.
     pub persisted: HashMap<String, usize>,
-    /// The persisted documents, with their operations' names.
-    pub documents: Vec<(String, Vec<Option<String>>)>,
+    /// The persisted documents, with their operations.
+    pub documents: Vec<(String, Vec<OperationInfo>)>,
     pub allow_raw_documents: bool,
     pub limits: Limits,
     pub max_batch: usize,

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::config::{sha256_hex, GraphqlConfig};
-use crate::document::check_document;
+use crate::document::{check_document, OperationInfo};
 use crate::GraphqlError;
 
 /// One operation of a request, as a GraphQL server reads it.
@@ -51,17 +51,28 @@ pub fn operations(body: &Value, max_batch: usize) -> Result<Vec<Operation>, Grap
     }
 }
 
-/// Whether the document's operations let `name` pick one to run.
-fn picks(operations: &[Option<String>], name: Option<&str>) -> bool {
-    match name {
-        Some(name) => operations.iter().any(|o| o.as_deref() == Some(name)),
-        None => operations.len() == 1,
+/// The operation `name` picks to run (none named: the document's only one).
+fn picked<'a>(operations: &'a [OperationInfo], name: Option<&str>) -> Option<&'a OperationInfo> {
+    match (name, operations) {
+        (Some(name), _) => operations.iter().find(|o| o.name.as_deref() == Some(name)),
+        (None, [one]) => Some(one),
+        (None, _) => None,
+    }
+}
+
+/// The picked operation may run over this method: a GET runs queries only (a mutation a link
+/// or an image could trigger is a CSRF; GraphQL over HTTP forbids it).
+fn runs(operations: &[OperationInfo], name: Option<&str>, over_get: bool) -> Result<(), GraphqlError> {
+    match picked(operations, name) {
+        None => Err(GraphqlError::InvalidDocument),
+        Some(op) if over_get && !op.query => Err(GraphqlError::MutationOverGet),
+        Some(_) => Ok(()),
     }
 }
 
 /// A persisted operation (by hash or id, its document's hash matching any text sent with it),
-/// or a raw document where allowed, within the limits.
-pub fn check_operation(config: &GraphqlConfig, op: &Operation) -> Result<(), GraphqlError> {
+/// or a raw document where allowed, within the limits; over GET, a query.
+pub fn check_operation(config: &GraphqlConfig, op: &Operation, over_get: bool) -> Result<(), GraphqlError> {
     let hash = op.query.as_deref().map(sha256_hex);
     let key = match (&op.persisted, &hash) {
         (Some(sent), Some(computed)) if config.persisted.contains_key(sent) && sent != computed => {
@@ -78,14 +89,13 @@ pub fn check_operation(config: &GraphqlConfig, op: &Operation) -> Result<(), Gra
         (None, None) => return Err(GraphqlError::InvalidRequest),
     };
     if let Some((_, operations)) = config.persisted.get(&key).and_then(|i| config.documents.get(*i)) {
-        return if picks(operations, op.name.as_deref()) { Ok(()) } else { Err(GraphqlError::InvalidDocument) };
+        return runs(operations, op.name.as_deref(), over_get);
     }
     let Some(query) = &op.query else { return Err(GraphqlError::UnknownPersistedQuery) };
     if !config.allow_raw_documents {
         return Err(if op.persisted.is_some() { GraphqlError::UnknownPersistedQuery } else { GraphqlError::NotPersisted });
     }
-    let operations = check_document(query, &config.limits)?;
-    if picks(&operations, op.name.as_deref()) { Ok(()) } else { Err(GraphqlError::InvalidDocument) }
+    runs(&check_document(query, &config.limits)?, op.name.as_deref(), over_get)
 }
 
 #[cfg(test)]

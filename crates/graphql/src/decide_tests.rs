@@ -5,7 +5,7 @@ use serde_json::json;
 use super::*;
 
 const BOOK: &str = "query Book($id: ID!) { book(id: $id) { title author { name } } }";
-const TWO: &str = "query A { a } query B { b }";
+const TWO: &str = "query A { a } mutation B { b }";
 
 fn config(extra: serde_json::Value) -> GraphqlConfig {
     let mut c = json!({"persisted": [{"document": BOOK}, {"id": "relay-two", "document": TWO}], "max_depth": 3, "max_aliases": 2, "max_batch": 2});
@@ -44,8 +44,14 @@ fn persisted_operations_only_unless_raw_is_allowed() {
         ("raw allowed, operation name not in it", &open, op(Some("query X { a }"), None, Some("Y")), Err(GraphqlError::InvalidDocument)),
     ];
     for (case, c, operation, want) in rows {
-        assert_eq!(check_operation(c, &operation), want, "{case}");
+        assert_eq!(check_operation(c, &operation, false), want, "{case}");
     }
+    // Over GET: queries only.
+    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("A")), true), Ok(()));
+    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("B")), true), Err(GraphqlError::MutationOverGet));
+    assert_eq!(check_operation(&open, &op(Some("mutation { a }"), None, None), true), Err(GraphqlError::MutationOverGet));
+    assert_eq!(check_operation(&open, &op(Some("{ a }"), None, None), true), Ok(()));
+    assert_eq!(GraphqlError::MutationOverGet.denial().status(), 405);
 }
 
 #[test]

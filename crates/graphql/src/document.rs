@@ -32,8 +32,17 @@ fn text(node: &impl CstNode) -> String {
     node.syntax().text().to_string()
 }
 
-/// The document's operations (by name; `None` for an anonymous one) once it is within `limits`.
-pub fn check_document(source: &str, limits: &Limits) -> Result<Vec<Option<String>>, GraphqlError> {
+/// One operation of a document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationInfo {
+    /// `None` for an anonymous operation.
+    pub name: Option<String>,
+    /// A `query` (the shorthand `{ ... }` included): the only kind a GET may run.
+    pub query: bool,
+}
+
+/// The document's operations once it is within `limits`.
+pub fn check_document(source: &str, limits: &Limits) -> Result<Vec<OperationInfo>, GraphqlError> {
     let tree = Parser::new(source).recursion_limit(RECURSION_LIMIT).token_limit(TOKEN_LIMIT).parse();
     if tree.errors().len() > 0 {
         return Err(GraphqlError::InvalidDocument);
@@ -44,7 +53,8 @@ pub fn check_document(source: &str, limits: &Limits) -> Result<Vec<Option<String
     for definition in tree.document().definitions() {
         match definition {
             cst::Definition::OperationDefinition(op) => {
-                operations.push(op.name().map(|n| text(&n)));
+                let query = op.operation_type().is_none_or(|t| t.query_token().is_some());
+                operations.push(OperationInfo { name: op.name().map(|n| text(&n)), query });
                 selections.push(op.selection_set().ok_or(GraphqlError::InvalidDocument)?);
             }
             cst::Definition::FragmentDefinition(f) => {
@@ -136,7 +146,7 @@ mod tests {
 
     #[test]
     fn documents_within_limits() {
-        // (document, result)
+        // (document, result: the operations' names)
         type Row<'a> = (&'a str, Result<Vec<Option<String>>, GraphqlError>);
         let rows: Vec<Row> = vec![
             ("{ book { title } }", Ok(vec![None])),
@@ -157,11 +167,14 @@ mod tests {
             ("fragment F on Q { a }", Err(GraphqlError::InvalidDocument)),
             ("", Err(GraphqlError::InvalidDocument)),
         ];
+        let names = |r: Result<Vec<OperationInfo>, GraphqlError>| r.map(|ops| ops.into_iter().map(|o| o.name).collect::<Vec<_>>());
         for (document, want) in rows {
-            assert_eq!(check_document(document, &LIMITS), want, "{document}");
+            assert_eq!(names(check_document(document, &LIMITS)), want, "{document}");
         }
+        let kinds = check_document("query Q { a } mutation M { b } subscription S { c } { d }", &LIMITS).map(|ops| ops.iter().map(|o| o.query).collect::<Vec<_>>());
+        assert_eq!(kinds, Ok(vec![true, false, false, true]));
         let open = Limits { introspection: true, ..LIMITS };
-        assert_eq!(check_document("{ __schema { types { name } } }", &open), Ok(vec![None]));
+        assert_eq!(names(check_document("{ __schema { types { name } } }", &open)), Ok(vec![None]));
         // Each fragment spreads the next twice: 2^20 selections if expanded blindly.
         let mut doubling = String::from("{ ...F0 }");
         for i in 0..20 {

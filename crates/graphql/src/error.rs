@@ -27,6 +27,8 @@ pub enum GraphqlError {
     Introspection,
     /// Fragments expand to more selections than the filter walks.
     TooComplex,
+    /// A mutation or subscription sent as a GET (405).
+    MutationOverGet,
 }
 
 impl GraphqlError {
@@ -43,6 +45,7 @@ impl GraphqlError {
             GraphqlError::TooManyAliases { .. } => "too_many_aliases",
             GraphqlError::Introspection => "introspection_disabled",
             GraphqlError::TooComplex => "too_complex",
+            GraphqlError::MutationOverGet => "mutation_over_get",
         }
     }
 
@@ -59,12 +62,14 @@ impl GraphqlError {
             GraphqlError::TooManyAliases { max } => format!("more than {max} aliases"),
             GraphqlError::Introspection => "introspection is disabled".into(),
             GraphqlError::TooComplex => "the document expands to too many selections".into(),
+            GraphqlError::MutationOverGet => "only queries run over GET; send mutations as POST".into(),
         }
     }
 
     pub fn denial(&self) -> Denial {
         let kind = match self {
             GraphqlError::NotGraphql => DenialKind::UnsupportedMediaType,
+            GraphqlError::MutationOverGet => DenialKind::MethodNotAllowed,
             GraphqlError::NotPersisted | GraphqlError::UnknownPersistedQuery | GraphqlError::Introspection => {
                 DenialKind::Forbidden { challenge: false }
             }

@@ -68,8 +68,8 @@ fn get_operation(raw_path: &str) -> Result<Operation, GraphqlError> {
 }
 
 impl GraphqlStage {
-    fn decide(&self, ops: &[Operation]) -> Step {
-        match ops.iter().try_for_each(|op| check_operation(&self.policy.config, op)) {
+    fn decide(&self, ops: &[Operation], over_get: bool) -> Step {
+        match ops.iter().try_for_each(|op| check_operation(&self.policy.config, op, over_get)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }
@@ -85,7 +85,7 @@ impl Stage for GraphqlStage {
         request.route = Some("graphql".into());
         match request.method.as_str() {
             "GET" => match get_operation(&request.path) {
-                Ok(op) => self.decide(&[op]),
+                Ok(op) => self.decide(&[op], true),
                 Err(e) => Step::Deny(e.denial()),
             },
             "POST" => {
@@ -117,6 +117,6 @@ impl Stage for GraphqlStage {
                 Err(_) => return Step::Deny(GraphqlError::InvalidRequest.denial()),
             },
         };
-        self.decide(&ops)
+        self.decide(&ops, false)
     }
 }
