@@ -20,7 +20,8 @@ from harness import FORMS, Envoy, as_deployed, build_config, plugin
 
 BOOK = "query Book($id: ID!) { book(id: $id) { title author { name } } }"
 SHELF = "query Shelf { books { title } }"
-PERSISTED = [{"document": BOOK}, {"id": "relay-shelf", "document": SHELF}]
+RENAME = 'mutation Rename { rename(title: "Dune Messiah") }'
+PERSISTED = [{"document": BOOK}, {"id": "relay-shelf", "document": SHELF}, {"id": "relay-rename", "document": RENAME}]
 
 
 @strawberry.type
@@ -53,7 +54,14 @@ class Query:
         return "not for everyone"
 
 
-SCHEMA = strawberry.Schema(query=Query)
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    def rename(self, title: str) -> str:
+        return title
+
+
+SCHEMA = strawberry.Schema(query=Query, mutation=Mutation)
 
 
 class GraphqlServer:
@@ -159,6 +167,14 @@ def test_persisted_operations_run(envoy, server):
     extensions = json.dumps({"persistedQuery": {"version": 1, "sha256Hash": sha(BOOK)}})
     r = httpx.get(f"http://127.0.0.1:{envoy.port}/graphql", params={"extensions": extensions, "variables": '{"id": "3"}'}, timeout=10)
     assert r.status_code == 200 and r.json()["data"]["book"]["title"] == "book 3", r.text
+    assert post(envoy, {"id": "relay-rename"}).json()["data"]["rename"] == "Dune Messiah", "a persisted mutation, POSTed"
+
+
+def test_a_mutation_never_runs_over_get(envoy, server):
+    before = len(server.executed)
+    r = httpx.get(f"http://127.0.0.1:{envoy.port}/graphql", params={"id": "relay-rename"}, timeout=10)
+    assert refused(r, 405, "mutation_over_get"), r.text
+    assert len(server.executed) == before
 
 
 def test_anything_else_never_reaches_the_server(envoy, server):
@@ -200,6 +216,8 @@ def test_raw_documents_within_limits_where_allowed(open_envoy, server):
         ("introspection", "{ __schema { types { name } } }", 403, "introspection_disabled"),
         ("not GraphQL", "{ books { ", 400, "invalid_document"),
     ]
+    r = httpx.get(f"http://127.0.0.1:{open_envoy.port}/graphql", params={"query": 'mutation { rename(title: "x") }'}, timeout=10)
+    assert refused(r, 405, "mutation_over_get"), r.text
     before = len(server.executed)
     for name, document, status, reason in rows:
         r = post(open_envoy, {"query": document})
