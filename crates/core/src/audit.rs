@@ -76,14 +76,7 @@ pub fn seal_hash(record: &Map<String, Value>) -> String {
 }
 
 fn hex_digest(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(bytes);
-    let mut out = String::with_capacity(64);
-    for b in digest {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 15)]));
-    }
-    out
+    crate::hex::encode(&Sha256::digest(bytes))
 }
 
 /// Compact JSON with the keys of every object sorted (whatever order a pipeline kept them in),

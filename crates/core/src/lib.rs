@@ -20,6 +20,7 @@ pub mod config;
 pub mod denial;
 pub mod fleet;
 pub mod form;
+pub mod hex;
 pub mod json;
 pub mod principal;
 pub mod request;

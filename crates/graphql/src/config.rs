@@ -67,7 +67,7 @@ pub struct GraphqlConfig {
 
 /// SHA-256 of a document's text, lower-case hex (Apollo's persisted-query hash).
 pub fn sha256_hex(text: &str) -> String {
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    meshward_core::hex::encode(&Sha256::digest(text.as_bytes()))
 }
 
 impl GraphqlConfig {

@@ -36,7 +36,7 @@ fn digest(parts: &[&[u8]]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part);
     }
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    meshward_core::hex::encode(&hasher.finalize())
 }
 
 /// The engine key: `idempotency/<operation>/<digest of caller and key>` (apart from webhook

@@ -167,9 +167,7 @@ pub fn replay_key(delivery: &Delivery, body: &[u8]) -> String {
             digest.update(&delivery.suffix);
         }
     }
-    let bytes: [u8; 32] = digest.finalize().into();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    bytes.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from).collect()
+    meshward_core::hex::encode(&digest.finalize())
 }
 
 fn hmac_matches<M: Mac + KeyInit + Clone>(key: &[u8], delivery: &Delivery, body: &[u8], candidates: &[&Vec<u8>]) -> bool {
