@@ -1,6 +1,8 @@
 //! Why a gRPC call is refused: [`find_method`], then [`authorize`] (who may call it), then
 //! [`check_request`] (the message itself). Pure functions; the stage feeds them.
 
+use std::borrow::Cow;
+
 use meshward_core::request::{decode, Coding};
 use meshward_core::caller::Caller;
 use meshward_core::Principal;
@@ -67,12 +69,16 @@ pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding
 /// The text of an owner field; `None` when it is not set (proto3's empty default proves nothing).
 fn owner_value(message: &DynamicMessage, owner: &crate::config::OwnerField) -> Option<String> {
     let (last, parents) = owner.path.split_last()?;
-    let mut current = message.clone();
+    let mut current = message;
     for field in parents {
         if !current.has_field(field) {
             return None;
         }
-        current = current.get_field(field).as_message()?.clone();
+        // A field that is set is borrowed from its message: no copy of the nested message.
+        current = match current.get_field(field) {
+            Cow::Borrowed(Value::Message(inner)) => inner,
+            _ => return None,
+        };
     }
     let text = match current.get_field(last).as_ref() {
         Value::String(s) => s.clone(),
@@ -85,39 +91,64 @@ fn owner_value(message: &DynamicMessage, owner: &crate::config::OwnerField) -> O
     (!text.is_empty() && current.has_field(last)).then_some(text)
 }
 
+/// A value that breaks the descriptors, with the path to it: suffixes (`.field`, `[key]`,
+/// `[3]`, `.#9`) gathered from the inside out, only once one is found.
+struct Breach {
+    enum_value: bool,
+    suffixes: Vec<String>,
+}
+
+impl Breach {
+    fn within(mut self, suffix: String) -> Breach {
+        self.suffixes.push(suffix);
+        self
+    }
+}
+
 /// Undeclared fields (unless allowed) and undeclared enum numbers, anywhere in the message.
 fn check_fields(message: &DynamicMessage, unknown: UnknownFields, at: &str) -> Result<(), GrpcError> {
+    breach(message, unknown).map_err(|b| {
+        let path = b.suffixes.iter().rev().fold(at.to_string(), |path, suffix| path + suffix);
+        if b.enum_value { GrpcError::InvalidEnum { path } } else { GrpcError::UnknownField { path } }
+    })
+}
+
+fn breach(message: &DynamicMessage, unknown: UnknownFields) -> Result<(), Breach> {
     if unknown == UnknownFields::Deny {
         if let Some(field) = message.unknown_fields().next() {
-            return Err(GrpcError::UnknownField { path: format!("{at}.#{}", field.number()) });
+            return Err(Breach { enum_value: false, suffixes: vec![format!(".#{}", field.number())] });
         }
     }
     for (field, value) in message.fields() {
-        let here = format!("{at}.{}", field.name());
+        let within_field = |b: Breach| b.within(format!(".{}", field.name()));
         if field.is_map() {
             let Kind::Message(entry) = field.kind() else { continue };
             let value_field = entry.map_entry_value_field();
             if let Value::Map(map) = value {
                 for (key, v) in map {
-                    let key = match key {
-                        MapKey::String(s) => s.clone(),
-                        other => format!("{other:?}"),
-                    };
-                    check_value(&value_field.kind(), v, unknown, &format!("{here}[{key}]"))?;
+                    check_value(&value_field.kind(), v, unknown).map_err(|b| {
+                        let key = match key {
+                            MapKey::String(s) => s.clone(),
+                            other => format!("{other:?}"),
+                        };
+                        within_field(b.within(format!("[{key}]")))
+                    })?;
                 }
             }
         } else {
-            check_value(&field.kind(), value, unknown, &here)?;
+            check_value(&field.kind(), value, unknown).map_err(within_field)?;
         }
     }
     Ok(())
 }
 
-fn check_value(kind: &Kind, value: &Value, unknown: UnknownFields, at: &str) -> Result<(), GrpcError> {
+fn check_value(kind: &Kind, value: &Value, unknown: UnknownFields) -> Result<(), Breach> {
     match (kind, value) {
-        (_, Value::List(items)) => items.iter().enumerate().try_for_each(|(i, v)| check_value(kind, v, unknown, &format!("{at}[{i}]"))),
-        (Kind::Enum(e), Value::EnumNumber(n)) if e.get_value(*n).is_none() => Err(GrpcError::InvalidEnum { path: at.to_string() }),
-        (_, Value::Message(inner)) => check_fields(inner, unknown, at),
+        (_, Value::List(items)) => {
+            items.iter().enumerate().try_for_each(|(i, v)| check_value(kind, v, unknown).map_err(|b| b.within(format!("[{i}]"))))
+        }
+        (Kind::Enum(e), Value::EnumNumber(n)) if e.get_value(*n).is_none() => Err(Breach { enum_value: true, suffixes: Vec::new() }),
+        (_, Value::Message(inner)) => breach(inner, unknown),
         _ => Ok(()),
     }
 }
