@@ -70,7 +70,8 @@ impl Stage for OwnershipStage {
         request.route = rule.name.clone();
         // The user is read only for rules that need one (filter state is a hostcall away).
         let principal = if rule.access.require_user && !rule.public { principal(host, request) } else { None };
-        request.objects.clone_from(&captures);
+        // The captured ids are the request's objects (the audit record names them): kept once.
+        request.objects = captures;
         // The peer certificate is read only for rules that name workloads.
         let workload = if rule.access.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
         let seen: &RequestState = request;
@@ -79,7 +80,7 @@ impl Stage for OwnershipStage {
             (!values.is_empty()).then_some(values)
         };
         let caller = Caller { user: principal.as_deref(), workload: workload.as_deref() };
-        match authorize_request(rule, &captures, caller, &request.path, &header) {
+        match authorize_request(rule, &seen.objects, caller, &seen.path, &header) {
             Err(e) => Step::Deny(e.denial()),
             Ok(Authorized::Public) => Step::Continue,
             Ok(Authorized::Bypassed) => {
