@@ -2,6 +2,7 @@
 //! bytes as a rate-limit service's answer: no panics, and a key always has one value per part.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use meshward_core::caller::Caller;
 use meshward_core::Principal;
 use meshward_ratelimit::rls::{decode_response, encode_request};
 use meshward_ratelimit::stage::{key_values, strip_port};
@@ -29,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
         claims,
     });
     for rule in &config.rules {
-        let values = key_values(rule, principal.as_ref(), &|_| Some(header.clone()), Some(strip_port(&peer)));
+        let values = key_values(rule, Caller { user: principal.as_ref(), workload: None }, Some(strip_port(&peer)), &|_| Some(header.clone()));
         assert_eq!(values.len(), rule.key.len());
         let descriptor: Vec<(String, String)> = values.into_iter().map(|v| ("k".to_string(), v)).collect();
         let _ = encode_request("d", &[descriptor], 1);

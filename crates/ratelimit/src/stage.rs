@@ -4,10 +4,11 @@
 use std::rc::Rc;
 
 use meshward_core::clock::unix_micros;
+use meshward_core::caller::Caller;
 use meshward_core::principal::current_principal;
-use meshward_core::workload::{current_workload, Workload};
+use meshward_core::workload::current_workload;
 use meshward_core::shared::{SlotError, SlotTable, WhenFull};
-use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, Principal, RequestState, Stage, Step};
+use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_core::stats::{count, Counter};
 use meshward_host::{Host, LogLevel};
 
@@ -96,18 +97,11 @@ impl Policy for RateLimitPolicy {
     }
 }
 
-/// What a key can name about the caller.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Caller<'a> {
-    pub principal: Option<&'a Principal>,
-    pub workload: Option<&'a Workload>,
-    /// The peer address without its port.
-    pub client_ip: Option<&'a str>,
-}
-
-/// The values of a key's parts, in rule order ([`MISSING`] for a part the request lacks).
-pub fn key_values(rule: &Rule, caller: &Caller<'_>, header: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
-    let principal = caller.principal;
+/// The values of a key's parts, in rule order ([`MISSING`] for a part the request lacks):
+/// from the caller (user, workload), its peer address (`client_ip`, without the port) and the
+/// request's headers.
+pub fn key_values(rule: &Rule, caller: Caller<'_>, client_ip: Option<&str>, header: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+    let principal = caller.user;
     rule.key
         .iter()
         .map(|part| {
@@ -121,7 +115,7 @@ pub fn key_values(rule: &Rule, caller: &Caller<'_>, header: &dyn Fn(&str) -> Opt
                     _ => None,
                 }),
                 KeyPart::Header(name) => header(name),
-                KeyPart::ClientIp => caller.client_ip.map(str::to_string),
+                KeyPart::ClientIp => client_ip.map(str::to_string),
                 KeyPart::Workload(part) => caller.workload.and_then(|w| part.of(w)).map(str::to_string),
             };
             value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), key_part)
@@ -238,7 +232,7 @@ impl Stage for RateLimitStage {
         };
         let client_ip = client_ip.as_deref().map(strip_port);
         let workload = if policy.reads_workload { current_workload(host, &mut request.workload) } else { None };
-        let caller = Caller { principal: principal.as_deref(), workload: workload.as_deref(), client_ip };
+        let caller = Caller { user: principal.as_deref(), workload: workload.as_deref() };
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {
             if rule.route.captures(request.route_method(), &request.canonical).is_none() {
@@ -253,7 +247,7 @@ impl Stage for RateLimitStage {
                 continue;
             }
             let seen: &RequestState = request;
-            let values = key_values(rule, &caller, &|name| seen.header(name).map(str::to_string));
+            let values = key_values(rule, caller, client_ip, &|name| seen.header(name).map(str::to_string));
             request.route = Some(rule.name.clone());
             match (rule.scope, rule.limit) {
                 // Failures spend the budget when they are answered; here it is only looked at.
@@ -340,6 +334,7 @@ impl Stage for RateLimitStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use meshward_core::workload::Workload;
 
     #[test]
     fn a_value_never_reads_as_a_missing_part_or_as_another_value() {
@@ -348,7 +343,7 @@ mod tests {
         )
         .unwrap();
         let rule = &config.rules[0];
-        let keys = |header: Option<&str>, ip: Option<&str>| key_values(rule, &Caller { client_ip: ip, ..Caller::default() }, &|_| header.map(str::to_string));
+        let keys = |header: Option<&str>, ip: Option<&str>| key_values(rule, Caller::default(), ip, &|_| header.map(str::to_string));
         // (header, client ip) → key values
         let rows: [(Option<&str>, Option<&str>, [&str; 2]); 6] = [
             (None, Some("10.0.0.1"), ["-", "10.0.0.1"]),
@@ -375,7 +370,7 @@ mod tests {
         let rule = &config.rules[0];
         let istio = Workload::parse("spiffe://mesh.test/ns/billing/sa/api").unwrap();
         let other = Workload::parse("spiffe://mesh.test/payments/worker").unwrap();
-        let keys = |workload: Option<&Workload>| key_values(rule, &Caller { workload, ..Caller::default() }, &|_| None);
+        let keys = |workload: Option<&Workload>| key_values(rule, Caller { workload, ..Caller::default() }, None, &|_| None);
         assert_eq!(keys(Some(&istio)), ["spiffe://mesh.test/ns/billing/sa/api", "billing", "api", "mesh.test"]);
         assert_eq!(keys(Some(&other)), ["spiffe://mesh.test/payments/worker", "-", "-", "mesh.test"]);
         assert_eq!(keys(None), ["-", "-", "-", "-"], "no certificate: the one shared bucket");
