@@ -3,25 +3,50 @@ it is given) behind it, httpx in front, in both forms. Only persisted operations
 `persistedQuery` hash, a Relay-style id, or the persisted text itself); raw documents, unknown
 hashes, text that does not match its hash, oversized batches and JSON two servers read two ways
 never reach the server; where raw documents are allowed, depth, alias and introspection limits
-hold."""
+hold. With the service's own SDL (printed by strawberry, carrying the cost and scope directives),
+operations cost at most `max_cost` (list sizes from their arguments or variables), select only
+declared fields, and select scoped fields only for callers whose token grants the scope — over
+HTTP/1.1, chunked and HTTP/2."""
 from __future__ import annotations
 
 import hashlib
 import json
 import threading
+import typing
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import strawberry
+from strawberry.schema_directive import Location
 
 from harness import FORMS, Envoy, as_deployed, build_config, plugin
+from test_jwt_envoy import jwt_config
+from tokens import bearer
 
 BOOK = "query Book($id: ID!) { book(id: $id) { title author { name } } }"
 SHELF = "query Shelf { books { title } }"
 RENAME = 'mutation Rename { rename(title: "Dune Messiah") }'
 PERSISTED = [{"document": BOOK}, {"id": "relay-shelf", "document": SHELF}, {"id": "relay-rename", "document": RENAME}]
+
+
+# The GraphQL cost directives (Apollo / IBM) and Apollo Federation's @requiresScopes, declared by
+# the service: its printed SDL is the contract meshward reads.
+@strawberry.schema_directive(locations=[Location.FIELD_DEFINITION, Location.OBJECT], name="requiresScopes")
+class RequiresScopes:
+    scopes: list[list[str]]
+
+
+@strawberry.schema_directive(locations=[Location.FIELD_DEFINITION], name="listSize")
+class ListSize:
+    slicing_arguments: typing.Optional[list[str]] = strawberry.directive_field(name="slicingArguments", default=None)
+
+
+@strawberry.type
+class Reader:
+    name: str
+    email: str = strawberry.field(directives=[RequiresScopes(scopes=[["readers:pii"], ["admin"]])])
 
 
 @strawberry.type
@@ -53,6 +78,10 @@ class Query:
     def secret(self) -> str:
         return "not for everyone"
 
+    @strawberry.field(directives=[ListSize(slicing_arguments=["first"])])
+    def readers(self, first: int = 10) -> list[Reader]:
+        return [Reader(name=f"reader {i}", email=f"r{i}@example.com") for i in range(first)]
+
 
 @strawberry.type
 class Mutation:
@@ -62,6 +91,10 @@ class Mutation:
 
 
 SCHEMA = strawberry.Schema(query=Query, mutation=Mutation)
+SDL = SCHEMA.as_str()
+READERS = "query Readers($n: Int) { readers(first: $n) { name } }"
+# The operations persisted where the schema is given.
+WITH_SCHEMA = [*PERSISTED, {"id": "readers", "document": READERS}]
 
 
 class GraphqlServer:
@@ -71,7 +104,7 @@ class GraphqlServer:
 
     def __init__(self):
         by_key = {}
-        for p in PERSISTED:
+        for p in WITH_SCHEMA:
             by_key[hashlib.sha256(p["document"].encode()).hexdigest()] = p["document"]
             if "id" in p:
                 by_key[p["id"]] = p["document"]
@@ -102,8 +135,18 @@ class GraphqlServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _body(self) -> bytes:
+                if "chunked" not in self.headers.get("transfer-encoding", "").lower():
+                    return self.rfile.read(int(self.headers.get("content-length", 0)))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()
+                return body
+
             def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+                raw = self._body()
                 if self.headers.get("content-type", "").startswith("application/graphql"):
                     return self._answer(self._run({"query": raw.decode()}))
                 request = json.loads(raw)
@@ -223,3 +266,86 @@ def test_raw_documents_within_limits_where_allowed(open_envoy, server):
         r = post(open_envoy, {"query": document})
         assert refused(r, status, reason), (name, r.status_code, r.text)
     assert len(server.executed) == before
+
+
+@pytest.fixture(scope="module", params=FORMS)
+def schema_envoy(request, server, keys):
+    jwt = jwt_config(keys)
+    jwt["rules"] = [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [{"provider_name": "main"}, {"allow_missing": {}}]}}}]
+    graphql = {"persisted": WITH_SCHEMA, "allow_raw_documents": True, "max_depth": 5, "max_batch": 2,
+               "schema": SDL, "max_cost": 50}
+    with Envoy(build_config(server.port, as_deployed(request.param, [plugin("jwt", jwt), plugin("graphql", graphql)])), concurrency=1) as env:
+        yield env
+    env.cleanup()
+
+
+def test_the_service_sdl_carries_the_directives():
+    assert "@listSize(slicingArguments: [\"first\"])" in SDL and "@requiresScopes(scopes: [[\"readers:pii\"], [\"admin\"]])" in SDL, SDL
+
+
+def test_operations_cost_at_most_max_cost(schema_envoy, server):
+    r = post(schema_envoy, {"id": "readers", "variables": {"n": 5}})
+    assert r.status_code == 200 and len(r.json()["data"]["readers"]) == 5, r.text
+    assert post(schema_envoy, {"query": "{ readers(first: 50) { name } }"}).status_code == 200, "exactly the limit"
+    before = len(server.executed)
+    rows = [
+        ("a variable asks for more", {"id": "readers", "variables": {"n": 500}}, 400, "too_costly"),
+        ("a literal asks for more", {"query": "{ readers(first: 51) { name } }"}, 400, "too_costly"),
+        ("a batch together", [{"id": "readers", "variables": {"n": 30}}, {"id": "readers", "variables": {"n": 30}}], 400, "too_costly"),
+        ("a size that is not a number", {"id": "readers", "variables": {"n": "500"}}, 400, "invalid_request"),
+        ("a field the schema does not declare", {"query": "{ readers { password } }"}, 400, "unknown_field"),
+    ]
+    for name, payload, status, reason in rows:
+        r = post(schema_envoy, payload)
+        assert refused(r, status, reason), (name, r.status_code, r.text)
+    r = httpx.get(f"http://127.0.0.1:{schema_envoy.port}/graphql", params={"id": "readers", "variables": '{"n": 500}'}, timeout=10)
+    assert refused(r, 400, "too_costly"), r.text
+    assert len(server.executed) == before, server.executed[before:]
+
+
+def chunks(payload: dict):
+    body = json.dumps(payload).encode()
+    yield body[:10]
+    yield body[10:]
+
+
+def test_scoped_fields_need_the_scope_in_every_form(schema_envoy, server, keys):
+    url = f"http://127.0.0.1:{schema_envoy.port}/graphql"
+    pii = {"query": "{ readers(first: 2) { name email } }"}
+    through_fragment = {"query": "{ readers(first: 2) { ...R } } fragment R on Reader { email }"}
+    json_type = {"content-type": "application/json"}
+    reader = bearer(keys.token("ES256", scope="readers:read"))
+    before = len(server.executed)
+    assert refused(post(schema_envoy, pii), 401, "missing_principal")
+    with httpx.Client(http2=True, http1=False) as h2:
+        for payload in (pii, through_fragment):
+            r = h2.post(url, content=json.dumps(payload), headers={**json_type, **reader}, timeout=10)
+            assert r.http_version == "HTTP/2" and refused(r, 403, "missing_scope"), r.text
+            assert "Reader.email" in r.json()["error"]
+    r = httpx.post(url, content=chunks(pii), headers={**json_type, **reader}, timeout=10)
+    assert refused(r, 403, "missing_scope"), r.text
+    assert len(server.executed) == before, server.executed[before:]
+    assert post(schema_envoy, {"query": "{ readers(first: 2) { name } }"}).status_code == 200, "unscoped fields need no token"
+    for scope in ("readers:pii", "admin"):
+        holder = {**json_type, **bearer(keys.token("ES256", scope=f"readers:read {scope}"))}
+        r = httpx.post(url, content=chunks(pii), headers=holder, timeout=10)
+        assert r.status_code == 200 and r.json()["data"]["readers"][1]["email"] == "r1@example.com", r.text
+        with httpx.Client(http2=True, http1=False) as h2:
+            assert h2.post(url, content=json.dumps(through_fragment), headers=holder, timeout=10).status_code == 200
+
+
+def test_the_policy_names_a_schema_file(tmp_path):
+    from test_cli import meshward
+
+    (tmp_path / "schema.graphql").write_text(SDL)
+    policy = tmp_path / "policy.yaml"
+    stage = {"schema_file": "schema.graphql", "allow_raw_documents": True, "max_cost": 100}
+    policy.write_text(json.dumps({"service": "library", "stages": [{"graphql": stage}]}))
+    r = meshward("compile", policy)
+    assert r.returncode == 0, r.stderr
+    compiled = json.loads(r.stdout)["meshward_graphql"]
+    assert compiled["schema"] == SDL and "schema_file" not in compiled
+    stage["persisted"] = [{"document": "{ readers(first: 500) { name } }"}]
+    policy.write_text(json.dumps({"service": "library", "stages": [{"graphql": stage}]}))
+    r = meshward("check", policy)
+    assert r.returncode == 1 and "cost 500, more than 100" in r.stdout, r.stdout

@@ -216,7 +216,11 @@ impl Policy {
             audit: raw.audit,
         };
         policy.add_contract_to_schema_stage()?;
-        policy.inline_descriptor_set()?;
+        policy.inline_file("grpc", "descriptor_set", |bytes| {
+            use ct_codecs::{Base64, Encoder};
+            Base64::encode_to_string(&bytes).map_err(|e| e.to_string())
+        })?;
+        policy.inline_file("graphql", "schema", |bytes| String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string()))?;
         Ok(policy)
     }
 
@@ -236,23 +240,22 @@ impl Policy {
         Ok(())
     }
 
-    /// A grpc stage's `descriptor_set_file` (relative to the policy; `protoc --include_imports
-    /// --descriptor_set_out`, `buf build -o`) becomes the `descriptor_set` its module reads.
-    fn inline_descriptor_set(&mut self) -> Result<(), PolicyError> {
-        use ct_codecs::{Base64, Encoder};
+    /// A stage's `<field>_file` (relative to the policy) becomes the `<field>` its module reads:
+    /// a grpc stage's `descriptor_set_file` (`protoc --include_imports --descriptor_set_out`,
+    /// `buf build -o`; base64), a graphql stage's `schema_file` (SDL, as text).
+    fn inline_file(&mut self, kind: &str, field: &str, encode: fn(Vec<u8>) -> Result<String, String>) -> Result<(), PolicyError> {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let Some(Value::Object(config)) = self.stages.iter_mut().find(|s| s.kind == "grpc").map(|s| &mut s.config) else { return Ok(()) };
-        let Some(file) = config.remove("descriptor_set_file") else { return Ok(()) };
-        let Value::String(file) = file else {
-            return Err(PolicyError(format!("{}: grpc.descriptor_set_file: a path", self.path.display())));
-        };
-        if config.contains_key("descriptor_set") {
-            return Err(PolicyError(format!("{}: grpc: give `descriptor_set` or `descriptor_set_file`, not both", self.path.display())));
+        let at = |message: String| PolicyError(format!("{}: {kind}.{field}_file: {message}", self.path.display()));
+        let Some(Value::Object(config)) = self.stages.iter_mut().find(|s| s.kind == kind).map(|s| &mut s.config) else { return Ok(()) };
+        let Some(file) = config.remove(&format!("{field}_file")) else { return Ok(()) };
+        let Value::String(file) = file else { return Err(at("a path".into())) };
+        if config.contains_key(field) {
+            return Err(at(format!("give `{field}` or `{field}_file`, not both")));
         }
         let path = dir.join(&file);
-        let bytes = std::fs::read(&path).map_err(|e| PolicyError(format!("{}: grpc.descriptor_set_file: {}: {e}", self.path.display(), path.display())))?;
-        let encoded = Base64::encode_to_string(&bytes).map_err(|e| PolicyError(e.to_string()))?;
-        config.insert("descriptor_set".into(), Value::String(encoded));
+        let bytes = std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
+        let encoded = encode(bytes).map_err(|e| at(format!("{}: {e}", path.display())))?;
+        config.insert(field.into(), Value::String(encoded));
         Ok(())
     }
 

@@ -6,8 +6,13 @@
 //!  "persisted": [{"document": "query Book($id: ID!) { book(id: $id) { title } }"},
 //!                {"id": "relay-1f2e", "document": "..."}],
 //!  "allow_raw_documents": false, "max_depth": 8, "max_aliases": 10, "max_batch": 1,
-//!  "introspection": false}
+//!  "introspection": false,
+//!  "schema": "type Query { ... }", "max_cost": 1000, "default_list_size": 10}
 //! ```
+//!
+//! With `schema` (the service's SDL; `schema_file` in a policy), every operation selects only
+//! declared fields, costs at most `max_cost` and selects scoped fields only for callers holding
+//! the scopes (see [`crate::schema`]).
 
 use std::collections::HashMap;
 
@@ -17,6 +22,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::document::{check_document, Limits, OperationInfo};
+use crate::schema::Schema;
+use crate::GraphqlError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +42,9 @@ struct RawConfig {
     #[serde(default)]
     introspection: bool,
     max_body_bytes: Option<usize>,
+    schema: Option<String>,
+    max_cost: Option<u64>,
+    default_list_size: Option<u64>,
 }
 
 fn default_paths() -> Vec<String> {
@@ -63,6 +73,9 @@ pub struct GraphqlConfig {
     pub limits: Limits,
     pub max_batch: usize,
     pub max_body_bytes: usize,
+    pub schema: Option<Schema>,
+    /// The most a request's operations may cost together (with a schema).
+    pub max_cost: Option<u64>,
 }
 
 /// SHA-256 of a document's text, lower-case hex (Apollo's persisted-query hash).
@@ -82,7 +95,19 @@ impl GraphqlConfig {
             max_depth: positive("max_depth", raw.max_depth, 10)?,
             max_aliases: positive("max_aliases", raw.max_aliases, 15)?,
             introspection: raw.introspection,
+            default_list_size: match raw.default_list_size {
+                Some(0) => return Err(ConfigError::new("default_list_size", "must be at least 1")),
+                n => n.unwrap_or(10),
+            },
         };
+        let schema = raw.schema.as_deref().map(Schema::parse).transpose()?;
+        if schema.is_none() && (raw.max_cost.is_some() || raw.default_list_size.is_some()) {
+            let name = if raw.max_cost.is_some() { "max_cost" } else { "default_list_size" };
+            return Err(ConfigError::new(name, "costs are read from the schema: give `schema` too"));
+        }
+        if raw.max_cost == Some(0) {
+            return Err(ConfigError::new("max_cost", "must be at least 1"));
+        }
         let max_batch = positive("max_batch", raw.max_batch, 1)?;
         if raw.paths.is_empty() || raw.paths.iter().any(|p| !p.starts_with('/') || p.contains(['?', '#'])) {
             return Err(ConfigError::new("paths", "name at least one path, each starting with `/` (no query)"));
@@ -95,7 +120,14 @@ impl GraphqlConfig {
         for (i, p) in raw.persisted.into_iter().enumerate() {
             let at = format!("persisted[{i}]");
             // An allowlisted operation obeys the limits too: an operator's mistake is refused here.
-            let operations = check_document(&p.document, &limits).map_err(|e| ConfigError::new(format!("{at}.document"), e.denial().message))?;
+            let operations = check_document(&p.document, &limits, schema.as_ref()).map_err(|e| ConfigError::new(format!("{at}.document"), e.denial().message))?;
+            // With no variables given (their defaults, else the assumed list sizes).
+            for op in &operations {
+                let cost = op.cost.of(&serde_json::Map::new()).map_err(|e| ConfigError::new(format!("{at}.document"), e.denial().message))?;
+                if let Some(max) = raw.max_cost.filter(|max| cost > *max) {
+                    return Err(ConfigError::new(format!("{at}.document"), GraphqlError::TooCostly { cost, max }.denial().message));
+                }
+            }
             for key in [Some(sha256_hex(&p.document)), p.id].into_iter().flatten() {
                 if persisted.insert(key.clone(), i).is_some() {
                     return Err(ConfigError::new(&at, format!("{key:?} names two persisted operations")));
@@ -112,6 +144,8 @@ impl GraphqlConfig {
             limits,
             max_batch,
             max_body_bytes: body_limit("max_body_bytes", raw.max_body_bytes)?,
+            schema,
+            max_cost: raw.max_cost,
         })
     }
 }

@@ -1,11 +1,17 @@
 //! Why a GraphQL request is refused: [`operations`] reads what it asks to run (one operation,
 //! or a batch), [`check_operation`] decides each: a persisted operation by hash or id, or — only
-//! where allowed — a raw document within the limits. Pure functions; the stage feeds them.
+//! where allowed — a raw document within the limits; with a schema, [`check_request`] then
+//! prices them all and checks the caller holds the scopes their fields need. Pure functions;
+//! the stage feeds them.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::rc::Rc;
+
+use meshward_core::Principal;
+use serde_json::{Map, Value};
 
 use crate::config::{sha256_hex, GraphqlConfig};
-use crate::document::{check_document, OperationInfo};
+use crate::document::{check_document, Access, OperationInfo};
 use crate::GraphqlError;
 
 /// One operation of a request, as a GraphQL server reads it.
@@ -17,6 +23,8 @@ pub struct Operation {
     pub persisted: Option<String>,
     /// `operationName`: which operation of the document runs.
     pub name: Option<String>,
+    /// `variables` (list sizes may come from them).
+    pub variables: Map<String, Value>,
 }
 
 fn string(value: Option<&Value>) -> Result<Option<String>, GraphqlError> {
@@ -38,7 +46,12 @@ pub fn operation(object: &Value) -> Result<Operation, GraphqlError> {
     if hash.is_some() && id.is_some() && hash != id {
         return Err(GraphqlError::InvalidRequest);
     }
-    Ok(Operation { query: string(map.get("query"))?, persisted: hash.or(id), name: string(map.get("operationName"))? })
+    let variables = match map.get("variables") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(v)) => v.clone(),
+        Some(_) => return Err(GraphqlError::InvalidRequest),
+    };
+    Ok(Operation { query: string(map.get("query"))?, persisted: hash.or(id), name: string(map.get("operationName"))?, variables })
 }
 
 /// The operations of a POST body: one object, or a batch (an array of them).
@@ -62,17 +75,18 @@ fn picked<'a>(operations: &'a [OperationInfo], name: Option<&str>) -> Option<&'a
 
 /// The picked operation may run over this method: a GET runs queries only (a mutation a link
 /// or an image could trigger is a CSRF; GraphQL over HTTP forbids it).
-fn runs(operations: &[OperationInfo], name: Option<&str>, over_get: bool) -> Result<(), GraphqlError> {
+fn runs<'a>(operations: &'a [OperationInfo], name: Option<&str>, over_get: bool) -> Result<&'a OperationInfo, GraphqlError> {
     match picked(operations, name) {
         None => Err(GraphqlError::InvalidDocument),
         Some(op) if over_get && !op.query => Err(GraphqlError::MutationOverGet),
-        Some(_) => Ok(()),
+        Some(op) => Ok(op),
     }
 }
 
 /// A persisted operation (by hash or id, its document's hash matching any text sent with it),
-/// or a raw document where allowed, within the limits; over GET, a query.
-pub fn check_operation(config: &GraphqlConfig, op: &Operation, over_get: bool) -> Result<(), GraphqlError> {
+/// or a raw document where allowed, within the limits; over GET, a query. The operation that
+/// runs (persisted ones analysed once, at configuration).
+pub fn check_operation<'c>(config: &'c GraphqlConfig, op: &Operation, over_get: bool) -> Result<Cow<'c, OperationInfo>, GraphqlError> {
     let hash = op.query.as_deref().map(sha256_hex);
     let key = match (&op.persisted, &hash) {
         (Some(sent), Some(computed)) if config.persisted.contains_key(sent) && sent != computed => {
@@ -89,13 +103,55 @@ pub fn check_operation(config: &GraphqlConfig, op: &Operation, over_get: bool) -
         (None, None) => return Err(GraphqlError::InvalidRequest),
     };
     if let Some((_, operations)) = config.persisted.get(&key).and_then(|i| config.documents.get(*i)) {
-        return runs(operations, op.name.as_deref(), over_get);
+        return runs(operations, op.name.as_deref(), over_get).map(Cow::Borrowed);
     }
     let Some(query) = &op.query else { return Err(GraphqlError::UnknownPersistedQuery) };
     if !config.allow_raw_documents {
         return Err(if op.persisted.is_some() { GraphqlError::UnknownPersistedQuery } else { GraphqlError::NotPersisted });
     }
-    runs(&check_document(query, &config.limits)?, op.name.as_deref(), over_get)
+    let operations = check_document(query, &config.limits, config.schema.as_ref())?;
+    runs(&operations, op.name.as_deref(), over_get).cloned().map(Cow::Owned)
+}
+
+/// The caller holds what each field needs: for every entry, all scopes of one of its lists.
+pub fn authorize(access: &[Access], user: Option<&Principal>) -> Result<(), GraphqlError> {
+    if access.is_empty() {
+        return Ok(());
+    }
+    let user = user.ok_or(GraphqlError::MissingPrincipal)?;
+    for field in access {
+        let held = |all: &Vec<String>| all.iter().all(|s| user.scopes.contains(s));
+        if !field.needs.iter().all(|any_of| any_of.iter().any(held)) {
+            return Err(GraphqlError::MissingScope { coordinate: field.coordinate.clone() });
+        }
+    }
+    Ok(())
+}
+
+/// Every operation of a request: each may run ([`check_operation`]), together they cost at
+/// most `max_cost`, and the caller (read only when a selected field needs scopes) holds what
+/// their fields need.
+pub fn check_request(config: &GraphqlConfig, ops: &[Operation], over_get: bool, user: &mut dyn FnMut() -> Option<Rc<Principal>>) -> Result<(), GraphqlError> {
+    let mut running = Vec::with_capacity(ops.len());
+    for op in ops {
+        running.push(check_operation(config, op, over_get)?);
+    }
+    if let Some(max) = config.max_cost {
+        let mut cost = 0u64;
+        for (info, op) in running.iter().zip(ops) {
+            cost = cost.saturating_add(info.cost.of(&op.variables)?);
+        }
+        if cost > max {
+            return Err(GraphqlError::TooCostly { cost, max });
+        }
+    }
+    if running.iter().any(|info| !info.access.is_empty()) {
+        let user = user();
+        for info in &running {
+            authorize(&info.access, user.as_deref())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -2,6 +2,10 @@
 
 use serde_json::json;
 
+use std::rc::Rc;
+
+use meshward_core::Principal;
+
 use super::*;
 
 const BOOK: &str = "query Book($id: ID!) { book(id: $id) { title author { name } } }";
@@ -16,7 +20,7 @@ fn config(extra: serde_json::Value) -> GraphqlConfig {
 }
 
 fn op(query: Option<&str>, persisted: Option<&str>, name: Option<&str>) -> Operation {
-    Operation { query: query.map(str::to_string), persisted: persisted.map(str::to_string), name: name.map(str::to_string) }
+    Operation { query: query.map(str::to_string), persisted: persisted.map(str::to_string), name: name.map(str::to_string), variables: serde_json::Map::new() }
 }
 
 #[test]
@@ -44,13 +48,13 @@ fn persisted_operations_only_unless_raw_is_allowed() {
         ("raw allowed, operation name not in it", &open, op(Some("query X { a }"), None, Some("Y")), Err(GraphqlError::InvalidDocument)),
     ];
     for (case, c, operation, want) in rows {
-        assert_eq!(check_operation(c, &operation, false), want, "{case}");
+        assert_eq!(check_operation(c, &operation, false).map(|_| ()), want, "{case}");
     }
     // Over GET: queries only.
-    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("A")), true), Ok(()));
-    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("B")), true), Err(GraphqlError::MutationOverGet));
-    assert_eq!(check_operation(&open, &op(Some("mutation { a }"), None, None), true), Err(GraphqlError::MutationOverGet));
-    assert_eq!(check_operation(&open, &op(Some("{ a }"), None, None), true), Ok(()));
+    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("A")), true).map(|_| ()), Ok(()));
+    assert_eq!(check_operation(&strict, &op(None, Some("relay-two"), Some("B")), true).map(|_| ()), Err(GraphqlError::MutationOverGet));
+    assert_eq!(check_operation(&open, &op(Some("mutation { a }"), None, None), true).map(|_| ()), Err(GraphqlError::MutationOverGet));
+    assert_eq!(check_operation(&open, &op(Some("{ a }"), None, None), true).map(|_| ()), Ok(()));
     assert_eq!(GraphqlError::MutationOverGet.denial().status(), 405);
 }
 
@@ -58,11 +62,15 @@ fn persisted_operations_only_unless_raw_is_allowed() {
 fn requests_are_read_as_servers_read_them() {
     let book = sha256_hex(BOOK);
     let apollo = json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": book}}, "variables": {"id": "1"}});
-    assert_eq!(operations(&apollo, 1), Ok(vec![op(None, Some(&book), None)]));
+    let mut want = op(None, Some(&book), None);
+    want.variables.insert("id".into(), json!("1"));
+    assert_eq!(operations(&apollo, 1), Ok(vec![want]));
     assert_eq!(operations(&json!({"documentId": "relay-two", "operationName": "A"}), 1), Ok(vec![op(None, Some("relay-two"), Some("A"))]));
+    let with_variables = operations(&json!({"query": "{ a }", "variables": {"n": 3}}), 1).map(|o| o[0].variables.clone());
+    assert_eq!(with_variables, Ok(json!({"n": 3}).as_object().cloned().unwrap_or_default()));
     assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}]), 2).map(|o| o.len()), Ok(2));
     assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}, {"query": "{ c }"}]), 2), Err(GraphqlError::BatchTooLarge { max: 2 }));
-    for bad in [json!([]), json!("{ a }"), json!({"query": 7}), json!({"id": "x", "extensions": {"persistedQuery": {"sha256Hash": "y"}}}), json!([1])] {
+    for bad in [json!([]), json!("{ a }"), json!({"query": 7}), json!({"id": "x", "extensions": {"persistedQuery": {"sha256Hash": "y"}}}), json!([1]), json!({"query": "{ a }", "variables": [1]})] {
         assert_eq!(operations(&bad, 2), Err(GraphqlError::InvalidRequest), "{bad}");
     }
 }
@@ -78,9 +86,77 @@ fn bad_configurations_are_refused() {
         (json!({"allow_raw_documents": true, "max_depth": 0}), "max_depth: must be at least 1"),
         (json!({"allow_raw_documents": true, "paths": ["graphql"]}), "paths"),
         (json!({"allow_raw_documents": true, "introspect": true}), "unknown field `introspect`"),
+        (json!({"allow_raw_documents": true, "max_cost": 10}), "max_cost: costs are read from the schema"),
+        (json!({"allow_raw_documents": true, "schema": "type Query { a: Nope }"}), "schema: Query.a: undeclared type Nope"),
+        (json!({"persisted": [{"document": "{ b }"}], "schema": SCHEMA}), "persisted[0].document: the schema declares no Query.b"),
+        (json!({"persisted": [{"document": "{ users { name } }"}], "schema": SCHEMA, "max_cost": 5}), "persisted[0].document: the operations cost 10, more than 5"),
+        (json!({"allow_raw_documents": true, "schema": SCHEMA, "max_cost": 0}), "max_cost: must be at least 1"),
     ];
     for (c, want) in rows {
         let err = parse(c.clone()).unwrap_or_else(|| panic!("accepted: {c}"));
         assert!(err.contains(want), "{c}: {err}");
+    }
+}
+
+const SCHEMA: &str = r#"
+    type User { name: String email: String @requiresScopes(scopes: [["users:pii"]]) }
+    type Query {
+      a: Int
+      users(first: Int): [User] @listSize(slicingArguments: ["first"])
+      admin: Int @requiresScopes(scopes: [["admin"], ["ops", "oncall"]])
+    }
+"#;
+
+fn user(scopes: &str) -> Rc<Principal> {
+    Rc::new(Principal {
+        provider: "p".into(),
+        issuer: "i".into(),
+        subject: Some("u".into()),
+        audiences: vec![],
+        scopes: scopes.split_whitespace().map(str::to_string).collect(),
+        tenant: None,
+        claims: serde_json::Map::new(),
+    })
+}
+
+#[test]
+fn with_a_schema_requests_are_priced_and_scoped() {
+    let list = "query L($n: Int) { users(first: $n) { name } }";
+    let c = GraphqlConfig::parse(
+        json!({"persisted": [{"id": "list", "document": list}, {"id": "pii", "document": "{ users(first: 2) { email } }"}], "allow_raw_documents": true,
+               "schema": SCHEMA, "max_cost": 50, "max_batch": 3})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let with = |mut o: Operation, variables: serde_json::Value| {
+        o.variables = variables.as_object().cloned().unwrap_or_default();
+        o
+    };
+    // (case, operations, the caller's scopes (None: no verified user), decision)
+    type Row<'a> = (&'a str, Vec<Operation>, Option<&'a str>, Result<(), GraphqlError>);
+    let rows: Vec<Row> = vec![
+        ("persisted, small list", vec![with(op(None, Some("list"), None), json!({"n": 5}))], None, Ok(())),
+        ("persisted, list too large by its variable", vec![with(op(None, Some("list"), None), json!({"n": 60}))], None, Err(GraphqlError::TooCostly { cost: 60, max: 50 })),
+        ("a size variable that is not a number", vec![with(op(None, Some("list"), None), json!({"n": "60"}))], None, Err(GraphqlError::InvalidRequest)),
+        ("a batch priced together", vec![with(op(None, Some("list"), None), json!({"n": 30})); 2], None, Err(GraphqlError::TooCostly { cost: 60, max: 50 })),
+        ("raw, literal size", vec![op(Some("{ users(first: 51) { name } }"), None, None)], None, Err(GraphqlError::TooCostly { cost: 51, max: 50 })),
+        ("raw, an undeclared field", vec![op(Some("{ users { nope } }"), None, None)], None, Err(GraphqlError::UnknownField { coordinate: "User.nope".into() })),
+        ("a scoped field without a user", vec![op(None, Some("pii"), None)], None, Err(GraphqlError::MissingPrincipal)),
+        ("a scoped field, scope held", vec![op(None, Some("pii"), None)], Some("users:pii"), Ok(())),
+        ("a scoped field, scope not held", vec![op(None, Some("pii"), None)], Some("users:read"), Err(GraphqlError::MissingScope { coordinate: "User.email".into() })),
+        ("any one of the lists", vec![op(Some("{ admin }"), None, None)], Some("oncall ops"), Ok(())),
+        ("all of a list", vec![op(Some("{ admin }"), None, None)], Some("ops"), Err(GraphqlError::MissingScope { coordinate: "Query.admin".into() })),
+        ("a batch: the scoped operation decides", vec![op(Some("{ a }"), None, None), op(Some("{ admin }"), None, None)], Some("users:pii"), Err(GraphqlError::MissingScope { coordinate: "Query.admin".into() })),
+    ];
+    for (case, ops, scopes, want) in rows {
+        let mut read = 0;
+        let mut caller = || {
+            read += 1;
+            scopes.map(user)
+        };
+        assert_eq!(check_request(&c, &ops, false, &mut caller), want, "{case}");
+        let needs_user = ops.iter().any(|o| o.persisted.as_deref() == Some("pii") || o.query.as_deref().is_some_and(|q| q.contains("admin")));
+        assert!(read <= 1 && (read == 1) == (needs_user && !matches!(want, Err(GraphqlError::TooCostly { .. } | GraphqlError::InvalidRequest))), "{case}: the user is read only for scoped fields");
     }
 }

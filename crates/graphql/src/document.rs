@@ -1,12 +1,19 @@
 //! What a GraphQL document asks for, read by Apollo's parser: the operations it names, how deep
 //! its selections nest, how many aliases it uses, whether it introspects. Fragments are
 //! followed where they are spread (a cycle is an invalid document).
+//!
+//! With the service's [`Schema`], each operation's fields are looked up (a field the schema does
+//! not declare is refused: what it needs could not be known), and the walk also yields what the
+//! operation costs ([`Cost`], evaluated with the request's variables) and which fields need
+//! scopes ([`Access`]).
 
 use std::collections::HashMap;
 
 use apollo_parser::cst::{self, CstNode};
 use apollo_parser::Parser;
+use serde_json::{Map, Value};
 
+use crate::schema::{AnyOf, ListSize, OperationKind, Schema, TypeDef};
 use crate::GraphqlError;
 
 /// Syntax nesting the parser follows before it gives up (a document nested deeper is invalid).
@@ -26,10 +33,91 @@ pub struct Limits {
     pub max_depth: usize,
     pub max_aliases: usize,
     pub introspection: bool,
+    /// Items a list field is taken to answer with when neither an argument nor `@listSize` says.
+    pub default_list_size: u64,
 }
 
 fn text(node: &impl CstNode) -> String {
     node.syntax().text().to_string()
+}
+
+/// How many items a list answers with: the largest slicing argument given (literal, or a
+/// variable's value), else `otherwise`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Size {
+    literal: Option<u64>,
+    /// Variables given as slicing arguments, with the operation's default for each.
+    variables: Vec<(String, Option<u64>)>,
+    otherwise: u64,
+}
+
+/// A variable's value as a list size: a non-negative integer (or absent / null).
+fn size_value(value: Option<&Value>) -> Result<Option<u64>, GraphqlError> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match (n.as_u64(), n.as_f64()) {
+            (Some(n), _) => Ok(Some(n)),
+            // `as` saturates: 1e30 is u64::MAX.
+            (None, Some(f)) if f >= 0.0 && f.fract() == 0.0 => Ok(Some(f as u64)),
+            _ => Err(GraphqlError::InvalidRequest),
+        },
+        Some(_) => Err(GraphqlError::InvalidRequest),
+    }
+}
+
+impl Size {
+    fn fixed(n: u64) -> Size {
+        Size { literal: None, variables: Vec::new(), otherwise: n }
+    }
+
+    fn of(&self, variables: &Map<String, Value>) -> Result<u64, GraphqlError> {
+        let mut given = self.literal;
+        for (name, default) in &self.variables {
+            if let Some(n) = size_value(variables.get(name))?.or(*default) {
+                given = given.max(Some(n));
+            }
+        }
+        Ok(given.unwrap_or(self.otherwise))
+    }
+}
+
+/// What an operation costs: fixed weights, plus lists whose size may come from variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cost {
+    fixed: u64,
+    lists: Vec<(Size, Cost)>,
+}
+
+impl Cost {
+    fn add(&mut self, other: Cost) {
+        self.fixed = self.fixed.saturating_add(other.fixed);
+        self.lists.extend(other.lists);
+    }
+
+    /// `size` times `each`, folded where nothing depends on the request.
+    fn scaled(size: Size, each: Cost) -> Cost {
+        if size.literal.is_none() && size.variables.is_empty() && each.lists.is_empty() {
+            return Cost { fixed: size.otherwise.saturating_mul(each.fixed), lists: Vec::new() };
+        }
+        Cost { fixed: 0, lists: vec![(size, each)] }
+    }
+
+    /// The cost with these variables (`Err`: a size variable that is not a non-negative integer).
+    pub fn of(&self, variables: &Map<String, Value>) -> Result<u64, GraphqlError> {
+        let mut total = self.fixed;
+        for (size, each) in &self.lists {
+            total = total.saturating_add(size.of(variables)?.saturating_mul(each.of(variables)?));
+        }
+        Ok(total)
+    }
+}
+
+/// A selected field that needs scopes: every entry of `needs` met (any one list, all of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// `Type.field`, as the denial names it.
+    pub coordinate: String,
+    pub needs: Vec<AnyOf>,
 }
 
 /// One operation of a document.
@@ -39,28 +127,51 @@ pub struct OperationInfo {
     pub name: Option<String>,
     /// A `query` (the shorthand `{ ... }` included): the only kind a GET may run.
     pub query: bool,
+    /// With a schema: what it costs, and the fields that need scopes (else zero and none).
+    pub cost: Cost,
+    pub access: Vec<Access>,
 }
 
-/// The document's operations once it is within `limits`.
-pub fn check_document(source: &str, limits: &Limits) -> Result<Vec<OperationInfo>, GraphqlError> {
+fn kind_of(op: &cst::OperationDefinition) -> OperationKind {
+    match op.operation_type() {
+        Some(t) if t.mutation_token().is_some() => OperationKind::Mutation,
+        Some(t) if t.subscription_token().is_some() => OperationKind::Subscription,
+        _ => OperationKind::Query,
+    }
+}
+
+/// The operation's variables with an integer default (what a size variable left out is).
+fn int_defaults(op: &cst::OperationDefinition) -> HashMap<String, Option<u64>> {
+    let definitions = op.variable_definitions().into_iter().flat_map(|d| d.variable_definitions());
+    definitions
+        .filter_map(|d| {
+            let name = d.variable()?.name()?.text().to_string();
+            let default = match d.default_value().and_then(|v| v.value()) {
+                Some(cst::Value::IntValue(v)) => i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()),
+                _ => None,
+            };
+            Some((name, default))
+        })
+        .collect()
+}
+
+/// The document's operations once it is within `limits` (and, with a schema, selects only
+/// fields it declares).
+pub fn check_document(source: &str, limits: &Limits, schema: Option<&Schema>) -> Result<Vec<OperationInfo>, GraphqlError> {
     let tree = Parser::new(source).recursion_limit(RECURSION_LIMIT).token_limit(TOKEN_LIMIT).parse();
     if tree.errors().len() > 0 {
         return Err(GraphqlError::InvalidDocument);
     }
     let mut operations = Vec::new();
     let mut fragments = HashMap::new();
-    let mut selections = Vec::new();
     for definition in tree.document().definitions() {
         match definition {
-            cst::Definition::OperationDefinition(op) => {
-                let query = op.operation_type().is_none_or(|t| t.query_token().is_some());
-                operations.push(OperationInfo { name: op.name().map(|n| text(&n)), query });
-                selections.push(op.selection_set().ok_or(GraphqlError::InvalidDocument)?);
-            }
+            cst::Definition::OperationDefinition(op) => operations.push(op),
             cst::Definition::FragmentDefinition(f) => {
                 let name = f.fragment_name().and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
+                let on = f.type_condition().and_then(|c| c.named_type()).and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
                 let set = f.selection_set().ok_or(GraphqlError::InvalidDocument)?;
-                if fragments.insert(name, set).is_some() {
+                if fragments.insert(name, (on, set)).is_some() {
                     return Err(GraphqlError::InvalidDocument);
                 }
             }
@@ -71,53 +182,74 @@ pub fn check_document(source: &str, limits: &Limits) -> Result<Vec<OperationInfo
     if operations.is_empty() {
         return Err(GraphqlError::InvalidDocument);
     }
-    let mut walk = Walk { fragments: &fragments, limits, aliases: 0, visits: 0, visiting: Vec::new() };
-    for set in &selections {
-        walk.selection_set(set, 1)?;
+    let mut walk = Walk { fragments: &fragments, limits, schema, aliases: 0, visits: 0, visiting: Vec::new(), defaults: HashMap::new(), access: Vec::new() };
+    let mut infos = Vec::with_capacity(operations.len());
+    for op in &operations {
+        let set = op.selection_set().ok_or(GraphqlError::InvalidDocument)?;
+        let kind = kind_of(op);
+        let root = match schema {
+            None => None,
+            Some(s) => Some(s.root(kind).ok_or(GraphqlError::InvalidDocument)?),
+        };
+        walk.defaults = int_defaults(op);
+        let root_name = match (schema, kind) {
+            (Some(s), OperationKind::Query) => s.query.as_str(),
+            (Some(s), OperationKind::Mutation) => s.mutation.as_deref().unwrap_or_default(),
+            (Some(s), OperationKind::Subscription) => s.subscription.as_deref().unwrap_or_default(),
+            (None, _) => "",
+        };
+        let cost = walk.selection_set(&set, 1, Parent { ty: root, name: root_name, sized: None })?;
+        infos.push(OperationInfo {
+            name: op.name().map(|n| text(&n)),
+            query: kind == OperationKind::Query,
+            cost,
+            access: std::mem::take(&mut walk.access),
+        });
     }
-    Ok(operations)
+    Ok(infos)
+}
+
+/// The type whose fields a selection set selects (`None`: no schema, or inside introspection),
+/// and the size a connection field hands to its `sizedFields`.
+#[derive(Clone, Copy)]
+struct Parent<'s, 'z> {
+    ty: Option<&'s TypeDef>,
+    name: &'s str,
+    sized: Option<(&'s ListSize, &'z Size)>,
 }
 
 struct Walk<'a> {
-    fragments: &'a HashMap<String, cst::SelectionSet>,
+    fragments: &'a HashMap<String, (String, cst::SelectionSet)>,
     limits: &'a Limits,
+    schema: Option<&'a Schema>,
     aliases: usize,
     visits: usize,
     /// Fragments being expanded (a spread of one of them again is a cycle).
     visiting: Vec<String>,
+    /// The current operation's variable defaults, and the fields it selects that need scopes.
+    defaults: HashMap<String, Option<u64>>,
+    access: Vec<Access>,
 }
 
-impl Walk<'_> {
-    /// The fields of a selection set at `depth` (top-level fields are at depth 1).
-    fn selection_set(&mut self, set: &cst::SelectionSet, depth: usize) -> Result<(), GraphqlError> {
+impl<'a> Walk<'a> {
+    /// The fields of a selection set at `depth` (top-level fields are at depth 1): what they cost.
+    fn selection_set(&mut self, set: &cst::SelectionSet, depth: usize, parent: Parent<'a, '_>) -> Result<Cost, GraphqlError> {
         if depth > self.limits.max_depth {
             return Err(GraphqlError::TooDeep { max: self.limits.max_depth });
         }
+        let mut cost = Cost::default();
         for selection in set.selections() {
             self.visits += 1;
             if self.visits > MAX_VISITS {
                 return Err(GraphqlError::TooComplex);
             }
             match selection {
-                cst::Selection::Field(field) => {
-                    let name = field.name().map(|n| text(&n)).unwrap_or_default();
-                    if !self.limits.introspection && (name == "__schema" || name == "__type") {
-                        return Err(GraphqlError::Introspection);
-                    }
-                    if field.alias().is_some() {
-                        self.aliases += 1;
-                        if self.aliases > self.limits.max_aliases {
-                            return Err(GraphqlError::TooManyAliases { max: self.limits.max_aliases });
-                        }
-                    }
-                    if let Some(inner) = field.selection_set() {
-                        self.selection_set(&inner, depth + 1)?;
-                    }
-                }
+                cst::Selection::Field(field) => cost.add(self.field(&field, depth, parent)?),
                 cst::Selection::InlineFragment(fragment) => {
-                    if let Some(inner) = fragment.selection_set() {
-                        self.selection_set(&inner, depth)?;
-                    }
+                    let on = fragment.type_condition().and_then(|c| c.named_type()).and_then(|n| n.name()).map(|n| text(&n));
+                    let inner = fragment.selection_set().ok_or(GraphqlError::InvalidDocument)?;
+                    let parent = self.narrowed(parent, on.as_deref())?;
+                    cost.add(self.selection_set(&inner, depth, parent)?);
                 }
                 cst::Selection::FragmentSpread(spread) => {
                     let name = spread.fragment_name().and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
@@ -127,22 +259,129 @@ impl Walk<'_> {
                     if self.visiting.len() >= MAX_FRAGMENT_NESTING {
                         return Err(GraphqlError::TooComplex);
                     }
-                    let inner = self.fragments.get(&name).ok_or(GraphqlError::InvalidDocument)?.clone();
+                    let fragments = self.fragments;
+                    let (on, inner) = fragments.get(&name).ok_or(GraphqlError::InvalidDocument)?;
+                    let parent = self.narrowed(parent, Some(on))?;
                     self.visiting.push(name);
-                    self.selection_set(&inner, depth)?;
+                    cost.add(self.selection_set(inner, depth, parent)?);
                     self.visiting.pop();
                 }
             }
         }
-        Ok(())
+        Ok(cost)
+    }
+
+    /// Inside `... on T`: T's fields (a composite type the schema declares).
+    fn narrowed<'z>(&self, parent: Parent<'a, 'z>, on: Option<&str>) -> Result<Parent<'a, 'z>, GraphqlError> {
+        let (Some(schema), Some(_), Some(on)) = (self.schema, parent.ty, on) else { return Ok(parent) };
+        match schema.types.get_key_value(on) {
+            Some((name, ty)) if ty.composite() => Ok(Parent { ty: Some(ty), name, sized: parent.sized }),
+            _ => Err(GraphqlError::UnknownField { coordinate: on.to_string() }),
+        }
+    }
+
+    fn field(&mut self, field: &cst::Field, depth: usize, parent: Parent<'a, '_>) -> Result<Cost, GraphqlError> {
+        let name = field.name().map(|n| text(&n)).unwrap_or_default();
+        if !self.limits.introspection && (name == "__schema" || name == "__type") {
+            return Err(GraphqlError::Introspection);
+        }
+        if field.alias().is_some() {
+            self.aliases += 1;
+            if self.aliases > self.limits.max_aliases {
+                return Err(GraphqlError::TooManyAliases { max: self.limits.max_aliases });
+            }
+        }
+        let inner = field.selection_set();
+        let (Some(schema), Some(ty)) = (self.schema, parent.ty) else {
+            // No schema (or introspection, which the schema does not describe): limits only.
+            let untyped = Parent { ty: None, name: "", sized: None };
+            return match inner {
+                Some(inner) => self.selection_set(&inner, depth + 1, untyped),
+                None => Ok(Cost::default()),
+            };
+        };
+        if name.starts_with("__") {
+            return match (name.as_str(), inner) {
+                ("__typename", None) => Ok(Cost::default()),
+                ("__schema" | "__type", Some(inner)) => self.selection_set(&inner, depth + 1, Parent { ty: None, name: "", sized: None }),
+                _ => Err(GraphqlError::InvalidDocument),
+            };
+        }
+        let coordinate = || format!("{}.{name}", parent.name);
+        let Some(def) = ty.fields.get(&name) else { return Err(GraphqlError::UnknownField { coordinate: coordinate() }) };
+        let Some((of_name, of)) = schema.types.get_key_value(&def.ty) else { return Err(GraphqlError::UnknownField { coordinate: coordinate() }) };
+        let needs: Vec<AnyOf> = def.scopes.iter().chain(&of.scopes).cloned().collect();
+        if !needs.is_empty() {
+            let coordinate = coordinate();
+            if !self.access.iter().any(|a| a.coordinate == coordinate) {
+                self.access.push(Access { coordinate, needs });
+            }
+        }
+        // A connection's size, handed down to its `sizedFields`; a list's own size.
+        let slicing_size = |list_size: &ListSize| self.size(field, list_size);
+        let handed = parent.sized.filter(|(s, _)| s.sized_fields.contains(&name)).map(|(_, size)| size.clone());
+        let own_size = match (&def.list_size, def.list) {
+            (Some(s), true) if s.sized_fields.is_empty() => Some(slicing_size(s)?),
+            (_, true) => Some(Size::fixed(self.limits.default_list_size)),
+            (_, false) => None,
+        };
+        let size = handed.or(own_size);
+        let for_children = match &def.list_size {
+            Some(s) if !s.sized_fields.is_empty() => Some((s, slicing_size(s)?)),
+            _ => None,
+        };
+        let each = def.cost.or(of.cost).unwrap_or(u64::from(of.composite()));
+        let mut per_item = Cost { fixed: each, lists: Vec::new() };
+        match (inner, of.composite()) {
+            (Some(inner), true) => {
+                let sized = for_children.as_ref().map(|(s, size)| (*s, size));
+                per_item.add(self.selection_set(&inner, depth + 1, Parent { ty: Some(of), name: of_name, sized })?);
+            }
+            (None, false) => {}
+            // Objects need a selection; scalars take none.
+            _ => return Err(GraphqlError::InvalidDocument),
+        }
+        Ok(match size {
+            Some(size) => Cost::scaled(size, per_item),
+            None => per_item,
+        })
+    }
+
+    /// A list's size from its slicing arguments (literal or variable), else `@listSize`'s
+    /// assumed size, else the default.
+    fn size(&self, field: &cst::Field, list_size: &ListSize) -> Result<Size, GraphqlError> {
+        let mut size = Size::fixed(list_size.assumed.unwrap_or(self.limits.default_list_size));
+        for argument in field.arguments().into_iter().flat_map(|a| a.arguments()) {
+            let Some(name) = argument.name().map(|n| n.text().to_string()) else { continue };
+            if !list_size.slicing.contains(&name) {
+                continue;
+            }
+            match argument.value() {
+                Some(cst::Value::IntValue(v)) => {
+                    let n = i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()).ok_or(GraphqlError::InvalidDocument)?;
+                    size.literal = size.literal.max(Some(n));
+                }
+                Some(cst::Value::Variable(v)) => {
+                    let variable = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
+                    // An undeclared variable makes the document invalid.
+                    let default = *self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)?;
+                    size.variables.push((variable, default));
+                }
+                Some(cst::Value::NullValue(_)) | None => {}
+                Some(_) => return Err(GraphqlError::InvalidDocument),
+            }
+        }
+        Ok(size)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
-    const LIMITS: Limits = Limits { max_depth: 3, max_aliases: 2, introspection: false };
+    const LIMITS: Limits = Limits { max_depth: 3, max_aliases: 2, introspection: false, default_list_size: 10 };
 
     #[test]
     fn documents_within_limits() {
@@ -169,27 +408,109 @@ mod tests {
         ];
         let names = |r: Result<Vec<OperationInfo>, GraphqlError>| r.map(|ops| ops.into_iter().map(|o| o.name).collect::<Vec<_>>());
         for (document, want) in rows {
-            assert_eq!(names(check_document(document, &LIMITS)), want, "{document}");
+            assert_eq!(names(check_document(document, &LIMITS, None)), want, "{document}");
         }
-        let kinds = check_document("query Q { a } mutation M { b } subscription S { c } { d }", &LIMITS).map(|ops| ops.iter().map(|o| o.query).collect::<Vec<_>>());
+        let kinds = check_document("query Q { a } mutation M { b } subscription S { c } { d }", &LIMITS, None).map(|ops| ops.iter().map(|o| o.query).collect::<Vec<_>>());
         assert_eq!(kinds, Ok(vec![true, false, false, true]));
         let open = Limits { introspection: true, ..LIMITS };
-        assert_eq!(names(check_document("{ __schema { types { name } } }", &open)), Ok(vec![None]));
+        assert_eq!(names(check_document("{ __schema { types { name } } }", &open, None)), Ok(vec![None]));
         // Each fragment spreads the next twice: 2^20 selections if expanded blindly.
         let mut doubling = String::from("{ ...F0 }");
         for i in 0..20 {
             doubling.push_str(&format!(" fragment F{i} on Q {{ ...F{} ...F{} }}", i + 1, i + 1));
         }
         doubling.push_str(" fragment F20 on Q { a }");
-        assert_eq!(check_document(&doubling, &LIMITS), Err(GraphqlError::TooComplex));
+        assert_eq!(check_document(&doubling, &LIMITS, None), Err(GraphqlError::TooComplex));
         // A chain of fragments, each spreading the next.
         let mut chain = String::from("{ ...F0 }");
         for i in 0..5000 {
             chain.push_str(&format!(" fragment F{i} on Q {{ ...F{} }}", i + 1));
         }
         chain.push_str(" fragment F5000 on Q { a }");
-        assert_eq!(check_document(&chain, &LIMITS), Err(GraphqlError::TooComplex));
+        assert_eq!(check_document(&chain, &LIMITS, None), Err(GraphqlError::TooComplex));
         let deep = format!("{}{}", "{ a ".repeat(200), "}".repeat(200));
-        assert_eq!(check_document(&deep, &LIMITS), Err(GraphqlError::InvalidDocument), "past the parser's recursion limit");
+        assert_eq!(check_document(&deep, &LIMITS, None), Err(GraphqlError::InvalidDocument), "past the parser's recursion limit");
+    }
+
+    const SDL: &str = r#"
+        interface Node { id: ID! secret: String }
+        type User implements Node {
+          id: ID!
+          name: String
+          secret: String @requiresScopes(scopes: [["admin"]])
+          email: String @requiresScopes(scopes: [["users:pii"], ["admin"]])
+          friends(first: Int, last: Int): [User!]! @listSize(slicingArguments: ["first", "last"])
+          posts(first: Int): PostConnection @listSize(slicingArguments: ["first"], sizedFields: ["edges"])
+        }
+        type PostConnection { edges: [PostEdge] totalCount: Int }
+        type PostEdge { node: Post }
+        type Post @cost(weight: 5) { title: String }
+        union SearchResult = User | Post
+        type Query {
+          me: User
+          users: [User]
+          node(id: ID!): Node
+          stats: Int @cost(weight: 7)
+          search: [SearchResult] @listSize(assumedSize: 3)
+        }
+        type Mutation { rename(name: String!): User }
+    "#;
+
+    #[test]
+    fn with_a_schema_fields_are_known_costed_and_scoped() {
+        let schema = Schema::parse(SDL).unwrap();
+        let limits = Limits { max_depth: 8, max_aliases: 5, introspection: false, default_list_size: 10 };
+        let vars = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+        let cost = |document: &str, variables: serde_json::Value| {
+            let ops = check_document(document, &limits, Some(&schema))?;
+            ops[0].cost.of(&vars(variables))
+        };
+        // (document, variables, cost)
+        type Row<'a> = (&'a str, serde_json::Value, Result<u64, GraphqlError>);
+        let rows: Vec<Row> = vec![
+            ("{ me { name } }", json!({}), Ok(1)),
+            ("{ __typename me { __typename name } }", json!({}), Ok(1)),
+            ("{ users { name } }", json!({}), Ok(10)),
+            ("{ me { friends(first: 5) { name } } }", json!({}), Ok(6)),
+            ("query Q($n: Int = 4) { me { friends(first: $n) { name } } }", json!({}), Ok(5)),
+            ("query Q($n: Int = 4) { me { friends(first: $n) { name } } }", json!({"n": 20}), Ok(21)),
+            ("query Q($n: Int) { me { friends(first: $n, last: 30) { name } } }", json!({"n": 2}), Ok(31)),
+            ("query Q($n: Int) { me { friends(first: $n) { name } } }", json!({}), Ok(11)),
+            ("query Q($n: Int) { me { friends(first: $n) { name } } }", json!({"n": null}), Ok(11)),
+            ("query Q($n: Int) { me { friends(first: $n) { name } } }", json!({"n": "5"}), Err(GraphqlError::InvalidRequest)),
+            ("query Q($n: Int) { me { friends(first: $n) { name } } }", json!({"n": -1}), Err(GraphqlError::InvalidRequest)),
+            ("{ me { friends(first: 10) { friends(first: 10) { name } } } }", json!({}), Ok(111)),
+            ("query Q($n: Int) { me { friends(first: $n) { friends(first: $n) { name } } } }", json!({"n": 1000}), Ok(1_001_001)),
+            ("{ me { posts(first: 20) { edges { node { title } } totalCount } } }", json!({}), Ok(122)),
+            ("{ me { posts(first: 20) { ...E } } } fragment E on PostConnection { edges { node { title } } }", json!({}), Ok(122)),
+            ("{ stats }", json!({}), Ok(7)),
+            ("{ search { ... on User { name } ... on Post { title } } }", json!({}), Ok(15)),
+            ("mutation { rename(name: \"x\") { name } }", json!({}), Ok(1)),
+            ("{ me { nope } }", json!({}), Err(GraphqlError::UnknownField { coordinate: "User.nope".into() })),
+            ("{ search { name } }", json!({}), Err(GraphqlError::UnknownField { coordinate: "SearchResult.name".into() })),
+            ("{ node(id: 1) { ... on Nope { id } } }", json!({}), Err(GraphqlError::UnknownField { coordinate: "Nope".into() })),
+            ("{ ...F } fragment F on Nope { a }", json!({}), Err(GraphqlError::UnknownField { coordinate: "Nope".into() })),
+            ("{ me }", json!({}), Err(GraphqlError::InvalidDocument)),
+            ("{ stats { a } }", json!({}), Err(GraphqlError::InvalidDocument)),
+            ("subscription { a }", json!({}), Err(GraphqlError::InvalidDocument)),
+            ("{ me { friends(first: $undeclared) { name } } }", json!({}), Err(GraphqlError::InvalidDocument)),
+            ("{ __schema { types { name } } }", json!({}), Err(GraphqlError::Introspection)),
+        ];
+        for (document, variables, want) in rows {
+            assert_eq!(cost(document, variables.clone()), want, "{document} {variables}");
+        }
+        // Introspection, where allowed, is not described by the schema: limits only.
+        let open = Limits { introspection: true, ..limits };
+        assert!(check_document("{ __schema { types { name } } }", &open, Some(&schema)).is_ok());
+
+        // Fields that need scopes, once each, through fragments and interfaces.
+        let access = |document: &str| check_document(document, &limits, Some(&schema)).map(|ops| ops[0].access.iter().map(|a| (a.coordinate.clone(), a.needs.clone())).collect::<Vec<_>>());
+        let pii = vec![vec![vec!["users:pii".to_string()], vec!["admin".to_string()]]];
+        let admin = vec![vec![vec!["admin".to_string()]]];
+        assert_eq!(access("{ me { name } }"), Ok(vec![]));
+        assert_eq!(access("{ me { email friends { email } } }"), Ok(vec![("User.email".into(), pii.clone())]));
+        assert_eq!(access("{ node(id: 1) { ... on User { email } } }"), Ok(vec![("User.email".into(), pii.clone())]));
+        assert_eq!(access("{ me { ...F } } fragment F on User { email }"), Ok(vec![("User.email".into(), pii)]));
+        assert_eq!(access("{ node(id: 1) { secret } }"), Ok(vec![("Node.secret".into(), admin)]), "the interface's field needs what User's does");
     }
 }

@@ -29,6 +29,14 @@ pub enum GraphqlError {
     TooComplex,
     /// A mutation or subscription sent as a GET (405).
     MutationOverGet,
+    /// A field (or a fragment's type) the schema does not declare.
+    UnknownField { coordinate: String },
+    /// The operations cost more than allowed (the schema's weights, lists by their size).
+    TooCostly { cost: u64, max: u64 },
+    /// A selected field needs scopes and no user was verified (401).
+    MissingPrincipal,
+    /// A selected field needs a scope the user does not hold.
+    MissingScope { coordinate: String },
 }
 
 impl GraphqlError {
@@ -46,6 +54,10 @@ impl GraphqlError {
             GraphqlError::Introspection => "introspection_disabled",
             GraphqlError::TooComplex => "too_complex",
             GraphqlError::MutationOverGet => "mutation_over_get",
+            GraphqlError::UnknownField { .. } => "unknown_field",
+            GraphqlError::TooCostly { .. } => "too_costly",
+            GraphqlError::MissingPrincipal => "missing_principal",
+            GraphqlError::MissingScope { .. } => "missing_scope",
         }
     }
 
@@ -63,6 +75,10 @@ impl GraphqlError {
             GraphqlError::Introspection => "introspection is disabled".into(),
             GraphqlError::TooComplex => "the document expands to too many selections".into(),
             GraphqlError::MutationOverGet => "only queries run over GET; send mutations as POST".into(),
+            GraphqlError::UnknownField { coordinate } => format!("the schema declares no {coordinate}"),
+            GraphqlError::TooCostly { cost, max } => format!("the operations cost {cost}, more than {max}"),
+            GraphqlError::MissingPrincipal => "authentication is required for a selected field".into(),
+            GraphqlError::MissingScope { coordinate } => format!("{coordinate} needs a scope the token does not grant"),
         }
     }
 
@@ -70,7 +86,8 @@ impl GraphqlError {
         let kind = match self {
             GraphqlError::NotGraphql => DenialKind::UnsupportedMediaType,
             GraphqlError::MutationOverGet => DenialKind::MethodNotAllowed,
-            GraphqlError::NotPersisted | GraphqlError::UnknownPersistedQuery | GraphqlError::Introspection => {
+            GraphqlError::MissingPrincipal => DenialKind::MissingCredentials,
+            GraphqlError::NotPersisted | GraphqlError::UnknownPersistedQuery | GraphqlError::Introspection | GraphqlError::MissingScope { .. } => {
                 DenialKind::Forbidden { challenge: false }
             }
             GraphqlError::InvalidRequest
@@ -79,7 +96,9 @@ impl GraphqlError {
             | GraphqlError::InvalidDocument
             | GraphqlError::TooDeep { .. }
             | GraphqlError::TooManyAliases { .. }
-            | GraphqlError::TooComplex => DenialKind::BadRequest,
+            | GraphqlError::TooComplex
+            | GraphqlError::UnknownField { .. }
+            | GraphqlError::TooCostly { .. } => DenialKind::BadRequest,
         };
         Denial::new(kind, self.reason(), self.message())
     }

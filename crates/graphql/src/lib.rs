@@ -10,6 +10,7 @@ pub mod config;
 pub mod decide;
 pub mod document;
 mod error;
+pub mod schema;
 pub mod stage;
 
 pub use config::GraphqlConfig;

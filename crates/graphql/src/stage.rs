@@ -2,6 +2,7 @@
 
 use std::rc::Rc;
 
+use meshward_core::principal::current_principal;
 use meshward_core::request::essence;
 use meshward_core::route::query_param;
 use meshward_core::{config::ConfigError, Mode, Policy, RequestState, Stage, Step};
@@ -9,7 +10,7 @@ use meshward_host::Host;
 use serde_json::{Map, Value};
 
 use crate::config::GraphqlConfig;
-use crate::decide::{check_operation, operation, operations, Operation};
+use crate::decide::{check_request, operation, operations, Operation};
 use crate::GraphqlError;
 
 #[derive(Debug)]
@@ -60,16 +61,18 @@ fn get_operation(raw_path: &str) -> Result<Operation, GraphqlError> {
             object.insert(name.into(), Value::String(value));
         }
     }
-    if let Some(extensions) = param("extensions")? {
-        let parsed = meshward_core::json::read(extensions.as_bytes(), 16).map_err(|_| GraphqlError::InvalidRequest)?;
-        object.insert("extensions".into(), parsed.value);
+    for name in ["extensions", "variables"] {
+        if let Some(json) = param(name)? {
+            let parsed = meshward_core::json::read(json.as_bytes(), 16).map_err(|_| GraphqlError::InvalidRequest)?;
+            object.insert(name.into(), parsed.value);
+        }
     }
     operation(&Value::Object(object))
 }
 
 impl GraphqlStage {
-    fn decide(&self, ops: &[Operation], over_get: bool) -> Step {
-        match ops.iter().try_for_each(|op| check_operation(&self.policy.config, op, over_get)) {
+    fn decide(&self, host: &dyn Host, request: &mut RequestState, ops: &[Operation], over_get: bool) -> Step {
+        match check_request(&self.policy.config, ops, over_get, &mut || current_principal(host, &mut request.principal)) {
             Ok(()) => Step::Continue,
             Err(e) => Step::Deny(e.denial()),
         }
@@ -77,7 +80,7 @@ impl GraphqlStage {
 }
 
 impl Stage for GraphqlStage {
-    fn on_request_headers(&mut self, _host: &mut dyn Host, request: &mut RequestState) -> Step {
+    fn on_request_headers(&mut self, host: &mut dyn Host, request: &mut RequestState) -> Step {
         let policy = Rc::clone(&self.policy);
         if !policy.config.paths.contains(&request.canonical) {
             return Step::Continue;
@@ -85,7 +88,7 @@ impl Stage for GraphqlStage {
         request.route = Some("graphql".into());
         match request.method.as_str() {
             "GET" => match get_operation(&request.path) {
-                Ok(op) => self.decide(&[op], true),
+                Ok(op) => self.decide(host, request, &[op], true),
                 Err(e) => Step::Deny(e.denial()),
             },
             "POST" => {
@@ -100,7 +103,7 @@ impl Stage for GraphqlStage {
         }
     }
 
-    fn on_request_body(&mut self, _host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
+    fn on_request_body(&mut self, host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
         let policy = Rc::clone(&self.policy);
         let ops = match self.body {
             None => return Step::Continue,
@@ -117,6 +120,6 @@ impl Stage for GraphqlStage {
                 Err(_) => return Step::Deny(GraphqlError::InvalidRequest.denial()),
             },
         };
-        self.decide(&ops, false)
+        self.decide(host, request, &ops, false)
     }
 }
