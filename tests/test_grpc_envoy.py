@@ -262,3 +262,149 @@ def test_the_policy_names_a_descriptor_file(tmp_path):
     policy.write_text(json.dumps({"service": "orders", "stages": [{"grpc": stage}]}))
     r = meshward("check", policy)
     assert r.returncode == 1 and "invalid_stage" in r.stdout and "client-streaming" in r.stdout, r.stdout
+
+
+# -- the service's own field rules: protovalidate annotations in the descriptor set -------------
+
+ACCOUNT_DESCRIPTORS = REPO / "crates" / "grpc" / "tests" / "accounts.pb"
+
+
+@pytest.fixture(scope="module")
+def accounts_proto(tmp_path_factory):
+    """`tests/protos/accounts.proto` (and protovalidate's `validate.proto`, vendored) compiled by
+    protoc: Python stubs, `buf.validate.validate_pb2` for protovalidate itself, the descriptor set."""
+    out = tmp_path_factory.mktemp("accounts-proto")
+    well_known = Path(grpc_protoc.__file__).parent / "_proto"
+    code = grpc_protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", "--include_imports",
+                             f"--descriptor_set_out={out / 'accounts.pb'}", str(PROTO_DIR / "accounts.proto"), str(PROTO_DIR / "buf/validate/validate.proto")])
+    assert code == 0
+    sys.path.insert(0, str(out))
+    try:
+        import accounts_pb2
+        import accounts_pb2_grpc
+        import protovalidate
+    finally:
+        sys.path.remove(str(out))
+    return accounts_pb2, accounts_pb2_grpc, protovalidate, (out / "accounts.pb").read_bytes()
+
+
+def test_the_unit_tests_rules_descriptor_set_is_the_proto_compiled(accounts_proto):
+    assert ACCOUNT_DESCRIPTORS.read_bytes() == accounts_proto[3], "regenerate crates/grpc/tests/accounts.pb from tests/protos/accounts.proto"
+
+
+class AccountsServer:
+    """demo.accounts.Accounts served by grpcio; `created` lists the requests that reached it."""
+
+    def __init__(self, pb2, pb2_grpc):
+        outer = self
+
+        class Accounts(pb2_grpc.AccountsServicer):
+            def CreateAccount(self, request, context):
+                outer.created.append(request)
+                return pb2.Account(name=request.name)
+
+        self.created = []
+        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        pb2_grpc.add_AccountsServicer_to_server(Accounts(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self):
+        self.server.stop(0)
+
+
+@pytest.fixture(scope="module", params=FORMS)
+def accounts(request, accounts_proto):
+    pb2, pb2_grpc, _, descriptors = accounts_proto
+    server = AccountsServer(pb2, pb2_grpc)
+    stage = {"descriptor_set": base64.b64encode(descriptors).decode(), "services": {"demo.accounts.Accounts": {"methods": {"CreateAccount": {"public": True}}}}}
+    config = grpc_upstream(build_config(server.port, as_deployed(request.param, [plugin("grpc", stage)])), server.port)
+    try:
+        with Envoy(config, concurrency=1) as env:
+            channel = grpc.insecure_channel(f"127.0.0.1:{env.port}")
+            yield env, pb2_grpc.AccountsStub(channel), server
+            channel.close()
+        env.cleanup()
+    finally:
+        server.stop()
+
+
+def test_field_rules_hold_as_protovalidate_reads_them(accounts, accounts_proto):
+    """Each request, decided by meshward in front of the service and by protovalidate (the
+    library services run) on the same message: the two agree, field by field."""
+    pb2, _, protovalidate, _ = accounts_proto
+    env, stub, server = accounts
+
+    def request(**changes):
+        fields = {"name": "Ada", "age": 36, "plan": pb2.PRO, "address": pb2.Address(country="DE", city="Berlin"), "email": "ada@example.com"}
+        fields.update(changes)
+        return pb2.CreateAccountRequest(**{k: v for k, v in fields.items() if v is not None})
+
+    rows = [
+        request(),
+        request(name=""),
+        request(name="Ádá Lovelace!"),
+        request(name="Ádá Lovelacé"),
+        request(age=17),
+        request(age=150),
+        request(age=151),
+        request(plan=None),
+        request(plan=7),
+        request(address=None),
+        request(address=pb2.Address(country="de")),
+        request(address=pb2.Address(country="DEU")),
+        request(tags=["a", "b"]),
+        request(tags=["a", "b", "c", "d"]),
+        request(tags=["a", "a"]),
+        request(tags=["a", "much-too-long"]),
+        request(nickname="Al"),
+        request(nickname="Alan"),
+        request(referrer_id="123"),
+        request(referrer_id="6f1c2d3e-4b5a-4c6d-8e9f-0a1b2c3d4e5f"),
+        request(balance=-0.5),
+        request(balance=float("inf")),
+        request(balance=float("nan")),
+        request(limits={"daily": 5}),
+        request(limits={"hourly": 5}),
+        request(limits={"daily": 0}),
+        request(limits={"daily": 1, "monthly": 2}),
+        request(email=None),
+        request(email=None, phone="+4930"),
+        request(email=None, phone="030"),
+        request(email="no-at-sign"),
+        request(previous=[pb2.Address(country="FR"), pb2.Address(country="fr")]),
+        request(score=50),
+        request(score=101),
+        request(score=5),
+    ]
+    refusals = 0
+    for message in rows:
+        violations = protovalidate.collect_violations(message)
+        before = len(server.created)
+        try:
+            stub.CreateAccount(message, timeout=10)
+            passed = True
+        except grpc.RpcError as err:
+            passed = False
+            # An undeclared enum number is refused before any rule (`invalid_enum`).
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and dict(err.trailing_metadata())["meshward-reason"] in ("rule_violation", "invalid_enum"), err
+            field = violations[0].proto.field.elements[-1].field_name if violations and violations[0].proto.field.elements else ""
+            assert field and field in err.details(), (message, err.details(), violations[0].proto)
+            refusals += 1
+        assert passed == (not violations), (message, [v.proto.rule_id for v in violations], passed)
+        assert len(server.created) == before + (1 if passed else 0)
+    assert 10 < refusals < len(rows), refusals
+
+
+def test_rules_meshward_does_not_implement_refuse_the_policy(tmp_path, accounts_proto):
+    from test_cli import meshward
+
+    (tmp_path / "accounts.pb").write_bytes(accounts_proto[3])
+    policy = tmp_path / "policy.yaml"
+    stage = {"descriptor_set_file": "accounts.pb", "services": {"demo.accounts.Accounts": {"methods": {"UpdateProfile": {"public": True}}}}}
+    policy.write_text(json.dumps({"service": "accounts", "stages": [{"grpc": stage}]}))
+    r = meshward("check", policy)
+    assert r.returncode == 1 and "`email` is not implemented" in r.stdout, r.stdout
+    policy.write_text(json.dumps({"service": "accounts", "stages": [{"grpc": {**stage, "field_rules": "enforce_known"}}]}))
+    r = meshward("check", policy)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -5,8 +5,11 @@
 //! {"descriptor_set": "<base64 FileDescriptorSet>",
 //!  "services": {"demo.orders.Orders": {"methods": {
 //!     "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
-//!     "Settle": {"workloads": ["spiffe://cluster.local/ns/billing/sa/billing"], "require_user": false}}}}}
+//!     "Settle": {"workloads": ["spiffe://cluster.local/ns/billing/sa/billing"], "require_user": false}}}},
+//!  "field_rules": "enforce"}
 //! ```
+//!
+//! The descriptor set's protovalidate annotations are the messages' field rules ([`crate::rules`]).
 
 use std::collections::BTreeMap;
 
@@ -17,6 +20,8 @@ use meshward_core::workload::SpiffeIds;
 use meshward_core::Mode;
 use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, MessageDescriptor};
 use serde::Deserialize;
+
+use crate::rules::{FieldRules, FieldRulesMode};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +35,8 @@ struct RawConfig {
     #[serde(default)]
     unknown_fields: UnknownFields,
     max_message_bytes: Option<usize>,
+    #[serde(default)]
+    field_rules: FieldRulesMode,
 }
 
 #[derive(Deserialize)]
@@ -104,6 +111,8 @@ pub struct GrpcConfig {
     pub methods: Vec<Method>,
     pub unknown_fields: UnknownFields,
     pub max_message_bytes: usize,
+    /// The protovalidate rules of the messages the methods take.
+    pub rules: FieldRules,
 }
 
 impl GrpcConfig {
@@ -171,7 +180,9 @@ impl GrpcConfig {
                 });
             }
         }
-        Ok(GrpcConfig { mode: raw.mode, methods, unknown_fields: raw.unknown_fields, max_message_bytes })
+        let inputs: Vec<MessageDescriptor> = methods.iter().map(|m| m.input.clone()).collect();
+        let rules = FieldRules::compile(&pool, &inputs, raw.field_rules).map_err(|e| ConfigError::new("field_rules", e))?;
+        Ok(GrpcConfig { mode: raw.mode, methods, unknown_fields: raw.unknown_fields, max_message_bytes, rules })
     }
 }
 

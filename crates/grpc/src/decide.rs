@@ -28,7 +28,7 @@ pub fn authorize(method: &Method, caller: Caller<'_>) -> Result<(), GrpcError> {
 
 /// The request body: one message, decompressed by `grpc-encoding` when flagged, within the
 /// size limit, decoding as the method's input, with no undeclared field (unless allowed) or
-/// enum value, and its owner fields equal to the user's claims.
+/// enum value, within the service's field rules, and its owner fields equal to the user's claims.
 pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
     let framed = frames(body)?;
     let [frame] = framed.as_slice() else { return Err(GrpcError::MalformedFrame) };
@@ -55,6 +55,7 @@ pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding
     }
     let message = DynamicMessage::decode(method.input.clone(), bytes).map_err(|_| GrpcError::InvalidMessage)?;
     check_fields(&message, config.unknown_fields, method.input.name())?;
+    config.rules.check(&message).map_err(|v| GrpcError::RuleViolation { path: format!("{}{}", method.input.name(), v.path), rule: v.rule })?;
     for owner in &method.owner {
         let fail = if owner.claim == "tenant" { GrpcError::TenantBoundary } else { GrpcError::NotOwner };
         let user = user.ok_or(GrpcError::MissingPrincipal)?;

@@ -32,6 +32,8 @@ pub enum GrpcError {
     UnknownField { path: String },
     /// An enum field holds a number its enum does not declare.
     InvalidEnum { path: String },
+    /// A field breaks one of the service's protovalidate rules (`string.min_len`, `required`).
+    RuleViolation { path: String, rule: String },
     /// A field the method compares with the principal's tenant claim holds another value.
     TenantBoundary,
     /// A field the method compares with one of the principal's claims holds another value.
@@ -64,6 +66,7 @@ impl GrpcError {
             GrpcError::InvalidMessage => "invalid_message",
             GrpcError::UnknownField { .. } => "unknown_field",
             GrpcError::InvalidEnum { .. } => "invalid_enum",
+            GrpcError::RuleViolation { .. } => "rule_violation",
             GrpcError::TenantBoundary => "tenant_boundary",
             GrpcError::NotOwner => "not_owner",
         }
@@ -83,6 +86,7 @@ impl GrpcError {
             GrpcError::InvalidMessage => "the message does not decode as the method's request type".into(),
             GrpcError::UnknownField { path } => format!("the message carries a field its type does not declare ({path})"),
             GrpcError::InvalidEnum { path } => format!("an enum field holds an undeclared value ({path})"),
+            GrpcError::RuleViolation { path, rule } => format!("{path} breaks the rule {rule}"),
             GrpcError::TenantBoundary => "the object belongs to another tenant".into(),
             GrpcError::NotOwner => "the object belongs to someone else".into(),
         }
@@ -94,7 +98,11 @@ impl GrpcError {
             GrpcError::MethodNotAllowed => DenialKind::MethodNotAllowed,
             GrpcError::MissingPrincipal => DenialKind::MissingCredentials,
             GrpcError::MessageTooLarge { .. } => DenialKind::PayloadTooLarge,
-            GrpcError::MalformedFrame | GrpcError::InvalidMessage | GrpcError::UnknownField { .. } | GrpcError::InvalidEnum { .. } => {
+            GrpcError::MalformedFrame
+            | GrpcError::InvalidMessage
+            | GrpcError::UnknownField { .. }
+            | GrpcError::InvalidEnum { .. }
+            | GrpcError::RuleViolation { .. } => {
                 DenialKind::BadRequest
             }
             GrpcError::MissingWorkload

@@ -1,7 +1,7 @@
 //! gRPC contracts in the sidecar: the service's protobuf descriptor set says which methods
 //! exist and what their requests hold; the policy says which are offered and to whom.
-//! Configuration ([`config`]), framing ([`framing`]), the decisions ([`decide`]) and the
-//! [`meshward_core::Policy`] wiring ([`stage`]).
+//! Configuration ([`config`]), framing ([`framing`]), the service's protovalidate field rules
+//! ([`rules`]), the decisions ([`decide`]) and the [`meshward_core::Policy`] wiring ([`stage`]).
 //!
 //! Why a call was refused is decided in [`decide`]; every reason is a [`GrpcError`] variant,
 //! answered as a gRPC status (the runtime answers gRPC calls trailers-only).
@@ -10,6 +10,7 @@ pub mod config;
 pub mod decide;
 mod error;
 pub mod framing;
+pub mod rules;
 pub mod stage;
 
 pub use config::GrpcConfig;
