@@ -13,7 +13,7 @@ use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use prost_reflect::{DescriptorPool, DynamicMessage, EnumDescriptor, ExtensionDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, ReflectMessage, Value};
-use regex::Regex;
+use regex_lite::Regex;
 use serde::Deserialize;
 
 /// What the stage does with the descriptor set's field rules.
