@@ -329,12 +329,30 @@ GRAPHQL_PERSISTED = json.dumps({"extensions": {"persistedQuery": {"version": 1, 
                                 "variables": {"id": "7"}}).encode()
 GRAPHQL_RAW = json.dumps({"query": "{ books { title author { name books { title } } } }"}).encode()
 GRAPHQL = plugin("graphql", {"persisted": [{"document": _BOOK}], "allow_raw_documents": True, "max_depth": 8})
+# The same endpoint with the service's schema: list sizes priced, a field scoped.
+_SDL = ('type Author { name: String books(first: Int): [Book] @listSize(slicingArguments: ["first"]) } '
+        'type Book { title: String author: Author isbn: String @requiresScopes(scopes: [["orders:read"]]) } '
+        'type Query { book(id: ID!): Book books(first: Int): [Book] @listSize(slicingArguments: ["first"]) }')
+_SHELF = "query Shelf($n: Int) { books(first: $n) { title author { name } } }"
+GRAPHQL_PRICED = json.dumps({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": hashlib.sha256(_SHELF.encode()).hexdigest()}},
+                             "variables": {"n": 20}}).encode()
+GRAPHQL_SCOPED = json.dumps({"query": "{ books(first: 10) { title isbn author { name } } }"}).encode()
+GRAPHQL_SCHEMA = plugin("graphql", {"persisted": [{"document": _BOOK}, {"document": _SHELF}], "allow_raw_documents": True, "max_depth": 8,
+                                    "schema": _SDL, "max_cost": 1000})
 GRPC_ROW = "gRPC unary GetOrder: "
 # GetOrderRequest{tenant_id: "acme", order_id: "42"}, framed (uncompressed, 10-byte message).
 _GET_ORDER = b"\x0a\x04acme\x12\x0242"
 GET_ORDER_FRAME = b"\x00" + len(_GET_ORDER).to_bytes(4, "big") + _GET_ORDER
 _DESCRIPTORS = base64.b64encode((REPO / "crates" / "grpc" / "tests" / "orders.pb").read_bytes()).decode()
 GRPC_STAGE = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {"GetOrder": {"public": True}}}}})
+# CreateAccountRequest{name "Ada", age 36, plan PRO, address {country "DE", city "Berlin"}, email}:
+# a message every protovalidate rule of tests/protos/accounts.proto checks and lets through.
+_CREATE_ACCOUNT = (b"\x0a\x03Ada" b"\x10\x24" b"\x18\x02" b"\x22\x0c\x0a\x02DE\x12\x06Berlin" b"\x5a\x0fada@example.com")
+CREATE_ACCOUNT_FRAME = b"\x00" + len(_CREATE_ACCOUNT).to_bytes(4, "big") + _CREATE_ACCOUNT
+GRPC_RULES_ROW = "gRPC unary CreateAccount, protovalidate rules: "
+GRPC_RULES = plugin("grpc", {"descriptor_set": base64.b64encode((REPO / "crates" / "grpc" / "tests" / "accounts.pb").read_bytes()).decode(),
+                             "services": {"demo.accounts.Accounts": {"methods": {"CreateAccount": {"public": True}}}}})
+GRPC_RULES_OFF = {**GRPC_RULES, "config": {**GRPC_RULES["config"], "field_rules": "off"}}
 GRPC_OWNED = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {
     "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]}}}}})
 
@@ -365,6 +383,7 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     as_billing = {"x-as": "billing"}
     graphql = {"path": "/graphql", "body": GRAPHQL_PERSISTED, "headers": {"content-type": "application/json"}}
     unary = {"path": "/demo.orders.Orders/GetOrder", "body": GET_ORDER_FRAME, "headers": {"content-type": "application/grpc", "te": "trailers"}}
+    create_account = {**unary, "path": "/demo.accounts.Accounts/CreateAccount", "body": CREATE_ACCOUNT_FRAME}
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     out = [Scenario("plain envoy", compare="plain"),
@@ -443,11 +462,22 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario(f"{GRAPHQL_ROW}graphql persisted query (meshward)", [GRAPHQL], **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
         Scenario(f"{GRAPHQL_ROW}graphql raw document parsed, within limits (meshward)", [GRAPHQL], **{**graphql, "body": GRAPHQL_RAW},
                  baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
+        Scenario(f"{GRAPHQL_ROW}graphql persisted query priced by the schema, list size from a variable (meshward)", [GRAPHQL_SCHEMA],
+                 **{**graphql, "body": GRAPHQL_PRICED}, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
+        Scenario(f"{GRAPHQL_ROW}bundle jwt+graphql, raw document priced and a scoped field checked (1 module)",
+                 [bundle([meshward_jwt(keys, fam["ES256"]), GRAPHQL_SCHEMA])], **{**graphql, "body": GRAPHQL_SCOPED, "headers": {**graphql["headers"], **es}},
+                 baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
         Scenario(f"{GRPC_ROW}plain envoy", grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}grpc stage, message checked (meshward)", [GRPC_STAGE], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}bundle jwt+grpc, scope and tenant field (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), GRPC_OWNED])], grpc=True,
                  **{**unary, "headers": {**unary["headers"], **es}}, baseline=f"{GRPC_ROW}plain envoy"),
+        Scenario(f"{GRPC_RULES_ROW}plain envoy", grpc=True, **create_account, baseline=f"{GRPC_RULES_ROW}plain envoy"),
+        Scenario(f"{GRPC_RULES_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **create_account, baseline=f"{GRPC_RULES_ROW}plain envoy"),
+        Scenario(f"{GRPC_RULES_ROW}grpc stage, message decoded, field_rules: off (meshward)", [GRPC_RULES_OFF], grpc=True, **create_account,
+                 baseline=f"{GRPC_RULES_ROW}plain envoy"),
+        Scenario(f"{GRPC_RULES_ROW}grpc stage, message decoded and its field rules checked (meshward)", [GRPC_RULES], grpc=True, **create_account,
+                 baseline=f"{GRPC_RULES_ROW}plain envoy", compare=f"{GRPC_RULES_ROW}grpc stage, message decoded, field_rules: off (meshward)"),
         Scenario(f"{EAST_WEST}plain envoy", mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
         Scenario(f"{EAST_WEST}do-nothing wasm filter (floor)", [NOOP], mtls=True, headers=as_billing, baseline=f"{EAST_WEST}plain envoy"),
         Scenario(f"{EAST_WEST}rbac by SPIFFE ID (native)", native=[native_rbac_by_spiffe_id()], mtls=True, headers=as_billing,
@@ -677,6 +707,11 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "bundle jwt+ownership+ratelimit (1 module)", "rps", at_least=0.9)
     ratio("east-west workload rule >= 0.9x the do-nothing wasm floor (both over mTLS)", f"{EAST_WEST}ownership workload rule (meshward)",
           f"{EAST_WEST}do-nothing wasm filter (floor)", "rps", at_least=0.9)
+    ratio("gRPC protovalidate field rules >= 0.9x the same stage with field_rules: off",
+          f"{GRPC_RULES_ROW}grpc stage, message decoded and its field rules checked (meshward)",
+          f"{GRPC_RULES_ROW}grpc stage, message decoded, field_rules: off (meshward)", "rps", at_least=0.9)
+    ratio("GraphQL persisted query priced by the schema >= 0.9x the do-nothing wasm floor reading the body",
+          f"{GRAPHQL_ROW}graphql persisted query priced by the schema, list size from a variable (meshward)", f"{GRAPHQL_ROW}do-nothing wasm filter reading the body (floor)", "rps", at_least=0.9)
     ratio("GraphQL persisted query >= 0.9x the do-nothing wasm floor reading the body", f"{GRAPHQL_ROW}graphql persisted query (meshward)",
           f"{GRAPHQL_ROW}do-nothing wasm filter reading the body (floor)", "rps", at_least=0.9)
     ratio("gRPC unary: grpc stage >= 0.9x the do-nothing wasm floor reading the body", f"{GRPC_ROW}grpc stage, message checked (meshward)",
