@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -55,12 +56,14 @@ class _Echo(BaseHTTPRequestHandler):
 
 
 class StaticServer(BaseHTTPRequestHandler):
-    """Serves `server.content` (bytes) with `server.status`; used as a JWKS endpoint."""
+    """Serves `server.content` (bytes) with `server.status` (after `server.delay` seconds);
+    used as a JWKS endpoint."""
 
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:
         self.server.hits += 1
+        time.sleep(getattr(self.server, "delay", 0))
         body = self.server.content
         # One request per connection, so stop() really takes the endpoint away.
         self.close_connection = True
@@ -117,8 +120,8 @@ def echo_server(port: int = 0) -> BackgroundServer:
     return BackgroundServer(_Echo, port)
 
 
-def jwks_server(content: bytes, status: int = 200) -> BackgroundServer:
-    return BackgroundServer(StaticServer, 0, content=content, status=status, hits=0)
+def jwks_server(content: bytes, status: int = 200, delay: float = 0) -> BackgroundServer:
+    return BackgroundServer(StaticServer, 0, content=content, status=status, hits=0, delay=delay)
 
 
 if __name__ == "__main__":

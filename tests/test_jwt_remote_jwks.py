@@ -6,8 +6,10 @@ import re
 import time
 from contextlib import contextmanager
 
+import httpx
+
 from echo_upstream import jwks_server
-from harness import Envoy, build_config, plugin, static_cluster
+from harness import Envoy, as_deployed, build_config, plugin, static_cluster
 from tokens import AUDIENCE, ISSUER, KeyRing, bearer
 
 
@@ -175,3 +177,40 @@ def test_non_200_jwks_is_not_accepted(upstream):
     with idp_and_envoy(upstream, jwks_bytes(ring), status=500) as (env, server):
         assert_unavailable(env.request("/orders", bearer(ring.token("RS256"))))
         env.wait_for_log(r"HTTP status 500")
+
+
+def test_a_body_arriving_while_keys_are_fetched_waits_for_the_decision(upstream):
+    """The JWT stage pauses the request headers while its keys are fetched; a body arriving
+    meanwhile must not release them. (It did: a POST with a forged token reached the service
+    while the first fetch was in flight.) Each case runs against a fresh Envoy whose IdP
+    answers its first fetch after 0.4 s, and sends right away."""
+    ring, forger = KeyRing(), KeyRing()
+    graphql = {"persisted": [{"document": "{ a }"}]}
+    persisted = json.dumps({"query": "{ a }"}).encode()
+    cases = [
+        # (filters, token, body, content type, status, reached the upstream)
+        ([plugin("jwt", remote_config())], forger.token("ES256"), b"x" * 100, "text/plain", 401, False),
+        ([plugin("jwt", remote_config())], ring.token("ES256"), b"x" * 100, "text/plain", 200, True),
+        (as_deployed("bundle", [plugin("jwt", remote_config()), plugin("graphql", graphql)]), forger.token("ES256"), persisted, "application/json", 401, False),
+        (as_deployed("bundle", [plugin("jwt", remote_config()), plugin("graphql", graphql)]), ring.token("ES256"), persisted, "application/json", 200, True),
+        (as_deployed("bundle", [plugin("jwt", remote_config()), plugin("graphql", graphql)]), ring.token("ES256"),
+         json.dumps({"query": "{ secret }"}).encode(), "application/json", 403, False),
+    ]
+    for filters, token, body, content_type, status, reached in cases:
+        idp = jwks_server(jwks_bytes(ring), delay=0.4)
+        env = Envoy(build_config(upstream.port, filters, clusters=[static_cluster("jwks", idp.port)]), concurrency=1)
+        try:
+            env.start()
+            # The GraphQL stage reads its endpoint only.
+            tag = "/graphql" if len(filters) == 1 and filters[0]["name"] == "bundle" else "/api/paused"
+            r = httpx.post(f"http://127.0.0.1:{env.port}{tag}", content=body, headers={**bearer(token), "content-type": content_type}, timeout=10)
+            assert r.status_code == status, (filters[0]["name"], status, r.status_code, r.text)
+            if reached:
+                assert r.json()["path"] == tag and r.json()["body"] == body.decode(), "the body reached the service whole"
+            else:
+                assert "path" not in r.json(), r.text
+            assert idp.httpd.hits >= 1, "the request waited for a fetch"
+        finally:
+            env.stop()
+            idp.stop()
+            env.cleanup()

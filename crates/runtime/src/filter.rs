@@ -97,6 +97,8 @@ pub struct Filter {
     paused: Option<(usize, Phase)>,
     /// The request has no more body to come (end of stream seen).
     body_complete: bool,
+    /// Bytes of request body the proxy holds for this filter (buffered while it pauses).
+    body_buffered: usize,
     body_delivered: bool,
     /// The decoded request body, kept while a stage waits on it for the stages after it.
     held_body: Vec<u8>,
@@ -125,6 +127,7 @@ impl Filter {
             request: RequestState::default(),
             paused: None,
             body_complete: false,
+            body_buffered: 0,
             body_delivered: false,
             held_body: Vec::new(),
             hold_headers: false,
@@ -184,8 +187,9 @@ impl Filter {
             }
         }
         if self.slots.iter().any(|s| s.body_limit.is_some()) && self.body_complete {
-            // Headers-only request: the whole body is the empty one.
-            return self.deliver_body(host, 0);
+            // The whole body is here: none (headers only), or all of it arrived while a stage
+            // waited on a call it dispatched.
+            return self.deliver_body(host, self.body_buffered);
         }
         // Any body a stage asked for is held in on_request_body. The headers wait for it where
         // the proxy allows (the service never sees a request a stage refuses on its body);
@@ -261,6 +265,13 @@ impl Filter {
     /// A body chunk arrived; `body_size` is the size buffered so far.
     pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
         self.body_complete = end_of_stream;
+        self.body_buffered = body_size;
+        if matches!(self.paused, Some((_, Phase::RequestHeaders))) {
+            // A stage is still deciding on the headers (its JWKS fetch or fleet call in flight):
+            // going on here would release the headers, and the request, before it decided. The
+            // body waits in the proxy's buffer; the headers phase resumes with it.
+            return Verdict::Pause;
+        }
         for i in 0..self.slots.len() {
             let Some(max_bytes) = self.slots[i].body_limit else { continue };
             if body_size > max_bytes {
