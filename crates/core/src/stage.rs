@@ -38,6 +38,11 @@ pub enum Step {
     /// headers wait too where the proxy allows it (Envoy's `allow_on_headers_stop_iteration`);
     /// elsewhere they go on first.
     NeedBody { max_bytes: usize },
+    /// From `on_request_headers` only: read the request body as it arrives (a gRPC stream's
+    /// messages): [`Stage::on_request_chunk`] gets every byte once, in order, and what it lets
+    /// through goes on to the upstream at once; a [`Step::Deny`] ends the request, and the bytes
+    /// of that chunk never reach the upstream. The headers go on first.
+    StreamBody,
     /// From `on_response_headers` only: show the whole response body to
     /// [`Stage::on_response_body`] if it is at most `max_bytes`, as it is (content coding
     /// included). A larger one passes on unread and [`Stage::on_response_body_too_large`] is
@@ -69,6 +74,12 @@ pub trait Stage {
 
     /// Called once with the whole request body, after this stage returned [`Step::NeedBody`].
     fn on_request_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
+        Step::Continue
+    }
+
+    /// Called with each piece of the request body as it arrives, after this stage returned
+    /// [`Step::StreamBody`]; `end_of_stream` with the last (possibly empty) piece.
+    fn on_request_chunk(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _chunk: &[u8], _end_of_stream: bool) -> Step {
         Step::Continue
     }
 

@@ -29,6 +29,8 @@ pub struct Slot {
     route: Option<String>,
     /// The stage asked for the request body, up to this size.
     body_limit: Option<usize>,
+    /// The stage reads the request body as it arrives ([`Step::StreamBody`]).
+    streams_body: bool,
     /// The stage asked for the response body, up to this size.
     response_body_limit: Option<usize>,
     /// The stage asked for a copy of the response body if it is at most this size.
@@ -56,6 +58,7 @@ impl Slot {
             stage,
             route: None,
             body_limit: None,
+            streams_body: false,
             response_body_limit: None,
             response_copy_limit: None,
             outcome: Outcome::NotReached,
@@ -191,6 +194,12 @@ impl Filter {
             // waited on a call it dispatched.
             return self.deliver_body(host, self.body_buffered);
         }
+        if self.slots.iter().any(|s| s.streams_body) && self.slots.iter().all(|s| s.body_limit.is_none()) && (self.body_complete || self.body_buffered > 0) {
+            // What of the body is here goes to the stages reading it as it arrives.
+            if let Settled::Stopped = self.stream_buffered_body(host) {
+                return Verdict::Pause;
+            }
+        }
         // Any body a stage asked for is held in on_request_body. The headers wait for it where
         // the proxy allows (the service never sees a request a stage refuses on its body);
         // elsewhere they go on (proxy-wasm hosts turn a paused headers callback into
@@ -211,6 +220,11 @@ impl Filter {
             Step::NeedBody { .. } if self.body_delivered => self.deny(host, i, &RuntimeDenial::StageError.denial()),
             Step::NeedBody { max_bytes } => {
                 self.slots[i].body_limit = Some(max_bytes);
+                Settled::Next
+            }
+            Step::StreamBody if self.body_delivered => self.deny(host, i, &RuntimeDenial::StageError.denial()),
+            Step::StreamBody => {
+                self.slots[i].streams_body = true;
                 Settled::Next
             }
             Step::CopyBody { .. } => self.deny(host, i, &RuntimeDenial::StageError.denial()),
@@ -243,6 +257,7 @@ impl Filter {
     fn record_denial(&mut self, host: &mut dyn Host, i: usize, denial: &Denial) -> bool {
         let slot = &mut self.slots[i];
         slot.body_limit = None;
+        slot.streams_body = false;
         slot.response_body_limit = None;
         slot.response_copy_limit = None;
         let shadow = slot.mode == Mode::Shadow;
@@ -272,6 +287,12 @@ impl Filter {
             // body waits in the proxy's buffer; the headers phase resumes with it.
             return Verdict::Pause;
         }
+        if self.slots.iter().any(|s| s.streams_body) && self.slots.iter().all(|s| s.body_limit.is_none()) {
+            // Each chunk was let through before this one: the proxy holds just this one.
+            if let Settled::Stopped = self.stream_buffered_body(host) {
+                return Verdict::Pause;
+            }
+        }
         for i in 0..self.slots.len() {
             let Some(max_bytes) = self.slots[i].body_limit else { continue };
             if body_size > max_bytes {
@@ -290,9 +311,58 @@ impl Filter {
         self.deliver_body(host, body_size)
     }
 
+    /// Gives the body bytes the proxy holds to the stages reading the body as it arrives (the
+    /// end of the stream with the last of them); an unreadable chunk is refused by each.
+    fn stream_buffered_body(&mut self, host: &mut dyn Host) -> Settled {
+        let size = self.body_buffered;
+        let chunk = if size == 0 { Some(Vec::new()) } else { host.request_body(0, size).filter(|c| c.len() == size) };
+        self.stream_chunk(host, chunk.as_deref(), self.body_complete)
+    }
+
+    fn stream_chunk(&mut self, host: &mut dyn Host, chunk: Option<&[u8]>, end_of_stream: bool) -> Settled {
+        for i in 0..self.slots.len() {
+            if !self.slots[i].streams_body {
+                continue;
+            }
+            let step = match chunk {
+                Some(chunk) => {
+                    let slot = &mut self.slots[i];
+                    self.request.route = slot.route.clone();
+                    slot.stage.on_request_chunk(host, &mut self.request, chunk, end_of_stream)
+                }
+                None => Step::Deny(RuntimeDenial::BodyUnavailable.denial()),
+            };
+            match step {
+                Step::Continue if end_of_stream => {
+                    self.slots[i].streams_body = false;
+                    self.count_allowed(host, i);
+                }
+                Step::Continue => {}
+                Step::Deny(denial) => {
+                    if let Settled::Stopped = self.deny(host, i, &denial) {
+                        return Settled::Stopped;
+                    }
+                }
+                _ => {
+                    if let Settled::Stopped = self.deny(host, i, &RuntimeDenial::StageError.denial()) {
+                        return Settled::Stopped;
+                    }
+                }
+            }
+        }
+        Settled::Next
+    }
+
     fn deliver_body(&mut self, host: &mut dyn Host, body_size: usize) -> Verdict {
         self.body_delivered = true;
         let raw = if body_size == 0 { Vec::new() } else { host.request_body(0, body_size).unwrap_or_default() };
+        if self.slots.iter().any(|s| s.streams_body) {
+            // With a stage holding the whole body, the stages reading it as it arrives get it
+            // whole, first (in its wire form: a stream's own framing).
+            if let Settled::Stopped = self.stream_chunk(host, Some(&raw), true) {
+                return Verdict::Pause;
+            }
+        }
         let limit = self.slots.iter().filter_map(|s| s.body_limit).min().unwrap_or(0);
         let read = if raw.len() == body_size { decoded(&self.request, raw, limit) } else { Err(None) };
         match read {
@@ -385,7 +455,7 @@ impl Filter {
                 self.slots[i].response_copy_limit = Some(max_bytes);
                 Settled::Next
             }
-            Step::Respond(_) => self.deny(host, i, &RuntimeDenial::StageError.denial()),
+            Step::Respond(_) | Step::StreamBody => self.deny(host, i, &RuntimeDenial::StageError.denial()),
             // Nothing of the response has left yet: a local reply replaces it.
             Step::Deny(denial) => self.deny(host, i, &denial),
         }
