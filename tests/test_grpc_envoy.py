@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -139,10 +140,17 @@ class OrdersServer:
                     yield pb2.Order(tenant_id=request.tenant_id, order_id=str(n))
 
             def Upload(self, request_iterator, context):
-                return pb2.Order(order_id=str(sum(1 for _ in request_iterator)))
+                count = 0
+                for item in request_iterator:
+                    outer.uploaded.append(item)
+                    count += 1
+                return pb2.Order(order_id=str(count))
 
         self.created = []
-        self.server = grpc.server(futures.ThreadPoolExecutor(4))
+        # Every streamed Item the service received, as it arrived.
+        self.uploaded = []
+        # A handler per call in flight: streams hold theirs while the client sends.
+        self.server = grpc.server(futures.ThreadPoolExecutor(16))
         pb2_grpc.add_OrdersServicer_to_server(Orders(), self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
@@ -156,6 +164,7 @@ def grpc_stage(descriptors: bytes) -> dict:
         "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
         "CreateOrder": {"scopes": ["orders:write"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
         "WatchOrders": {"public": True},
+        "Upload": {"scopes": ["orders:write"]},
     }}}}
 
 
@@ -214,8 +223,8 @@ def test_who_may_call_what(orders, keys):
     assert refusal(lambda: get(caller(keys, scope="orders:write"))) == (grpc.StatusCode.PERMISSION_DENIED, "missing_scope")
     assert refusal(lambda: stub.DeleteOrder(pb2.GetOrderRequest(tenant_id="acme"), metadata=caller(keys), timeout=10)) == \
         (grpc.StatusCode.UNIMPLEMENTED, "method_not_allowed")
-    assert refusal(lambda: stub.Upload(iter([pb2.Item(sku="a")]), metadata=caller(keys), timeout=10)) == \
-        (grpc.StatusCode.UNIMPLEMENTED, "method_not_allowed")
+    assert refusal(lambda: stub.Upload(iter([pb2.Item(sku="a")]), metadata=caller(keys, scope="orders:read"), timeout=10)) == \
+        (grpc.StatusCode.PERMISSION_DENIED, "missing_scope")
 
 
 def test_messages_outside_the_contract_never_reach_the_service(orders, keys):
@@ -258,10 +267,53 @@ def test_the_policy_names_a_descriptor_file(tmp_path):
     assert r.returncode == 0, r.stderr
     compiled = json.loads(r.stdout)["meshward_grpc"]
     assert base64.b64decode(compiled["descriptor_set"]) == DESCRIPTORS.read_bytes() and "descriptor_set_file" not in compiled
-    stage["services"]["demo.orders.Orders"]["methods"] = {"Upload": {}}
+    stage["services"]["demo.orders.Orders"]["methods"] = {"Nope": {}}
     policy.write_text(json.dumps({"service": "orders", "stages": [{"grpc": stage}]}))
     r = meshward("check", policy)
-    assert r.returncode == 1 and "invalid_stage" in r.stdout and "client-streaming" in r.stdout, r.stdout
+    assert r.returncode == 1 and "invalid_stage" in r.stdout and "is not a method" in r.stdout, r.stdout
+
+
+def wait_for(condition, seconds=5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_client_stream_is_checked_message_by_message(orders, keys):
+    """Each streamed message goes on to the service as soon as it is checked (the client waits
+    for the service to have one before sending the next: a filter holding the stream would
+    stall it); a message outside the contract ends the stream, and never reaches the service."""
+    _, stub, pb2, server, channel = orders
+    waited = []
+
+    def items(*messages: bytes):
+        for i, message in enumerate(messages):
+            seen = len(server.uploaded)
+            yield message
+            if i + 1 < len(messages):
+                waited.append(wait_for(lambda: len(server.uploaded) > seen))
+
+    upload = channel.stream_unary("/demo.orders.Orders/Upload")
+    ok = [pb2.Item(sku=s, quantity=1).SerializeToString() for s in ("a", "b", "c")]
+    before = len(server.uploaded)
+    answer = pb2.Order.FromString(upload(items(*ok), metadata=caller(keys), timeout=10))
+    assert answer.order_id == "3" and waited == [True, True], (answer, waited)
+    assert [i.sku for i in server.uploaded[before:]] == ["a", "b", "c"]
+
+    unknown_field = pb2.Item(sku="x").SerializeToString() + b"\xf8\x01\x01"  # field #31
+    for bad, reason in [(unknown_field, "unknown_field"), (b"\xff\xff", "invalid_message")]:
+        before, waited[:] = len(server.uploaded), []
+        with pytest.raises(grpc.RpcError) as caught:
+            upload(items(ok[0], bad, ok[1]), metadata=caller(keys), timeout=10)
+        err = caught.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and dict(err.trailing_metadata())["meshward-reason"] == reason, err
+        assert waited[0], "the first message reached the service before the stream ended"
+        time.sleep(0.2)
+        assert [i.sku for i in server.uploaded[before:]] == ["a"], "nothing from the refused message on"
+    assert orders[0].counter("meshward_grpc_denied_total.route.demo_orders_Orders-Upload.reason.unknown_field") >= 1
 
 
 # -- the service's own field rules: protovalidate annotations in the descriptor set -------------

@@ -99,6 +99,8 @@ pub struct Method {
     /// Its rule name in metrics and logs: `package_Service-Method` (a label's alphabet has no dots).
     pub name: String,
     pub input: MessageDescriptor,
+    /// Client-streaming or bidirectional: its messages are checked one by one as they arrive.
+    pub client_streaming: bool,
     pub public: bool,
     /// The calling workload, the user and their scopes.
     pub access: Requirement,
@@ -141,12 +143,6 @@ impl GrpcConfig {
                     .methods()
                     .find(|d| d.name() == method_name)
                     .ok_or_else(|| ConfigError::new(at(""), format!("is not a method of {service_name}")))?;
-                if method.is_client_streaming() {
-                    return Err(ConfigError::new(
-                        at(""),
-                        "client-streaming and bidirectional methods are not supported yet (each message would have to be checked as it arrives); leave it out, and it is refused",
-                    ));
-                }
                 let workloads = SpiffeIds::new(m.workloads).map_err(|e| ConfigError::new(at(".workloads"), e))?;
                 if m.public && (!m.scopes.is_empty() || !m.owner.is_empty() || !workloads.is_empty()) {
                     return Err(ConfigError::new(at(".public"), "a public method cannot also require scopes, owners or workloads"));
@@ -174,6 +170,7 @@ impl GrpcConfig {
                     path: format!("/{service_name}/{method_name}"),
                     name: format!("{}-{method_name}", service_name.replace('.', "_")),
                     input,
+                    client_streaming: method.is_client_streaming(),
                     public: m.public,
                     access: Requirement { workloads, require_user: m.require_user, scopes: m.scopes },
                     owner,

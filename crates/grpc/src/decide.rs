@@ -9,7 +9,7 @@ use meshward_core::Principal;
 use prost_reflect::{DynamicMessage, Kind, MapKey, Value};
 
 use crate::config::{GrpcConfig, Method, UnknownFields};
-use crate::framing::frames;
+use crate::framing::{frames, next_frame, Frame};
 use crate::GrpcError;
 
 /// The offered method a call's `:path` names.
@@ -26,12 +26,18 @@ pub fn authorize(method: &Method, caller: Caller<'_>) -> Result<(), GrpcError> {
     Ok(())
 }
 
-/// The request body: one message, decompressed by `grpc-encoding` when flagged, within the
-/// size limit, decoding as the method's input, with no undeclared field (unless allowed) or
-/// enum value, within the service's field rules, and its owner fields equal to the user's claims.
+/// The request body of a unary or server-streaming call: exactly one message, as
+/// [`check_message`] reads it.
 pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
     let framed = frames(body)?;
     let [frame] = framed.as_slice() else { return Err(GrpcError::MalformedFrame) };
+    check_message(config, method, *frame, encoding, user)
+}
+
+/// One message: decompressed by `grpc-encoding` when flagged, within the size limit, decoding
+/// as the method's input, with no undeclared field (unless allowed) or enum value, within the
+/// service's field rules, and its owner fields equal to the user's claims.
+pub fn check_message(config: &GrpcConfig, method: &Method, frame: Frame<'_>, encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
     let max_bytes = config.max_message_bytes;
     let decompressed;
     let bytes = if frame.compressed {
@@ -65,6 +71,32 @@ pub fn check_request(config: &GrpcConfig, method: &Method, body: &[u8], encoding
         }
     }
     Ok(())
+}
+
+/// The messages of a client-streaming or bidirectional call as its body arrives: each is
+/// checked ([`check_message`]) the moment its last byte is here; only the one being received
+/// is held.
+#[derive(Debug, Default)]
+pub struct Stream {
+    pending: Vec<u8>,
+}
+
+impl Stream {
+    /// Takes the next piece of the body; `end_of_stream`: nothing may be left half-sent.
+    pub fn take(&mut self, config: &GrpcConfig, method: &Method, chunk: &[u8], end_of_stream: bool, encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        // The compressed form is bounded like the decoded one (as a unary message is).
+        while let Some((frame, taken)) = next_frame(&self.pending[start..], config.max_message_bytes)? {
+            check_message(config, method, frame, encoding, user)?;
+            start += taken;
+        }
+        self.pending.drain(..start);
+        if end_of_stream && !self.pending.is_empty() {
+            return Err(GrpcError::MalformedFrame);
+        }
+        Ok(())
+    }
 }
 
 /// The text of an owner field; `None` when it is not set (proto3's empty default proves nothing).

@@ -168,7 +168,6 @@ fn flate2_gzip(out: &mut Vec<u8>) -> impl std::io::Write + '_ {
 fn bad_configurations_are_refused() {
     let methods = |m: Json| json!({"demo.orders.Orders": {"methods": m}});
     let rows = [
-        (methods(json!({"Upload": {}})), json!({}), "client-streaming and bidirectional methods are not supported"),
         (json!({"demo.orders.Nope": {"methods": {"GetOrder": {}}}}), json!({}), "services.demo.orders.Nope: is not a service"),
         (methods(json!({"Missing": {}})), json!({}), "services.demo.orders.Orders.methods.Missing: is not a method"),
         (methods(json!({"GetOrder": {"owner": [{"field": "tenant", "claim": "tenant"}]}})), json!({}), "has no field \"tenant\""),
@@ -187,4 +186,32 @@ fn bad_configurations_are_refused() {
     assert!(err.contains("descriptor_set") && err.contains("base64"), "{err}");
     let err = GrpcConfig::parse(br#"{"descriptor_set": "AAAA", "services": {}}"#).err().unwrap().to_string();
     assert!(err.contains("descriptor_set"), "{err}");
+}
+
+#[test]
+fn a_stream_is_checked_message_by_message_as_it_arrives() {
+    let c = config_with(json!({"demo.orders.Orders": {"methods": {"Upload": {"owner": [{"field": "sku", "claim": "tenant"}]}}}}), json!({"max_message_bytes": 64})).unwrap();
+    let upload = method(&c, "Upload");
+    assert!(upload.client_streaming);
+    let acme = principal("orders:write", "acme");
+    let item = |sku: &str| frame(0, &encode(upload, &[("sku", Value::String(sku.into())), ("quantity", Value::I32(1))]));
+    let unknown = frame(0, &[0x10, 0x01, 0xf8, 0x01, 0x01]); // quantity: 1, and field #31
+    let whole: Vec<u8> = [item("acme"), item("acme"), item("acme")].concat();
+    // (case, the body's pieces as they arrive, the piece refused (None: all pass), reason)
+    type Row<'a> = (&'a str, Vec<Vec<u8>>, Option<(usize, GrpcError)>);
+    let rows: Vec<Row> = vec![
+        ("three messages at once", vec![whole.clone()], None),
+        ("a byte at a time", whole.iter().map(|b| vec![*b]).collect(), None),
+        ("no message at all", vec![vec![]], None),
+        ("the third message breaks, refused when it is whole", vec![item("acme"), item("acme")[..3].to_vec(), [&item("acme")[3..], &unknown[..]].concat()], Some((2, GrpcError::UnknownField { path: "Item.#31".into() }))),
+        ("another tenant's message", vec![item("acme"), item("globex")], Some((1, GrpcError::TenantBoundary))),
+        ("a message announced too large, refused before it arrives", vec![item("acme"), vec![0, 0, 0, 1, 0]], Some((1, GrpcError::MessageTooLarge { max_bytes: 64 }))),
+        ("cut short at the end", vec![item("acme"), item("acme")[..4].to_vec(), vec![]], Some((2, GrpcError::MalformedFrame))),
+    ];
+    for (case, pieces, want) in rows {
+        let mut stream = Stream::default();
+        let last = pieces.len() - 1;
+        let got = pieces.iter().enumerate().find_map(|(i, piece)| stream.take(&c, upload, piece, i == last, None, Some(&acme)).err().map(|e| (i, e)));
+        assert_eq!(got, want, "{case}");
+    }
 }

@@ -1,6 +1,6 @@
 //! gRPC's length-prefixed messages: a compressed flag (0 or 1), a big-endian u32 length, the
 //! message. A request body is a sequence of them (exactly one for unary and server-streaming
-//! calls).
+//! calls; any number, arriving over time, for client-streaming and bidirectional ones).
 
 use crate::GrpcError;
 
@@ -12,21 +12,35 @@ pub struct Frame<'a> {
     pub message: &'a [u8],
 }
 
+/// Bytes before each message: the flag and the length.
+pub const PREFIX: usize = 5;
+
+/// The first message of `bytes` once all of it is there, with the bytes it takes; `None` while
+/// it is still arriving. A flag other than 0 or 1 is malformed; a length over `max_bytes` is
+/// refused before the message is waited for.
+pub fn next_frame(bytes: &[u8], max_bytes: usize) -> Result<Option<(Frame<'_>, usize)>, GrpcError> {
+    let Some(&flag) = bytes.first() else { return Ok(None) };
+    let compressed = match flag {
+        0 => false,
+        1 => true,
+        _ => return Err(GrpcError::MalformedFrame),
+    };
+    let Some(length) = bytes.get(1..PREFIX) else { return Ok(None) };
+    let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    if length > max_bytes {
+        return Err(GrpcError::MessageTooLarge { max_bytes });
+    }
+    Ok(bytes.get(PREFIX..PREFIX + length).map(|message| (Frame { compressed, message }, PREFIX + length)))
+}
+
 /// The messages of a body; anything left over, cut short or flagged otherwise is malformed.
 pub fn frames(body: &[u8]) -> Result<Vec<Frame<'_>>, GrpcError> {
     let mut out = Vec::new();
     let mut rest = body;
     while !rest.is_empty() {
-        let (Some(&flag), Some(length)) = (rest.first(), rest.get(1..5)) else { return Err(GrpcError::MalformedFrame) };
-        let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        let compressed = match flag {
-            0 => false,
-            1 => true,
-            _ => return Err(GrpcError::MalformedFrame),
-        };
-        let message = rest.get(5..5 + length).ok_or(GrpcError::MalformedFrame)?;
-        out.push(Frame { compressed, message });
-        rest = &rest[5 + length..];
+        let Some((frame, taken)) = next_frame(rest, usize::MAX)? else { return Err(GrpcError::MalformedFrame) };
+        out.push(frame);
+        rest = &rest[taken..];
     }
     Ok(out)
 }
@@ -45,5 +59,11 @@ mod tests {
         for bad in [&[0u8, 0, 0][..], &[0, 0, 0, 0, 3, 8, 1], &[2, 0, 0, 0, 0], &[0, 0, 0, 0, 1, 8, 0]] {
             assert_eq!(frames(bad), Err(GrpcError::MalformedFrame), "{bad:?}");
         }
+        // As a stream arrives: nothing until a message is whole; a length past the limit at once.
+        assert_eq!(next_frame(&[0, 0, 0], 8), Ok(None));
+        assert_eq!(next_frame(&[0, 0, 0, 0, 2, 8], 8), Ok(None));
+        assert_eq!(next_frame(&[1, 0, 0, 0, 2, 8, 1, 0], 8), Ok(Some((Frame { compressed: true, message: &[8, 1] }, 7))));
+        assert_eq!(next_frame(&[0, 0, 0, 0, 9], 8), Err(GrpcError::MessageTooLarge { max_bytes: 8 }));
+        assert_eq!(next_frame(&[7], 8), Err(GrpcError::MalformedFrame));
     }
 }

@@ -8,12 +8,10 @@ use meshward_core::{config::ConfigError, Mode, Policy, RequestState, Stage, Step
 use meshward_host::Host;
 
 use crate::config::GrpcConfig;
-use crate::decide::{authorize, check_request, find_method};
-use meshward_core::caller::Caller;
+use crate::decide::{authorize, check_request, find_method, Stream};
+use crate::framing::PREFIX;
 use crate::GrpcError;
-
-/// gRPC's 5-byte prefix before each message.
-const FRAME_PREFIX: usize = 5;
+use meshward_core::caller::Caller;
 
 #[derive(Debug)]
 pub struct GrpcPolicy {
@@ -33,7 +31,7 @@ impl Policy for GrpcPolicy {
     }
 
     fn new_stage(policy: &Rc<Self>) -> GrpcStage {
-        GrpcStage { policy: Rc::clone(policy), method: None }
+        GrpcStage { policy: Rc::clone(policy), method: None, stream: Stream::default() }
     }
 }
 
@@ -43,6 +41,8 @@ pub struct GrpcStage {
     policy: Rc<GrpcPolicy>,
     /// Index of the offered method the call names.
     method: Option<usize>,
+    /// A client-streaming call's messages as they arrive.
+    stream: Stream,
 }
 
 impl Stage for GrpcStage {
@@ -61,8 +61,21 @@ impl Stage for GrpcStage {
         if let Err(e) = authorize(method, Caller { user: user.as_deref(), workload: workload.as_deref() }) {
             return Step::Deny(e.denial());
         }
+        if method.client_streaming {
+            return Step::StreamBody;
+        }
         // The message is read whole: one frame, at most the limit (compressed no larger).
-        Step::NeedBody { max_bytes: policy.config.max_message_bytes + FRAME_PREFIX }
+        Step::NeedBody { max_bytes: policy.config.max_message_bytes + PREFIX }
+    }
+
+    fn on_request_chunk(&mut self, host: &mut dyn Host, request: &mut RequestState, chunk: &[u8], end_of_stream: bool) -> Step {
+        let policy = Rc::clone(&self.policy);
+        let Some(method) = self.method.and_then(|i| policy.config.methods.get(i)) else { return Step::Continue };
+        let user = if method.owner.is_empty() { None } else { current_principal(host, &mut request.principal) };
+        match self.stream.take(&policy.config, method, chunk, end_of_stream, request.header("grpc-encoding"), user.as_deref()) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Deny(e.denial()),
+        }
     }
 
     fn on_request_body(&mut self, host: &mut dyn Host, request: &mut RequestState, body: &[u8]) -> Step {
