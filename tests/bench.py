@@ -352,6 +352,11 @@ CREATE_ACCOUNT_FRAME = b"\x00" + len(_CREATE_ACCOUNT).to_bytes(4, "big") + _CREA
 GRPC_RULES_ROW = "gRPC unary CreateAccount, protovalidate rules: "
 GRPC_RULES = plugin("grpc", {"descriptor_set": base64.b64encode((REPO / "crates" / "grpc" / "tests" / "accounts.pb").read_bytes()).decode(),
                              "services": {"demo.accounts.Accounts": {"methods": {"CreateAccount": {"public": True}}}}})
+# Upload(stream Item): three Items {sku "a"/"b"/"c", quantity 1}, framed one after another,
+# checked one by one as the stream arrives.
+UPLOAD_FRAMES = b"".join(b"\x00\x00\x00\x00\x05\x0a\x01" + sku + b"\x10\x01" for sku in (b"a", b"b", b"c"))
+GRPC_STREAM_ROW = "gRPC client stream Upload, 3 messages: "
+GRPC_UPLOAD = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {"Upload": {"public": True}}}}})
 GRPC_RULES_OFF = {**GRPC_RULES, "config": {**GRPC_RULES["config"], "field_rules": "off"}}
 GRPC_OWNED = plugin("grpc", {"descriptor_set": _DESCRIPTORS, "services": {"demo.orders.Orders": {"methods": {
     "GetOrder": {"scopes": ["orders:read"], "owner": [{"field": "tenant_id", "claim": "tenant"}]}}}}})
@@ -383,6 +388,7 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     as_billing = {"x-as": "billing"}
     graphql = {"path": "/graphql", "body": GRAPHQL_PERSISTED, "headers": {"content-type": "application/json"}}
     unary = {"path": "/demo.orders.Orders/GetOrder", "body": GET_ORDER_FRAME, "headers": {"content-type": "application/grpc", "te": "trailers"}}
+    upload = {**unary, "path": "/demo.orders.Orders/Upload", "body": UPLOAD_FRAMES}
     create_account = {**unary, "path": "/demo.accounts.Accounts/CreateAccount", "body": CREATE_ACCOUNT_FRAME}
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
@@ -472,6 +478,10 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario(f"{GRPC_ROW}grpc stage, message checked (meshward)", [GRPC_STAGE], grpc=True, **unary, baseline=f"{GRPC_ROW}plain envoy"),
         Scenario(f"{GRPC_ROW}bundle jwt+grpc, scope and tenant field (1 module)", [bundle([meshward_jwt(keys, fam["ES256"]), GRPC_OWNED])], grpc=True,
                  **{**unary, "headers": {**unary["headers"], **es}}, baseline=f"{GRPC_ROW}plain envoy"),
+        Scenario(f"{GRPC_STREAM_ROW}plain envoy", grpc=True, **upload, baseline=f"{GRPC_STREAM_ROW}plain envoy"),
+        Scenario(f"{GRPC_STREAM_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **upload, baseline=f"{GRPC_STREAM_ROW}plain envoy"),
+        Scenario(f"{GRPC_STREAM_ROW}grpc stage, each message checked as it arrives (meshward)", [GRPC_UPLOAD], grpc=True, **upload,
+                 baseline=f"{GRPC_STREAM_ROW}plain envoy"),
         Scenario(f"{GRPC_RULES_ROW}plain envoy", grpc=True, **create_account, baseline=f"{GRPC_RULES_ROW}plain envoy"),
         Scenario(f"{GRPC_RULES_ROW}do-nothing wasm filter (floor)", [NOOP_BODY], grpc=True, **create_account, baseline=f"{GRPC_RULES_ROW}plain envoy"),
         Scenario(f"{GRPC_RULES_ROW}grpc stage, message decoded, field_rules: off (meshward)", [GRPC_RULES_OFF], grpc=True, **create_account,
