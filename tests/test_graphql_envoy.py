@@ -349,3 +349,19 @@ def test_the_policy_names_a_schema_file(tmp_path):
     policy.write_text(json.dumps({"service": "library", "stages": [{"graphql": stage}]}))
     r = meshward("check", policy)
     assert r.returncode == 1 and "cost 500, more than 100" in r.stdout, r.stdout
+
+
+def test_shadow_mode_counts_what_it_would_refuse(server, keys):
+    """`mode: shadow`: what would be refused (an undeclared field, too costly, a scoped field
+    without a token) is counted by reason, and the request goes on."""
+    config = {"persisted": WITH_SCHEMA, "allow_raw_documents": True, "schema": SDL, "max_cost": 10, "mode": "shadow"}
+    rows = [("{ readers { nope } }", "unknown_field"), ("{ readers(first: 11) { name } }", "too_costly"),
+            ("{ readers(first: 1) { email } }", "missing_principal")]
+    with start(server, "bundle", **config) as env:
+        before = len(server.executed)
+        for document, _ in rows:
+            assert post(env, {"query": document}).status_code == 200, document
+        assert len(server.executed) == before + len(rows), "each went on to the server"
+        for document, reason in rows:
+            assert env.counter(f"meshward_graphql_shadow_denied_total.route.graphql.reason.{reason}") == 1, (document, reason)
+    env.cleanup()

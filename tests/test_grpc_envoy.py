@@ -460,3 +460,20 @@ def test_rules_meshward_does_not_implement_refuse_the_policy(tmp_path, accounts_
     policy.write_text(json.dumps({"service": "accounts", "stages": [{"grpc": {**stage, "field_rules": "enforce_known"}}]}))
     r = meshward("check", policy)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_shadow_mode_counts_rule_violations_and_lets_calls_through(accounts_proto):
+    pb2, pb2_grpc, _, descriptors = accounts_proto
+    server = AccountsServer(pb2, pb2_grpc)
+    stage = {"mode": "shadow", "descriptor_set": base64.b64encode(descriptors).decode(),
+             "services": {"demo.accounts.Accounts": {"methods": {"CreateAccount": {"public": True}}}}}
+    config = grpc_upstream(build_config(server.port, [plugin("grpc", stage)]), server.port)
+    try:
+        with Envoy(config, concurrency=1) as env, grpc.insecure_channel(f"127.0.0.1:{env.port}") as channel:
+            too_young = pb2.CreateAccountRequest(name="Ada", age=12, plan=pb2.PRO, address=pb2.Address(country="DE"), email="a@b")
+            assert pb2_grpc.AccountsStub(channel).CreateAccount(too_young, timeout=10).name == "Ada"
+            assert len(server.created) == 1
+            assert env.counter("meshward_grpc_shadow_denied_total.route.demo_accounts_Accounts-CreateAccount.reason.rule_violation") == 1
+        env.cleanup()
+    finally:
+        server.stop()
