@@ -8,6 +8,7 @@ value."""
 from __future__ import annotations
 
 import base64
+import importlib
 import json
 import sys
 import time
@@ -97,21 +98,26 @@ PROTO_DIR = Path(__file__).resolve().parent / "protos"
 DESCRIPTORS = REPO / "crates" / "grpc" / "tests" / "orders.pb"
 
 
-@pytest.fixture(scope="module")
-def orders_proto(tmp_path_factory):
-    """`tests/protos/orders.proto` compiled by protoc (grpcio-tools): Python stubs and the
-    descriptor set, imported from a temporary directory."""
-    out = tmp_path_factory.mktemp("orders-proto")
-    code = grpc_protoc.main(["protoc", f"-I{PROTO_DIR}", f"--python_out={out}", f"--grpc_python_out={out}",
-                             "--include_imports", f"--descriptor_set_out={out / 'orders.pb'}", str(PROTO_DIR / "orders.proto")])
+def compile_protos(out: Path, name: str, *also: str, imports: tuple[str, ...] = ()) -> tuple[list, bytes]:
+    """`tests/protos/<name>.proto` (and `also`) compiled by protoc (grpcio-tools): its Python
+    stubs (and `imports`) imported from `out`, and its descriptor set (imports included)."""
+    well_known = Path(grpc_protoc.__file__).parent / "_proto"
+    code = grpc_protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", "--include_imports",
+                             f"--descriptor_set_out={out / f'{name}.pb'}", *(str(PROTO_DIR / p) for p in (f"{name}.proto", *also))])
     assert code == 0
     sys.path.insert(0, str(out))
     try:
-        import orders_pb2
-        import orders_pb2_grpc
+        modules = [importlib.import_module(m) for m in (f"{name}_pb2", f"{name}_pb2_grpc", *imports)]
     finally:
         sys.path.remove(str(out))
-    return orders_pb2, orders_pb2_grpc, (out / "orders.pb").read_bytes()
+    return modules, (out / f"{name}.pb").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def orders_proto(tmp_path_factory):
+    """The orders service: Python stubs and the descriptor set."""
+    (pb2, pb2_grpc), descriptors = compile_protos(tmp_path_factory.mktemp("orders-proto"), "orders")
+    return pb2, pb2_grpc, descriptors
 
 
 def test_the_unit_tests_descriptor_set_is_the_proto_compiled(orders_proto):
@@ -323,21 +329,12 @@ ACCOUNT_DESCRIPTORS = REPO / "crates" / "grpc" / "tests" / "accounts.pb"
 
 @pytest.fixture(scope="module")
 def accounts_proto(tmp_path_factory):
-    """`tests/protos/accounts.proto` (and protovalidate's `validate.proto`, vendored) compiled by
-    protoc: Python stubs, `buf.validate.validate_pb2` for protovalidate itself, the descriptor set."""
+    """The accounts service, with protovalidate's `validate.proto` compiled too (as
+    `buf.validate.validate_pb2`, which the protovalidate library imports): stubs, the library,
+    the descriptor set."""
     out = tmp_path_factory.mktemp("accounts-proto")
-    well_known = Path(grpc_protoc.__file__).parent / "_proto"
-    code = grpc_protoc.main(["protoc", f"-I{PROTO_DIR}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", "--include_imports",
-                             f"--descriptor_set_out={out / 'accounts.pb'}", str(PROTO_DIR / "accounts.proto"), str(PROTO_DIR / "buf/validate/validate.proto")])
-    assert code == 0
-    sys.path.insert(0, str(out))
-    try:
-        import accounts_pb2
-        import accounts_pb2_grpc
-        import protovalidate
-    finally:
-        sys.path.remove(str(out))
-    return accounts_pb2, accounts_pb2_grpc, protovalidate, (out / "accounts.pb").read_bytes()
+    (pb2, pb2_grpc, protovalidate), descriptors = compile_protos(out, "accounts", "buf/validate/validate.proto", imports=("protovalidate",))
+    return pb2, pb2_grpc, protovalidate, descriptors
 
 
 def test_the_unit_tests_rules_descriptor_set_is_the_proto_compiled(accounts_proto):
