@@ -228,6 +228,8 @@ impl Reader {
                 }
                 "repeated" | "map" => return Err(format!("{at}: `{}` rules on a field that is not one", rule.name())),
                 name @ ("any" | "duration" | "timestamp" | "field_mask") => self.unsupported(at, name)?,
+                // Scalar rules on a wrapper message (google.protobuf.StringValue and kin).
+                name if is_type_rule(name) && matches!(field.kind(), Kind::Message(_)) => self.unsupported(at, &format!("{name} (on a wrapper type)"))?,
                 name if is_type_rule(name) => return Err(format!("{at}: `{name}` rules on a {} field", rules_name(&field.kind()))),
                 name => self.unsupported(at, name)?,
             }
