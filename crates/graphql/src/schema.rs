@@ -383,6 +383,10 @@ mod tests {
             ("type Query { a: Int", "does not parse"),
             ("{ a }", "not operations"),
             ("schema { query: Q } type Query { a: Int }", "root type Q is not a declared object type"),
+            // Escapes the lexer must refuse before the parser's unescaping (which panics on them).
+            (r#"type Query { a: Int @requiresScopes(scopes: [["\uD800"]]) }"#, "does not parse"),
+            (r#"type Query { a: Int @requiresScopes(scopes: [["\u{110000}"]]) }"#, "does not parse"),
+            (r#"type Query { a: Int @requiresScopes(scopes: [["\uDC00\uD800"]]) }"#, "does not parse"),
         ];
         for (sdl, want) in rows {
             let e = Schema::parse(sdl).err().map(|e| e.to_string()).unwrap_or_default();
