@@ -5,8 +5,8 @@ hashes, text that does not match its hash, oversized batches and JSON two server
 never reach the server; where raw documents are allowed, depth, alias and introspection limits
 hold. With the service's own SDL (printed by strawberry, carrying the cost and scope directives),
 operations cost at most `max_cost` (list sizes from their arguments or variables), select only
-declared fields, and select scoped fields only for callers whose token grants the scope — over
-HTTP/1.1, chunked and HTTP/2."""
+declared fields, and select scoped fields only for callers whose token grants the scope (a field
+under `@include(if: $v)` only when it runs) — over HTTP/1.1, chunked and HTTP/2."""
 from __future__ import annotations
 
 import hashlib
@@ -326,6 +326,11 @@ def test_scoped_fields_need_the_scope_in_every_form(schema_envoy, server, keys):
     assert refused(r, 403, "missing_scope"), r.text
     assert len(server.executed) == before, server.executed[before:]
     assert post(schema_envoy, {"query": "{ readers(first: 2) { name } }"}).status_code == 200, "unscoped fields need no token"
+    # A client asking for the scoped field only when its user may see it (`@include(if: $pii)`).
+    conditional = "query R($pii: Boolean!) { readers(first: 2) { name email @include(if: $pii) } }"
+    r = post(schema_envoy, {"query": conditional, "variables": {"pii": False}})
+    assert r.status_code == 200 and r.json()["data"]["readers"][0] == {"name": "reader 0"}, r.text
+    assert refused(post(schema_envoy, {"query": conditional, "variables": {"pii": True}}), 401, "missing_principal")
     for scope in ("readers:pii", "admin"):
         holder = {**json_type, **bearer(keys.token("ES256", scope=f"readers:read {scope}"))}
         r = httpx.post(url, content=chunks(pii), headers=holder, timeout=10)

@@ -114,7 +114,7 @@ pub fn check_operation<'c>(config: &'c GraphqlConfig, op: &Operation, over_get: 
 }
 
 /// The caller holds what each field needs: for every entry, all scopes of one of its lists.
-pub fn authorize(access: &[Access], user: Option<&Principal>) -> Result<(), GraphqlError> {
+pub fn authorize(access: &[&Access], user: Option<&Principal>) -> Result<(), GraphqlError> {
     if access.is_empty() {
         return Ok(());
     }
@@ -145,13 +145,19 @@ pub fn check_request(config: &GraphqlConfig, ops: &[Operation], over_get: bool, 
             return Err(GraphqlError::TooCostly { cost, max });
         }
     }
-    if running.iter().any(|info| !info.access.is_empty()) {
-        let user = user();
-        for info in &running {
-            authorize(&info.access, user.as_deref())?;
+    // The scoped fields that run with these variables (`@include(if: $v)` and kin).
+    let mut needed = Vec::new();
+    for (info, op) in running.iter().zip(ops) {
+        for access in &info.access {
+            if access.applies(&op.variables)? {
+                needed.push(access);
+            }
         }
     }
-    Ok(())
+    if needed.is_empty() {
+        return Ok(());
+    }
+    authorize(&needed, user().as_deref())
 }
 
 #[cfg(test)]

@@ -81,43 +81,93 @@ impl Size {
     }
 }
 
-/// What an operation costs: fixed weights, plus lists whose size may come from variables.
+/// A selection runs only when a variable has a value (`@include(if: $v)`: true; `@skip(if: $v)`:
+/// false). A variable left out takes its default; with none, the selection counts as run (the
+/// strict reading: its cost is paid, its scopes needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    variable: String,
+    runs_when: bool,
+    default: Option<bool>,
+}
+
+/// Every condition holds with these variables (`Err`: a condition variable that is not a boolean).
+fn all_hold(conditions: &[Condition], variables: &Map<String, Value>) -> Result<bool, GraphqlError> {
+    for c in conditions {
+        let value = match variables.get(&c.variable) {
+            None | Some(Value::Null) => c.default,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(_) => return Err(GraphqlError::InvalidRequest),
+        };
+        if value.is_some_and(|v| v != c.runs_when) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// What an operation costs: fixed weights, plus lists whose size may come from variables, plus
+/// selections that run only under conditions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cost {
     fixed: u64,
     lists: Vec<(Size, Cost)>,
+    conditional: Vec<(Vec<Condition>, Cost)>,
 }
 
 impl Cost {
     fn add(&mut self, other: Cost) {
         self.fixed = self.fixed.saturating_add(other.fixed);
         self.lists.extend(other.lists);
+        self.conditional.extend(other.conditional);
     }
 
     /// `size` times `each`, folded where nothing depends on the request.
     fn scaled(size: Size, each: Cost) -> Cost {
-        if size.literal.is_none() && size.variables.is_empty() && each.lists.is_empty() {
-            return Cost { fixed: size.otherwise.saturating_mul(each.fixed), lists: Vec::new() };
+        if size.literal.is_none() && size.variables.is_empty() && each.lists.is_empty() && each.conditional.is_empty() {
+            return Cost { fixed: size.otherwise.saturating_mul(each.fixed), ..Cost::default() };
         }
-        Cost { fixed: 0, lists: vec![(size, each)] }
+        Cost { lists: vec![(size, each)], ..Cost::default() }
     }
 
-    /// The cost with these variables (`Err`: a size variable that is not a non-negative integer).
+    /// The cost with these variables (`Err`: a size variable that is not a non-negative
+    /// integer, a condition variable that is not a boolean).
     pub fn of(&self, variables: &Map<String, Value>) -> Result<u64, GraphqlError> {
         let mut total = self.fixed;
         for (size, each) in &self.lists {
             total = total.saturating_add(size.of(variables)?.saturating_mul(each.of(variables)?));
         }
+        for (conditions, cost) in &self.conditional {
+            if all_hold(conditions, variables)? {
+                total = total.saturating_add(cost.of(variables)?);
+            }
+        }
         Ok(total)
     }
 }
 
-/// A selected field that needs scopes: every entry of `needs` met (any one list, all of it).
+/// A selected field that needs scopes: every entry of `needs` met (any one list, all of it),
+/// when its conditions hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     /// `Type.field`, as the denial names it.
     pub coordinate: String,
     pub needs: Vec<AnyOf>,
+    pub when: Vec<Condition>,
+}
+
+impl Access {
+    /// The field runs with these variables.
+    pub fn applies(&self, variables: &Map<String, Value>) -> Result<bool, GraphqlError> {
+        all_hold(&self.when, variables)
+    }
+}
+
+/// Whether a selection runs, by its `@skip` / `@include`.
+enum Gate {
+    Always,
+    Never,
+    When(Vec<Condition>),
 }
 
 /// One operation of a document.
@@ -140,14 +190,22 @@ fn kind_of(op: &cst::OperationDefinition) -> OperationKind {
     }
 }
 
-/// The operation's variables with an integer default (what a size variable left out is).
-fn int_defaults(op: &cst::OperationDefinition) -> HashMap<String, Option<u64>> {
+/// A variable's default, where it decides something: a list size or a condition.
+#[derive(Debug, Clone, Copy)]
+enum VariableDefault {
+    Size(u64),
+    Flag(bool),
+}
+
+/// The operation's variables, each with its default (what a variable left out is).
+fn defaults(op: &cst::OperationDefinition) -> HashMap<String, Option<VariableDefault>> {
     let definitions = op.variable_definitions().into_iter().flat_map(|d| d.variable_definitions());
     definitions
         .filter_map(|d| {
             let name = d.variable()?.name()?.text().to_string();
             let default = match d.default_value().and_then(|v| v.value()) {
-                Some(cst::Value::IntValue(v)) => i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()),
+                Some(cst::Value::IntValue(v)) => i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()).map(VariableDefault::Size),
+                Some(cst::Value::BooleanValue(b)) => Some(VariableDefault::Flag(b.true_token().is_some())),
                 _ => None,
             };
             Some((name, default))
@@ -182,7 +240,18 @@ pub fn check_document(source: &str, limits: &Limits, schema: Option<&Schema>) ->
     if operations.is_empty() {
         return Err(GraphqlError::InvalidDocument);
     }
-    let mut walk = Walk { fragments: &fragments, limits, schema, aliases: 0, visits: 0, visiting: Vec::new(), defaults: HashMap::new(), access: Vec::new() };
+    let mut walk = Walk {
+        fragments: &fragments,
+        limits,
+        schema,
+        aliases: 0,
+        visits: 0,
+        visiting: Vec::new(),
+        defaults: HashMap::new(),
+        access: Vec::new(),
+        conditions: Vec::new(),
+        excluded: 0,
+    };
     let mut infos = Vec::with_capacity(operations.len());
     for op in &operations {
         let set = op.selection_set().ok_or(GraphqlError::InvalidDocument)?;
@@ -191,7 +260,7 @@ pub fn check_document(source: &str, limits: &Limits, schema: Option<&Schema>) ->
             None => None,
             Some(s) => Some(s.root(kind).ok_or(GraphqlError::InvalidDocument)?),
         };
-        walk.defaults = int_defaults(op);
+        walk.defaults = defaults(op);
         let root_name = match (schema, kind) {
             (Some(s), OperationKind::Query) => s.query.as_str(),
             (Some(s), OperationKind::Mutation) => s.mutation.as_deref().unwrap_or_default(),
@@ -227,8 +296,12 @@ struct Walk<'a> {
     /// Fragments being expanded (a spread of one of them again is a cycle).
     visiting: Vec<String>,
     /// The current operation's variable defaults, and the fields it selects that need scopes.
-    defaults: HashMap<String, Option<u64>>,
+    defaults: HashMap<String, Option<VariableDefault>>,
     access: Vec<Access>,
+    /// The conditions the selection being walked runs under; `excluded`: inside a selection
+    /// that never runs (`@skip(if: true)`), checked but neither priced nor scoped.
+    conditions: Vec<Condition>,
+    excluded: usize,
 }
 
 impl<'a> Walk<'a> {
@@ -243,32 +316,92 @@ impl<'a> Walk<'a> {
             if self.visits > MAX_VISITS {
                 return Err(GraphqlError::TooComplex);
             }
-            match selection {
-                cst::Selection::Field(field) => cost.add(self.field(&field, depth, parent)?),
-                cst::Selection::InlineFragment(fragment) => {
-                    let on = fragment.type_condition().and_then(|c| c.named_type()).and_then(|n| n.name()).map(|n| text(&n));
-                    let inner = fragment.selection_set().ok_or(GraphqlError::InvalidDocument)?;
-                    let parent = self.narrowed(parent, on.as_deref())?;
-                    cost.add(self.selection_set(&inner, depth, parent)?);
+            let directives = match &selection {
+                cst::Selection::Field(f) => f.directives(),
+                cst::Selection::InlineFragment(f) => f.directives(),
+                cst::Selection::FragmentSpread(f) => f.directives(),
+            };
+            let gate = self.gate(directives)?;
+            let pushed = match &gate {
+                Gate::Never => {
+                    self.excluded += 1;
+                    0
                 }
-                cst::Selection::FragmentSpread(spread) => {
-                    let name = spread.fragment_name().and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
-                    if self.visiting.contains(&name) {
-                        return Err(GraphqlError::InvalidDocument);
-                    }
-                    if self.visiting.len() >= MAX_FRAGMENT_NESTING {
-                        return Err(GraphqlError::TooComplex);
-                    }
-                    let fragments = self.fragments;
-                    let (on, inner) = fragments.get(&name).ok_or(GraphqlError::InvalidDocument)?;
-                    let parent = self.narrowed(parent, Some(on))?;
-                    self.visiting.push(name);
-                    cost.add(self.selection_set(inner, depth, parent)?);
-                    self.visiting.pop();
+                Gate::When(conditions) => {
+                    self.conditions.extend(conditions.iter().cloned());
+                    conditions.len()
                 }
+                Gate::Always => 0,
+            };
+            let selected = self.selection(selection, depth, parent);
+            self.conditions.truncate(self.conditions.len() - pushed);
+            let selected = selected?;
+            match gate {
+                Gate::Always => cost.add(selected),
+                Gate::Never => self.excluded -= 1,
+                Gate::When(conditions) => cost.add(Cost { conditional: vec![(conditions, selected)], ..Cost::default() }),
             }
         }
         Ok(cost)
+    }
+
+    fn selection(&mut self, selection: cst::Selection, depth: usize, parent: Parent<'a, '_>) -> Result<Cost, GraphqlError> {
+        match selection {
+            cst::Selection::Field(field) => self.field(&field, depth, parent),
+            cst::Selection::InlineFragment(fragment) => {
+                let on = fragment.type_condition().and_then(|c| c.named_type()).and_then(|n| n.name()).map(|n| text(&n));
+                let inner = fragment.selection_set().ok_or(GraphqlError::InvalidDocument)?;
+                let parent = self.narrowed(parent, on.as_deref())?;
+                self.selection_set(&inner, depth, parent)
+            }
+            cst::Selection::FragmentSpread(spread) => {
+                let name = spread.fragment_name().and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
+                if self.visiting.contains(&name) {
+                    return Err(GraphqlError::InvalidDocument);
+                }
+                if self.visiting.len() >= MAX_FRAGMENT_NESTING {
+                    return Err(GraphqlError::TooComplex);
+                }
+                let fragments = self.fragments;
+                let (on, inner) = fragments.get(&name).ok_or(GraphqlError::InvalidDocument)?;
+                let parent = self.narrowed(parent, Some(on))?;
+                self.visiting.push(name);
+                let cost = self.selection_set(inner, depth, parent);
+                self.visiting.pop();
+                cost
+            }
+        }
+    }
+
+    /// A selection's `@skip(if:)` / `@include(if:)`: a literal decides now, a variable later.
+    fn gate(&self, directives: Option<cst::Directives>) -> Result<Gate, GraphqlError> {
+        let mut conditions = Vec::new();
+        for directive in directives.iter().flat_map(|d| d.directives()) {
+            let runs_when = match directive.name().map(|n| n.text().to_string()).as_deref() {
+                Some("include") => true,
+                Some("skip") => false,
+                _ => continue,
+            };
+            let arguments: Vec<cst::Argument> = directive.arguments().iter().flat_map(|a| a.arguments()).collect();
+            let [argument] = arguments.as_slice() else { return Err(GraphqlError::InvalidDocument) };
+            if argument.name().map(|n| n.text().to_string()).as_deref() != Some("if") {
+                return Err(GraphqlError::InvalidDocument);
+            }
+            match argument.value() {
+                Some(cst::Value::BooleanValue(b)) if b.true_token().is_some() != runs_when => return Ok(Gate::Never),
+                Some(cst::Value::BooleanValue(_)) => {}
+                Some(cst::Value::Variable(v)) => {
+                    let variable = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
+                    let default = match self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)? {
+                        Some(VariableDefault::Flag(b)) => Some(*b),
+                        _ => None,
+                    };
+                    conditions.push(Condition { variable, runs_when, default });
+                }
+                _ => return Err(GraphqlError::InvalidDocument),
+            }
+        }
+        Ok(if conditions.is_empty() { Gate::Always } else { Gate::When(conditions) })
     }
 
     /// Inside `... on T`: T's fields (a composite type the schema declares).
@@ -311,10 +444,10 @@ impl<'a> Walk<'a> {
         let Some(def) = ty.fields.get(&name) else { return Err(GraphqlError::UnknownField { coordinate: coordinate() }) };
         let Some((of_name, of)) = schema.types.get_key_value(&def.ty) else { return Err(GraphqlError::UnknownField { coordinate: coordinate() }) };
         let needs: Vec<AnyOf> = def.scopes.iter().chain(&of.scopes).cloned().collect();
-        if !needs.is_empty() {
+        if !needs.is_empty() && self.excluded == 0 {
             let coordinate = coordinate();
-            if !self.access.iter().any(|a| a.coordinate == coordinate) {
-                self.access.push(Access { coordinate, needs });
+            if !self.access.iter().any(|a| a.coordinate == coordinate && (a.when.is_empty() || a.when == self.conditions)) {
+                self.access.push(Access { coordinate, needs, when: self.conditions.clone() });
             }
         }
         // A connection's size, handed down to its `sizedFields`; a list's own size.
@@ -331,7 +464,7 @@ impl<'a> Walk<'a> {
             _ => None,
         };
         let each = def.cost.or(of.cost).unwrap_or(u64::from(of.composite()));
-        let mut per_item = Cost { fixed: each, lists: Vec::new() };
+        let mut per_item = Cost { fixed: each, ..Cost::default() };
         match (inner, of.composite()) {
             (Some(inner), true) => {
                 let sized = for_children.as_ref().map(|(s, size)| (*s, size));
@@ -364,7 +497,10 @@ impl<'a> Walk<'a> {
                 Some(cst::Value::Variable(v)) => {
                     let variable = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
                     // An undeclared variable makes the document invalid.
-                    let default = *self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)?;
+                    let default = match self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)? {
+                        Some(VariableDefault::Size(n)) => Some(*n),
+                        _ => None,
+                    };
                     size.variables.push((variable, default));
                 }
                 Some(cst::Value::NullValue(_)) | None => {}
@@ -495,6 +631,18 @@ mod tests {
             ("subscription { a }", json!({}), Err(GraphqlError::InvalidDocument)),
             ("{ me { friends(first: $undeclared) { name } } }", json!({}), Err(GraphqlError::InvalidDocument)),
             ("{ __schema { types { name } } }", json!({}), Err(GraphqlError::Introspection)),
+            // @include / @skip: a literal decides at once, a variable with the request.
+            ("query Q($e: Boolean!) { me { friends(first: 5) @include(if: $e) { name } } }", json!({"e": false}), Ok(1)),
+            ("query Q($e: Boolean!) { me { friends(first: 5) @include(if: $e) { name } } }", json!({"e": true}), Ok(6)),
+            ("query Q($e: Boolean!) { me { friends(first: 5) @include(if: $e) { name } } }", json!({}), Ok(6)),
+            ("query Q($e: Boolean!) { me { friends(first: 5) @include(if: $e) { name } } }", json!({"e": "no"}), Err(GraphqlError::InvalidRequest)),
+            ("query Q($s: Boolean = true) { me { friends(first: 5) @skip(if: $s) { name } } }", json!({}), Ok(1)),
+            ("query Q($s: Boolean = true) { me { friends(first: 5) @skip(if: $s) { name } } }", json!({"s": false}), Ok(6)),
+            ("{ me { friends(first: 5) @skip(if: true) { name } } }", json!({}), Ok(1)),
+            ("{ me { ... on User @include(if: false) { friends(first: 5) { name } } } }", json!({}), Ok(1)),
+            ("{ me { friends(first: 5) @skip(if: true) { nope } } }", json!({}), Err(GraphqlError::UnknownField { coordinate: "User.nope".into() })),
+            ("{ me { name @include(if: $undeclared) } }", json!({}), Err(GraphqlError::InvalidDocument)),
+            ("{ me { name @include(when: true) } }", json!({}), Err(GraphqlError::InvalidDocument)),
         ];
         for (document, variables, want) in rows {
             assert_eq!(cost(document, variables.clone()), want, "{document} {variables}");
@@ -512,5 +660,6 @@ mod tests {
         assert_eq!(access("{ node(id: 1) { ... on User { email } } }"), Ok(vec![("User.email".into(), pii.clone())]));
         assert_eq!(access("{ me { ...F } } fragment F on User { email }"), Ok(vec![("User.email".into(), pii)]));
         assert_eq!(access("{ node(id: 1) { secret } }"), Ok(vec![("Node.secret".into(), admin)]), "the interface's field needs what User's does");
+        assert_eq!(access("{ me { email @skip(if: true) } }"), Ok(vec![]), "a field that never runs needs nothing");
     }
 }
