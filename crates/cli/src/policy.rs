@@ -110,6 +110,9 @@ pub struct Policy {
     pub rollout: Option<Rollout>,
     /// Audit records (the bundle's `audit`), checked as the bundle reads them.
     pub audit: Option<Value>,
+    /// The files it reads besides itself (its contract, a gRPC descriptor set, a GraphQL
+    /// schema): `meshward serve` watches them too.
+    pub inputs: Vec<PathBuf>,
 }
 
 /// A policy that cannot be used at all: unreadable, unparsable, or structurally wrong.
@@ -211,6 +214,7 @@ impl Policy {
             public: raw.public,
             module_url: raw.modules.map(|m| m.url),
             stages,
+            inputs: contract.iter().map(|c| c.path.clone()).collect(),
             contract,
             rollout,
             audit: raw.audit,
@@ -256,6 +260,7 @@ impl Policy {
         let bytes = std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
         let encoded = encode(bytes).map_err(|e| at(format!("{}: {e}", path.display())))?;
         config.insert(field.into(), Value::String(encoded));
+        self.inputs.push(path);
         Ok(())
     }
 

@@ -3,9 +3,9 @@
 //! rendered with `render envoy --xds`) or through files (`--dir`, Envoys rendered with
 //! `render envoy --ecds`).
 //!
-//! It watches the policy and its contract; when either changes it compiles the policy with the
-//! modules' own parsers and, only if every stage is accepted, pushes the new version: to every
-//! subscribed Envoy, or by replacing the files atomically. Envoy applies it to new requests
+//! It watches the policy and the files it reads (its contract, a gRPC descriptor set, a GraphQL
+//! schema); when any changes it compiles the policy with the modules' own parsers and, only if
+//! every stage is accepted, pushes the new version: to every subscribed Envoy, or by replacing the files atomically. Envoy applies it to new requests
 //! without a restart; requests in flight finish under the old one. A policy that does not
 //! compile is refused whole and the last good version stays served.
 
@@ -58,13 +58,13 @@ impl Version {
     }
 }
 
-/// The policy file and its contract, watched.
+/// The policy file and the files it reads (contract, descriptor set, schema), watched.
 struct Watcher<'a> {
     options: &'a ServeOptions,
-    seen: Option<(Stamp, Stamp)>,
+    seen: Option<(Stamp, Vec<Stamp>)>,
     /// A change seen once, read when the next poll finds the files unchanged.
-    settling: Option<(Stamp, Stamp)>,
-    contract: Option<PathBuf>,
+    settling: Option<(Stamp, Vec<Stamp>)>,
+    inputs: Vec<PathBuf>,
     /// The filters the running Envoys were rendered with, and the version they have.
     served: Option<(Vec<String>, String)>,
 }
@@ -78,7 +78,7 @@ impl Watcher<'_> {
         Ok(policy)
     }
 
-    /// A new version when the policy or its contract changed and was accepted. Refusals are
+    /// A new version when the policy or a file it reads changed and was accepted. Refusals are
     /// logged and the last version stays; only a first policy that cannot be used is an error.
     ///
     /// A change is read only once the files have stayed as they are for one interval: a policy
@@ -86,11 +86,11 @@ impl Watcher<'_> {
     /// rule list could still parse and be pushed.
     fn poll(&mut self) -> Result<Option<Version>, String> {
         let options = self.options;
-        let now = (stamp(&options.policy), self.contract.as_deref().and_then(stamp));
-        if !settled(self.seen, &mut self.settling, now) {
+        let now = (stamp(&options.policy), self.inputs.iter().map(|p| stamp(p)).collect::<Vec<_>>());
+        if !settled(&self.seen, &mut self.settling, &now) {
             return Ok(None);
         }
-        self.seen = Some(now);
+        self.seen = Some(now.clone());
         let policy = match (self.load(), &self.served) {
             (Ok(policy), _) => policy,
             (Err(e), Some((_, id))) => {
@@ -99,8 +99,8 @@ impl Watcher<'_> {
             }
             (Err(e), None) => return Err(e),
         };
-        self.contract = policy.contract.as_ref().map(|c| c.path.clone());
-        self.seen = Some((now.0, self.contract.as_deref().and_then(stamp)));
+        self.inputs = policy.inputs.clone();
+        self.seen = Some((now.0, self.inputs.iter().map(|p| stamp(p)).collect()));
         let plugins = wasm_plugins(&policy, options.form, &options.modules_dir);
         let version = Version { id: version_id(&plugins), plugins };
         let names: Vec<String> = version.names().into_iter().map(String::from).collect();
@@ -173,7 +173,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(dir) = &options.dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut watcher = Watcher { options, seen: None, settling: None, contract: None, served: None };
+    let mut watcher = Watcher { options, seen: None, settling: None, inputs: Vec::new(), served: None };
     let first = watcher.poll()?.ok_or("the policy could not be read")?;
     let Some(address) = options.xds else {
         publish(options, &first, None)?;
@@ -232,13 +232,13 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
 /// Whether files now stamped `now` differ from how they were `seen` and have stayed as they are
 /// for one look (`settling` holds a change seen once): a file written in place is never read
 /// half-written. Nothing seen yet reads at once.
-fn settled<T: PartialEq + Copy>(seen: Option<T>, settling: &mut Option<T>, now: T) -> bool {
-    if seen == Some(now) {
+fn settled<T: PartialEq + Clone>(seen: &Option<T>, settling: &mut Option<T>, now: &T) -> bool {
+    if seen.as_ref() == Some(now) {
         *settling = None;
         return false;
     }
-    if seen.is_some() && *settling != Some(now) {
-        *settling = Some(now);
+    if seen.is_some() && settling.as_ref() != Some(now) {
+        *settling = Some(now.clone());
         return false;
     }
     *settling = None;
@@ -258,7 +258,7 @@ async fn rotation(options: &ServeOptions, files: Option<[Stamp; 3]>) {
     loop {
         tokio::time::sleep(options.interval).await;
         let now = tls_stamps(tls);
-        if !settled(Some(running), &mut settling, now) {
+        if !settled(&Some(running), &mut settling, &now) {
             continue;
         }
         match xds::check_tls(tls) {
@@ -295,7 +295,7 @@ mod tests {
             interval: Duration::from_millis(100),
             once: false,
         };
-        let mut watcher = Watcher { options: &options, seen: None, settling: None, contract: None, served: None };
+        let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
         let first = watcher.poll().unwrap().expect("the first policy is read at once");
         assert_eq!(watcher.poll(), Ok(None));
 
@@ -308,6 +308,40 @@ mod tests {
         assert_ne!(full.id, first.id);
         assert!(full.plugins[0].configuration.contains("\"writes\""), "{}", full.plugins[0].configuration);
         assert_eq!(watcher.poll(), Ok(None));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_the_policy_reads_is_watched_too() {
+        let dir = std::env::temp_dir().join(format!("meshward-serve-inputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.yaml");
+        let schema = dir.join("schema.graphql");
+        std::fs::write(&schema, "type Query { a: Int }").unwrap();
+        std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, allow_raw_documents: true }\n").unwrap();
+        let options = ServeOptions {
+            policy: policy.clone(),
+            openapi: None,
+            form: Form::Bundle,
+            modules_dir: dir.clone(),
+            dir: Some(dir.clone()),
+            xds: None,
+            tls: None,
+            interval: Duration::from_millis(100),
+            once: false,
+        };
+        let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
+        let first = watcher.poll().unwrap().expect("the first policy is read at once");
+        assert_eq!(watcher.inputs, vec![schema.clone()]);
+        std::fs::write(&schema, "type Query { a: Int b: String }").unwrap();
+        assert_eq!(watcher.poll(), Ok(None), "a file just changed is not read yet");
+        let next = watcher.poll().unwrap().expect("the schema changed: a new version");
+        assert_ne!(next.id, first.id);
+        assert!(next.plugins[0].configuration.contains("b: String"), "{}", next.plugins[0].configuration);
+        // A schema the module refuses is refused whole; the last version stays.
+        std::fs::write(&schema, "type Query { a: Missing }").unwrap();
+        assert_eq!(watcher.poll(), Ok(None));
+        assert_eq!(watcher.poll(), Ok(None), "refused: still serving the last version");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
