@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = check_document(text, &LIMITS, None);
     let _ = check_document(text, &LIMITS, config().schema.as_ref());
     if let Ok(document) = meshward_core::json::read(data, meshward_core::json::MAX_DEPTH) {
-        if let Ok(ops) = operations(&document.value, config().max_batch) {
+        if let Ok(ops) = operations(&document.value, config().max_batch, true) {
             let _ = check_request(config(), &ops, data.len() % 2 == 0, &mut || None);
         }
     }

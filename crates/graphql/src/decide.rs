@@ -35,32 +35,33 @@ fn string(value: Option<&Value>) -> Result<Option<String>, GraphqlError> {
     }
 }
 
-/// One operation's JSON object (a POST body, or the parameters of a GET).
-pub fn operation(object: &Value) -> Result<Operation, GraphqlError> {
+/// One operation's JSON object (a POST body, or the parameters of a GET). Its `variables` are
+/// copied only when `read_variables` (a schema prices or scopes by them).
+pub fn operation(object: &Value, read_variables: bool) -> Result<Operation, GraphqlError> {
     let Value::Object(map) = object else { return Err(GraphqlError::InvalidRequest) };
     let hash = string(map.get("extensions").and_then(|e| e.get("persistedQuery")).and_then(|p| p.get("sha256Hash")))?;
-    let id = match string(map.get("id"))? {
-        Some(id) => Some(id),
-        None => string(map.get("documentId"))?,
-    };
-    if hash.is_some() && id.is_some() && hash != id {
+    // Three names for one thing, read by different servers: they must agree.
+    let mut named = [hash, string(map.get("id"))?, string(map.get("documentId"))?].into_iter().flatten();
+    let persisted = named.next();
+    if named.any(|other| Some(&other) != persisted.as_ref()) {
         return Err(GraphqlError::InvalidRequest);
     }
     let variables = match map.get("variables") {
         None | Some(Value::Null) => Map::new(),
-        Some(Value::Object(v)) => v.clone(),
+        Some(Value::Object(v)) if read_variables => v.clone(),
+        Some(Value::Object(_)) => Map::new(),
         Some(_) => return Err(GraphqlError::InvalidRequest),
     };
-    Ok(Operation { query: string(map.get("query"))?, persisted: hash.or(id), name: string(map.get("operationName"))?, variables })
+    Ok(Operation { query: string(map.get("query"))?, persisted, name: string(map.get("operationName"))?, variables })
 }
 
 /// The operations of a POST body: one object, or a batch (an array of them).
-pub fn operations(body: &Value, max_batch: usize) -> Result<Vec<Operation>, GraphqlError> {
+pub fn operations(body: &Value, max_batch: usize, read_variables: bool) -> Result<Vec<Operation>, GraphqlError> {
     match body {
         Value::Array(items) if items.is_empty() => Err(GraphqlError::InvalidRequest),
         Value::Array(items) if items.len() > max_batch => Err(GraphqlError::BatchTooLarge { max: max_batch }),
-        Value::Array(items) => items.iter().map(operation).collect(),
-        one => Ok(vec![operation(one)?]),
+        Value::Array(items) => items.iter().map(|item| operation(item, read_variables)).collect(),
+        one => Ok(vec![operation(one, read_variables)?]),
     }
 }
 

@@ -64,14 +64,16 @@ fn requests_are_read_as_servers_read_them() {
     let apollo = json!({"extensions": {"persistedQuery": {"version": 1, "sha256Hash": book}}, "variables": {"id": "1"}});
     let mut want = op(None, Some(&book), None);
     want.variables.insert("id".into(), json!("1"));
-    assert_eq!(operations(&apollo, 1), Ok(vec![want]));
-    assert_eq!(operations(&json!({"documentId": "relay-two", "operationName": "A"}), 1), Ok(vec![op(None, Some("relay-two"), Some("A"))]));
-    let with_variables = operations(&json!({"query": "{ a }", "variables": {"n": 3}}), 1).map(|o| o[0].variables.clone());
+    assert_eq!(operations(&apollo, 1, true), Ok(vec![want]));
+    assert_eq!(operations(&json!({"documentId": "relay-two", "operationName": "A"}), 1, true), Ok(vec![op(None, Some("relay-two"), Some("A"))]));
+    let unread = operations(&json!({"query": "{ a }", "variables": {"n": 3}}), 1, false).map(|o| o[0].variables.len());
+    assert_eq!(unread, Ok(0), "without a schema the variables are not copied");
+    let with_variables = operations(&json!({"query": "{ a }", "variables": {"n": 3}}), 1, true).map(|o| o[0].variables.clone());
     assert_eq!(with_variables, Ok(json!({"n": 3}).as_object().cloned().unwrap_or_default()));
-    assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}]), 2).map(|o| o.len()), Ok(2));
-    assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}, {"query": "{ c }"}]), 2), Err(GraphqlError::BatchTooLarge { max: 2 }));
-    for bad in [json!([]), json!("{ a }"), json!({"query": 7}), json!({"id": "x", "extensions": {"persistedQuery": {"sha256Hash": "y"}}}), json!([1]), json!({"query": "{ a }", "variables": [1]})] {
-        assert_eq!(operations(&bad, 2), Err(GraphqlError::InvalidRequest), "{bad}");
+    assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}]), 2, true).map(|o| o.len()), Ok(2));
+    assert_eq!(operations(&json!([{"query": "{ a }"}, {"query": "{ b }"}, {"query": "{ c }"}]), 2, true), Err(GraphqlError::BatchTooLarge { max: 2 }));
+    for bad in [json!([]), json!("{ a }"), json!({"query": 7}), json!({"id": "x", "extensions": {"persistedQuery": {"sha256Hash": "y"}}}), json!({"id": "x", "documentId": "y"}), json!({"documentId": 5}), json!([1]), json!({"query": "{ a }", "variables": [1]})] {
+        assert_eq!(operations(&bad, 2, true), Err(GraphqlError::InvalidRequest), "{bad}");
     }
 }
 

@@ -52,7 +52,7 @@ pub struct GraphqlStage {
 }
 
 /// The operation a GET names in its query string (`+` is a space there, as servers read forms).
-fn get_operation(raw_path: &str) -> Result<Operation, GraphqlError> {
+fn get_operation(raw_path: &str, read_variables: bool) -> Result<Operation, GraphqlError> {
     let path = raw_path.replace('+', "%20");
     let param = |name: &str| query_param(&path, name).map_err(|_| GraphqlError::InvalidRequest);
     let mut object = Map::new();
@@ -67,7 +67,7 @@ fn get_operation(raw_path: &str) -> Result<Operation, GraphqlError> {
             object.insert(name.into(), parsed.value);
         }
     }
-    operation(&Value::Object(object))
+    operation(&Value::Object(object), read_variables)
 }
 
 impl GraphqlStage {
@@ -87,7 +87,7 @@ impl Stage for GraphqlStage {
         }
         request.route = Some("graphql".into());
         match request.method.as_str() {
-            "GET" => match get_operation(&request.path) {
+            "GET" => match get_operation(&request.path, policy.config.schema.is_some()) {
                 Ok(op) => self.decide(host, request, &[op], true),
                 Err(e) => Step::Deny(e.denial()),
             },
@@ -113,7 +113,7 @@ impl Stage for GraphqlStage {
             },
             // The strict reader: JSON two servers read two ways (a repeated `query`) is refused.
             Some(Body::Json) => match request.json(body, meshward_core::json::MAX_DEPTH) {
-                Ok(document) => match operations(&document.value, policy.config.max_batch) {
+                Ok(document) => match operations(&document.value, policy.config.max_batch, policy.config.schema.is_some()) {
                     Ok(ops) => ops,
                     Err(e) => return Step::Deny(e.denial()),
                 },
