@@ -277,6 +277,21 @@ mod tests {
 
     const FULL: &str = "service: s\nstages:\n  - ratelimit:\n      rules:\n        - name: all\n          match: { prefix: / }\n          key: [client_ip]\n          limit: { requests: 1, per: 1s }\n        - name: writes\n          match: { prefix: /, methods: [POST] }\n          key: [client_ip]\n          limit: { requests: 1, per: 1s }\n";
 
+    /// `serve --dir` of `policy`, polled by hand.
+    fn file_options(dir: &Path, policy: &Path) -> ServeOptions {
+        ServeOptions {
+            policy: policy.to_path_buf(),
+            openapi: None,
+            form: Form::Bundle,
+            modules_dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
+            xds: None,
+            tls: None,
+            interval: Duration::from_millis(100),
+            once: false,
+        }
+    }
+
     #[test]
     fn a_change_is_read_only_once_the_file_stays_as_it_is() {
         let dir = std::env::temp_dir().join(format!("meshward-serve-{}", std::process::id()));
@@ -284,17 +299,7 @@ mod tests {
         let policy = dir.join("policy.yaml");
         let first_rule_only = &FULL[..FULL.find("        - name: writes").unwrap()];
         std::fs::write(&policy, first_rule_only).unwrap();
-        let options = ServeOptions {
-            policy: policy.clone(),
-            openapi: None,
-            form: Form::Bundle,
-            modules_dir: dir.clone(),
-            dir: Some(dir.clone()),
-            xds: None,
-            tls: None,
-            interval: Duration::from_millis(100),
-            once: false,
-        };
+        let options = file_options(&dir, &policy);
         let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
         let first = watcher.poll().unwrap().expect("the first policy is read at once");
         assert_eq!(watcher.poll(), Ok(None));
@@ -319,17 +324,7 @@ mod tests {
         let schema = dir.join("schema.graphql");
         std::fs::write(&schema, "type Query { a: Int }").unwrap();
         std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, allow_raw_documents: true }\n").unwrap();
-        let options = ServeOptions {
-            policy: policy.clone(),
-            openapi: None,
-            form: Form::Bundle,
-            modules_dir: dir.clone(),
-            dir: Some(dir.clone()),
-            xds: None,
-            tls: None,
-            interval: Duration::from_millis(100),
-            once: false,
-        };
+        let options = file_options(&dir, &policy);
         let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
         let first = watcher.poll().unwrap().expect("the first policy is read at once");
         assert_eq!(watcher.inputs, vec![schema.clone()]);
