@@ -152,6 +152,11 @@ class OrdersServer:
                     count += 1
                 return pb2.Order(order_id=str(count))
 
+            def Chat(self, request_iterator, context):
+                for item in request_iterator:
+                    outer.uploaded.append(item)
+                    yield pb2.Order(order_id=item.sku)
+
         self.created = []
         # Every streamed Item the service received, as it arrived.
         self.uploaded = []
@@ -171,6 +176,7 @@ def grpc_stage(descriptors: bytes) -> dict:
         "CreateOrder": {"scopes": ["orders:write"], "owner": [{"field": "tenant_id", "claim": "tenant"}]},
         "WatchOrders": {"public": True},
         "Upload": {"scopes": ["orders:write"]},
+        "Chat": {"scopes": ["orders:write"]},
     }}}}
 
 
@@ -320,6 +326,33 @@ def test_a_client_stream_is_checked_message_by_message(orders, keys):
         time.sleep(0.2)
         assert [i.sku for i in server.uploaded[before:]] == ["a"], "nothing from the refused message on"
     assert orders[0].counter("meshward_grpc_denied_total.route.demo_orders_Orders-Upload.reason.unknown_field") >= 1
+
+
+def test_a_bidirectional_stream_is_checked_too(orders, keys):
+    """Messages flow both ways; a bad one after the answers have begun ends the stream (Envoy
+    can no longer send a status: it resets it) and never reaches the service."""
+    _, _, pb2, server, channel = orders
+    chat = channel.stream_stream("/demo.orders.Orders/Chat")
+    ok = [pb2.Item(sku=s, quantity=1).SerializeToString() for s in ("a", "b")]
+    replies = [pb2.Order.FromString(r).order_id for r in chat(iter(ok), metadata=caller(keys), timeout=10)]
+    assert replies == ["a", "b"]
+
+    before = len(server.uploaded)
+
+    def conversation():
+        yield ok[0]
+        assert wait_for(lambda: len(server.uploaded) > before), "the first message reached the service"
+        yield pb2.Item(sku="x").SerializeToString() + b"\xf8\x01\x01"  # field #31
+        yield ok[1]
+
+    answers = chat(conversation(), metadata=caller(keys), timeout=10)
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in answers:
+            pass
+    assert caught.value.code() != grpc.StatusCode.OK
+    time.sleep(0.2)
+    assert [i.sku for i in server.uploaded[before:]] == ["a"], "nothing from the refused message on"
+    assert orders[0].counter("meshward_grpc_denied_total.route.demo_orders_Orders-Chat.reason.unknown_field") >= 1
 
 
 # -- the service's own field rules: protovalidate annotations in the descriptor set -------------

@@ -442,10 +442,14 @@ impl FieldRules {
             for message in &reached {
                 for field in message.fields() {
                     let Kind::Message(inner) = field.kind() else { continue };
-                    let inner = if field.is_map() { match inner.map_entry_value_field().kind() {
-                        Kind::Message(value) => value,
-                        _ => continue,
-                    } } else { inner };
+                    // A map's messages are its values (asked of map entries only: prost-reflect asserts).
+                    let inner = if !field.is_map() {
+                        inner
+                    } else if let Kind::Message(value) = inner.map_entry_value_field().kind() {
+                        value
+                    } else {
+                        continue;
+                    };
                     let ignored = rules.by_message.get(message.full_name()).is_some_and(|c| c.fields.iter().any(|f| f.field == field && f.ignore == Ignore::Always));
                     if ignored || !rules.by_message.contains_key(inner.full_name()) {
                         continue;
