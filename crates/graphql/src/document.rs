@@ -13,7 +13,7 @@ use apollo_parser::cst::{self, CstNode};
 use apollo_parser::Parser;
 use serde_json::{Map, Value};
 
-use crate::schema::{AnyOf, ListSize, OperationKind, Schema, TypeDef};
+use crate::schema::{non_negative, AnyOf, ListSize, OperationKind, Schema, TypeDef};
 use crate::GraphqlError;
 
 /// Syntax nesting the parser follows before it gives up (a document nested deeper is invalid).
@@ -182,14 +182,6 @@ pub struct OperationInfo {
     pub access: Vec<Access>,
 }
 
-fn kind_of(op: &cst::OperationDefinition) -> OperationKind {
-    match op.operation_type() {
-        Some(t) if t.mutation_token().is_some() => OperationKind::Mutation,
-        Some(t) if t.subscription_token().is_some() => OperationKind::Subscription,
-        _ => OperationKind::Query,
-    }
-}
-
 /// A variable's default, where it decides something: a list size or a condition.
 #[derive(Debug, Clone, Copy)]
 enum VariableDefault {
@@ -204,7 +196,7 @@ fn defaults(op: &cst::OperationDefinition) -> HashMap<String, Option<VariableDef
         .filter_map(|d| {
             let name = d.variable()?.name()?.text().to_string();
             let default = match d.default_value().and_then(|v| v.value()) {
-                Some(cst::Value::IntValue(v)) => i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()).map(VariableDefault::Size),
+                Some(cst::Value::IntValue(v)) => non_negative(&v).map(VariableDefault::Size),
                 Some(cst::Value::BooleanValue(b)) => Some(VariableDefault::Flag(b.true_token().is_some())),
                 _ => None,
             };
@@ -255,19 +247,14 @@ pub fn check_document(source: &str, limits: &Limits, schema: Option<&Schema>) ->
     let mut infos = Vec::with_capacity(operations.len());
     for op in &operations {
         let set = op.selection_set().ok_or(GraphqlError::InvalidDocument)?;
-        let kind = kind_of(op);
-        let root = match schema {
-            None => None,
-            Some(s) => Some(s.root(kind).ok_or(GraphqlError::InvalidDocument)?),
+        let kind = OperationKind::of(op.operation_type());
+        let root = match schema.map(|s| s.root(kind)) {
+            None => Parent::UNTYPED,
+            Some(Some((name, ty))) => Parent { ty: Some(ty), name, sized: None },
+            Some(None) => return Err(GraphqlError::InvalidDocument),
         };
         walk.defaults = defaults(op);
-        let root_name = match (schema, kind) {
-            (Some(s), OperationKind::Query) => s.query.as_str(),
-            (Some(s), OperationKind::Mutation) => s.mutation.as_deref().unwrap_or_default(),
-            (Some(s), OperationKind::Subscription) => s.subscription.as_deref().unwrap_or_default(),
-            (None, _) => "",
-        };
-        let cost = walk.selection_set(&set, 1, Parent { ty: root, name: root_name, sized: None })?;
+        let cost = walk.selection_set(&set, 1, root)?;
         infos.push(OperationInfo {
             name: op.name().map(|n| text(&n)),
             query: kind == OperationKind::Query,
@@ -285,6 +272,11 @@ struct Parent<'s, 'z> {
     ty: Option<&'s TypeDef>,
     name: &'s str,
     sized: Option<(&'s ListSize, &'z Size)>,
+}
+
+impl Parent<'_, '_> {
+    /// Fields read for the limits only.
+    const UNTYPED: Parent<'static, 'static> = Parent { ty: None, name: "", sized: None };
 }
 
 struct Walk<'a> {
@@ -391,9 +383,9 @@ impl<'a> Walk<'a> {
                 Some(cst::Value::BooleanValue(b)) if b.true_token().is_some() != runs_when => return Ok(Gate::Never),
                 Some(cst::Value::BooleanValue(_)) => {}
                 Some(cst::Value::Variable(v)) => {
-                    let variable = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
-                    let default = match self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)? {
-                        Some(VariableDefault::Flag(b)) => Some(*b),
+                    let (variable, default) = self.variable(&v)?;
+                    let default = match default {
+                        Some(VariableDefault::Flag(b)) => Some(b),
                         _ => None,
                     };
                     conditions.push(Condition { variable, runs_when, default });
@@ -427,16 +419,15 @@ impl<'a> Walk<'a> {
         let inner = field.selection_set();
         let (Some(schema), Some(ty)) = (self.schema, parent.ty) else {
             // No schema (or introspection, which the schema does not describe): limits only.
-            let untyped = Parent { ty: None, name: "", sized: None };
             return match inner {
-                Some(inner) => self.selection_set(&inner, depth + 1, untyped),
+                Some(inner) => self.selection_set(&inner, depth + 1, Parent::UNTYPED),
                 None => Ok(Cost::default()),
             };
         };
         if name.starts_with("__") {
             return match (name.as_str(), inner) {
                 ("__typename", None) => Ok(Cost::default()),
-                ("__schema" | "__type", Some(inner)) => self.selection_set(&inner, depth + 1, Parent { ty: None, name: "", sized: None }),
+                ("__schema" | "__type", Some(inner)) => self.selection_set(&inner, depth + 1, Parent::UNTYPED),
                 _ => Err(GraphqlError::InvalidDocument),
             };
         }
@@ -480,6 +471,14 @@ impl<'a> Walk<'a> {
         })
     }
 
+    /// A variable the selection uses, with its default; one its operation does not declare makes
+    /// the document invalid.
+    fn variable(&self, v: &cst::Variable) -> Result<(String, Option<VariableDefault>), GraphqlError> {
+        let name = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
+        let default = *self.defaults.get(&name).ok_or(GraphqlError::InvalidDocument)?;
+        Ok((name, default))
+    }
+
     /// A list's size from its slicing arguments (literal or variable), else `@listSize`'s
     /// assumed size, else the default.
     fn size(&self, field: &cst::Field, list_size: &ListSize) -> Result<Size, GraphqlError> {
@@ -491,14 +490,13 @@ impl<'a> Walk<'a> {
             }
             match argument.value() {
                 Some(cst::Value::IntValue(v)) => {
-                    let n = i32::try_from(&v).ok().and_then(|n| u64::try_from(n).ok()).ok_or(GraphqlError::InvalidDocument)?;
+                    let n = non_negative(&v).ok_or(GraphqlError::InvalidDocument)?;
                     size.literal = size.literal.max(Some(n));
                 }
                 Some(cst::Value::Variable(v)) => {
-                    let variable = v.name().map(|n| n.text().to_string()).ok_or(GraphqlError::InvalidDocument)?;
-                    // An undeclared variable makes the document invalid.
-                    let default = match self.defaults.get(&variable).ok_or(GraphqlError::InvalidDocument)? {
-                        Some(VariableDefault::Size(n)) => Some(*n),
+                    let (variable, default) = self.variable(&v)?;
+                    let default = match default {
+                        Some(VariableDefault::Size(n)) => Some(n),
                         _ => None,
                     };
                     size.variables.push((variable, default));

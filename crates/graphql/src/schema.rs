@@ -59,6 +59,10 @@ pub struct TypeDef {
 }
 
 impl TypeDef {
+    fn new(kind: Kind) -> TypeDef {
+        TypeDef { kind, fields: HashMap::new(), cost: None, scopes: Vec::new(), related: Vec::new() }
+    }
+
     pub fn composite(&self) -> bool {
         matches!(self.kind, Kind::Object | Kind::Interface | Kind::Union)
     }
@@ -105,7 +109,7 @@ struct Directives {
 
 fn int(value: &cst::Value, at: &str) -> Result<u64, ConfigError> {
     match value {
-        cst::Value::IntValue(v) => i32::try_from(v).ok().and_then(|n| u64::try_from(n).ok()).ok_or_else(|| err(format!("{at}: a non-negative Int"))),
+        cst::Value::IntValue(v) => non_negative(v).ok_or_else(|| err(format!("{at}: a non-negative Int"))),
         // IBM's draft takes the weight as a string.
         cst::Value::StringValue(v) => String::from(v).parse().map_err(|_| err(format!("{at}: a non-negative Int"))),
         _ => Err(err(format!("{at}: a non-negative Int"))),
@@ -165,9 +169,8 @@ impl Schema {
         if let Some(e) = tree.errors().next() {
             return Err(err(format!("does not parse: {} at byte {}", e.message(), e.index())));
         }
-        let mut types: HashMap<String, TypeDef> =
-            BUILT_IN_SCALARS.iter().map(|s| (s.to_string(), TypeDef { kind: Kind::Leaf, fields: HashMap::new(), cost: None, scopes: Vec::new(), related: Vec::new() })).collect();
-        let mut roots: HashMap<&'static str, String> = HashMap::new();
+        let mut types: HashMap<String, TypeDef> = BUILT_IN_SCALARS.iter().map(|s| (s.to_string(), TypeDef::new(Kind::Leaf))).collect();
+        let mut roots: HashMap<OperationKind, String> = HashMap::new();
         for definition in tree.document().definitions() {
             let (name, kind, implements, found_directives, fields, members, extension) = match definition {
                 cst::Definition::ObjectTypeDefinition(d) => (d.name(), Kind::Object, d.implements_interfaces(), d.directives(), d.fields_definition(), None, false),
@@ -181,11 +184,7 @@ impl Schema {
                 cst::Definition::InputObjectTypeDefinition(d) => (d.name(), Kind::Input, None, None, None, None, false),
                 cst::Definition::SchemaDefinition(d) => {
                     for root in d.root_operation_type_definitions() {
-                        let kind = match root.operation_type() {
-                            Some(t) if t.query_token().is_some() => "query",
-                            Some(t) if t.mutation_token().is_some() => "mutation",
-                            _ => "subscription",
-                        };
+                        let kind = OperationKind::of(root.operation_type());
                         let ty = root.named_type().and_then(|n| name_of(n.name())).ok_or_else(|| err("a root operation type without a name"))?;
                         roots.insert(kind, ty);
                     }
@@ -206,7 +205,7 @@ impl Schema {
             if exists != extension && !BUILT_IN_SCALARS.contains(&name.as_str()) {
                 return Err(err(if extension { format!("`extend` of undeclared type {name}") } else { format!("{name} is declared twice") }));
             }
-            let ty = entry.or_insert_with(|| TypeDef { kind, fields: HashMap::new(), cost: None, scopes: Vec::new(), related: Vec::new() });
+            let ty = entry.or_insert_with(|| TypeDef::new(kind));
             if ty.kind != kind {
                 return Err(err(format!("{name} is extended as another kind of type")));
             }
@@ -225,11 +224,11 @@ impl Schema {
                 }
             }
         }
-        let root = |kind: &'static str, default: &str| roots.get(kind).cloned().or_else(|| types.contains_key(default).then(|| default.to_string()));
+        let root = |kind: OperationKind, default: &str| roots.get(&kind).cloned().or_else(|| types.contains_key(default).then(|| default.to_string()));
         let schema = Schema {
-            query: root("query", "Query").ok_or_else(|| err("no query type (`type Query` or `schema { query: ... }`)"))?,
-            mutation: root("mutation", "Mutation"),
-            subscription: root("subscription", "Subscription"),
+            query: root(OperationKind::Query, "Query").ok_or_else(|| err("no query type (`type Query` or `schema { query: ... }`)"))?,
+            mutation: root(OperationKind::Mutation, "Mutation"),
+            subscription: root(OperationKind::Subscription, "Subscription"),
             types,
         };
         schema.checked()?.merged()
@@ -311,14 +310,14 @@ impl Schema {
         Ok(self)
     }
 
-    /// The root type an operation starts at (`None`: the schema has no such root).
-    pub fn root(&self, kind: OperationKind) -> Option<&TypeDef> {
+    /// The root type an operation starts at, by name (`None`: the schema has no such root).
+    pub fn root(&self, kind: OperationKind) -> Option<(&str, &TypeDef)> {
         let name = match kind {
             OperationKind::Query => Some(&self.query),
             OperationKind::Mutation => self.mutation.as_ref(),
             OperationKind::Subscription => self.subscription.as_ref(),
         }?;
-        self.types.get(name)
+        self.types.get_key_value(name).map(|(name, ty)| (name.as_str(), ty))
     }
 }
 
@@ -327,11 +326,27 @@ fn dedup(scopes: &mut Vec<AnyOf>) {
     scopes.retain(|s| seen.insert(s.clone()));
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OperationKind {
     Query,
     Mutation,
     Subscription,
+}
+
+impl OperationKind {
+    /// An operation's kind as written (none: the `{ ... }` shorthand, a query).
+    pub fn of(written: Option<cst::OperationType>) -> OperationKind {
+        match written {
+            Some(t) if t.mutation_token().is_some() => OperationKind::Mutation,
+            Some(t) if t.subscription_token().is_some() => OperationKind::Subscription,
+            _ => OperationKind::Query,
+        }
+    }
+}
+
+/// An Int literal that is a non-negative 32-bit integer (GraphQL's `Int`).
+pub fn non_negative(value: &cst::IntValue) -> Option<u64> {
+    i32::try_from(value).ok().and_then(|n| u64::try_from(n).ok())
 }
 
 #[cfg(test)]
