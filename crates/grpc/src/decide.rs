@@ -84,19 +84,32 @@ pub struct Stream {
 impl Stream {
     /// Takes the next piece of the body; `end_of_stream`: nothing may be left half-sent.
     pub fn take(&mut self, config: &GrpcConfig, method: &Method, chunk: &[u8], end_of_stream: bool, encoding: Option<&str>, user: Option<&Principal>) -> Result<(), GrpcError> {
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        // The compressed form is bounded like the decoded one (as a unary message is).
-        while let Some((frame, taken)) = next_frame(&self.pending[start..], config.max_message_bytes)? {
-            check_message(config, method, frame, encoding, user)?;
-            start += taken;
+        // Whole messages are read from the chunk itself; only a message cut by the chunk's end
+        // is kept (and the next chunk joined to it).
+        if self.pending.is_empty() {
+            let taken = check_messages(config, method, chunk, encoding, user)?;
+            self.pending.extend_from_slice(&chunk[taken..]);
+        } else {
+            self.pending.extend_from_slice(chunk);
+            let taken = check_messages(config, method, &self.pending, encoding, user)?;
+            self.pending.drain(..taken);
         }
-        self.pending.drain(..start);
         if end_of_stream && !self.pending.is_empty() {
             return Err(GrpcError::MalformedFrame);
         }
         Ok(())
     }
+}
+
+/// The whole messages at the start of `bytes`, each checked: the bytes they take.
+fn check_messages(config: &GrpcConfig, method: &Method, bytes: &[u8], encoding: Option<&str>, user: Option<&Principal>) -> Result<usize, GrpcError> {
+    let mut start = 0;
+    // The compressed form is bounded like the decoded one (as a unary message is).
+    while let Some((frame, taken)) = next_frame(&bytes[start..], config.max_message_bytes)? {
+        check_message(config, method, frame, encoding, user)?;
+        start += taken;
+    }
+    Ok(start)
 }
 
 /// The text of an owner field; `None` when it is not set (proto3's empty default proves nothing).

@@ -194,7 +194,7 @@ impl Filter {
             // waited on a call it dispatched.
             return self.deliver_body(host, self.body_buffered);
         }
-        if self.slots.iter().any(|s| s.streams_body) && self.slots.iter().all(|s| s.body_limit.is_none()) && (self.body_complete || self.body_buffered > 0) {
+        if self.streams_alone() && (self.body_complete || self.body_buffered > 0) {
             // What of the body is here goes to the stages reading it as it arrives.
             if let Settled::Stopped = self.stream_buffered_body(host) {
                 return Verdict::Pause;
@@ -287,7 +287,7 @@ impl Filter {
             // body waits in the proxy's buffer; the headers phase resumes with it.
             return Verdict::Pause;
         }
-        if self.slots.iter().any(|s| s.streams_body) && self.slots.iter().all(|s| s.body_limit.is_none()) {
+        if self.streams_alone() {
             // Each chunk was let through before this one: the proxy holds just this one.
             if let Settled::Stopped = self.stream_buffered_body(host) {
                 return Verdict::Pause;
@@ -309,6 +309,12 @@ impl Filter {
             return Verdict::Pause;
         }
         self.deliver_body(host, body_size)
+    }
+
+    /// Stages read the body as it arrives and none holds it whole (then they get it whole
+    /// instead, from [`Filter::deliver_body`]).
+    fn streams_alone(&self) -> bool {
+        self.slots.iter().any(|s| s.streams_body) && self.slots.iter().all(|s| s.body_limit.is_none())
     }
 
     /// Gives the body bytes the proxy holds to the stages reading the body as it arrives (the
