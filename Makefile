@@ -1,6 +1,7 @@
 # meshward — build, test, demo.
 #
-#   make build   wasm modules -> dist/: one per filter + meshward.wasm, the bundle of all
+#   make build   wasm modules -> dist/: one per filter + meshward.wasm, the bundle of all, and
+#                its editions with fewer stages (meshward.<edition>.wasm)
 #                (installs the wasm32-wasip1 target if missing)
 #   make cli     the `meshward` command and the `meshward-fleet` engine -> target/release/
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
@@ -23,6 +24,12 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 FILTERS     := jwt webhook ownership ratelimit schema idempotency grpc graphql
 PYTEST_ARGS ?= -q
+# Bundle editions, `meshward.<edition>.wasm`: the bundle built with only these stages (its cargo
+# features). Every Envoy holds V8's compiled code for all of a module's functions, so `meshward
+# render` deploys the smallest module holding a policy's stages (each names them in its
+# `meshward.stages` section); meshward.wasm holds all eight.
+BASE_STAGES := jwt,webhook,idempotency,ownership,ratelimit
+EDITIONS    := lite:$(BASE_STAGES) openapi:$(BASE_STAGES),schema grpc:$(BASE_STAGES),grpc graphql:$(BASE_STAGES),graphql
 
 .PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
@@ -31,6 +38,9 @@ build: wasm-target
 	mkdir -p $(DIST)
 	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f)_filter.wasm $(DIST)/meshward_$(f).wasm;)
 	cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.wasm
+	$(foreach e,$(EDITIONS),cargo build --release --target $(WASM_TARGET) -p meshward-bundle --no-default-features \
+	  --features $(word 2,$(subst :, ,$(e))) && \
+	  cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.$(word 1,$(subst :, ,$(e))).wasm;)
 	@ls -l $(DIST)/*.wasm
 
 # Test-only modules (never in dist/): a filter whose VM fails on demand, and one that does
@@ -79,6 +89,8 @@ system-deps:
 lint: wasm-target
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --workspace --exclude meshward-cli --exclude meshward-fleet --target $(WASM_TARGET) --quiet -- -D warnings
+	$(foreach e,$(EDITIONS),cargo clippy -p meshward-bundle --no-default-features --features $(word 2,$(subst :, ,$(e))) \
+	  --target $(WASM_TARGET) --quiet -- -D warnings;)
 
 unit-test:
 	cargo test --workspace --quiet

@@ -25,6 +25,41 @@ use serde_json::Value;
 /// The stage kinds the bundle knows, by their configuration key.
 pub const STAGE_KINDS: [&str; 8] = ["jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit"];
 
+/// The custom section in which a module names the stages built into it, one per line: what
+/// `meshward render` reads to pick the smallest module that runs a policy.
+pub const STAGES_SECTION: &str = "meshward.stages";
+
+/// `kind` and a newline: one line of the `meshward.stages` section.
+#[cfg(target_arch = "wasm32")]
+const fn section_line<const N: usize>(kind: &str) -> [u8; N] {
+    let mut line = [b'\n'; N];
+    let mut i = 0;
+    while i < kind.len() {
+        line[i] = kind.as_bytes()[i];
+        i += 1;
+    }
+    line
+}
+
+/// The stages built into this module (their cargo features on), listed in `BUILT_STAGES` and,
+/// one line each, in the `meshward.stages` custom section (`STAGES_SECTION`: an attribute takes
+/// only a literal; statics sharing a section name are concatenated by the linker).
+macro_rules! built_stages {
+    ($($feature:literal),* $(,)?) => {
+        /// The stage kinds built into this module.
+        pub const BUILT_STAGES: &[&str] = &[$(#[cfg(feature = $feature)] $feature),*];
+        $(
+            const _: () = {
+                #[cfg(all(feature = $feature, target_arch = "wasm32"))]
+                #[link_section = "meshward.stages"]
+                #[used]
+                static LINE: [u8; $feature.len() + 1] = section_line($feature);
+            };
+        )*
+    };
+}
+built_stages!("jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit");
+
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
     policies: Vec<Box<dyn AnyPolicy>>,
@@ -80,14 +115,31 @@ impl Plan for Bundle {
                 return Err(ConfigError::new(&at, format!("a second `{kind}` stage: put all its rules in one")));
             }
             policies.push(match kind {
+                #[cfg(feature = "jwt")]
                 "jwt" => stage::<meshward_jwt::JwtPolicy>(&at, config, host)?,
+                #[cfg(feature = "webhook")]
                 "webhook" => stage::<meshward_webhook::WebhookPolicy>(&at, config, host)?,
+                #[cfg(feature = "ownership")]
                 "ownership" => stage::<meshward_ownership::OwnershipPolicy>(&at, config, host)?,
+                #[cfg(feature = "ratelimit")]
                 "ratelimit" => stage::<meshward_ratelimit::RateLimitPolicy>(&at, config, host)?,
+                #[cfg(feature = "schema")]
                 "schema" => stage::<meshward_schema::SchemaPolicy>(&at, config, host)?,
+                #[cfg(feature = "idempotency")]
                 "idempotency" => stage::<meshward_idempotency::IdempotencyPolicy>(&at, config, host)?,
+                #[cfg(feature = "grpc")]
                 "grpc" => stage::<meshward_grpc::GrpcPolicy>(&at, config, host)?,
+                #[cfg(feature = "graphql")]
                 "graphql" => stage::<meshward_graphql::GraphqlPolicy>(&at, config, host)?,
+                known if STAGE_KINDS.contains(&known) => {
+                    return Err(ConfigError::new(
+                        &at,
+                        format!(
+                            "the `{known}` stage is not built into this module (it holds {}): `meshward render` picks a module with every stage of the policy; meshward.wasm holds them all",
+                            BUILT_STAGES.join(", ")
+                        ),
+                    ))
+                }
                 other => {
                     return Err(ConfigError::new(
                         format!("stages[{i}]"),
