@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from harness import build_config, plugin, run_envoy_expecting_failure
+from harness import Envoy, build_config, plugin, run_envoy_expecting_failure
 
 CRAPI_MINI = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
               "paths": {"/orders": {"post": {"operationId": "create_order", "responses": {"200": {"description": "ok"}}}}}}
@@ -92,3 +92,21 @@ def test_a_secret_in_the_wrong_place_is_not_logged(upstream):
     log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("webhook", config)]))
     assert re.search(r"meshward_webhook: invalid configuration: endpoints\[0\]\.secrets: invalid type: string \"…\"", log), log[-2000:]
     assert "do-not-log-this" not in log
+
+
+@pytest.mark.parametrize("edition,held,missing", [
+    ("meshward.lite.wasm", ["webhook", "ownership", "ratelimit"], "schema"),
+    ("meshward.openapi.wasm", ["webhook", "schema", "ownership", "ratelimit"], "grpc"),
+])
+def test_a_bundle_edition_runs_its_stages_and_refuses_one_it_was_built_without(upstream, edition, held, missing):
+    """`meshward render` deploys the smallest edition holding a policy's stages; given a stage
+    it was built without (a policy changed under a rendered Envoy), it refuses the whole
+    configuration, naming the stage and what it holds."""
+    stages = [{name: GOOD[name]} for name in held]
+    with Envoy(build_config(upstream.port, [plugin("bundle", {"stages": stages}, module=edition)])) as env:
+        env.wait_for_log(r"meshward: configuration accepted")
+    env.cleanup()
+    config = {"stages": [*stages, {missing: {}}]}
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("bundle", config, module=edition)]))
+    assert re.search(rf"meshward: invalid configuration: stages\[{len(held)}\]\.{missing}: the `{missing}` stage is not built into this module "
+                     rf"\(it holds jwt, webhook, idempotency, {'schema, ' if 'schema' in held else ''}ownership, ratelimit\)", log), log[-3000:]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 import subprocess
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -317,7 +319,8 @@ def test_rendered_istio_validates_and_loads(upstream, keys, form):
     for doc in docs:
         jsonschema.validate(doc, crd_schema())
         spec, filter_name = doc["spec"], doc["metadata"]["labels"]["meshward.io/filter"]
-        module = "meshward" if filter_name == "bundle" else f"meshward_{filter_name}"
+        # The bundle: the smallest edition holding jwt, schema, ownership and ratelimit.
+        module = "meshward.openapi" if filter_name == "bundle" else f"meshward_{filter_name}"
         # An oci:// module is pinned by its image digest (what Istio compares), the image
         # `meshward package` builds (tests/test_package.py pushes it through a registry).
         assert spec["sha256"] == packaged_digests()[module]
@@ -334,7 +337,7 @@ def test_rendered_istio_validates_and_loads(upstream, keys, form):
     plugins = []
     for doc in docs:
         name = doc["metadata"]["labels"]["meshward.io/filter"]
-        module = "meshward.wasm" if name == "bundle" else None
+        module = "meshward.openapi.wasm" if name == "bundle" else None
         plugins.append(plugin(name, doc["spec"]["pluginConfig"], module=module, env=secret))
     with Envoy(build_config(upstream.port, plugins), concurrency=1) as env:
         for p in plugins:
@@ -355,6 +358,9 @@ def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monk
     assert (hcm["use_remote_address"], hcm["xff_num_trusted_hops"]) == (True, 0)
     # Memory freed after compiling the modules goes back to the system.
     assert config["memory_allocator_manager"]["memory_release_interval"] == "1s"
+    files = [f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] for f in hcm["http_filters"] if "vm_config" in f.get("typed_config", {}).get("config", {})]
+    want = ["meshward.openapi.wasm"] if form == "bundle" else [f"meshward_{s}.wasm" for s in ("jwt", "schema", "ownership", "ratelimit")]
+    assert [Path(f).name for f in files] == want, files
     with Envoy(config, concurrency=1) as env:
         now = int(time.time())
         token = keys.token("HS256", iss=ISSUER, aud=AUDIENCE, sub="alice", email="alice@example.com", scope="orders:write", exp=now + 300)
@@ -460,6 +466,12 @@ def wait_until(check, timeout: float = 15.0):
         time.sleep(0.1)
 
 
+def modules_loaded(env: Envoy) -> list[str]:
+    """The module files of the meshward filters Envoy runs, from its configuration dump."""
+    dump = json.dumps(json.loads(env.admin("/config_dump?include_eds=false").body))
+    return sorted(set(re.findall(r'"filename": "[^"]*/(meshward[^"/]*\.wasm)"', dump)))
+
+
 @pytest.mark.parametrize("transport", ["xds", "files"])
 @pytest.mark.parametrize("form", ["separate", "bundle"])
 def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, monkeypatch, tmp_path, form, transport):
@@ -532,6 +544,14 @@ def test_policy_changes_reach_a_running_envoy_without_a_restart(upstream, keys, 
                 else:
                     wait_until(lambda: serve.versions() > served)
                     wait_until(lambda: not limited())
+                    # Without schema, the smallest bundle holding the stages is another module:
+                    # serve pushes the filter with it, Envoy loads it live, no request fails.
+                    assert modules_loaded(env) == ["meshward.openapi.wasm"]
+                    fewer["stages"] = [s for s in fewer["stages"] if "schema" not in s]
+                    write_policy(tmp_path, fewer)
+                    mass = json.dumps({"product_id": 1, "quantity": 2, "is_admin": True}).encode()
+                    wait_until(lambda: env.request("/workshop/api/shop/orders", auth, "POST", mass).reached_upstream)
+                    assert modules_loaded(env) == ["meshward.lite.wasm"]
             finally:
                 stop.set()
                 for w in workers:

@@ -61,7 +61,9 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
     for grpc in ("global", "fleet"):
         if grpc in config:
             clusters.append(static_cluster(config[grpc]["cluster"], upstream.port, http2=True))
-    module, log_name = ("meshward.wasm", "meshward") if name == "bundle" else (None, f"meshward_{name}")
+    # The module the manifest names (the bundle: meshward.wasm or one of its editions).
+    module = spec["url"].rsplit("/", 1)[1].split(":")[0] + ".wasm"
+    log_name = "meshward" if name == "bundle" else f"meshward_{name}"
     with Envoy(build_config(upstream.port, [plugin(name, config, module=module, env=env)], clusters=clusters), concurrency=1) as envoy:
         envoy.wait_for_log(rf"{log_name}: configuration accepted")
         if name in ("jwt", "bundle"):
@@ -109,7 +111,8 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
 
 def test_every_module_has_a_manifest():
     filters = {yaml.safe_load(p.read_text())["metadata"]["labels"]["meshward.io/filter"] for p in MANIFESTS}
-    modules = {p.stem.removeprefix("meshward_") if p.stem != "meshward" else "bundle" for p in DIST.glob("*.wasm")}
+    # meshward.wasm and its editions (meshward.<edition>.wasm) are the bundle.
+    modules = {"bundle" if p.stem.split(".")[0] == "meshward" else p.stem.removeprefix("meshward_") for p in DIST.glob("*.wasm")}
     assert modules and modules <= filters, modules - filters
 
 

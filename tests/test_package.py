@@ -66,7 +66,7 @@ def package(out) -> dict:
     r = meshward("package", "--dist", DIST, "--out", out, "--tag", "0.1.0")
     assert r.returncode == 0, r.stderr
     lines = [line.split() for line in r.stdout.splitlines()]
-    assert [m for m, _, _ in lines] == MODULES, r.stdout
+    assert sorted(m for m, _, _ in lines) == MODULES, r.stdout
     return {module: (ref, digest.removeprefix("sha256:")) for module, ref, digest in lines}
 
 

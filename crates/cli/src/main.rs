@@ -8,6 +8,7 @@
 mod check;
 mod compile;
 mod drift;
+mod editions;
 mod package;
 mod policy;
 mod render;

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// The stage kinds, in the order the bundle knows them.
-pub const KINDS: [&str; 8] = ["jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit"];
+pub const KINDS: [&str; 8] = meshward_bundle_filter::STAGE_KINDS;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

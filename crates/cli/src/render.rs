@@ -6,24 +6,40 @@ use std::path::{Path, PathBuf};
 use meshward_runtime::HOLD_HEADERS_ENV;
 use serde_json::{json, Value};
 
+use crate::editions;
 use crate::policy::{Policy, Stage};
 
-/// One module per stage, chained; or every stage in `meshward.wasm`.
+/// One module per stage, chained; or every stage in one bundle module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Form {
     /// One module per stage, chained in the policy's order.
     Separate,
-    /// Every stage in `meshward.wasm`.
+    /// Every stage in one module: the smallest bundle edition holding them (`meshward.wasm`
+    /// holds all).
     Bundle,
 }
 
-/// A filter to render: its name (`jwt`, ..., `bundle`), module file name and configuration.
+/// A filter to render: its name (`jwt`, ..., `bundle`), module name and configuration.
 struct Filter {
     name: String,
+    /// The plugin's name, root id and VM id (`meshward_jwt`, `meshward` for the bundle).
     module: String,
+    /// The stages of a bundle (its module file is the smallest edition holding them); empty for
+    /// a separate filter (its file is named after its module).
+    stages: Vec<String>,
     config: Value,
     /// Istio phase: AUTHN for stages that authenticate the caller, AUTHZ for the rest.
     phase: &'static str,
+}
+
+impl Filter {
+    /// The stem of the module file in `modules_dir` that runs this filter.
+    fn file(&self, modules_dir: &Path) -> String {
+        if self.stages.is_empty() {
+            return self.module.clone();
+        }
+        editions::pick(modules_dir, &self.stages.iter().map(String::as_str).collect::<Vec<_>>())
+    }
 }
 
 fn phase(kind: &str) -> &'static str {
@@ -67,12 +83,19 @@ fn filters(policy: &Policy, form: Form) -> Vec<Filter> {
         Form::Separate => policy
             .stages
             .iter()
-            .map(|Stage { kind, config }| Filter { name: kind.clone(), module: format!("meshward_{kind}"), config: config.clone(), phase: phase(kind) })
+            .map(|Stage { kind, config }| Filter {
+                name: kind.clone(),
+                module: format!("meshward_{kind}"),
+                stages: Vec::new(),
+                config: config.clone(),
+                phase: phase(kind),
+            })
             .collect(),
         Form::Bundle => {
             // The bundle runs where its first stage belongs: AUTHN when it authenticates.
             let phase = policy.stages.first().map_or("AUTHZ", |s| phase(&s.kind));
-            vec![Filter { name: "bundle".into(), module: "meshward".into(), config: policy.bundle_config(), phase }]
+            let stages = policy.stages.iter().map(|s| s.kind.clone()).collect();
+            vec![Filter { name: "bundle".into(), module: editions::FULL.into(), stages, config: policy.bundle_config(), phase }]
         }
     }
 }
@@ -193,7 +216,7 @@ impl WasmPlugin {
         WasmPlugin {
             filter_name: format!("meshward.{}", f.name),
             module: f.module.clone(),
-            filename: modules_dir.join(format!("{}.wasm", f.module)).display().to_string(),
+            filename: modules_dir.join(format!("{}.wasm", f.file(modules_dir))).display().to_string(),
             host_env_keys: Policy::secret_variables(&f.config),
             configuration: f.config.to_string(),
         }
@@ -398,8 +421,9 @@ pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, Str
     let filters = filters(policy, form);
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
-        let module_url = url.replace("{module}", &f.module);
-        let sha256 = pinned_sha256(&module_url, &dist.join(format!("{}.wasm", f.module)))?;
+        let file = f.file(dist);
+        let module_url = url.replace("{module}", &file);
+        let sha256 = pinned_sha256(&module_url, &dist.join(format!("{file}.wasm")))?;
         // Istio runs higher priorities first within a phase: the policy's order, top first.
         let priority = 10 * (filters.len() - i);
         let name = if f.name == "bundle" { format!("{}-meshward", policy.service) } else { format!("{}-meshward-{}", policy.service, f.name) };
