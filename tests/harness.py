@@ -57,14 +57,15 @@ def plugin(name: str, config, module: str | None = None, env: dict | None = None
     }
 
 
-def bundle(plugins: list[dict]) -> dict:
-    """The same filters as one meshward.wasm: each stage keeps exactly its own configuration."""
+def bundle(plugins: list[dict], module: str = "meshward.wasm") -> dict:
+    """The same filters as one meshward.wasm (or one of its editions, `module`): each stage
+    keeps exactly its own configuration."""
     stages, env = [], {}
     for p in plugins:
         config = json.loads(p["config"]) if isinstance(p["config"], str) else p["config"]
         stages.append({p["name"]: config})
         env.update(p["env"])
-    return plugin("bundle", {"stages": stages}, module="meshward.wasm", env=env, hold_headers=all(p.get("hold_headers", True) for p in plugins))
+    return plugin("bundle", {"stages": stages}, module=module, env=env, hold_headers=all(p.get("hold_headers", True) for p in plugins))
 
 
 def as_deployed(form: str, plugins: list[dict]) -> list[dict]:
