@@ -316,12 +316,15 @@ def test_a_client_stream_is_checked_message_by_message(orders, keys):
     assert [i.sku for i in server.uploaded[before:]] == ["a", "b", "c"]
 
     unknown_field = pb2.Item(sku="x").SerializeToString() + b"\xf8\x01\x01"  # field #31
-    for bad, reason in [(unknown_field, "unknown_field"), (b"\xff\xff", "invalid_message")]:
+    oversized = pb2.Item(sku="x" * 1500).SerializeToString()  # over max_message_bytes (1024)
+    for bad, code, reason in [(unknown_field, grpc.StatusCode.INVALID_ARGUMENT, "unknown_field"),
+                              (b"\xff\xff", grpc.StatusCode.INVALID_ARGUMENT, "invalid_message"),
+                              (oversized, grpc.StatusCode.RESOURCE_EXHAUSTED, "message_too_large")]:
         before, waited[:] = len(server.uploaded), []
         with pytest.raises(grpc.RpcError) as caught:
             upload(items(ok[0], bad, ok[1]), metadata=caller(keys), timeout=10)
         err = caught.value
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and dict(err.trailing_metadata())["meshward-reason"] == reason, err
+        assert err.code() == code and dict(err.trailing_metadata())["meshward-reason"] == reason, err
         assert waited[0], "the first message reached the service before the stream ended"
         time.sleep(0.2)
         assert [i.sku for i in server.uploaded[before:]] == ["a"], "nothing from the refused message on"
