@@ -30,6 +30,8 @@ PYTEST_ARGS ?= -q
 # `meshward.stages` section); meshward.wasm holds all eight.
 BASE_STAGES := jwt,webhook,idempotency,ownership,ratelimit
 EDITIONS    := lite:$(BASE_STAGES) openapi:$(BASE_STAGES),schema grpc:$(BASE_STAGES),grpc graphql:$(BASE_STAGES),graphql
+edition_name     = $(word 1,$(subst :, ,$(1)))
+edition_features = $(word 2,$(subst :, ,$(1)))
 
 .PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
@@ -39,8 +41,8 @@ build: wasm-target
 	$(foreach f,$(FILTERS),cp target/$(WASM_TARGET)/release/meshward_$(f)_filter.wasm $(DIST)/meshward_$(f).wasm;)
 	cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.wasm
 	$(foreach e,$(EDITIONS),cargo build --release --target $(WASM_TARGET) -p meshward-bundle --no-default-features \
-	  --features $(word 2,$(subst :, ,$(e))) && \
-	  cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.$(word 1,$(subst :, ,$(e))).wasm;)
+	  --features $(call edition_features,$(e)) && \
+	  cp target/$(WASM_TARGET)/release/meshward_bundle_filter.wasm $(DIST)/meshward.$(call edition_name,$(e)).wasm;)
 	@ls -l $(DIST)/*.wasm
 
 # Test-only modules (never in dist/): a filter whose VM fails on demand, and one that does
@@ -89,7 +91,7 @@ system-deps:
 lint: wasm-target
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
 	cargo clippy --workspace --exclude meshward-cli --exclude meshward-fleet --target $(WASM_TARGET) --quiet -- -D warnings
-	$(foreach e,$(EDITIONS),cargo clippy -p meshward-bundle --no-default-features --features $(word 2,$(subst :, ,$(e))) \
+	$(foreach e,$(EDITIONS),cargo clippy -p meshward-bundle --no-default-features --features $(call edition_features,$(e)) \
 	  --target $(WASM_TARGET) --quiet -- -D warnings;)
 
 unit-test:

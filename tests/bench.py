@@ -16,6 +16,7 @@ import concurrent.futures
 import gzip
 import hashlib
 import base64
+import collections
 import json
 import os
 import re
@@ -500,7 +501,6 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     return out
 
 
-CRAPI_BUNDLE = "bundle jwt+schema (crAPI)+ownership+ratelimit"
 # What `meshward render` deploys for the crAPI policy (the smallest bundle edition holding its
 # stages): the row the footprint goals are measured on.
 CRAPI_AS_RENDERED = "  as rendered: meshward.openapi.wasm"
@@ -516,7 +516,7 @@ def memory_scenarios(keys: KeyRing) -> list[tuple[str, list[dict]]]:
         ("do-nothing wasm filter (floor)", [NOOP]),
         ("jwt ES256 (meshward)", es),
         ("schema, whole crAPI contract (meshward)", [SCHEMA]),
-        (f"{CRAPI_BUNDLE}, meshward.wasm (all stages)", [bundle(crapi)]),
+        ("bundle jwt+schema (crAPI)+ownership+ratelimit, meshward.wasm (all stages)", [bundle(crapi)]),
         (CRAPI_AS_RENDERED, [bundle(crapi, module="meshward.openapi.wasm")]),
         ("bundle jwt+ownership+ratelimit, meshward.wasm", [bundle(lite)]),
         ("  as rendered: meshward.lite.wasm", [bundle(lite, module="meshward.lite.wasm")]),
@@ -537,22 +537,18 @@ def memory_breakdown(env: Envoy) -> dict:
     anonymous mappings), Envoy's allocator (tcmalloc's physical bytes, from the admin API), the
     rest of the anonymous memory (the VMs' linear memories and V8's heaps, mapped by V8), and
     Envoy's own binary (the V8 compiler's pages are touched in it)."""
-    code = anon = binary = 0
-    kind = None
+    rss, kind = collections.Counter(), None
     for line in Path(f"/proc/{env.proc.pid}/smaps").read_text().splitlines():
         fields = line.split()
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
             perms, path = fields[1], (fields[5] if len(fields) > 5 else "")
             kind = "code" if perms.startswith("rwx") and not path else "anon" if not path else "binary" if path.endswith("/envoy") else None
         elif fields[0] == "Rss:" and kind is not None:
-            rss = int(fields[1]) * 1024
-            code += rss if kind == "code" else 0
-            anon += rss if kind == "anon" else 0
-            binary += rss if kind == "binary" else 0
+            rss[kind] += int(fields[1]) * 1024
     stats = json.loads(env.admin("/memory").body)
     allocator = int(stats["total_physical_bytes"])
-    return {"v8_code_bytes": code, "allocator_bytes": allocator, "allocator_live_bytes": int(stats["allocated"]),
-            "vm_memory_bytes": anon - allocator, "envoy_binary_bytes": binary}
+    return {"v8_code_bytes": rss["code"], "allocator_bytes": allocator, "allocator_live_bytes": int(stats["allocated"]),
+            "vm_memory_bytes": rss["anon"] - allocator, "envoy_binary_bytes": rss["binary"]}
 
 
 def measure_memory(name: str, plugins: list[dict], upstream: Envoy, keys: KeyRing) -> dict:

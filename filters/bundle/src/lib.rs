@@ -22,9 +22,6 @@ use meshward_host::Host;
 use meshward_runtime::{AnyPolicy, Plan};
 use serde_json::Value;
 
-/// The stage kinds the bundle knows, by their configuration key.
-pub const STAGE_KINDS: [&str; 8] = ["jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit"];
-
 /// The custom section in which a module names the stages built into it, one per line: what
 /// `meshward render` reads to pick the smallest module that runs a policy.
 pub const STAGES_SECTION: &str = "meshward.stages";
@@ -41,11 +38,14 @@ const fn section_line<const N: usize>(kind: &str) -> [u8; N] {
     line
 }
 
-/// The stages built into this module (their cargo features on), listed in `BUILT_STAGES` and,
-/// one line each, in the `meshward.stages` custom section (`STAGES_SECTION`: an attribute takes
-/// only a literal; statics sharing a section name are concatenated by the linker).
-macro_rules! built_stages {
+/// The stage kinds the bundle knows (each a cargo feature of this crate), and those built into
+/// this module (their features on), listed in `BUILT_STAGES` and, one line each, in the
+/// `meshward.stages` custom section (`STAGES_SECTION`: an attribute takes only a literal;
+/// statics sharing a section name are concatenated by the linker).
+macro_rules! stages {
     ($($feature:literal),* $(,)?) => {
+        /// The stage kinds the bundle knows, by their configuration key.
+        pub const STAGE_KINDS: [&str; [$($feature),*].len()] = [$($feature),*];
         /// The stage kinds built into this module.
         pub const BUILT_STAGES: &[&str] = &[$(#[cfg(feature = $feature)] $feature),*];
         $(
@@ -58,7 +58,7 @@ macro_rules! built_stages {
         )*
     };
 }
-built_stages!("jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit");
+stages!("jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit");
 
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
