@@ -32,6 +32,21 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Checks the name of an Envoy cluster a filter calls over gRPC: one Envoy will read as that
+/// cluster whatever its bytes ([`meshward_host::grpc_target`]).
+pub fn check_grpc_cluster(path: &str, cluster: &str) -> Result<(), ConfigError> {
+    if cluster.trim().is_empty() {
+        return Err(ConfigError::new(path, "must name the Envoy cluster to call"));
+    }
+    if meshward_host::grpc_target(cluster).is_none() {
+        return Err(ConfigError::new(
+            path,
+            format!("an Envoy cluster called over gRPC has a name of at most {} bytes", meshward_host::MAX_GRPC_CLUSTER_NAME),
+        ));
+    }
+    Ok(())
+}
+
 /// Parses JSON into `T`, refusing it whole on the first error and naming where it is.
 /// `T` is expected to use `#[serde(deny_unknown_fields)]` so a typo is an error, never a default.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {

@@ -23,6 +23,46 @@ pub enum LogLevel {
     Error,
 }
 
+/// Longest Envoy cluster name a gRPC call can address ([`grpc_target`]).
+pub const MAX_GRPC_CLUSTER_NAME: usize = 109;
+
+/// The `:authority` of meshward's gRPC calls. Envoy's default is the cluster name, which is no
+/// valid authority for names such as Istio's `outbound|8081||fleet.ns.svc.cluster.local` (the
+/// HTTP/2 codec refuses the request).
+pub const GRPC_AUTHORITY: &str = "meshward-fleet";
+
+/// The target of a gRPC call as Envoy must read it: a serialized
+/// `envoy.config.core.v3.GrpcService` whose `envoy_grpc` names `cluster` (and
+/// [`GRPC_AUTHORITY`]).
+///
+/// proxy-wasm's `proxy_grpc_call` hands Envoy the target as bytes that Envoy first parses as a
+/// `GrpcService`, and only when that fails takes them as a bare cluster name. Many names parse
+/// (`meshward-fleet` reads as a fixed32 field 13 and a fixed64 field 12), giving a service with
+/// no target set, on which Envoy aborts (`panic: unset oneof`, envoyproxy/envoy#15208); others
+/// parse as a service naming another cluster. A serialized service is read one way only. Names
+/// up to [`MAX_GRPC_CLUSTER_NAME`] bytes keep every length prefix below 0x80, so the target
+/// stays valid UTF-8 (the SDK takes a `&str`); longer or empty names are `None`
+/// (configurations refuse them).
+pub fn grpc_target(cluster: &str) -> Option<String> {
+    if cluster.is_empty() || cluster.len() > MAX_GRPC_CLUSTER_NAME {
+        return None;
+    }
+    // GrpcService { envoy_grpc (1): EnvoyGrpc { cluster_name (1), authority (2) } }
+    let name = u8::try_from(cluster.len()).ok()?;
+    let authority = u8::try_from(GRPC_AUTHORITY.len()).ok()?;
+    let inner = name.checked_add(authority)?.checked_add(4)?;
+    let mut target = String::with_capacity(usize::from(inner) + 2);
+    target.push('\n');
+    target.push(char::from(inner));
+    target.push('\n');
+    target.push(char::from(name));
+    target.push_str(cluster);
+    target.push('\u{12}');
+    target.push(char::from(authority));
+    target.push_str(GRPC_AUTHORITY);
+    Some(target)
+}
+
 /// Why a hostcall failed. Callers treat every variant as "could not do it" and fail closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostError {

@@ -171,7 +171,8 @@ impl Host for ProxyWasmHost {
         message: &[u8],
         timeout: Duration,
     ) -> Result<u32, HostError> {
-        hostcalls::dispatch_grpc_call(cluster, service, method, vec![], Some(message), timeout).map_err(refused)
+        let target = crate::grpc_target(cluster).ok_or_else(|| HostError::Refused(format!("cluster name {cluster:?} cannot be a gRPC target")))?;
+        hostcalls::dispatch_grpc_call(&target, service, method, vec![], Some(message), timeout).map_err(refused)
     }
 
     fn grpc_call_response(&self, size: usize) -> Vec<u8> {

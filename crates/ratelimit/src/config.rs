@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use meshward_core::fleet::FailureMode;
-use meshward_core::config::{check_name, parse_duration, parse_json, ConfigError};
+use meshward_core::config::{check_grpc_cluster, check_name, parse_duration, parse_json, ConfigError};
 use meshward_core::route::{RawRouteMatch, RouteMatch};
 use meshward_core::Mode;
 use serde::Deserialize;
@@ -240,6 +240,7 @@ impl RateLimitConfig {
                 if g.cluster.trim().is_empty() || g.domain.trim().is_empty() {
                     return Err(ConfigError::new("global", "`cluster` and `domain` are required"));
                 }
+                check_grpc_cluster("global.cluster", &g.cluster)?;
                 let timeout = match g.timeout {
                     Some(t) => parse_duration("global.timeout", &t)?,
                     None => DEFAULT_RLS_TIMEOUT,
