@@ -2,10 +2,17 @@
 //! of a service shares) over gRPC through an Envoy cluster. The engine keeps each key in Redis;
 //! atomic insert-if-absent and expiry are Redis's.
 //!
-//! A seen-set entry walks two states: a delivery is *claimed* (in flight, held for `hold_ms`)
-//! while the upstream handles it, then *settled*: kept as seen for `keep_ms` when the upstream
-//! accepted it, removed when it did not (so the sender's retry passes). Only the holder of the
-//! claim's token can settle it.
+//! A seen-set entry walks two states: a delivery is *claimed* (in flight) while the upstream
+//! handles it, then *settled*: kept as seen for `keep_ms` when the upstream accepted it, removed
+//! when it did not (so the sender's retry passes), or left to lapse `hold_ms` after the claim
+//! when no answer came. Only the holder of the claim's token can settle it; the filter makes
+//! the token, so a claim whose answer never came (a timeout) can still be abandoned.
+//!
+//! A claim is held for its whole window (`window_ms`), not only the upstream's time to answer:
+//! when the engine cannot be told the outcome, the key stays in flight, so no other replica
+//! runs the request again, while the sidecar keeps the outcome and sends it again
+//! ([`crate::unsettled`]). A settle is idempotent (the same token settles once) and writes the
+//! outcome anew when the engine lost the entry meanwhile.
 
 use std::time::Duration;
 
@@ -13,7 +20,7 @@ use meshward_host::{Host, HostError};
 use prost::Message;
 use serde::Deserialize;
 
-use crate::config::{check_name, parse_duration, ConfigError};
+use crate::config::{check_grpc_cluster, check_name, parse_duration, ConfigError};
 use crate::GrpcResponse;
 
 /// What a filter does when the fleet engine does not answer (unreachable, timeout, error).
@@ -57,9 +64,7 @@ pub struct FleetService {
 impl FleetService {
     /// Compiles the settings at `path`; `failure_mode` defaults to the policy's own choice.
     pub fn compile(path: &str, raw: RawFleetService, default_failure: FailureMode) -> Result<FleetService, ConfigError> {
-        if raw.cluster.trim().is_empty() {
-            return Err(ConfigError::new(format!("{path}.cluster"), "must name the Envoy cluster of the fleet engine"));
-        }
+        check_grpc_cluster(&format!("{path}.cluster"), &raw.cluster)?;
         check_name(&format!("{path}.namespace"), &raw.namespace)?;
         let timeout = match raw.timeout {
             Some(t) => parse_duration(&format!("{path}.timeout"), &t)?,
@@ -71,26 +76,57 @@ impl FleetService {
         Ok(FleetService { cluster: raw.cluster, namespace: raw.namespace, timeout, failure_mode: raw.failure_mode.unwrap_or(default_failure) })
     }
 
-    /// Asks to claim `key` (under this service's namespace) for `hold`; `fingerprint` is kept
-    /// with the entry and answered to later claims (empty: none).
-    pub fn claim(&self, host: &mut dyn Host, key: &str, fingerprint: &str, hold: Duration) -> Result<u32, HostError> {
-        let message =
-            ClaimRequest { key: format!("{}/{key}", self.namespace), hold_ms: millis(hold), fingerprint: fingerprint.to_string() }
-                .encode_to_vec();
+    /// The key in the engine: `key` under this service's namespace.
+    pub fn engine_key(&self, key: &str) -> String {
+        format!("{}/{key}", self.namespace)
+    }
+
+    /// Asks to claim `key` (under this service's namespace): in flight for `hold` (the
+    /// upstream's time to answer), and for the whole `window` while its outcome is unknown.
+    /// `fingerprint` is kept with the entry and answered to later claims (empty: none).
+    /// `token` ([`claim_token`]) is what settles the claim.
+    pub fn claim(
+        &self,
+        host: &mut dyn Host,
+        key: &str,
+        token: &str,
+        fingerprint: &str,
+        hold: Duration,
+        window: Duration,
+    ) -> Result<u32, HostError> {
+        let message = ClaimRequest {
+            key: self.engine_key(key),
+            hold_ms: millis(hold),
+            fingerprint: fingerprint.to_string(),
+            window_ms: millis(window.max(hold)),
+            token: token.to_string(),
+        }
+        .encode_to_vec();
         host.dispatch_grpc_call(&self.cluster, SEEN_SET_SERVICE, CLAIM_METHOD, &message, self.timeout)
     }
 
-    /// Settles a claim: keep `key` as seen for `keep`, with `record` (what a later claim is
-    /// answered; may be empty), or release it.
-    pub fn settle(&self, host: &mut dyn Host, key: &str, token: &str, settlement: Settlement) -> Result<u32, HostError> {
-        let (accepted, keep, record) = match settlement {
-            Settlement::Keep { keep, record } => (true, keep, record),
-            Settlement::Release => (false, Duration::from_millis(1), Vec::new()),
+    /// The settle request for a claim of `key` (under this service's namespace).
+    pub fn settle_request(&self, key: &str, token: &str, fingerprint: &str, settlement: Settlement) -> SettleRequest {
+        let (outcome, keep, record) = match settlement {
+            Settlement::Keep { keep, record } => (SettleOutcome::Keep, keep, record),
+            Settlement::Release => (SettleOutcome::Release, Duration::from_millis(1), Vec::new()),
+            Settlement::Lapse => (SettleOutcome::Lapse, Duration::from_millis(1), Vec::new()),
+            Settlement::Abandon { window } => (SettleOutcome::Abandon, window, Vec::new()),
         };
-        let message =
-            SettleRequest { key: format!("{}/{key}", self.namespace), token: token.to_string(), accepted, keep_ms: millis(keep), record }
-                .encode_to_vec();
-        host.dispatch_grpc_call(&self.cluster, SEEN_SET_SERVICE, SETTLE_METHOD, &message, self.timeout)
+        SettleRequest {
+            key: self.engine_key(key),
+            token: token.to_string(),
+            accepted: outcome == SettleOutcome::Keep,
+            keep_ms: millis(keep),
+            record,
+            outcome: outcome as i32,
+            fingerprint: fingerprint.to_string(),
+        }
+    }
+
+    /// Sends a settle request to the engine.
+    pub fn send_settle(&self, host: &mut dyn Host, request: &SettleRequest) -> Result<u32, HostError> {
+        host.dispatch_grpc_call(&self.cluster, SEEN_SET_SERVICE, SETTLE_METHOD, &request.encode_to_vec(), self.timeout)
     }
 }
 
@@ -101,6 +137,29 @@ pub enum Settlement {
     Keep { keep: Duration, record: Vec<u8> },
     /// Forgotten: the next claim is granted.
     Release,
+    /// No answer came, so whether the upstream ran the request is unknown: the key stays in
+    /// flight until the claim's `hold` has passed, then is free.
+    Lapse,
+    /// The claim's own answer never came (timeout, engine down): whether the engine wrote it is
+    /// unknown. Removed if it is there; otherwise a late copy of it, arriving within `window`,
+    /// is refused.
+    Abandon { window: Duration },
+}
+
+/// A new claim token: 128 bits from the VM's hash keys (seeded by WASI `random_get` in the
+/// proxy), the key and the time; unique per claim.
+pub fn claim_token(key: &str, now_us: u64) -> String {
+    use std::hash::BuildHasher;
+    thread_local! {
+        static CLAIMS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = CLAIMS.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    let state = std::collections::hash_map::RandomState::new();
+    let (high, low) = (state.hash_one((key, now_us, n, 1u8)), state.hash_one((key, now_us, n, 2u8)));
+    format!("{high:016x}{low:016x}")
 }
 
 fn millis(d: Duration) -> u64 {
@@ -122,6 +181,14 @@ pub struct ClaimRequest {
     /// Kept with the entry and answered to later claims (what the request was).
     #[prost(string, tag = "3")]
     pub fingerprint: String,
+    /// How long the entry lives while the claim is not settled: the whole window in which a
+    /// copy must not run (at least `hold_ms`; 0 from older filters: `hold_ms`).
+    #[prost(uint64, tag = "4")]
+    pub window_ms: u64,
+    /// What settles the claim, made by the filter (empty from older filters: the engine makes
+    /// one and answers it).
+    #[prost(string, tag = "5")]
+    pub token: String,
 }
 
 /// Largest record the engine keeps with a seen entry.
@@ -172,6 +239,24 @@ pub struct SettleRequest {
     /// Kept with a seen entry (at most [`MAX_RECORD_BYTES`]).
     #[prost(bytes = "vec", tag = "5")]
     pub record: Vec<u8>,
+    /// How the claim is settled ([`SettleOutcome`]; unspecified from older filters: keep when
+    /// `accepted`, else release).
+    #[prost(enumeration = "SettleOutcome", tag = "6")]
+    pub outcome: i32,
+    /// The claim's fingerprint, written with the outcome when the engine lost the entry.
+    #[prost(string, tag = "7")]
+    pub fingerprint: String,
+}
+
+/// How a claim is settled, on the wire ([`Settlement`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum SettleOutcome {
+    Unspecified = 0,
+    Keep = 1,
+    Release = 2,
+    Lapse = 3,
+    Abandon = 4,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -190,10 +275,28 @@ pub enum Claim {
     Seen { fingerprint: String, record: Vec<u8> },
 }
 
-/// Whether the engine's answer to a settle says it was done: a failed call, a malformed
-/// answer, and a claim no longer ours (it had expired) all say no.
-pub fn settled(response: &GrpcResponse) -> bool {
-    response.status == 0 && SettleResponse::decode(response.message.as_slice()).is_ok_and(|r| r.settled)
+/// What the engine answered to a settle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleAnswer {
+    /// The outcome is recorded.
+    Settled,
+    /// The key is held by another claim: this outcome cannot be recorded (the engine lost
+    /// the claim and another request took the key).
+    Conflict,
+    /// No answer (engine unreachable, storage down, malformed answer): send it again.
+    Failed,
+}
+
+/// Reads the engine's answer to a settle.
+pub fn settle_answer(response: &GrpcResponse) -> SettleAnswer {
+    if response.status != 0 {
+        return SettleAnswer::Failed;
+    }
+    match SettleResponse::decode(response.message.as_slice()) {
+        Ok(r) if r.settled => SettleAnswer::Settled,
+        Ok(_) => SettleAnswer::Conflict,
+        Err(_) => SettleAnswer::Failed,
+    }
 }
 
 /// Decodes a claim answer; `None` for anything malformed (the caller fails closed).
@@ -210,6 +313,43 @@ pub fn decode_claim(bytes: &[u8]) -> Option<Claim> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `envoy.config.core.v3.GrpcService`, as much of it as Envoy reads from a call's target.
+    #[derive(Clone, PartialEq, Message)]
+    struct GrpcService {
+        #[prost(message, optional, tag = "1")]
+        envoy_grpc: Option<EnvoyGrpc>,
+    }
+
+    #[derive(Clone, PartialEq, Message)]
+    struct EnvoyGrpc {
+        #[prost(string, tag = "1")]
+        cluster_name: String,
+        #[prost(string, tag = "2")]
+        authority: String,
+    }
+
+    #[test]
+    fn every_cluster_name_reaches_envoy_as_a_grpc_service_naming_it() {
+        // `meshward-fleet` parses as a GrpcService with no target (Envoy aborts on it), and so
+        // can any name: the target always is a serialized service.
+        assert_eq!(GrpcService::decode(b"meshward-fleet".as_slice()).map(|s| s.envoy_grpc), Ok(None));
+        let longest = "c".repeat(meshward_host::MAX_GRPC_CLUSTER_NAME);
+        for name in ["meshward-fleet", "fleet", "rls", "outbound|8081||meshward-fleet.mesh.svc.cluster.local", "flotte-é", longest.as_str()] {
+            let target = meshward_host::grpc_target(name).unwrap();
+            let grpc = GrpcService::decode(target.as_bytes()).unwrap().envoy_grpc.unwrap();
+            assert_eq!((grpc.cluster_name.as_str(), grpc.authority.as_str()), (name, "meshward-fleet"), "{name}");
+        }
+        assert_eq!(meshward_host::grpc_target(""), None);
+        assert_eq!(meshward_host::grpc_target(&format!("{longest}c")), None);
+        // Configurations refuse what has no target.
+        let raw = |cluster: String| RawFleetService { cluster, namespace: "n".into(), timeout: None, failure_mode: None };
+        assert!(FleetService::compile("fleet", raw("meshward-fleet".into()), FailureMode::Deny).is_ok());
+        let error = FleetService::compile("fleet", raw(format!("{longest}c")), FailureMode::Deny).unwrap_err();
+        assert_eq!(error.path, "fleet.cluster");
+        assert!(error.message.contains("at most 109 bytes"), "{error}");
+        assert_eq!(FleetService::compile("fleet", raw(" ".into()), FailureMode::Deny).unwrap_err().path, "fleet.cluster");
+    }
 
     #[test]
     fn claim_answers_decode_or_refuse() {

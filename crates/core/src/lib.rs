@@ -11,6 +11,7 @@
 //! - [`request`]: the one request model (method, canonical path, headers, framing, decoded
 //!   body, JSON read once by the strict [`json`] reader) every stage reads.
 //! - [`audit`]: audit records and their hash chain (sealed here, verified by `meshward audit verify`).
+//! - [`fleet`] / [`unsettled`]: the fleet engine's wire, and the outcomes it did not confirm yet.
 //! - [`config`]: strict JSON configuration parsing with errors that name the field.
 
 pub mod audit;
@@ -28,6 +29,7 @@ pub mod route;
 pub mod shared;
 pub mod stats;
 pub mod stage;
+pub mod unsettled;
 pub mod workload;
 
 pub use denial::{Denial, DenialKind, GrpcCode};

@@ -163,6 +163,9 @@ pub trait Policy: Sized + 'static {
     ) {
     }
 
+    /// The answer to a gRPC call the policy (not a request) dispatched.
+    fn on_grpc_call_response(_policy: &Rc<Self>, _host: &mut dyn Host, _token: u32, _response: &GrpcResponse) {}
+
     /// A stage for one new request.
     fn new_stage(policy: &Rc<Self>) -> Self::Stage;
 }

@@ -131,8 +131,8 @@ pub enum Counter {
     SchemaUncheckedBody,
     /// The fleet engine did not answer a replay claim (the endpoint's `failure_mode` applied).
     WebhookReplayServiceFailures,
-    /// A delivery's claim could not be settled (engine down, or the claim had expired): it
-    /// stays in flight until `in_flight_seconds` pass.
+    /// The engine did not record a delivery's outcome (engine down, storage down): kept by the
+    /// sidecar and sent again ([`crate::unsettled`]); the delivery stays in flight meanwhile.
     WebhookSettleFailures,
     /// A stored answer was given back for a retried idempotency key (in shadow mode: would
     /// have been; the request went on).
@@ -144,13 +144,21 @@ pub enum Counter {
     IdempotencyNotStored,
     /// The fleet engine did not answer a claim (the `failure_mode` applied).
     IdempotencyServiceFailures,
-    /// A claim could not be settled (engine down or the claim had expired): it stays in flight
-    /// until `in_flight_seconds` pass.
+    /// The engine did not record a request's outcome (engine down, storage down): kept by the
+    /// sidecar and sent again ([`crate::unsettled`]); the key stays in flight meanwhile.
     IdempotencySettleFailures,
+    /// An outcome the engine had not recorded reached it when sent again.
+    FleetSettlesRecovered,
+    /// An outcome the engine did not record could not be kept for another try (the sidecar's
+    /// store is full): its key stays in flight until its window ends.
+    FleetSettlesLost,
+    /// The engine held a key for another claim when this request's outcome came: the engine
+    /// lost the claim (Redis without persistence?) and the request may have run twice.
+    FleetSettleConflicts,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 20] = [
         Counter::JwtJwksFetchOk,
         Counter::JwtJwksFetchFailed,
         Counter::JwtRefusedFromMemory,
@@ -168,6 +176,9 @@ impl Counter {
         Counter::IdempotencyNotStored,
         Counter::IdempotencyServiceFailures,
         Counter::IdempotencySettleFailures,
+        Counter::FleetSettlesRecovered,
+        Counter::FleetSettlesLost,
+        Counter::FleetSettleConflicts,
     ];
 
     /// The name in Envoy's stats (`wasmcustom.` is prefixed by Envoy).
@@ -190,6 +201,9 @@ impl Counter {
             Counter::IdempotencyNotStored => "meshward_idempotency_not_stored_total",
             Counter::IdempotencyServiceFailures => "meshward_idempotency_service_failures_total",
             Counter::IdempotencySettleFailures => "meshward_idempotency_settle_failures_total",
+            Counter::FleetSettlesRecovered => "meshward_fleet_settles_recovered_total",
+            Counter::FleetSettlesLost => "meshward_fleet_settles_lost_total",
+            Counter::FleetSettleConflicts => "meshward_fleet_settle_conflicts_total",
         }
     }
 }

@@ -5,14 +5,22 @@
 //! free (now this request's: it goes on), in flight (409), or answered (the stored answer is
 //! given back, or 422 when the key was used for another request). The upstream's answer
 //! settles the claim: stored for `expiry`, or released when it is a 5xx, larger than
-//! `max_answer_bytes`, or not the upstream's (a later stage refused), so the retry runs.
+//! `max_answer_bytes`, or not the upstream's (a later stage refused), so the retry runs. No
+//! answer at all (the stream was reset) leaves the key in flight for `in_flight_seconds`.
+//!
+//! At most once per key within `expiry`: the claim is held in the engine for all of `expiry`
+//! until it is settled, and an outcome the engine did not record is kept by this sidecar and
+//! sent again until it is ([`UnsettledStore`]); a copy meanwhile gets the stored answer here,
+//! 409 elsewhere.
 
 use std::rc::Rc;
 
-use meshward_core::fleet::{decode_claim, settled, Claim, FailureMode, Settlement};
+use meshward_core::clock::unix_micros;
+use meshward_core::fleet::{claim_token, decode_claim, settle_answer, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
 use meshward_core::principal::current_principal;
 use meshward_core::route::query_of;
 use meshward_core::stats::{count, Counter};
+use meshward_core::unsettled::{settle_conflict, settle_failed, settle_from_tick, UnsettledStore};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
@@ -24,6 +32,8 @@ use crate::IdempotencyError;
 #[derive(Debug)]
 pub struct IdempotencyPolicy {
     pub config: IdempotencyConfig,
+    /// Outcomes the engine did not record yet.
+    unsettled: UnsettledStore,
 }
 
 impl Policy for IdempotencyPolicy {
@@ -31,15 +41,33 @@ impl Policy for IdempotencyPolicy {
     type Stage = IdempotencyStage;
 
     fn configure(config: &[u8], _host: &dyn Host) -> Result<Self, ConfigError> {
-        IdempotencyConfig::parse(config).map(|config| IdempotencyPolicy { config })
+        IdempotencyConfig::parse(config).map(|config| IdempotencyPolicy { config, unsettled: UnsettledStore::new(Self::NAME) })
     }
 
     fn mode(&self) -> Mode {
         self.config.mode
     }
 
+    fn on_tick(policy: &Rc<Self>, host: &mut dyn Host) {
+        let now_ms = unix_micros(host) / 1000;
+        policy.unsettled.retry(host, &policy.config.fleet, now_ms);
+    }
+
+    fn on_grpc_call_response(policy: &Rc<Self>, host: &mut dyn Host, token: u32, response: &GrpcResponse) {
+        policy.unsettled.on_answer(host, token, response);
+    }
+
     fn new_stage(policy: &Rc<Self>) -> IdempotencyStage {
-        IdempotencyStage { policy: Rc::clone(policy), key: None, fingerprint: String::new(), token: None, answer: None, waiting: None }
+        IdempotencyStage {
+            policy: Rc::clone(policy),
+            key: None,
+            fingerprint: String::new(),
+            token: None,
+            answer: None,
+            waiting: None,
+            settling: None,
+            claim_sent: None,
+        }
     }
 }
 
@@ -69,6 +97,11 @@ pub struct IdempotencyStage {
     /// The answer's status and stored headers, while its body is read.
     answer: Option<(u16, Vec<(String, String)>)>,
     waiting: Option<Waiting>,
+    /// The settle sent, and until when (unix ms) a stored answer is kept: what the sidecar
+    /// keeps when the engine does not confirm it.
+    settling: Option<(SettleRequest, u64)>,
+    /// The token of the claim sent, until the engine answers it.
+    claim_sent: Option<String>,
 }
 
 impl IdempotencyStage {
@@ -89,8 +122,10 @@ impl IdempotencyStage {
     fn on_claim_answer(&mut self, host: &mut dyn Host, response: GrpcResponse) -> Step {
         let claim = if response.status == 0 { decode_claim(&response.message) } else { None };
         let Some(claim) = claim else {
+            self.abandon_claim(host);
             return self.claim_failed(host, &format!("grpc status {}", response.status));
         };
+        self.claim_sent = None;
         match claim {
             Claim::Claimed { token } => {
                 self.token = Some(token);
@@ -112,22 +147,47 @@ impl IdempotencyStage {
         }
     }
 
+    /// The settle request for the claim this request holds (taking the claim), and until when
+    /// a stored answer is kept.
+    fn settle_request(&mut self, host: &dyn Host, settlement: Settlement) -> Option<(SettleRequest, u64)> {
+        let (key, token) = (self.key.as_deref()?, self.token.take()?);
+        let config = self.config();
+        let keep_until_ms = unix_micros(host) / 1000 + u64::try_from(config.expiry.as_millis()).unwrap_or(u64::MAX);
+        Some((config.fleet.settle_request(key, &token, &self.fingerprint, settlement), keep_until_ms))
+    }
+
     /// Settles the claim this request holds; the stream waits for the engine (`Pause`) so a
-    /// retry that follows the answer finds it settled.
+    /// retry that follows the answer finds it settled. Unconfirmed, the outcome is kept here.
     fn settle(&mut self, host: &mut dyn Host, settlement: Settlement) -> Step {
-        let (Some(key), Some(token)) = (self.key.as_deref(), self.token.take()) else { return Step::Continue };
         let outcome = if matches!(settlement, Settlement::Keep { .. }) { Outcome::Stored } else { Outcome::NotStored };
-        match self.config().fleet.settle(host, key, &token, settlement) {
+        let Some((request, keep_until_ms)) = self.settle_request(host, settlement) else { return Step::Continue };
+        match self.config().fleet.send_settle(host, &request) {
             Ok(call) => {
                 self.waiting = Some(Waiting::Settle(call, outcome));
+                self.settling = Some((request, keep_until_ms));
                 Step::Pause
             }
             Err(e) => {
-                count(host, Counter::IdempotencySettleFailures);
-                host.log(LogLevel::Warn, &format!("meshward_idempotency: cannot settle a claim: {e}"));
+                let policy = Rc::clone(&self.policy);
+                settle_failed(host, &policy.unsettled, Counter::IdempotencySettleFailures, request, keep_until_ms, &e.to_string());
                 Step::Continue
             }
         }
+    }
+
+    /// A settle nobody waits for (the answer is on its way, or gone): the tick sends it, and
+    /// again until the engine records it.
+    fn settle_later(&mut self, host: &mut dyn Host, settlement: Settlement) {
+        let Some((request, keep_until_ms)) = self.settle_request(host, settlement) else { return };
+        settle_from_tick(host, &Rc::clone(&self.policy).unsettled, request, keep_until_ms);
+    }
+
+    /// The claim's own answer never came: the engine may have written it (a late claim would
+    /// hold the key for all of `expiry`), so it is abandoned from the tick.
+    fn abandon_claim(&mut self, host: &mut dyn Host) {
+        self.token = self.claim_sent.take();
+        let window = self.config().expiry;
+        self.settle_later(host, Settlement::Abandon { window });
     }
 }
 
@@ -153,8 +213,23 @@ impl Stage for IdempotencyStage {
         let Some(key) = self.key.clone() else { return Step::Continue };
         self.fingerprint = fingerprint(&request.method, &request.canonical, query_of(&request.path), body);
         let config = self.config();
-        match config.fleet.claim(host, &key, &self.fingerprint, config.in_flight) {
+        // An answer this sidecar holds for the engine is the key's answer already.
+        if let Some(kept) = self.policy.unsettled.lookup(host, &config.fleet.engine_key(&key)).filter(|k| k.accepted) {
+            if kept.fingerprint != self.fingerprint {
+                return Step::Deny(IdempotencyError::KeyReused.denial());
+            }
+            return match record::replay(&kept.record) {
+                Some(reply) => {
+                    count(host, Counter::IdempotencyReplays);
+                    Step::Respond(reply)
+                }
+                None => Step::Deny(IdempotencyError::StoredAnswerUnreadable.denial()),
+            };
+        }
+        let token = claim_token(&key, unix_micros(host));
+        match config.fleet.claim(host, &key, &token, &self.fingerprint, config.in_flight, config.expiry) {
             Ok(call) => {
+                self.claim_sent = Some(token);
                 self.waiting = Some(Waiting::Claim(call));
                 Step::Pause
             }
@@ -170,11 +245,19 @@ impl Stage for IdempotencyStage {
             }
             Some(Waiting::Settle(t, outcome)) if t == token => {
                 self.waiting = None;
-                if !settled(&response) {
-                    count(host, Counter::IdempotencySettleFailures);
-                    host.log(LogLevel::Warn, &format!("meshward_idempotency: a claim was not settled (grpc status {})", response.status));
-                } else {
-                    count(host, if outcome == Outcome::Stored { Counter::IdempotencyStored } else { Counter::IdempotencyNotStored });
+                let settling = self.settling.take();
+                match settle_answer(&response) {
+                    SettleAnswer::Settled => {
+                        count(host, if outcome == Outcome::Stored { Counter::IdempotencyStored } else { Counter::IdempotencyNotStored });
+                    }
+                    SettleAnswer::Conflict => settle_conflict(host, IdempotencyPolicy::NAME, settling.as_ref().map(|(r, _)| r)),
+                    SettleAnswer::Failed => {
+                        if let Some((request, keep_until_ms)) = settling {
+                            let policy = Rc::clone(&self.policy);
+                            let why = format!("grpc status {}", response.status);
+                            settle_failed(host, &policy.unsettled, Counter::IdempotencySettleFailures, request, keep_until_ms, &why);
+                        }
+                    }
                 }
                 Step::Continue
             }
@@ -212,17 +295,20 @@ impl Stage for IdempotencyStage {
         self.settle(host, Settlement::Keep { keep, record })
     }
 
-    /// Too large to store: released, so the retry runs. The body is on its way meanwhile, so
-    /// the release is best effort (the claim expires after `in_flight_seconds` otherwise).
+    /// Too large to store: released, so the retry runs. The body is on its way meanwhile: the
+    /// release is sent from the tick (a retry in between gets 409).
     fn on_response_body_too_large(&mut self, host: &mut dyn Host, _request: &mut RequestState) {
         self.answer = None;
-        if let (Some(key), Some(token)) = (self.key.as_deref(), self.token.take()) {
+        if self.token.is_some() {
             count(host, Counter::IdempotencyNotStored);
-            let _ = self.policy.config.fleet.settle(host, key, &token, Settlement::Release);
+            self.settle_later(host, Settlement::Release);
         }
     }
 
-    // No `on_done`: a claim still held when the stream ends (reset before any answer) may
-    // belong to a request the service is running; it stays in flight until it expires, so a
-    // retry meanwhile gets 409 rather than running the operation twice.
+    /// A claim still held when the stream ends (reset before any answer) may belong to a
+    /// request the service ran: it lapses after `in_flight_seconds`, so a retry meanwhile gets
+    /// 409 rather than running the operation twice.
+    fn on_done(&mut self, host: &mut dyn Host, _request: &mut RequestState) {
+        self.settle_later(host, Settlement::Lapse);
+    }
 }

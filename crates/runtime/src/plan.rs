@@ -4,7 +4,7 @@ use std::rc::Rc;
 
 use meshward_core::audit::AuditConfig;
 use meshward_core::config::ConfigError;
-use meshward_core::Policy;
+use meshward_core::{GrpcResponse, Policy};
 use meshward_host::{Host, HttpCallResponse};
 
 use crate::filter::{Filter, Slot};
@@ -15,6 +15,7 @@ pub trait AnyPolicy {
     fn start(&self, host: &mut dyn Host);
     fn on_tick(&self, host: &mut dyn Host);
     fn on_http_call_response(&self, host: &mut dyn Host, token: u32, response: HttpCallResponse);
+    fn on_grpc_call_response(&self, host: &mut dyn Host, token: u32, response: &GrpcResponse);
     /// The slot that runs this policy for one request.
     fn new_slot(&self) -> Slot;
 }
@@ -31,6 +32,9 @@ impl<P: Policy> AnyPolicy for Rc<P> {
     }
     fn on_http_call_response(&self, host: &mut dyn Host, token: u32, response: HttpCallResponse) {
         P::on_http_call_response(self, host, token, response);
+    }
+    fn on_grpc_call_response(&self, host: &mut dyn Host, token: u32, response: &GrpcResponse) {
+        P::on_grpc_call_response(self, host, token, response);
     }
     fn new_slot(&self) -> Slot {
         Slot::new(P::NAME, self.mode(), Box::new(P::new_stage(self)))
@@ -65,6 +69,11 @@ pub trait Plan: Sized + 'static {
     fn on_http_call_response(&self, host: &mut dyn Host, token: u32, response: &HttpCallResponse) {
         for p in self.policies() {
             p.on_http_call_response(host, token, response.clone());
+        }
+    }
+    fn on_grpc_call_response(&self, host: &mut dyn Host, token: u32, response: &GrpcResponse) {
+        for p in self.policies() {
+            p.on_grpc_call_response(host, token, response);
         }
     }
     fn new_filter(&self) -> Filter {

@@ -45,6 +45,14 @@ impl<T: Plan> Context for Root<T> {
             plan.on_http_call_response(&mut host, token, &response);
         }
     }
+
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(plan) = &self.plan {
+            let mut host = ProxyWasmHost;
+            let message = if status_code == 0 { host.grpc_call_response(response_size) } else { Vec::new() };
+            plan.on_grpc_call_response(&mut host, token, &GrpcResponse { status: status_code, message });
+        }
+    }
 }
 
 impl<T: Plan> RootContext for Root<T> {

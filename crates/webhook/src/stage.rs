@@ -4,14 +4,19 @@
 //! key claimed (in this sidecar, then in the fleet engine when one is configured). The answer
 //! settles the claim: seen when the upstream accepted it, released when not, so a redelivery
 //! after a failure passes and nothing is processed twice.
+//!
+//! In the fleet engine a claim is held for the delivery's whole replay window until it is
+//! settled; an outcome the engine did not record is kept by this sidecar and sent again until it
+//! is ([`UnsettledStore`]), so a fault between the answer and the record never lets a copy run.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::config::Unmatched;
-use meshward_core::fleet::{decode_claim, settled, Claim, FailureMode, Settlement};
+use meshward_core::fleet::{claim_token, decode_claim, settle_answer, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
 use meshward_core::stats::{count, Counter};
+use meshward_core::unsettled::{settle_conflict, settle_failed, settle_from_tick, UnsettledStore};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
@@ -28,6 +33,8 @@ fn fleet_key(endpoint: &Endpoint, key: &str) -> String {
 #[derive(Debug)]
 pub struct WebhookPolicy {
     pub config: WebhookConfig,
+    /// Outcomes the fleet engine did not record yet.
+    unsettled: UnsettledStore,
 }
 
 impl Policy for WebhookPolicy {
@@ -35,7 +42,7 @@ impl Policy for WebhookPolicy {
     type Stage = WebhookStage;
 
     fn configure(config: &[u8], host: &dyn Host) -> Result<Self, ConfigError> {
-        WebhookConfig::parse(config, &|name| host.env_var(name)).map(|config| WebhookPolicy { config })
+        WebhookConfig::parse(config, &|name| host.env_var(name)).map(|config| WebhookPolicy { config, unsettled: UnsettledStore::new(Self::NAME) })
     }
 
     fn mode(&self) -> Mode {
@@ -48,8 +55,19 @@ impl Policy for WebhookPolicy {
         }
     }
 
+    fn on_tick(policy: &Rc<Self>, host: &mut dyn Host) {
+        if let Some(fleet) = &policy.config.fleet {
+            let now_ms = unix_micros(host) / 1000;
+            policy.unsettled.retry(host, fleet, now_ms);
+        }
+    }
+
+    fn on_grpc_call_response(policy: &Rc<Self>, host: &mut dyn Host, token: u32, response: &GrpcResponse) {
+        policy.unsettled.on_answer(host, token, response);
+    }
+
     fn new_stage(policy: &Rc<Self>) -> WebhookStage {
-        WebhookStage { policy: Rc::clone(policy), pending: None, held: None, waiting: None }
+        WebhookStage { policy: Rc::clone(policy), pending: None, held: None, waiting: None, settling: None, claim_sent: None }
     }
 }
 
@@ -82,6 +100,11 @@ pub struct WebhookStage {
     pending: Option<(usize, Delivery)>,
     held: Option<Held>,
     waiting: Option<Waiting>,
+    /// The fleet settle sent, and until when (unix ms) the delivery stays seen: what the
+    /// sidecar keeps when the engine does not confirm it.
+    settling: Option<(SettleRequest, u64)>,
+    /// The token of the fleet claim sent, until the engine answers it.
+    claim_sent: Option<String>,
 }
 
 impl WebhookStage {
@@ -100,6 +123,17 @@ impl WebhookStage {
         Some(held)
     }
 
+    /// The claim's own answer never came: the engine may have written it (a late claim would
+    /// hold the delivery for its whole window), so it is abandoned from the tick.
+    fn abandon_claim(&mut self, host: &mut dyn Host) {
+        let policy = Rc::clone(&self.policy);
+        let (Some(token), Some(fleet), Some(held)) = (self.claim_sent.take(), &policy.config.fleet, &self.held) else { return };
+        let Some(endpoint) = policy.config.endpoints.get(held.endpoint) else { return };
+        let window = Duration::from_micros(held.seen_until_us.saturating_sub(unix_micros(host)).max(1000));
+        let request = fleet.settle_request(&fleet_key(endpoint, &held.key), &token, "", Settlement::Abandon { window });
+        settle_from_tick(host, &policy.unsettled, request, 0);
+    }
+
     /// The fleet engine did not answer a claim: the configured failure mode decides.
     fn claim_failed(&mut self, host: &mut dyn Host, why: &str) -> Step {
         count(host, Counter::WebhookReplayServiceFailures);
@@ -116,8 +150,10 @@ impl WebhookStage {
     fn on_claim_answer(&mut self, host: &mut dyn Host, response: GrpcResponse) -> Step {
         let claim = if response.status == 0 { decode_claim(&response.message) } else { None };
         let Some(claim) = claim else {
+            self.abandon_claim(host);
             return self.claim_failed(host, &format!("grpc status {}", response.status));
         };
+        self.claim_sent = None;
         match claim {
             Claim::Claimed { token } => {
                 if let Some(held) = &mut self.held {
@@ -193,9 +229,12 @@ impl Stage for WebhookStage {
         let Some((fleet, key)) = fleet_claim else {
             return Step::Continue;
         };
-        match fleet.claim(host, &key, "", Duration::from_secs(endpoint.in_flight_seconds)) {
-            Ok(token) => {
-                self.waiting = Some(Waiting::Claim(token));
+        let window = Duration::from_secs(seen_until.saturating_sub(now));
+        let token = claim_token(&key, now_us);
+        match fleet.claim(host, &key, &token, "", Duration::from_secs(endpoint.in_flight_seconds), window) {
+            Ok(call) => {
+                self.claim_sent = Some(token);
+                self.waiting = Some(Waiting::Claim(call));
                 Step::Pause
             }
             Err(e) => self.claim_failed(host, &e.to_string()),
@@ -210,9 +249,17 @@ impl Stage for WebhookStage {
             }
             Some(Waiting::Settle(t)) if t == token => {
                 self.waiting = None;
-                if !settled(&response) {
-                    count(host, Counter::WebhookSettleFailures);
-                    host.log(LogLevel::Warn, &format!("meshward_webhook: a delivery's fleet claim was not settled (grpc status {})", response.status));
+                let settling = self.settling.take();
+                match settle_answer(&response) {
+                    SettleAnswer::Settled => {}
+                    SettleAnswer::Conflict => settle_conflict(host, WebhookPolicy::NAME, settling.as_ref().map(|(r, _)| r)),
+                    SettleAnswer::Failed => {
+                        if let Some((request, keep_until_ms)) = settling {
+                            let policy = Rc::clone(&self.policy);
+                            let why = format!("grpc status {}", response.status);
+                            settle_failed(host, &policy.unsettled, Counter::WebhookSettleFailures, request, keep_until_ms, &why);
+                        }
+                    }
                 }
                 Step::Continue
             }
@@ -240,26 +287,30 @@ impl Stage for WebhookStage {
         } else {
             Settlement::Release
         };
-        match fleet.settle(host, &fleet_key(endpoint, &held.key), token, settlement) {
+        let request = fleet.settle_request(&fleet_key(endpoint, &held.key), token, "", settlement);
+        let keep_until_ms = held.seen_until_us / 1000;
+        match fleet.send_settle(host, &request) {
             Ok(call) => {
                 self.waiting = Some(Waiting::Settle(call));
+                self.settling = Some((request, keep_until_ms));
                 Step::Pause
             }
             Err(e) => {
-                count(host, Counter::WebhookSettleFailures);
-                host.log(LogLevel::Warn, &format!("meshward_webhook: cannot settle a delivery's fleet claim: {e}"));
+                settle_failed(host, &policy.unsettled, Counter::WebhookSettleFailures, request, keep_until_ms, &e.to_string());
                 Step::Continue
             }
         }
     }
 
     /// No answer came (the client went away, a later stage refused): release the claim so the
-    /// redelivery passes. The fleet release is best effort; the hold expires otherwise.
+    /// redelivery passes. The fleet release is sent from the tick, again until the engine has it.
     fn on_done(&mut self, host: &mut dyn Host, _request: &mut RequestState) {
         let Some(held) = self.release_local(host) else { return };
-        let policy = &self.policy.config;
-        if let (Some(fleet), Some(token), Some(endpoint)) = (&policy.fleet, &held.fleet_token, policy.endpoints.get(held.endpoint)) {
-            let _ = fleet.settle(host, &fleet_key(endpoint, &held.key), token, Settlement::Release);
+        let policy = Rc::clone(&self.policy);
+        let config = &policy.config;
+        if let (Some(fleet), Some(token), Some(endpoint)) = (&config.fleet, &held.fleet_token, config.endpoints.get(held.endpoint)) {
+            let request = fleet.settle_request(&fleet_key(endpoint, &held.key), token, "", Settlement::Release);
+            settle_from_tick(host, &policy.unsettled, request, 0);
         }
     }
 }

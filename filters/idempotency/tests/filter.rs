@@ -4,10 +4,10 @@
 
 use std::rc::Rc;
 
-use meshward_core::fleet::{ClaimRequest, ClaimResponse, ClaimState, SettleRequest, SettleResponse};
+use meshward_core::fleet::{ClaimRequest, ClaimResponse, ClaimState, SettleOutcome, SettleRequest, SettleResponse};
 use meshward_core::principal::encode;
 use meshward_core::{GrpcResponse, Policy, Principal, PRINCIPAL_PROPERTY};
-use meshward_host::FakeHost;
+use meshward_host::{FakeHost, LogLevel};
 use meshward_idempotency::IdempotencyPolicy;
 use meshward_runtime::{Filter, Verdict};
 use prost::Message;
@@ -188,14 +188,13 @@ fn the_engine_down_follows_the_failure_mode() {
 #[test]
 fn answers_are_stored_or_released() {
     // (status, from the upstream, body) → stored?
-    let cases: [(&str, &str, &[u8], bool); 6] = [
+    let cases: [(&str, &str, &[u8], bool); 5] = [
         ("201", "via_upstream", b"{\"id\":7}", true),
         ("409", "via_upstream", b"{\"error\":\"sold out\"}", true),
         ("500", "via_upstream", b"oops", false),
         ("503", "upstream_reset_before_response_started{connection_termination}", b"", false),
         // A later stage refused: the service never ran it.
         ("403", "wasm_fail_stream", b"{}", false),
-        ("201", "via_upstream", &[b'x'; 65], false),
     ];
     for (status, details, body, stored) in cases {
         let (_, _, verdict, settle) = answered(status, details, body);
@@ -218,10 +217,87 @@ fn answers_are_stored_or_released() {
     let (call, ..) = host.grpc_calls.last().cloned().unwrap();
     filter.on_grpc_response(&mut host, call, settled(true));
     assert_eq!((host.responses_resumed, host.counter("meshward_idempotency_stored_total")), (1, 1));
+    // Another claim holds the key (the engine lost ours): an error, counted; the answer goes on.
     let (mut filter, mut host, _, _) = answered("500", "via_upstream", b"");
     let (call, ..) = host.grpc_calls.last().cloned().unwrap();
     filter.on_grpc_response(&mut host, call, settled(false));
+    assert_eq!((host.responses_resumed, host.counter("meshward_fleet_settle_conflicts_total")), (1, 1));
+    assert!(host.logs().iter().any(|(level, line)| *level == LogLevel::Error && line.contains("another claim")));
+    // Too large to store: the body is on its way; the release is kept for the tick to send.
+    let (_, host, verdict, settle) = answered("201", "via_upstream", &[b'x'; 65]);
+    assert_eq!((verdict, settle), (Verdict::Continue, None));
+    assert_eq!(host.counter("meshward_idempotency_not_stored_total"), 1);
+}
+
+/// The policy's tick and root-level answers, as the runtime drives them.
+fn tick(policy: &Rc<IdempotencyPolicy>, host: &mut FakeHost) -> Vec<(u32, SettleRequest)> {
+    let before = host.grpc_calls.len();
+    IdempotencyPolicy::on_tick(policy, host);
+    host.grpc_calls[before..].iter().map(|c| (c.0, SettleRequest::decode(c.3.as_slice()).unwrap())).collect()
+}
+
+#[test]
+fn an_outcome_the_engine_did_not_record_is_kept_answered_here_and_sent_again() {
+    let policy = policy(json!({}));
+    let (mut filter, mut host, _, _) = {
+        let (mut filter, mut host, token, claim) = claimed(&policy, "k-1", BODY);
+        assert_eq!((claim.hold_ms, claim.window_ms), (30_000, 3_600_000), "held for the whole expiry until settled");
+        filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, &claim.fingerprint, vec![]));
+        host.response_headers = vec![(":status".into(), "201".into()), ("content-type".into(), "application/json".into())];
+        host.properties.insert(vec!["response".into(), "code_details".into()], b"via_upstream".to_vec());
+        assert_eq!(filter.on_response_headers(&mut host, false), Verdict::Continue);
+        host.response_body = b"{\"id\":7}".to_vec();
+        assert_eq!(filter.on_response_body(&mut host, 8, true), Verdict::Pause);
+        (filter, host, token, claim)
+    };
+    // The engine does not answer the settle: the answer goes on, the outcome is kept, once.
+    let (call, ..) = host.grpc_calls.last().cloned().unwrap();
+    filter.on_grpc_response(&mut host, call, GrpcResponse { status: 14, message: vec![] });
     assert_eq!((host.responses_resumed, host.counter("meshward_idempotency_settle_failures_total")), (1, 1));
+    assert_eq!(host.logs().iter().filter(|(level, _)| *level == LogLevel::Warn).count(), 1);
+    filter.on_done(&mut host);
+    // A copy on this sidecar gets the answer from what it keeps, without asking the engine.
+    let mut copy = request_host(Some("alice"), &[("idempotency-key", "k-1")]);
+    copy.shared = host.shared.clone();
+    let mut again = Filter::new(&policy);
+    assert_eq!(again.on_request_headers(&mut copy, false), Verdict::Continue);
+    copy.request_body = BODY.to_vec();
+    again.on_request_body(&mut copy, BODY.len(), true);
+    assert!(copy.grpc_calls.is_empty(), "the engine was not asked");
+    let sent = copy.sent.as_ref().unwrap();
+    assert_eq!((sent.status, sent.body.as_slice(), sent.header("idempotent-replayed")), (201, b"{\"id\":7}".as_slice(), Some("true")));
+    // Another request with the same key: refused as reused.
+    let mut other = request_host(Some("alice"), &[("idempotency-key", "k-1")]);
+    other.shared = host.shared.clone();
+    let mut reused = Filter::new(&policy);
+    reused.on_request_headers(&mut other, false);
+    other.request_body = b"{}".to_vec();
+    reused.on_request_body(&mut other, 2, true);
+    assert_eq!(reason(&other), "idempotency_key_reused");
+    // The tick sends it again until the engine records it.
+    host.now += std::time::Duration::from_secs(1);
+    let sent = tick(&policy, &mut host);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].1.token.as_str(), sent[0].1.accepted), ("t-1", true));
+    IdempotencyPolicy::on_grpc_call_response(&policy, &mut host, sent[0].0, &GrpcResponse { status: 14, message: vec![] });
+    host.now += std::time::Duration::from_secs(2);
+    let sent = tick(&policy, &mut host);
+    IdempotencyPolicy::on_grpc_call_response(&policy, &mut host, sent[0].0, &settled(true));
+    assert_eq!(host.counter("meshward_fleet_settles_recovered_total"), 1);
+    host.now += std::time::Duration::from_secs(60);
+    assert!(tick(&policy, &mut host).is_empty(), "nothing left to send");
+    assert_eq!(host.counter("meshward_idempotency_settle_failures_total"), 1, "counted once");
+}
+
+#[test]
+fn a_stream_reset_before_any_answer_lets_the_claim_lapse_after_in_flight_seconds() {
+    let policy = policy(json!({}));
+    let (mut filter, mut host, token, claim) = claimed(&policy, "k-1", BODY);
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, &claim.fingerprint, vec![]));
+    filter.on_done(&mut host);
+    let sent = tick(&policy, &mut host);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].1.outcome, sent[0].1.accepted), (SettleOutcome::Lapse as i32, false), "lapse: whether it ran is unknown");
 }
 
 #[test]

@@ -339,20 +339,53 @@ fn fleet_claim_released_when_the_upstream_fails_or_never_answers() {
     assert_eq!(filter.on_response_headers(&mut host, true), Verdict::Pause);
     let settle = SettleRequest::decode(host.grpc_calls.last().unwrap().3.as_slice()).unwrap();
     assert!(!settle.accepted && settle.token == "t-2");
-    // The engine says the claim was no longer ours: counted, the answer still goes on.
+    // The engine says another claim holds the key: an error, counted; the answer still goes on.
     let (settle_token, ..) = host.grpc_calls.last().cloned().unwrap();
     filter.on_grpc_response(&mut host, settle_token, GrpcResponse { status: 0, message: SettleResponse { settled: false }.encode_to_vec() });
-    assert_eq!((host.responses_resumed, host.counter("meshward_webhook_settle_failures_total")), (1, 1));
+    assert_eq!((host.responses_resumed, host.counter("meshward_fleet_settle_conflicts_total")), (1, 1));
 
-    // The client went away before the answer: the claim is released (best effort).
-    let (policy, root) = fleet_setup("deny");
-    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    // The client went away before the answer: the claim is released here at once, and in the
+    // engine from the tick (whose answer the root reads), again until it is.
+    let (policy, mut root_host) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root_host.shared);
     filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, 20_000, "t-3"));
     filter.on_done(&mut host);
-    let release = SettleRequest::decode(host.grpc_calls.last().unwrap().3.as_slice()).unwrap();
+    let (_, retry, _) = claimed(&policy, &root_host.shared);
+    assert!(retry.sent.is_none(), "released here");
+    root_host.now = host.now;
+    WebhookPolicy::on_tick(&policy, &mut root_host);
+    let (call, _, _, message) = root_host.grpc_calls.last().cloned().unwrap();
+    let release = SettleRequest::decode(message.as_slice()).unwrap();
     assert!(!release.accepted && release.token == "t-3");
-    let (_, retry, _) = claimed(&policy, &root.shared);
-    assert!(retry.sent.is_none(), "released here too");
+    WebhookPolicy::on_grpc_call_response(&policy, &mut root_host, call, &GrpcResponse { status: 0, message: SettleResponse { settled: true }.encode_to_vec() });
+    root_host.now += Duration::from_secs(60);
+    let calls = root_host.grpc_calls.len();
+    WebhookPolicy::on_tick(&policy, &mut root_host);
+    assert_eq!(root_host.grpc_calls.len(), calls, "released: nothing left to send");
+}
+
+#[test]
+fn an_accepted_delivery_the_engine_did_not_record_stays_refused_and_is_sent_again() {
+    let (policy, mut root) = fleet_setup("deny");
+    let (mut filter, mut host, token) = claimed(&policy, &root.shared);
+    let claim = ClaimRequest::decode(host.grpc_calls.last().unwrap().3.as_slice()).unwrap();
+    assert!(claim.window_ms > claim.hold_ms, "held for the replay window until settled: {claim:?}");
+    filter.on_grpc_response(&mut host, token, claim_answer(ClaimState::Claimed, 20_000, "t-4"));
+    host.response_headers = vec![(":status".into(), "200".into())];
+    assert_eq!(filter.on_response_headers(&mut host, true), Verdict::Pause);
+    let (settle_token, ..) = host.grpc_calls.last().cloned().unwrap();
+    filter.on_grpc_response(&mut host, settle_token, GrpcResponse { status: 14, message: vec![] });
+    assert_eq!((host.responses_resumed, host.counter("meshward_webhook_settle_failures_total")), (1, 1));
+    assert!(host.logs().iter().any(|(_, line)| line.contains("sent again until it does")));
+    // A copy here is a replay (this sidecar remembers it), without asking the engine.
+    let mut copy = worker(&root.shared, "d-1", GITHUB_SIG);
+    assert_eq!(deliver(&policy, &mut copy, BODY), Verdict::Pause);
+    assert_eq!((reason(&copy), copy.grpc_calls.len()), ("replayed".to_string(), 0));
+    // The tick sends the outcome again: seen, with what is left of the window.
+    root.now = host.now + Duration::from_secs(1);
+    WebhookPolicy::on_tick(&policy, &mut root);
+    let keep = SettleRequest::decode(root.grpc_calls.last().unwrap().3.as_slice()).unwrap();
+    assert!(keep.accepted && keep.token == "t-4" && keep.keep_ms > 0, "{keep:?}");
 }
 
 #[test]
