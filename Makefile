@@ -5,6 +5,7 @@
 #                (installs the wasm32-wasip1 target if missing)
 #   make cli     the `meshward` command and the `meshward-fleet` engine -> target/release/
 #   make test    lint + unit tests (host and wasm32) + real-Envoy integration tests (what CI runs)
+#   make fault-test  200 faults of the fleet-state matrix in real Envoy (CI runs it after test)
 #   make demo    Envoy + meshward_jwt + echo upstream, scripted requests, a table of answers;
 #                then every stage on one service, promoted from shadow to enforce by the gate
 #   make bench   what each filter costs per request, next to plain and native Envoy
@@ -33,7 +34,7 @@ EDITIONS    := lite:$(BASE_STAGES) openapi:$(BASE_STAGES),schema grpc:$(BASE_STA
 edition_name     = $(word 1,$(subst :, ,$(1)))
 edition_features = $(word 2,$(subst :, ,$(1)))
 
-.PHONY: package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: fault-test package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -109,6 +110,13 @@ integration-test: build test-modules cli venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test: lint unit-test wasm-unit-test integration-test
+
+# Fleet state under faults, long form: 200 faults drawn from the matrix of
+# tests/test_fleet_faults_envoy.py (fault × step × stage) with a fixed seed, in real Envoy with
+# two replicas; prints its counts (Envoy crashes, second runs). CI runs it after `make test`.
+FAULTS ?= 200
+fault-test: build cli venv system-deps
+	MESHWARD_FAULTS=$(FAULTS) $(PY) -m pytest tests/test_fleet_faults_envoy.py -k no_fault -s $(PYTEST_ARGS)
 
 # The JWT table, then the whole bundle on examples/orders promoted from shadow by the gate
 # (meshward serve, a real Prometheus).

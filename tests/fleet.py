@@ -4,7 +4,9 @@
 share (free ports, waiting for readiness)."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -47,11 +49,11 @@ class RedisServer:
     `restart()` brings the same data back (a Redis that lost its counters would hide double
     counting)."""
 
-    def __init__(self, durable: bool = False):
+    def __init__(self, durable: bool = False, port: int | None = None):
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise FileNotFoundError("redis-server is missing: run `make system-deps`")
-        self.port = free_port()
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="meshward-redis-")
         self.durable = durable
         self.proc = None
@@ -87,12 +89,20 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def wipe(self) -> None:
+        """Stopped and started with nothing: what a Redis without persistence comes back as."""
+        self.stop()
+        for name in os.listdir(self.dir):
+            path = os.path.join(self.dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        self.start()
+
 
 class FleetEngine:
     """`meshward-fleet` with the given global limits ({(domain, rule): (key parts, requests,
     per)}), on a free port, its stderr kept for the test to read."""
 
-    def __init__(self, redis_port: int, limits: dict | None = None):
+    def __init__(self, redis_port: int, limits: dict | None = None, port: int = 0, args: tuple = ()):
         if not FLEET.exists():
             raise FileNotFoundError(f"{FLEET} is missing: run `make cli`")
         config = {
@@ -104,27 +114,51 @@ class FleetEngine:
         }
         self.config = Path(tempfile.mkstemp(prefix="meshward-fleet-", suffix=".yaml")[1])
         self.config.write_text(yaml.safe_dump(config))
+        self.args = args
+        self.lines: list[str] = []
+        self.port = port
+        self.start()
+
+    def start(self) -> None:
+        """Starts the engine (again: on the port it had)."""
         self.proc = subprocess.Popen(
-            [str(FLEET), "--config", str(self.config), "--listen", "127.0.0.1:0"],
+            [str(FLEET), "--config", str(self.config), "--listen", f"127.0.0.1:{self.port}", *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-        first = self.proc.stderr.readline()
-        if "listening on" not in first:
-            self.proc.kill()
-            raise RuntimeError(f"meshward-fleet did not start: {first}{self.proc.stderr.read()}")
+        first = ""
+        while "listening on" not in first:
+            line = self.proc.stderr.readline()
+            if not line:
+                self.proc.kill()
+                raise RuntimeError(f"meshward-fleet did not start: {first}{self.proc.stderr.read()}")
+            first += line
         self.port = int(first.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-        self.lines: list[str] = [first]
-        threading.Thread(target=self._drain, daemon=True).start()
+        self.lines.append(first)
+        threading.Thread(target=self._drain, args=(self.proc,), daemon=True).start()
 
-    def _drain(self) -> None:
-        for line in self.proc.stderr:
+    def _drain(self, proc) -> None:
+        for line in proc.stderr:
             self.lines.append(line)
 
     def log(self) -> str:
         return "".join(self.lines)
 
+    def kill(self) -> None:
+        """SIGKILL: calls in flight die with it."""
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def freeze(self) -> None:
+        """SIGSTOP: its port still accepts, nothing answers (an unreachable engine, as a
+        dropped port looks to a caller with a deadline)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.config.unlink(missing_ok=True)
