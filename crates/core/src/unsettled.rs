@@ -260,9 +260,30 @@ pub fn settle_from_tick(host: &mut dyn Host, store: &UnsettledStore, request: Se
     }
 }
 
+/// The engine's answer to a settle a stage waited for (`settling`: the request and until when
+/// its outcome is kept): a conflict is counted and logged, a failure kept for the tick
+/// ([`settle_failed`], counted as `failures`). Returns what the engine answered.
+pub fn settle_answered(
+    host: &mut dyn Host,
+    store: &UnsettledStore,
+    failures: Counter,
+    settling: Option<(SettleRequest, u64)>,
+    response: &GrpcResponse,
+) -> SettleAnswer {
+    let answer = settle_answer(response);
+    match (answer, settling) {
+        (SettleAnswer::Conflict, settling) => settle_conflict(host, store.stage, settling.as_ref().map(|(r, _)| r)),
+        (SettleAnswer::Failed, Some((request, keep_until_ms))) => {
+            settle_failed(host, store, failures, request, keep_until_ms, &format!("grpc status {}", response.status));
+        }
+        _ => {}
+    }
+    answer
+}
+
 /// The engine holds the key for another claim: this request's outcome cannot be recorded, and
 /// the request may run again. Counted and logged as an error.
-pub fn settle_conflict(host: &mut dyn Host, stage: &str, request: Option<&SettleRequest>) {
+fn settle_conflict(host: &mut dyn Host, stage: &str, request: Option<&SettleRequest>) {
     count(host, Counter::FleetSettleConflicts);
     let (key, outcome) = request.map_or(("?", 0), |r| (r.key.as_str(), r.outcome));
     host.log(

@@ -16,11 +16,11 @@
 use std::rc::Rc;
 
 use meshward_core::clock::unix_micros;
-use meshward_core::fleet::{claim_token, decode_claim, settle_answer, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
+use meshward_core::fleet::{claim_token, decode_claim, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
 use meshward_core::principal::current_principal;
 use meshward_core::route::query_of;
 use meshward_core::stats::{count, Counter};
-use meshward_core::unsettled::{settle_conflict, settle_failed, settle_from_tick, UnsettledStore};
+use meshward_core::unsettled::{settle_answered, settle_failed, settle_from_tick, UnsettledStore};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
@@ -245,19 +245,10 @@ impl Stage for IdempotencyStage {
             }
             Some(Waiting::Settle(t, outcome)) if t == token => {
                 self.waiting = None;
-                let settling = self.settling.take();
-                match settle_answer(&response) {
-                    SettleAnswer::Settled => {
-                        count(host, if outcome == Outcome::Stored { Counter::IdempotencyStored } else { Counter::IdempotencyNotStored });
-                    }
-                    SettleAnswer::Conflict => settle_conflict(host, IdempotencyPolicy::NAME, settling.as_ref().map(|(r, _)| r)),
-                    SettleAnswer::Failed => {
-                        if let Some((request, keep_until_ms)) = settling {
-                            let policy = Rc::clone(&self.policy);
-                            let why = format!("grpc status {}", response.status);
-                            settle_failed(host, &policy.unsettled, Counter::IdempotencySettleFailures, request, keep_until_ms, &why);
-                        }
-                    }
+                let policy = Rc::clone(&self.policy);
+                let answer = settle_answered(host, &policy.unsettled, Counter::IdempotencySettleFailures, self.settling.take(), &response);
+                if answer == SettleAnswer::Settled {
+                    count(host, if outcome == Outcome::Stored { Counter::IdempotencyStored } else { Counter::IdempotencyNotStored });
                 }
                 Step::Continue
             }

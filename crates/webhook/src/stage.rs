@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use meshward_core::clock::unix_micros;
 use meshward_core::config::Unmatched;
-use meshward_core::fleet::{claim_token, decode_claim, settle_answer, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
+use meshward_core::fleet::{claim_token, decode_claim, Claim, FailureMode, SettleRequest, Settlement};
 use meshward_core::stats::{count, Counter};
-use meshward_core::unsettled::{settle_conflict, settle_failed, settle_from_tick, UnsettledStore};
+use meshward_core::unsettled::{settle_answered, settle_failed, settle_from_tick, UnsettledStore};
 use meshward_core::{config::ConfigError, GrpcResponse, Mode, Policy, RequestState, Stage, Step};
 use meshward_host::{Host, LogLevel};
 
@@ -249,18 +249,8 @@ impl Stage for WebhookStage {
             }
             Some(Waiting::Settle(t)) if t == token => {
                 self.waiting = None;
-                let settling = self.settling.take();
-                match settle_answer(&response) {
-                    SettleAnswer::Settled => {}
-                    SettleAnswer::Conflict => settle_conflict(host, WebhookPolicy::NAME, settling.as_ref().map(|(r, _)| r)),
-                    SettleAnswer::Failed => {
-                        if let Some((request, keep_until_ms)) = settling {
-                            let policy = Rc::clone(&self.policy);
-                            let why = format!("grpc status {}", response.status);
-                            settle_failed(host, &policy.unsettled, Counter::WebhookSettleFailures, request, keep_until_ms, &why);
-                        }
-                    }
-                }
+                let policy = Rc::clone(&self.policy);
+                settle_answered(host, &policy.unsettled, Counter::WebhookSettleFailures, self.settling.take(), &response);
                 Step::Continue
             }
             _ => Step::Pause,
