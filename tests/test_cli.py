@@ -108,6 +108,10 @@ HOLES = [
      "POST /workshop/api/shop/orders (create_order)", "policy", "prefix: /workshop/"),
     ("stage its module refuses", lambda p: stage(p, "ratelimit")["rules"][0]["limit"].update(requests=0), "invalid_stage",
      "ratelimit stage: rules[0].limit", "policy", "ratelimit:"),
+    # Envoy reads a gRPC call's cluster from a serialized GrpcService whose length prefixes must
+    # stay one byte (README: cluster names).
+    ("gRPC cluster name too long to address", lambda p: stage(p, "ratelimit").update({"global": {"cluster": "c" * 110, "domain": "crapi"}}),
+     "invalid_stage", "ratelimit stage: global.cluster: an Envoy cluster called over gRPC has a name of at most 109 bytes", "policy", "ratelimit:"),
 ]
 
 
