@@ -1,13 +1,15 @@
 """`meshward-fleet` as an operable service: its command line, the gRPC health service it serves
 for readiness (asked with grpcio, as a Kubernetes gRPC probe asks), Redis credentials from a
-file, the warning about a Redis without persistence, and a graceful shutdown: two engines on one
+file, TLS to Redis (Debian's redis-server with a test CA, client certificates required), the warning about a Redis without persistence, and a graceful shutdown: two engines on one
 Redis behind one Envoy cluster that health-checks them, one stopped (SIGTERM) while calls are in
 flight refuses none of them, and one killed is routed around once Envoy's check has it down."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -49,7 +51,8 @@ def run_engine(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess
 
 def test_the_command_line_names_what_is_wrong():
     help_text = run_engine("--help").stdout
-    for flag in ("--config", "--listen", "--redis", "--redis-password-file", "--drain-seconds", "--recovery-seconds"):
+    for flag in ("--config", "--listen", "--redis", "--redis-password-file", "--redis-ca-file", "--redis-cert-file", "--redis-key-file",
+                 "--redis-wait-seconds", "--drain-seconds", "--recovery-seconds"):
         assert flag in help_text
     version = run_engine("--version")
     assert version.returncode == 0 and version.stdout.startswith("meshward-fleet ")
@@ -59,8 +62,8 @@ def test_the_command_line_names_what_is_wrong():
     assert missing.returncode == 1 and "--config /nonexistent/fleet.yaml" in missing.stderr
     bad_listen = run_engine("--config", "/dev/null", "--listen", "localhost")
     assert bad_listen.returncode != 0 and "--listen" in bad_listen.stderr
-    tls = run_engine("--config", "/dev/null", "--redis", "rediss://127.0.0.1:6380")
-    assert tls.returncode == 1 and "rediss://" in tls.stderr and "not built" in tls.stderr
+    scheme = run_engine("--config", "/dev/null", "--redis", "http://127.0.0.1:6380")
+    assert scheme.returncode == 1 and "--redis http://127.0.0.1:6380" in scheme.stderr and "rediss://" in scheme.stderr
 
 
 def test_health_follows_redis_and_a_missing_append_only_file_is_warned_about():
@@ -99,7 +102,7 @@ def test_redis_credentials_come_from_a_file():
     config.close()
     try:
         # Without the password: refused at start, saying why (after its start-up retries).
-        without = run_engine("--config", config.name, "--listen", "127.0.0.1:0", timeout=60)
+        without = run_engine("--config", config.name, "--listen", "127.0.0.1:0", "--redis-wait-seconds", "1", timeout=30)
         assert without.returncode == 1 and "NOAUTH" in without.stderr, without.stderr
         assert password not in without.stderr
         engine = FleetEngine(redis_server.port, args=("--redis-password-file", secret.name))
@@ -117,6 +120,103 @@ def test_redis_credentials_come_from_a_file():
         os.unlink(secret.name)
         os.unlink(config.name)
         redis_server.stop()
+
+
+def pki(directory) -> dict:
+    """A test CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a
+    second CA that signed nothing here (PEM files in `directory`)."""
+    import datetime
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    paths = {}
+
+    def write(name: str, data: bytes) -> None:
+        paths[name] = os.path.join(directory, name)
+        with open(paths[name], "wb") as f:
+            f.write(data)
+
+    def key_pem(key) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    def ca(name: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        return key, cert
+
+    def leaf(ca_key, ca_cert, name: str, usage, san=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                   .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return key, builder.sign(ca_key, hashes.SHA256())
+
+    ca_key, ca_cert = ca("meshward test CA")
+    server_key, server_cert = leaf(ca_key, ca_cert, "redis", ExtendedKeyUsageOID.SERVER_AUTH, [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    client_key, client_cert = leaf(ca_key, ca_cert, "meshward-fleet", ExtendedKeyUsageOID.CLIENT_AUTH)
+    _, other_ca = ca("another CA")
+    write("ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM))
+    write("other-ca.pem", other_ca.public_bytes(serialization.Encoding.PEM))
+    write("server.pem", server_cert.public_bytes(serialization.Encoding.PEM))
+    write("server.key", key_pem(server_key))
+    write("client.pem", client_cert.public_bytes(serialization.Encoding.PEM))
+    write("client.key", key_pem(client_key))
+    return paths
+
+
+def test_redis_over_tls_with_certificates_from_files(tmp_path):
+    files = pki(str(tmp_path))
+    port = free_port()
+    redis_tls = subprocess.Popen(
+        [shutil.which("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path), "--tls-cert-file", files["server.pem"], "--tls-key-file", files["server.key"],
+         "--tls-ca-cert-file", files["ca.pem"], "--tls-auth-clients", "yes"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = tmp_path / "fleet.yaml"
+    config.write_text("limits: []\n")
+    url = f"rediss://127.0.0.1:{port}"
+    try:
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return True
+            except OSError:
+                return False
+
+        wait_for(listening, what="Redis TLS port")
+        engine = FleetEngine(port, args=("--redis", url, "--redis-ca-file", files["ca.pem"],
+                                         "--redis-cert-file", files["client.pem"], "--redis-key-file", files["client.key"]))
+        try:
+            assert health(engine.port) == SERVING
+        finally:
+            engine.stop()
+        # No client certificate: Redis refuses the handshake. A CA that did not sign Redis's
+        # certificate: the engine refuses Redis. Both exit saying so (after the start-up retries).
+        refused = "cannot reach Redis at rediss://"
+        for args, expected in [(("--redis-ca-file", files["ca.pem"]), refused),
+                               (("--redis-ca-file", files["other-ca.pem"], "--redis-cert-file", files["client.pem"], "--redis-key-file", files["client.key"]), refused)]:
+            r = run_engine("--config", str(config), "--listen", "127.0.0.1:0", "--redis", url, "--redis-wait-seconds", "1", *args, timeout=30)
+            assert r.returncode == 1 and expected in r.stderr, r.stderr
+        # TLS files with a plain URL, a certificate without its key: refused before connecting.
+        plain = run_engine("--config", str(config), "--redis", f"redis://127.0.0.1:{port}", "--redis-ca-file", files["ca.pem"])
+        assert plain.returncode == 1 and "rediss://" in plain.stderr
+        half = run_engine("--config", str(config), "--redis", url, "--redis-cert-file", files["client.pem"])
+        assert half.returncode != 0 and "--redis-key-file" in half.stderr
+    finally:
+        redis_tls.terminate()
+        redis_tls.wait(timeout=10)
 
 
 def engines_cluster(ports: list[int]) -> dict:

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! meshward-fleet --config FLEET.yaml [--listen IP:PORT] [--redis URL] [--redis-password-file FILE]
+//!                [--redis-ca-file FILE] [--redis-cert-file FILE --redis-key-file FILE]
 //! ```
 //!
 //! It serves `grpc.health.v1.Health` too (SERVING while Redis answers), and on SIGTERM stops
@@ -19,7 +20,7 @@ mod limits;
 mod seen;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,19 @@ struct Options {
     /// The Redis ACL user the password belongs to.
     #[arg(long, value_name = "NAME")]
     redis_username: Option<String>,
+    /// TLS to Redis (with a rediss:// URL): the CA certificates (PEM) to trust instead of the
+    /// system's.
+    #[arg(long, value_name = "FILE")]
+    redis_ca_file: Option<PathBuf>,
+    /// TLS client certificate (PEM) for Redis servers that require one (with --redis-key-file).
+    #[arg(long, value_name = "FILE", requires = "redis_key_file")]
+    redis_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "redis_cert_file")]
+    redis_key_file: Option<PathBuf>,
+    /// At start: how long to keep trying to reach Redis before giving up (seconds).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    redis_wait_seconds: u64,
     /// After SIGTERM or SIGINT: how long calls in flight may take to finish (seconds). The
     /// health service says NOT_SERVING from the signal on.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
@@ -110,11 +124,38 @@ struct Options {
     recovery_seconds: u64,
 }
 
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
+}
+
+/// The Redis client: where Redis is, the credentials from their file, and TLS (`rediss://`)
+/// with the certificates from theirs.
+fn redis_client(options: &Options, url: &str) -> Result<redis::Client, String> {
+    let tls = url.starts_with("rediss://");
+    if !tls && !url.starts_with("redis://") && !url.starts_with("redis+unix://") && !url.starts_with("unix://") {
+        return Err(format!("--redis {url}: give a redis://, rediss:// (TLS) or unix:// URL"));
+    }
+    let tls_files = options.redis_ca_file.is_some() || options.redis_cert_file.is_some();
+    if tls_files && !tls {
+        return Err(format!("--redis {url}: --redis-ca-file and --redis-cert-file are for TLS: give a rediss:// URL"));
+    }
+    let info = redis_connection(options, url)?;
+    if !tls {
+        return redis::Client::open(info).map_err(|e| format!("--redis {url}: {e}"));
+    }
+    let client_tls = match (&options.redis_cert_file, &options.redis_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read_file("--redis-cert-file", cert)?,
+            client_key: read_file("--redis-key-file", key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = options.redis_ca_file.as_deref().map(|ca| read_file("--redis-ca-file", ca)).transpose()?;
+    redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls, root_cert }).map_err(|e| format!("--redis {url}: {e}"))
+}
+
 /// Where Redis is, with the credentials from their file.
 fn redis_connection(options: &Options, url: &str) -> Result<redis::ConnectionInfo, String> {
-    if !url.starts_with("redis://") && !url.starts_with("redis+unix://") && !url.starts_with("unix://") {
-        return Err(format!("--redis {url}: give a redis:// (or unix://) URL; TLS to Redis (rediss://) is not built into meshward-fleet"));
-    }
     let mut info = url.into_connection_info().map_err(|e| format!("--redis {url}: {e}"))?;
     if let Some(file) = &options.redis_password_file {
         let password = std::fs::read_to_string(file).map_err(|e| format!("--redis-password-file {}: {e}", file.display()))?;
@@ -130,23 +171,24 @@ fn redis_connection(options: &Options, url: &str) -> Result<redis::ConnectionInf
     Ok(info)
 }
 
-/// Connects to Redis, retrying for a while at start-up (the engine and Redis start together in
+/// Connects to Redis, retrying for `wait` at start-up (the engine and Redis start together in
 /// a mesh). Later outages are the connection manager's to reconnect; calls fail meanwhile.
-async fn connect(info: redis::ConnectionInfo, shown: &str) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(info).map_err(|e| format!("--redis {shown}: {e}"))?;
+async fn connect(client: redis::Client, shown: &str, wait: Duration) -> Result<ConnectionManager, String> {
     let settings = ConnectionManagerConfig::new()
         .set_connection_timeout(Duration::from_secs(1))
         .set_response_timeout(Duration::from_secs(1))
         .set_number_of_retries(1);
-    let mut last = String::new();
-    for _ in 0..30 {
-        match ConnectionManager::new_with_config(client.clone(), settings.clone()).await {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let last = match ConnectionManager::new_with_config(client.clone(), settings.clone()).await {
             Ok(manager) => return Ok(manager),
-            Err(e) => last = e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("cannot reach Redis at {shown}: {last}"));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Err(format!("cannot reach Redis at {shown}: {last}"))
 }
 
 /// What Redis keeps across a restart, as a warning when it is less than the seen-set needs
@@ -208,7 +250,7 @@ async fn run(options: Options) -> Result<(), String> {
     let text = std::fs::read_to_string(&options.config).map_err(|e| format!("--config {path}: {e}"))?;
     let config = FleetConfig::parse(&text).map_err(|e| format!("--config {path}: {e}"))?;
     let url = options.redis.clone().or(config.redis.clone()).unwrap_or_else(|| DEFAULT_REDIS.to_string());
-    let mut redis = connect(redis_connection(&options, &url)?, &url).await?;
+    let mut redis = connect(redis_client(&options, &url)?, &url, Duration::from_secs(options.redis_wait_seconds)).await?;
     if let Some(warning) = persistence_warning(&mut redis).await {
         eprintln!("meshward-fleet: warning: {warning}");
     }
