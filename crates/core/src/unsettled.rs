@@ -65,6 +65,10 @@ struct Kept {
     /// of it when the request is sent.
     #[prost(uint64, tag = "2")]
     keep_until_ms: u64,
+    /// Kept because the engine did not confirm it (counted as a settle failure then): its
+    /// landing is counted as recovered. Settles scheduled for the tick are not.
+    #[prost(bool, tag = "3")]
+    after_failure: bool,
 }
 
 /// Why an outcome could not be kept.
@@ -143,6 +147,11 @@ impl UnsettledStore {
     /// the engine answers.
     /// `keep_until_ms`: for a kept outcome, until when the key stays seen.
     pub fn keep(&self, host: &mut dyn Host, request: SettleRequest, keep_until_ms: u64, now_ms: u64) -> Result<(), KeepError> {
+        self.keep_entry(host, Kept { request: Some(request), keep_until_ms, after_failure: false }, now_ms)
+    }
+
+    fn keep_entry(&self, host: &mut dyn Host, kept: Kept, now_ms: u64) -> Result<(), KeepError> {
+        let Some(request) = &kept.request else { return Err(KeepError::Unavailable) };
         let (key, token) = (request.key.clone(), request.token.clone());
         let reserved = self.update_index(host, |index| {
             index.entries.retain(|e| !(e.key == key && e.token == token));
@@ -155,7 +164,6 @@ impl UnsettledStore {
             Ok(None) => return Err(KeepError::Full),
             Err(_) => return Err(KeepError::Unavailable),
         };
-        let kept = Kept { request: Some(request), keep_until_ms };
         host.set_shared_data(&self.slot_key(slot), &kept.encode_to_vec(), None).map_err(|_| KeepError::Unavailable)
     }
 
@@ -205,7 +213,7 @@ impl UnsettledStore {
         let Ok(Some(taken)) = taken else { return };
         for (slot, key, token) in taken {
             // Not written yet (a worker is between reserving the slot and writing it): later.
-            let Some(Kept { request: Some(mut request), keep_until_ms }) = self.read_slot(host, slot, &key, &token) else { continue };
+            let Some(Kept { request: Some(mut request), keep_until_ms, .. }) = self.read_slot(host, slot, &key, &token) else { continue };
             if request.accepted {
                 if keep_until_ms <= now_ms {
                     // The window is over: nothing is left to protect.
@@ -229,9 +237,12 @@ impl UnsettledStore {
         let Some((slot, key, claim)) = self.sent.borrow_mut().remove(&token) else { return false };
         match settle_answer(response) {
             SettleAnswer::Settled => {
+                let after_failure = self.read_slot(host, slot, &key, &claim).is_some_and(|k| k.after_failure);
                 self.remove(host, slot, &key, &claim);
-                count(host, Counter::FleetSettlesRecovered);
-                host.log(LogLevel::Info, &format!("meshward_{}: a kept outcome reached the fleet engine", self.stage));
+                if after_failure {
+                    count(host, Counter::FleetSettlesRecovered);
+                    host.log(LogLevel::Info, &format!("meshward_{}: a kept outcome reached the fleet engine", self.stage));
+                }
             }
             SettleAnswer::Conflict => {
                 let kept = self.read_slot(host, slot, &key, &claim).and_then(|k| k.request);
@@ -305,7 +316,7 @@ pub fn settle_failed(
 ) {
     count(host, failures);
     let now_ms = crate::clock::unix_micros(host) / 1000;
-    match store.keep(host, request, keep_until_ms, now_ms) {
+    match store.keep_entry(host, Kept { request: Some(request), keep_until_ms, after_failure: true }, now_ms) {
         Ok(()) => host.log(
             LogLevel::Warn,
             &format!("meshward_{}: the fleet engine did not record an outcome ({why}); kept here and sent again until it does", store.stage),
@@ -345,7 +356,9 @@ mod tests {
         let store = UnsettledStore::new("idempotency");
         let fleet = fleet();
         let t0 = 1_000_000;
-        store.keep(&mut host, keep_request(&fleet, "k"), t0 + 60_000, t0).unwrap();
+        host.now = std::time::UNIX_EPOCH + Duration::from_millis(t0);
+        settle_failed(&mut host, &store, Counter::IdempotencySettleFailures, keep_request(&fleet, "k"), t0 + 60_000, "grpc status 14");
+        assert_eq!(host.counter(Counter::IdempotencySettleFailures.name()), 1);
         assert_eq!(store.lookup(&host, "ns/k").map(|r| r.record), Some(b"answer".to_vec()));
         assert_eq!(store.lookup(&host, "ns/other"), None);
         // Not due before it was kept.
@@ -392,6 +405,8 @@ mod tests {
         assert_eq!(store.lookup(&host, "ns/k").map(|r| r.token), Some("t1".to_string()), "the answer is still kept");
         assert!(store.on_answer(&mut host, sent[0].0, &answer(0, true)));
         assert!(store.is_empty(&host));
+        // Settles scheduled for the tick are not recoveries: nothing failed first.
+        assert_eq!(host.counter(Counter::FleetSettlesRecovered.name()), 0);
     }
 
     #[test]
