@@ -147,11 +147,12 @@ impl UnsettledStore {
     /// the engine answers.
     /// `keep_until_ms`: for a kept outcome, until when the key stays seen.
     pub fn keep(&self, host: &mut dyn Host, request: SettleRequest, keep_until_ms: u64, now_ms: u64) -> Result<(), KeepError> {
-        self.keep_entry(host, Kept { request: Some(request), keep_until_ms, after_failure: false }, now_ms)
+        self.keep_entry(host, request, keep_until_ms, false, now_ms)
     }
 
-    fn keep_entry(&self, host: &mut dyn Host, kept: Kept, now_ms: u64) -> Result<(), KeepError> {
-        let Some(request) = &kept.request else { return Err(KeepError::Unavailable) };
+    /// [`UnsettledStore::keep`]; `after_failure`: a settle the engine did not confirm (its
+    /// landing is counted as recovered).
+    fn keep_entry(&self, host: &mut dyn Host, request: SettleRequest, keep_until_ms: u64, after_failure: bool, now_ms: u64) -> Result<(), KeepError> {
         let (key, token) = (request.key.clone(), request.token.clone());
         let reserved = self.update_index(host, |index| {
             index.entries.retain(|e| !(e.key == key && e.token == token));
@@ -164,6 +165,7 @@ impl UnsettledStore {
             Ok(None) => return Err(KeepError::Full),
             Err(_) => return Err(KeepError::Unavailable),
         };
+        let kept = Kept { request: Some(request), keep_until_ms, after_failure };
         host.set_shared_data(&self.slot_key(slot), &kept.encode_to_vec(), None).map_err(|_| KeepError::Unavailable)
     }
 
@@ -235,23 +237,19 @@ impl UnsettledStore {
     /// not one of them.
     pub fn on_answer(&self, host: &mut dyn Host, token: u32, response: &GrpcResponse) -> bool {
         let Some((slot, key, claim)) = self.sent.borrow_mut().remove(&token) else { return false };
-        match settle_answer(response) {
-            SettleAnswer::Settled => {
-                let after_failure = self.read_slot(host, slot, &key, &claim).is_some_and(|k| k.after_failure);
-                self.remove(host, slot, &key, &claim);
-                if after_failure {
-                    count(host, Counter::FleetSettlesRecovered);
-                    host.log(LogLevel::Info, &format!("meshward_{}: a kept outcome reached the fleet engine", self.stage));
-                }
-            }
-            SettleAnswer::Conflict => {
-                let kept = self.read_slot(host, slot, &key, &claim).and_then(|k| k.request);
-                self.remove(host, slot, &key, &claim);
-                settle_conflict(host, self.stage, kept.as_ref());
-            }
-            SettleAnswer::Failed => {
-                host.log(LogLevel::Debug, &format!("meshward_{}: the fleet engine still does not answer (grpc status {})", self.stage, response.status));
-            }
+        let answer = settle_answer(response);
+        if answer == SettleAnswer::Failed {
+            host.log(LogLevel::Debug, &format!("meshward_{}: the fleet engine still does not answer (grpc status {})", self.stage, response.status));
+            return true;
+        }
+        // Settled or not ours any more: either way it is done here.
+        let kept = self.read_slot(host, slot, &key, &claim);
+        self.remove(host, slot, &key, &claim);
+        if answer == SettleAnswer::Conflict {
+            settle_conflict(host, self.stage, kept.as_ref().and_then(|k| k.request.as_ref()));
+        } else if kept.is_some_and(|k| k.after_failure) {
+            count(host, Counter::FleetSettlesRecovered);
+            host.log(LogLevel::Info, &format!("meshward_{}: a kept outcome reached the fleet engine", self.stage));
         }
         true
     }
@@ -261,14 +259,17 @@ impl UnsettledStore {
 /// tick to send, again until the engine has it. When it cannot be kept, counted and logged: the
 /// key stays in flight until its window ends.
 pub fn settle_from_tick(host: &mut dyn Host, store: &UnsettledStore, request: SettleRequest, keep_until_ms: u64) {
-    let now_ms = crate::clock::unix_micros(host) / 1000;
-    if let Err(e) = store.keep(host, request, keep_until_ms, now_ms) {
-        count(host, Counter::FleetSettlesLost);
-        host.log(
-            LogLevel::Error,
-            &format!("meshward_{}: a claim cannot be settled ({e}); its key stays in flight until its window ends", store.stage),
-        );
-    }
+    keep_or_count_lost(host, store, request, keep_until_ms, false, "a claim is to be settled from the tick");
+}
+
+/// Keeps `request` for the tick; when it cannot be, counts it lost and logs why (`what`: what
+/// happened, for the log line). `true` when it is kept.
+fn keep_or_count_lost(host: &mut dyn Host, store: &UnsettledStore, request: SettleRequest, keep_until_ms: u64, after_failure: bool, what: &str) -> bool {
+    let now_ms = crate::clock::unix_millis(host);
+    let Err(e) = store.keep_entry(host, request, keep_until_ms, after_failure, now_ms) else { return true };
+    count(host, Counter::FleetSettlesLost);
+    host.log(LogLevel::Error, &format!("meshward_{}: {what}; it cannot be kept ({e}): its key stays in flight until its window ends", store.stage));
+    false
 }
 
 /// The engine's answer to a settle a stage waited for (`settling`: the request and until when
@@ -315,19 +316,9 @@ pub fn settle_failed(
     why: &str,
 ) {
     count(host, failures);
-    let now_ms = crate::clock::unix_micros(host) / 1000;
-    match store.keep_entry(host, Kept { request: Some(request), keep_until_ms, after_failure: true }, now_ms) {
-        Ok(()) => host.log(
-            LogLevel::Warn,
-            &format!("meshward_{}: the fleet engine did not record an outcome ({why}); kept here and sent again until it does", store.stage),
-        ),
-        Err(e) => {
-            count(host, Counter::FleetSettlesLost);
-            host.log(
-                LogLevel::Error,
-                &format!("meshward_{}: the fleet engine did not record an outcome ({why}) and it cannot be kept ({e}); its key stays in flight until its window ends", store.stage),
-            );
-        }
+    let what = format!("the fleet engine did not record an outcome ({why})");
+    if keep_or_count_lost(host, store, request, keep_until_ms, true, &what) {
+        host.log(LogLevel::Warn, &format!("meshward_{}: {what}; kept here and sent again until it does", store.stage));
     }
 }
 

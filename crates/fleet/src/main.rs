@@ -158,7 +158,8 @@ fn redis_client(options: &Options, url: &str) -> Result<redis::Client, String> {
 fn redis_connection(options: &Options, url: &str) -> Result<redis::ConnectionInfo, String> {
     let mut info = url.into_connection_info().map_err(|e| format!("--redis {url}: {e}"))?;
     if let Some(file) = &options.redis_password_file {
-        let password = std::fs::read_to_string(file).map_err(|e| format!("--redis-password-file {}: {e}", file.display()))?;
+        let password = String::from_utf8(read_file("--redis-password-file", file)?)
+            .map_err(|_| format!("--redis-password-file {}: the password is not UTF-8", file.display()))?;
         let password = password.trim_end_matches(['\r', '\n']);
         if password.is_empty() {
             return Err(format!("--redis-password-file {}: the file is empty", file.display()));

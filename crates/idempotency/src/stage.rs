@@ -15,7 +15,7 @@
 
 use std::rc::Rc;
 
-use meshward_core::clock::unix_micros;
+use meshward_core::clock::{unix_micros, unix_millis};
 use meshward_core::fleet::{claim_token, decode_claim, Claim, FailureMode, SettleAnswer, SettleRequest, Settlement};
 use meshward_core::principal::current_principal;
 use meshward_core::route::query_of;
@@ -49,7 +49,7 @@ impl Policy for IdempotencyPolicy {
     }
 
     fn on_tick(policy: &Rc<Self>, host: &mut dyn Host) {
-        let now_ms = unix_micros(host) / 1000;
+        let now_ms = unix_millis(host);
         policy.unsettled.retry(host, &policy.config.fleet, now_ms);
     }
 
@@ -152,7 +152,7 @@ impl IdempotencyStage {
     fn settle_request(&mut self, host: &dyn Host, settlement: Settlement) -> Option<(SettleRequest, u64)> {
         let (key, token) = (self.key.as_deref()?, self.token.take()?);
         let config = self.config();
-        let keep_until_ms = unix_micros(host) / 1000 + u64::try_from(config.expiry.as_millis()).unwrap_or(u64::MAX);
+        let keep_until_ms = unix_millis(host) + u64::try_from(config.expiry.as_millis()).unwrap_or(u64::MAX);
         Some((config.fleet.settle_request(key, &token, &self.fingerprint, settlement), keep_until_ms))
     }
 

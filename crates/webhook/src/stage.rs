@@ -12,7 +12,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use meshward_core::clock::unix_micros;
+use meshward_core::clock::{unix_micros, unix_millis};
 use meshward_core::config::Unmatched;
 use meshward_core::fleet::{claim_token, decode_claim, Claim, FailureMode, SettleRequest, Settlement};
 use meshward_core::stats::{count, Counter};
@@ -57,7 +57,7 @@ impl Policy for WebhookPolicy {
 
     fn on_tick(policy: &Rc<Self>, host: &mut dyn Host) {
         if let Some(fleet) = &policy.config.fleet {
-            let now_ms = unix_micros(host) / 1000;
+            let now_ms = unix_millis(host);
             policy.unsettled.retry(host, fleet, now_ms);
         }
     }
