@@ -14,7 +14,7 @@ use crate::Denial;
 pub use crate::request::RequestState;
 
 /// Whether a policy's denials are enforced or only counted and logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     #[default]

@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::config::Scalar;
 
 /// How one field of a form is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FormField {
     pub name: String,
     pub scalar: Scalar,

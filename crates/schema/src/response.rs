@@ -5,22 +5,26 @@
 //! may set but never read back), `x-data-class: <class>` (`internal`, `pii`, ...), or
 //! `x-required-scope: <scope>` (or a list: every scope in it), a tag only for a caller whose
 //! verified token lacks the scope (no token: every such field). The configuration says per tag
-//! whether the field is stripped from the answer or the whole answer is blocked. Tags are found by walking the answer alongside its schema, through `$ref`,
-//! `allOf` / `anyOf` / `oneOf`, `items` and `additionalProperties`.
+//! whether the field is stripped from the answer or the whole answer is blocked. Tags are found
+//! by walking the answer alongside its schema ([`TagNode`]s `meshward compile` made of the
+//! document as written), through `$ref`, `allOf` / `anyOf` / `oneOf`, `items` and
+//! `additionalProperties`.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::openapi::{escape, ref_chain, resolve};
+use crate::program::{NodeId, TagNode};
 use crate::SchemaError;
 
 /// How deep the walk follows nested values and schema compositions.
 const MAX_WALK_DEPTH: usize = 64;
+/// How many `$ref` hops are followed before giving up on a chain.
+const MAX_REF_HOPS: usize = 16;
 
 /// What happens to a tagged field in an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldAction {
     /// The field is removed; the rest of the answer goes on.
@@ -30,7 +34,8 @@ pub enum FieldAction {
 }
 
 /// The tags the response checks act on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FieldRules {
     pub write_only: FieldAction,
     /// `x-data-class` value → action; classes not listed pass.
@@ -41,6 +46,61 @@ pub struct FieldRules {
 
 /// Key of the scope tag on a property schema.
 pub const REQUIRED_SCOPE: &str = "x-required-scope";
+
+/// The answers' schemas as written, checked whole at load.
+#[derive(Debug, Default)]
+pub struct TagTable {
+    nodes: Vec<TagNode>,
+}
+
+impl TagTable {
+    pub fn new(nodes: Vec<TagNode>) -> Result<TagTable, String> {
+        for (i, node) in nodes.iter().enumerate() {
+            if let Some(bad) = node.children().find(|c| *c as usize >= nodes.len()) {
+                return Err(format!("[{i}] names {bad}, past the table's {}", nodes.len()));
+            }
+        }
+        Ok(TagTable { nodes })
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn get(&self, id: NodeId) -> Option<&TagNode> {
+        self.nodes.get(id as usize)
+    }
+
+    /// The schema and every schema its `$ref` chain leads to, at most [`MAX_REF_HOPS`].
+    fn ref_chain(&self, id: NodeId) -> impl Iterator<Item = &TagNode> + '_ {
+        let mut next = self.get(id);
+        let mut hops = 0;
+        std::iter::from_fn(move || {
+            let current = next.take()?;
+            hops += 1;
+            if hops <= MAX_REF_HOPS {
+                next = current.reference.and_then(|r| self.get(r));
+            }
+            Some(current)
+        })
+    }
+
+    /// The id a (chain of) `$ref` finally names; the id itself when it is no reference.
+    fn resolve(&self, id: NodeId) -> NodeId {
+        let mut at = id;
+        for _ in 0..MAX_REF_HOPS {
+            match self.get(at).and_then(|n| n.reference) {
+                Some(r) => at = r,
+                None => break,
+            }
+        }
+        at
+    }
+}
 
 /// Whether `scopes` hold what a `x-required-scope` value asks for (a scope, or all of a list).
 /// A value of another shape is never held: the field is treated as tagged.
@@ -55,19 +115,19 @@ fn holds(required: &Value, scopes: &[String]) -> bool {
 impl FieldRules {
     /// The action for a property schema, for a caller granted `scopes`, and the tag that
     /// caused it; `Block` wins over `Strip`.
-    pub fn action(&self, doc: &Value, property: &Value, scopes: &[String]) -> Option<(FieldAction, String)> {
+    pub fn action(&self, table: &TagTable, property: NodeId, scopes: &[String]) -> Option<(FieldAction, String)> {
         let mut found: Option<(FieldAction, String)> = None;
-        for s in ref_chain(doc, property) {
+        for s in table.ref_chain(property) {
             let mut tags = Vec::new();
-            if s.get("writeOnly") == Some(&Value::Bool(true)) {
+            if s.write_only {
                 tags.push((self.write_only, "writeOnly".to_string()));
             }
-            if let Some(class) = s.get("x-data-class").and_then(Value::as_str) {
+            if let Some(class) = &s.data_class {
                 if let Some(action) = self.classes.get(class) {
-                    tags.push((*action, class.to_string()));
+                    tags.push((*action, class.clone()));
                 }
             }
-            if let Some(required) = s.get(REQUIRED_SCOPE) {
+            if let Some(required) = &s.required_scope {
                 if !holds(required, scopes) {
                     tags.push((self.required_scope, REQUIRED_SCOPE.to_string()));
                 }
@@ -89,69 +149,60 @@ impl FieldRules {
 
     /// Can an answer of this schema carry a tagged field at all (for some caller)? Decided once
     /// per operation, so answers that cannot are not buffered.
-    pub fn may_tag(&self, doc: &Value, schema: &Value) -> bool {
+    pub fn may_tag(&self, table: &TagTable, schema: NodeId) -> bool {
         let mut seen = Vec::new();
-        self.walk_schema(doc, schema, &mut seen, 0)
+        self.walk_schema(table, schema, &mut seen, 0)
     }
 
-    fn walk_schema<'a>(&self, doc: &'a Value, schema: &'a Value, seen: &mut Vec<&'a str>, depth: usize) -> bool {
+    fn walk_schema(&self, table: &TagTable, schema: NodeId, seen: &mut Vec<NodeId>, depth: usize) -> bool {
         if depth > MAX_WALK_DEPTH {
             return false;
         }
-        if let Some(target) = schema.get("$ref").and_then(Value::as_str) {
+        if let Some(target) = table.get(schema).and_then(|n| n.reference) {
             if seen.contains(&target) {
                 return false;
             }
             seen.push(target);
         }
-        let schema = resolve(doc, schema);
-        let Value::Object(map) = schema else { return false };
-        if let Some(Value::Object(props)) = map.get("properties") {
-            for p in props.values() {
-                if self.action(doc, p, &[]).is_some() || self.walk_schema(doc, p, seen, depth + 1) {
-                    return true;
-                }
+        let Some(node) = table.get(table.resolve(schema)) else { return false };
+        for &(_, p) in &node.properties {
+            if self.action(table, p, &[]).is_some() || self.walk_schema(table, p, seen, depth + 1) {
+                return true;
             }
         }
-        for key in ["items", "additionalProperties"] {
-            if let Some(sub @ Value::Object(_)) = map.get(key) {
-                if self.action(doc, sub, &[]).is_some() || self.walk_schema(doc, sub, seen, depth + 1) {
-                    return true;
-                }
+        for sub in [node.items, node.additional_properties].into_iter().flatten() {
+            if self.action(table, sub, &[]).is_some() || self.walk_schema(table, sub, seen, depth + 1) {
+                return true;
             }
         }
-        for key in ["allOf", "anyOf", "oneOf", "prefixItems"] {
-            if let Some(Value::Array(subs)) = map.get(key) {
-                if subs.iter().any(|sub| self.walk_schema(doc, sub, seen, depth + 1)) {
-                    return true;
-                }
-            }
-        }
-        false
+        node.members.iter().chain(&node.prefix_items).any(|&sub| self.walk_schema(table, sub, seen, depth + 1))
     }
 }
 
 /// The schema and its composition members (`allOf` / `anyOf` / `oneOf`), references resolved.
-fn flatten<'a>(doc: &'a Value, schema: &'a Value, out: &mut Vec<&'a Value>, depth: usize) {
+fn flatten(table: &TagTable, schema: NodeId, out: &mut Vec<NodeId>, depth: usize) {
     if depth > MAX_WALK_DEPTH {
         return;
     }
-    let schema = resolve(doc, schema);
+    let schema = table.resolve(schema);
     out.push(schema);
-    for key in ["allOf", "anyOf", "oneOf"] {
-        if let Some(Value::Array(members)) = schema.get(key) {
-            for m in members {
-                flatten(doc, m, out, depth + 1);
-            }
+    if let Some(node) = table.get(schema) {
+        for &m in &node.members {
+            flatten(table, m, out, depth + 1);
         }
     }
+}
+
+/// A key as one JSON-pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// Removes the stripped fields from `answer` for a caller granted `scopes`; `Ok(true)` when
 /// something was removed. A field whose action is `Block` refuses the whole answer, naming where
 /// it is and its tag.
-pub fn cut_fields(doc: &Value, schema: &Value, answer: &mut Value, rules: &FieldRules, scopes: &[String]) -> Result<bool, SchemaError> {
-    cut(doc, &[schema], answer, &Cut { rules, scopes }, "/body", 0)
+pub fn cut_fields(table: &TagTable, schema: NodeId, answer: &mut Value, rules: &FieldRules, scopes: &[String]) -> Result<bool, SchemaError> {
+    cut(table, &[schema], answer, &Cut { rules, scopes }, "/body", 0)
 }
 
 /// What decides a cut: the rules, and the scopes of the caller the answer goes to.
@@ -160,27 +211,31 @@ struct Cut<'a> {
     scopes: &'a [String],
 }
 
-fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, how: &Cut<'_>, at: &str, depth: usize) -> Result<bool, SchemaError> {
+fn cut(table: &TagTable, schemas: &[NodeId], value: &mut Value, how: &Cut<'_>, at: &str, depth: usize) -> Result<bool, SchemaError> {
     if depth > MAX_WALK_DEPTH || schemas.is_empty() {
         return Ok(false);
     }
     let mut flat = Vec::new();
-    for s in schemas {
-        flatten(doc, s, &mut flat, depth);
+    for &s in schemas {
+        flatten(table, s, &mut flat, depth);
     }
+    let nodes: Vec<&TagNode> = flat.iter().filter_map(|&s| table.get(s)).collect();
     let mut changed = false;
     match value {
         Value::Object(map) => {
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
-                let mut subs: Vec<&Value> = flat.iter().filter_map(|s| s.get("properties").and_then(|p| p.get(&key))).collect();
+                let mut subs: Vec<NodeId> = nodes
+                    .iter()
+                    .filter_map(|n| n.properties.binary_search_by(|(name, _)| name.as_str().cmp(&key)).ok().map(|i| n.properties[i].1))
+                    .collect();
                 if subs.is_empty() {
-                    subs = flat.iter().filter_map(|s| s.get("additionalProperties")).filter(|s| s.is_object()).collect();
+                    subs = nodes.iter().filter_map(|n| n.additional_properties).collect();
                 }
                 let here = format!("{at}/{}", escape(&key));
                 let mut strip = false;
-                for sub in &subs {
-                    match how.rules.action(doc, sub, how.scopes) {
+                for &sub in &subs {
+                    match how.rules.action(table, sub, how.scopes) {
                         Some((FieldAction::Block, tag)) => return Err(SchemaError::BlockedField { location: here, tag }),
                         Some((FieldAction::Strip, _)) => strip = true,
                         None => {}
@@ -190,18 +245,14 @@ fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, how: &Cut<'_>, at: &s
                     map.remove(&key);
                     changed = true;
                 } else if let Some(inner) = map.get_mut(&key) {
-                    changed |= cut(doc, &subs, inner, how, &here, depth + 1)?;
+                    changed |= cut(table, &subs, inner, how, &here, depth + 1)?;
                 }
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                let subs: Vec<&Value> = flat
-                    .iter()
-                    .filter_map(|s| s.get("prefixItems").and_then(|p| p.get(i)).or_else(|| s.get("items")))
-                    .filter(|s| s.is_object())
-                    .collect();
-                changed |= cut(doc, &subs, item, how, &format!("{at}/{i}"), depth + 1)?;
+                let subs: Vec<NodeId> = nodes.iter().filter_map(|n| n.prefix_items.get(i).copied().or(n.items)).collect();
+                changed |= cut(table, &subs, item, how, &format!("{at}/{i}"), depth + 1)?;
             }
         }
         _ => {}
@@ -209,11 +260,25 @@ fn cut(doc: &Value, schemas: &[&Value], value: &mut Value, how: &Cut<'_>, at: &s
     Ok(changed)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "compile"))]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The schema lowered as `meshward compile` lowers it, with the document it refers into.
+    fn lowered(doc: &Value, schema: &Value) -> (TagTable, NodeId) {
+        let mut d = doc.clone();
+        d["x-under-test"] = schema.clone();
+        let mut lowering = crate::lower::TagLowering::new(&d);
+        let id = lowering.lower("/x-under-test").unwrap();
+        (TagTable::new(lowering.finish()).unwrap(), id)
+    }
+
+    fn may_tag(rules: &FieldRules, doc: &Value, schema: &Value) -> bool {
+        let (table, id) = lowered(doc, schema);
+        rules.may_tag(&table, id)
+    }
 
     fn doc() -> Value {
         json!({"components": {"schemas": {
@@ -266,7 +331,8 @@ mod tests {
             ("not an object", &user, json!("text"), &strip_all, Ok(json!("text"))),
         ];
         for (name, schema, mut answer, rules, want) in cases {
-            let got = cut_fields(&doc(), schema, &mut answer, rules, &[]).map(|_| answer);
+            let (table, id) = lowered(&doc(), schema);
+            let got = cut_fields(&table, id, &mut answer, rules, &[]).map(|_| answer);
             assert_eq!(got, want, "{name}");
         }
     }
@@ -275,11 +341,11 @@ mod tests {
     fn may_tag_follows_refs_and_stops_on_cycles() {
         let d = doc();
         let r = rules(&[("secret", FieldAction::Strip)]);
-        assert!(r.may_tag(&d, &json!({"$ref": "#/components/schemas/Admin"})));
+        assert!(may_tag(&r, &d, &json!({"$ref": "#/components/schemas/Admin"})));
         let no_write_only = FieldRules { write_only: FieldAction::Strip, classes: BTreeMap::new(), required_scope: FieldAction::Strip };
-        assert!(no_write_only.may_tag(&d, &json!({"$ref": "#/components/schemas/User"})));
-        assert!(!r.may_tag(&d, &json!({"$ref": "#/components/schemas/Bag"})));
-        assert!(!r.may_tag(&d, &json!({"type": "object", "properties": {"a": {"type": "string"}}})));
+        assert!(may_tag(&no_write_only, &d, &json!({"$ref": "#/components/schemas/User"})));
+        assert!(!may_tag(&r, &d, &json!({"$ref": "#/components/schemas/Bag"})));
+        assert!(!may_tag(&r, &d, &json!({"type": "object", "properties": {"a": {"type": "string"}}})));
     }
 
     #[test]
@@ -310,9 +376,10 @@ mod tests {
         ];
         for (granted, rules, want) in cases {
             let mut got = answer();
-            let result = cut_fields(&d, &invoice, &mut got, rules, &granted).map(|_| got);
+            let (table, id) = lowered(&d, &invoice);
+            let result = cut_fields(&table, id, &mut got, rules, &granted).map(|_| got);
             assert_eq!(result, want, "{granted:?}");
         }
-        assert!(strip.may_tag(&d, &invoice), "a scoped field is a tag for some caller");
+        assert!(may_tag(&strip, &d, &invoice), "a scoped field is a tag for some caller");
     }
 }

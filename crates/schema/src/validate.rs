@@ -11,6 +11,7 @@ use crate::config::{BodyFormat, In, Media, Operation, Param, Response, ResponseC
 use crate::form::{coerce, read_form};
 use meshward_core::form::{form_kind, FormError};
 use crate::response::cut_fields;
+use crate::validator::Schema;
 use crate::SchemaError;
 
 /// Path parameters captured by a template, percent-decoded.
@@ -95,7 +96,7 @@ pub fn check_parameters(
             coerce(param.scalar, &values[0])
         };
         if let Err(e) = param.validator.validate(&instance) {
-            return Err(SchemaError::InvalidParameter { location: location(param), keyword: e.kind().keyword().to_string() });
+            return Err(SchemaError::InvalidParameter { location: location(param), keyword: e.keyword.to_string() });
         }
     }
     Ok(())
@@ -150,14 +151,13 @@ pub fn check_answer(checks: &ResponseChecks, media: &ResponseMedia, body: &[u8],
         Err(_) if checks.validate => return Err(invalid()),
         Err(_) => return Ok(None),
     };
-    let schema = media.schema_pointer.as_deref().and_then(|p| checks.document.pointer(p));
-    let changed = match schema {
-        Some(schema) if media.may_tag => cut_fields(&checks.document, schema, &mut answer, &checks.fields, scopes)?,
+    let changed = match media.tags {
+        Some(schema) if media.may_tag => cut_fields(&checks.tags, schema, &mut answer, &checks.fields, scopes)?,
         _ => false,
     };
     if let Some(validator) = &media.validator {
         if let Err(e) = validator.validate(&answer) {
-            return Err(SchemaError::ResponseViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() });
+            return Err(SchemaError::ResponseViolation { location: format!("/body{}", e.path), keyword: e.keyword.to_string() });
         }
     }
     if !changed {
@@ -193,9 +193,9 @@ pub fn check_form(media: &Media, content_type: Option<&str>, body: &[u8]) -> Res
     }
 }
 
-fn validate_body(validator: &jsonschema::Validator, instance: &Value) -> Result<(), SchemaError> {
+fn validate_body(validator: &Schema, instance: &Value) -> Result<(), SchemaError> {
     match validator.validate(instance) {
         Ok(()) => Ok(()),
-        Err(e) => Err(SchemaError::SchemaViolation { location: format!("/body{}", e.instance_path()), keyword: e.kind().keyword().to_string() }),
+        Err(e) => Err(SchemaError::SchemaViolation { location: format!("/body{}", e.path), keyword: e.keyword.to_string() }),
     }
 }
