@@ -348,9 +348,9 @@ fn run(command: Command) -> Result<ExitCode, String> {
             compile::compile_policy(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
             let mut all = serde_json::Map::new();
             for stage in &policy.stages {
-                all.insert(format!("meshward_{}", stage.kind), stage.config.clone());
+                all.insert(format!("meshward_{}", stage.kind), stage.module_config().map_err(|e| format!("{}: {e}", policy.path.display()))?);
             }
-            all.insert("meshward".into(), policy.bundle_config());
+            all.insert("meshward".into(), policy.bundle_config().map_err(|e| format!("{}: {e}", policy.path.display()))?);
             let fleet = compile::fleet_config(&policy).map_err(|e| format!("{}: {e}", policy.path.display()))?;
             match out_dir {
                 Some(dir) => {

@@ -77,6 +77,17 @@ pub struct Stage {
 }
 
 impl Stage {
+    /// The configuration as its module loads it: a schema stage's OpenAPI document compiled
+    /// into the contract the module runs (`meshward_schema::compile`); any other stage as
+    /// written. The error is the module's refusal, naming the field.
+    pub fn module_config(&self) -> Result<Value, String> {
+        let bytes = serde_json::to_vec(&self.config).map_err(|e| e.to_string())?;
+        if self.kind == "schema" && meshward_schema::compile::is_source(&bytes) {
+            return meshward_schema::compile::compile(&bytes).map_err(|e| format!("schema stage: {e}"));
+        }
+        Ok(self.config.clone())
+    }
+
     /// A ratelimit stage's configuration as its module reads it (`None`: another stage, or
     /// one the module refuses).
     pub fn ratelimit_config(&self) -> Option<RateLimitConfig> {
@@ -269,13 +280,13 @@ impl Policy {
     }
 
     /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
-    pub fn bundle_config(&self) -> Value {
-        let stages: Vec<Value> = self.stages.iter().map(|s| Value::Object(Map::from_iter([(s.kind.clone(), s.config.clone())]))).collect();
+    pub fn bundle_config(&self) -> Result<Value, String> {
+        let stages = self.stages.iter().map(|s| Ok(Value::Object(Map::from_iter([(s.kind.clone(), s.module_config()?)])))).collect::<Result<Vec<Value>, String>>()?;
         let mut config = serde_json::json!({ "stages": stages });
         if let Some(audit) = &self.audit {
             config["audit"] = audit.clone();
         }
-        config
+        Ok(config)
     }
 
     /// Environment variables the stages read secrets from (`environment_variable` fields).

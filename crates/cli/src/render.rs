@@ -7,7 +7,7 @@ use meshward_runtime::HOLD_HEADERS_ENV;
 use serde_json::{json, Value};
 
 use crate::editions;
-use crate::policy::{Policy, Stage};
+use crate::policy::Policy;
 
 /// One module per stage, chained; or every stage in one bundle module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,24 +78,27 @@ fn audit_access_log(path: &Path) -> Value {
     })
 }
 
-fn filters(policy: &Policy, form: Form) -> Vec<Filter> {
+/// The filters a policy renders to, each with the configuration its module loads.
+fn filters(policy: &Policy, form: Form) -> Result<Vec<Filter>, String> {
     match form {
         Form::Separate => policy
             .stages
             .iter()
-            .map(|Stage { kind, config }| Filter {
-                name: kind.clone(),
-                module: format!("meshward_{kind}"),
-                stages: Vec::new(),
-                config: config.clone(),
-                phase: phase(kind),
+            .map(|stage| {
+                Ok(Filter {
+                    name: stage.kind.clone(),
+                    module: format!("meshward_{}", stage.kind),
+                    stages: Vec::new(),
+                    config: stage.module_config()?,
+                    phase: phase(&stage.kind),
+                })
             })
             .collect(),
         Form::Bundle => {
             // The bundle runs where its first stage belongs: AUTHN when it authenticates.
             let phase = policy.stages.first().map_or("AUTHZ", |s| phase(&s.kind));
             let stages = policy.stages.iter().map(|s| s.kind.clone()).collect();
-            vec![Filter { name: "bundle".into(), module: editions::FULL.into(), stages, config: policy.bundle_config(), phase }]
+            Ok(vec![Filter { name: "bundle".into(), module: editions::FULL.into(), stages, config: policy.bundle_config()?, phase }])
         }
     }
 }
@@ -253,8 +256,8 @@ impl WasmPlugin {
 }
 
 /// The filters a policy renders to, in chain order, with their modules in `modules_dir`.
-pub fn wasm_plugins(policy: &Policy, form: Form, modules_dir: &Path) -> Vec<WasmPlugin> {
-    filters(policy, form).iter().map(|f| WasmPlugin::new(f, modules_dir)).collect()
+pub fn wasm_plugins(policy: &Policy, form: Form, modules_dir: &Path) -> Result<Vec<WasmPlugin>, String> {
+    Ok(filters(policy, form)?.iter().map(|f| WasmPlugin::new(f, modules_dir)).collect())
 }
 
 /// The ECDS file of one filter (`meshward.<name>.json` in the served directory).
@@ -282,7 +285,7 @@ pub fn ecds(plugins: &[WasmPlugin], dir: &Path, version: &str) -> Vec<(std::path
 pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<Value, String> {
     check_form(policy, form)?;
     let mut http_filters = Vec::new();
-    for plugin in wasm_plugins(policy, form, options.modules_dir) {
+    for plugin in wasm_plugins(policy, form, options.modules_dir)? {
         let name = plugin.filter_name.clone();
         // Discovered configuration: `meshward serve` keeps it current, new policy applies
         // without a restart; until the first configuration arrives, the listener waits.
@@ -388,8 +391,12 @@ pub fn istio_bootstrap(policy: &Policy) -> Result<Value, String> {
 
 /// Every module configuration the policy renders to, in either form: (module, the configuration
 /// exactly as Envoy hands it to the module). What a proxy running this policy reports.
-pub fn module_configurations(policy: &Policy) -> Vec<(String, String)> {
-    [Form::Separate, Form::Bundle].into_iter().flat_map(|form| filters(policy, form)).map(|f| (f.module, f.config.to_string())).collect()
+pub fn module_configurations(policy: &Policy) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for form in [Form::Separate, Form::Bundle] {
+        out.extend(filters(policy, form)?.into_iter().map(|f| (f.module, f.config.to_string())));
+    }
+    Ok(out)
 }
 
 /// At most this much free memory is returned to the system per release interval.
@@ -418,7 +425,7 @@ pub fn istio(policy: &Policy, form: Form, dist: &Path) -> Result<Vec<Value>, Str
         return Err("the policy has no `modules.url` (where the sidecars fetch the modules from)".into());
     };
     check_form(policy, form)?;
-    let filters = filters(policy, form);
+    let filters = filters(policy, form)?;
     let mut out = Vec::new();
     for (i, f) in filters.iter().enumerate() {
         let file = f.file(dist);

@@ -217,7 +217,7 @@ pub fn status(policy: &Policy, prometheus: &Prometheus, window_secs: Option<u64>
 /// compared with the configurations this policy renders to.
 fn proxies(policy: &Policy, prometheus: &Prometheus) -> Result<Vec<ProxyStatus>, String> {
     let expected: Vec<(String, String)> =
-        module_configurations(policy).into_iter().map(|(module, config)| (module, fingerprint(config.as_bytes()))).collect();
+        module_configurations(policy)?.into_iter().map(|(module, config)| (module, fingerprint(config.as_bytes()))).collect();
     let mut proxies: Vec<ProxyStatus> = Vec::new();
     for (labels, value) in prometheus.query(&matchers(policy, "__name__=~\"meshward(_[a-z]+)?_config_info\""))? {
         let label = |name: &str| labels.get(name).and_then(Value::as_str).unwrap_or("").to_string();

@@ -101,7 +101,7 @@ impl Watcher<'_> {
         };
         self.inputs = policy.inputs.clone();
         self.seen = Some((now.0, self.inputs.iter().map(|p| stamp(p)).collect()));
-        let plugins = wasm_plugins(&policy, options.form, &options.modules_dir);
+        let plugins = wasm_plugins(&policy, options.form, &options.modules_dir)?;
         let version = Version { id: version_id(&plugins), plugins };
         let names: Vec<String> = version.names().into_iter().map(String::from).collect();
         match &self.served {
