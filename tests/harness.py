@@ -8,6 +8,7 @@ Envoy always runs in the V8 runtime. A missing Envoy is an error, never a skip.
 from __future__ import annotations
 
 import copy
+import functools
 import http.client
 import json
 import os
@@ -44,13 +45,52 @@ def module_path(module: str) -> Path:
     return path
 
 
-def plugin(name: str, config, module: str | None = None, env: dict | None = None, hold_headers: bool = True) -> dict:
-    """One meshward filter for `build_config`: `config` is a dict (JSON-encoded) or raw text.
+MESHWARD = REPO / "target" / "release" / "meshward"
+
+
+class CompileError(Exception):
+    """`meshward compile` refused a stage configuration; the message is its error."""
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_schema(text: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = Path(tmp) / "policy.json"
+        policy.write_text(json.dumps({"service": "harness", "stages": [{"schema": json.loads(text)}]}))
+        run = subprocess.run([str(MESHWARD), "compile", str(policy)], capture_output=True, text=True, timeout=120)
+    if run.returncode != 0:
+        raise CompileError(run.stderr.strip())
+    return json.dumps(json.loads(run.stdout)["meshward_schema"])
+
+
+def module_config(name: str, config):
+    """A stage configuration as `meshward compile` / `render` hands it to the module: a schema
+    stage's OpenAPI document becomes the compiled contract the module loads (raises
+    CompileError where compile refuses it); every other configuration as written."""
+    text = config if isinstance(config, str) else json.dumps(config)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return config
+    if name == "bundle" and isinstance(parsed, dict) and isinstance(parsed.get("stages"), list):
+        stages = [{k: module_config(k, v) for k, v in s.items()} if isinstance(s, dict) else s for s in parsed["stages"]]
+        return config if stages == parsed["stages"] else {**parsed, "stages": stages}
+    if name != "schema" or not isinstance(parsed, dict) or "contract" in parsed:
+        return config
+    if not MESHWARD.is_file():
+        raise FileNotFoundError(f"{MESHWARD} is missing: run `make cli` first")
+    return json.loads(_compiled_schema(text))
+
+
+def plugin(name: str, config, module: str | None = None, env: dict | None = None, hold_headers: bool = True, compile: bool = True) -> dict:
+    """One meshward filter for `build_config`: `config` is a dict (JSON-encoded) or raw text,
+    as written in a policy (`compile`: a schema stage's contract is compiled as `meshward
+    compile` does; without, it goes to the module as given).
     `hold_headers`: request headers wait for the body decisions (as `meshward render` and
     envoy/envoy.yaml deploy it); without, they go on first (as Istio's WasmPlugin deploys it)."""
     return {
         "name": name,
-        "config": config,
+        "config": module_config(name, config) if compile else config,
         "module": module or f"meshward_{name}.wasm",
         "env": env or {},
         "hold_headers": hold_headers,

@@ -1,7 +1,8 @@
 """Every meshward module refuses a bad configuration whole, in the real Envoy, with a log line
 naming the problem: an unknown field, a wrong type, an empty or non-JSON configuration, and a
-huge one. (JWT has its own, longer table in test_jwt_bad_config.py; the schema filter's bad
-specs are in test_schema_envoy.py.)"""
+huge one. (JWT has its own, longer table in test_jwt_bad_config.py. The schema module loads the
+contract `meshward compile` made: its rows break that; bad specs are refused by compile, in
+test_schema_envoy.py and crates/schema/tests/contract.rs.)"""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import re
 
 import pytest
 
-from harness import Envoy, build_config, plugin, run_envoy_expecting_failure
+from harness import Envoy, build_config, module_config, plugin, run_envoy_expecting_failure
 
 CRAPI_MINI = {"openapi": "3.0.3", "info": {"title": "t", "version": "1"},
               "paths": {"/orders": {"post": {"operationId": "create_order", "responses": {"200": {"description": "ok"}}}}}}
@@ -19,7 +20,8 @@ GOOD = {
     "webhook": {"endpoints": [{"name": "hooks", "match": {"prefix": "/hooks"}, "scheme": "github", "secrets": [{"inline_string": "s3cret-s3cret-s3cret"}]}]},
     "ownership": {"rules": [{"name": "orders", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]},
     "ratelimit": {"rules": [{"name": "ip", "match": {"prefix": "/"}, "key": ["client_ip"], "limit": {"requests": 5, "per": "1s"}}]},
-    "schema": {"openapi": CRAPI_MINI},
+    # As the module loads it: compiled.
+    "schema": module_config("schema", {"openapi": CRAPI_MINI}),
 }
 
 # (case, change to the good configuration, what the log line must say)
@@ -45,8 +47,12 @@ CASES = {
     ],
     "schema": [
         ("unknown field", lambda c: c.update(reject_unknown=True), r"reject_unknown: unknown field"),
-        ("wrong type", lambda c: c.update(max_depth="deep"), r"max_depth: invalid type"),
-        ("not OpenAPI 3", lambda c: c["openapi"].update(openapi="2.0"), r"is not OpenAPI 3\.0\.x or 3\.1\.x"),
+        ("wrong type", lambda c: c["contract"].update(max_depth="deep"), r"contract\.max_depth: invalid type"),
+        ("another contract version", lambda c: c["contract"].update(version=2), r"contract\.version: 2 is not this module's contract version 1"),
+        ("a schema past the table", lambda c: c["contract"]["schemas"].append({"$ref": 10**6}),
+         r"contract: schemas\[\d+\] names schema 1000000, past the table"),
+        ("an uncompiled document", lambda c: c.pop("contract") and c.update(openapi=CRAPI_MINI),
+         r"openapi: this module runs compiled contracts: `meshward compile`"),
     ],
 }
 
@@ -54,9 +60,10 @@ PARAMS = [(name, *case) for name, cases in CASES.items() for case in cases]
 
 
 def assert_refused(upstream, name: str, config, pattern: str, in_bundle: bool) -> None:
-    p = plugin(name, config)
+    # The module gets exactly this configuration (nothing compiled on the way).
+    p = plugin(name, config, compile=False)
     if in_bundle:
-        p = plugin("bundle", {"stages": [{name: config}]}, module="meshward.wasm")
+        p = plugin("bundle", {"stages": [{name: config}]}, module="meshward.wasm", compile=False)
         pattern = rf"stages\[0\]\.{name}\.{pattern}" if not pattern.startswith("max_keys") and "OpenAPI" not in pattern else pattern
     log = run_envoy_expecting_failure(build_config(upstream.port, [p]))
     module = "meshward" if in_bundle else f"meshward_{name}"
@@ -107,6 +114,6 @@ def test_a_bundle_edition_runs_its_stages_and_refuses_one_it_was_built_without(u
         env.wait_for_log(r"meshward: configuration accepted")
     env.cleanup()
     config = {"stages": [*stages, {missing: {}}]}
-    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("bundle", config, module=edition)]))
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("bundle", config, module=edition, compile=False)]))
     assert re.search(rf"meshward: invalid configuration: stages\[{len(held)}\]\.{missing}: the `{missing}` stage is not built into this module "
                      rf"\(it holds jwt, webhook, idempotency, {'schema, ' if 'schema' in held else ''}ownership, ratelimit\)", log), log[-3000:]

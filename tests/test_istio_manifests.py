@@ -64,7 +64,7 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
     # The module the manifest names (the bundle: meshward.wasm or one of its editions).
     module = spec["url"].rsplit("/", 1)[1].split(":")[0] + ".wasm"
     log_name = "meshward" if name == "bundle" else f"meshward_{name}"
-    with Envoy(build_config(upstream.port, [plugin(name, config, module=module, env=env)], clusters=clusters), concurrency=1) as envoy:
+    with Envoy(build_config(upstream.port, [plugin(name, config, module=module, env=env, compile=False)], clusters=clusters), concurrency=1) as envoy:
         envoy.wait_for_log(rf"{log_name}: configuration accepted")
         if name in ("jwt", "bundle"):
             # Every JWT manifest protects "/" with a provider: no token there is a 401.
@@ -107,6 +107,20 @@ def test_plugin_config_is_accepted_by_the_filter(upstream, keys, path):
             assert r.status == 200, r
             assert envoy.counter("meshward_ownership_shadow_denied_total.route.tenant-orders-read.reason.missing_principal") == 1
     envoy.cleanup()
+
+
+def test_the_schema_manifest_is_its_policy_compiled():
+    """The schema module loads compiled contracts only: schema-wasmplugin.yaml carries what
+    `meshward compile` makes of testdata/orders-schema-policy.yaml, and stays in step with it."""
+    import subprocess
+
+    from harness import MESHWARD
+
+    doc = yaml.safe_load((REPO / "istio" / "schema-wasmplugin.yaml").read_text())
+    run = subprocess.run([str(MESHWARD), "compile", str(REPO / "istio" / "testdata" / "orders-schema-policy.yaml")],
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert doc["spec"]["pluginConfig"] == json.loads(run.stdout)["meshward_schema"], \
+        "re-generate istio/schema-wasmplugin.yaml's pluginConfig: meshward compile istio/testdata/orders-schema-policy.yaml"
 
 
 def test_every_module_has_a_manifest():

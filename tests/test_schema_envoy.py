@@ -117,12 +117,17 @@ def test_shadow_mode_forwards_and_counts(upstream):
 
 
 def test_bad_spec_is_refused_naming_the_location(upstream):
-    from harness import run_envoy_expecting_failure
+    """`meshward compile` refuses a broken contract naming where; the module, which loads only
+    compiled contracts, refuses the document as written whole."""
+    from harness import CompileError, run_envoy_expecting_failure
 
     broken = json.loads(json.dumps(CRAPI))
     broken["paths"]["/workshop/api/shop/orders"]["post"]["requestBody"]["content"]["application/json"]["schema"] = {"$ref": "#/components/schemas/Missing"}
-    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("schema", {"openapi": broken})]))
-    assert "meshward_schema: invalid configuration" in log and "#/components/schemas/Missing" in log and "does not resolve" in log
+    with pytest.raises(CompileError) as refused:
+        plugin("schema", {"openapi": broken})
+    assert "schema stage" in str(refused.value) and "#/components/schemas/Missing" in str(refused.value) and "does not resolve" in str(refused.value)
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("schema", {"openapi": broken}, compile=False)]))
+    assert "meshward_schema: invalid configuration: openapi: this module runs compiled contracts" in log, log[-2000:]
 
 
 def tagged_crapi() -> dict:
