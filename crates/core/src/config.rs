@@ -53,11 +53,8 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new("", "configuration is empty"));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        ConfigError::new(path, redact_values(&e.inner().to_string()))
-    })
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::new(".", redact_values(&e.to_string())))?;
+    crate::config_de::from_value(&value).map_err(|e| ConfigError::new(e.path(), redact_values(e.message())))
 }
 
 /// serde quotes the offending value (`invalid type: string "whsec_…", expected a sequence`); a

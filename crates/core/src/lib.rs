@@ -18,6 +18,7 @@ pub mod audit;
 pub mod caller;
 pub mod clock;
 pub mod config;
+pub mod config_de;
 pub mod denial;
 pub mod fleet;
 pub mod form;
