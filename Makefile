@@ -28,9 +28,12 @@ PYTEST_ARGS ?= -q
 # Bundle editions, `meshward.<edition>.wasm`: the bundle built with only these stages (its cargo
 # features). Every Envoy holds V8's compiled code for all of a module's functions, so `meshward
 # render` deploys the smallest module holding a policy's stages (each names them in its
-# `meshward.stages` section); meshward.wasm holds all eight.
+# `meshward.stages` section); meshward.wasm holds all eight. `native` is the openapi edition
+# without public-key signature verification, for policies whose tokens Envoy's jwt_authn
+# verifies (every provider `from_native_jwt_authn`); the others name `signatures` there too.
 BASE_STAGES := jwt,webhook,idempotency,ownership,ratelimit
-EDITIONS    := lite:$(BASE_STAGES) openapi:$(BASE_STAGES),schema grpc:$(BASE_STAGES),grpc graphql:$(BASE_STAGES),graphql
+SIGNED      := $(BASE_STAGES),signatures
+EDITIONS    := lite:$(SIGNED) openapi:$(SIGNED),schema grpc:$(SIGNED),grpc graphql:$(SIGNED),graphql native:$(BASE_STAGES),schema
 edition_name     = $(word 1,$(subst :, ,$(1)))
 edition_features = $(word 2,$(subst :, ,$(1)))
 

@@ -113,17 +113,21 @@ mod tests {
     fn the_smallest_module_holding_every_stage_is_picked() {
         let dir = std::env::temp_dir().join(format!("meshward-editions-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let all = "jwt\nwebhook\nidempotency\nschema\ngrpc\ngraphql\nownership\nratelimit\n";
+        let all = "jwt\nwebhook\nidempotency\nschema\ngrpc\ngraphql\nownership\nratelimit\nsignatures\n";
         let write = |file: &str, bytes: Vec<u8>| std::fs::write(dir.join(file), bytes).unwrap();
         write("meshward.wasm", module(&[("meshward.stages", all), ("pad", &"x".repeat(300))]));
-        write("meshward.openapi.wasm", module(&[("meshward.stages", "jwt\nschema\nownership\nratelimit\n"), ("pad", &"x".repeat(200))]));
-        write("meshward.lite.wasm", module(&[("meshward.stages", "jwt\nownership\nratelimit\n")]));
+        write("meshward.openapi.wasm", module(&[("meshward.stages", "jwt\nschema\nownership\nratelimit\nsignatures\n"), ("pad", &"x".repeat(200))]));
+        // The openapi stages without public-key signatures: smaller, for native providers only.
+        write("meshward.native.wasm", module(&[("meshward.stages", "jwt\nschema\nownership\nratelimit\n"), ("pad", &"x".repeat(100))]));
+        write("meshward.lite.wasm", module(&[("meshward.stages", "jwt\nownership\nratelimit\nsignatures\n")]));
         // A separate filter's module is never a bundle, however small.
         write("meshward_jwt.wasm", module(&[("producers", "rustc")]));
-        let cases: [(&[&str], &str); 5] = [
-            (&["jwt", "ratelimit"], "meshward.lite"),
-            (&["jwt", "schema", "ownership", "ratelimit"], "meshward.openapi"),
-            (&["schema"], "meshward.openapi"),
+        let cases: [(&[&str], &str); 7] = [
+            (&["jwt", "ratelimit", "signatures"], "meshward.lite"),
+            (&["jwt", "ratelimit"], "meshward.native"),
+            (&["jwt", "schema", "ownership", "ratelimit", "signatures"], "meshward.openapi"),
+            (&["jwt", "schema", "ownership", "ratelimit"], "meshward.native"),
+            (&["schema"], "meshward.native"),
             (&["jwt", "grpc"], "meshward"),
             (&[], "meshward.lite"),
         ];

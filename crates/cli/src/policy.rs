@@ -280,6 +280,15 @@ impl Policy {
     }
 
     /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
+    /// Whether the module must verify public-key token signatures itself: a jwt stage with a
+    /// provider that does not read what Envoy's jwt_authn verified (`from_native_jwt_authn`).
+    pub fn verifies_signatures(&self) -> bool {
+        self.stage("jwt").is_some_and(|s| match s.config.get("providers") {
+            Some(Value::Object(providers)) => providers.values().any(|p| p.get("from_native_jwt_authn").is_none()),
+            _ => true,
+        })
+    }
+
     pub fn bundle_config(&self) -> Result<Value, String> {
         let stages = self.stages.iter().map(|s| Ok(Value::Object(Map::from_iter([(s.kind.clone(), s.module_config()?)])))).collect::<Result<Vec<Value>, String>>()?;
         let mut config = serde_json::json!({ "stages": stages });

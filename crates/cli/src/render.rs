@@ -24,8 +24,9 @@ struct Filter {
     name: String,
     /// The plugin's name, root id and VM id (`meshward_jwt`, `meshward` for the bundle).
     module: String,
-    /// The stages of a bundle (its module file is the smallest edition holding them); empty for
-    /// a separate filter (its file is named after its module).
+    /// The stages of a bundle, and `signatures` when it must verify tokens itself (its module
+    /// file is the smallest edition holding them all); empty for a separate filter (its file is
+    /// named after its module).
     stages: Vec<String>,
     config: Value,
     /// Istio phase: AUTHN for stages that authenticate the caller, AUTHZ for the rest.
@@ -97,7 +98,12 @@ fn filters(policy: &Policy, form: Form) -> Result<Vec<Filter>, String> {
         Form::Bundle => {
             // The bundle runs where its first stage belongs: AUTHN when it authenticates.
             let phase = policy.stages.first().map_or("AUTHZ", |s| phase(&s.kind));
-            let stages = policy.stages.iter().map(|s| s.kind.clone()).collect();
+            let mut stages: Vec<String> = policy.stages.iter().map(|s| s.kind.clone()).collect();
+            // A module without public-key signatures (the `native` edition) only where no
+            // provider needs them.
+            if policy.verifies_signatures() {
+                stages.push(meshward_bundle_filter::SIGNATURES_LINE.to_string());
+            }
             Ok(vec![Filter { name: "bundle".into(), module: editions::FULL.into(), stages, config: policy.bundle_config()?, phase }])
         }
     }

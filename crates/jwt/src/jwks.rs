@@ -1,9 +1,11 @@
 //! JSON Web Key Sets (RFC 7517), parsed once into ready-to-use verification keys.
 
+#[cfg(feature = "signatures")]
 use std::rc::Rc;
 
 use ct_codecs::{Base64UrlSafeNoPadding, Decoder};
 use hmac::{Hmac, KeyInit, Mac};
+#[cfg(feature = "signatures")]
 use p256::ecdsa::signature::Verifier;
 use serde::Deserialize;
 
@@ -47,6 +49,7 @@ impl Algorithm {
         })
     }
 
+    #[cfg(feature = "signatures")]
     const RSA: [Algorithm; 6] = [
         Algorithm::RS256,
         Algorithm::RS384,
@@ -88,8 +91,10 @@ impl Hash {
 
 /// An RSA public key (2048 to 4096 bits, exponent 65537) with its Montgomery parameters,
 /// prepared once when the key set is read and shared by the algorithms the JWK allows.
+#[cfg(feature = "signatures")]
 pub struct RsaKey(rsa::PublicKey);
 
+#[cfg(feature = "signatures")]
 impl RsaKey {
     /// RFC 7518 §3.3: at least 2048 bits; larger than 4096 or another exponent is refused
     /// (every verification pays for the modulus size and the exponent's bits).
@@ -109,6 +114,7 @@ impl RsaKey {
 }
 
 /// A big-endian number without its leading zero bytes.
+#[cfg(feature = "signatures")]
 fn significant(bytes: &[u8]) -> &[u8] {
     bytes.iter().position(|b| *b != 0).map_or(&[], |i| &bytes[i..])
 }
@@ -116,9 +122,13 @@ fn significant(bytes: &[u8]) -> &[u8] {
 /// A verification key for exactly one algorithm.
 pub enum VerifyingKey {
     Hmac(Algorithm, Vec<u8>),
+    #[cfg(feature = "signatures")]
     Rsa(Algorithm, Rc<RsaKey>),
+    #[cfg(feature = "signatures")]
     ES256(p256::ecdsa::VerifyingKey),
+    #[cfg(feature = "signatures")]
     ES384(p384::ecdsa::VerifyingKey),
+    #[cfg(feature = "signatures")]
     EdDSA(ed25519_compact::PublicKey),
 }
 
@@ -141,9 +151,14 @@ pub enum SignatureCheck {
 impl VerifyingKey {
     pub fn algorithm(&self) -> Algorithm {
         match self {
-            VerifyingKey::Hmac(alg, _) | VerifyingKey::Rsa(alg, _) => *alg,
+            VerifyingKey::Hmac(alg, _) => *alg,
+            #[cfg(feature = "signatures")]
+            VerifyingKey::Rsa(alg, _) => *alg,
+            #[cfg(feature = "signatures")]
             VerifyingKey::ES256(_) => Algorithm::ES256,
+            #[cfg(feature = "signatures")]
             VerifyingKey::ES384(_) => Algorithm::ES384,
+            #[cfg(feature = "signatures")]
             VerifyingKey::EdDSA(_) => Algorithm::EdDSA,
         }
     }
@@ -154,6 +169,7 @@ impl VerifyingKey {
         let valid = |ok: bool| if ok { SignatureCheck::Valid } else { SignatureCheck::Invalid };
         match self {
             VerifyingKey::Hmac(alg, secret) => valid(hmac_matches(Hash::of(*alg), secret, signing_input, signature)),
+            #[cfg(feature = "signatures")]
             VerifyingKey::Rsa(alg, key) => {
                 let key = &key.0;
                 let pss = matches!(alg, Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512);
@@ -167,16 +183,20 @@ impl VerifyingKey {
                 };
                 valid(verified.is_ok())
             }
+            #[cfg(feature = "signatures")]
             VerifyingKey::ES256(key) if signature.len() == 64 => valid(
                 p256::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             ),
+            #[cfg(feature = "signatures")]
             VerifyingKey::ES384(key) if signature.len() == 96 => valid(
                 p384::ecdsa::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             ),
+            #[cfg(feature = "signatures")]
             VerifyingKey::EdDSA(key) if signature.len() == 64 => valid(
                 ed25519_compact::Signature::from_slice(signature).is_ok_and(|sig| key.verify(signing_input, &sig).is_ok()),
             ),
             // JWS (RFC 7518 §3.4, RFC 8037 §3.1): fixed-size signatures, r‖s for ECDSA.
+            #[cfg(feature = "signatures")]
             VerifyingKey::ES256(_) | VerifyingKey::ES384(_) | VerifyingKey::EdDSA(_) => SignatureCheck::Unreadable,
         }
     }
@@ -223,6 +243,8 @@ struct RawJwks {
 }
 
 #[derive(Deserialize)]
+// Key members only public-key signatures read are left unread without them.
+#[cfg_attr(not(feature = "signatures"), allow(dead_code))]
 struct RawJwk {
     kty: String,
     kid: Option<String>,
@@ -295,6 +317,7 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
             Some(a) => Err(JwksError(format!("`alg` {a:?} does not fit kty {}", jwk.kty))),
         }
     };
+    #[cfg(feature = "signatures")]
     let bad = |what: &str| JwksError(format!("invalid {what} key"));
     let mut keys = Vec::new();
     match jwk.kty.as_str() {
@@ -319,6 +342,14 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
                 keys.push(VerifyingKey::Hmac(alg, secret.clone()));
             }
         }
+        #[cfg(not(feature = "signatures"))]
+        "RSA" | "EC" | "OKP" => {
+            return Err(JwksError(format!(
+                "kty {}: this module verifies no public-key signatures (an edition built for Envoy's jwt_authn to verify, read with `from_native_jwt_authn`); deploy a module with signatures for this key set",
+                jwk.kty
+            )))
+        }
+        #[cfg(feature = "signatures")]
         "RSA" => {
             let n = b64("n", jwk.n.as_ref())?;
             let e = b64("e", jwk.e.as_ref())?;
@@ -326,6 +357,7 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
             let key = Rc::new(RsaKey::from_components(&n, &e)?);
             keys.extend(algorithms.into_iter().map(|alg| VerifyingKey::Rsa(alg, Rc::clone(&key))));
         }
+        #[cfg(feature = "signatures")]
         "EC" => {
             let x = b64("x", jwk.x.as_ref())?;
             let y = b64("y", jwk.y.as_ref())?;
@@ -348,6 +380,7 @@ fn parse_jwk(jwk: &RawJwk) -> Result<Option<Jwk>, JwksError> {
                 VerifyingKey::ES384(p384::ecdsa::VerifyingKey::from_sec1_bytes(&sec1).map_err(|_| bad("EC"))?)
             });
         }
+        #[cfg(feature = "signatures")]
         "OKP" => {
             if jwk.crv.as_deref() != Some("Ed25519") {
                 return Err(JwksError(format!("unsupported OKP curve {:?}", jwk.crv)));

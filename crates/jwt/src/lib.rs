@@ -14,7 +14,7 @@ pub mod native;
 pub mod revocation;
 pub mod shared_jwks;
 pub mod stage;
-#[cfg(any(test, feature = "testkit"))]
+#[cfg(any(all(test, feature = "signatures"), feature = "testkit"))]
 pub mod testkit;
 pub mod verify;
 

@@ -60,6 +60,16 @@ macro_rules! stages {
 }
 stages!("jwt", "webhook", "idempotency", "schema", "grpc", "graphql", "ownership", "ratelimit");
 
+/// A module that verifies public-key token signatures itself says so in the same section, as a
+/// line `signatures`: `meshward render` deploys a module without them (the `native` edition)
+/// only for a policy whose every JWT provider reads Envoy's jwt_authn.
+pub const SIGNATURES_LINE: &str = "signatures";
+
+#[cfg(all(feature = "signatures", target_arch = "wasm32"))]
+#[link_section = "meshward.stages"]
+#[used]
+static SIGNATURES: [u8; SIGNATURES_LINE.len() + 1] = section_line(SIGNATURES_LINE);
+
 /// The policies of one bundle configuration, in order.
 pub struct Bundle {
     policies: Vec<Box<dyn AnyPolicy>>,
