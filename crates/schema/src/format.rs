@@ -156,7 +156,10 @@ fn is_duration(s: &str) -> bool {
         return false;
     }
     let has = |bit: u8| seen & (1 << bit) != 0;
-    !(has(0) && has(3) && !has(1)) && !(has(4) && has(6) && !has(5))
+    // RFC 3339 Appendix A: years and days need the months between, hours and seconds the minutes.
+    let day_without_month = has(0) && has(3) && !has(1);
+    let second_without_minute = has(4) && has(6) && !has(5);
+    !day_without_month && !second_without_minute
 }
 
 fn is_uuid(s: &str) -> bool {

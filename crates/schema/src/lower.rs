@@ -338,3 +338,53 @@ impl<'a> TagLowering<'a> {
         Ok(id)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn patterns_are_translated_from_ecma_or_refused_with_the_reason() {
+        // (pattern, Ok(what the module runs) or a word of the refusal)
+        let rows: &[(&str, Result<&str, &str>)] = &[
+            ("^[a-z0-9-]{1,32}$", Ok("^[a-z0-9-]{1,32}$")),
+            ("^\\d+$", Ok("^[0-9]+$")),
+            ("\\w", Ok("[A-Za-z0-9_]")),
+            ("^.$", Ok("^[^\\n\\r\\x{2028}\\x{2029}]$")),
+            ("\\p{L}", Err("Unicode classes")),
+            ("a(?=b)", Err("look-around")),
+            ("(a)\\1", Err("look-around or back-references")),
+            ("[", Err("not an ECMA-262")),
+        ];
+        for (ecma, want) in rows {
+            match (translate_pattern(ecma), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{ecma}"),
+                (Err(got), Err(word)) => assert!(got.contains(word), "{ecma}: {got}"),
+                (got, want) => panic!("{ecma}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    /// ECMA-262 reads `\s` as Unicode white space and `\d`, `\w`, `\b` as ASCII; the module runs
+    /// them so. (`\b` is the one place the jsonschema crate answers otherwise: it reads it with
+    /// Unicode word characters, so `\bé` matches "é" there and not here, nor in ECMA-262.)
+    #[test]
+    fn the_module_reads_patterns_as_ecma_262_does() {
+        let run = |ecma: &str, text: &str| regex_lite::Regex::new(&translate_pattern(ecma).unwrap()).unwrap().is_match(text);
+        assert!(run("^\\s$", "\u{a0}") && run("^\\s$", "\u{feff}") && !run("^\\s$", "\u{85}"));
+        assert!(!run("^\\d$", "٠") && !run("^\\w$", "é") && !run(".", "\u{2028}"));
+        assert!(!run("\\bé", "é"), "ASCII word boundaries, as ECMA-262");
+    }
+
+    #[test]
+    fn what_the_module_cannot_resolve_is_refused_naming_the_schema() {
+        let doc = json!({"a": {"$dynamicRef": "#x"}, "b": {"$id": "https://x/y"}, "c": {"allOf": [{"$ref": "#/c"}]}, "d": {"items": {"$ref": "#/d"}}});
+        let refused = |pointer: &str| Lowering::new(vec![&doc]).lower(0, pointer).err().unwrap_or_default();
+        assert!(refused("/a").contains("#/a: `$dynamicRef` is not supported"));
+        assert!(refused("/b").contains("`$id` is not supported"));
+        assert!(refused("/c").contains("refers back to itself without reading deeper"));
+        assert!(Lowering::new(vec![&doc]).lower(0, "/d").is_ok(), "recursion through items reads deeper: allowed");
+    }
+}
