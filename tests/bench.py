@@ -504,22 +504,31 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
 # What `meshward render` deploys for the crAPI policy (the smallest bundle edition holding its
 # stages): the row the footprint goals are measured on.
 CRAPI_AS_RENDERED = "  as rendered: meshward.openapi.wasm"
+# The same policy where Envoy's jwt_authn verifies tokens: the edition without signature crypto.
+CRAPI_ON_NATIVE_AS_RENDERED = "  as rendered: meshward.native.wasm"
 
 
-def memory_scenarios(keys: KeyRing) -> list[tuple[str, list[dict]]]:
-    """What each module costs every pod in memory: (name, meshward plugins)."""
+def memory_scenarios(keys: KeyRing) -> list[tuple[str, list[dict], list[dict]]]:
+    """What each module costs every pod in memory: (name, meshward plugins, native filters
+    before them)."""
     es = [meshward_jwt(keys, ["es256"])]
     crapi = [*es, SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     lite = [*es, ORDER_OWNERSHIP, RATELIMIT]
+    # Istio's RequestAuthentication: Envoy's jwt_authn verifies, meshward reads its payload.
+    native_authn = [jwt_authn(keys, ["es256"], payload_in_metadata="main")]
+    crapi_on_native = [MESHWARD_ON_NATIVE, SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     return [
-        ("plain envoy", []),
-        ("do-nothing wasm filter (floor)", [NOOP]),
-        ("jwt ES256 (meshward)", es),
-        ("schema, whole crAPI contract (meshward)", [SCHEMA]),
-        ("bundle jwt+schema (crAPI)+ownership+ratelimit, meshward.wasm (all stages)", [bundle(crapi)]),
-        (CRAPI_AS_RENDERED, [bundle(crapi, module="meshward.openapi.wasm")]),
-        ("bundle jwt+ownership+ratelimit, meshward.wasm", [bundle(lite)]),
-        ("  as rendered: meshward.lite.wasm", [bundle(lite, module="meshward.lite.wasm")]),
+        ("plain envoy", [], []),
+        ("do-nothing wasm filter (floor)", [NOOP], []),
+        ("jwt ES256 (meshward)", es, []),
+        ("schema, whole crAPI contract (meshward)", [SCHEMA], []),
+        ("bundle jwt+schema (crAPI)+ownership+ratelimit, meshward.wasm (all stages)", [bundle(crapi)], []),
+        (CRAPI_AS_RENDERED, [bundle(crapi, module="meshward.openapi.wasm")], []),
+        ("bundle jwt+ownership+ratelimit, meshward.wasm", [bundle(lite)], []),
+        ("  as rendered: meshward.lite.wasm", [bundle(lite, module="meshward.lite.wasm")], []),
+        ("native jwt_authn ES256 alone", [], native_authn),
+        ("crAPI on native jwt_authn, meshward.openapi.wasm", [bundle(crapi_on_native, module="meshward.openapi.wasm")], native_authn),
+        (CRAPI_ON_NATIVE_AS_RENDERED, [bundle(crapi_on_native, module="meshward.native.wasm")], native_authn),
     ]
 
 
@@ -551,13 +560,13 @@ def memory_breakdown(env: Envoy) -> dict:
             "vm_memory_bytes": rss["anon"] - allocator, "envoy_binary_bytes": rss["binary"]}
 
 
-def measure_memory(name: str, plugins: list[dict], upstream: Envoy, keys: KeyRing) -> dict:
+def measure_memory(name: str, plugins: list[dict], upstream: Envoy, keys: KeyRing, native: list[dict] = ()) -> dict:
     """RSS and configuration time at 1 and 2 workers, after a few requests through each worker."""
     token = keys.token("ES256", scope="orders:read", exp=int(time.time()) + 3600)
     headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
     out = {"name": name}
     for workers in (1, 2):
-        env = Envoy(build_config(upstream.port, plugins), concurrency=workers)
+        env = Envoy(build_config(upstream.port, plugins, native_filters=native), concurrency=workers)
         env.start()
         try:
             for _ in range(8 * workers):
@@ -581,8 +590,8 @@ def footprint(keys: KeyRing) -> list[dict]:
     upstream = Envoy(upstream_config(), concurrency=1)
     upstream.start()
     try:
-        for name, plugins in memory_scenarios(keys):
-            memory.append(measure_memory(name, plugins, upstream, keys))
+        for name, plugins, native in memory_scenarios(keys):
+            memory.append(measure_memory(name, plugins, upstream, keys, native))
     finally:
         upstream.stop()
         upstream.cleanup()

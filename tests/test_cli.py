@@ -172,8 +172,12 @@ def test_compile_emits_each_module_configuration(tmp_path):
     assert names == sorted(["meshward.json", "meshward_jwt.json", "meshward_schema.json", "meshward_ownership.json", "meshward_ratelimit.json"])
     bundle = json.loads((tmp_path / "meshward.json").read_text())
     assert [next(iter(s)) for s in bundle["stages"]] == ["jwt", "schema", "ownership", "ratelimit"]
-    # The schema stage carries the contract the policy names.
-    assert json.loads((tmp_path / "meshward_schema.json").read_text())["openapi"]["info"]["title"]
+    # The schema stage carries the contract the policy names, compiled: the module never reads
+    # the OpenAPI document itself.
+    schema = json.loads((tmp_path / "meshward_schema.json").read_text())
+    assert "openapi" not in schema and schema["contract"]["version"] == 1
+    assert len({op["id"] for op in schema["contract"]["operations"]}) >= 44 and schema["contract"]["schemas"]
+    assert bundle["stages"][1]["schema"] == schema
 
 
 def with_global_limit(policy: dict, limit: dict | None) -> dict:
@@ -693,3 +697,37 @@ def test_the_command_line_explains_itself():
     assert r.returncode == 2 and "--prometheus <URL>" in r.stderr, r.stderr
     completion = meshward("completions", "bash")
     assert completion.returncode == 0 and "_meshward()" in completion.stdout and "rollout" in completion.stdout, completion.stdout[:200]
+
+
+def test_render_deploys_the_edition_without_signatures_only_where_envoy_verifies(tmp_path, upstream):
+    """Every jwt provider reading Envoy's jwt_authn (`from_native_jwt_authn`): `render` deploys
+    meshward.native.wasm, which runs the policy; a provider verifying in wasm gets a module with
+    signatures. The native module given a public key refuses the whole configuration."""
+    from harness import run_envoy_expecting_failure
+
+    policy = example()
+    native = {"issuer": "https://identity.crapi.example", "audiences": ["crapi"], "from_native_jwt_authn": {"payload_in_metadata": "crapi"}}
+    stage(policy, "jwt")["providers"]["crapi"] = native
+    path = write_policy(tmp_path, policy)
+    r = meshward("render", "envoy", path, "--form", "bundle", "--modules", DIST, "--listen", 0, "--admin", 0, "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    config = yaml.safe_load(r.stdout)
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    files = [Path(f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]).name for f in hcm["http_filters"] if "vm_config" in f.get("typed_config", {}).get("config", {})]
+    assert files == ["meshward.native.wasm"], files
+    with Envoy(config, concurrency=1) as env:
+        env.wait_for_log(r"meshward: configuration accepted")
+        # No jwt_authn in front of it here: no verified payload, so no caller.
+        r = env.request("/workshop/api/shop/orders", {"content-type": "application/json"}, "POST", b'{"product_id": 1, "quantity": 2}')
+        assert r.status == 401 and r.reason == "missing_token", r
+    env.cleanup()
+    # A second provider with a key set: a module with signatures again.
+    stage(policy, "jwt")["providers"]["partner"] = {"issuer": "https://partner.example", "audiences": ["crapi"], "local_jwks": {"environment_variable": "MESHWARD_CRAPI_JWKS"}}
+    r = meshward("render", "istio", write_policy(tmp_path, policy), "--form", "bundle", "--dist", DIST)
+    assert r.returncode == 0, r.stderr
+    assert [d["spec"]["url"].rsplit("/", 1)[1].split(":")[0] for d in yaml.safe_load_all(r.stdout) if d] == ["meshward.openapi"]
+    rsa = {"kty": "RSA", "kid": "k", "n": "x" * 342, "e": "AQAB"}
+    jwt = {"providers": {"p": {"issuer": "https://i.example", "audiences": ["a"], "local_jwks": {"inline_string": json.dumps({"keys": [rsa]})}}},
+           "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "p"}}]}
+    log = run_envoy_expecting_failure(build_config(upstream.port, [plugin("bundle", {"stages": [{"jwt": jwt}]}, module="meshward.native.wasm")]))
+    assert re.search(r"meshward: invalid configuration: stages\[0\]\.jwt\.providers\.p.*kty RSA: this module verifies no public-key signatures", log), log[-2000:]
