@@ -316,7 +316,10 @@ impl SchemaTable {
                 }
                 if !matched {
                     if let Some(extra) = node.additional_properties {
-                        if self.nodes.get(extra as usize).and_then(|n| n.always) == Some(false) {
+                        // `false` beside declared members is reported at the object, alone as the
+                        // member's false schema (as jsonschema does).
+                        let declares = !node.properties.is_empty() || !node.pattern_properties.is_empty();
+                        if declares && self.nodes.get(extra as usize).and_then(|n| n.always) == Some(false) {
                             return Err(Fail::at("additionalProperties"));
                         }
                         self.eval(extra, value, false, 0).map_err(|f| f.inside(Seg::Key(key.clone())))?;

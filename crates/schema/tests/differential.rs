@@ -192,7 +192,7 @@ fn agree(view: &Value, pointer: &str, rng: &mut Rng, instances: usize, case: &st
             // The keyword reported is the reference's first error's, where it has exactly one.
             let errors: Vec<_> = reference.iter_errors(&value).collect();
             if errors.len() == 1 && violation.keyword != "falseSchema" {
-                assert_eq!(violation.keyword, errors[0].kind().keyword(), "{case}: {pointer} {value}: {}", errors[0]);
+                assert_eq!(violation.keyword, errors[0].kind().keyword(), "{case}: {pointer} = {schema} {value}: {}", errors[0]);
             }
         }
         checked += 1;
