@@ -279,7 +279,6 @@ impl Policy {
         self.stages.iter().find(|s| s.kind == kind)
     }
 
-    /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
     /// Whether the module must verify public-key token signatures itself: a jwt stage with a
     /// provider that does not read what Envoy's jwt_authn verified (`from_native_jwt_authn`).
     pub fn verifies_signatures(&self) -> bool {
@@ -289,6 +288,7 @@ impl Policy {
         })
     }
 
+    /// The configuration of the bundle (`meshward.wasm`) running every stage in order.
     pub fn bundle_config(&self) -> Result<Value, String> {
         let stages = self.stages.iter().map(|s| Ok(Value::Object(Map::from_iter([(s.kind.clone(), s.module_config()?)])))).collect::<Result<Vec<Value>, String>>()?;
         let mut config = serde_json::json!({ "stages": stages });

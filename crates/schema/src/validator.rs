@@ -111,7 +111,7 @@ impl SchemaTable {
             Value::Number(n) => number(node, n)?,
             Value::String(s) => self.string(node, s)?,
             Value::Array(items) => self.array(node, items, &mut seen, depth)?,
-            Value::Object(map) => self.object(node, map, &mut seen, depth)?,
+            Value::Object(map) => self.object(node, v, map, &mut seen, depth)?,
             Value::Null | Value::Bool(_) => {}
         }
         if let Some(r) = node.reference {
@@ -239,12 +239,8 @@ impl SchemaTable {
         if node.max_items.is_some_and(|m| n > m) {
             return Err(Fail::at("maxItems"));
         }
-        if node.unique_items {
-            for (i, a) in items.iter().enumerate() {
-                if items[..i].iter().any(|b| equal(a, b)) {
-                    return Err(Fail::at("uniqueItems"));
-                }
-            }
+        if node.unique_items && !all_different(items) {
+            return Err(Fail::at("uniqueItems"));
         }
         for (i, (&schema, item)) in node.prefix_items.iter().zip(items).enumerate() {
             self.eval(schema, item, false, 0).map_err(|f| f.inside(Seg::Index(i)))?;
@@ -274,7 +270,8 @@ impl SchemaTable {
         Ok(())
     }
 
-    fn object(&self, node: &Node, map: &Map<String, Value>, seen: &mut Seen, depth: u32) -> Result<(), Fail> {
+    /// `whole` is the object `map` is the members of (dependent schemas apply to it).
+    fn object(&self, node: &Node, whole: &Value, map: &Map<String, Value>, seen: &mut Seen, depth: u32) -> Result<(), Fail> {
         if node.required.iter().any(|r| !map.contains_key(r)) {
             return Err(Fail::at("required"));
         }
@@ -333,8 +330,7 @@ impl SchemaTable {
         }
         for (name, schema) in &node.dependent_schemas {
             if map.contains_key(name) {
-                let value = Value::Object(map.clone());
-                seen.merge(self.eval(*schema, &value, seen.collecting(), depth + 1)?);
+                seen.merge(self.eval(*schema, whole, seen.collecting(), depth + 1)?);
             }
         }
         Ok(())
@@ -509,6 +505,55 @@ fn int_vs_float(int: &Number, f: f64) -> Option<Ordering> {
     Some(cmp_whole(u.cmp(&(floor as u64))))
 }
 
+/// No two items equal (by [`equal`]). Long arrays are compared by a canonical text of each item
+/// (a body of a megabyte can hold 300,000 items: pairwise, a VM busy for minutes).
+fn all_different(items: &[Value]) -> bool {
+    if items.len() <= 16 {
+        return items.iter().enumerate().all(|(i, a)| !items[..i].iter().any(|b| equal(a, b)));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().all(|item| {
+        let mut text = String::new();
+        canonical(item, &mut text);
+        seen.insert(text)
+    })
+}
+
+/// A text equal for exactly the values [`equal`] holds equal: object members sorted, a number
+/// with no fraction written as the integer it is.
+fn canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) => out.push_str(&u.to_string()),
+            (None, Some(i), _) => out.push_str(&i.to_string()),
+            (None, None, Some(f)) if f.fract() == 0.0 && f.abs() < 1.8e19 => out.push_str(&(f as i128).to_string()),
+            (None, None, Some(f)) => out.push_str(&format!("{f:e}")),
+            (None, None, None) => out.push_str(&n.to_string()),
+        },
+        Value::Array(items) => {
+            out.push('[');
+            for item in items {
+                canonical(item, out);
+                out.push(',');
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (k, v) in members {
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(v, out);
+                out.push(',');
+            }
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
 /// JSON equality, numbers by value (`1` equals `1.0`).
 pub fn equal(a: &Value, b: &Value) -> bool {
     match (a, b) {
@@ -626,5 +671,27 @@ impl Serialize for Schema {
 impl<'de> Deserialize<'de> for Schema {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Schema, D::Error> {
         Ok(Schema { root: NodeId::deserialize(d)?, table: Arc::default() })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn unique_items_holds_on_long_arrays_with_numbers_by_value() {
+        let unique = |items: Vec<Value>| all_different(&items);
+        let long: Vec<Value> = (0..200_000).map(Value::from).collect();
+        assert!(unique(long.clone()));
+        let mut with_float = long;
+        with_float.push(json!(7.0));
+        assert!(!unique(with_float), "7.0 equals 7");
+        let objects = |a: Value, b: Value| unique((0..20).map(|i| json!({"n": i})).chain([a, b]).collect());
+        assert!(!objects(json!({"a": 1, "b": [1.0]}), json!({"b": [1], "a": 1})), "member order and 1.0 do not matter");
+        assert!(objects(json!({"a": 1}), json!({"a": 1.5})));
+        assert!(objects(json!(9007199254740993u64), json!(9007199254740992.0)), "exactly, past 2^53");
+        assert!(!objects(json!(9223372036854775808u64), json!(9223372036854775808.0)));
     }
 }
