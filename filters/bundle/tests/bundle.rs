@@ -72,7 +72,7 @@ fn configuration_errors_name_the_stage() {
         (json!([]), "stages: at least one stage"),
         (json!([{"jwt": {}, "ownership": {}}]), "stages[0]: must be an object with exactly one key"),
         (json!([{"schemas": {}}]), "stages[0]: unknown stage `schemas`"),
-        (json!([{"schema": {}}]), "stages[0].schema: set exactly one of `openapi`"),
+        (json!([{"schema": {"contract": {"version": 2}}}]), "stages[0].schema.contract.version: 2 is not this module's contract version 1"),
         (json!([{"ownership": {"rules": []}}]), "stages[0].ownership.rules: at least one rule"),
         (json!([{"ownership": {"rulez": []}}]), "stages[0].ownership.rulez: unknown field"),
         (json!([{"ownership": ownership_stage("enforce")}, {"ownership": ownership_stage("enforce")}]), "stages[1].ownership: a second `ownership` stage"),
