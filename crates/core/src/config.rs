@@ -50,11 +50,21 @@ pub fn check_grpc_cluster(path: &str, cluster: &str) -> Result<(), ConfigError> 
 /// Parses JSON into `T`, refusing it whole on the first error and naming where it is.
 /// `T` is expected to use `#[serde(deny_unknown_fields)]` so a typo is an error, never a default.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
+    from_json(&read_json(bytes)?)
+}
+
+/// A configuration's JSON, before it is read as its type ([`from_json`]): for a parser that
+/// looks at the document first.
+pub fn read_json(bytes: &[u8]) -> Result<serde_json::Value, ConfigError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ConfigError::new("", "configuration is empty"));
     }
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ConfigError::new(".", redact_values(&e.to_string())))?;
-    crate::config_de::from_value(&value).map_err(|e| ConfigError::new(e.path(), redact_values(e.message())))
+    serde_json::from_slice(bytes).map_err(|e| ConfigError::new(".", redact_values(&e.to_string())))
+}
+
+/// A configuration's JSON read as `T`, as [`parse_json`] reads it.
+pub fn from_json<T: DeserializeOwned>(value: &serde_json::Value) -> Result<T, ConfigError> {
+    crate::config_de::from_value(value).map_err(|e| ConfigError::new(e.path(), redact_values(e.message())))
 }
 
 /// serde quotes the offending value (`invalid type: string "whsec_…", expected a sequence`); a

@@ -116,14 +116,7 @@ impl<'de, 'a: 'de> Deserializer<'de> for ValueDe<'a> {
             Value::Bool(b) => visitor.visit_bool(*b),
             Value::Number(n) => visit_number(n, visitor),
             Value::String(s) => visitor.visit_borrowed_str(s),
-            Value::Array(items) => {
-                let mut seq = Items { iter: items.iter(), index: 0 };
-                let out = visitor.visit_seq(&mut seq)?;
-                match seq.iter.len() {
-                    0 => Ok(out),
-                    _ => Err(de::Error::invalid_length(items.len(), &"fewer elements in the array")),
-                }
-            }
+            Value::Array(items) => visit_array(items, visitor),
             Value::Object(map) => visitor.visit_map(Members::new(map)),
         }
     }
@@ -182,7 +175,7 @@ impl<'de, 'a: 'de> Deserializer<'de> for ValueDe<'a> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, PathError> {
         match self.0 {
-            Value::Array(_) => self.deserialize_any(visitor),
+            Value::Array(items) => visit_array(items, visitor),
             other => Err(de::Error::invalid_type(unexpected(other), &visitor)),
         }
     }
@@ -201,6 +194,16 @@ impl<'de, 'a: 'de> Deserializer<'de> for ValueDe<'a> {
     forward_to_deserialize_any! {
         i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char
         bytes byte_buf unit unit_struct tuple tuple_struct
+    }
+}
+
+/// An array, every item read (a visitor that stops early is an error, as serde_json has it).
+fn visit_array<'de, 'a: 'de, V: Visitor<'de>>(items: &'a [Value], visitor: V) -> Result<V::Value, PathError> {
+    let mut seq = Items { iter: items.iter(), index: 0 };
+    let out = visitor.visit_seq(&mut seq)?;
+    match seq.iter.len() {
+        0 => Ok(out),
+        _ => Err(de::Error::invalid_length(items.len(), &"fewer elements in the array")),
     }
 }
 

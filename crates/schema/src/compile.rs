@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use crate::config::{BodyFormat, Contract, In, Media, Operation, Param, Response, ResponseChecks, ResponseMedia, Scalar, StatusKey, METHODS};
 use crate::form::FormField;
 use crate::lower::{Lowering, TagLowering};
-use crate::openapi::{check_refs, escape, resolve, rewrite_document, View};
+use crate::openapi::{check_refs, resolve, rewrite_document, View};
+use crate::validator::escape;
 use crate::program::CONTRACT_VERSION;
 use crate::response::{FieldAction, FieldRules, TagTable, REQUIRED_SCOPE};
 use crate::validator::Schema;
@@ -330,168 +331,168 @@ fn schema_at(lowering: &mut Lowering<'_>, view: usize, pointer: &str) -> Result<
 /// The stage configuration as written, compiled into what the module loads:
 /// `{"mode": ..., "contract": {...}}`.
 pub fn compile(json: &[u8]) -> Result<Value, ConfigError> {
-        let raw: RawConfig = parse_json(json)?;
-        let document = parse_document(&raw)?;
-        let version = document.get("openapi").and_then(Value::as_str).unwrap_or("");
-        if !(version.starts_with("3.0.") || version.starts_with("3.1.")) {
-            return Err(ConfigError::new("openapi.openapi", format!("{version:?} is not OpenAPI 3.0.x or 3.1.x")));
+    let raw: RawConfig = parse_json(json)?;
+    let document = parse_document(&raw)?;
+    let version = document.get("openapi").and_then(Value::as_str).unwrap_or("");
+    if !(version.starts_with("3.0.") || version.starts_with("3.1.")) {
+        return Err(ConfigError::new("openapi.openapi", format!("{version:?} is not OpenAPI 3.0.x or 3.1.x")));
+    }
+    check_refs(&document).map_err(|e| ConfigError::new("openapi", e))?;
+    let max_body_bytes = body_limit("max_body_bytes", raw.max_body_bytes)?;
+    let max_depth = raw.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
+    if !(1..=256).contains(&max_depth) {
+        return Err(ConfigError::new("max_depth", "must be between 1 and 256"));
+    }
+    let default_close = raw.reject_unknown_properties.unwrap_or(true);
+    let open_view = rewrite_document(&document, &View::request(false));
+    let closed_view = rewrite_document(&document, &View::request(true));
+    let (response, answers_view) = match &raw.response {
+        Some(r) => {
+            let (checks, view) = response_checks(&document, r)?;
+            (Some(checks), Some(view))
         }
-        check_refs(&document).map_err(|e| ConfigError::new("openapi", e))?;
-        let max_body_bytes = body_limit("max_body_bytes", raw.max_body_bytes)?;
-        let max_depth = raw.max_depth.unwrap_or(DEFAULT_MAX_DEPTH);
-        if !(1..=256).contains(&max_depth) {
-            return Err(ConfigError::new("max_depth", "must be between 1 and 256"));
+        // Fields only some callers may read would leave whole, to every caller.
+        None if mentions_key(&document, REQUIRED_SCOPE, 0) => {
+            return Err(ConfigError::new(
+                "response",
+                "the contract tags fields with x-required-scope: configure `response` (at least `{}`) so answers are read",
+            ))
         }
-        let default_close = raw.reject_unknown_properties.unwrap_or(true);
-        let open_view = rewrite_document(&document, &View::request(false));
-        let closed_view = rewrite_document(&document, &View::request(true));
-        let (response, answers_view) = match &raw.response {
-            Some(r) => {
-                let (checks, view) = response_checks(&document, r)?;
-                (Some(checks), Some(view))
-            }
-            // Fields only some callers may read would leave whole, to every caller.
-            None if mentions_key(&document, REQUIRED_SCOPE, 0) => {
-                return Err(ConfigError::new(
-                    "response",
-                    "the contract tags fields with x-required-scope: configure `response` (at least `{}`) so answers are read",
-                ))
-            }
-            None => (None, None),
-        };
-        let empty = Value::Null;
-        let mut lowering = Lowering::new(vec![&open_view, &closed_view, answers_view.as_ref().unwrap_or(&empty)]);
-        let mut tags = TagLowering::new(&document);
-        let Some(Value::Object(paths)) = document.get("paths") else {
-            return Err(ConfigError::new("openapi.paths", "is required"));
-        };
-        let mut operations = Vec::new();
-        let mut seen_ids = Vec::new();
-        for (path, item) in paths {
-            let at_path = format!("openapi.paths.{path}");
-            let template = PathTemplate::parse(path).map_err(|e| ConfigError::new(&at_path, e))?;
-            let literal_segments = path.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).count();
-            let shared_params: Vec<Value> = item.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
-            for method in METHODS {
-                let Some(op) = item.get(method) else { continue };
-                let id = op.get("operationId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("{} {path}", method.to_uppercase()));
-                let is_write = matches!(method, "post" | "put" | "patch");
-                let close = is_write && raw.operations.get(&id).and_then(|o| o.reject_unknown_properties).unwrap_or(default_close);
-                seen_ids.push(id.clone());
-                let view = if close { CLOSED } else { OPEN };
-                let at_op = format!("{at_path}.{method}");
-                let op_pointer = format!("/paths/{}/{method}", escape(path));
-                let mut params = Vec::new();
-                let own: Vec<Value> = op.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
-                let all: Vec<(String, Value)> = shared_params
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (format!("/paths/{}/parameters/{i}", escape(path)), p.clone()))
-                    .chain(own.iter().enumerate().map(|(i, p)| (format!("{op_pointer}/parameters/{i}"), p.clone())))
-                    .collect();
-                for (pointer, p) in all {
-                    let (p, pointer) = match p.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
-                        Some(target) => (document.pointer(target).cloned().unwrap_or(Value::Null), target.to_string()),
-                        None => (p, pointer),
-                    };
-                    let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
-                    let location = match p.get("in").and_then(Value::as_str) {
-                        Some("path") => In::Path,
-                        Some("query") => In::Query,
-                        Some("header") => In::Header,
-                        _ => continue, // cookies are not checked
-                    };
-                    if name.is_empty() {
-                        return Err(ConfigError::new(&at_op, "a parameter has no name"));
-                    }
-                    // Operation-level parameters override path-level ones of the same name.
-                    params.retain(|x: &Param| !(x.name == name && x.location == location));
-                    let schema = p.get("schema").cloned().unwrap_or(json!({}));
-                    let (scalar, array) = scalar_of(&document, &schema);
-                    let validator = schema_at(&mut lowering, view, &format!("{pointer}/schema")).map_err(|e| ConfigError::new(&at_op, e))?;
-                    params.push(Param {
-                        name: if location == In::Header { name.to_ascii_lowercase() } else { name },
-                        location,
-                        required: location == In::Path || p.get("required") == Some(&Value::Bool(true)),
-                        allow_empty: p.get("allowEmptyValue") == Some(&Value::Bool(true)),
-                        scalar,
-                        array,
-                        validator,
-                    });
-                }
-                let body = op.get("requestBody").map(|b| match b.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+        None => (None, None),
+    };
+    let empty = Value::Null;
+    let mut lowering = Lowering::new(vec![&open_view, &closed_view, answers_view.as_ref().unwrap_or(&empty)]);
+    let mut tags = TagLowering::new(&document);
+    let Some(Value::Object(paths)) = document.get("paths") else {
+        return Err(ConfigError::new("openapi.paths", "is required"));
+    };
+    let mut operations = Vec::new();
+    let mut seen_ids = Vec::new();
+    for (path, item) in paths {
+        let at_path = format!("openapi.paths.{path}");
+        let template = PathTemplate::parse(path).map_err(|e| ConfigError::new(&at_path, e))?;
+        let literal_segments = path.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).count();
+        let shared_params: Vec<Value> = item.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+        for method in METHODS {
+            let Some(op) = item.get(method) else { continue };
+            let id = op.get("operationId").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| format!("{} {path}", method.to_uppercase()));
+            let is_write = matches!(method, "post" | "put" | "patch");
+            let close = is_write && raw.operations.get(&id).and_then(|o| o.reject_unknown_properties).unwrap_or(default_close);
+            seen_ids.push(id.clone());
+            let view = if close { CLOSED } else { OPEN };
+            let at_op = format!("{at_path}.{method}");
+            let op_pointer = format!("/paths/{}/{method}", escape(path));
+            let mut params = Vec::new();
+            let own: Vec<Value> = op.get("parameters").and_then(Value::as_array).cloned().unwrap_or_default();
+            let all: Vec<(String, Value)> = shared_params
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (format!("/paths/{}/parameters/{i}", escape(path)), p.clone()))
+                .chain(own.iter().enumerate().map(|(i, p)| (format!("{op_pointer}/parameters/{i}"), p.clone())))
+                .collect();
+            for (pointer, p) in all {
+                let (p, pointer) = match p.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
                     Some(target) => (document.pointer(target).cloned().unwrap_or(Value::Null), target.to_string()),
-                    None => (b.clone(), format!("{op_pointer}/requestBody")),
+                    None => (p, pointer),
+                };
+                let name = p.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+                let location = match p.get("in").and_then(Value::as_str) {
+                    Some("path") => In::Path,
+                    Some("query") => In::Query,
+                    Some("header") => In::Header,
+                    _ => continue, // cookies are not checked
+                };
+                if name.is_empty() {
+                    return Err(ConfigError::new(&at_op, "a parameter has no name"));
+                }
+                // Operation-level parameters override path-level ones of the same name.
+                params.retain(|x: &Param| !(x.name == name && x.location == location));
+                let schema = p.get("schema").cloned().unwrap_or(json!({}));
+                let (scalar, array) = scalar_of(&document, &schema);
+                let validator = schema_at(&mut lowering, view, &format!("{pointer}/schema")).map_err(|e| ConfigError::new(&at_op, e))?;
+                params.push(Param {
+                    name: if location == In::Header { name.to_ascii_lowercase() } else { name },
+                    location,
+                    required: location == In::Path || p.get("required") == Some(&Value::Bool(true)),
+                    allow_empty: p.get("allowEmptyValue") == Some(&Value::Bool(true)),
+                    scalar,
+                    array,
+                    validator,
                 });
-                let mut media = Vec::new();
-                let mut body_required = false;
-                if let Some((body, pointer)) = body {
-                    body_required = body.get("required") == Some(&Value::Bool(true));
-                    if let Some(Value::Object(content)) = body.get("content") {
-                        let unchecked = raw.operations.get(&id).map(|o| o.unchecked_media_types.as_slice()).unwrap_or_default();
-                        for listed in unchecked {
-                            if !content.keys().any(|m| m.eq_ignore_ascii_case(listed)) {
-                                return Err(ConfigError::new(format!("operations.{id}.unchecked_media_types"), "names a media type the operation does not declare"));
-                            }
-                        }
-                        for (media_type, m) in content {
-                            let format = body_format(&document, media_type, m.get("schema"), unchecked);
-                            let validator = match format {
-                                BodyFormat::Json | BodyFormat::UrlEncoded | BodyFormat::Multipart => Some(
-                                    schema_at(&mut lowering, view, &format!("{pointer}/content/{}/schema", escape(media_type)))
-                                        .map_err(|e| ConfigError::new(&at_op, e))?,
-                                ),
-                                BodyFormat::Unchecked | BodyFormat::Unreadable { .. } => None,
-                            };
-                            let fields = match (format, m.get("schema")) {
-                                (BodyFormat::UrlEncoded | BodyFormat::Multipart, Some(schema)) => form_fields(&document, schema),
-                                _ => Vec::new(),
-                            };
-                            media.push(Media { media_type: media_type.to_ascii_lowercase(), format, validator, fields });
+            }
+            let body = op.get("requestBody").map(|b| match b.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix('#')) {
+                Some(target) => (document.pointer(target).cloned().unwrap_or(Value::Null), target.to_string()),
+                None => (b.clone(), format!("{op_pointer}/requestBody")),
+            });
+            let mut media = Vec::new();
+            let mut body_required = false;
+            if let Some((body, pointer)) = body {
+                body_required = body.get("required") == Some(&Value::Bool(true));
+                if let Some(Value::Object(content)) = body.get("content") {
+                    let unchecked = raw.operations.get(&id).map(|o| o.unchecked_media_types.as_slice()).unwrap_or_default();
+                    for listed in unchecked {
+                        if !content.keys().any(|m| m.eq_ignore_ascii_case(listed)) {
+                            return Err(ConfigError::new(format!("operations.{id}.unchecked_media_types"), "names a media type the operation does not declare"));
                         }
                     }
-                }
-                let responses = match &response {
-                    Some(checks) => responses_of(&document, checks, &mut lowering, &mut tags, op, &op_pointer).map_err(|e| ConfigError::new(&at_op, e))?,
-                    None => Vec::new(),
-                };
-                operations.push(Operation {
-                    id,
-                    method: method.to_uppercase(),
-                    template: template.clone(),
-                    literal_segments,
-                    params,
-                    body_required,
-                    media,
-                    responses,
-                });
-            }
-        }
-        if let Some(unknown) = raw.operations.keys().find(|k| !seen_ids.contains(k)) {
-            return Err(ConfigError::new(format!("operations.{unknown}"), "is not an operationId of the document"));
-        }
-        if operations.is_empty() {
-            return Err(ConfigError::new("openapi.paths", "declares no operations"));
-        }
-        // Most literal first, so `/users/me` is tried before `/users/{id}`.
-        operations.sort_by_key(|o| std::cmp::Reverse(o.literal_segments));
-        let base_paths = base_paths(&document);
-        // Whether an answer can carry a tagged field, decided on the finished tag table.
-        let tags = tags.finish();
-        if let Some(checks) = &response {
-            let table = TagTable::new(tags.clone()).map_err(|e| ConfigError::new("openapi", e))?;
-            for m in operations.iter_mut().flat_map(|o| o.responses.iter_mut()).flat_map(|r| r.media.iter_mut()) {
-                m.may_tag = m.tags.is_some_and(|t| checks.fields.may_tag(&table, t));
-                if !m.may_tag {
-                    m.tags = None;
+                    for (media_type, m) in content {
+                        let format = body_format(&document, media_type, m.get("schema"), unchecked);
+                        let validator = match format {
+                            BodyFormat::Json | BodyFormat::UrlEncoded | BodyFormat::Multipart => Some(
+                                schema_at(&mut lowering, view, &format!("{pointer}/content/{}/schema", escape(media_type)))
+                                    .map_err(|e| ConfigError::new(&at_op, e))?,
+                            ),
+                            BodyFormat::Unchecked | BodyFormat::Unreadable { .. } => None,
+                        };
+                        let fields = match (format, m.get("schema")) {
+                            (BodyFormat::UrlEncoded | BodyFormat::Multipart, Some(schema)) => form_fields(&document, schema),
+                            _ => Vec::new(),
+                        };
+                        media.push(Media { media_type: media_type.to_ascii_lowercase(), format, validator, fields });
+                    }
                 }
             }
+            let responses = match &response {
+                Some(checks) => responses_of(&document, checks, &mut lowering, &mut tags, op, &op_pointer).map_err(|e| ConfigError::new(&at_op, e))?,
+                None => Vec::new(),
+            };
+            operations.push(Operation {
+                id,
+                method: method.to_uppercase(),
+                template: template.clone(),
+                literal_segments,
+                params,
+                body_required,
+                media,
+                responses,
+            });
         }
-        let (schemas, patterns) = lowering.finish();
-        let contract = Contract { version: CONTRACT_VERSION, max_body_bytes, max_depth, base_paths, operations, response, schemas, patterns, tags };
-        serde_json::to_value(&contract)
-            .map(|contract| json!({"mode": raw.mode, "contract": contract}))
-            .map_err(|e| ConfigError::new("contract", e.to_string()))
+    }
+    if let Some(unknown) = raw.operations.keys().find(|k| !seen_ids.contains(k)) {
+        return Err(ConfigError::new(format!("operations.{unknown}"), "is not an operationId of the document"));
+    }
+    if operations.is_empty() {
+        return Err(ConfigError::new("openapi.paths", "declares no operations"));
+    }
+    // Most literal first, so `/users/me` is tried before `/users/{id}`.
+    operations.sort_by_key(|o| std::cmp::Reverse(o.literal_segments));
+    let base_paths = base_paths(&document);
+    // Whether an answer can carry a tagged field, decided on the finished tag table.
+    let tags = tags.finish();
+    if let Some(checks) = &response {
+        let table = TagTable::new(tags.clone()).map_err(|e| ConfigError::new("openapi", e))?;
+        for m in operations.iter_mut().flat_map(|o| o.responses.iter_mut()).flat_map(|r| r.media.iter_mut()) {
+            m.may_tag = m.tags.is_some_and(|t| checks.fields.may_tag(&table, t));
+            if !m.may_tag {
+                m.tags = None;
+            }
+        }
+    }
+    let (schemas, patterns) = lowering.finish();
+    let contract = Contract { version: CONTRACT_VERSION, max_body_bytes, max_depth, base_paths, operations, response, schemas, patterns, tags };
+    serde_json::to_value(&contract)
+        .map(|contract| json!({"mode": raw.mode, "contract": contract}))
+        .map_err(|e| ConfigError::new("contract", e.to_string()))
 }
 
 /// Whether a key appears anywhere in a document (at most 128 levels deep).

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use meshward_core::config::{parse_json, ConfigError};
+use meshward_core::config::{from_json, read_json, ConfigError};
 use meshward_core::route::PathTemplate;
 use meshward_core::Mode;
-use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
 
 use crate::form::FormField;
 use crate::program::{Node, NodeId, TagNode, CONTRACT_VERSION};
@@ -195,54 +195,46 @@ struct Compiled {
     contract: Contract,
 }
 
-/// Just enough to tell a contract of another version, or an uncompiled document, apart.
-#[derive(Deserialize)]
-struct Outline {
-    contract: Option<VersionOnly>,
-    openapi: Option<IgnoredAny>,
-    openapi_text: Option<IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-struct VersionOnly {
-    version: Option<u32>,
-}
-
 impl SchemaConfig {
     /// A stage configuration: a compiled contract; with the `compile` feature (the CLI, tests)
     /// also the OpenAPI document as written, compiled first.
     pub fn parse(json: &[u8]) -> Result<SchemaConfig, ConfigError> {
         #[cfg(feature = "compile")]
         if crate::compile::is_source(json) {
-            let compiled = crate::compile::compile(json)?;
-            return SchemaConfig::load(compiled.to_string().as_bytes());
+            return SchemaConfig::load_document(&crate::compile::compile(json)?);
         }
         SchemaConfig::load(json)
     }
 
     /// A compiled contract, checked whole.
     pub fn load(json: &[u8]) -> Result<SchemaConfig, ConfigError> {
-        let outline: Outline = serde_json::from_slice(json).map_err(|e| ConfigError::new("", format!("not a JSON object: {e}")))?;
-        match outline.contract {
-            None if outline.openapi.is_some() || outline.openapi_text.is_some() => {
+        SchemaConfig::load_document(&read_json(json)?)
+    }
+
+    /// A compiled contract's JSON, checked whole: its version and whether it is one at all
+    /// first, so a contract of another layout is named as such.
+    fn load_document(document: &Value) -> Result<SchemaConfig, ConfigError> {
+        let version = |c: &Value| c.get("version").and_then(Value::as_u64);
+        match document.get("contract") {
+            None if document.get("openapi").is_some() || document.get("openapi_text").is_some() => {
                 return Err(ConfigError::new(
                     "openapi",
                     "this module runs compiled contracts: `meshward compile` (or `render`) turns the OpenAPI document into the `contract` the module loads",
                 ))
             }
             None => return Err(ConfigError::new("contract", "is required (`meshward compile` writes it)")),
-            Some(VersionOnly { version }) if version != Some(CONTRACT_VERSION) => {
+            Some(contract) if version(contract) != Some(u64::from(CONTRACT_VERSION)) => {
                 return Err(ConfigError::new(
                     "contract.version",
                     format!(
                         "{} is not this module's contract version {CONTRACT_VERSION}: compile it with the meshward of the module's release",
-                        version.map_or_else(|| "none".to_string(), |v| v.to_string())
+                        version(contract).map_or_else(|| "none".to_string(), |v| v.to_string())
                     ),
                 ))
             }
             Some(_) => {}
         }
-        let Compiled { mode, contract } = parse_json(json)?;
+        let Compiled { mode, contract } = from_json(document)?;
         let table = Arc::new(SchemaTable::new(contract.schemas, &contract.patterns).map_err(|e| ConfigError::new("contract", e))?);
         let tags = Arc::new(TagTable::new(contract.tags).map_err(|e| ConfigError::new("contract.tags", e))?);
         let mut operations = contract.operations;

@@ -7,13 +7,12 @@
 //! module's regex engine (regex-lite: no Unicode classes, no look-around, no back-references)
 //! does not take after translation from ECMA-262.
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
 use crate::compile::pointer_of_fragment;
-use crate::openapi::escape;
+use crate::validator::escape;
 use crate::program::{types, Format, Node, NodeId, TagNode};
 
 /// Keywords that change what `$ref` means or where it points: not run by the module.
@@ -26,13 +25,13 @@ pub struct Lowering<'a> {
     nodes: Vec<Node>,
     patterns: Vec<String>,
     pattern_ids: HashMap<String, u32>,
-    /// Nodes already checked for in-place cycles.
-    checked: RefCell<HashSet<NodeId>>,
+    /// How many nodes (the first ones) are checked for in-place cycles.
+    checked: usize,
 }
 
 impl<'a> Lowering<'a> {
     pub fn new(documents: Vec<&'a Value>) -> Lowering<'a> {
-        Lowering { documents, memo: HashMap::new(), nodes: Vec::new(), patterns: Vec::new(), pattern_ids: HashMap::new(), checked: RefCell::default() }
+        Lowering { documents, memo: HashMap::new(), nodes: Vec::new(), patterns: Vec::new(), pattern_ids: HashMap::new(), checked: 0 }
     }
 
     pub fn document(&self, view: usize) -> &'a Value {
@@ -49,52 +48,41 @@ impl<'a> Lowering<'a> {
     /// ...) is refused: it has no verdict to give.
     pub fn lower(&mut self, view: usize, pointer: &str) -> Result<NodeId, String> {
         let root = self.lower_at(view, pointer)?;
-        if let Some(looped) = self.in_place_cycle(root) {
+        if let Some(looped) = self.in_place_cycle() {
             let at = self.memo.iter().find(|(_, id)| **id == looped).map_or(pointer, |((_, p), _)| p.as_str());
             return Err(format!("schema at #{at} refers back to itself without reading deeper into the value"));
         }
         Ok(root)
     }
 
-    /// A node on a cycle of in-place applicators reachable from `root`.
-    fn in_place_cycle(&self, root: NodeId) -> Option<NodeId> {
-        // 0: unvisited, 1: on the path, 2: done.
-        let mut state = vec![0u8; self.nodes.len()];
-        let mut stack: Vec<(NodeId, Vec<NodeId>)> = vec![(root, self.in_place(root))];
-        let mut all = vec![root];
-        state[root as usize] = 1;
-        while let Some((node, mut next)) = stack.pop() {
-            match next.pop() {
-                None => state[node as usize] = 2,
-                Some(child) => {
-                    stack.push((node, next));
-                    match state.get(child as usize) {
-                        Some(1) => return Some(child),
-                        Some(0) => {
-                            state[child as usize] = 1;
-                            stack.push((child, self.in_place(child)));
-                            all.push(child);
-                        }
-                        _ => {}
-                    }
-                }
+    /// A node on a cycle of in-place applicators among the nodes lowered since the last check.
+    /// Lowering appends, and a node already checked only names nodes lowered before it, so a
+    /// new cycle lies among the new nodes alone.
+    fn in_place_cycle(&mut self) -> Option<NodeId> {
+        // 0: unvisited, 1: on the path, 2: done (the nodes checked before count as done).
+        let mut state = vec![2u8; self.checked];
+        state.resize(self.nodes.len(), 0);
+        self.checked = self.nodes.len();
+        for start in 0..state.len() {
+            if state[start] != 0 {
+                continue;
             }
-        }
-        // Schemas below (properties, items, ...) get their own check.
-        for id in all {
-            let Some(node) = self.nodes.get(id as usize) else { continue };
-            let below = [node.items, node.contains, node.additional_properties, node.property_names, node.unevaluated_properties, node.unevaluated_items];
-            let below = below
-                .into_iter()
-                .flatten()
-                .chain(node.prefix_items.iter().copied())
-                .chain(node.properties.iter().map(|(_, n)| *n))
-                .chain(node.pattern_properties.iter().map(|(_, n)| *n));
-            for child in below {
-                if state.get(child as usize) == Some(&0) && self.checked.borrow_mut().insert(child) {
-                    if let Some(looped) = self.in_place_cycle(child) {
-                        return Some(looped);
+            state[start] = 1;
+            let mut stack: Vec<(usize, Vec<NodeId>)> = vec![(start, self.in_place(start))];
+            while let Some((node, mut next)) = stack.pop() {
+                let Some(child) = next.pop() else {
+                    state[node] = 2;
+                    continue;
+                };
+                stack.push((node, next));
+                let child = child as usize;
+                match state.get(child) {
+                    Some(1) => return NodeId::try_from(child).ok(),
+                    Some(0) => {
+                        state[child] = 1;
+                        stack.push((child, self.in_place(child)));
                     }
+                    _ => {}
                 }
             }
         }
@@ -102,8 +90,8 @@ impl<'a> Lowering<'a> {
     }
 
     /// The schemas a node applies to the same value.
-    fn in_place(&self, id: NodeId) -> Vec<NodeId> {
-        let Some(n) = self.nodes.get(id as usize) else { return Vec::new() };
+    fn in_place(&self, id: usize) -> Vec<NodeId> {
+        let Some(n) = self.nodes.get(id) else { return Vec::new() };
         [n.reference, n.not, n.condition, n.then, n.otherwise]
             .into_iter()
             .flatten()

@@ -16,6 +16,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::validator::escape;
+
 /// Keywords whose value is one schema.
 const SCHEMA_KEYWORDS: [&str; 8] = ["items", "additionalProperties", "not", "contains", "propertyNames", "if", "then", "else"];
 /// Keywords whose value is a list of schemas.
@@ -58,11 +60,6 @@ impl View {
                 || s.get("x-data-class").and_then(Value::as_str).is_some_and(|c| self.hide_classes.iter().any(|h| h == c))
         })
     }
-}
-
-/// A key as one JSON-pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
-pub fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// The schema and every schema its local `$ref` chain leads to, at most [`MAX_REF_HOPS`].

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::program::{NodeId, TagNode};
+use crate::validator::escape;
 use crate::SchemaError;
 
 /// How deep the walk follows nested values and schema compositions.
@@ -191,11 +192,6 @@ fn flatten(table: &TagTable, schema: NodeId, out: &mut Vec<NodeId>, depth: usize
             flatten(table, m, out, depth + 1);
         }
     }
-}
-
-/// A key as one JSON-pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// Removes the stripped fields from `answer` for a caller granted `scopes`; `Ok(true)` when

@@ -71,7 +71,7 @@ impl SchemaTable {
                 for seg in fail.path.iter().rev() {
                     path.push('/');
                     match seg {
-                        Seg::Key(k) => path.push_str(&k.replace('~', "~0").replace('/', "~1")),
+                        Seg::Key(k) => path.push_str(&escape(k)),
                         Seg::Index(i) => path.push_str(&i.to_string()),
                     }
                 }
@@ -632,6 +632,11 @@ fn divides_exactly(value: f64, multiple: f64) -> Option<bool> {
         let divisor = u32::try_from(vd - md).ok().and_then(|k| 10u128.checked_pow(k)).and_then(|p| p.checked_mul(mm));
         Some(divisor.is_some_and(|d| vm % d == 0))
     }
+}
+
+/// A key as one JSON-pointer segment (RFC 6901: `~` → `~0`, `/` → `~1`).
+pub fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
 }
 
 /// A schema of a compiled contract: its table and where in it. Serialized as the index alone;
