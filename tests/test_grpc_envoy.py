@@ -250,7 +250,7 @@ def test_messages_outside_the_contract_never_reach_the_service(orders, keys):
         ("an undeclared enum value", valid + b"\x18\x07", None, grpc.StatusCode.INVALID_ARGUMENT, "invalid_enum"),
         ("not protobuf", b"\xff\xff\xff\xff", None, grpc.StatusCode.INVALID_ARGUMENT, "invalid_message"),
         ("too large", pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="x" * 1500)).SerializeToString(), None,
-         grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+         grpc.StatusCode.RESOURCE_EXHAUSTED, "message_too_large"),
     ]
     for name, payload, compression, code, reason in rows:
         got = refusal(lambda: raw(channel, "CreateOrder", payload, md, compression))
@@ -259,6 +259,86 @@ def test_messages_outside_the_contract_never_reach_the_service(orders, keys):
     # A tenant in the message that is not the caller's.
     other = pb2.CreateOrderRequest(tenant_id="globex", item=pb2.Item(sku="a")).SerializeToString()
     assert refusal(lambda: raw(channel, "CreateOrder", other, md)) == (grpc.StatusCode.PERMISSION_DENIED, "tenant_boundary")
+
+
+def h2_exchange(port: int, headers: list[tuple[str, str]], data: list[bytes], end_stream: bool, timeout: float = 5.0) -> dict:
+    """One HTTP/2 stream by hand (what no gRPC library sends): the headers, then `data` frames,
+    left open unless `end_stream`; the answer's headers and trailers, merged, once the stream
+    ends. An answer that does not come within `timeout` fails the test."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, headers, end_stream=not data and end_stream)
+        for i, part in enumerate(data):
+            conn.send_data(stream, part, end_stream=end_stream and i == len(data) - 1)
+        sock.sendall(conn.data_to_send())
+        answer: dict = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            received = sock.recv(65536)
+            assert received, f"the connection closed before the stream ended: {answer}"
+            for event in conn.receive_data(received):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    answer.update(dict(event.headers))
+                if isinstance(event, h2.events.StreamReset):
+                    return {**answer, "reset": event.error_code}
+                if isinstance(event, h2.events.StreamEnded):
+                    return answer
+            sock.sendall(conn.data_to_send())
+        raise AssertionError(f"no answer within {timeout} s: {answer}")
+
+
+def call_headers(env: Envoy, keys, method: str, rpc: str) -> list[tuple[str, str]]:
+    return [(":method", method), (":scheme", "http"), (":authority", f"127.0.0.1:{env.port}"), (":path", f"/demo.orders.Orders/{rpc}"),
+            ("content-type", "application/grpc"), ("te", "trailers"), *caller(keys)]
+
+
+def grpc_frame(message: bytes, announced: int | None = None) -> bytes:
+    return b"\0" + (len(message) if announced is None else announced).to_bytes(4, "big") + message
+
+
+def test_grpc_is_post_only(orders, keys):
+    """A call by any other method is refused as a gRPC answer before the service sees it, over
+    HTTP/2 as gRPC travels and over HTTP/1.1."""
+    env, _, pb2, server, _ = orders
+    before = len(server.created)
+    message = grpc_frame(pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="a", quantity=1)).SerializeToString())
+    for method in ("GET", "PUT", "DELETE"):
+        answer = h2_exchange(env.port, call_headers(env, keys, method, "CreateOrder"), [] if method == "GET" else [message], end_stream=True)
+        assert (answer.get(":status"), answer.get("grpc-status"), answer.get("meshward-reason")) == ("200", "12", "not_post"), (method, answer)
+    r = env.request("/demo.orders.Orders/CreateOrder", {**dict(caller(keys)), "content-type": "application/grpc"}, method="PUT", body=message)
+    assert (r.status, r.header("grpc-status"), r.header("meshward-reason")) == (200, "12", "not_post"), r
+    assert len(server.created) == before, "nothing reached the service"
+    answer = h2_exchange(env.port, call_headers(env, keys, "POST", "CreateOrder"), [message], end_stream=True)
+    assert answer.get("grpc-status") == "0", answer
+
+
+def test_a_unary_call_is_answered_from_its_length_prefix(orders, keys):
+    """A sender that announces a message over `max_message_bytes`, or more than one message,
+    and then goes quiet is answered at once (not held until Envoy's idle timeout)."""
+    env, _, pb2, server, _ = orders
+    before = len(server.created)
+    valid = grpc_frame(pb2.CreateOrderRequest(tenant_id="acme", item=pb2.Item(sku="a", quantity=1)).SerializeToString())
+    rows = [
+        ("a length over the limit, nothing after it", [grpc_frame(b"", announced=1 << 20)], "8", "message_too_large"),
+        ("over the limit, its first bytes sent", [grpc_frame(b"\x0a\x04acme", announced=1025)], "8", "message_too_large"),
+        ("a whole message, then a second one begun", [valid, grpc_frame(b"", announced=3)], "3", "malformed_frame"),
+    ]
+    for name, data, status, reason in rows:
+        started = time.monotonic()
+        answer = h2_exchange(env.port, call_headers(env, keys, "POST", "CreateOrder"), data, end_stream=False, timeout=5)
+        assert (answer.get("grpc-status"), answer.get("meshward-reason")) == (status, reason), (name, answer)
+        assert time.monotonic() - started < 2, (name, "answered while the sender is still quiet")
+    assert len(server.created) == before, "nothing reached the service"
+    answer = h2_exchange(env.port, call_headers(env, keys, "POST", "CreateOrder"), [valid[:3], valid[3:]], end_stream=True)
+    assert answer.get("grpc-status") == "0", ("a message sent in pieces passes", answer)
 
 
 def test_a_plain_http_request_is_not_a_call(orders, keys):

@@ -54,6 +54,9 @@ pub enum Step {
     Respond(Reply),
 }
 
+/// How many bytes of a held body [`Stage::on_request_body_head`] sees.
+pub const BODY_HEAD_BYTES: usize = 8;
+
 /// A response a stage gives in the upstream's place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
@@ -74,6 +77,14 @@ pub trait Stage {
 
     /// Called once with the whole request body, after this stage returned [`Step::NeedBody`].
     fn on_request_body(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _body: &[u8]) -> Step {
+        Step::Continue
+    }
+
+    /// Called as a body this stage holds ([`Step::NeedBody`]) arrives, before its size is
+    /// checked: its first bytes (up to [`BODY_HEAD_BYTES`]) and its size so far. A stage refuses
+    /// here what the start already tells (a gRPC message announced larger than allowed), so a
+    /// sender is answered without the rest being waited for.
+    fn on_request_body_head(&mut self, _host: &mut dyn Host, _request: &mut RequestState, _head: &[u8], _size: usize) -> Step {
         Step::Continue
     }
 

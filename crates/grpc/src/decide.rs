@@ -12,9 +12,12 @@ use crate::config::{GrpcConfig, Method, UnknownFields};
 use crate::framing::{frames, next_frame, Frame};
 use crate::GrpcError;
 
-/// The offered method a call's `:path` names.
-pub fn find_method<'a>(config: &'a GrpcConfig, path: &str) -> Option<&'a Method> {
-    config.methods.iter().find(|m| m.path == path)
+/// The offered method a call names: POST (gRPC has no other method) to its exact `:path`.
+pub fn find_method<'a>(config: &'a GrpcConfig, http_method: &str, path: &str) -> Result<&'a Method, GrpcError> {
+    if http_method != "POST" {
+        return Err(GrpcError::NotPost);
+    }
+    config.methods.iter().find(|m| m.path == path).ok_or(GrpcError::MethodNotAllowed)
 }
 
 /// Who may call it: nothing asked of a public method, else its [`Requirement`](meshward_core::caller::Requirement).

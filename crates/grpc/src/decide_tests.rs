@@ -45,7 +45,7 @@ fn principal(scope: &str, tenant: &str) -> Principal {
 }
 
 fn method<'a>(c: &'a GrpcConfig, name: &str) -> &'a Method {
-    find_method(c, &format!("/demo.orders.Orders/{name}")).unwrap()
+    find_method(c, "POST", &format!("/demo.orders.Orders/{name}")).unwrap()
 }
 
 /// A message of the method's input type with these fields set, encoded.
@@ -77,9 +77,13 @@ fn item(c: &GrpcConfig, fields: &[(&str, Value)]) -> Value {
 #[test]
 fn methods_offered_and_who_may_call_them() {
     let c = config();
-    assert!(find_method(&c, "/demo.orders.Orders/Upload").is_none(), "not offered");
-    assert!(find_method(&c, "/demo.orders.Orders/getorder").is_none(), "names are exact");
-    assert!(find_method(&c, "/demo.orders.Orders/GetOrder?x=1").is_none());
+    let refused = |http_method: &str, path: &str| find_method(&c, http_method, path).err();
+    assert_eq!(refused("POST", "/demo.orders.Orders/Upload"), Some(GrpcError::MethodNotAllowed), "not offered");
+    assert_eq!(refused("POST", "/demo.orders.Orders/getorder"), Some(GrpcError::MethodNotAllowed), "names are exact");
+    assert_eq!(refused("POST", "/demo.orders.Orders/GetOrder?x=1"), Some(GrpcError::MethodNotAllowed));
+    for other in ["GET", "PUT", "HEAD", "OPTIONS"] {
+        assert_eq!(refused(other, "/demo.orders.Orders/GetOrder"), Some(GrpcError::NotPost), "{other}: gRPC is POST only");
+    }
     let reader = principal("orders:read", "acme");
     let billing = Workload::parse("spiffe://mesh.test/ns/billing/sa/billing").unwrap();
     let other = Workload::parse("spiffe://mesh.test/ns/orders/sa/orders").unwrap();

@@ -8,6 +8,8 @@ use meshward_core::{Denial, DenialKind};
 pub enum GrpcError {
     /// The request is not a gRPC call (`content-type` is not `application/grpc[+...]`).
     NotGrpc,
+    /// A gRPC call by a method other than POST (gRPC is POST only).
+    NotPost,
     /// The method is not in the allowlist (UNIMPLEMENTED).
     MethodNotAllowed,
     /// The method names calling workloads and the peer presented no certificate naming one.
@@ -55,6 +57,7 @@ impl GrpcError {
     pub fn reason(&self) -> &'static str {
         match self {
             GrpcError::NotGrpc => "not_grpc",
+            GrpcError::NotPost => "not_post",
             GrpcError::MethodNotAllowed => "method_not_allowed",
             GrpcError::MissingWorkload => "missing_workload",
             GrpcError::WorkloadNotAllowed => "workload_not_allowed",
@@ -75,6 +78,7 @@ impl GrpcError {
     fn message(&self) -> String {
         match self {
             GrpcError::NotGrpc => "this service takes gRPC calls only".into(),
+            GrpcError::NotPost => "gRPC calls are made with POST".into(),
             GrpcError::MethodNotAllowed => "this method is not offered".into(),
             GrpcError::MissingWorkload => "the calling workload is not identified by a client certificate".into(),
             GrpcError::WorkloadNotAllowed => "the calling workload may not call this method".into(),
@@ -95,7 +99,7 @@ impl GrpcError {
     pub fn denial(&self) -> Denial {
         let kind = match self {
             GrpcError::NotGrpc | GrpcError::UnsupportedCompression => DenialKind::UnsupportedMediaType,
-            GrpcError::MethodNotAllowed => DenialKind::MethodNotAllowed,
+            GrpcError::MethodNotAllowed | GrpcError::NotPost => DenialKind::MethodNotAllowed,
             GrpcError::MissingPrincipal => DenialKind::MissingCredentials,
             GrpcError::MessageTooLarge { .. } => DenialKind::PayloadTooLarge,
             GrpcError::MalformedFrame

@@ -9,7 +9,7 @@ use meshward_host::Host;
 
 use crate::config::GrpcConfig;
 use crate::decide::{authorize, check_request, find_method, Stream};
-use crate::framing::PREFIX;
+use crate::framing::{check_single_head, PREFIX};
 use crate::GrpcError;
 use meshward_core::caller::Caller;
 
@@ -51,8 +51,9 @@ impl Stage for GrpcStage {
         if !request.is_grpc() {
             return Step::Deny(GrpcError::NotGrpc.denial());
         }
-        let Some(method) = find_method(&policy.config, &request.path) else {
-            return Step::Deny(GrpcError::MethodNotAllowed.denial());
+        let method = match find_method(&policy.config, &request.method, &request.path) {
+            Ok(method) => method,
+            Err(e) => return Step::Deny(e.denial()),
         };
         self.method = policy.config.methods.iter().position(|m| std::ptr::eq(m, method));
         request.route = Some(method.name.clone());
@@ -66,6 +67,13 @@ impl Stage for GrpcStage {
         }
         // The message is read whole: one frame, at most the limit (compressed no larger).
         Step::NeedBody { max_bytes: policy.config.max_message_bytes + PREFIX }
+    }
+
+    fn on_request_body_head(&mut self, _host: &mut dyn Host, _request: &mut RequestState, head: &[u8], size: usize) -> Step {
+        match check_single_head(head, size, self.policy.config.max_message_bytes) {
+            Ok(()) => Step::Continue,
+            Err(e) => Step::Deny(e.denial()),
+        }
     }
 
     fn on_request_chunk(&mut self, host: &mut dyn Host, request: &mut RequestState, chunk: &[u8], end_of_stream: bool) -> Step {

@@ -5,6 +5,7 @@ use std::rc::Rc;
 
 use meshward_core::request::BodyError;
 use meshward_core::stats::{count_decision, Decision};
+use meshward_core::stage::BODY_HEAD_BYTES;
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
@@ -293,6 +294,9 @@ impl Filter {
                 return Verdict::Pause;
             }
         }
+        if let Settled::Stopped = self.check_body_head(host, body_size) {
+            return Verdict::Pause;
+        }
         for i in 0..self.slots.len() {
             let Some(max_bytes) = self.slots[i].body_limit else { continue };
             if body_size > max_bytes {
@@ -309,6 +313,34 @@ impl Filter {
             return Verdict::Pause;
         }
         self.deliver_body(host, body_size)
+    }
+
+    /// Shows the start of the body arriving to each stage holding it
+    /// ([`Stage::on_request_body_head`]).
+    fn check_body_head(&mut self, host: &mut dyn Host, body_size: usize) -> Settled {
+        if body_size == 0 || self.slots.iter().all(|s| s.body_limit.is_none()) {
+            return Settled::Next;
+        }
+        let Some(head) = host.request_body(0, body_size.min(BODY_HEAD_BYTES)) else { return Settled::Next };
+        for i in 0..self.slots.len() {
+            if self.slots[i].body_limit.is_none() {
+                continue;
+            }
+            let step = {
+                let slot = &mut self.slots[i];
+                self.request.route = slot.route.clone();
+                slot.stage.on_request_body_head(host, &mut self.request, &head, body_size)
+            };
+            let settled = match step {
+                Step::Continue => Settled::Next,
+                Step::Deny(denial) => self.deny(host, i, &denial),
+                _ => self.deny(host, i, &RuntimeDenial::StageError.denial()),
+            };
+            if let Settled::Stopped = settled {
+                return Settled::Stopped;
+            }
+        }
+        Settled::Next
     }
 
     /// Stages read the body as it arrives and none holds it whole (then they get it whole
