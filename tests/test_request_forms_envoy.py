@@ -26,10 +26,12 @@ ORDER = {"type": "object", "required": ["tenant_id", "product_id", "quantity"], 
     "tenant_id": {"type": "string"}, "product_id": {"type": "integer", "format": "int32"},
     "quantity": {"type": "integer", "minimum": 1, "maximum": 50}, "note": {"type": "string"},
     "deliver_at": {"type": "string", "format": "date-time"},
-    "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}, "owner": {"type": "string"}}}}}}
+    "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}, "owner": {"type": "string"}}}},
+    "revision": {"type": "integer", "format": "int64"}, "größe": {"type": "integer"}}}
 PATCH = {"type": "object", "properties": ORDER["properties"]}
 ID = {"name": "tenant_id", "in": "path", "required": True, "schema": {"type": "string"}}
-ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+ORDER_ID = {"name": "order_id", "in": "path", "required": True, "schema": {"type": "integer", "format": "int64"}}
+NOTIFY = {"name": "notify", "in": "query", "schema": {"type": "string", "enum": ["email", "none"]}}
 CONTRACT = {
     "openapi": "3.1.0", "info": {"title": "orders", "version": "1"},
     "paths": {
@@ -45,9 +47,10 @@ CONTRACT = {
             "responses": {"200": {"description": "added"}}}},
         "/tenants/{tenant_id}/orders/{order_id}": {
             "get": {"operationId": "get_order", "parameters": [ID, ORDER_ID], "responses": {"200": {"description": "the order"}}},
-            "patch": {"operationId": "update_order", "parameters": [ID, ORDER_ID],
+            "patch": {"operationId": "update_order", "parameters": [ID, ORDER_ID, NOTIFY],
                       "requestBody": {"content": {"application/json": {"schema": PATCH},
-                                                  "application/x-www-form-urlencoded": {"schema": PATCH}}},
+                                                  "application/x-www-form-urlencoded": {"schema": PATCH},
+                                                  "multipart/form-data": {"schema": PATCH}}},
                       "responses": {"200": {"description": "updated"}}}},
     },
 }
@@ -166,6 +169,12 @@ def test_valid_requests_reach_the_upstream_unchanged_in_every_form(envoy, auth, 
     form = b"quantity=3&note=a+b"
     r = send(envoy, "PATCH", "/tenants/acme/orders/7", {**auth, "content-type": "application/x-www-form-urlencoded"}, form)
     assert r.reached_upstream and r.json()["body"].encode() == form, r
+    # A multipart form with a field named in UTF-8 (RFC 7578 §5.1) and a `;` in a filename, as
+    # httpx encodes it; an optional query parameter given; the lowest int64 id.
+    upload = httpx.Request("PATCH", "http://x/", data={"größe": "3"}, files={"note": ("a;b.txt", b"x")})
+    multipart = upload.read()
+    r = send(envoy, "PATCH", "/tenants/acme/orders/-9223372036854775808?notify=email", {**auth, "content-type": upload.headers["content-type"]}, multipart)
+    assert r.reached_upstream and r.json()["body"].encode() == multipart, r
     # The same body, compressed: checked decoded, forwarded as sent.
     r = send(envoy, "POST", "/tenants/acme/orders", {**auth, "content-encoding": "gzip"}, gz(GOOD))
     assert r.reached_upstream and r.json()["method"] == "POST", r
@@ -233,7 +242,11 @@ ATTACKS = {
                                         "items": [{"sku": "a", "owner": "alice"}, {"sku": "b"}]}).encode(), 403, "not_owner"),
     "array element of another owner": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2,
                                        "items": [{"sku": "a", "owner": "alice"}, {"sku": "b", "Owner": "mallory"}]}).encode(), 403, "not_owner"),
-    # class 8: integer ranges and formats.
+    # class 8: integer ranges and formats, empty parameters.
+    "int64 below its range": ("PATCH", "/tenants/acme/orders/-9223372036854775809", {}, b'{"quantity": 3}', 400, "invalid_parameter"),
+    "int64 below its range, in a form": ("PATCH", "/tenants/acme/orders/7", {"content-type": "application/x-www-form-urlencoded"},
+                                         b"revision=-9223372036854775809", 400, "schema_violation"),
+    "optional query parameter given empty": ("PATCH", "/tenants/acme/orders/7?notify=", {}, b'{"quantity": 3}', 400, "invalid_parameter"),
     "int32 past its range": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 2**31, "quantity": 2}).encode(), 400, "schema_violation"),
     "date-time that is not one": ("POST", "/tenants/acme/orders", {}, json.dumps({"tenant_id": "acme", "product_id": 1, "quantity": 2, "deliver_at": "tomorrow"}).encode(), 400, "schema_violation"),
 }

@@ -105,24 +105,18 @@ fn part_name(headers: &str) -> Result<String, FormError> {
         let (key, value) = line.split_once(':').ok_or(FormError::Invalid)?;
         match key.trim().to_ascii_lowercase().as_str() {
             "content-disposition" => {
-                let mut params = value.split(';');
-                if !params.next().is_some_and(|d| d.trim().eq_ignore_ascii_case("form-data")) {
+                let (disposition, mut rest) = value.split_once(';').unwrap_or((value, ""));
+                if !disposition.trim().eq_ignore_ascii_case("form-data") {
                     return Err(FormError::Invalid);
                 }
-                for param in params {
-                    let (k, v) = param.split_once('=').ok_or(FormError::Invalid)?;
-                    match k.trim().to_ascii_lowercase().as_str() {
+                while !rest.trim().is_empty() {
+                    let (k, v, after) = disposition_param(rest)?;
+                    rest = after;
+                    match k.to_ascii_lowercase().as_str() {
                         // An extended (RFC 5987) name is read differently by different parsers.
                         "name*" | "filename*" => return Err(FormError::Ambiguous),
                         "name" if name.is_some() => return Err(FormError::Ambiguous),
-                        "name" => {
-                            let v = v.trim();
-                            let unquoted = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v);
-                            if unquoted.contains(['"', '\\']) {
-                                return Err(FormError::Ambiguous);
-                            }
-                            name = Some(unquoted.to_string());
-                        }
+                        "name" => name = Some(v.to_string()),
                         _ => {}
                     }
                 }
@@ -133,6 +127,33 @@ fn part_name(headers: &str) -> Result<String, FormError> {
         }
     }
     name.filter(|n| !n.is_empty()).ok_or(FormError::Invalid)
+}
+
+/// The first `key=value` parameter of `params` (a `Content-Disposition` after its type), with
+/// what follows it. A quoted value ends at its closing quote: it may hold `;` and any UTF-8
+/// (RFC 7578 §5.1, as browsers, curl and httpx send names and filenames). A quote or
+/// backslash inside is read differently by different parsers (escapes or not).
+fn disposition_param(params: &str) -> Result<(&str, &str, &str), FormError> {
+    let (key, rest) = params.split_once('=').ok_or(FormError::Invalid)?;
+    let rest = rest.trim_start();
+    let (value, after) = match rest.strip_prefix('"') {
+        Some(quoted) => {
+            let end = quoted.find('"').ok_or(FormError::Invalid)?;
+            let after = quoted[end + 1..].trim_start();
+            if !(after.is_empty() || after.starts_with(';')) {
+                return Err(FormError::Ambiguous);
+            }
+            (&quoted[..end], after)
+        }
+        None => {
+            let end = rest.find(';').unwrap_or(rest.len());
+            (rest[..end].trim_end(), &rest[end..])
+        }
+    };
+    if value.contains(['"', '\\']) {
+        return Err(FormError::Ambiguous);
+    }
+    Ok((key.trim(), value, after.strip_prefix(';').unwrap_or(after)))
 }
 
 /// A `multipart/form-data` body's (name, content) pairs; file parts as (lossy) text.
@@ -211,6 +232,12 @@ mod tests {
             ("content-disposition: form-data; name=tags", "a"),
         ]);
         assert_eq!(read(form), Ok(json!({"qty": 3, "file": "\u{1}PNG", "tags": ["a"]})));
+        // RFC 7578 §5.1: names in UTF-8, as browsers, curl, httpx and urllib3 send them.
+        let utf8 = multipart(&[("Content-Disposition: form-data; name=\"größe\"", "3"), ("Content-Disposition: form-data; name=\"f\"; filename=\"ä;b.txt\"", "x")]);
+        assert_eq!(read(utf8), Ok(json!({"größe": "3", "f": "x"})));
+        assert_eq!(read(multipart(&[("Content-Disposition: form-data; name=\"a\"b\"", "1")])), Err(FormError::Ambiguous), "a quote inside");
+        assert_eq!(read(multipart(&[("Content-Disposition: form-data; name=\"a\\\"; x=\"", "1")])), Err(FormError::Ambiguous), "an escape");
+        assert_eq!(read(multipart(&[("Content-Disposition: form-data; name=\"a", "1")])), Err(FormError::Invalid), "a quote left open");
         assert_eq!(read(multipart(&[("Content-Disposition: form-data; name=\"qty\"", "1"), ("Content-Disposition: form-data; name=\"qty\"", "9")])), Err(FormError::Ambiguous));
         assert_eq!(read(multipart(&[("Content-Disposition: form-data; name*=UTF-8''qty", "1")])), Err(FormError::Ambiguous));
         assert_eq!(read(multipart(&[("Content-Disposition: form-data; name=\"qty\"\r\nContent-Transfer-Encoding: base64", "MQ==")])), Err(FormError::Ambiguous));

@@ -23,12 +23,7 @@ pub struct FormField {
 pub fn coerce(scalar: Scalar, text: &str) -> Value {
     let parsed = match scalar {
         Scalar::String => None,
-        // Integers beyond 64 bits are still integers: read as a whole-valued float.
-        Scalar::Integer => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).ok().or_else(|| {
-            let digits = text.strip_prefix('-').unwrap_or(text);
-            let whole = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
-            whole.then(|| text.parse::<f64>().ok()).flatten().and_then(serde_json::Number::from_f64).map(Value::Number)
-        }),
+        Scalar::Integer => text.parse::<i64>().map(Value::from).or_else(|_| text.parse::<u64>().map(Value::from)).ok().or_else(|| beyond_64_bits(text)),
         Scalar::Number => text.parse::<f64>().ok().filter(|f| f.is_finite()).and_then(|f| serde_json::Number::from_f64(f).map(Value::Number)),
         Scalar::Boolean => match text {
             "true" => Some(Value::Bool(true)),
@@ -39,6 +34,27 @@ pub fn coerce(scalar: Scalar, text: &str) -> Value {
         Scalar::Json => meshward_core::json::read(text.as_bytes(), meshward_core::json::MAX_DEPTH).ok().map(|d| d.value),
     };
     parsed.unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+/// An integer beyond 64 bits is still an integer: read as a whole-valued float, rounded away
+/// from zero when it cannot be held exactly, so that it never lands inside a bound it is outside
+/// of (`-9223372036854775809` would round to `-2^63`, the lower `int64` bound itself).
+fn beyond_64_bits(text: &str) -> Option<Value> {
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(digits) => (true, digits),
+        None => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut float = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    // Every whole float is printed exactly with no fraction digits: compare magnitudes as text.
+    let exact = format!("{:.0}", float.abs());
+    let digits = digits.trim_start_matches('0');
+    if (exact.len(), exact.as_str()) < (digits.len(), digits) {
+        float = if negative { float.next_down() } else { float.next_up() };
+    }
+    serde_json::Number::from_f64(float).map(Value::Number)
 }
 
 /// A form body as its schema's object.
@@ -55,6 +71,20 @@ pub fn read_form(kind: &FormKind, body: &[u8], fields: &[FormField]) -> Result<V
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn integers_beyond_64_bits_never_round_into_a_bound() {
+        let below = coerce(Scalar::Integer, "-9223372036854775809");
+        assert!(below.as_f64().is_some_and(|f| f < i64::MIN as f64), "{below}");
+        let above = coerce(Scalar::Integer, "18446744073709551617");
+        assert!(above.as_f64().is_some_and(|f| f > u64::MAX as f64), "{above}");
+        assert_eq!(coerce(Scalar::Integer, "-9223372036854775808"), Value::from(i64::MIN));
+        assert_eq!(coerce(Scalar::Integer, "18446744073709551615"), Value::from(u64::MAX));
+        // Held exactly (a power of two): not moved.
+        assert_eq!(coerce(Scalar::Integer, "-18446744073709551616").as_f64(), Some(-18446744073709551616.0));
+        assert_eq!(coerce(Scalar::Integer, "-00"), Value::from(0));
+        assert_eq!(coerce(Scalar::Integer, "1e3"), Value::String("1e3".into()));
+    }
 
     #[test]
     fn fields_are_read_as_their_types() {

@@ -79,13 +79,22 @@ pub fn check_parameters(
             In::Query => query_values(raw_path, &param.name)?,
             In::Header => header(&param.name),
         };
-        // A required parameter given empty (`?limit=`) is not given, unless the contract says so.
-        let absent = values.is_empty() || (param.required && !param.allow_empty && values.iter().all(String::is_empty));
-        if absent {
+        if values.is_empty() {
             if param.required {
                 return Err(SchemaError::MissingParameter { location: location(param) });
             }
             continue;
+        }
+        // A parameter given empty (`?status=`) is not given, unless the contract allows it
+        // (`allowEmptyValue`, false by default): a required one is missing, an optional query
+        // parameter refused (OpenAPI 3.0 §4.7.12.1), as openapi-core reads it.
+        if !param.allow_empty && values.iter().all(String::is_empty) {
+            if param.required {
+                return Err(SchemaError::MissingParameter { location: location(param) });
+            }
+            if param.location == In::Query {
+                return Err(SchemaError::InvalidParameter { location: location(param), keyword: "allowEmptyValue".into() });
+            }
         }
         let instance = if param.array {
             let items: Vec<&str> = if values.len() == 1 { values[0].split(',').collect() } else { values.iter().map(String::as_str).collect() };

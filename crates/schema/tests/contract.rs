@@ -121,6 +121,29 @@ fn petstore_contract_from_yaml() {
         Err(SchemaError::InvalidParameter { location: "path.petId".into(), keyword: "type".into() })
     );
     assert_eq!(check(&p, "GET", "/pet/12", &[], None), Ok(()));
+    // `format: int64` at both ends, exactly (below the range is not rounded onto its bound).
+    assert_eq!(check(&p, "GET", "/pet/-9223372036854775808", &[], None), Ok(()));
+    assert_eq!(check(&p, "GET", "/pet/9223372036854775807", &[], None), Ok(()));
+    for outside in ["-9223372036854775809", "-9223372036854776833", "-99999999999999999999999"] {
+        assert_eq!(
+            check(&p, "GET", &format!("/pet/{outside}"), &[], None),
+            Err(SchemaError::InvalidParameter { location: "path.petId".into(), keyword: "minimum".into() }),
+            "{outside}"
+        );
+    }
+    assert_eq!(
+        check(&p, "GET", "/pet/9223372036854775808", &[], None),
+        Err(SchemaError::InvalidParameter { location: "path.petId".into(), keyword: "maximum".into() })
+    );
+    // An optional query parameter given empty: `allowEmptyValue` is false unless declared.
+    for empty in ["/pet/findByStatus?status=", "/pet/findByStatus?status"] {
+        assert_eq!(
+            check(&p, "GET", empty, &[], None),
+            Err(SchemaError::InvalidParameter { location: "query.status".into(), keyword: "allowEmptyValue".into() }),
+            "{empty}"
+        );
+    }
+    assert_eq!(check(&p, "GET", "/pet/findByStatus", &[], None), Ok(()), "absent is not empty");
     // Petstore also accepts XML for /pet: meshward cannot check it, so it is refused unless
     // the operation opts in; form bodies are read as the schema's object and validated.
     let xml = [("content-type", "application/xml")];
@@ -136,6 +159,8 @@ fn petstore_contract_from_yaml() {
     assert_eq!(form("name=doggie&photoUrls=a&category=%7B%22id%22%3A1%2C%22name%22%3A%22d%22%7D"), Ok(()), "objects as JSON text");
     assert_eq!(form("name=doggie&photoUrls=a&status=sleeping"), violation("/body/status", "enum"));
     assert_eq!(form("name=doggie&photoUrls=a&id=seven"), violation("/body/id", "type"));
+    assert_eq!(form("name=doggie&photoUrls=a&id=-9223372036854775809"), violation("/body/id", "minimum"));
+    assert_eq!(form("name=doggie&photoUrls=a&id=-9223372036854775808"), Ok(()));
     assert_eq!(form("name=doggie&photoUrls=a&is_admin=true"), violation("/body", "unevaluatedProperties"));
     assert_eq!(form("photoUrls=a"), violation("/body", "required"));
     assert_eq!(form("name=doggie&photoUrls=a&name=other"), Err(SchemaError::AmbiguousForm));
