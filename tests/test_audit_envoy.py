@@ -121,6 +121,11 @@ def test_verify_passes_the_log_and_catches_tampering(audited, tmp_path):
     i = next(i for i, r in enumerate(records(log)) if r["status"] == 403)
     altered[i] = altered[i].replace('"status":403', '"status":200')
     assert any("altered" in f for f in tampered("altered.log", altered))
+    # The same denial with a success added before it: a reader that keeps the last value of a
+    # key still reads 403 (and the hash over it holds); one that keeps the first reads 200.
+    doubled = list(lines)
+    doubled[i] = doubled[i].replace("{", '{"status":200,', 1)
+    assert any(f.startswith(f"{i + 1}: not one reading") for f in tampered("doubled.log", doubled))
     # A record removed from the middle of a producer's chain.
     removed = [line for k, line in enumerate(lines) if k != mine[0]]
     assert any("missing" in f for f in tampered("removed.log", removed))

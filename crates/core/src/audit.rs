@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{parse_json, ConfigError};
+use crate::json::Document;
 
 /// Filter-state key holding the request's record (Envoy: `wasm.meshward.audit`).
 pub const AUDIT_PROPERTY: &str = "meshward.audit";
@@ -173,9 +174,18 @@ pub fn verify(files: &[(String, String)]) -> Verified {
             if line.trim().is_empty() {
                 continue;
             }
-            let Ok(Value::Object(record)) = serde_json::from_str::<Value>(line) else {
-                out.findings.push(at("not a JSON record (altered, or cut)".into()));
-                continue;
+            // Read strictly: a key given twice (`"status":200,` added before `"status":403`)
+            // is read as either value by different readers, so it is tampering, not a record.
+            let record = match crate::json::read(line.as_bytes(), crate::json::MAX_DEPTH) {
+                Ok(Document { value: Value::Object(record), .. }) => record,
+                Err(crate::json::JsonError::Ambiguous(ambiguity)) => {
+                    out.findings.push(at(format!("not one reading: {} (altered)", ambiguity.describe().trim_start_matches("the body "))));
+                    continue;
+                }
+                _ => {
+                    out.findings.push(at("not a JSON record (altered, or cut)".into()));
+                    continue;
+                }
             };
             let field = |name: &str| record.get(name).and_then(Value::as_str);
             let (Some(producer), Some(seq), Some(prev), Some(hash)) =
@@ -297,6 +307,11 @@ mod tests {
             ("swapped", swapped, vec!["2: p1 #3: 1 record(s) before it are missing (expected #2)", "3: p1 #2: out of order or repeated (expected #4)"]),
             ("re-hashed", [&lines[..2], &[resealed], &lines[3..]].concat(), vec!["4: p1 #4: does not follow the record before it (prev differs)"]),
             ("cut", [&lines[..2], &[lines[2][..40].to_string()], &lines[3..]].concat(), vec!["3: not a JSON record (altered, or cut)", "4: p1 #4: 1 record(s) before it are missing (expected #3)"]),
+            (
+                "a key given twice (the reader of the last value sees 200)",
+                [&lines[..2], &[lines[2].replacen('{', "{\"status\":200,", 1)], &lines[3..]].concat(),
+                vec!["3: not one reading: an object has the same member twice (altered)", "4: p1 #4: 1 record(s) before it are missing (expected #3)"],
+            ),
             ("first removed", lines[1..].to_vec(), vec!["1: p1 #2: 1 record(s) before it are missing (expected #1)"]),
         ];
         for (what, lines, want) in cases {
