@@ -23,7 +23,9 @@ from tokens import bearer
 BILLING = f"{TRUST}/ns/billing/sa/billing"
 ORDERS = f"{TRUST}/ns/orders/sa/orders"
 DESK = f"{TRUST}/ns/support/sa/desk"
-CALLERS = {"billing": BILLING, "orders": ORDERS, "desk": DESK}
+# The same namespace and service account names in a federated trust domain.
+PARTNER = "spiffe://partner.test/ns/billing/sa/billing"
+CALLERS = {"billing": BILLING, "orders": ORDERS, "desk": DESK, "partner": PARTNER}
 
 
 def make_pki(d) -> dict:
@@ -48,7 +50,7 @@ def callee_plugins(keys) -> list[dict]:
     ownership = {"unmatched": "deny", "rules": [
         {"name": "settle", "match": {"template": "/internal/invoices/{id}/settle", "methods": ["POST"]},
          "workloads": [BILLING], "require_user": False},
-        {"name": "reports", "match": {"path": "/internal/reports"}, "workloads": [f"{TRUST}/"], "require_user": False},
+        {"name": "reports", "match": {"path": "/internal/reports"}, "workloads": [f"{TRUST}/", "spiffe://partner.test/"], "require_user": False},
         # A user's request that crossed a mesh workload: the user's own token decides the tenant.
         {"name": "tenant-orders", "match": {"template": "/tenants/{tenant}/orders"}, "workloads": [f"{TRUST}/"],
          "owner": [{"path_param": "tenant", "claim": "tenant"}]},
@@ -173,6 +175,17 @@ def test_no_certificate_is_no_workload_whatever_the_headers_say(mesh, pki, forge
     assert denied(r, 403, "missing_workload"), r
 
 
+def test_identity_headers_from_the_caller_never_reach_the_service(mesh):
+    """Headers that look like an identity meshward establishes are the caller's words: removed,
+    whatever the rule decides (the request passes as the certificate's workload)."""
+    caller, _ = mesh
+    forged = {"x-spiffe-id": ORDERS, "x-meshward-workload": ORDERS, "X-Meshward-Principal": "admin"}
+    r = call(caller, "billing", "/internal/invoices/7/settle", forged)
+    assert r.reached_upstream, r
+    seen = r.upstream_headers()
+    assert not [h for h in seen if h == "x-spiffe-id" or h.startswith("x-meshward-")], seen
+
+
 def test_a_workload_acting_for_a_user(mesh, keys, pki):
     caller, callee = mesh
     exchanged = agent(keys, act={"sub": DESK})
@@ -192,8 +205,10 @@ def test_quotas_per_calling_namespace(mesh):
         assert call(caller, "billing", "/internal/reports", method="GET").reached_upstream
     r = call(caller, "billing", "/internal/reports", method="GET")
     assert denied(r, 429, "rate_limited"), r
-    # Another namespace has its own budget.
+    # Another namespace has its own budget; so has the same namespace name in another trust
+    # domain (keys are qualified: `partner.test/ns/billing`, not `billing`).
     assert call(caller, "orders", "/internal/reports", method="GET").reached_upstream
+    assert call(caller, "partner", "/internal/reports", method="GET").reached_upstream
     assert json.loads(r.body)["reason"] == "rate_limited"
 
 

@@ -18,6 +18,14 @@ use serde::Serialize;
 /// Envoy's property for the first URI SAN of the peer's certificate.
 pub const PEER_URI_SAN: [&str; 2] = ["connection", "uri_san_peer_certificate"];
 
+/// Whether a request header could be mistaken for an identity meshward establishes: meshward's
+/// own prefix (`x-meshward-*`) and `x-spiffe-id`. meshward reads identities from the connection
+/// and verified tokens only; these are removed from every request so that a service (or a
+/// log) never takes a caller's copy for meshward's word.
+pub fn is_identity_header(name: &str) -> bool {
+    name.starts_with("x-meshward-") || name == "x-spiffe-id"
+}
+
 /// A workload named by a SPIFFE ID.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Workload {
@@ -130,6 +138,16 @@ mod tests {
             "spiffe://cluster.local/ns/a/sa/%62",
         ] {
             assert_eq!(Workload::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn identity_headers_are_meshwards_names() {
+        for name in ["x-spiffe-id", "x-meshward-workload", "x-meshward-principal"] {
+            assert!(is_identity_header(name), "{name}");
+        }
+        for name in ["x-forwarded-client-cert", "x-meshward", "x-spiffe-ids", "authorization", "x-jwt-sub"] {
+            assert!(!is_identity_header(name), "{name}");
         }
     }
 

@@ -140,14 +140,20 @@ impl WorkloadPart {
         WorkloadPart::ALL.iter().find(|(p, _)| *p == self).map_or("workload", |(_, n)| n)
     }
 
-    /// This part of a workload (`None`: a SPIFFE ID without an Istio-form path has no
-    /// namespace or service account).
-    pub fn of(self, workload: &meshward_core::workload::Workload) -> Option<&str> {
+    /// This part of a workload as a key value (`None`: a SPIFFE ID without an Istio-form path
+    /// has no namespace or service account). A namespace is qualified by its trust domain
+    /// (`cluster.local/ns/billing`) and a service account by both (`cluster.local/ns/billing/sa/api`):
+    /// the same name in another namespace or trust domain is another caller, with its own budget.
+    pub fn of(self, workload: &meshward_core::workload::Workload) -> Option<String> {
+        let domain = &workload.trust_domain;
         match self {
-            WorkloadPart::SpiffeId => Some(&workload.spiffe_id),
-            WorkloadPart::TrustDomain => Some(&workload.trust_domain),
-            WorkloadPart::Namespace => workload.namespace.as_deref(),
-            WorkloadPart::ServiceAccount => workload.service_account.as_deref(),
+            WorkloadPart::SpiffeId => Some(workload.spiffe_id.clone()),
+            WorkloadPart::TrustDomain => Some(domain.clone()),
+            WorkloadPart::Namespace => workload.namespace.as_ref().map(|ns| format!("{domain}/ns/{ns}")),
+            WorkloadPart::ServiceAccount => {
+                let (ns, sa) = (workload.namespace.as_ref()?, workload.service_account.as_ref()?);
+                Some(format!("{domain}/ns/{ns}/sa/{sa}"))
+            }
         }
     }
 }

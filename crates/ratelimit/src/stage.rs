@@ -116,7 +116,7 @@ pub fn key_values(rule: &Rule, caller: Caller<'_>, client_ip: Option<&str>, head
                 }),
                 KeyPart::Header(name) => header(name),
                 KeyPart::ClientIp => client_ip.map(str::to_string),
-                KeyPart::Workload(part) => caller.workload.and_then(|w| part.of(w)).map(str::to_string),
+                KeyPart::Workload(part) => caller.workload.and_then(|w| part.of(w)),
             };
             value.filter(|v| !v.is_empty()).map_or_else(|| MISSING.to_string(), key_part)
         })
@@ -371,7 +371,13 @@ mod tests {
         let istio = Workload::parse("spiffe://mesh.test/ns/billing/sa/api").unwrap();
         let other = Workload::parse("spiffe://mesh.test/payments/worker").unwrap();
         let keys = |workload: Option<&Workload>| key_values(rule, Caller { workload, ..Caller::default() }, None, &|_| None);
-        assert_eq!(keys(Some(&istio)), ["spiffe://mesh.test/ns/billing/sa/api", "billing", "api", "mesh.test"]);
+        assert_eq!(keys(Some(&istio)), ["spiffe://mesh.test/ns/billing/sa/api", "mesh.test/ns/billing", "mesh.test/ns/billing/sa/api", "mesh.test"]);
+        // The same names in another namespace or trust domain: other keys, other budgets.
+        for elsewhere in ["spiffe://mesh.test/ns/orders/sa/api", "spiffe://partner.test/ns/billing/sa/api"] {
+            let theirs = keys(Workload::parse(elsewhere).as_ref());
+            assert_ne!(theirs[2], "mesh.test/ns/billing/sa/api", "{elsewhere}");
+        }
+        assert_ne!(keys(Workload::parse("spiffe://partner.test/ns/billing/sa/x").as_ref())[1], "mesh.test/ns/billing");
         assert_eq!(keys(Some(&other)), ["spiffe://mesh.test/payments/worker", "-", "-", "mesh.test"]);
         assert_eq!(keys(None), ["-", "-", "-", "-"], "no certificate: the one shared bucket");
         let refused = crate::RateLimitConfig::parse(

@@ -6,6 +6,7 @@ use std::rc::Rc;
 use meshward_core::request::BodyError;
 use meshward_core::stats::{count_decision, Decision};
 use meshward_core::stage::BODY_HEAD_BYTES;
+use meshward_core::workload::is_identity_header;
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
@@ -162,6 +163,7 @@ impl Filter {
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Verdict {
         self.body_complete = end_of_stream;
         self.request = RequestState::from_headers(host.request_headers(), end_of_stream);
+        self.request.remove_headers(host, is_identity_header);
         for slot in &mut self.slots {
             slot.stage.scrub(host, &mut self.request);
         }
