@@ -205,9 +205,14 @@ def test_unmatched_routes_follow_the_unmatched_setting(envoy):
 def test_metrics_and_no_secrets_in_logs(envoy):
     body = payload()
     post(envoy, "/hooks/github", github_headers(body, secret="wrong-wrong-wrong-wrong"), body)
-    assert envoy.counter("meshward_webhook_denied_total.reason.bad_signature") >= 1
-    assert 'meshward_webhook_denied_total{reason="bad_signature"}' in envoy.prometheus()
+    assert envoy.counter("meshward_webhook_denied_total.route.github.reason.bad_signature") >= 1
+    prom = envoy.prometheus()
+    assert 'meshward_webhook_denied_total{route="github",reason="bad_signature"}' in prom or \
+        'meshward_webhook_denied_total{reason="bad_signature",route="github"}' in prom, prom
     log = envoy.log()
+    # The denial's log line names the endpoint (`endpoints[].name`).
+    line = envoy.wait_for_log(r'meshward_webhook: \{[^\n]*"bad_signature"[^\n]*"github"[^\n]*').group(0)
+    assert json.loads(line.split(": ", 1)[1])["route"] == "github", line
     for secret in (SW_SECRET, SW_OLD_SECRET, STRIPE_SECRET, GITHUB_SECRET):
         assert secret not in log and secret.removeprefix("whsec_") not in log
 
@@ -218,5 +223,5 @@ def test_shadow_mode_forwards_and_counts(upstream):
         body = payload()
         r = post(env, "/hooks/github", github_headers(body, secret="wrong-wrong-wrong-wrong"), body)
         assert_delivered(r, body)
-        assert env.counter("meshward_webhook_shadow_denied_total.reason.bad_signature") == 1
+        assert env.counter("meshward_webhook_shadow_denied_total.route.github.reason.bad_signature") == 1
     env.cleanup()

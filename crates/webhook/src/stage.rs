@@ -189,6 +189,8 @@ impl Stage for WebhookStage {
             };
         };
         let endpoint = &config.endpoints[index];
+        // The endpoint names the request's denial log lines and counters, as a rule does.
+        request.route = Some(endpoint.name.clone());
         let seen: &RequestState = request;
         match check_headers(endpoint, &|name| seen.header(name).map(str::to_string), unix_micros(host) / MICROS) {
             Ok(delivery) => {
