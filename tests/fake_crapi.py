@@ -23,6 +23,8 @@ class _Crapi(_Echo):
         if path == "/identity/api/v2/user/dashboard":
             return self._dashboard()
         if path == "/list":
+            if "none" in self.path:
+                return self._json([])
             return self._json([{"owner": "alice"}, {"owner": "alice"}] + ([{"owner": "mallory"}] if "leak" in self.path else []))
         return super()._answer()
 

@@ -96,6 +96,9 @@ def test_every_element_of_a_list_must_be_owned(envoy, keys):
     r = envoy.request("/list", token(keys))
     assert r.status == 200 and len(r.json()) == 2
     assert_cut(envoy.request("/list?leak=1", token(keys)), b"mallory")
+    # A user with nothing yet: an empty list holds nothing of anyone else's and passes whole.
+    r = envoy.request("/list?none=1", token(keys))
+    assert r.status == 200 and not r.reset and r.json() == [], r
 
 
 def test_function_level_admin_routes(envoy, keys):

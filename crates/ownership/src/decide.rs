@@ -106,17 +106,31 @@ fn member<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a 
     })
 }
 
+/// What a JSON pointer reached: its values, and whether a `*` segment found a collection to
+/// walk (an empty one reaches no value and is still there).
+#[derive(Default)]
+struct Reached<'a> {
+    values: Vec<&'a Value>,
+    walked: bool,
+}
+
 /// The values a JSON pointer reaches. A `*` segment walks every element of an array (or value
 /// of an object) and every element must carry the rest of the pointer: one that lacks it is
 /// an error, not a skipped element. Without `*`, a missing field reaches nothing.
-fn reach<'a>(value: &'a Value, segments: &[String], under_star: bool, out: &mut Vec<&'a Value>) -> Result<(), ElementLacksField> {
+fn reach<'a>(value: &'a Value, segments: &[String], under_star: bool, out: &mut Reached<'a>) -> Result<(), ElementLacksField> {
     let Some((segment, rest)) = segments.split_first() else {
-        out.push(value);
+        out.values.push(value);
         return Ok(());
     };
     let next = match (value, segment.as_str()) {
-        (Value::Array(items), "*") => return items.iter().try_for_each(|v| reach(v, rest, true, out)),
-        (Value::Object(map), "*") => return map.values().try_for_each(|v| reach(v, rest, true, out)),
+        (Value::Array(items), "*") => {
+            out.walked = true;
+            return items.iter().try_for_each(|v| reach(v, rest, true, out));
+        }
+        (Value::Object(map), "*") => {
+            out.walked = true;
+            return map.values().try_for_each(|v| reach(v, rest, true, out));
+        }
         (Value::Array(items), index) => index.parse::<usize>().ok().and_then(|i| items.get(i)),
         (Value::Object(map), key) => member(map, key),
         _ => None,
@@ -149,17 +163,19 @@ fn check_json(rule: &Rule, principal: Option<&Principal>, body: Read<'_>, respon
             Err(Unreadable::Invalid) => return Err(OwnershipError::InvalidBody),
         };
         let segments: Vec<String> = pointer.split('/').skip(1).map(|raw| raw.replace("~1", "/").replace("~0", "~")).collect();
-        let mut values = Vec::new();
-        if reach(document, &segments, false, &mut values).is_err() {
+        let mut reached = Reached::default();
+        if reach(document, &segments, false, &mut reached).is_err() {
             return Err(failed(check));
         }
-        if values.is_empty() {
-            if check.required {
+        if reached.values.is_empty() {
+            // An empty list (a user with no orders) holds nothing of anyone else's: every
+            // element of it is owned. A field that is not there at all proves nothing.
+            if check.required && !reached.walked {
                 return Err(failed(check));
             }
             continue;
         }
-        for value in values {
+        for value in reached.values {
             let text = match value {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),

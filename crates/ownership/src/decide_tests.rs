@@ -36,6 +36,8 @@ fn config() -> OwnershipConfig {
                 {"name": "by-header", "match": {"path": "/account"}, "owner": [{"header": "x-account", "claim": "accounts"}]},
                 {"name": "order", "match": {"template": "/orders/{id}"},
                  "owner": [{"response_field": "/order/user/email", "claim": "email"}]},
+                {"name": "my-orders", "match": {"path": "/orders", "methods": ["GET"]},
+                 "owner": [{"response_field": "/orders/*/user/email", "claim": "email"}]},
                 {"name": "admin-only", "match": {"prefix": "/admin/"}, "claims": [{"claim": "role", "one_of": ["admin", "ops"]}], "bypass": {"claims": [{"claim": "role", "one_of": ["root"]}]}}
             ]
         })
@@ -146,6 +148,20 @@ fn body_and_response_checks() {
     ];
     for (name, body, want) in response_cases {
         assert_eq!(check_response(order, Some(&alice), read(body).as_ref().map_err(|e| *e)), want, "{name}");
+    }
+    let mine = cfg.rules.iter().find(|r| r.name.as_deref() == Some("my-orders")).unwrap();
+    let list_cases: Vec<(&str, &[u8], Result<(), OwnershipError>)> = vec![
+        ("own orders", br#"{"orders": [{"user": {"email": "alice@acme.test"}}]}"#, Ok(())),
+        ("no orders: an empty list holds nothing of anyone else's", br#"{"orders": []}"#, Ok(())),
+        ("an empty object walked by `*`", br#"{"orders": {}}"#, Ok(())),
+        ("one order of someone else's", br#"{"orders": [{"user": {"email": "alice@acme.test"}}, {"user": {"email": "victim@acme.test"}}]}"#,
+         Err(OwnershipError::NotOwner { hide: false })),
+        ("an order without its owner", br#"{"orders": [{"user": {}}]}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("no list at all", br#"{"total": 0}"#, Err(OwnershipError::NotOwner { hide: false })),
+        ("a list that is not one", br#"{"orders": "none"}"#, Err(OwnershipError::NotOwner { hide: false })),
+    ];
+    for (name, body, want) in list_cases {
+        assert_eq!(check_response(mine, Some(&alice), read(body).as_ref().map_err(|e| *e)), want, "{name}");
     }
     assert_eq!(OwnershipError::NotOwner { hide: true }.denial().status(), 404);
 }
