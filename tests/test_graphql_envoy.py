@@ -272,6 +272,26 @@ def test_raw_documents_within_limits_where_allowed(open_envoy, server):
     assert len(server.executed) == before
 
 
+def test_directives_are_validated_as_the_server_would(open_envoy, server):
+    """A non-repeatable directive given twice at one place is invalid (graphql-core's own
+    validation, run here on the server's schema, says the same); thousands of them, or of
+    directives the server does not know, never reach it to be read."""
+    from graphql import parse, validate
+
+    repeated = "{ books @include(if: true)" + " @include(if: true)" * 3000 + " { title } }"
+    unknown = "{ books" + " @slow" * 3000 + " { title } }"
+    rows = [("a built-in repeated 3000 times", repeated, "invalid_document"), ("an unknown directive 3000 times", unknown, "too_many_directives")]
+    before = len(server.executed)
+    for name, document, reason in rows:
+        assert validate(SCHEMA._schema, parse(document)), (name, "graphql-core refuses it too")
+        r = post(open_envoy, {"query": document})
+        assert refused(r, 400, reason), (name, r.status_code, r.text)
+    assert len(server.executed) == before
+    # Each built-in once, and a few at one place, pass.
+    r = post(open_envoy, {"query": "{ books @include(if: true) @skip(if: false) { title } }"})
+    assert r.status_code == 200 and r.json()["data"]["books"], r.text
+
+
 @pytest.fixture(scope="module", params=FORMS)
 def schema_envoy(request, server, keys):
     jwt = jwt_config(keys)

@@ -9,7 +9,7 @@ use meshward_graphql::decide::{check_request, operations};
 use meshward_graphql::document::{check_document, Limits};
 use meshward_graphql::GraphqlConfig;
 
-const LIMITS: Limits = Limits { max_depth: 8, max_aliases: 10, introspection: false, default_list_size: 10 };
+const LIMITS: Limits = Limits { max_depth: 8, max_aliases: 10, introspection: false, default_list_size: 10, max_directives: 10 };
 
 const SCHEMA: &str = r#"
     interface Node { id: ID! }

@@ -39,6 +39,7 @@ struct RawConfig {
     max_depth: Option<usize>,
     max_aliases: Option<usize>,
     max_batch: Option<usize>,
+    max_directives: Option<usize>,
     #[serde(default)]
     introspection: bool,
     max_body_bytes: Option<usize>,
@@ -95,6 +96,7 @@ impl GraphqlConfig {
             max_depth: positive("max_depth", raw.max_depth, 10)?,
             max_aliases: positive("max_aliases", raw.max_aliases, 15)?,
             introspection: raw.introspection,
+            max_directives: positive("max_directives", raw.max_directives, 10)?,
             default_list_size: match raw.default_list_size {
                 Some(0) => return Err(ConfigError::new("default_list_size", "must be at least 1")),
                 n => n.unwrap_or(10),

@@ -35,6 +35,35 @@ pub struct Limits {
     pub introspection: bool,
     /// Items a list field is taken to answer with when neither an argument nor `@listSize` says.
     pub default_list_size: u64,
+    /// Directives at one location (a field, a fragment, an operation, a variable).
+    pub max_directives: usize,
+}
+
+/// Directives GraphQL defines, none repeatable (`@defer` / `@stream` as their RFC has them).
+const BUILT_IN_DIRECTIVES: [&str; 7] = ["skip", "include", "deprecated", "specifiedBy", "oneOf", "defer", "stream"];
+
+/// The directives at one location, as graphql-js's `UniqueDirectivesPerLocation` rule reads
+/// them: a directive that is not repeatable (a built-in, or one the schema declares without
+/// `repeatable`) given twice is invalid; and at most `limits.max_directives` of them (a
+/// directive the server does not know is its own validation's to refuse, but only after it
+/// read thousands of them).
+fn check_directives(directives: Option<cst::Directives>, limits: &Limits, schema: Option<&Schema>) -> Result<(), GraphqlError> {
+    let mut seen: Vec<String> = Vec::new();
+    for directive in directives.iter().flat_map(|d| d.directives()) {
+        if seen.len() >= limits.max_directives {
+            return Err(GraphqlError::TooManyDirectives { max: limits.max_directives });
+        }
+        let name = directive.name().map(|n| text(&n)).unwrap_or_default();
+        let repeatable = match schema.and_then(|s| s.directives.get(&name)) {
+            Some(repeatable) => *repeatable,
+            None => !BUILT_IN_DIRECTIVES.contains(&name.as_str()),
+        };
+        if !repeatable && seen.contains(&name) {
+            return Err(GraphqlError::InvalidDocument);
+        }
+        seen.push(name);
+    }
+    Ok(())
 }
 
 fn text(node: &impl CstNode) -> String {
@@ -216,8 +245,15 @@ pub fn check_document(source: &str, limits: &Limits, schema: Option<&Schema>) ->
     let mut fragments = HashMap::new();
     for definition in tree.document().definitions() {
         match definition {
-            cst::Definition::OperationDefinition(op) => operations.push(op),
+            cst::Definition::OperationDefinition(op) => {
+                check_directives(op.directives(), limits, schema)?;
+                for variable in op.variable_definitions().iter().flat_map(|v| v.variable_definitions()) {
+                    check_directives(variable.directives(), limits, schema)?;
+                }
+                operations.push(op)
+            }
             cst::Definition::FragmentDefinition(f) => {
+                check_directives(f.directives(), limits, schema)?;
                 let name = f.fragment_name().and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
                 let on = f.type_condition().and_then(|c| c.named_type()).and_then(|n| n.name()).map(|n| text(&n)).ok_or(GraphqlError::InvalidDocument)?;
                 let set = f.selection_set().ok_or(GraphqlError::InvalidDocument)?;
@@ -367,6 +403,7 @@ impl<'a> Walk<'a> {
 
     /// A selection's `@skip(if:)` / `@include(if:)`: a literal decides now, a variable later.
     fn gate(&self, directives: Option<cst::Directives>) -> Result<Gate, GraphqlError> {
+        check_directives(directives.clone(), self.limits, self.schema)?;
         let mut conditions = Vec::new();
         for directive in directives.iter().flat_map(|d| d.directives()) {
             let runs_when = match directive.name().map(|n| n.text().to_string()).as_deref() {
@@ -515,7 +552,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits { max_depth: 3, max_aliases: 2, introspection: false, default_list_size: 10 };
+    const LIMITS: Limits = Limits { max_depth: 3, max_aliases: 2, introspection: false, default_list_size: 10, max_directives: 4 };
 
     #[test]
     fn documents_within_limits() {
@@ -539,11 +576,27 @@ mod tests {
             ("type Query { a: Int }", Err(GraphqlError::InvalidDocument)),
             ("fragment F on Q { a }", Err(GraphqlError::InvalidDocument)),
             ("", Err(GraphqlError::InvalidDocument)),
+            // Directives, as graphql-js validates them: a built-in once per location; at most
+            // `max_directives` anywhere; a directive the filter does not know may repeat.
+            ("{ a @include(if: true) @skip(if: false) }", Ok(vec![None])),
+            ("{ a @include(if: true) @include(if: true) }", Err(GraphqlError::InvalidDocument)),
+            ("{ ... on Q @skip(if: false) @skip(if: false) { a } }", Err(GraphqlError::InvalidDocument)),
+            ("{ ...F @skip(if: false) @skip(if: false) } fragment F on Q { a }", Err(GraphqlError::InvalidDocument)),
+            ("query Q @defer @defer { a }", Err(GraphqlError::InvalidDocument)),
+            ("{ ...F } fragment F on Q @stream @stream { a }", Err(GraphqlError::InvalidDocument)),
+            ("query Q($v: Int @deprecated @deprecated) { a }", Err(GraphqlError::InvalidDocument)),
+            ("{ a @tag @tag @tag @tag }", Ok(vec![None])),
+            ("{ a @tag @tag @tag @tag @tag }", Err(GraphqlError::TooManyDirectives { max: 4 })),
+            ("query Q @a @b @c @d @e { a }", Err(GraphqlError::TooManyDirectives { max: 4 })),
         ];
         let names = |r: Result<Vec<OperationInfo>, GraphqlError>| r.map(|ops| ops.into_iter().map(|o| o.name).collect::<Vec<_>>());
         for (document, want) in rows {
             assert_eq!(names(check_document(document, &LIMITS, None)), want, "{document}");
         }
+        // A schema's own directives: repeatable when it says so, else once per location.
+        let schema = Schema::parse("directive @tag(name: String) repeatable on FIELD directive @once on FIELD type Query { a: Int }").unwrap();
+        assert_eq!(names(check_document("{ a @tag(name: \"x\") @tag(name: \"y\") }", &LIMITS, Some(&schema))), Ok(vec![None]));
+        assert_eq!(names(check_document("{ a @once @once }", &LIMITS, Some(&schema))), Err(GraphqlError::InvalidDocument));
         let kinds = check_document("query Q { a } mutation M { b } subscription S { c } { d }", &LIMITS, None).map(|ops| ops.iter().map(|o| o.query).collect::<Vec<_>>());
         assert_eq!(kinds, Ok(vec![true, false, false, true]));
         let open = Limits { introspection: true, ..LIMITS };
@@ -593,7 +646,7 @@ mod tests {
     #[test]
     fn with_a_schema_fields_are_known_costed_and_scoped() {
         let schema = Schema::parse(SDL).unwrap();
-        let limits = Limits { max_depth: 8, max_aliases: 5, introspection: false, default_list_size: 10 };
+        let limits = Limits { max_depth: 8, max_aliases: 5, introspection: false, default_list_size: 10, max_directives: 4 };
         let vars = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
         let cost = |document: &str, variables: serde_json::Value| {
             let ops = check_document(document, &limits, Some(&schema))?;

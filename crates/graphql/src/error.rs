@@ -23,6 +23,8 @@ pub enum GraphqlError {
     TooDeep { max: usize },
     /// More aliases than allowed (one query asking the same field many times).
     TooManyAliases { max: usize },
+    /// More directives at one location than allowed.
+    TooManyDirectives { max: usize },
     /// `__schema` / `__type` and introspection is off.
     Introspection,
     /// Fragments expand to more selections than the filter walks.
@@ -51,6 +53,7 @@ impl GraphqlError {
             GraphqlError::InvalidDocument => "invalid_document",
             GraphqlError::TooDeep { .. } => "too_deep",
             GraphqlError::TooManyAliases { .. } => "too_many_aliases",
+            GraphqlError::TooManyDirectives { .. } => "too_many_directives",
             GraphqlError::Introspection => "introspection_disabled",
             GraphqlError::TooComplex => "too_complex",
             GraphqlError::MutationOverGet => "mutation_over_get",
@@ -72,6 +75,7 @@ impl GraphqlError {
             GraphqlError::InvalidDocument => "the document does not parse or names no single operation".into(),
             GraphqlError::TooDeep { max } => format!("selections nest deeper than {max}"),
             GraphqlError::TooManyAliases { max } => format!("more than {max} aliases"),
+            GraphqlError::TooManyDirectives { max } => format!("more than {max} directives at one place"),
             GraphqlError::Introspection => "introspection is disabled".into(),
             GraphqlError::TooComplex => "the document expands to too many selections".into(),
             GraphqlError::MutationOverGet => "only queries run over GET; send mutations as POST".into(),
@@ -96,6 +100,7 @@ impl GraphqlError {
             | GraphqlError::InvalidDocument
             | GraphqlError::TooDeep { .. }
             | GraphqlError::TooManyAliases { .. }
+            | GraphqlError::TooManyDirectives { .. }
             | GraphqlError::TooComplex
             | GraphqlError::UnknownField { .. }
             | GraphqlError::TooCostly { .. } => DenialKind::BadRequest,

@@ -74,6 +74,8 @@ pub struct Schema {
     pub query: String,
     pub mutation: Option<String>,
     pub subscription: Option<String>,
+    /// The directives the schema declares, each with whether it is `repeatable`.
+    pub directives: HashMap<String, bool>,
 }
 
 const BUILT_IN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID"];
@@ -171,6 +173,7 @@ impl Schema {
         }
         let mut types: HashMap<String, TypeDef> = BUILT_IN_SCALARS.iter().map(|s| (s.to_string(), TypeDef::new(Kind::Leaf))).collect();
         let mut roots: HashMap<OperationKind, String> = HashMap::new();
+        let mut declared: HashMap<String, bool> = HashMap::new();
         for definition in tree.document().definitions() {
             let (name, kind, implements, found_directives, fields, members, extension) = match definition {
                 cst::Definition::ObjectTypeDefinition(d) => (d.name(), Kind::Object, d.implements_interfaces(), d.directives(), d.fields_definition(), None, false),
@@ -188,6 +191,11 @@ impl Schema {
                         let ty = root.named_type().and_then(|n| name_of(n.name())).ok_or_else(|| err("a root operation type without a name"))?;
                         roots.insert(kind, ty);
                     }
+                    continue;
+                }
+                cst::Definition::DirectiveDefinition(d) => {
+                    let name = name_of(d.name()).ok_or_else(|| err("a directive without a name"))?;
+                    declared.insert(name, d.repeatable_token().is_some());
                     continue;
                 }
                 cst::Definition::OperationDefinition(_) | cst::Definition::FragmentDefinition(_) => {
@@ -230,6 +238,7 @@ impl Schema {
             mutation: root(OperationKind::Mutation, "Mutation"),
             subscription: root(OperationKind::Subscription, "Subscription"),
             types,
+            directives: declared,
         };
         schema.checked()?.merged()
     }
