@@ -83,6 +83,11 @@ class Query:
     def readers(self, first: int = 10) -> list[Reader]:
         return [Reader(name=f"reader {i}", email=f"r{i}@example.com") for i in range(first)]
 
+    # No cost directive: its conventional `first` argument bounds it all the same.
+    @strawberry.field
+    def authors(self, first: int = 10) -> list[Author]:
+        return [Author(name=f"author {i}") for i in range(first)]
+
 
 @strawberry.type
 class Mutation:
@@ -311,6 +316,7 @@ def test_operations_cost_at_most_max_cost(schema_envoy, server):
     r = post(schema_envoy, {"id": "readers", "variables": {"n": 5}})
     assert r.status_code == 200 and len(r.json()["data"]["readers"]) == 5, r.text
     assert post(schema_envoy, {"query": "{ readers(first: 50) { name } }"}).status_code == 200, "exactly the limit"
+    assert post(schema_envoy, {"query": "{ authors(first: 50) { name } }"}).status_code == 200, "by convention, exactly the limit"
     before = len(server.executed)
     rows = [
         ("a variable asks for more", {"id": "readers", "variables": {"n": 500}}, 400, "too_costly"),
@@ -318,6 +324,7 @@ def test_operations_cost_at_most_max_cost(schema_envoy, server):
         ("a batch together", [{"id": "readers", "variables": {"n": 30}}, {"id": "readers", "variables": {"n": 30}}], 400, "too_costly"),
         ("a size that is not a number", {"id": "readers", "variables": {"n": "500"}}, 400, "invalid_request"),
         ("a field the schema does not declare", {"query": "{ readers { password } }"}, 400, "unknown_field"),
+        ("a list without @listSize asks for more by `first`", {"query": "{ authors(first: 1000) { name } }"}, 400, "too_costly"),
     ]
     for name, payload, status, reason in rows:
         r = post(schema_envoy, payload)

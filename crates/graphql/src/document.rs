@@ -713,4 +713,31 @@ mod tests {
         assert_eq!(access("{ node(id: 1) { secret } }"), Ok(vec![("Node.secret".into(), admin)]), "the interface's field needs what User's does");
         assert_eq!(access("{ me { email @skip(if: true) } }"), Ok(vec![]), "a field that never runs needs nothing");
     }
+
+    #[test]
+    fn without_cost_directives_the_conventional_slicing_arguments_bound_lists() {
+        // A service schema as printed by most servers: no @listSize anywhere.
+        let schema = Schema::parse(
+            "type Query { users(first: Int, last: Int): [User] page(limit: Int): [User] all: [User] feed(first: Int, after: String): UserConnection me: User }
+             type User { name: String friends(first: Int): [User] }
+             type UserConnection { edges: [UserEdge] nodes: [User] totalCount: Int }
+             type UserEdge { node: User }",
+        )
+        .unwrap();
+        let limits = Limits { max_depth: 8, max_aliases: 5, introspection: false, default_list_size: 10, max_directives: 4 };
+        let cost = |document: &str| check_document(document, &limits, Some(&schema)).and_then(|ops| ops[0].cost.of(&serde_json::Map::new()));
+        let rows: [(&str, u64); 8] = [
+            ("{ users(first: 1000) { name } }", 1000),
+            ("{ users(last: 300) { name } }", 300),
+            ("{ users { name } }", 10),
+            ("{ page(limit: 50) { name } }", 50),
+            ("{ all { name } }", 10),
+            ("{ users(first: 100) { friends(first: 100) { name } } }", 100 + 100 * 100),
+            ("{ feed(first: 500) { edges { node { name } } totalCount } }", 1 + 500 * 2),
+            ("{ feed(first: 500) { nodes { name } } }", 1 + 500),
+        ];
+        for (document, want) in rows {
+            assert_eq!(cost(document), Ok(want), "{document}");
+        }
+    }
 }

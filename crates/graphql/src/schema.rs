@@ -80,6 +80,10 @@ pub struct Schema {
 
 const BUILT_IN_SCALARS: [&str; 5] = ["Int", "Float", "String", "Boolean", "ID"];
 
+/// Arguments that bound a list by convention (Relay's `first` / `last`, and `limit`), read as
+/// `@listSize(slicingArguments:)` where a field has no `@listSize`.
+const SLICING_ARGUMENTS: [&str; 3] = ["first", "last", "limit"];
+
 fn name_of(name: Option<cst::Name>) -> Option<String> {
     name.map(|n| n.text().to_string())
 }
@@ -226,7 +230,13 @@ impl Schema {
                 let at = format!("{name}.{field_name}");
                 let (of, list) = field.ty().and_then(unwrap_type).ok_or_else(|| err(format!("{at}: no type")))?;
                 let d = directives(field.directives(), &at)?;
-                let def = FieldDef { ty: of, list, cost: d.cost, list_size: d.list_size, scopes: d.scopes.into_iter().collect() };
+                let arguments: Vec<String> =
+                    field.arguments_definition().iter().flat_map(|a| a.input_value_definitions()).filter_map(|v| name_of(v.name())).collect();
+                let slicing: Vec<String> = SLICING_ARGUMENTS.iter().filter(|a| arguments.iter().any(|n| n == *a)).map(|a| a.to_string()).collect();
+                // Without `@listSize`, the conventional slicing arguments bound a list (or a
+                // connection: see `connections_sized`).
+                let list_size = d.list_size.or_else(|| (!slicing.is_empty()).then(|| ListSize { slicing, ..ListSize::default() }));
+                let def = FieldDef { ty: of, list, cost: d.cost, list_size, scopes: d.scopes.into_iter().collect() };
                 if ty.fields.insert(field_name, def).is_some() {
                     return Err(err(format!("{at} is declared twice")));
                 }
@@ -240,7 +250,28 @@ impl Schema {
             types,
             directives: declared,
         };
-        schema.checked()?.merged()
+        schema.connections_sized().checked()?.merged()
+    }
+
+    /// A field sliced by convention (no `@listSize`) that answers with a Relay connection, not
+    /// a list: the size applies to the connection's `edges` and `nodes` (the lists it holds).
+    fn connections_sized(mut self) -> Schema {
+        let lists_of = |ty: &TypeDef| -> Vec<String> {
+            ["edges", "nodes"].iter().filter(|f| ty.fields.get(**f).is_some_and(|d| d.list)).map(|f| f.to_string()).collect()
+        };
+        let sized: HashMap<String, Vec<String>> =
+            self.types.iter().map(|(name, ty)| (name.clone(), lists_of(ty))).filter(|(_, lists)| !lists.is_empty()).collect();
+        for ty in self.types.values_mut() {
+            for field in ty.fields.values_mut() {
+                let Some(size) = field.list_size.as_mut() else { continue };
+                if !field.list && size.sized_fields.is_empty() && size.assumed.is_none() {
+                    if let Some(lists) = sized.get(&field.ty) {
+                        size.sized_fields = lists.clone();
+                    }
+                }
+            }
+        }
+        self
     }
 
     /// Every named type exists and is of a kind that fits where it is named.
