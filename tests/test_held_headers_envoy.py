@@ -133,3 +133,66 @@ def test_what_meshward_renders_holds_the_headers(service, keys, monkeypatch, tmp
     finally:
         if serve:
             serve.stop()
+
+
+# -- a body that does not come ------------------------------------------------------------------
+
+def held_without_its_body(env: Envoy, body: bytes, sent: int, pace: float | None) -> tuple[Response, float]:
+    """A signed delivery over HTTP/1.1 whose first `sent` bytes come, then nothing (`pace`:
+    one more byte every `pace` seconds instead): the answer and how long it took."""
+    import socket
+
+    headers = {**standard(body), "host": "x", "content-length": str(len(body))}
+    head = "POST /hooks/standard HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", env.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body[:sent])
+        sock.settimeout(pace or 10)
+        answer = b""
+        for byte in body[sent:] if pace else []:
+            try:
+                answer += sock.recv(65536)
+                break
+            except TimeoutError:
+                sock.sendall(bytes([byte]))
+        sock.settimeout(10)
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        head_text, _, rest = answer.partition(b"\r\n\r\n")
+        lines = head_text.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+        length = int(dict((k.lower(), v) for k, v in fields).get("content-length", len(rest)))
+        while len(rest) < length:
+            rest += sock.recv(65536)
+    return Response(status, fields, rest), time.monotonic() - started
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_a_body_that_does_not_come_is_answered_not_held(upstream, form):
+    """The bound on a held request's wait for its body (`MESHWARD_BODY_TIMEOUT_SECONDS`, 1 s
+    here): a sender that stops after part of the body, or trickles it, gets 408 `body_timeout`
+    within about the bound (not Envoy's idle timeout); nothing reaches the service; a delivery
+    in time passes."""
+    env_vars = {"STRIPE_WEBHOOK_SECRET": STRIPE_SECRET, "MESHWARD_BODY_TIMEOUT_SECONDS": "1"}
+    with Envoy(build_config(upstream.port, as_deployed(form, [plugin("webhook", webhook_config(), env=env_vars)])), concurrency=1) as env:
+        body = payload()
+        for name, pace in [("silent", None), ("trickling", 0.3)]:
+            r, took = held_without_its_body(env, body, 10, pace)
+            assert (r.status, r.reason) == (408, "body_timeout"), (name, r)
+            assert 0.9 < took < 3.5, (name, took)
+            assert not r.reached_upstream
+        assert env.counter_reaches("meshward_webhook_denied_total.route.svix.reason.body_timeout", 2) == 2
+        line = env.wait_for_log(r'meshward_webhook: \{[^\n]*"body_timeout"[^\n]*').group(0)
+        assert '"route":"svix"' in line, line
+        # Over HTTP/2: the headers and part of the body, then nothing.
+        from test_grpc_envoy import h2_exchange
+        h2_headers = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/hooks/standard"), *standard(body).items()]
+        answer = h2_exchange(env.port, h2_headers, [body[:10]], end_stream=False, timeout=5)
+        assert answer.get(":status") == "408", answer
+        r = env.request("/hooks/standard", standard(body), "POST", body)
+        assert r.reached_upstream, r
+    env.cleanup()

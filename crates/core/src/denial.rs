@@ -28,6 +28,9 @@ pub enum DenialKind {
     BadRequest,
     /// 413: the body exceeds the configured limit.
     PayloadTooLarge,
+    /// 408: the body a check must read did not arrive in time (a slow sender is answered, not
+    /// held).
+    RequestTimeout,
     /// 422: the request cannot be processed as sent (an idempotency key reused for another
     /// request).
     UnprocessableContent,
@@ -47,6 +50,7 @@ pub enum DenialKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GrpcCode {
     InvalidArgument = 3,
+    DeadlineExceeded = 4,
     NotFound = 5,
     PermissionDenied = 7,
     ResourceExhausted = 8,
@@ -93,6 +97,7 @@ impl Denial {
             DenialKind::BadRequest => 400,
             DenialKind::NotFound => 404,
             DenialKind::PayloadTooLarge => 413,
+            DenialKind::RequestTimeout => 408,
             DenialKind::UnprocessableContent => 422,
             DenialKind::RateLimited { .. } => 429,
             DenialKind::Conflict { .. } => 409,
@@ -116,6 +121,7 @@ impl Denial {
             DenialKind::MethodNotAllowed => GrpcCode::Unimplemented,
             DenialKind::PayloadTooLarge | DenialKind::RateLimited { .. } => GrpcCode::ResourceExhausted,
             DenialKind::Conflict { .. } => GrpcCode::Aborted,
+            DenialKind::RequestTimeout => GrpcCode::DeadlineExceeded,
             DenialKind::Unavailable | DenialKind::RetryLater { .. } => GrpcCode::Unavailable,
             DenialKind::BadGateway => GrpcCode::Internal,
         }
@@ -148,6 +154,7 @@ impl Denial {
             | DenialKind::MethodNotAllowed
             | DenialKind::UnsupportedMediaType
             | DenialKind::PayloadTooLarge
+            | DenialKind::RequestTimeout
             | DenialKind::UnprocessableContent
             | DenialKind::Unavailable
             | DenialKind::BadGateway => vec![],
@@ -200,6 +207,7 @@ mod tests {
             (DenialKind::BadRequest, 400, None),
             (DenialKind::NotFound, 404, None),
             (DenialKind::PayloadTooLarge, 413, None),
+            (DenialKind::RequestTimeout, 408, None),
             (DenialKind::UnprocessableContent, 422, None),
             (DenialKind::Unavailable, 503, None),
             (DenialKind::BadGateway, 502, None),
@@ -234,6 +242,7 @@ mod tests {
             (DenialKind::PayloadTooLarge, GrpcCode::ResourceExhausted),
             (DenialKind::RateLimited { retry_after_secs: 1 }, GrpcCode::ResourceExhausted),
             (DenialKind::MethodNotAllowed, GrpcCode::Unimplemented),
+            (DenialKind::RequestTimeout, GrpcCode::DeadlineExceeded),
             (DenialKind::Unavailable, GrpcCode::Unavailable),
         ];
         for (kind, code) in cases {

@@ -24,6 +24,9 @@ pub enum RuntimeDenial {
     /// body it answers was checked; deploy with `allow_on_headers_stop_iteration` so headers
     /// wait for the body.
     AnsweredBeforeChecked,
+    /// 408 `body_timeout`: the body a stage holds the request for did not arrive within the
+    /// bound (`MESHWARD_BODY_TIMEOUT_SECONDS`).
+    BodyTimeout,
 }
 
 impl RuntimeDenial {
@@ -38,6 +41,7 @@ impl RuntimeDenial {
                 (DenialKind::BadGateway, "encoded_response", "the answer has a content-encoding and cannot be checked")
             }
             RuntimeDenial::FilterUnconfigured => (DenialKind::Unavailable, "filter_unconfigured", "the filter has no valid configuration"),
+            RuntimeDenial::BodyTimeout => (DenialKind::RequestTimeout, "body_timeout", "the request body did not arrive in time"),
             RuntimeDenial::AnsweredBeforeChecked => {
                 (DenialKind::BadGateway, "answered_before_checked", "the service answered before the request body was checked")
             }

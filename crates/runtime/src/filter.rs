@@ -10,7 +10,10 @@ use meshward_core::workload::is_identity_header;
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
 
+use std::time::{Duration, SystemTime};
+
 use crate::audit::{Audit, StageRecord};
+use crate::body_wait::{self, DEFAULT_BODY_TIMEOUT};
 use crate::body::{decoded, response_is_encoded};
 use crate::denial_log::{log_line, send_denial, RuntimeDenial};
 use crate::plan::AnyPolicy;
@@ -117,6 +120,12 @@ pub struct Filter {
     response_body: Option<Vec<u8>>,
     /// Write an audit record when the request ends.
     audit: Option<Rc<Audit>>,
+    /// The proxy's id of this request's context, and how long it may wait for a body a stage
+    /// holds it for ([`body_wait`]).
+    context: u32,
+    body_timeout: Duration,
+    /// When the wait for the body ends (`Some` while it is on).
+    body_deadline: Option<SystemTime>,
 }
 
 impl Filter {
@@ -139,7 +148,18 @@ impl Filter {
             response_complete: false,
             response_body: None,
             audit: None,
+            context: 0,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            body_deadline: None,
         }
+    }
+
+    /// The request's context in the proxy, and how long it may wait for a body a stage holds
+    /// it for (answered 408 `body_timeout` after).
+    pub fn in_context(mut self, context: u32, body_timeout: Duration) -> Self {
+        self.context = context;
+        self.body_timeout = body_timeout;
+        self
     }
 
     /// Writes an audit record of each request these settings cover.
@@ -167,7 +187,62 @@ impl Filter {
         for slot in &mut self.slots {
             slot.stage.scrub(host, &mut self.request);
         }
-        self.run_request_headers(host, 0)
+        let verdict = self.run_request_headers(host, 0);
+        self.track_body_wait(host);
+        verdict
+    }
+
+    /// The first stage in enforce mode holding the request for its body, if one is.
+    fn waiting_for_body(&self) -> Option<usize> {
+        if self.body_complete || self.body_delivered {
+            return None;
+        }
+        self.slots.iter().position(|s| s.body_limit.is_some() && s.mode == Mode::Enforce)
+    }
+
+    /// Starts the bound on the wait for the body when a stage begins holding the request for
+    /// it, and ends it once none does.
+    fn track_body_wait(&mut self, host: &mut dyn Host) {
+        match (self.waiting_for_body(), self.body_deadline) {
+            (Some(_), None) => {
+                let deadline = host.now() + self.body_timeout;
+                self.body_deadline = Some(deadline);
+                let (request_id, grpc) = (self.request.request_id.clone(), self.request.is_grpc());
+                body_wait::start(body_wait::Wait { context: self.context, deadline, request_id, grpc, answered: false });
+            }
+            (None, Some(_)) => self.end_body_wait(host),
+            _ => {}
+        }
+    }
+
+    /// Ends the wait for the body; if the VM's tick answered it (408), the stage that held the
+    /// request is charged with the denial (counted, logged, in the audit record).
+    fn end_body_wait(&mut self, host: &mut dyn Host) {
+        if self.body_deadline.take().is_none() {
+            return;
+        }
+        let answered = body_wait::stop(self.context).is_some_and(|w| w.answered);
+        if let (true, Some(i)) = (answered, self.slots.iter().position(|s| s.body_limit.is_some() && s.mode == Mode::Enforce)) {
+            self.record_denial(host, i, &RuntimeDenial::BodyTimeout.denial());
+        }
+    }
+
+    /// The body is still not whole past the bound: the stage holding the request for it
+    /// refuses it (408 `body_timeout`).
+    fn body_late(&mut self, host: &mut dyn Host) -> bool {
+        let (Some(deadline), Some(i)) = (self.body_deadline, self.waiting_for_body()) else { return false };
+        if host.now() < deadline {
+            return false;
+        }
+        let answered = body_wait::stop(self.context).is_some_and(|w| w.answered);
+        self.body_deadline = None;
+        let denial = RuntimeDenial::BodyTimeout.denial();
+        if answered {
+            self.record_denial(host, i, &denial);
+        } else {
+            self.deny(host, i, &denial);
+        }
+        true
     }
 
     fn run_request_headers(&mut self, host: &mut dyn Host, from: usize) -> Verdict {
@@ -282,6 +357,15 @@ impl Filter {
 
     /// A body chunk arrived; `body_size` is the size buffered so far.
     pub fn on_request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
+        if !end_of_stream && self.body_late(host) {
+            return Verdict::Pause;
+        }
+        let verdict = self.request_body(host, body_size, end_of_stream);
+        self.track_body_wait(host);
+        verdict
+    }
+
+    fn request_body(&mut self, host: &mut dyn Host, body_size: usize, end_of_stream: bool) -> Verdict {
         self.body_complete = end_of_stream;
         self.body_buffered = body_size;
         if matches!(self.paused, Some((_, Phase::RequestHeaders))) {
@@ -622,6 +706,7 @@ impl Filter {
             slot.stage.on_http_call_response(host, &mut self.request, token, response)
         };
         self.resume_after(host, i, phase, step);
+        self.track_body_wait(host);
     }
 
     /// The answer to a gRPC call the waiting stage dispatched.
@@ -633,6 +718,7 @@ impl Filter {
             slot.stage.on_grpc_response(host, &mut self.request, token, response)
         };
         self.resume_after(host, i, phase, step);
+        self.track_body_wait(host);
     }
 
     /// Settles the waiting stage's step and, when it lets the request go on, runs the stages
@@ -674,6 +760,7 @@ impl Filter {
 
     /// The request is over (its status and duration are known): the audit record.
     pub fn on_log(&mut self, host: &mut dyn Host) {
+        self.end_body_wait(host);
         let Some(audit) = &self.audit else { return };
         let stages: Vec<StageRecord> =
             self.slots.iter().map(|s| StageRecord { stage: s.name, rule: s.route.as_deref(), outcome: s.outcome }).collect();
@@ -682,6 +769,7 @@ impl Filter {
 
     /// The stream ended: every stage releases what it holds for the request.
     pub fn on_done(&mut self, host: &mut dyn Host) {
+        self.end_body_wait(host);
         for slot in &mut self.slots {
             slot.stage.on_done(host, &mut self.request);
         }

@@ -7,6 +7,7 @@
 //!   ([`meshward_core::RequestState`]), each step settled in its stage's mode (shadow per
 //!   stage), bodies buffered for the stages that ask;
 //! - `body`: request bodies decoded from their content coding once, coded answers refused;
+//! - `body_wait`: how long a request held for its body waits (408 `body_timeout` after);
 //! - `audit`: the audit record of each request, made when it ends, sealed into the VM's chain;
 //! - `denial_log`: the deny reasons the runtime itself gives ([`RuntimeDenial`]), the local
 //!   response, one JSON log line per denial.
@@ -30,6 +31,7 @@
 
 mod audit;
 mod body;
+pub mod body_wait;
 mod denial_log;
 mod filter;
 mod plan;

@@ -11,7 +11,7 @@ use meshward_host::{Host, LogLevel, ProxyWasmHost};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
-use crate::{send_denial, Audit, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
+use crate::{body_wait, send_denial, Audit, Filter, Plan, RuntimeDenial, Verdict, HOLD_HEADERS_ENV};
 
 /// How often the counts of allowed decisions added up in the VM are written to Envoy's stats
 /// (a policy that needs ticks of its own asks for its period when it starts).
@@ -20,15 +20,21 @@ const COUNTER_FLUSH_PERIOD: Duration = Duration::from_secs(1);
 /// Installs the root context for plan `T`; call from `proxy_wasm::main!`.
 pub fn register<T: Plan>() {
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<T> { plan: None, hold_headers: false, audit: None }) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root::<T> { context_id, plan: None, hold_headers: false, audit: None, body_timeout: body_wait::DEFAULT_BODY_TIMEOUT })
+    });
 }
 
 struct Root<T: Plan> {
+    /// The proxy's id of this root context (calls made from a tick are answered here).
+    context_id: u32,
     plan: Option<T>,
     /// Request headers wait for the body decisions ([`HOLD_HEADERS_ENV`]).
     hold_headers: bool,
     /// The plan's audit settings with the fingerprint of its configuration.
     audit: Option<Rc<Audit>>,
+    /// How long a request held for its body waits for it ([`body_wait::BODY_TIMEOUT_ENV`]).
+    body_timeout: Duration,
 }
 
 impl<T: Plan> Context for Root<T> {
@@ -60,6 +66,13 @@ impl<T: Plan> RootContext for Root<T> {
         let mut host = ProxyWasmHost;
         let config = self.get_plugin_configuration().unwrap_or_default();
         let started = host.now();
+        let body_timeout = match body_wait::body_timeout(host.env_var(body_wait::BODY_TIMEOUT_ENV).as_deref()) {
+            Ok(timeout) => timeout,
+            Err(e) => {
+                host.log(LogLevel::Error, &format!("{}: invalid configuration: {e}", T::module_name()));
+                return false;
+            }
+        };
         match T::configure(&config, &host) {
             Ok(plan) => {
                 // How long compiling the configuration took in this VM (`make bench` reads it).
@@ -70,6 +83,7 @@ impl<T: Plan> RootContext for Root<T> {
                 self.audit = plan.audit().map(|settings| Rc::new(Audit { config: settings, policy: fingerprint(&config) }));
                 self.plan = Some(plan);
                 self.hold_headers = host.env_var(HOLD_HEADERS_ENV).is_some_and(|v| v == "true");
+                self.body_timeout = body_timeout;
                 host.log(LogLevel::Info, &format!("{}: configuration accepted in {}.{:03} ms", T::module_name(), micros / 1000, micros % 1000));
                 true
             }
@@ -82,16 +96,32 @@ impl<T: Plan> RootContext for Root<T> {
     }
 
     fn on_tick(&mut self) {
+        let mut host = ProxyWasmHost;
+        // Requests whose body stopped arriving are answered in their own context.
+        let late = body_wait::expired(host.now());
+        for wait in &late {
+            if proxy_wasm::hostcalls::set_effective_context(wait.context).is_ok() {
+                send_denial(&mut host, &RuntimeDenial::BodyTimeout.denial(), wait.request_id.as_deref(), wait.grpc);
+            }
+        }
+        if !late.is_empty() {
+            // Back to this context: what the tick does next (a JWKS refresh) is answered here.
+            let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+        }
         flush_decisions(&mut ProxyWasmHost);
         if let Some(plan) = &self.plan {
             plan.on_tick(&mut ProxyWasmHost);
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(match &self.plan {
             Some(plan) => Box::new(HttpFilter::<T> {
-                filter: plan.new_filter().holding_request_headers(self.hold_headers).auditing(self.audit.clone()),
+                filter: plan
+                    .new_filter()
+                    .holding_request_headers(self.hold_headers)
+                    .auditing(self.audit.clone())
+                    .in_context(context_id, self.body_timeout),
                 plan: std::marker::PhantomData,
             }),
             None => Box::new(Unconfigured),

@@ -217,7 +217,7 @@ fn shadow_mode_counts_but_forwards() {
     let mut host = worker(&root.shared, "d-7", "sha256=00");
     assert_eq!(deliver(&policy, &mut host, BODY), Verdict::Continue);
     assert!(host.sent.is_none());
-    assert_eq!(host.counter("meshward_webhook_shadow_denied_total.reason.bad_signature"), 1);
+    assert_eq!(host.counter("meshward_webhook_shadow_denied_total.route.gh.reason.bad_signature"), 1);
 }
 
 #[test]
@@ -410,4 +410,46 @@ fn an_answer_that_comes_before_the_body_was_checked_does_not_leave() {
             assert_eq!((verdict, host.sent.is_none()), (Verdict::Continue, true), "{status}");
         }
     }
+}
+
+/// A body that stops arriving, or trickles past the bound, is answered 408 `body_timeout`
+/// instead of holding the request (and its connection) until Envoy's idle timeout.
+#[test]
+fn a_slow_body_is_answered_not_held() {
+    let bound = Duration::from_secs(5);
+    let (policy, _root) = setup(json!({}), false);
+    let shared = SharedStore::default();
+    // Trickling: the next piece after the bound is refused, the request is not forwarded.
+    let mut host = worker(&shared, "d-trickle", GITHUB_SIG);
+    let mut filter = Filter::new(&policy).in_context(11, bound);
+    filter.on_request_headers(&mut host, false);
+    host.request_body = BODY[..3].to_vec();
+    assert_eq!(filter.on_request_body(&mut host, 3, false), Verdict::Pause);
+    host.now += Duration::from_secs(6);
+    host.request_body = BODY[..6].to_vec();
+    assert_eq!(filter.on_request_body(&mut host, 6, false), Verdict::Pause);
+    assert_eq!((host.sent.as_ref().map(|s| s.status), reason(&host)), (Some(408), "body_timeout".to_string()));
+    assert_eq!(host.counter("meshward_webhook_denied_total.route.gh.reason.body_timeout"), 1);
+    filter.on_done(&mut host);
+    assert_eq!(host.counter("meshward_webhook_denied_total.route.gh.reason.body_timeout"), 1, "charged once");
+
+    // Silent: the VM's tick finds it past its deadline (and answers it in its context); the
+    // request's own filter charges the stage when the stream ends.
+    let mut host = worker(&shared, "d-silent", GITHUB_SIG);
+    let mut filter = Filter::new(&policy).in_context(12, bound);
+    filter.on_request_headers(&mut host, false);
+    assert!(meshward_runtime::body_wait::expired(host.now + Duration::from_secs(4)).is_empty());
+    let late = meshward_runtime::body_wait::expired(host.now + bound);
+    assert_eq!(late.iter().map(|w| w.context).collect::<Vec<_>>(), [12]);
+    filter.on_done(&mut host);
+    assert_eq!(host.counter("meshward_webhook_denied_total.route.gh.reason.body_timeout"), 1);
+
+    // A body that arrives whole in time is not bounded after.
+    let body = b"x";
+    let mut host = worker(&shared, "d-fast", &github_signature(body));
+    let mut filter = Filter::new(&policy).in_context(13, bound);
+    filter.on_request_headers(&mut host, false);
+    host.request_body = body.to_vec();
+    assert_eq!(filter.on_request_body(&mut host, 1, true), Verdict::Continue);
+    assert!(meshward_runtime::body_wait::expired(host.now + Duration::from_secs(60)).is_empty());
 }
