@@ -34,6 +34,8 @@ def make_pki(d) -> dict:
     client = ExtendedKeyUsageOID.CLIENT_AUTH
     certs = {name: mesh.issue(d, name, spiffe_id, client) for name, spiffe_id in CALLERS.items()}
     certs["rogue"] = rogue.issue(d, "rogue", BILLING, client)
+    # Two URI SANs from the mesh CA: the billing workload's first.
+    certs["double"] = mesh.issue(d, "double", [BILLING, ORDERS], client)
     certs["callee"] = mesh.issue(d, "callee", f"{TRUST}/ns/invoices/sa/invoices", ExtendedKeyUsageOID.SERVER_AUTH)
     certs["ca"] = mesh.write(d / "ca.pem")
     return certs
@@ -67,8 +69,12 @@ def callee_plugins(keys) -> list[dict]:
 def with_tls_listener(config: dict, pki) -> dict:
     """The callee's listener as Istio's STRICT mode sets it up: the mesh CA verifies any client
     certificate; one is asked for, not required, so a caller without one reaches the filters
-    (which must refuse it themselves)."""
+    (which must refuse it themselves). Like Istio's inbound listeners, its connection manager
+    appends the peer certificate's details (URI SANs included) to `x-forwarded-client-cert`."""
     chain = config["static_resources"]["listeners"][0]["filter_chains"][0]
+    hcm = chain["filters"][0]["typed_config"]
+    hcm["forward_client_cert_details"] = "APPEND_FORWARD"
+    hcm["set_current_client_cert_details"] = {"subject": True, "uri": True, "dns": True}
     cert, key = pki["callee"]
     chain["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
@@ -86,7 +92,7 @@ def caller_config(callee_port: int, pki, plugins: list[dict] = ()) -> dict:
     config = build_config(callee_port, list(plugins))
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes, clusters = [], []
-    for name in [*CALLERS, "rogue"]:
+    for name in [*CALLERS, "rogue", "double"]:
         cluster = static_cluster(f"as_{name}", callee_port)
         cert, key = pki[name]
         cluster["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
@@ -154,6 +160,16 @@ def test_only_the_named_workload_may_call(mesh):
     # The denial's log line names the caller it refused.
     line = callee.wait_for_log(r'meshward_ownership: \{[^\n]*"workload_not_allowed"[^\n]*').group(0)
     assert json.loads(line.split(": ", 1)[1])["workload"] == ORDERS, line
+
+
+def test_a_certificate_with_two_uri_sans_passes_as_neither(mesh):
+    """An X.509-SVID carries one URI SAN. Envoy's connection property holds only the first
+    (BILLING here, which may settle); the certificate names no workload at all."""
+    caller, callee = mesh
+    r = call(caller, "double", "/internal/invoices/7/settle")
+    assert denied(r, 403, "missing_workload"), r
+    r = call(caller, "double", "/internal/reports", method="GET")
+    assert denied(r, 403, "missing_workload"), r
 
 
 def test_a_certificate_from_another_ca_never_reaches_the_filters(mesh):

@@ -48,9 +48,11 @@ class Issuer:
             builder = builder.add_extension(ext, critical=False)
         return builder.sign(self.key, hashes.SHA256())
 
-    def issue(self, directory, name: str, spiffe_id: str, usage) -> tuple[str, str]:
+    def issue(self, directory, name: str, spiffe_id: str | list[str], usage) -> tuple[str, str]:
+        """`spiffe_id`: one (an X.509-SVID), or several URI SANs (a certificate that is not one)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        sans = [x509.UniformResourceIdentifier(spiffe_id), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        ids = [spiffe_id] if isinstance(spiffe_id, str) else spiffe_id
+        sans = [*(x509.UniformResourceIdentifier(i) for i in ids), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
         cert = self._build(x509.Name([]), key.public_key(), [x509.BasicConstraints(ca=False, path_length=None)],
                            extra_critical=[x509.SubjectAlternativeName(sans)], extensions=[x509.ExtendedKeyUsage([usage])])
         cert_path, key_path = directory / f"{name}.pem", directory / f"{name}-key.pem"

@@ -96,15 +96,62 @@ impl SpiffeIds {
 }
 
 /// The workload of this request's peer, read from the connection once per request
-/// (`cache` is the request's slot): `None` without a client certificate or with a URI SAN
-/// that is not a SPIFFE ID.
+/// (`cache` is the request's slot): `None` without a client certificate, with a URI SAN
+/// that is not a SPIFFE ID, or with more than one URI SAN.
+///
+/// Envoy's property holds the certificate's first URI SAN only; an X.509-SVID carries exactly
+/// one, and a certificate with more must not pass as any of them. Envoy lists them all in the
+/// `x-forwarded-client-cert` element it adds for the peer (Istio's sidecars: `APPEND_FORWARD`
+/// with `uri`), which the caller cannot write: that element, the last, is read when its first
+/// URI is the property's.
 pub fn current_workload(host: &dyn Host, cache: &mut Option<Option<Rc<Workload>>>) -> Option<Rc<Workload>> {
     cache
         .get_or_insert_with(|| {
             let san = host.property(&PEER_URI_SAN)?;
-            Workload::parse(std::str::from_utf8(&san).ok()?).map(Rc::new)
+            let id = std::str::from_utf8(&san).ok()?;
+            let xfcc = host.request_headers().into_iter().filter(|(n, _)| n == XFCC).map(|(_, v)| v).last();
+            let uris = xfcc.as_deref().map(peer_uris).unwrap_or_default();
+            if uris.first().is_some_and(|first| first == id) && uris.len() > 1 {
+                return None;
+            }
+            Workload::parse(id).map(Rc::new)
         })
         .clone()
+}
+
+/// The header in which Envoy forwards the peer certificate's details.
+const XFCC: &str = "x-forwarded-client-cert";
+
+/// The `URI` values of the last element of an `x-forwarded-client-cert` value (elements are
+/// separated by `,`, pairs by `;`, either may sit inside a quoted value).
+fn peer_uris(xfcc: &str) -> Vec<String> {
+    let split = |text: &str, separator: char| -> Vec<String> {
+        let (mut parts, mut current, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+        for c in text.chars() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                c if c == separator && !quoted => {
+                    parts.push(std::mem::take(&mut current));
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(c);
+        }
+        parts.push(current);
+        parts
+    };
+    let Some(element) = split(xfcc, ',').pop() else { return Vec::new() };
+    split(&element, ';')
+        .into_iter()
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let value = value.trim();
+            key.trim().eq_ignore_ascii_case("uri").then(|| value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value).to_string())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -183,5 +230,29 @@ mod tests {
         assert!(Rc::ptr_eq(&current_workload(&host, &mut cache).unwrap(), &first), "read once per request");
         host.properties.insert(PEER_URI_SAN.iter().map(|s| s.to_string()).collect(), b"https://not-spiffe/".to_vec());
         assert_eq!(current_workload(&host, &mut None), None);
+    }
+
+    #[test]
+    fn a_certificate_with_several_uri_sans_names_no_workload() {
+        let first = "spiffe://mesh.test/ns/a/sa/b";
+        let with = |xfcc: Option<&str>| {
+            let mut host = meshward_host::FakeHost::default();
+            host.properties.insert(PEER_URI_SAN.iter().map(|s| s.to_string()).collect(), first.as_bytes().to_vec());
+            host.request_headers.extend(xfcc.map(|v| (XFCC.to_string(), v.to_string())));
+            current_workload(&host, &mut None).map(|w| w.spiffe_id.clone())
+        };
+        let by = "By=spiffe://mesh.test/ns/c/sa/callee;Hash=ab12";
+        let rows: [(&str, Option<String>, Option<&str>); 7] = [
+            ("no XFCC: the property alone", None, Some(first)),
+            ("this hop's element, one URI", Some(format!("{by};Subject=\"\";URI={first}")), Some(first)),
+            ("this hop's element, two URIs", Some(format!("{by};URI={first};URI=spiffe://mesh.test/ns/x/sa/admin")), None),
+            ("two, the subject quoting a ; and a ,", Some(format!("{by};Subject=\"CN=a,O=b;c\";URI={first};URI=spiffe://x/y")), None),
+            ("a caller's element before this hop's", Some(format!("By=x;URI={first};URI=spiffe://x/y,{by};URI={first}")), Some(first)),
+            ("an element that is not this hop's (another first URI)", Some(format!("{by};URI=spiffe://x/y;URI=spiffe://x/z")), Some(first)),
+            ("quoted URIs", Some(format!("{by};URI=\"{first}\";URI=\"spiffe://x/y\"")), None),
+        ];
+        for (name, xfcc, want) in rows {
+            assert_eq!(with(xfcc.as_deref()).as_deref(), want, "{name}");
+        }
     }
 }
