@@ -109,7 +109,7 @@ pub fn current_workload(host: &dyn Host, cache: &mut Option<Option<Rc<Workload>>
         .get_or_insert_with(|| {
             let san = host.property(&PEER_URI_SAN)?;
             let id = std::str::from_utf8(&san).ok()?;
-            let xfcc = host.request_headers().into_iter().filter(|(n, _)| n == XFCC).map(|(_, v)| v).last();
+            let xfcc = host.request_headers().into_iter().rev().find(|(n, _)| n == XFCC).map(|(_, v)| v);
             let uris = xfcc.as_deref().map(peer_uris).unwrap_or_default();
             if uris.first().is_some_and(|first| first == id) && uris.len() > 1 {
                 return None;

@@ -88,7 +88,9 @@ mod tests {
 
     #[test]
     fn a_single_message_is_bounded_from_its_prefix() {
-        let rows: [(&str, &[u8], usize, Result<(), GrpcError>); 7] = [
+        // (what arrived, its first bytes, bytes so far, the decision)
+        type Row<'a> = (&'a str, &'a [u8], usize, Result<(), GrpcError>);
+        let rows: [Row; 7] = [
             ("nothing yet", &[], 0, Ok(())),
             ("the prefix cut short", &[0, 0, 0], 3, Ok(())),
             ("within the limit, arriving", &[0, 0, 0, 0, 8], 9, Ok(())),
