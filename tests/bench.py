@@ -12,10 +12,10 @@ Absolute numbers on a shared machine are noisy; the ratios in the same run are w
 from __future__ import annotations
 
 import argparse
+import base64
 import concurrent.futures
 import gzip
 import hashlib
-import base64
 import collections
 import json
 import os
@@ -372,9 +372,13 @@ def east_west_pki(work: Path) -> dict:
     return east_west_pki.pki
 
 
-def audited(bundle_plugin: dict) -> dict:
-    """The bundle writing an audit record of every request."""
-    return {**bundle_plugin, "config": {**bundle_plugin["config"], "audit": {"records": "all"}}}
+def audited(bundle_plugin: dict, sign_every: int | None = None) -> dict:
+    """The bundle writing an audit record of every request (signed at least every `sign_every`
+    records with a bench-only Ed25519 key)."""
+    audit = {"records": "all"}
+    if sign_every:
+        audit["signing"] = {"key": {"inline_string": base64.b64encode(bytes(range(32))).decode()}, "every": sign_every}
+    return {**bundle_plugin, "config": {**bundle_plugin["config"], "audit": audit}}
 
 
 def scenarios(keys: KeyRing) -> list[Scenario]:
@@ -464,6 +468,9 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
         Scenario("bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
                  [audited(bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT]))], headers=es, audit=True,
                  compare="bundle jwt+ownership+ratelimit (1 module)"),
+        *(Scenario(f"bundle jwt+ownership+ratelimit, audit record of every request, signed every {every} (1 module)",
+                   [audited(bundle([meshward_jwt(keys, fam["ES256"]), OWNERSHIP, RATELIMIT]), sign_every=every)], headers=es, audit=True,
+                   compare="bundle jwt+ownership+ratelimit, audit record of every request (1 module)") for every in (64, 1)),
         Scenario(f"{GRAPHQL_ROW}plain envoy, persisted query", **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
         Scenario(f"{GRAPHQL_ROW}do-nothing wasm filter reading the body (floor)", [NOOP_BODY], **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
         Scenario(f"{GRAPHQL_ROW}graphql persisted query (meshward)", [GRAPHQL], **graphql, baseline=f"{GRAPHQL_ROW}plain envoy, persisted query"),
@@ -760,6 +767,9 @@ def targets(by_name: dict, sizes: dict) -> list[dict]:
           "do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("bundle auditing every request >= 0.9x the same bundle without records", "bundle jwt+ownership+ratelimit, audit record of every request (1 module)",
           "bundle jwt+ownership+ratelimit (1 module)", "rps", at_least=0.9)
+    ratio("audit records signed every 64 >= 0.9x the same records unsigned",
+          "bundle jwt+ownership+ratelimit, audit record of every request, signed every 64 (1 module)",
+          "bundle jwt+ownership+ratelimit, audit record of every request (1 module)", "rps", at_least=0.9)
     ratio("east-west workload rule >= 0.9x the do-nothing wasm floor (both over mTLS)", f"{EAST_WEST}ownership workload rule (meshward)",
           f"{EAST_WEST}do-nothing wasm filter (floor)", "rps", at_least=0.9)
     ratio("gRPC protovalidate field rules >= 0.9x the same stage with field_rules: off",

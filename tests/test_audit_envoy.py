@@ -4,7 +4,9 @@ checked record by record (what each stage decided, status, who, nothing secret),
 `meshward audit verify` passes the log, and catches it altered, cut short or reordered."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 
 import pytest
@@ -18,12 +20,13 @@ from tokens import bearer
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def policy(keys, records: str = "writes") -> dict:
+def policy(keys, records: str = "writes", signing: dict | None = None) -> dict:
     jwt = jwt_config(keys)
     jwt["rules"] = [{"match": {"prefix": "/"}, "requires": {"provider_name": "main"}}]
     ownership = {"rules": [{"name": "tenant-orders", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}"},
                             "owner": [{"path_param": "tenant_id", "claim": "tenant"}]}]}
-    return {"service": "orders", "stages": [{"jwt": jwt}, {"ownership": ownership}], "audit": {"records": records}}
+    audit = {"records": records, **({"signing": signing} if signing else {})}
+    return {"service": "orders", "stages": [{"jwt": jwt}, {"ownership": ownership}], "audit": audit}
 
 
 def render(tmp_path, doc: dict, upstream, *extra) -> tuple[dict | None, str]:
@@ -36,11 +39,17 @@ def render(tmp_path, doc: dict, upstream, *extra) -> tuple[dict | None, str]:
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory, upstream, keys):
-    """The log of a scripted sequence of calls through an Envoy with two workers."""
+    """The log of a scripted sequence of calls through an Envoy with two workers, every record
+    signed with a key made by `meshward audit keygen` and given to Envoy in its environment (as
+    a secret would be); the log, a token, and the public key."""
     d = tmp_path_factory.mktemp("audit")
     log = d / "audit.log"
-    config, err = render(d, policy(keys), upstream, "--form", "bundle", "--audit-log", log)
+    pair = json.loads(meshward("audit", "keygen").stdout)
+    signing = {"key": {"environment_variable": "MESHWARD_AUDIT_KEY"}, "every": 1}
+    config, err = render(d, policy(keys, signing=signing), upstream, "--form", "bundle", "--audit-log", log)
     assert config is not None, err
+    assert "MESHWARD_AUDIT_KEY" in json.dumps(config), "render hands the key's variable to the VM"
+    os.environ["MESHWARD_AUDIT_KEY"] = pair["private_key"]
     alice = bearer(keys.token("ES256", sub="alice", tenant="acme", azp="orders-web"))
     calls = [
         # (method, path, headers, expected status)
@@ -50,28 +59,32 @@ def audited(tmp_path_factory, upstream, keys):
         ("POST", "/tenants/acme/orders/3", {}, 401),
         ("PATCH", "/tenants/acme/orders/4", {**alice, "traceparent": "not-a-trace\",\"status\":200"}, 200),
     ]
-    with Envoy(config, concurrency=2) as env:
-        for method, path, headers, status in calls:
-            r = env.request(path, headers, method=method, body=b"{}" if method != "GET" else None)
-            assert r.status == status, (method, path, r)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(log.read_text().splitlines()) < 4:
-            time.sleep(0.1)
+    try:
+        with Envoy(config, concurrency=2) as env:
+            for method, path, headers, status in calls:
+                r = env.request(path, headers, method=method, body=b"{}" if method != "GET" else None)
+                assert r.status == status, (method, path, r)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and len(log.read_text().splitlines()) < 4:
+                time.sleep(0.1)
+    finally:
+        del os.environ["MESHWARD_AUDIT_KEY"]
     env.cleanup()
-    return log, alice["authorization"].split(" ", 1)[1]
+    assert pair["private_key"] not in log.read_text() and pair["private_key"] not in env.log()
+    return log, alice["authorization"].split(" ", 1)[1], pair["public_key"]
 
 
 def records(log) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
-def verify(*files, fmt="json"):
-    r = meshward("audit", "verify", *files, "--format", fmt)
+def verify(*files, fmt="json", key: str | None = None):
+    r = meshward("audit", "verify", *files, "--format", fmt, *(["--key", key] if key else []))
     return r.returncode, (json.loads(r.stdout) if fmt == "json" else r.stdout)
 
 
 def test_each_write_has_its_record(audited):
-    log, _ = audited
+    log, _, _ = audited
     got = [(r["method"], r["path"], r["status"], [(s["stage"], s["decision"], s["reason"]) for s in r["stages"]]) for r in records(log)]
     assert got == [
         ("PUT", "/tenants/acme/orders/1", 200, [("jwt", "allowed", None), ("ownership", "allowed", None)]),
@@ -92,14 +105,14 @@ def test_each_write_has_its_record(audited):
 
 
 def test_nothing_secret_in_the_log(audited):
-    log, token = audited
+    log, token, _ = audited
     text = log.read_text()
     for secret in [token, token.split(".")[2], "SECRET-QUERY", "api_key", "Bearer"]:
         assert secret not in text
 
 
 def test_verify_passes_the_log_and_catches_tampering(audited, tmp_path):
-    log, _ = audited
+    log, _, _ = audited
     code, report = verify(log)
     assert code == 0 and report["intact"] and report["records"] == 4, report
     lines = log.read_text().splitlines()
@@ -150,3 +163,55 @@ def test_audit_needs_the_bundle(tmp_path, upstream, keys):
     bad = policy(keys, records="reads")
     config, err = render(tmp_path, bad, upstream, "--form", "bundle")
     assert config is None and "audit" in err and "unknown variant `reads`" in err, err
+
+
+def sealed(record: dict) -> dict:
+    """`record` with its hash recomputed, as anyone who can write the log store can."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return {**body, "hash": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+def test_signed_records_hold_against_whoever_writes_the_log(audited, tmp_path):
+    """The chain alone cannot stop a writer who recomputes it; the signatures can."""
+    log, _, public = audited
+    code, report = verify(log, key=public)
+    assert code == 0 and report["intact"] and report["unsigned_tail"] == [], report
+    all_records = records(log)
+    # A denial rewritten as a success and every hash after it in its chain recomputed.
+    i = next(k for k, r in enumerate(all_records) if r["status"] == 403)
+    producer = all_records[i]["producer"]
+    rewritten, prev = [], None
+    for k, r in enumerate(all_records):
+        if k == i:
+            r = {**r, "status": 200}
+        if r["producer"] == producer and k >= i:
+            r = sealed({**r, "prev": prev} if prev else r)
+            prev = r["hash"]
+        rewritten.append(r)
+    path = tmp_path / "rechained.log"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rewritten))
+    code, report = verify(path)
+    assert code == 0, ("the chain alone is fooled", report)
+    code, report = verify(path, key=public)
+    assert code == 1 and any("signature does not verify" in f["message"] for f in report["findings"]), report
+    # An invented producer, chained from the start.
+    invented = sealed({**all_records[0], "producer": "forger/1", "seq": 1, "prev": "0" * 64, "status": 204})
+    invented.pop("signature", None)
+    invented = sealed(invented)
+    path = tmp_path / "invented.log"
+    path.write_text(log.read_text() + json.dumps(invented) + "\n")
+    assert verify(path)[0] == 0, "the chain alone is fooled"
+    code, report = verify(path, key=public)
+    assert code == 1 and any("forger/1: no record signed" in f["message"] for f in report["findings"]), report
+    # Another key: nothing verifies.
+    other = json.loads(meshward("audit", "keygen").stdout)["public_key"]
+    assert verify(log, key=other)[0] == 1
+    # One rotated file read alone (a producer's records from #2 on): its signatures anchor it.
+    k = next(k for k, r in enumerate(all_records) if r["seq"] > 1)
+    alone = [line for line, r in zip(log.read_text().splitlines(), all_records) if r["producer"] == all_records[k]["producer"] and r["seq"] >= all_records[k]["seq"]]
+    path = tmp_path / "rotated.log"
+    path.write_text("\n".join(alone) + "\n")
+    assert verify(path)[0] == 1, "without a key, its first record follows nothing read"
+    code, report = verify(path, key=public)
+    assert code == 0 and report["starts"] == [{"producer": all_records[k]["producer"], "first_seq": all_records[k]["seq"]}], report

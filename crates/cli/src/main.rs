@@ -168,7 +168,15 @@ enum AuditAction {
         files: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// A public key records are signed with (base64, or a file holding it); repeat for
+        /// rotated keys. Then every producer must be signed, every signature valid, and a
+        /// rotated file may be verified alone.
+        #[arg(long = "key", value_name = "KEY")]
+        keys: Vec<String>,
     },
+    /// Make an Ed25519 key pair for `audit.signing`: the private key (a secret for the
+    /// proxies' environment), the public key for `audit verify --key`, and its id.
+    Keygen,
 }
 
 #[derive(Subcommand)]
@@ -269,10 +277,25 @@ fn spiffe_id(text: &str) -> Result<String, String> {
     Workload::parse(text).map(|_| text.to_string()).ok_or_else(|| format!("{text:?} is not a SPIFFE ID (spiffe://<trust-domain>/<path>)"))
 }
 
+/// A public key given to `audit verify --key`: the base64 text, or a file holding it.
+fn verifying_key(arg: &str) -> Result<meshward_core::audit::signing::VerifyingKey, String> {
+    let text = match std::fs::read_to_string(arg) {
+        Ok(text) => text,
+        Err(_) => arg.to_string(),
+    };
+    meshward_core::audit::signing::VerifyingKey::parse(&text).map_err(|e| format!("--key {arg}: {e}"))
+}
+
 fn audit_text(verified: &meshward_core::audit::Verified) -> String {
     let mut text: String = verified.findings.iter().map(|f| format!("{}:{}: {}\n", f.file, f.line, f.message)).collect();
     let producers: Vec<String> = verified.producers.iter().map(|(p, last)| format!("{p} (last #{last})")).collect();
     text.push_str(&format!("{} record(s) from {} producer(s): {}\n", verified.records, producers.len(), producers.join(", ")));
+    for (producer, seq) in &verified.starts {
+        text.push_str(&format!("{producer}: read from #{seq} on (earlier records are in other files)\n"));
+    }
+    for (producer, count) in &verified.unsigned_tail {
+        text.push_str(&format!("{producer}: the last {count} record(s) are not signed yet (the producer's next signature covers them)\n"));
+    }
     text.push_str(match (verified.findings.len(), verified.records) {
         (_, 0) => "no audit records\n",
         (0, _) => "every chain is intact\n",
@@ -286,6 +309,8 @@ fn audit_json(verified: &meshward_core::audit::Verified) -> Value {
         "records": verified.records,
         "producers": verified.producers.iter().map(|(p, last)| serde_json::json!({"producer": p, "last_seq": last})).collect::<Vec<_>>(),
         "findings": verified.findings.iter().map(|f| serde_json::json!({"file": f.file, "line": f.line, "message": f.message})).collect::<Vec<_>>(),
+        "starts": verified.starts.iter().map(|(p, seq)| serde_json::json!({"producer": p, "first_seq": seq})).collect::<Vec<_>>(),
+        "unsigned_tail": verified.unsigned_tail.iter().map(|(p, n)| serde_json::json!({"producer": p, "records": n})).collect::<Vec<_>>(),
         "intact": verified.findings.is_empty() && verified.records > 0,
     })
 }
@@ -486,19 +511,27 @@ fn run(command: Command) -> Result<ExitCode, String> {
             serve::serve(&options)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Audit(AuditAction::Verify { files, format }) => {
+        Command::Audit(AuditAction::Verify { files, format, keys }) => {
             let mut texts = Vec::with_capacity(files.len());
             for file in &files {
                 let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
                 texts.push((file.display().to_string(), text));
             }
-            let verified = meshward_core::audit::verify(&texts);
+            let keys = keys.iter().map(|k| verifying_key(k)).collect::<Result<Vec<_>, _>>()?;
+            let verified = meshward_core::audit::verify(&texts, &keys);
             match format {
                 Format::Text => out(&audit_text(&verified)),
                 Format::Json => out(&format!("{}\n", audit_json(&verified))),
             }
             // No record at all proves nothing: the log may have been emptied.
             Ok(if verified.findings.is_empty() && verified.records > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Audit(AuditAction::Keygen) => {
+            let mut seed = [0u8; 32];
+            std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut seed)).map_err(|e| format!("/dev/urandom: {e}"))?;
+            let (private, public, kid) = meshward_core::audit::signing::key_pair(seed);
+            out(&format!("{}\n", serde_json::json!({"private_key": private, "public_key": public, "kid": kid})));
+            Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "meshward", &mut std::io::stdout());

@@ -9,7 +9,9 @@
 //! Never in it: tokens or any header value but `traceparent`, the query string, bodies (so no
 //! field a contract tags `x-data-class` either).
 
+use meshward_core::audit::signing::Signer;
 use meshward_core::audit::{rfc3339, seal, AuditConfig, AUDIT_PROPERTY};
+use meshward_core::config::ConfigError;
 use meshward_core::principal::current_principal;
 use meshward_core::workload::current_workload;
 use meshward_core::RequestState;
@@ -21,11 +23,21 @@ use crate::filter::Outcome;
 /// Shared-data key numbering this proxy's producers (one per VM).
 const PRODUCERS_KEY: &str = "meshward_audit.producers";
 
-/// A module's audit settings and the fingerprint of the configuration it runs.
-#[derive(Debug, Clone)]
+/// A module's audit settings, the fingerprint of the configuration it runs, and the key its
+/// records are signed with (`audit.signing`).
+#[derive(Debug)]
 pub struct Audit {
     pub config: AuditConfig,
     pub policy: String,
+    pub signer: Option<Signer>,
+}
+
+impl Audit {
+    /// The settings with their signing key read (from the VM's environment where they say so).
+    pub fn new(config: AuditConfig, policy: String, env: &dyn Fn(&str) -> Option<String>) -> Result<Audit, ConfigError> {
+        let signer = config.signing.as_ref().map(|s| s.signer(env)).transpose().map_err(|e| ConfigError::new(format!("audit.{}", e.path), e.message))?;
+        Ok(Audit { config, policy, signer })
+    }
 }
 
 /// One stage as the record shows it: its name, the rule it matched, what it decided.
@@ -41,7 +53,8 @@ pub fn write(host: &mut dyn Host, audit: &Audit, request: &mut RequestState, sta
         return;
     }
     let record = record(host, &audit.policy, request, stages);
-    let line = seal(record, || producer(host));
+    let now_ms = host.now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let line = seal(record, || producer(host), audit.signer.as_ref(), now_ms);
     if host.set_property(&[AUDIT_PROPERTY], line.as_bytes()).is_err() {
         host.log(LogLevel::Error, "meshward: the audit record could not be handed to the access log");
     }

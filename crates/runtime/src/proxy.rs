@@ -75,12 +75,19 @@ impl<T: Plan> RootContext for Root<T> {
         };
         match T::configure(&config, &host) {
             Ok(plan) => {
+                let audit = match plan.audit().map(|settings| Audit::new(settings, fingerprint(&config), &|name| host.env_var(name))).transpose() {
+                    Ok(audit) => audit.map(Rc::new),
+                    Err(e) => {
+                        host.log(LogLevel::Error, &format!("{}: invalid configuration: {e}", T::module_name()));
+                        return false;
+                    }
+                };
                 // How long compiling the configuration took in this VM (`make bench` reads it).
                 let micros = host.now().duration_since(started).map(|d| d.as_micros()).unwrap_or(0);
                 host.set_tick_period(COUNTER_FLUSH_PERIOD);
                 publish_configuration(&mut host, T::module_name(), &config);
                 plan.start(&mut host);
-                self.audit = plan.audit().map(|settings| Rc::new(Audit { config: settings, policy: fingerprint(&config) }));
+                self.audit = audit;
                 self.plan = Some(plan);
                 self.hold_headers = host.env_var(HOLD_HEADERS_ENV).is_some_and(|v| v == "true");
                 self.body_timeout = body_timeout;

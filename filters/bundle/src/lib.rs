@@ -166,7 +166,7 @@ impl Plan for Bundle {
     }
 
     fn audit(&self) -> Option<AuditConfig> {
-        self.audit
+        self.audit.clone()
     }
 }
 

@@ -91,9 +91,13 @@ fn audit_records_every_stage_and_chain_per_vm() {
     use meshward_runtime::Audit;
     use std::rc::Rc;
     let keys = TestKeys::new();
-    let config = json!({"audit": {"records": "writes"}, "stages": [{"jwt": jwt_stage(&keys)}, {"ownership": ownership_stage("enforce")}]});
+    // Signed with a key the VM reads from its environment (a secret the log store never sees).
+    let (private, public, _) = meshward_core::audit::signing::key_pair([42; 32]);
+    let signing = json!({"key": {"environment_variable": "MESHWARD_AUDIT_KEY"}, "every": 2});
+    let config = json!({"audit": {"records": "writes", "signing": signing}, "stages": [{"jwt": jwt_stage(&keys)}, {"ownership": ownership_stage("enforce")}]});
     let b = Bundle::configure(config.to_string().as_bytes(), &FakeHost::default()).unwrap();
-    let audit = Rc::new(Audit { config: b.audit().unwrap(), policy: "f00d".into() });
+    assert!(Audit::new(b.audit().unwrap(), "f00d".into(), &|_| None).unwrap_err().to_string().contains("\"MESHWARD_AUDIT_KEY\" is not set"));
+    let audit = Rc::new(Audit::new(b.audit().unwrap(), "f00d".into(), &|name| (name == "MESHWARD_AUDIT_KEY").then(|| private.clone())).unwrap());
     let token = keys.sign("ES256", Some("es"), &TestKeys::claims());
     let bearer = format!("Bearer {token}");
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -132,8 +136,12 @@ fn audit_records_every_stage_and_chain_per_vm() {
         assert!(!line.contains(&token) && !line.contains("s3cr3t") && !line.contains("Bearer"), "no token or query in {line}");
         lines.push(line);
     }
-    let verified = verify(&[("audit".into(), lines.join("\n"))]);
+    let verified = verify(&[("audit".into(), lines.join("\n"))], &[]);
     assert_eq!((verified.records, verified.findings.len()), (2, 0), "{:?}", verified.findings);
+    let key = meshward_core::audit::signing::VerifyingKey::parse(&public).unwrap();
+    let verified = verify(&[("audit".into(), lines.join("\n"))], &[key]);
+    assert_eq!((verified.findings.len(), verified.unsigned_tail.len()), (0, 1), "the first record signed, the second not yet: {verified:?}");
+    assert!(lines[0].contains("\"signature\"") && !lines[0].contains(&private));
     let err = Bundle::configure(br#"{"audit": {"records": "some"}, "stages": [{"ownership": {"rules": [{"match": {"prefix": "/"}, "public": true}]}}]}"#, &FakeHost::default()).err().unwrap().to_string();
     assert!(err.starts_with("audit") && err.contains("unknown variant `some`"), "{err}");
 }
