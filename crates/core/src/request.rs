@@ -336,16 +336,17 @@ impl RequestState {
         self.headers.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// Replaces (`Some`) or removes (`None`) a request header, in the proxy and here.
     /// Removes every request header whose (lower-case) name `matches`, from the proxy too.
     pub fn remove_headers(&mut self, host: &mut dyn Host, matches: fn(&str) -> bool) {
         let mut names: Vec<String> = self.headers.iter().filter(|(n, _)| matches(n)).map(|(n, _)| n.clone()).collect();
+        names.sort_unstable();
         names.dedup();
         for name in names {
             self.set_header(host, &name, None);
         }
     }
 
+    /// Replaces (`Some`) or removes (`None`) a request header, in the proxy and here.
     pub fn set_header(&mut self, host: &mut dyn Host, name: &str, value: Option<&str>) {
         host.set_request_header(name, value);
         self.headers.retain(|(n, _)| n != name);

@@ -4,7 +4,9 @@
 //! mTLS and has verified the caller's certificate, whose URI SAN is a SPIFFE ID (Istio issues
 //! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`). The identity is read from
 //! Envoy's connection properties, never from a header a caller could write
-//! (`x-forwarded-client-cert` included), once per request ([`current_workload`]).
+//! (`x-forwarded-client-cert` included: only the element Envoy adds to it for the peer is
+//! read, and only to refuse a certificate with several URI SANs), once per request
+//! ([`current_workload`]).
 //!
 //! Envoy reports the SAN of whatever certificate the peer presented; that it was *verified* is
 //! the listener's job (a `validation_context` with the mesh CA, as Istio's STRICT mode

@@ -253,8 +253,9 @@ impl Schema {
         schema.connections_sized().checked()?.merged()
     }
 
-    /// A field sliced by convention (no `@listSize`) that answers with a Relay connection, not
-    /// a list: the size applies to the connection's `edges` and `nodes` (the lists it holds).
+    /// A sliced field (by convention, or `@listSize` without `sizedFields`) that answers with a
+    /// Relay connection, not a list: the size applies to the connection's `edges` and `nodes`
+    /// (the lists it holds).
     fn connections_sized(mut self) -> Schema {
         let lists_of = |ty: &TypeDef| -> Vec<String> {
             ["edges", "nodes"].iter().filter(|f| ty.fields.get(**f).is_some_and(|d| d.list)).map(|f| f.to_string()).collect()

@@ -2,6 +2,7 @@
 //! step settled (continue, wait, deny in its mode), bodies buffered for the stages that ask.
 
 use std::rc::Rc;
+use std::time::{Duration, SystemTime};
 
 use meshward_core::request::BodyError;
 use meshward_core::stats::{count_decision, Decision};
@@ -9,8 +10,6 @@ use meshward_core::stage::BODY_HEAD_BYTES;
 use meshward_core::workload::is_identity_header;
 use meshward_core::{Denial, GrpcResponse, Mode, Policy, Reply, RequestState, Stage, Step};
 use meshward_host::{Host, HttpCallResponse, LogLevel};
-
-use std::time::{Duration, SystemTime};
 
 use crate::audit::{Audit, StageRecord};
 use crate::body_wait::{self, DEFAULT_BODY_TIMEOUT};
