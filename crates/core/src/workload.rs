@@ -15,6 +15,8 @@
 use std::rc::Rc;
 
 use meshward_host::Host;
+
+use crate::request::RequestState;
 use serde::Serialize;
 
 /// Envoy's property for the first URI SAN of the peer's certificate.
@@ -98,7 +100,7 @@ impl SpiffeIds {
 }
 
 /// The workload of this request's peer, read from the connection once per request
-/// (`cache` is the request's slot): `None` without a client certificate, with a URI SAN
+/// (kept in the request's `workload`): `None` without a client certificate, with a URI SAN
 /// that is not a SPIFFE ID, or with more than one URI SAN.
 ///
 /// Envoy's property holds the certificate's first URI SAN only; an X.509-SVID carries exactly
@@ -106,19 +108,20 @@ impl SpiffeIds {
 /// `x-forwarded-client-cert` element it adds for the peer (Istio's sidecars: `APPEND_FORWARD`
 /// with `uri`), which the caller cannot write: that element, the last, is read when its first
 /// URI is the property's.
-pub fn current_workload(host: &dyn Host, cache: &mut Option<Option<Rc<Workload>>>) -> Option<Rc<Workload>> {
-    cache
-        .get_or_insert_with(|| {
+pub fn current_workload(host: &dyn Host, request: &mut RequestState) -> Option<Rc<Workload>> {
+    if request.workload.is_none() {
+        let read = || {
             let san = host.property(&PEER_URI_SAN)?;
             let id = std::str::from_utf8(&san).ok()?;
-            let xfcc = host.request_headers().into_iter().rev().find(|(n, _)| n == XFCC).map(|(_, v)| v);
-            let uris = xfcc.as_deref().map(peer_uris).unwrap_or_default();
+            let uris = request.header_values(XFCC).last().map(peer_uris).unwrap_or_default();
             if uris.first().is_some_and(|first| first == id) && uris.len() > 1 {
                 return None;
             }
             Workload::parse(id).map(Rc::new)
-        })
-        .clone()
+        };
+        request.workload = Some(read());
+    }
+    request.workload.clone().flatten()
 }
 
 /// The header in which Envoy forwards the peer certificate's details.
@@ -222,16 +225,16 @@ mod tests {
     #[test]
     fn read_once_from_the_connection_never_from_headers() {
         let mut host = meshward_host::FakeHost::default();
-        host.request_headers.push(("x-forwarded-client-cert".into(), "URI=spiffe://mesh.test/ns/a/sa/admin".into()));
-        assert_eq!(current_workload(&host, &mut None), None, "no certificate: no workload, whatever the headers say");
+        let fresh = || RequestState::from_headers(vec![("x-forwarded-client-cert".into(), "URI=spiffe://mesh.test/ns/a/sa/admin".into())], true);
+        assert_eq!(current_workload(&host, &mut fresh()), None, "no certificate: no workload, whatever the headers say");
         host.properties.insert(PEER_URI_SAN.iter().map(|s| s.to_string()).collect(), b"spiffe://mesh.test/ns/a/sa/b".to_vec());
-        let mut cache = None;
-        let first = current_workload(&host, &mut cache).unwrap();
+        let mut request = fresh();
+        let first = current_workload(&host, &mut request).unwrap();
         assert_eq!(first.service_account.as_deref(), Some("b"));
         host.properties.clear();
-        assert!(Rc::ptr_eq(&current_workload(&host, &mut cache).unwrap(), &first), "read once per request");
+        assert!(Rc::ptr_eq(&current_workload(&host, &mut request).unwrap(), &first), "read once per request");
         host.properties.insert(PEER_URI_SAN.iter().map(|s| s.to_string()).collect(), b"https://not-spiffe/".to_vec());
-        assert_eq!(current_workload(&host, &mut None), None);
+        assert_eq!(current_workload(&host, &mut fresh()), None);
     }
 
     #[test]
@@ -240,8 +243,8 @@ mod tests {
         let with = |xfcc: Option<&str>| {
             let mut host = meshward_host::FakeHost::default();
             host.properties.insert(PEER_URI_SAN.iter().map(|s| s.to_string()).collect(), first.as_bytes().to_vec());
-            host.request_headers.extend(xfcc.map(|v| (XFCC.to_string(), v.to_string())));
-            current_workload(&host, &mut None).map(|w| w.spiffe_id.clone())
+            let mut request = RequestState::from_headers(xfcc.map(|v| (XFCC.to_string(), v.to_string())).into_iter().collect(), true);
+            current_workload(&host, &mut request).map(|w| w.spiffe_id.clone())
         };
         let by = "By=spiffe://mesh.test/ns/c/sa/callee;Hash=ab12";
         let rows: [(&str, Option<String>, Option<&str>); 7] = [

@@ -57,7 +57,7 @@ impl Stage for GrpcStage {
         };
         self.method = policy.config.methods.iter().position(|m| std::ptr::eq(m, method));
         request.route = Some(method.name.clone());
-        let workload = if method.access.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
+        let workload = if method.access.workloads.is_empty() { None } else { current_workload(host, request) };
         let user = if method.access.require_user && !method.public { current_principal(host, &mut request.principal) } else { None };
         if let Err(e) = authorize(method, Caller { user: user.as_deref(), workload: workload.as_deref() }) {
             return Step::Deny(e.denial());

@@ -73,7 +73,7 @@ impl Stage for OwnershipStage {
         // The captured ids are the request's objects (the audit record names them): kept once.
         request.objects = captures;
         // The peer certificate is read only for rules that name workloads.
-        let workload = if rule.access.workloads.is_empty() { None } else { current_workload(host, &mut request.workload) };
+        let workload = if rule.access.workloads.is_empty() { None } else { current_workload(host, request) };
         let seen: &RequestState = request;
         let header = |name: &str| -> Option<Vec<String>> {
             let values: Vec<String> = seen.header_values(name).map(str::to_string).collect();

@@ -231,7 +231,7 @@ impl Stage for RateLimitStage {
             None
         };
         let client_ip = client_ip.as_deref().map(strip_port);
-        let workload = if policy.reads_workload { current_workload(host, &mut request.workload) } else { None };
+        let workload = if policy.reads_workload { current_workload(host, request) } else { None };
         let caller = Caller { user: principal.as_deref(), workload: workload.as_deref() };
         let now = unix_micros(host);
         for (index, (rule, table)) in policy.config.rules.iter().zip(&policy.tables).enumerate() {

@@ -52,23 +52,22 @@ pub fn write(host: &mut dyn Host, audit: &Audit, request: &mut RequestState, sta
     if !audit.config.covers(&request.method) {
         return;
     }
-    let record = record(host, &audit.policy, request, stages);
-    let now_ms = host.now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let line = seal(record, || producer(host), audit.signer.as_ref(), now_ms);
+    let unix_ms = host.now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let record = record(host, &audit.policy, request, stages, unix_ms);
+    let line = seal(record, || producer(host), audit.signer.as_ref(), unix_ms);
     if host.set_property(&[AUDIT_PROPERTY], line.as_bytes()).is_err() {
         host.log(LogLevel::Error, "meshward: the audit record could not be handed to the access log");
     }
 }
 
 /// The record, before its chain fields.
-fn record(host: &dyn Host, policy: &str, request: &mut RequestState, stages: &[StageRecord<'_>]) -> Map<String, Value> {
-    let unix_ms = host.now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+fn record(host: &dyn Host, policy: &str, request: &mut RequestState, stages: &[StageRecord<'_>], unix_ms: u64) -> Map<String, Value> {
     let number = |path: &[&str]| -> Option<i64> {
         let bytes: [u8; 8] = host.property(path)?.try_into().ok()?;
         Some(i64::from_le_bytes(bytes))
     };
     let principal = current_principal(host, &mut request.principal);
-    let workload = current_workload(host, &mut request.workload);
+    let workload = current_workload(host, request);
     let actor = principal.as_ref().and_then(|p| {
         p.claim("act.sub").or_else(|| p.claim("azp")).and_then(Value::as_str).map(str::to_string)
     });
