@@ -128,16 +128,31 @@ pub struct Policy {
 
 /// A policy that cannot be used at all: unreadable, unparsable, or structurally wrong.
 #[derive(Debug)]
-pub struct PolicyError(pub String);
+pub struct PolicyError {
+    pub message: String,
+    /// A file could not be read (missing, not permitted, too many open files): the same files
+    /// may load on a later try, where a policy refused for what it says will not.
+    pub unreadable: bool,
+}
+
+impl PolicyError {
+    fn new(message: String) -> PolicyError {
+        PolicyError { message, unreadable: false }
+    }
+
+    fn unreadable(path: &Path, e: std::io::Error) -> PolicyError {
+        PolicyError { message: format!("{}: {e}", path.display()), unreadable: true }
+    }
+}
 
 impl std::fmt::Display for PolicyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
 fn read(path: &Path) -> Result<String, PolicyError> {
-    std::fs::read_to_string(path).map_err(|e| PolicyError(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| PolicyError::unreadable(path, e))
 }
 
 /// JSON or YAML text as a JSON value.
@@ -148,9 +163,9 @@ pub fn is_json(path: &Path, text: &str) -> bool {
 
 pub fn parse_text(path: &Path, text: &str) -> Result<Value, PolicyError> {
     if is_json(path, text) {
-        serde_json::from_str(text).map_err(|e| PolicyError(format!("{}: not valid JSON: {e}", path.display())))
+        serde_json::from_str(text).map_err(|e| PolicyError::new(format!("{}: not valid JSON: {e}", path.display())))
     } else {
-        serde_yaml::from_str(text).map_err(|e| PolicyError(format!("{}: not valid YAML: {e}", path.display())))
+        serde_yaml::from_str(text).map_err(|e| PolicyError::new(format!("{}: not valid YAML: {e}", path.display())))
     }
 }
 
@@ -165,24 +180,24 @@ impl Policy {
     pub fn load(path: &Path, openapi: Option<&Path>) -> Result<Policy, PolicyError> {
         let text = read(path)?;
         let value = parse_text(path, &text)?;
-        let raw: RawPolicy = serde_json::from_value(value).map_err(|e| PolicyError(format!("{}: {e}", path.display())))?;
+        let raw: RawPolicy = serde_json::from_value(value).map_err(|e| PolicyError::new(format!("{}: {e}", path.display())))?;
         if raw.service.is_empty() || !raw.service.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(PolicyError(format!("{}: service: {:?} must be a DNS label (a-z, 0-9, -)", path.display(), raw.service)));
+            return Err(PolicyError::new(format!("{}: service: {:?} must be a DNS label (a-z, 0-9, -)", path.display(), raw.service)));
         }
         if raw.stages.is_empty() {
-            return Err(PolicyError(format!("{}: stages: at least one stage", path.display())));
+            return Err(PolicyError::new(format!("{}: stages: at least one stage", path.display())));
         }
         let mut stages: Vec<Stage> = Vec::new();
         for (i, stage) in raw.stages.into_iter().enumerate() {
             let mut entries = stage.into_iter();
             let (Some((kind, config)), None) = (entries.next(), entries.next()) else {
-                return Err(PolicyError(format!("{}: stages[{i}]: must be an object with exactly one key", path.display())));
+                return Err(PolicyError::new(format!("{}: stages[{i}]: must be an object with exactly one key", path.display())));
             };
             if !KINDS.contains(&kind.as_str()) {
-                return Err(PolicyError(format!("{}: stages[{i}]: unknown stage `{kind}` (one of {})", path.display(), KINDS.join(", "))));
+                return Err(PolicyError::new(format!("{}: stages[{i}]: unknown stage `{kind}` (one of {})", path.display(), KINDS.join(", "))));
             }
             if stages.iter().any(|s| s.kind == kind) {
-                return Err(PolicyError(format!("{}: stages[{i}]: a second `{kind}` stage", path.display())));
+                return Err(PolicyError::new(format!("{}: stages[{i}]: a second `{kind}` stage", path.display())));
             }
             stages.push(Stage { kind, config });
         }
@@ -190,7 +205,7 @@ impl Policy {
         let position = |kind: &str| stages.iter().position(|s| s.kind == kind);
         if let Some(i) = position("idempotency") {
             if position("jwt").is_none_or(|j| j >= i) {
-                return Err(PolicyError(format!(
+                return Err(PolicyError::new(format!(
                     "{}: stages[{i}]: idempotency keys belong to the authenticated caller: put a `jwt` stage before it",
                     path.display()
                 )));
@@ -201,17 +216,17 @@ impl Policy {
             // (A configuration the module refuses is reported by `check` as an invalid stage.)
             if let Some(config) = stages[r].ratelimit_config().filter(|_| r < j) {
                 if let Some(n) = config.rules.iter().position(|rule| rule.key.iter().any(KeyPart::from_principal)) {
-                    return Err(PolicyError(format!(
+                    return Err(PolicyError::new(format!(
                         "{}: stages[{r}].ratelimit.rules[{n}]: keys on the principal, but the ratelimit stage runs before the jwt stage, where there is none yet: move the stage after jwt (failure limits keyed by client_ip or a header belong before it)",
                         path.display()
                     )));
                 }
             }
         }
-        let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError(format!("{}: rollout.{e}", path.display())))?;
+        let rollout = raw.rollout.map(|r| compile_rollout(r, &stages)).transpose().map_err(|e| PolicyError::new(format!("{}: rollout.{e}", path.display())))?;
         if let Some(audit) = &raw.audit {
-            let bytes = serde_json::to_vec(audit).map_err(|e| PolicyError(e.to_string()))?;
-            AuditConfig::parse(&bytes).map_err(|e| PolicyError(format!("{}: audit: {}", path.display(), e.message)))?;
+            let bytes = serde_json::to_vec(audit).map_err(|e| PolicyError::new(e.to_string()))?;
+            AuditConfig::parse(&bytes).map_err(|e| PolicyError::new(format!("{}: audit: {}", path.display(), e.message)))?;
         }
         let dir = path.parent().unwrap_or(Path::new("."));
         let contract_path = openapi.map(Path::to_path_buf).or_else(|| raw.openapi.map(|p| dir.join(p)));
@@ -243,13 +258,13 @@ impl Policy {
     fn add_contract_to_schema_stage(&mut self) -> Result<(), PolicyError> {
         let Some(stage) = self.stages.iter_mut().find(|s| s.kind == "schema") else { return Ok(()) };
         let Value::Object(config) = &mut stage.config else {
-            return Err(PolicyError(format!("{}: the schema stage must be an object", self.path.display())));
+            return Err(PolicyError::new(format!("{}: the schema stage must be an object", self.path.display())));
         };
         if config.contains_key("openapi") || config.contains_key("openapi_text") {
             return Ok(());
         }
         let Some(contract) = &self.contract else {
-            return Err(PolicyError(format!("{}: the schema stage needs `openapi` (in the policy or --openapi)", self.path.display())));
+            return Err(PolicyError::new(format!("{}: the schema stage needs `openapi` (in the policy or --openapi)", self.path.display())));
         };
         config.insert("openapi".into(), contract.document.clone());
         Ok(())
@@ -260,7 +275,7 @@ impl Policy {
     /// `buf build -o`; base64), a graphql stage's `schema_file` (SDL, as text).
     fn inline_file(&mut self, kind: &str, field: &str, encode: fn(Vec<u8>) -> Result<String, String>) -> Result<(), PolicyError> {
         let dir = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
-        let at = |message: String| PolicyError(format!("{}: {kind}.{field}_file: {message}", self.path.display()));
+        let at = |message: String| PolicyError::new(format!("{}: {kind}.{field}_file: {message}", self.path.display()));
         let Some(Value::Object(config)) = self.stages.iter_mut().find(|s| s.kind == kind).map(|s| &mut s.config) else { return Ok(()) };
         let Some(file) = config.remove(&format!("{field}_file")) else { return Ok(()) };
         let Value::String(file) = file else { return Err(at("a path".into())) };
@@ -268,7 +283,7 @@ impl Policy {
             return Err(at(format!("give `{field}` or `{field}_file`, not both")));
         }
         let path = dir.join(&file);
-        let bytes = std::fs::read(&path).map_err(|e| at(format!("{}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path).map_err(|e| PolicyError { unreadable: true, ..at(format!("{}: {e}", path.display())) })?;
         let encoded = encode(bytes).map_err(|e| at(format!("{}: {e}", path.display())))?;
         config.insert(field.into(), Value::String(encoded));
         self.inputs.push(path);

@@ -393,7 +393,7 @@ mod tests {
             ("{window: an hour, budgets: {ownership: 1%}}", "rollout.window: `an hour` is not a duration"),
         ] {
             std::fs::write(&path, format!("service: orders\nstages:\n  - ownership: {{rules: []}}\nrollout: {rollout}\n")).unwrap();
-            let e = Policy::load(Path::new(&path), None).unwrap_err().0;
+            let e = Policy::load(Path::new(&path), None).unwrap_err().message;
             assert!(e.contains(error), "{rollout}: {e}");
         }
     }

@@ -67,15 +67,41 @@ struct Watcher<'a> {
     inputs: Vec<PathBuf>,
     /// The filters the running Envoys were rendered with, and the version they have.
     served: Option<(Vec<String>, String)>,
+    /// Why the files as they are could not be read or pushed, when another try may succeed (a
+    /// file missing or not readable yet, too many open files, a full disk): every poll tries
+    /// again until it works, so such a change is never lost.
+    retrying: Option<String>,
 }
 
-impl Watcher<'_> {
-    /// The policy, refused whole if any stage's module would refuse its configuration.
-    fn load(&self) -> Result<Policy, String> {
-        let policy = Policy::load(&self.options.policy, self.options.openapi.as_deref()).map_err(|e| e.to_string())?;
+/// Why a policy version was not taken.
+struct Refusal {
+    message: String,
+    /// Not for what the policy says: the same files are read again at the next poll.
+    retry: bool,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Refusal {
+        Refusal { message, retry: false }
+    }
+}
+
+impl<'a> Watcher<'a> {
+    fn new(options: &'a ServeOptions) -> Watcher<'a> {
+        Watcher { options, seen: None, settling: None, inputs: Vec::new(), served: None, retrying: None }
+    }
+
+    /// The policy as a version, refused whole if any stage's module would refuse its
+    /// configuration.
+    fn load(&self) -> Result<(Policy, Version), Refusal> {
+        let options = self.options;
+        let policy = Policy::load(&options.policy, options.openapi.as_deref())
+            .map_err(|e| Refusal { retry: e.unreadable, message: e.message })?;
         compile_policy(&policy)?;
-        check_form(&policy, self.options.form)?;
-        Ok(policy)
+        check_form(&policy, options.form)?;
+        let plugins = wasm_plugins(&policy, options.form, &options.modules_dir)?;
+        let version = Version { id: version_id(&plugins), plugins };
+        Ok((policy, version))
     }
 
     /// A new version when the policy or a file it reads changed and was accepted. Refusals are
@@ -87,22 +113,32 @@ impl Watcher<'_> {
     fn poll(&mut self) -> Result<Option<Version>, String> {
         let options = self.options;
         let now = (stamp(&options.policy), self.inputs.iter().map(|p| stamp(p)).collect::<Vec<_>>());
-        if !settled(&self.seen, &mut self.settling, &now) {
+        let changed = settled(&self.seen, &mut self.settling, &now);
+        if !changed && (self.retrying.is_none() || self.settling.is_some()) {
             return Ok(None);
         }
         self.seen = Some(now.clone());
-        let policy = match (self.load(), &self.served) {
-            (Ok(policy), _) => policy,
-            (Err(e), Some((_, id))) => {
-                eprintln!("meshward serve: refused {}: {e}. Still serving {id}", options.policy.display());
+        let (policy, version) = match (self.load(), &self.served) {
+            (Ok(loaded), _) => loaded,
+            (Err(e), Some((_, id))) if e.retry => {
+                if self.retrying.as_ref() != Some(&e.message) {
+                    eprintln!("meshward serve: could not read {}: {}; trying again every interval. Still serving {id}", options.policy.display(), e.message);
+                }
+                self.retrying = Some(e.message);
                 return Ok(None);
             }
-            (Err(e), None) => return Err(e),
+            (Err(e), Some((_, id))) => {
+                self.retrying = None;
+                eprintln!("meshward serve: refused {}: {}. Still serving {id}", options.policy.display(), e.message);
+                return Ok(None);
+            }
+            (Err(e), None) => return Err(e.message),
         };
+        if self.retrying.take().is_some() {
+            eprintln!("meshward serve: read {} again", options.policy.display());
+        }
         self.inputs = policy.inputs.clone();
         self.seen = Some((now.0, self.inputs.iter().map(|p| stamp(p)).collect()));
-        let plugins = wasm_plugins(&policy, options.form, &options.modules_dir)?;
-        let version = Version { id: version_id(&plugins), plugins };
         let names: Vec<String> = version.names().into_iter().map(String::from).collect();
         match &self.served {
             Some((old, id)) if *old != names => {
@@ -121,6 +157,16 @@ impl Watcher<'_> {
                 Ok(Some(version))
             }
         }
+    }
+
+    /// `version` could not be pushed (its files not written): it is tried again at the next
+    /// poll, as if never served.
+    fn unpublished(&mut self, version: &Version, message: String) {
+        eprintln!("meshward serve: could not push {}: {message}; trying again every interval", version.id);
+        if let Some((_, id)) = &mut self.served {
+            id.clear();
+        }
+        self.retrying = Some(message);
     }
 }
 
@@ -173,7 +219,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
     if let Some(dir) = &options.dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let mut watcher = Watcher { options, seen: None, settling: None, inputs: Vec::new(), served: None };
+    let mut watcher = Watcher::new(options);
     let first = watcher.poll()?.ok_or("the policy could not be read")?;
     let Some(address) = options.xds else {
         publish(options, &first, None)?;
@@ -183,13 +229,23 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         loop {
             std::thread::sleep(options.interval);
             if let Some(version) = watcher.poll()? {
-                publish(options, &version, None)?;
+                if let Err(e) = publish(options, &version, None) {
+                    watcher.unpublished(&version, e);
+                }
             }
         }
     };
+    let capacity = match xds::raise_file_limit() {
+        Ok(files) => {
+            let capacity = xds::capacity(files);
+            eprintln!("meshward serve: open-file limit {files}: holds up to {capacity} proxy connections");
+            capacity
+        }
+        Err(e) => return Err(format!("the open-file limit: {e}")),
+    };
     let (sender, _) = tokio::sync::watch::channel(Arc::new(xds::snapshot(&first.id, &first.plugins)));
     publish(options, &first, Some(&sender))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     runtime.block_on(async move {
         if let Some(tls) = &options.tls {
             eprintln!("meshward serve: xDS over mTLS, for proxies whose SPIFFE ID is {}", tls.allowed.entries().join(" or "));
@@ -197,10 +253,11 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
         let watch = async {
             loop {
                 tokio::time::sleep(options.interval).await;
-                // Reading and compiling the policy blocks; it is short, and the streams wait.
-                if let Some(version) = watcher.poll()? {
+                // Reading and compiling the policy blocks this thread; the streams run on the
+                // runtime's workers meanwhile.
+                if let Some(version) = tokio::task::block_in_place(|| watcher.poll())? {
                     if let Err(e) = publish(options, &version, Some(&sender)) {
-                        eprintln!("meshward serve: {e}");
+                        watcher.unpublished(&version, e);
                     }
                 }
             }
@@ -214,7 +271,7 @@ pub fn serve(options: &ServeOptions) -> Result<(), String> {
             // certificate.
             let files = options.tls.as_ref().map(tls_stamps);
             let bound = std::cell::Cell::new(None);
-            let server = xds::serve(address, options.tls.as_ref(), sender.subscribe(), |b| {
+            let server = xds::serve(address, options.tls.as_ref(), capacity, sender.subscribe(), |b| {
                 bound.set(Some(b));
                 eprintln!("meshward serve: xDS listening on {b}");
             });
@@ -300,7 +357,7 @@ mod tests {
         let first_rule_only = &FULL[..FULL.find("        - name: writes").unwrap()];
         std::fs::write(&policy, first_rule_only).unwrap();
         let options = file_options(&dir, &policy);
-        let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
+        let mut watcher = Watcher::new(&options);
         let first = watcher.poll().unwrap().expect("the first policy is read at once");
         assert_eq!(watcher.poll(), Ok(None));
 
@@ -325,7 +382,7 @@ mod tests {
         std::fs::write(&schema, "type Query { a: Int }").unwrap();
         std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, allow_raw_documents: true }\n").unwrap();
         let options = file_options(&dir, &policy);
-        let mut watcher = Watcher { options: &options, seen: None, settling: None, inputs: Vec::new(), served: None };
+        let mut watcher = Watcher::new(&options);
         let first = watcher.poll().unwrap().expect("the first policy is read at once");
         assert_eq!(watcher.inputs, vec![schema.clone()]);
         std::fs::write(&schema, "type Query { a: Int b: String }").unwrap();
@@ -337,6 +394,47 @@ mod tests {
         std::fs::write(&schema, "type Query { a: Missing }").unwrap();
         assert_eq!(watcher.poll(), Ok(None));
         assert_eq!(watcher.poll(), Ok(None), "refused: still serving the last version");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_change_that_could_not_be_read_is_read_once_it_can_be() {
+        let dir = std::env::temp_dir().join(format!("meshward-serve-retry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = dir.join("policy.yaml");
+        std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema: 'type Query { a: Int }', allow_raw_documents: true }\n").unwrap();
+        let options = file_options(&dir, &policy);
+        let mut watcher = Watcher::new(&options);
+        let first = watcher.poll().unwrap().expect("the first policy is read at once");
+
+        // The policy now names a schema file that is not there yet (a checkout in progress, a
+        // volume not mounted, too many open files): not refused for good.
+        std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, allow_raw_documents: true }\n").unwrap();
+        assert_eq!(watcher.poll(), Ok(None), "a file just changed is not read yet");
+        assert_eq!(watcher.poll(), Ok(None), "the schema cannot be read");
+        assert!(watcher.retrying.as_deref().is_some_and(|e| e.contains("schema.graphql")), "{:?}", watcher.retrying);
+        assert_eq!(watcher.poll(), Ok(None), "still not there");
+        // The policy file itself does not change again: the change is not lost.
+        std::fs::write(dir.join("schema.graphql"), "type Query { a: Int b: String }").unwrap();
+        let next = watcher.poll().unwrap().expect("read once it can be");
+        assert_ne!(next.id, first.id);
+        assert!(next.plugins[0].configuration.contains("b: String"), "{}", next.plugins[0].configuration);
+        assert_eq!(watcher.retrying, None);
+        assert_eq!(watcher.poll(), Ok(None));
+
+        // A policy refused for what it says is not read again until it changes.
+        std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, max_depth: -1 }\n").unwrap();
+        assert_eq!(watcher.poll(), Ok(None));
+        assert_eq!(watcher.poll(), Ok(None), "refused");
+        assert_eq!(watcher.retrying, None);
+
+        // A version that could not be pushed is pushed at the next poll.
+        std::fs::write(&policy, "service: library\nstages:\n  - graphql: { schema_file: schema.graphql, allow_raw_documents: true, max_depth: 3 }\n").unwrap();
+        assert_eq!(watcher.poll(), Ok(None));
+        let unpushed = watcher.poll().unwrap().expect("a new version");
+        watcher.unpublished(&unpushed, "No space left on device".into());
+        assert_eq!(watcher.poll(), Ok(Some(unpushed)), "tried again");
+        assert_eq!(watcher.poll(), Ok(None));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

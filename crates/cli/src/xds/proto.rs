@@ -3,10 +3,7 @@
 //! api/envoy/extensions/wasm/v3/wasm.proto, api/envoy/config/core/v3/*.proto); fields meshward
 //! never sets or reads are left out, which protobuf allows (unknown fields are skipped).
 
-use meshward_runtime::HOLD_HEADERS_ENV;
 use prost::Message;
-
-use crate::render::WasmPlugin;
 
 /// `google.protobuf.Any`.
 #[derive(Clone, PartialEq, Message)]
@@ -165,35 +162,4 @@ pub struct DataSource {
 pub struct StringValue {
     #[prost(string, tag = "1")]
     pub value: String,
-}
-
-/// One filter's configuration as the ECDS resource Envoy asks for by the filter's name; the same
-/// fields the bootstrap and the ECDS files carry (`WasmPlugin::to_json`).
-pub fn extension_config(plugin: &WasmPlugin) -> Any {
-    let wasm = Wasm {
-        config: Some(PluginConfig {
-            name: plugin.module.clone(),
-            root_id: plugin.module.clone(),
-            vm_config: Some(VmConfig {
-                vm_id: plugin.module.clone(),
-                runtime: crate::render::WASM_RUNTIME.to_string(),
-                code: Some(AsyncDataSource { local: Some(DataSource { filename: plugin.filename.clone() }) }),
-                environment_variables: Some(EnvironmentVariables {
-                    host_env_keys: plugin.host_env_keys.clone(),
-                    key_values: [(HOLD_HEADERS_ENV.to_string(), "true".to_string())].into(),
-                }),
-            }),
-            configuration: Some(Any::pack(
-                "type.googleapis.com/google.protobuf.StringValue",
-                &StringValue { value: plugin.configuration.clone() },
-            )),
-            // A VM that fails must not let traffic through.
-            failure_policy: FailurePolicy::FailClosed as i32,
-            allow_on_headers_stop_iteration: Some(BoolValue { value: true }),
-        }),
-    };
-    Any::pack(
-        TYPED_EXTENSION_CONFIG,
-        &TypedExtensionConfig { name: plugin.filter_name.clone(), typed_config: Some(Any::pack(crate::render::WASM_TYPE, &wasm)) },
-    )
 }

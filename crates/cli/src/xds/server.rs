@@ -1,5 +1,6 @@
-//! The gRPC glue: one task per Envoy stream, driving a [`Session`] with the Envoy's requests and
-//! with each new [`Snapshot`] from the policy watcher.
+//! The gRPC glue: one task per Envoy stream (ADS or ECDS, the same protocol for one resource
+//! type), driving a [`Session`] with the Envoy's requests and with each new [`Snapshot`] from the
+//! policy watcher.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use meshward_core::workload::SpiffeIds;
@@ -16,10 +17,19 @@ use tonic::{Request, Response, Status, Streaming};
 use super::proto::{DiscoveryRequest, DiscoveryResponse};
 use super::session::{Event, Session, Snapshot};
 
+use super::listener::Incoming;
+
 mod generated {
+    include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.AggregatedDiscoveryService.rs"));
     include!(concat!(env!("OUT_DIR"), "/envoy.service.extension.v3.ExtensionConfigDiscoveryService.rs"));
 }
+use generated::aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer};
 use generated::extension_config_discovery_service_server::{ExtensionConfigDiscoveryService, ExtensionConfigDiscoveryServiceServer};
+
+/// HTTP/2 pings on every connection: a proxy that stopped answering is disconnected and its
+/// session freed, even where TCP keepalive cannot tell (a peer behind a proxy or NAT).
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The policy channel over mTLS: the server's certificate and key, the CA a proxy's client
 /// certificate must chain to, and the SPIFFE IDs it may carry (exact, or a prefix ending in `/`:
@@ -31,7 +41,8 @@ pub struct Tls {
     pub allowed: SpiffeIds,
 }
 
-struct Ecds {
+#[derive(Clone)]
+struct Discovery {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// With mTLS: the SPIFFE IDs a proxy may present.
     allowed: Option<SpiffeIds>,
@@ -115,14 +126,10 @@ async fn drive(
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ExtensionConfigDiscoveryService for Ecds {
-    type StreamExtensionConfigsStream = ResponseStream;
-
-    async fn stream_extension_configs(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
+impl Discovery {
+    /// A proxy's stream: refused when its certificate does not name a proxy this policy is for,
+    /// else driven by its own task.
+    fn open(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<ResponseStream>, Status> {
         if let Some(allowed) = &self.allowed {
             // The TLS handshake proved the certificate chains to the client CA; its SPIFFE ID
             // says which proxy it is.
@@ -139,6 +146,30 @@ impl ExtensionConfigDiscoveryService for Ecds {
     }
 }
 
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Discovery {
+    type StreamAggregatedResourcesStream = ResponseStream;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        self.open(request)
+    }
+}
+
+#[tonic::async_trait]
+impl ExtensionConfigDiscoveryService for Discovery {
+    type StreamExtensionConfigsStream = ResponseStream;
+
+    async fn stream_extension_configs(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
+        self.open(request)
+    }
+}
+
 /// The server's TLS configuration from the files, refused whole when any is unreadable or not a
 /// usable certificate, key or CA.
 fn tls_config(tls: &Tls) -> Result<ServerTlsConfig, String> {
@@ -150,7 +181,7 @@ fn tls_config(tls: &Tls) -> Result<ServerTlsConfig, String> {
 
 /// A server builder, over mTLS when `tls` is given.
 fn server(tls: Option<&Tls>) -> Result<tonic::transport::Server, String> {
-    let builder = tonic::transport::Server::builder();
+    let builder = tonic::transport::Server::builder().http2_keepalive_interval(Some(PING_EVERY)).http2_keepalive_timeout(Some(PING_TIMEOUT));
     match tls {
         Some(tls) => builder.tls_config(tls_config(tls)?).map_err(|e| format!("xDS TLS: {e}")),
         None => Ok(builder),
@@ -163,21 +194,24 @@ pub fn check_tls(tls: &Tls) -> Result<(), String> {
     server(Some(tls)).map(drop)
 }
 
-/// Serves ECDS on `address` until the process ends, over mTLS when `tls` is given; `ready` hears
-/// the bound address (port 0 picks a free one). Snapshots come from the policy watcher.
+/// Serves ADS and ECDS on `address` until the process ends, over mTLS when `tls` is given, to
+/// at most `capacity` connections at once; `ready` hears the bound address (port 0 picks a free
+/// one). Snapshots come from the policy watcher.
 pub async fn serve(
     address: SocketAddr,
     tls: Option<&Tls>,
+    capacity: usize,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let mut builder = server(tls)?;
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| format!("--xds {address}: {e}"))?;
     ready(listener.local_addr().map_err(|e| e.to_string())?);
-    let allowed = tls.map(|t| t.allowed.clone());
+    let discovery = Discovery { snapshots, allowed: tls.map(|t| t.allowed.clone()) };
     builder
-        .add_service(ExtensionConfigDiscoveryServiceServer::new(Ecds { snapshots, allowed }))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .add_service(AggregatedDiscoveryServiceServer::new(discovery.clone()))
+        .add_service(ExtensionConfigDiscoveryServiceServer::new(discovery))
+        .serve_with_incoming(Incoming::new(listener, capacity))
         .await
         .map_err(|e| format!("xDS server: {e}"))
 }
