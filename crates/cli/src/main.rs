@@ -201,9 +201,10 @@ enum RenderTarget {
         /// A cluster the policy calls (remote JWKS, rate-limit service, fleet engine); repeat it.
         #[arg(long, value_name = "NAME=HOST:PORT", value_parser = named_cluster)]
         cluster: Vec<(String, String, u16)>,
-        /// Take the filters' configurations from `meshward serve --xds` at this address.
+        /// Take the filters' configurations from `meshward serve --xds` at this address; repeat it
+        /// for every serve instance of the fleet (a stream that breaks moves to another).
         #[arg(long, value_name = "HOST:PORT", value_parser = host_port, conflicts_with = "ecds")]
-        xds: Option<(String, u16)>,
+        xds: Vec<(String, u16)>,
         /// Take the filters' configurations from the files `meshward serve --dir` writes here.
         #[arg(long, value_name = "DIR")]
         ecds: Option<PathBuf>,
@@ -424,10 +425,10 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 admin_port: admin,
                 upstream,
                 clusters: cluster,
-                discovery: match (&ecds, xds) {
+                discovery: match (&ecds, xds.is_empty()) {
                     (Some(dir), _) => Some(Discovery::Files(dir)),
-                    (None, Some((host, port))) => Some(Discovery::Xds(host, port, xds_tls)),
-                    (None, None) => None,
+                    (None, false) => Some(Discovery::Xds(xds, xds_tls)),
+                    (None, true) => None,
                 },
                 audit_log: &audit_log,
             };

@@ -128,7 +128,8 @@ pub struct EnvoyOptions<'a> {
 /// (host, port, and mTLS when serve runs with it).
 pub enum Discovery<'a> {
     Files(&'a Path),
-    Xds(String, u16, Option<XdsTls>),
+    /// `meshward serve --xds` instances serving one fleet (any one of them keeps it current).
+    Xds(Vec<(String, u16)>, Option<XdsTls>),
 }
 
 /// The Envoy's side of the policy channel's mTLS: its client certificate and key, the CA serve's
@@ -163,11 +164,17 @@ impl XdsTls {
 const XDS_CLUSTER: &str = "meshward_xds";
 
 fn cluster(name: &str, host: &str, port: u16, http2: bool) -> Value {
+    cluster_of(name, &[(host.to_string(), port)], http2)
+}
+
+fn cluster_of(name: &str, endpoints: &[(String, u16)], http2: bool) -> Value {
+    let endpoints: Vec<Value> =
+        endpoints.iter().map(|(host, port)| json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})).collect();
     let mut c = json!({
         "name": name,
         "type": "STRICT_DNS",
         "connect_timeout": "1s",
-        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]},
     });
     if http2 {
         c["typed_extension_protocol_options"] = json!({"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -303,11 +310,8 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
                 "path": ecds_file(dir, &name).display().to_string(),
                 "watched_directory": {"path": dir.display().to_string()},
             }})),
-            Some(Discovery::Xds(..)) => discovered(json!({"resource_api_version": "V3", "api_config_source": {
-                "api_type": "GRPC",
-                "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
-            }})),
+            // Every filter on the one ADS stream (below): one connection and one stream per proxy.
+            Some(Discovery::Xds(..)) => discovered(json!({"resource_api_version": "V3", "ads": {}})),
             None => json!({"name": name, "typed_config": plugin.to_json()}),
         });
     }
@@ -319,13 +323,8 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         };
         clusters.push(cluster(&name, host, *port, http2));
     }
-    if let Some(Discovery::Xds(host, port, tls)) = &options.discovery {
-        // xDS is gRPC: HTTP/2.
-        let mut xds = cluster(XDS_CLUSTER, host, *port, true);
-        if let Some(tls) = tls {
-            xds["transport_socket"] = tls.transport_socket();
-        }
-        clusters.push(xds);
+    if let Some(Discovery::Xds(servers, tls)) = &options.discovery {
+        clusters.push(xds_cluster(servers, tls.as_ref()));
     }
     let mut config = json!({
         "node": {"id": policy.service, "cluster": policy.service},
@@ -359,10 +358,34 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
         config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] =
             json!([audit_access_log(options.audit_log)]);
     }
+    if let Some(Discovery::Xds(..)) = &options.discovery {
+        // The node (with the ~60 KB list of extensions Envoy adds to it) on the stream's first
+        // request only: serve keeps it from there.
+        config["dynamic_resources"] = json!({"ads_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "set_node_on_first_message_only": true,
+            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+        }});
+    }
     if let (Value::Object(bootstrap), Value::Object(extras)) = (&mut config, bootstrap_extras()) {
         bootstrap.extend(extras);
     }
     Ok(config)
+}
+
+/// The cluster reaching `meshward serve`: gRPC (HTTP/2), every instance serving the fleet as an
+/// endpoint (a stream that breaks reconnects to the next one, the Envoy keeping its last
+/// configuration meanwhile), an instance that stopped answering found by HTTP/2 pings.
+fn xds_cluster(servers: &[(String, u16)], tls: Option<&XdsTls>) -> Value {
+    let mut xds = cluster_of(XDS_CLUSTER, servers, true);
+    xds["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+        ["http2_protocol_options"] = json!({"connection_keepalive": {"interval": "30s", "timeout": "10s"}});
+    xds["upstream_connection_options"] = json!({"tcp_keepalive": {}});
+    if let Some(tls) = tls {
+        xds["transport_socket"] = tls.transport_socket();
+    }
+    xds
 }
 
 /// What every Envoy running meshward needs in its bootstrap besides the filters; `render envoy`

@@ -5,12 +5,14 @@
 //! to every subscribed Envoy, which applies it to new requests without a restart and
 //! acknowledges or rejects it (both are logged).
 
+mod file_limit;
 mod listener;
 pub mod proto;
 mod server;
 mod session;
 
-pub use listener::{capacity, raise_file_limit};
+pub use file_limit::raise_file_limit;
+pub use listener::capacity;
 pub use server::{check_tls, serve, Tls};
 pub use session::Snapshot;
 
