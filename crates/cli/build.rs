@@ -1,28 +1,23 @@
-//! Generates the tonic servers (and, for the fleet simulation `meshward-xds-sim`, the clients)
-//! of the two xDS services `meshward serve` speaks, from services described in Rust (no protoc,
-//! no vendored .proto tree): the messages are prost structs in `src/xds/proto.rs`.
-//!
-//! - `envoy.service.discovery.v3.AggregatedDiscoveryService`: ADS, one stream per proxy carrying
-//!   every filter's configuration (what `render envoy --xds` sets up).
-//! - `envoy.service.extension.v3.ExtensionConfigDiscoveryService`: one stream per filter, for
-//!   Envoys rendered before ADS.
+//! Generates the tonic client of Envoy's Aggregated Discovery Service for the fleet simulation
+//! (`meshward-xds-sim`, simulated proxies) from a service described in Rust (no protoc, no
+//! vendored .proto tree): the messages are prost structs in `src/xds/proto.rs`. serve's own side
+//! of the call is written by hand (`src/xds/grpc.rs`): it keeps nothing per stream between
+//! messages, where tonic's codec keeps buffers the size of the largest message.
 
-fn service(package: &str, name: &str, method: &str, route: &str) -> tonic_build::manual::Service {
+fn main() {
     let method = tonic_build::manual::Method::builder()
-        .name(method)
-        .route_name(route)
+        .name("stream_aggregated_resources")
+        .route_name("StreamAggregatedResources")
         .input_type("crate::xds::proto::DiscoveryRequest")
         .output_type("crate::xds::proto::DiscoveryResponse")
         .codec_path("tonic_prost::ProstCodec")
         .client_streaming()
         .server_streaming()
         .build();
-    tonic_build::manual::Service::builder().name(name).package(package).method(method).build()
-}
-
-fn main() {
-    tonic_build::manual::Builder::new().build_client(true).build_transport(false).compile(&[
-        service("envoy.service.discovery.v3", "AggregatedDiscoveryService", "stream_aggregated_resources", "StreamAggregatedResources"),
-        service("envoy.service.extension.v3", "ExtensionConfigDiscoveryService", "stream_extension_configs", "StreamExtensionConfigs"),
-    ]);
+    let service = tonic_build::manual::Service::builder()
+        .name("AggregatedDiscoveryService")
+        .package("envoy.service.discovery.v3")
+        .method(method)
+        .build();
+    tonic_build::manual::Builder::new().build_server(false).build_transport(false).compile(&[service]);
 }

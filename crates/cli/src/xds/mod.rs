@@ -10,6 +10,7 @@ mod listener;
 pub mod proto;
 mod server;
 mod session;
+mod grpc;
 
 pub use file_limit::raise_file_limit;
 pub use listener::capacity;
@@ -25,7 +26,7 @@ use crate::render::WasmPlugin;
 pub fn snapshot(version: &str, plugins: &[WasmPlugin]) -> Snapshot {
     Snapshot {
         version: version.to_string(),
-        resources: plugins.iter().map(|p| (p.filter_name.clone(), extension_config(p))).collect(),
+        resources: plugins.iter().map(|p| (p.filter_name.clone(), proto::resource_entry(&extension_config(p)))).collect(),
     }
 }
 

@@ -163,3 +163,49 @@ pub struct StringValue {
     #[prost(string, tag = "1")]
     pub value: String,
 }
+
+/// An `Any` as one `DiscoveryResponse.resources` entry (field 2), encoded: a snapshot's
+/// resources are encoded once, and every stream sends the same bytes.
+pub fn resource_entry(any: &Any) -> bytes::Bytes {
+    let mut entry = Vec::with_capacity(any.encoded_len() + 8);
+    prost::encoding::message::encode(2, any, &mut entry);
+    entry.into()
+}
+
+/// A `DiscoveryResponse` as one gRPC message, in pieces: the message prefix with the small
+/// fields, then the resource entries as they are (a message is its fields in any order).
+pub fn response_message(version_info: &str, nonce: &str, resources: &[bytes::Bytes]) -> Vec<bytes::Bytes> {
+    let head = DiscoveryResponse {
+        version_info: version_info.to_string(),
+        resources: Vec::new(),
+        type_url: TYPED_EXTENSION_CONFIG.to_string(),
+        nonce: nonce.to_string(),
+    }
+    .encode_to_vec();
+    let length = head.len() + resources.iter().map(bytes::Bytes::len).sum::<usize>();
+    let mut first = Vec::with_capacity(5 + head.len());
+    first.push(0);
+    first.extend_from_slice(&u32::try_from(length).unwrap_or(u32::MAX).to_be_bytes());
+    first.extend_from_slice(&head);
+    std::iter::once(first.into()).chain(resources.iter().cloned()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_in_pieces_is_the_response() {
+        let resources = vec![
+            Any { type_url: TYPED_EXTENSION_CONFIG.into(), value: b"jwt".to_vec() },
+            Any { type_url: TYPED_EXTENSION_CONFIG.into(), value: b"ratelimit".to_vec() },
+        ];
+        let entries: Vec<bytes::Bytes> = resources.iter().map(resource_entry).collect();
+        let wire: Vec<u8> = response_message("v1", "7", &entries).concat();
+        assert_eq!(wire[0], 0);
+        assert_eq!(u32::from_be_bytes([wire[1], wire[2], wire[3], wire[4]]) as usize, wire.len() - 5);
+        let read = DiscoveryResponse::decode(&wire[5..]).unwrap();
+        let expected = DiscoveryResponse { version_info: "v1".into(), resources, type_url: TYPED_EXTENSION_CONFIG.into(), nonce: "7".into() };
+        assert_eq!(read, expected);
+    }
+}

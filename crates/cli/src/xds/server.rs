@@ -2,29 +2,24 @@
 //! type), driving a [`Session`] with the Envoy's requests and with each new [`Snapshot`] from the
 //! policy watcher.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use meshward_core::workload::SpiffeIds;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::{mpsc, watch};
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::Status;
+use tower_service::Service;
 
-use super::proto::{DiscoveryRequest, DiscoveryResponse};
-use super::session::{Event, Session, Snapshot};
-
+use super::grpc::{Outgoing, Replies, Requests};
 use super::listener::Incoming;
-
-mod generated {
-    include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.AggregatedDiscoveryService.rs"));
-    include!(concat!(env!("OUT_DIR"), "/envoy.service.extension.v3.ExtensionConfigDiscoveryService.rs"));
-}
-use generated::aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer};
-use generated::extension_config_discovery_service_server::{ExtensionConfigDiscoveryService, ExtensionConfigDiscoveryServiceServer};
+use super::proto::response_message;
+use super::session::{Event, Session, Snapshot};
 
 /// HTTP/2 pings on every connection: a proxy that stopped answering is disconnected and its
 /// session freed, even where TCP keepalive cannot tell (a peer behind a proxy or NAT).
@@ -76,11 +71,7 @@ fn log(event: &Event) {
 }
 
 /// Runs one Envoy's stream until either side ends it.
-async fn drive(
-    mut inbound: Streaming<DiscoveryRequest>,
-    mut snapshots: watch::Receiver<Arc<Snapshot>>,
-    outbound: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
+async fn drive(mut inbound: Requests<Body>, mut snapshots: watch::Receiver<Arc<Snapshot>>, outbound: mpsc::Sender<Outgoing>) {
     let mut session = Session::default();
     loop {
         let response = tokio::select! {
@@ -113,8 +104,8 @@ async fn drive(
                 session.on_snapshot(&current)
             }
         };
-        if let Some(response) = response {
-            if outbound.send(Ok(response)).await.is_err() {
+        if let Some(reply) = response {
+            if outbound.send(Ok(response_message(&reply.version_info, &reply.nonce, &reply.resources))).await.is_err() {
                 break;
             }
         }
@@ -124,49 +115,61 @@ async fn drive(
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<DiscoveryResponse, Status>> + Send>>;
-
 impl Discovery {
-    /// A proxy's stream: refused when its certificate does not name a proxy this policy is for,
+    /// A proxy's call: refused when its certificate does not name a proxy this policy is for,
     /// else driven by its own task.
-    fn open(&self, request: Request<Streaming<DiscoveryRequest>>) -> Result<Response<ResponseStream>, Status> {
+    fn open(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
         if let Some(allowed) = &self.allowed {
             // The TLS handshake proved the certificate chains to the client CA; its SPIFFE ID
             // says which proxy it is.
-            let peer = request.remote_addr().map_or("-".to_string(), |a| a.to_string());
-            let ids = request.peer_certs().and_then(|certs| certs.first().map(|c| spiffe_ids(c))).unwrap_or_default();
+            let call = tonic::Request::from_http(http::Request::from_parts(parts, ()));
+            let peer = call.remote_addr().map_or("-".to_string(), |a| a.to_string());
+            let ids = call.peer_certs().and_then(|certs| certs.first().map(|c| spiffe_ids(c))).unwrap_or_default();
             if !ids.iter().any(|id| allowed.permit(id)) {
                 eprintln!("meshward serve: refused {peer}: its certificate names {ids:?}, none of the SPIFFE IDs --allow-client lets in");
-                return Err(Status::permission_denied("this proxy's SPIFFE ID may not receive this policy"));
+                return Status::permission_denied("this proxy's SPIFFE ID may not receive this policy").into_http();
             }
         }
-        let (outbound, responses) = mpsc::channel(4);
-        tokio::spawn(drive(request.into_inner(), self.snapshots.clone(), outbound));
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        let (outbound, replies) = mpsc::channel(4);
+        tokio::spawn(drive(Requests::new(body), self.snapshots.clone(), outbound));
+        let mut response = http::Response::new(Body::new(Replies::new(replies)));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+        response
     }
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Discovery {
-    type StreamAggregatedResourcesStream = ResponseStream;
+/// One of the two discovery services, each a single streaming method: ADS
+/// (`envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources`) when
+/// `ADS`, else ECDS (`envoy.service.extension.v3.ExtensionConfigDiscoveryService/StreamExtensionConfigs`).
+#[derive(Clone)]
+struct Rpc<const ADS: bool>(Discovery);
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open(request)
-    }
+impl<const ADS: bool> NamedService for Rpc<ADS> {
+    const NAME: &'static str =
+        if ADS { "envoy.service.discovery.v3.AggregatedDiscoveryService" } else { "envoy.service.extension.v3.ExtensionConfigDiscoveryService" };
 }
 
-#[tonic::async_trait]
-impl ExtensionConfigDiscoveryService for Discovery {
-    type StreamExtensionConfigsStream = ResponseStream;
+impl<const ADS: bool> Rpc<ADS> {
+    const METHOD: &'static str = if ADS { "StreamAggregatedResources" } else { "StreamExtensionConfigs" };
+}
 
-    async fn stream_extension_configs(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamExtensionConfigsStream>, Status> {
-        self.open(request)
+impl<const ADS: bool> Service<http::Request<Body>> for Rpc<ADS> {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = request.uri().path().strip_prefix(&format!("/{}/", Self::NAME));
+        std::future::ready(Ok(if request.method() == http::Method::POST && method == Some(Self::METHOD) {
+            self.0.open(request)
+        } else {
+            Status::unimplemented(format!("{} serves {} only", Self::NAME, Self::METHOD)).into_http()
+        }))
     }
 }
 
@@ -209,8 +212,8 @@ pub async fn serve(
     ready(listener.local_addr().map_err(|e| e.to_string())?);
     let discovery = Discovery { snapshots, allowed: tls.map(|t| t.allowed.clone()) };
     builder
-        .add_service(AggregatedDiscoveryServiceServer::new(discovery.clone()))
-        .add_service(ExtensionConfigDiscoveryServiceServer::new(discovery))
+        .add_service(Rpc::<true>(discovery.clone()))
+        .add_service(Rpc::<false>(discovery))
         .serve_with_incoming(Incoming::new(listener, capacity))
         .await
         .map_err(|e| format!("xDS server: {e}"))

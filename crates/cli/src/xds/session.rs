@@ -9,14 +9,25 @@
 //! version reaches a stream only if it changes that stream's filters: Envoy rebuilds a filter
 //! it is sent, so the filters a change does not touch keep their running plugin untouched.
 
-use super::proto::{Any, DiscoveryRequest, DiscoveryResponse, TYPED_EXTENSION_CONFIG};
+use bytes::Bytes;
+
+use super::proto::{DiscoveryRequest, TYPED_EXTENSION_CONFIG};
 
 /// Every filter configuration of one accepted policy version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub version: String,
-    /// (resource name `meshward.<filter>`, `TypedExtensionConfig`)
-    pub resources: Vec<(String, Any)>,
+    /// (resource name `meshward.<filter>`, its `TypedExtensionConfig` as a response's resource
+    /// entry: encoded once, shared by every stream)
+    pub resources: Vec<(String, Bytes)>,
+}
+
+/// A response to send: the resource entries are the snapshot's own bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub version_info: String,
+    pub nonce: String,
+    pub resources: Vec<Bytes>,
 }
 
 /// What happened on a stream that the operator should hear about.
@@ -40,7 +51,8 @@ struct Sent {
     version: String,
     nonce: String,
     names: Vec<String>,
-    resources: Vec<Any>,
+    /// The snapshot's bytes (shared, not copied).
+    resources: Vec<Bytes>,
 }
 
 /// One stream's protocol state; one per connected Envoy subscription.
@@ -59,7 +71,7 @@ pub struct Session {
 #[derive(Debug, Default, PartialEq)]
 pub struct Step {
     pub events: Vec<Event>,
-    pub response: Option<DiscoveryResponse>,
+    pub response: Option<Reply>,
 }
 
 impl Session {
@@ -116,7 +128,7 @@ impl Session {
     }
 
     /// A new policy version: sent to an Envoy that subscribed and whose filters it changes.
-    pub fn on_snapshot(&mut self, current: &Snapshot) -> Option<DiscoveryResponse> {
+    pub fn on_snapshot(&mut self, current: &Snapshot) -> Option<Reply> {
         (self.subscribed && !self.has(current)).then(|| self.respond(current))
     }
 
@@ -131,12 +143,12 @@ impl Session {
         self.requested.is_empty() || self.requested.iter().any(|n| n == name)
     }
 
-    fn respond(&mut self, snapshot: &Snapshot) -> DiscoveryResponse {
+    fn respond(&mut self, snapshot: &Snapshot) -> Reply {
         self.nonces += 1;
         let nonce = self.nonces.to_string();
-        let (names, resources): (Vec<String>, Vec<Any>) = snapshot.resources.iter().filter(|(n, _)| self.wanted(n)).cloned().unzip();
+        let (names, resources): (Vec<String>, Vec<Bytes>) = snapshot.resources.iter().filter(|(n, _)| self.wanted(n)).cloned().unzip();
         self.sent = Some(Sent { version: snapshot.version.clone(), nonce: nonce.clone(), names, resources: resources.clone() });
-        DiscoveryResponse { version_info: snapshot.version.clone(), resources, type_url: TYPED_EXTENSION_CONFIG.to_string(), nonce }
+        Reply { version_info: snapshot.version.clone(), resources, nonce }
     }
 }
 

@@ -1,7 +1,9 @@
 //! The SotW rules, one conversation per test.
 
+use prost::Message;
+
 use super::*;
-use crate::xds::proto::{Node, Status};
+use crate::xds::proto::{resource_entry, Any, DiscoveryResponse, Node, Status};
 
 /// Every filter's configuration differs from one version to the next.
 fn snapshot(version: &str, names: &[&str]) -> Snapshot {
@@ -9,8 +11,14 @@ fn snapshot(version: &str, names: &[&str]) -> Snapshot {
     Snapshot { version: version.into(), resources }
 }
 
-fn resource(content: &str) -> Any {
-    Any { type_url: TYPED_EXTENSION_CONFIG.into(), value: content.as_bytes().to_vec() }
+fn resource(content: &str) -> Bytes {
+    resource_entry(&Any { type_url: TYPED_EXTENSION_CONFIG.into(), value: content.as_bytes().to_vec() })
+}
+
+/// What a resource entry carries.
+fn content(entry: &Bytes) -> String {
+    let read = DiscoveryResponse::decode(entry.as_ref()).expect("a resource entry");
+    String::from_utf8_lossy(&read.resources[0].value).into_owned()
 }
 
 fn request(names: &[&str], nonce: &str) -> DiscoveryRequest {
@@ -30,7 +38,7 @@ fn nack(names: &[&str], nonce: &str, message: &str) -> DiscoveryRequest {
 
 fn sent(step: &Step) -> (&str, &str, Vec<String>) {
     let r = step.response.as_ref().expect("a response");
-    (r.version_info.as_str(), r.nonce.as_str(), r.resources.iter().map(|a| String::from_utf8_lossy(&a.value).into_owned()).collect())
+    (r.version_info.as_str(), r.nonce.as_str(), r.resources.iter().map(content).collect())
 }
 
 #[test]
