@@ -118,9 +118,9 @@ fn node_message(id: String, bytes: usize) -> Node {
     let mut extensions = Vec::new();
     let mut size = 0;
     while size < bytes {
-        let name = format!("envoy.filters.simulated.extension_{}", extensions.len());
-        size += name.len() + 40;
-        extensions.push(Extension { name, category: "envoy.filters.http".into() });
+        let extension = Extension { name: format!("envoy.filters.simulated.extension_{}", extensions.len()), category: "envoy.filters.http".into() };
+        size += prost::encoding::message::encoded_len(9, &extension);
+        extensions.push(extension);
     }
     Node { id, cluster: "simulated".into(), extensions }
 }
