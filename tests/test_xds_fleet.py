@@ -267,3 +267,26 @@ def test_the_simulated_proxy_sends_what_a_real_envoy_sends(policy, upstream):
     finally:
         recorder.stop()
         serve.stop()
+
+
+def test_an_envoy_rendered_before_ads_still_gets_its_policy(policy, upstream):
+    """Envoys rendered before ADS open one ECDS stream per filter (`api_config_source` GRPC):
+    serve still serves them."""
+    port = free_port()
+    serve = Serve(policy, port)
+    try:
+        config = render(policy, [port], upstream)
+        del config["dynamic_resources"]
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        for f in hcm["http_filters"]:
+            if "config_discovery" in f:
+                f["config_discovery"]["config_source"] = {"resource_api_version": "V3", "api_config_source": {
+                    "api_type": "GRPC", "transport_api_version": "V3",
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": "meshward_xds"}}]}}
+        with Envoy(config, concurrency=1) as env:
+            assert limit(env) == "100"
+            edit(serve, policy, 900)
+            wait_until(lambda: limit(env) == "900")
+        env.cleanup()
+    finally:
+        serve.stop()
