@@ -37,7 +37,7 @@ EDITIONS    := lite:$(SIGNED) openapi:$(SIGNED),schema grpc:$(SIGNED),grpc graph
 edition_name     = $(word 1,$(subst :, ,$(1)))
 edition_features = $(word 2,$(subst :, ,$(1)))
 
-.PHONY: fault-test fleet-sim package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
+.PHONY: fault-test fleet-sim first-seconds package profile build cli test-modules wasm-unit-test wasm-target venv system-deps lint unit-test integration-test test demo bench fuzz clean
 
 build: wasm-target
 	cargo build --release --target $(WASM_TARGET) $(foreach f,$(FILTERS),-p meshward-$(f)-filter) -p meshward-bundle
@@ -131,6 +131,11 @@ demo: build cli venv system-deps
 # (`cli` builds meshward-fleet, the engine the fleet-state rows reach.)
 bench: build test-modules cli venv system-deps
 	$(PY) tests/bench.py
+
+# A VM's first seconds: each row's Envoy measured from the moment it is ready and from a push,
+# every request timed (make bench runs it too; this is that section alone, about 12 minutes).
+first-seconds: build test-modules venv system-deps
+	$(PY) tests/first_seconds.py
 
 # `meshward serve --xds` with 10,000 simulated proxies (meshward-xds-sim): push latency to the
 # last proxy, serve's CPU per push and memory per proxy, a restart's cost. PROXIES=N for another

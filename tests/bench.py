@@ -213,6 +213,8 @@ def new_deliveries(directory: Path, body: bytes, count: int) -> Path:
 
 # The floor: a Rust proxy-wasm filter that does nothing (tests/noop-filter, `make test-modules`).
 NOOP = plugin("noop", "{}", module=str(TEST_MODULES / "meshward_noop.wasm"))
+# The floor of a chain of three modules: three VMs per worker doing nothing.
+NOOP3 = [plugin(f"noop{i}", "{}", module=str(TEST_MODULES / "meshward_noop.wasm")) for i in (1, 2, 3)]
 
 # East-west: the calling workload's SPIFFE ID decides (the caller's sidecar presents it over mTLS).
 OWNERSHIP_WORKLOAD = plugin("ownership", {"rules": [{"name": "orders", "match": {"template": "/tenants/{tenant_id}/orders/{order_id}"},
@@ -398,7 +400,8 @@ def scenarios(keys: KeyRing) -> list[Scenario]:
     order = {"headers": {**es, "content-type": "application/json"}, "body": ORDER_BODY, "path": ORDER_PATH, "baseline": "plain envoy, crAPI POST order"}
     chain4 = [meshward_jwt(keys, fam["ES256"]), SCHEMA, ORDER_OWNERSHIP, RATELIMIT]
     out = [Scenario("plain envoy", compare="plain"),
-           Scenario("do-nothing wasm filter (floor)", [NOOP])]
+           Scenario("do-nothing wasm filter (floor)", [NOOP]),
+           Scenario("three do-nothing wasm filters (floor of 3 modules)", NOOP3)]
     for alg in JWT_ALGORITHMS:
         # Cached against native with its cache on (as deployed); every request verified
         # (the cost of a new token) against native with its cache off.
@@ -885,6 +888,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each scenario reports its median round")
     ap.add_argument("--only", help="regex: only the scenarios it matches (and the ones they are compared with)")
     ap.add_argument("--memory-only", action="store_true", help="only the footprint rows (RSS and configuration time at 1 and 2 workers)")
+    ap.add_argument("--first-seconds-rounds", type=int, default=3,
+                    help="rounds of the first-seconds rows (tests/first_seconds.py: just started, right after a push); 0 skips them")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is missing: run `make system-deps`", file=sys.stderr)
@@ -942,6 +947,12 @@ def main() -> int:
 
     memory = [] if args.only else footprint(keys)
 
+    # A VM's first seconds, after start and after a push, one Envoy at a time.
+    from first_seconds import ROWS, measure, table, targets as first_targets
+    first_plan = [sc for sc in plan if sc.name in ROWS]
+    first = measure(first_plan, 10, 5, args.first_seconds_rounds, args.connections, log=lambda line: print(line, flush=True)) \
+        if first_plan and args.first_seconds_rounds else {}
+
     by_name = {r["name"]: r for r in results}
     for r in results:
         r["vs_plain"] = r["rps"] / by_name[r["baseline"]]["rps"]
@@ -955,6 +966,7 @@ def main() -> int:
         "results": results,
         "hostcall_us": hostcall_costs({r["name"]: r for r in results}),
         "memory": memory,
+        "first_seconds": first,
         "module_bytes": sizes,
     }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -971,7 +983,10 @@ def main() -> int:
         print("\nwhat one hostcall adds to a request (µs): " + ", ".join(f"{k} {v}" for k, v in report["hostcall_us"].items()))
     if memory:
         print_memory(memory)
-    report["targets"] = targets(by_name, sizes) + memory_targets(memory)
+    if first:
+        print("\nthe first 10 s after start and after a push (h2load, every request timed; tests/first_seconds.py):")
+        print("\n".join(table(first, 10)))
+    report["targets"] = targets(by_name, sizes) + memory_targets(memory) + (first_targets(first) if first else [])
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print("\ntargets (from the benchmark issue; read, not asserted):")
     for t in report["targets"]:
