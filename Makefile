@@ -60,8 +60,10 @@ test-modules: wasm-target
 
 # The `meshward` command and the fleet-state engine (host binaries): target/release/meshward,
 # target/release/meshward-fleet.
+# The host binaries without the modules' whole-program LTO: `meshward` embeds wasmtime for
+# `meshward test`, and LTO over Cranelift costs minutes for nothing a command line needs.
 cli:
-	cargo build --release -p meshward-cli -p meshward-fleet
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 cargo build --release -p meshward-cli -p meshward-fleet
 
 # Each module as an OCI image layout Istio's WasmPlugin can pull (target/oci/<module>, tagged
 # with the version); push with skopeo (README: Packaging). Prints each image digest.
@@ -94,7 +96,7 @@ system-deps:
 # `meshward` command is a host tool, with a gRPC server, and is not built for wasm32).
 lint: wasm-target
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	cargo clippy --workspace --exclude meshward-cli --exclude meshward-fleet --target $(WASM_TARGET) --quiet -- -D warnings
+	cargo clippy --workspace --exclude meshward-cli --exclude meshward-fleet --exclude meshward-wasmhost --target $(WASM_TARGET) --quiet -- -D warnings
 	$(foreach e,$(EDITIONS),cargo clippy -p meshward-bundle --no-default-features --features $(call edition_features,$(e)) \
 	  --target $(WASM_TARGET) --quiet -- -D warnings;)
 
@@ -107,7 +109,7 @@ unit-test:
 # for node:wasi.)
 wasm-unit-test: wasm-target system-deps
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="node --no-warnings --experimental-wasi-unstable-preview1 $(CURDIR)/tests/wasi-runner.mjs" \
-	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-noop-test-filter --exclude meshward-cli --exclude meshward-fleet --quiet
+	  cargo test --target $(WASM_TARGET) --workspace --exclude meshward-crash-test-filter --exclude meshward-noop-test-filter --exclude meshward-cli --exclude meshward-fleet --exclude meshward-wasmhost --quiet
 
 integration-test: build test-modules cli venv system-deps
 	$(PY) -m pytest tests $(PYTEST_ARGS)
