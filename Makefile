@@ -126,6 +126,7 @@ fault-test: build cli venv system-deps
 # The JWT table, then the whole bundle on examples/orders promoted from shadow by the gate
 # (meshward serve, a real Prometheus).
 demo: build cli venv system-deps
+	./target/release/meshward test examples/orders/policy.yaml examples/orders/policy.test.yaml --form bundle
 	$(PY) tests/demo.py
 	$(PY) tests/demo_rollout.py
 

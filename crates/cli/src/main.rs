@@ -11,6 +11,7 @@ mod drift;
 mod editions;
 mod package;
 mod policy;
+mod policy_test;
 mod render;
 mod rollout;
 mod serve;
@@ -96,6 +97,25 @@ enum Command {
     /// Render Envoy or Istio resources that run the policy.
     #[command(subcommand)]
     Render(RenderTarget),
+    /// Run case files against the policy in the real modules (no Envoy); exit 1 on a failed case.
+    Test {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Case files (YAML): requests, callers and the verdicts they must get.
+        #[arg(required = true, value_name = "CASES")]
+        cases: Vec<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        /// Where the built modules are.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        modules: PathBuf,
+        /// Also write the results as JUnit XML here.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+        /// json: each case's request as the filters got it (tokens included) and its outcome.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Build each module in --dist as an OCI image Istio's WasmPlugin can pull.
     Package {
         /// Where the built modules are.
@@ -366,6 +386,21 @@ fn run(command: Command) -> Result<ExitCode, String> {
                 Format::Json => out(&format!("{}\n", check::render_json(&findings))),
             }
             let failed = findings.iter().any(|f| f.severity == check::Severity::Error);
+            Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Test { policy, cases, form, modules, junit, format } => {
+            let policy = policy.load()?;
+            render::check_form(&policy, form)?;
+            let run = policy_test::run(&policy, &cases, &policy_test::Options { form, modules: &modules })?;
+            match format {
+                Format::Text => out(&policy_test::render_text(&run.results)),
+                Format::Json => out(&format!("{}\n", policy_test::render_json(&run))),
+            }
+            let results = run.results;
+            if let Some(path) = junit {
+                std::fs::write(&path, policy_test::render_junit(&results)).map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            let failed = results.iter().any(|r| !r.failures.is_empty());
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Compile { policy, out: out_dir } => {

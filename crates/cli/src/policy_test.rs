@@ -1,0 +1,586 @@
+//! `meshward test POLICY CASES…`: cases — this request, from this caller, gets this verdict —
+//! run in the real modules (the `.wasm` files `render` deploys, with the configuration `render`
+//! writes) inside the proxy-wasm host of `meshward-wasmhost`, and their verdicts checked.
+//!
+//! A case file (YAML):
+//!
+//! ```yaml
+//! keys:                      # test signing keys (ES256), each trusted by the jwt provider it names
+//!   demo: {}
+//! env: { ORDERS_PAYMENTS_WEBHOOK_SECRET: test-secret }   # the VMs' environment (secrets)
+//! cases:
+//!   - name: the owner reads an order
+//!     request:
+//!       path: /tenants/acme/orders/42
+//!       token: { key: demo, claims: { sub: alice, tenant: acme, scope: "orders:read" } }
+//!     expect: { status: 200 }
+//! ```
+//!
+//! Each case starts from the filters as configured (a proxy that just started): state one case
+//! leaves (a limit's count) is not seen by the next; `repeat: N` sends a case's request N times
+//! and checks the last answer.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+use meshward_runtime::HOLD_HEADERS_ENV;
+use meshward_wasmhost::{Chain, Clock, Filter, LocalReply, Module, NoCalls, Outcome, Request, Upstream, VmConfig};
+use p256::ecdsa::signature::Signer;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::policy::Policy;
+use crate::render::{self, Form};
+
+/// The clock a case runs at unless it sets `at` (2026-01-01T00:00:00Z): runs are repeatable.
+const DEFAULT_AT: u64 = 1_767_225_600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseFile {
+    #[serde(default)]
+    keys: BTreeMap<String, TestKey>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// The clock of every case that does not set its own, in seconds since the Unix epoch
+    /// [default: 2026-01-01T00:00:00Z, so runs repeat].
+    #[serde(default)]
+    at: Option<u64>,
+    cases: Vec<Case>,
+}
+
+/// A signing key made for the run; the jwt provider of the same name trusts it (and only it).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TestKey {
+    /// The `kid` tokens carry [default: `meshward-test-<provider>`].
+    kid: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    request: CaseRequest,
+    /// What the service answers when the request reaches it [default: 200, `{}`].
+    #[serde(default)]
+    upstream: Option<CaseUpstream>,
+    expect: Expect,
+    /// The request sent this many times; the last answer is checked.
+    #[serde(default = "one")]
+    repeat: u32,
+    /// The clock, in seconds since the Unix epoch.
+    #[serde(default)]
+    at: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseRequest {
+    #[serde(default = "get")]
+    method: String,
+    path: String,
+    #[serde(default)]
+    authority: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// The body as text.
+    #[serde(default)]
+    body: Option<String>,
+    /// The body as JSON (sent with `content-type: application/json` unless a header says else).
+    #[serde(default)]
+    json: Option<Value>,
+    /// Bytes per body chunk as the filters receive it [default: the whole body at once].
+    #[serde(default)]
+    chunk: Option<usize>,
+    #[serde(default)]
+    token: Option<Token>,
+    /// The caller's address (`source.address`) [default: 127.0.0.1:40000].
+    #[serde(default)]
+    source: Option<String>,
+    /// The calling workload's SPIFFE ID (the URI SAN of its client certificate).
+    #[serde(default)]
+    peer: Option<String>,
+}
+
+fn get() -> String {
+    "GET".into()
+}
+
+/// A token signed with a test key: `iss`, `aud` (the provider's first audience), `iat` and
+/// `exp` (an hour) are filled in unless `claims` sets them; a claim set to null is left out.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Token {
+    key: String,
+    #[serde(default)]
+    claims: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseUpstream {
+    #[serde(default = "ok")]
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    json: Option<Value>,
+}
+
+fn ok() -> u16 {
+    200
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// The status the client gets.
+    #[serde(default)]
+    status: Option<u16>,
+    /// The deny reason (the answer's `reason`, `meshward-reason` for gRPC); `null`: allowed.
+    #[serde(default)]
+    reason: Option<String>,
+    /// Whether the request reaches the service.
+    #[serde(default)]
+    reached_service: Option<bool>,
+    /// Headers the service must see, with these values.
+    #[serde(default)]
+    service_sees: BTreeMap<String, String>,
+    /// Headers the service must not see.
+    #[serde(default)]
+    service_does_not_see: Vec<String>,
+}
+
+/// One case's result.
+pub struct CaseResult {
+    pub file: String,
+    pub name: String,
+    /// What went wrong; empty when the case passed.
+    pub failures: Vec<String>,
+    /// What happened, in one line (status, reason).
+    pub got: String,
+    /// The request as the filters received it (the minted token included), and what happened.
+    pub sent: Option<Request>,
+    pub outcome: Option<Outcome>,
+}
+
+/// How the cases run.
+pub struct Options<'a> {
+    pub form: Form,
+    pub modules: &'a Path,
+}
+
+/// Each test key by the provider that trusts it, with that provider's configuration.
+type TestKeys = BTreeMap<String, (Key, Value)>;
+
+/// A test key: its signing key and JWK.
+struct Key {
+    kid: String,
+    signing: p256::ecdsa::SigningKey,
+}
+
+impl Key {
+    /// A key derived from the provider's name: the same tokens every run.
+    fn new(provider: &str, kid: String) -> Result<Key, String> {
+        let seed = Sha256::digest(format!("meshward test key {provider}").as_bytes());
+        let signing = p256::ecdsa::SigningKey::from_slice(&seed).map_err(|e| format!("keys.{provider}: {e}"))?;
+        Ok(Key { kid, signing })
+    }
+
+    fn jwks(&self) -> Result<String, String> {
+        let point = self.signing.verifying_key().to_sec1_point(false);
+        let point = point.as_bytes();
+        if point.len() != 65 {
+            return Err("an uncompressed P-256 point has 65 bytes".into());
+        }
+        let b64 = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).map_err(|e| e.to_string());
+        Ok(json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
+            "x": b64(&point[1..33])?, "y": b64(&point[33..])?}]})
+        .to_string())
+    }
+
+    fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
+        let b64 = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).map_err(|e| e.to_string());
+        let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}).to_string();
+        let input = format!("{}.{}", b64(header.as_bytes())?, b64(Value::Object(claims.clone()).to_string().as_bytes())?);
+        let signature: p256::ecdsa::Signature = self.signing.sign(input.as_bytes());
+        Ok(format!("{input}.{}", b64(&signature.to_bytes())?))
+    }
+}
+
+/// The policy with each provider named in `keys` trusting that test key alone; the keys.
+fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str) -> Result<(Policy, TestKeys), String> {
+    let mut policy = policy.clone();
+    let mut made = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok((policy, made));
+    }
+    let Some(stage) = policy.stages.iter_mut().find(|s| s.kind == "jwt") else {
+        return Err(format!("{file}: keys: the policy has no jwt stage to trust them"));
+    };
+    let Some(providers) = stage.config.get_mut("providers").and_then(Value::as_object_mut) else {
+        return Err(format!("{file}: keys: the jwt stage has no providers"));
+    };
+    let names: Vec<String> = providers.keys().cloned().collect();
+    for (name, spec) in keys {
+        let Some(provider) = providers.get_mut(name).and_then(Value::as_object_mut) else {
+            return Err(format!("{file}: keys.{name}: the jwt stage has no provider `{name}` (it has: {})", names.join(", ")));
+        };
+        if provider.contains_key("from_native_jwt_authn") {
+            return Err(format!("{file}: keys.{name}: the provider takes tokens Envoy's jwt_authn verified, which this host does not run"));
+        }
+        let key = Key::new(name, spec.kid.clone().unwrap_or_else(|| format!("meshward-test-{name}")))?;
+        provider.remove("remote_jwks");
+        provider.insert("local_jwks".into(), json!({"inline_string": key.jwks()?}));
+        made.insert(name.clone(), (key, Value::Object(provider.clone())));
+    }
+    Ok((policy, made))
+}
+
+/// A run: every case's result in order, and the JWKS each test key was trusted by.
+pub struct Run {
+    pub results: Vec<CaseResult>,
+    pub jwks: BTreeMap<String, String>,
+}
+
+/// Runs every case of every file.
+pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<Run, String> {
+    let mut results = Vec::new();
+    let mut jwks = BTreeMap::new();
+    for path in files {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
+        let cases: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        let (policy, keys) = with_test_keys(policy, &cases.keys, &file)?;
+        for (name, (key, _)) in &keys {
+            jwks.insert(name.clone(), key.jwks()?);
+        }
+        let plugins = render::wasm_plugins(&policy, options.form, options.modules)?;
+        let mut modules = Vec::with_capacity(plugins.len());
+        for p in &plugins {
+            let bytes = std::fs::read(&p.filename).map_err(|e| format!("{}: {e} (build the modules: make build; or --modules DIR)", p.filename))?;
+            modules.push(Module::new(&bytes).map_err(|e| format!("{}: {e}", p.filename))?);
+        }
+        let mut env: Vec<(String, String)> = vec![(HOLD_HEADERS_ENV.into(), "true".into())];
+        env.extend(cases.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let filters = plugins
+            .iter()
+            .zip(&modules)
+            .map(|(p, module)| Filter { module, config: VmConfig { configuration: p.configuration.clone().into_bytes(), env: env.clone() } })
+            .collect();
+        let mut chain = Chain::start(filters, Clock::at(DEFAULT_AT * 1_000_000_000), &mut NoCalls)
+            .map_err(|(i, e)| format!("{file}: {}: {e}", plugins.get(i).map_or("?", |p| p.filter_name.as_str())))?;
+        chain.save();
+        for case in &cases.cases {
+            chain.restore();
+            results.push(run_case(&mut chain, case, &keys, &file, cases.at));
+        }
+    }
+    Ok(Run { results, jwks })
+}
+
+fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>) -> CaseResult {
+    let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: None, outcome: None };
+    let at = case.at.or(file_at).unwrap_or(DEFAULT_AT);
+    chain.clock().set(at.saturating_mul(1_000_000_000));
+    let (request, upstream) = match build(case, keys, at) {
+        Ok(built) => built,
+        Err(e) => {
+            result.failures.push(e);
+            return result;
+        }
+    };
+    let mut outcome = None;
+    for _ in 0..case.repeat.max(1) {
+        match chain.exchange(&request, &upstream, &mut NoCalls) {
+            Ok(o) => outcome = Some(o),
+            Err(e) => {
+                result.failures.push(format!("{e} (Envoy's VM would be dead: every request refused)"));
+                return result;
+            }
+        }
+    }
+    if let Some(outcome) = outcome {
+        result.got = describe(&outcome);
+        result.failures = check(&case.expect, &outcome);
+        result.outcome = Some(outcome);
+    }
+    result.sent = Some(request);
+    result
+}
+
+/// The request and the service's answer a case describes.
+fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), String> {
+    let r = &case.request;
+    let mut headers = vec![
+        (":method".to_string(), r.method.clone()),
+        (":path".to_string(), r.path.clone()),
+        (":authority".to_string(), r.authority.clone().unwrap_or_else(|| "service.test".into())),
+        (":scheme".to_string(), "http".to_string()),
+        ("x-forwarded-proto".to_string(), "http".to_string()),
+    ];
+    if let Some(token) = &r.token {
+        let Some((key, provider)) = keys.get(&token.key) else {
+            return Err(format!("request.token.key: no test key `{}` (keys: {})", token.key, keys.keys().cloned().collect::<Vec<_>>().join(", ")));
+        };
+        let mut claims = Map::new();
+        if let Some(issuer) = provider.get("issuer") {
+            claims.insert("iss".into(), issuer.clone());
+        }
+        if let Some(audience) = provider.get("audiences").and_then(|a| a.get(0)) {
+            claims.insert("aud".into(), audience.clone());
+        }
+        claims.insert("iat".into(), json!(at));
+        claims.insert("exp".into(), json!(at + 3600));
+        for (k, v) in &token.claims {
+            if v.is_null() {
+                claims.remove(k);
+            } else {
+                claims.insert(k.clone(), v.clone());
+            }
+        }
+        headers.push(("authorization".into(), format!("Bearer {}", key.sign(&claims)?)));
+    }
+    let body = match (&r.body, &r.json) {
+        (Some(_), Some(_)) => return Err("request: body or json, not both".into()),
+        (Some(text), None) => Some(text.clone().into_bytes()),
+        (None, Some(v)) => {
+            if !r.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            Some(v.to_string().into_bytes())
+        }
+        (None, None) => None,
+    };
+    headers.extend(r.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+    if let Some(body) = &body {
+        headers.push(("content-length".into(), body.len().to_string()));
+    }
+    let mut properties = vec![(vec!["source".to_string(), "address".to_string()], r.source.clone().unwrap_or_else(|| "127.0.0.1:40000".into()).into_bytes())];
+    if let Some(peer) = &r.peer {
+        properties.push((vec!["connection".to_string(), "uri_san_peer_certificate".to_string()], peer.clone().into_bytes()));
+    }
+    let request = Request { headers, body, chunk: r.chunk.unwrap_or(0), properties };
+    let upstream = match &case.upstream {
+        None => Upstream::default(),
+        Some(u) => {
+            let mut headers = vec![(":status".to_string(), u.status.to_string())];
+            let body = match (&u.body, &u.json) {
+                (Some(_), Some(_)) => return Err("upstream: body or json, not both".into()),
+                (Some(text), None) => text.clone().into_bytes(),
+                (None, Some(v)) => {
+                    headers.push(("content-type".into(), "application/json".into()));
+                    v.to_string().into_bytes()
+                }
+                (None, None) => Vec::new(),
+            };
+            headers.extend(u.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+            Upstream { headers, body }
+        }
+    };
+    Ok((request, upstream))
+}
+
+/// The deny reason of a filter's answer: its JSON body's `reason`, or gRPC's `meshward-reason`.
+fn reason(reply: &LocalReply) -> Option<String> {
+    if let Some((_, v)) = reply.headers.iter().find(|(k, _)| k == "meshward-reason") {
+        return Some(v.clone());
+    }
+    serde_json::from_slice::<Value>(&reply.body).ok()?.get("reason")?.as_str().map(str::to_string)
+}
+
+fn describe(o: &Outcome) -> String {
+    let mut s = if o.held {
+        "held: no filter let the request go, none answered".to_string()
+    } else if o.reset {
+        format!("{} then reset (the answer was cut)", o.status)
+    } else {
+        o.status.to_string()
+    };
+    match &o.local_reply {
+        Some(reply) => s.push_str(&format!(" {}", reason(reply).unwrap_or_else(|| reply.details.clone()))),
+        None if o.upstream_request.is_some() => s.push_str(" (reached the service)"),
+        None => {}
+    }
+    s
+}
+
+/// What the case expected and did not get.
+fn check(expect: &Expect, o: &Outcome) -> Vec<String> {
+    let mut failures = Vec::new();
+    if expect.status.is_none() && expect.reason.is_none() && expect.reached_service.is_none() && expect.service_sees.is_empty() && expect.service_does_not_see.is_empty() {
+        failures.push("expect: says nothing (status, reason, reached_service, service_sees, service_does_not_see)".into());
+    }
+    if let Some(status) = expect.status {
+        if o.held || o.reset || o.status != status {
+            failures.push(format!("status: expected {status}, got {}", describe(o)));
+        }
+    }
+    let got_reason = o.local_reply.as_ref().and_then(reason);
+    if let Some(want) = &expect.reason {
+        if got_reason.as_deref() != Some(want) {
+            failures.push(format!("reason: expected {want}, got {}", got_reason.as_deref().unwrap_or("none")));
+        }
+    }
+    if let Some(reached) = expect.reached_service {
+        if o.upstream_request.is_some() != reached {
+            failures.push(format!("reached_service: expected {reached}, got {}", o.upstream_request.is_some()));
+        }
+    }
+    if !expect.service_sees.is_empty() || !expect.service_does_not_see.is_empty() {
+        match &o.upstream_request {
+            None => failures.push("service_sees: the request did not reach the service".into()),
+            Some((headers, _)) => {
+                let value = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+                for (name, want) in &expect.service_sees {
+                    if value(name) != Some(want.as_str()) {
+                        failures.push(format!("service_sees.{name}: expected {want:?}, got {:?}", value(name)));
+                    }
+                }
+                for name in &expect.service_does_not_see {
+                    if let Some(v) = value(name) {
+                        failures.push(format!("service_does_not_see: {name} reached the service ({v:?})"));
+                    }
+                }
+            }
+        }
+    }
+    failures
+}
+
+/// The results as a table, and a closing count.
+pub fn render_text(results: &[CaseResult]) -> String {
+    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).min(60);
+    let mut out = String::new();
+    for r in results {
+        let mark = if r.failures.is_empty() { "PASS" } else { "FAIL" };
+        out.push_str(&format!("{mark}  {:<width$}  {}\n", r.name, r.got));
+        for f in &r.failures {
+            out.push_str(&format!("        {f}   ({})\n", r.file));
+        }
+    }
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    out.push_str(&format!("{} cases: {} passed, {failed} failed\n", results.len(), results.len() - failed));
+    out
+}
+
+/// The results as JSON: per case what was sent and what happened (status, reason, whether the
+/// service got it), for tools and for replaying the same requests elsewhere.
+pub fn render_json(run: &Run) -> Value {
+    let cases: Vec<Value> = run
+        .results
+        .iter()
+        .map(|r| {
+            let sent = r.sent.as_ref().map(|q| {
+                json!({"headers": q.headers, "body": q.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+                       "properties": q.properties.iter().map(|(k, v)| (k.join("."), String::from_utf8_lossy(v).into_owned())).collect::<BTreeMap<_, _>>()})
+            });
+            let outcome = r.outcome.as_ref().map(|o| {
+                json!({"status": o.status, "reason": o.local_reply.as_ref().and_then(reason), "reached_service": o.upstream_request.is_some(),
+                       "reset": o.reset, "held": o.held})
+            });
+            json!({"file": r.file, "name": r.name, "passed": r.failures.is_empty(), "failures": r.failures, "request": sent, "outcome": outcome})
+        })
+        .collect();
+    json!({"cases": cases, "jwks": run.jwks})
+}
+
+/// The results as JUnit XML (one suite per case file), for CI.
+pub fn render_junit(results: &[CaseResult]) -> String {
+    fn esc(s: &str) -> String {
+        s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    }
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"meshward test\">\n");
+    let mut files: Vec<&str> = results.iter().map(|r| r.file.as_str()).collect();
+    files.dedup();
+    for file in files {
+        let in_file: Vec<&CaseResult> = results.iter().filter(|r| r.file == file).collect();
+        let failed = in_file.iter().filter(|r| !r.failures.is_empty()).count();
+        out.push_str(&format!("  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failed}\">\n", esc(file), in_file.len()));
+        for r in in_file {
+            out.push_str(&format!("    <testcase classname=\"{}\" name=\"{}\"", esc(file), esc(&r.name)));
+            if r.failures.is_empty() {
+                out.push_str("/>\n");
+            } else {
+                out.push_str(&format!(">\n      <failure message=\"{}\">{}</failure>\n    </testcase>\n", esc(&r.failures[0]), esc(&r.failures.join("\n"))));
+            }
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: u16, reply: Option<(&str, &str)>) -> Outcome {
+        Outcome {
+            status,
+            local_reply: reply.map(|(reason, _)| LocalReply {
+                status,
+                details: String::new(),
+                headers: vec![],
+                body: json!({"reason": reason}).to_string().into_bytes(),
+                grpc_status: None,
+            }),
+            upstream_request: if reply.is_none() { Some((vec![("x-a".into(), "1".into())], vec![])) } else { None },
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn a_case_checks_what_it_names() {
+        let allowed = outcome(200, None);
+        let denied = outcome(403, Some(("tenant_mismatch", "")));
+        let expect = |v: Value| serde_json::from_value::<Expect>(v).unwrap();
+        assert!(check(&expect(json!({"status": 200})), &allowed).is_empty());
+        assert!(check(&expect(json!({"status": 403, "reason": "tenant_mismatch", "reached_service": false})), &denied).is_empty());
+        assert_eq!(check(&expect(json!({"status": 200})), &denied).len(), 1);
+        assert_eq!(check(&expect(json!({"reason": "expired"})), &denied), vec!["reason: expected expired, got tenant_mismatch"]);
+        assert!(check(&expect(json!({"service_sees": {"x-a": "1"}, "service_does_not_see": ["x-b"]})), &allowed).is_empty());
+        assert_eq!(check(&expect(json!({"service_does_not_see": ["x-a"]})), &allowed).len(), 1);
+        assert_eq!(check(&expect(json!({})), &allowed).len(), 1, "an expectation that says nothing fails");
+    }
+
+    #[test]
+    fn a_test_key_signs_tokens_its_jwks_verifies() {
+        let key = Key::new("demo", "k1".into()).unwrap();
+        let jwks: Value = serde_json::from_str(&key.jwks().unwrap()).unwrap();
+        assert_eq!(jwks["keys"][0]["kid"], "k1");
+        let token = key.sign(&Map::from_iter([("sub".to_string(), json!("alice"))])).unwrap();
+        assert_eq!(token.split('.').count(), 3);
+        // The same key every run: the same token for the same claims.
+        assert_eq!(Key::new("demo", "k1".into()).unwrap().sign(&Map::new()).unwrap(), key.sign(&Map::new()).unwrap());
+    }
+
+    #[test]
+    fn junit_escapes_and_counts() {
+        let results = vec![
+            CaseResult { file: "a.yaml".into(), name: "ok <1>".into(), failures: vec![], got: "200".into(), sent: None, outcome: None },
+            CaseResult {
+                file: "a.yaml".into(),
+                name: "bad".into(),
+                failures: vec!["status: expected 403, got 200 & more".into()],
+                got: "200".into(),
+                sent: None,
+                outcome: None,
+            },
+        ];
+        let xml = render_junit(&results);
+        assert!(xml.contains("tests=\"2\" failures=\"1\""));
+        assert!(xml.contains("ok &lt;1&gt;"));
+        assert!(xml.contains("got 200 &amp; more"));
+        assert!(render_text(&results).ends_with("2 cases: 1 passed, 1 failed\n"));
+    }
+}

@@ -1,0 +1,118 @@
+"""`meshward test`: case files run in the real modules inside the CLI's proxy-wasm host, and the
+same verdict as real Envoy: every case of the orders example is sent, as `meshward test` sent
+it (its minted token included), through Envoy running what `meshward render envoy` writes for
+the same policy, in both forms, and the two agree case by case."""
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+
+import pytest
+import yaml
+
+from harness import DIST, REPO, Envoy
+from test_cli import meshward
+
+POLICY = REPO / "examples" / "orders" / "policy.yaml"
+CASES = REPO / "examples" / "orders" / "policy.test.yaml"
+OPENAPI = REPO / "examples" / "orders" / "openapi.yaml"
+SECRET = "test-webhook-secret"
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_the_orders_cases_pass(form):
+    r = meshward("test", POLICY, CASES, "--form", form, "--modules", DIST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    count = len(yaml.safe_load(CASES.read_text())["cases"])
+    assert lines[-1] == f"{count} cases: {count} passed, 0 failed", r.stdout
+    assert sum(line.startswith("PASS") for line in lines) == count
+
+
+def test_a_wrong_expectation_fails_the_run_and_says_which(tmp_path):
+    cases = yaml.safe_load(CASES.read_text())
+    cases["cases"] = [
+        {"name": "expects the wrong status", "request": {"path": "/tenants/acme/orders/42"}, "expect": {"status": 200}},
+        {"name": "expects the wrong reason", "request": {"path": "/tenants/acme/orders/42"}, "expect": {"reason": "expired"}},
+        {"name": "expects nothing", "request": {"path": "/healthz"}, "expect": {}},
+        {"name": "right", "request": {"path": "/healthz"}, "expect": {"status": 200}},
+    ]
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    junit = tmp_path / "junit.xml"
+    r = meshward("test", POLICY, path, "--modules", DIST, "--junit", junit)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "status: expected 200, got 401 missing_token" in r.stdout
+    assert "reason: expected expired, got missing_token" in r.stdout
+    assert "expect: says nothing" in r.stdout
+    assert r.stdout.splitlines()[-1] == "4 cases: 1 passed, 3 failed"
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "3")
+    failed = [c.get("name") for c in suite.iter("testcase") if c.find("failure") is not None]
+    assert failed == ["expects the wrong status", "expects the wrong reason", "expects nothing"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"cases": [{"name": "x", "request": {"path": "/"}, "expect": {"status": 200}, "expct": {}}]}, "unknown field `expct`"),
+    ({"keys": {"auth0": {}}}, "keys.auth0: the jwt stage has no provider `auth0` (it has: demo)"),
+    ({"cases": [{"name": "x", "request": {"path": "/", "token": {"key": "other"}}, "expect": {"status": 200}}]}, "request.token.key: no test key `other`"),
+])
+def test_a_bad_case_file_is_refused_with_what_is_wrong(tmp_path, change, message):
+    cases = yaml.safe_load(CASES.read_text())
+    cases.update(change)
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    r = meshward("test", POLICY, path, "--modules", DIST)
+    assert message in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode in (1, 2)
+
+
+def test_state_does_not_leak_between_cases_and_repeat_reaches_a_limit(tmp_path):
+    """Each case starts from the filters as configured: six writes in one case hit the limit of
+    five, the next case's first write does not."""
+    token = {"key": "demo", "claims": {"sub": "bob", "tenant": "acme", "scope": "orders:write"}}
+    write = {"method": "POST", "path": "/tenants/acme/orders", "json": {"sku": "A-1", "quantity": 1}, "token": token}
+    cases = yaml.safe_load(CASES.read_text())
+    cases["cases"] = [
+        {"name": "the sixth write in a minute", "request": write, "repeat": 6, "expect": {"status": 429, "reached_service": False}},
+        {"name": "a first write", "request": write, "expect": {"reached_service": True}},
+    ]
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    r = meshward("test", POLICY, path, "--modules", DIST, "--form", "bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_meshward_test_and_envoy_agree_case_by_case(tmp_path, upstream, monkeypatch, form):
+    cases = yaml.safe_load(CASES.read_text())
+    cases["at"] = int(time.time())  # Envoy's clock: the tokens are minted for now
+    case_file = tmp_path / "cases.yaml"
+    case_file.write_text(yaml.safe_dump(cases))
+    r = meshward("test", POLICY, case_file, "--form", form, "--modules", DIST, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    # The policy as `meshward test` ran it: the demo provider trusting the test key.
+    policy = yaml.safe_load(POLICY.read_text())
+    jwt = next(s["jwt"] for s in policy["stages"] if "jwt" in s)
+    jwt["providers"]["demo"]["local_jwks"] = {"inline_string": run["jwks"]["demo"]}
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(policy, sort_keys=False))
+    monkeypatch.setenv("ORDERS_PAYMENTS_WEBHOOK_SECRET", SECRET)
+    r = meshward("render", "envoy", policy_file, "--openapi", OPENAPI, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
+                 "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    assert len(run["cases"]) == len(cases["cases"])
+    with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+        for case in run["cases"]:
+            headers = dict(case["request"]["headers"])
+            method, path = headers.pop(":method"), headers.pop(":path")
+            for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
+                headers.pop(own, None)
+            body = case["request"]["body"]
+            got = env.request(path, headers, method, body.encode() if body is not None else None)
+            want = case["outcome"]
+            envoy = {"status": got.status, "reason": got.reason, "reached_service": got.reached_upstream}
+            assert envoy == {k: want[k] for k in envoy}, f"{case['name']}: meshward test {want}, Envoy {envoy}"
+    env.cleanup()
