@@ -28,6 +28,24 @@ def test_the_orders_cases_pass(form):
     count = len(yaml.safe_load(CASES.read_text())["cases"])
     assert lines[-1] == f"{count} cases: {count} passed, 0 failed", r.stdout
     assert sum(line.startswith("PASS") for line in lines) == count
+    # Every named rule, webhook endpoint and contract operation of the policy is reached.
+    assert "coverage: 11 of 11 rules and operations decided by a case" in lines, r.stdout
+    assert "  deny reasons the cases produced: jwt expired, missing_token, wrong_audience; ownership missing_scope, tenant_boundary; " \
+           "ratelimit rate_limited; schema schema_violation; webhook bad_signature" in lines, r.stdout
+
+
+def test_coverage_names_what_no_case_reached(tmp_path):
+    cases = yaml.safe_load(CASES.read_text())
+    cases["cases"] = [c for c in cases["cases"] if c["request"].get("method", "GET") == "GET"]
+    path = tmp_path / "cases.yaml"
+    path.write_text(yaml.safe_dump(cases))
+    r = meshward("test", POLICY, path, "--modules", DIST, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    coverage = json.loads(r.stdout)["coverage"]
+    missed = [(c["stage"], c["name"]) for c in coverage["rules"] if not c["decided"]]
+    assert missed == [("webhook", "payments"), ("schema", "createOrder"), ("schema", "paymentEvent"), ("ownership", "payments-webhook"),
+                      ("ownership", "order-create"), ("ratelimit", "writes-per-user"), ("ratelimit", "webhook-deliveries")], missed
+    assert coverage["deny_reasons"] == {"jwt": ["expired", "missing_token", "wrong_audience"], "ownership": ["missing_scope", "tenant_boundary"]}
 
 
 def test_a_wrong_expectation_fails_the_run_and_says_which(tmp_path):
@@ -88,6 +106,11 @@ def test_state_does_not_leak_between_cases_and_repeat_reaches_a_limit(tmp_path):
 def test_meshward_test_and_envoy_agree_case_by_case(tmp_path, upstream, monkeypatch, form):
     cases = yaml.safe_load(CASES.read_text())
     cases["at"] = int(time.time())  # Envoy's clock: the tokens are minted for now
+    # `meshward test` starts every case from the configured filters; one Envoy keeps its counts
+    # across them: a caller of its own per case keeps per-caller limits apart.
+    for i, case in enumerate(cases["cases"]):
+        if "token" in case["request"]:
+            case["request"]["token"]["claims"]["sub"] += f"-{i}"
     case_file = tmp_path / "cases.yaml"
     case_file.write_text(yaml.safe_dump(cases))
     r = meshward("test", POLICY, case_file, "--form", form, "--modules", DIST, "--format", "json")
@@ -111,7 +134,8 @@ def test_meshward_test_and_envoy_agree_case_by_case(tmp_path, upstream, monkeypa
             for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
                 headers.pop(own, None)
             body = case["request"]["body"]
-            got = env.request(path, headers, method, body.encode() if body is not None else None)
+            for _ in range(case["repeat"]):
+                got = env.request(path, headers, method, body.encode() if body is not None else None)
             want = case["outcome"]
             envoy = {"status": got.status, "reason": got.reason, "reached_service": got.reached_upstream}
             assert envoy == {k: want[k] for k in envoy}, f"{case['name']}: meshward test {want}, Envoy {envoy}"

@@ -392,9 +392,15 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let policy = policy.load()?;
             render::check_form(&policy, form)?;
             let run = policy_test::run(&policy, &cases, &policy_test::Options { form, modules: &modules })?;
+            let coverage = policy_test::coverage(&policy, &run.results);
             match format {
-                Format::Text => out(&policy_test::render_text(&run.results)),
-                Format::Json => out(&format!("{}\n", policy_test::render_json(&run))),
+                Format::Text => out(&format!(
+                    "{}{}{}",
+                    policy_test::render_text(&run.results),
+                    policy_test::render_coverage(&coverage),
+                    policy_test::render_count(&run.results)
+                )),
+                Format::Json => out(&format!("{}\n", policy_test::render_json(&run, &coverage))),
             }
             let results = run.results;
             if let Some(path) = junit {

@@ -171,6 +171,11 @@ pub struct CaseResult {
     /// The request as the filters received it (the minted token included), and what happened.
     pub sent: Option<Request>,
     pub outcome: Option<Outcome>,
+    /// The decision counters the case moved (`meshward_<stage>_<decision>_total.route.….reason.…`):
+    /// which stage decided what, on which rule, as the module counts it.
+    pub decisions: Vec<String>,
+    /// How many times the request was sent.
+    pub repeat: u32,
 }
 
 /// How the cases run.
@@ -289,7 +294,7 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
 }
 
 fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>) -> CaseResult {
-    let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: None, outcome: None };
+    let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: None, outcome: None, decisions: Vec::new(), repeat: case.repeat.max(1) };
     let at = case.at.or(file_at).unwrap_or(DEFAULT_AT);
     chain.clock().set(at.saturating_mul(1_000_000_000));
     let (request, upstream) = match build(case, keys, at) {
@@ -299,6 +304,7 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
             return result;
         }
     };
+    let before = counters(chain);
     let mut outcome = None;
     for _ in 0..case.repeat.max(1) {
         match chain.exchange(&request, &upstream, &mut NoCalls) {
@@ -309,6 +315,12 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
             }
         }
     }
+    if let Err(e) = chain.tick_now(&mut NoCalls) {
+        result.failures.push(format!("{e} (in the tick after the request)"));
+        return result;
+    }
+    let after = counters(chain);
+    result.decisions = after.into_iter().filter(|(name, v)| before.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
     if let Some(outcome) = outcome {
         result.got = describe(&outcome);
         result.failures = check(&case.expect, &outcome);
@@ -316,6 +328,11 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
     }
     result.sent = Some(request);
     result
+}
+
+/// Every VM's counters by name.
+fn counters(chain: &Chain) -> BTreeMap<String, i64> {
+    chain.metrics().into_iter().flatten().filter(|m| m.counter).map(|m| (m.name.clone(), m.value)).collect()
 }
 
 /// The request and the service's answer a case describes.
@@ -457,6 +474,88 @@ fn check(expect: &Expect, o: &Outcome) -> Vec<String> {
     failures
 }
 
+/// A decision counter's parts: (stage, decision, route, reason).
+fn decision_parts(counter: &str) -> Option<(&str, &str, Option<&str>, Option<&str>)> {
+    let rest = counter.strip_prefix("meshward_")?;
+    let (stage, rest) = rest.split_once('_')?;
+    let (decision, labels) = rest.split_once("_total")?;
+    let (route, reason) = match labels.split_once(".reason.") {
+        Some((route, reason)) => (route, Some(reason)),
+        None => (labels, None),
+    };
+    Some((stage, decision, route.strip_prefix(".route."), reason))
+}
+
+/// Which of the policy's named rules and contract operations some case had decided, and the
+/// deny reasons the cases produced, per stage.
+pub struct Coverage {
+    /// (stage, rule or operation, decided by some case), in the policy's order.
+    pub rules: Vec<(String, String, bool)>,
+    pub reasons: BTreeMap<String, std::collections::BTreeSet<String>>,
+}
+
+/// The rules a policy names, per stage (ownership and ratelimit rules, webhook endpoints, the
+/// contract's operations for schema), against the routes the cases' decisions name.
+pub fn coverage(policy: &Policy, results: &[CaseResult]) -> Coverage {
+    let mut decided = std::collections::BTreeSet::new();
+    let mut reasons: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for counter in results.iter().flat_map(|r| &r.decisions) {
+        if let Some((stage, decision, route, reason)) = decision_parts(counter) {
+            if let Some(route) = route {
+                decided.insert((stage.to_string(), route.to_string()));
+            }
+            if let (Some(reason), true) = (reason, decision != "allowed") {
+                reasons.entry(stage.to_string()).or_default().insert(reason.to_string());
+            }
+        }
+    }
+    let mut rules = Vec::new();
+    for stage in &policy.stages {
+        let names: Vec<String> = match stage.kind.as_str() {
+            "ownership" | "ratelimit" => named(&stage.config, "rules"),
+            "webhook" => named(&stage.config, "endpoints"),
+            "schema" => policy.contract.as_ref().map(|c| operations(&c.document)).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for name in names {
+            let hit = decided.contains(&(stage.kind.clone(), name.clone()));
+            rules.push((stage.kind.clone(), name, hit));
+        }
+    }
+    Coverage { rules, reasons }
+}
+
+fn named(config: &Value, list: &str) -> Vec<String> {
+    config.get(list).and_then(Value::as_array).into_iter().flatten().filter_map(|r| r.get("name")?.as_str().map(str::to_string)).collect()
+}
+
+/// The contract's operationIds, in document order.
+fn operations(document: &Value) -> Vec<String> {
+    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+    let mut out = Vec::new();
+    for item in document.get("paths").and_then(Value::as_object).into_iter().flat_map(|p| p.values()) {
+        for method in METHODS {
+            if let Some(id) = item.get(method).and_then(|op| op.get("operationId")).and_then(Value::as_str) {
+                out.push(id.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Coverage as text: what no case decided, and the deny reasons seen.
+pub fn render_coverage(c: &Coverage) -> String {
+    let decided = c.rules.iter().filter(|r| r.2).count();
+    let mut out = format!("coverage: {decided} of {} rules and operations decided by a case\n", c.rules.len());
+    let missed: Vec<String> = c.rules.iter().filter(|r| !r.2).map(|(stage, name, _)| format!("{stage} {name}")).collect();
+    if !missed.is_empty() {
+        out.push_str(&format!("  no case reached: {}\n", missed.join(", ")));
+    }
+    let reasons: Vec<String> = c.reasons.iter().map(|(stage, rs)| format!("{stage} {}", rs.iter().cloned().collect::<Vec<_>>().join(", "))).collect();
+    out.push_str(&format!("  deny reasons the cases produced: {}\n", if reasons.is_empty() { "none".to_string() } else { reasons.join("; ") }));
+    out
+}
+
 /// The results as a table, and a closing count.
 pub fn render_text(results: &[CaseResult]) -> String {
     let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).min(60);
@@ -468,14 +567,18 @@ pub fn render_text(results: &[CaseResult]) -> String {
             out.push_str(&format!("        {f}   ({})\n", r.file));
         }
     }
-    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
-    out.push_str(&format!("{} cases: {} passed, {failed} failed\n", results.len(), results.len() - failed));
     out
+}
+
+/// The closing count.
+pub fn render_count(results: &[CaseResult]) -> String {
+    let failed = results.iter().filter(|r| !r.failures.is_empty()).count();
+    format!("{} cases: {} passed, {failed} failed\n", results.len(), results.len() - failed)
 }
 
 /// The results as JSON: per case what was sent and what happened (status, reason, whether the
 /// service got it), for tools and for replaying the same requests elsewhere.
-pub fn render_json(run: &Run) -> Value {
+pub fn render_json(run: &Run, coverage: &Coverage) -> Value {
     let cases: Vec<Value> = run
         .results
         .iter()
@@ -488,10 +591,12 @@ pub fn render_json(run: &Run) -> Value {
                 json!({"status": o.status, "reason": o.local_reply.as_ref().and_then(reason), "reached_service": o.upstream_request.is_some(),
                        "reset": o.reset, "held": o.held})
             });
-            json!({"file": r.file, "name": r.name, "passed": r.failures.is_empty(), "failures": r.failures, "request": sent, "outcome": outcome})
+            json!({"file": r.file, "name": r.name, "passed": r.failures.is_empty(), "failures": r.failures, "request": sent, "outcome": outcome,
+                   "decisions": r.decisions, "repeat": r.repeat})
         })
         .collect();
-    json!({"cases": cases, "jwks": run.jwks})
+    let rules: Vec<Value> = coverage.rules.iter().map(|(stage, name, decided)| json!({"stage": stage, "name": name, "decided": decided})).collect();
+    json!({"cases": cases, "jwks": run.jwks, "coverage": {"rules": rules, "deny_reasons": coverage.reasons}})
 }
 
 /// The results as JUnit XML (one suite per case file), for CI.
@@ -565,9 +670,19 @@ mod tests {
     }
 
     #[test]
+    fn a_decision_counter_names_stage_route_and_reason() {
+        assert_eq!(decision_parts("meshward_ownership_denied_total.route.order-read.reason.tenant_boundary"),
+                   Some(("ownership", "denied", Some("order-read"), Some("tenant_boundary"))));
+        assert_eq!(decision_parts("meshward_jwt_denied_total.reason.expired"), Some(("jwt", "denied", None, Some("expired"))));
+        assert_eq!(decision_parts("meshward_schema_shadow_denied_total.route.getOrder"), Some(("schema", "shadow_denied", Some("getOrder"), None)));
+        assert_eq!(decision_parts("meshward_jwt_allowed_total"), Some(("jwt", "allowed", None, None)));
+        assert_eq!(decision_parts("envoy_other"), None);
+    }
+
+    #[test]
     fn junit_escapes_and_counts() {
         let results = vec![
-            CaseResult { file: "a.yaml".into(), name: "ok <1>".into(), failures: vec![], got: "200".into(), sent: None, outcome: None },
+            CaseResult { file: "a.yaml".into(), name: "ok <1>".into(), failures: vec![], got: "200".into(), sent: None, outcome: None, decisions: vec![], repeat: 1 },
             CaseResult {
                 file: "a.yaml".into(),
                 name: "bad".into(),
@@ -575,12 +690,14 @@ mod tests {
                 got: "200".into(),
                 sent: None,
                 outcome: None,
+                decisions: vec![],
+                repeat: 1,
             },
         ];
         let xml = render_junit(&results);
         assert!(xml.contains("tests=\"2\" failures=\"1\""));
         assert!(xml.contains("ok &lt;1&gt;"));
         assert!(xml.contains("got 200 &amp; more"));
-        assert!(render_text(&results).ends_with("2 cases: 1 passed, 1 failed\n"));
+        assert_eq!(render_count(&results), "2 cases: 1 passed, 1 failed\n");
     }
 }
