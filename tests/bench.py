@@ -880,6 +880,43 @@ def memory_targets(memory: list[dict]) -> list[dict]:
     ]
 
 
+def policy_test_rate(cases: int = 1000, rounds: int = 3) -> dict:
+    """`meshward test` on the orders example: `cases` cases, each with its own token (a
+    signature the module has not seen), in the bundle, the module compiled once (its cache
+    filled by a first run, timed apart); against one case, so loading is counted apart too.
+    Median of `rounds`."""
+    import yaml
+    example = REPO / "examples" / "orders"
+    base = yaml.safe_load((example / "policy.test.yaml").read_text())
+    work = Path(tempfile.mkdtemp(prefix="meshward-test-bench-"))
+
+    def timed(n: int) -> float:
+        spec = dict(base)
+        spec["cases"] = []
+        for i in range(n):
+            case = json.loads(json.dumps(base["cases"][i % len(base["cases"])]))
+            case["name"] = f"{i} {case['name']}"
+            if "token" in case["request"]:
+                case["request"]["token"]["claims"]["sub"] = f"user{i}"
+            spec["cases"].append(case)
+        path = work / f"cases-{n}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        started = time.perf_counter()
+        r = subprocess.run([str(REPO / "target" / "release" / "meshward"), "test", str(example / "policy.yaml"), str(path), "--form", "bundle",
+                            "--modules", str(DIST)], capture_output=True, text=True, timeout=300, env={**os.environ, "MESHWARD_CACHE_DIR": str(work / "cache")})
+        elapsed = time.perf_counter() - started
+        if r.returncode != 0:
+            raise RuntimeError(f"meshward test failed: {r.stdout[-2000:]}{r.stderr}")
+        return elapsed
+
+    compiling = timed(1)
+    one = statistics.median(timed(1) for _ in range(rounds))
+    all_ = statistics.median(timed(cases) for _ in range(rounds))
+    shutil.rmtree(work, ignore_errors=True)
+    return {"cases": cases, "seconds": all_, "one_case_seconds": one, "first_run_seconds": compiling,
+            "cases_per_second": (cases - 1) / max(all_ - one, 1e-9)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="meshward benchmarks")
     ap.add_argument("--duration", type=int, default=3, help="seconds per scenario per round")
@@ -946,6 +983,7 @@ def main() -> int:
                 thing.stop()
 
     memory = [] if args.only else footprint(keys)
+    cases = None if args.only else policy_test_rate()
 
     # A VM's first seconds, after start and after a push, one Envoy at a time.
     from first_seconds import ROWS, measure, table, targets as first_targets
@@ -967,6 +1005,7 @@ def main() -> int:
         "hostcall_us": hostcall_costs({r["name"]: r for r in results}),
         "memory": memory,
         "first_seconds": first,
+        "meshward_test": cases,
         "module_bytes": sizes,
     }
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -983,10 +1022,17 @@ def main() -> int:
         print("\nwhat one hostcall adds to a request (µs): " + ", ".join(f"{k} {v}" for k, v in report["hostcall_us"].items()))
     if memory:
         print_memory(memory)
+    if cases:
+        print(f"\nmeshward test, orders example in the bundle, a new token per case: {cases['cases']} cases in {cases['seconds']:.2f} s "
+              f"(one case: {cases['one_case_seconds']:.2f} s; the first run, compiling the module: {cases['first_run_seconds']:.2f} s), "
+              f"{cases['cases_per_second']:.0f} cases/s")
     if first:
         print("\nthe first 10 s after start and after a push (h2load, every request timed; tests/first_seconds.py):")
         print("\n".join(table(first, 10)))
     report["targets"] = targets(by_name, sizes) + memory_targets(memory) + (first_targets(first) if first else [])
+    if cases:
+        report["targets"].append({"target": f"meshward test: {cases['cases']} cases < 2 s (issue #37)", "measured": f"{cases['seconds']:.2f} s",
+                                  "met": cases["seconds"] < 2})
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print("\ntargets (from the benchmark issue; read, not asserted):")
     for t in report["targets"]:

@@ -4,7 +4,9 @@ it (its minted token included), through Envoy running what `meshward render envo
 the same policy, in both forms, and the two agree case by case."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 import xml.etree.ElementTree as ET
 
@@ -84,6 +86,23 @@ def test_a_bad_case_file_is_refused_with_what_is_wrong(tmp_path, change, message
     r = meshward("test", POLICY, path, "--modules", DIST)
     assert message in r.stdout + r.stderr, r.stdout + r.stderr
     assert r.returncode in (1, 2)
+
+
+def test_compiled_modules_are_cached_and_a_damaged_entry_is_compiled_again(tmp_path):
+    cache = tmp_path / "cache"
+    env = {**os.environ, "MESHWARD_CACHE_DIR": str(cache)}
+    r = meshward("test", POLICY, CASES, "--form", "bundle", "--modules", DIST, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    [entry] = cache.glob("*.cwasm")
+    # Named by the digest of the module file the bundle form runs (the smallest edition).
+    assert entry.name in {hashlib.sha256(f.read_bytes()).hexdigest() + ".cwasm" for f in DIST.glob("meshward.*wasm")}
+    size = entry.stat().st_size
+    entry.write_bytes(b"\0" * 64)
+    r = meshward("test", POLICY, CASES, "--form", "bundle", "--modules", DIST, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert entry.stat().st_size == size, "the damaged entry was written again"
+    r = meshward("test", POLICY, CASES, "--form", "bundle", "--modules", DIST, "--no-cache", env={**env, "MESHWARD_CACHE_DIR": str(tmp_path / "unused")})
+    assert r.returncode == 0 and not (tmp_path / "unused").exists()
 
 
 def test_state_does_not_leak_between_cases_and_repeat_reaches_a_limit(tmp_path):

@@ -115,6 +115,10 @@ enum Command {
         /// json: each case's request as the filters got it (tokens included) and its outcome.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Compile the modules this run without reading or writing the cache of compiled
+        /// modules ($MESHWARD_CACHE_DIR, else ~/.cache/meshward/wasm).
+        #[arg(long)]
+        no_cache: bool,
     },
     /// Build each module in --dist as an OCI image Istio's WasmPlugin can pull.
     Package {
@@ -388,10 +392,11 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let failed = findings.iter().any(|f| f.severity == check::Severity::Error);
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        Command::Test { policy, cases, form, modules, junit, format } => {
+        Command::Test { policy, cases, form, modules, junit, format, no_cache } => {
             let policy = policy.load()?;
             render::check_form(&policy, form)?;
-            let run = policy_test::run(&policy, &cases, &policy_test::Options { form, modules: &modules })?;
+            let cache = if no_cache { None } else { policy_test::cache_dir() };
+            let run = policy_test::run(&policy, &cases, &policy_test::Options { form, modules: &modules, cache: cache.as_deref() })?;
             let coverage = policy_test::coverage(&policy, &run.results);
             match format {
                 Format::Text => out(&format!(

@@ -182,6 +182,17 @@ pub struct CaseResult {
 pub struct Options<'a> {
     pub form: Form,
     pub modules: &'a Path,
+    /// Where compiled modules are kept between runs (`None`: compiled every run).
+    pub cache: Option<&'a Path>,
+}
+
+/// Where `meshward test` keeps compiled modules: `$MESHWARD_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/meshward/wasm`, else `~/.cache/meshward/wasm`; `None` without any of them.
+pub fn cache_dir() -> Option<PathBuf> {
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set("MESHWARD_CACHE_DIR")
+        .or_else(|| set("XDG_CACHE_HOME").map(|d| d.join("meshward").join("wasm")))
+        .or_else(|| set("HOME").map(|d| d.join(".cache").join("meshward").join("wasm")))
 }
 
 /// Each test key by the provider that trusts it, with that provider's configuration.
@@ -273,7 +284,11 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         let mut modules = Vec::with_capacity(plugins.len());
         for p in &plugins {
             let bytes = std::fs::read(&p.filename).map_err(|e| format!("{}: {e} (build the modules: make build; or --modules DIR)", p.filename))?;
-            modules.push(Module::new(&bytes).map_err(|e| format!("{}: {e}", p.filename))?);
+            let module = match options.cache {
+                Some(cache) => Module::cached(&bytes, cache),
+                None => Module::new(&bytes),
+            };
+            modules.push(module.map_err(|e| format!("{}: {e}", p.filename))?);
         }
         let mut env: Vec<(String, String)> = vec![(HOLD_HEADERS_ENV.into(), "true".into())];
         env.extend(cases.env.iter().map(|(k, v)| (k.clone(), v.clone())));

@@ -2,7 +2,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::path::Path;
 use std::rc::Rc;
+
+use sha2::{Digest, Sha256};
 
 use wasmtime::{Caller, Engine, Instance, Linker, Memory, Store, TypedFunc};
 
@@ -44,6 +47,33 @@ impl Module {
     pub fn new(bytes: &[u8]) -> Result<Module, VmError> {
         let engine = Engine::default();
         let module = wasmtime::Module::new(&engine, bytes).map_err(|e| VmError::Module(format!("{e:#}")))?;
+        Ok(Module { engine, module })
+    }
+
+    /// The module compiled once per content and kept in `cache` (`<sha256>.cwasm`): a second run
+    /// loads the machine code instead of compiling again. A cache entry that does not load (an
+    /// other wasmtime, a damaged file) is compiled and written again; a cache that cannot be
+    /// written only costs the compile.
+    pub fn cached(bytes: &[u8], cache: &Path) -> Result<Module, VmError> {
+        let engine = Engine::default();
+        let digest: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let path = cache.join(format!("{digest}.cwasm"));
+        if path.is_file() {
+            // SAFETY: the file is one this function wrote from `Module::serialize` for these exact
+            // bytes (its name is their digest), in the user's own cache directory, trusted as the
+            // binary itself is; wasmtime refuses an entry made by another version or config.
+            if let Ok(module) = unsafe { wasmtime::Module::deserialize_file(&engine, &path) } {
+                return Ok(Module { engine, module });
+            }
+        }
+        let module = wasmtime::Module::new(&engine, bytes).map_err(|e| VmError::Module(format!("{e:#}")))?;
+        if let Ok(compiled) = module.serialize() {
+            let tmp = cache.join(format!("{digest}.{}.tmp", std::process::id()));
+            let written = std::fs::create_dir_all(cache).and_then(|()| std::fs::write(&tmp, compiled)).and_then(|()| std::fs::rename(&tmp, &path));
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
         Ok(Module { engine, module })
     }
 }
