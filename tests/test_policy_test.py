@@ -9,12 +9,15 @@ import json
 import os
 import time
 import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 import yaml
 
 from harness import DIST, REPO, Envoy
 from test_cli import meshward
+from tokens import AUDIENCE, ISSUER
 
 POLICY = REPO / "examples" / "orders" / "policy.yaml"
 CASES = REPO / "examples" / "orders" / "policy.test.yaml"
@@ -159,3 +162,88 @@ def test_meshward_test_and_envoy_agree_case_by_case(tmp_path, upstream, monkeypa
             envoy = {"status": got.status, "reason": got.reason, "reached_service": got.reached_upstream}
             assert envoy == {k: want[k] for k in envoy}, f"{case['name']}: meshward test {want}, Envoy {envoy}"
     env.cleanup()
+
+
+# ---- meshward replay -------------------------------------------------------------------------
+
+def orders_policy(tmp_path, keys, name: str, change=None) -> Path:
+    """The orders policy trusting the test key ring's ES256 key, optionally changed."""
+    policy = yaml.safe_load(POLICY.read_text())
+    policy["openapi"] = str(OPENAPI)
+    jwt = next(s["jwt"] for s in policy["stages"] if "jwt" in s)
+    jwt["providers"]["demo"].update(issuer=ISSUER, audiences=[AUDIENCE], local_jwks={"inline_string": json.dumps(keys.jwks(["es256"]))})
+    if change:
+        change(policy)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def admins_read_any_tenant(policy):
+    """order-read needs orders:admin and no longer checks the tenant."""
+    rules = next(s["ownership"] for s in policy["stages"] if "ownership" in s)["rules"]
+    rule = next(r for r in rules if r["name"] == "order-read")
+    rule["scopes"] = ["orders:admin"]
+    del rule["owner"]
+
+
+def record_har(env: Envoy, keys, requests) -> dict:
+    """Each request sent through the Envoy and recorded as a HAR entry with Envoy's answer."""
+    entries = []
+    for claims, path in requests:
+        headers = {"authorization": f"Bearer {keys.token('ES256', **claims)}"} if claims else {}
+        started = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        got = env.request(path, headers)
+        entries.append({"startedDateTime": started,
+                        "request": {"method": "GET", "url": f"http://orders.test{path}", "httpVersion": "HTTP/1.1",
+                                    "headers": [{"name": k, "value": v} for k, v in headers.items()]},
+                        "response": {"status": got.status, "content": {"text": got.body.decode()}}})
+    return {"log": {"version": "1.2", "entries": entries}}
+
+
+def test_replay_reports_what_a_change_would_refuse_and_allow(tmp_path, upstream, keys, monkeypatch):
+    """Traffic recorded through a real Envoy on the policy in force, replayed against a change:
+    reading another tenant's order becomes an admin's right (newly allowed), a reader without
+    orders:admin loses it (newly refused); the policy in force replays unchanged."""
+    monkeypatch.setenv("ORDERS_PAYMENTS_WEBHOOK_SECRET", SECRET)
+    old = orders_policy(tmp_path, keys, "old.yaml")
+    new = orders_policy(tmp_path, keys, "new.yaml", admins_read_any_tenant)
+    r = meshward("render", "envoy", old, "--form", "bundle", "--modules", DIST, "--listen", 0, "--admin", 0, "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    reader = {"sub": "alice", "tenant": "acme", "scope": "orders:read"}
+    admin = {"sub": "root", "tenant": "acme", "scope": "orders:read orders:admin"}
+    traffic = [(reader, "/tenants/acme/orders/1"), (reader, "/tenants/acme/orders/2"), (admin, "/tenants/globex/orders/3"),
+               (None, "/tenants/acme/orders/4"), (None, "/healthz")]
+    with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+        har = record_har(env, keys, traffic)
+    env.cleanup()
+    assert [e["response"]["status"] for e in har["log"]["entries"]] == [200, 200, 403, 401, 200]
+    path = tmp_path / "traffic.har"
+    path.write_text(json.dumps(har))
+
+    # The policy in force, replayed in the host, decides as Envoy did.
+    r = meshward("replay", old, "--from", path, "--form", "bundle", "--modules", DIST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-1] == "5 requests replayed: 5 unchanged, 0 newly refused, 0 newly allowed", r.stdout
+
+    for against in ([], ["--baseline", old]):
+        r = meshward("replay", new, "--from", path, "--form", "bundle", "--modules", DIST, "--format", "json", *against)
+        assert r.returncode == 1, r.stdout + r.stderr
+        report = json.loads(r.stdout)
+        assert (report["replayed"], report["unchanged"]) == (5, 2), report
+        [refused] = report["newly_refused"]
+        assert refused["why"] == "ownership order-read missing_scope (403)" and refused["count"] == 2, report
+        assert refused["examples"][0].startswith("GET /tenants/acme/orders/1 (")
+        [allowed] = report["newly_allowed"]
+        want = "was ownership order-read tenant_boundary" if against else "was tenant_boundary"
+        assert allowed["why"] == want and allowed["count"] == 1, report
+
+
+def test_replay_refuses_what_is_not_a_har_file(tmp_path):
+    path = tmp_path / "x.har"
+    path.write_text(json.dumps({"entries": []}))
+    r = meshward("replay", POLICY, "--from", path, "--modules", DIST)
+    assert r.returncode == 2 and "not a HAR file (no log.entries)" in r.stderr, r.stderr
+    path.write_text(json.dumps({"log": {"entries": [{"startedDateTime": "yesterday", "request": {}}]}}))
+    r = meshward("replay", POLICY, "--from", path, "--modules", DIST)
+    assert r.returncode == 2 and "log.entries[0]: startedDateTime: not an RFC 3339 time" in r.stderr, r.stderr

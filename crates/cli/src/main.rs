@@ -13,6 +13,7 @@ mod package;
 mod policy;
 mod policy_test;
 mod render;
+mod replay;
 mod rollout;
 mod serve;
 mod xds;
@@ -97,6 +98,25 @@ enum Command {
     /// Render Envoy or Istio resources that run the policy.
     #[command(subcommand)]
     Render(RenderTarget),
+    /// Recorded traffic (HAR) through the policy in the real modules: what would change against
+    /// the recorded answers or a baseline policy; exit 1 when any verdict changes.
+    Replay {
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// The recorded traffic: a HAR file.
+        #[arg(long = "from", value_name = "FILE")]
+        from: PathBuf,
+        /// Compare with this policy run the same way instead of the recorded answers.
+        #[arg(long, value_name = "POLICY")]
+        baseline: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Form::Separate)]
+        form: Form,
+        /// Where the built modules are.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        modules: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Run case files against the policy in the real modules (no Envoy); exit 1 on a failed case.
     Test {
         #[command(flatten)]
@@ -413,6 +433,31 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             let failed = results.iter().any(|r| !r.failures.is_empty());
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Replay { policy, from, baseline, form, modules, format } => {
+            let policy = policy.load()?;
+            render::check_form(&policy, form)?;
+            let baseline = baseline.map(|b| Policy::load(&b, None).map_err(|e| e.to_string())).transpose()?;
+            let traffic = replay::read_har(&from)?;
+            // The VMs read secrets from this environment, as Envoy reads `host_env_keys` from its own.
+            let mut env = Vec::new();
+            for p in std::iter::once(&policy).chain(baseline.as_ref()) {
+                for stage in &p.stages {
+                    for name in Policy::secret_variables(&stage.config) {
+                        if let Ok(value) = std::env::var(&name) {
+                            env.push((name, value));
+                        }
+                    }
+                }
+            }
+            let cache = policy_test::cache_dir();
+            let options = policy_test::Options { form, modules: &modules, cache: cache.as_deref() };
+            let report = replay::replay(&policy, baseline.as_ref(), &traffic, &options, &env)?;
+            match format {
+                Format::Text => out(&report.render_text()),
+                Format::Json => out(&format!("{}\n", report.render_json())),
+            }
+            Ok(if report.changed() { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
         Command::Compile { policy, out: out_dir } => {
             let policy = policy.load()?;

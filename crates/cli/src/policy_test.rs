@@ -268,6 +268,32 @@ pub struct Run {
     pub jwks: BTreeMap<String, String>,
 }
 
+/// The policy's filters, as `render` deploys them in `options.form`, running in the host with
+/// `env` as the VMs' environment, at `at` (Unix seconds); saved, so each run restores them.
+pub fn start(policy: &Policy, options: &Options<'_>, env: &[(String, String)], at: u64) -> Result<Chain, String> {
+    let plugins = render::wasm_plugins(policy, options.form, options.modules)?;
+    let mut modules = Vec::with_capacity(plugins.len());
+    for p in &plugins {
+        let bytes = std::fs::read(&p.filename).map_err(|e| format!("{}: {e} (build the modules: make build; or --modules DIR)", p.filename))?;
+        let module = match options.cache {
+            Some(cache) => Module::cached(&bytes, cache),
+            None => Module::new(&bytes),
+        };
+        modules.push(module.map_err(|e| format!("{}: {e}", p.filename))?);
+    }
+    let mut vm_env: Vec<(String, String)> = vec![(HOLD_HEADERS_ENV.into(), "true".into())];
+    vm_env.extend(env.iter().cloned());
+    let filters = plugins
+        .iter()
+        .zip(&modules)
+        .map(|(p, module)| Filter { module, config: VmConfig { configuration: p.configuration.clone().into_bytes(), env: vm_env.clone() } })
+        .collect();
+    let mut chain = Chain::start(filters, Clock::at(at.saturating_mul(1_000_000_000)), &mut NoCalls)
+        .map_err(|(i, e)| format!("{}: {e}", plugins.get(i).map_or("?", |p| p.filter_name.as_str())))?;
+    chain.save();
+    Ok(chain)
+}
+
 /// Runs every case of every file.
 pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<Run, String> {
     let mut results = Vec::new();
@@ -280,25 +306,8 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         for (name, (key, _)) in &keys {
             jwks.insert(name.clone(), key.jwks()?);
         }
-        let plugins = render::wasm_plugins(&policy, options.form, options.modules)?;
-        let mut modules = Vec::with_capacity(plugins.len());
-        for p in &plugins {
-            let bytes = std::fs::read(&p.filename).map_err(|e| format!("{}: {e} (build the modules: make build; or --modules DIR)", p.filename))?;
-            let module = match options.cache {
-                Some(cache) => Module::cached(&bytes, cache),
-                None => Module::new(&bytes),
-            };
-            modules.push(module.map_err(|e| format!("{}: {e}", p.filename))?);
-        }
-        let mut env: Vec<(String, String)> = vec![(HOLD_HEADERS_ENV.into(), "true".into())];
-        env.extend(cases.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let filters = plugins
-            .iter()
-            .zip(&modules)
-            .map(|(p, module)| Filter { module, config: VmConfig { configuration: p.configuration.clone().into_bytes(), env: env.clone() } })
-            .collect();
-        let mut chain = Chain::start(filters, Clock::at(DEFAULT_AT * 1_000_000_000), &mut NoCalls)
-            .map_err(|(i, e)| format!("{file}: {}: {e}", plugins.get(i).map_or("?", |p| p.filter_name.as_str())))?;
+        let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut chain = start(&policy, options, &env, DEFAULT_AT).map_err(|e| format!("{file}: {e}"))?;
         chain.save();
         for case in &cases.cases {
             chain.restore();
@@ -346,7 +355,7 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
 }
 
 /// Every VM's counters by name.
-fn counters(chain: &Chain) -> BTreeMap<String, i64> {
+pub fn counters(chain: &Chain) -> BTreeMap<String, i64> {
     chain.metrics().into_iter().flatten().filter(|m| m.counter).map(|m| (m.name.clone(), m.value)).collect()
 }
 
@@ -423,7 +432,7 @@ fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), S
 }
 
 /// The deny reason of a filter's answer: its JSON body's `reason`, or gRPC's `meshward-reason`.
-fn reason(reply: &LocalReply) -> Option<String> {
+pub fn reason(reply: &LocalReply) -> Option<String> {
     if let Some((_, v)) = reply.headers.iter().find(|(k, _)| k == "meshward-reason") {
         return Some(v.clone());
     }
@@ -490,7 +499,7 @@ fn check(expect: &Expect, o: &Outcome) -> Vec<String> {
 }
 
 /// A decision counter's parts: (stage, decision, route, reason).
-fn decision_parts(counter: &str) -> Option<(&str, &str, Option<&str>, Option<&str>)> {
+pub fn decision_parts(counter: &str) -> Option<(&str, &str, Option<&str>, Option<&str>)> {
     let rest = counter.strip_prefix("meshward_")?;
     let (stage, rest) = rest.split_once('_')?;
     let (decision, labels) = rest.split_once("_total")?;

@@ -1,0 +1,276 @@
+//! `meshward replay POLICY --from TRAFFIC.har`: recorded requests run through the policy in the
+//! real modules (the host of `meshward test`), each at the time it was recorded, and compared
+//! with what the policy in force did: the recorded answer, or `--baseline OLD_POLICY` run the
+//! same way. What would change, newly refused and newly allowed, by stage, rule and reason.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use meshward_wasmhost::{Chain, NoCalls, Outcome, Request, Upstream};
+use serde_json::{json, Value};
+
+use crate::policy::Policy;
+use crate::policy_test::{self, Options};
+
+/// One recorded request.
+pub struct Recorded {
+    /// When it was sent, in Unix seconds (the clock it is replayed at).
+    pub at: u64,
+    pub request: Request,
+    /// What it got then: (status, meshward's deny reason when meshward refused it).
+    pub answer: Option<(u16, Option<String>)>,
+    /// `METHOD path`, for examples.
+    pub label: String,
+}
+
+/// What a policy did to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Refused: status, and the stage, rule and reason that refused it (as the counters name them).
+    Refused { status: u16, why: String },
+}
+
+/// Reads a HAR file (browser devtools, mitmproxy, Charles): every entry's request.
+pub fn read_har(path: &Path) -> Result<Vec<Recorded>, String> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    let har: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: not JSON: {e}"))?;
+    let entries = har.pointer("/log/entries").and_then(Value::as_array).ok_or_else(|| format!("{name}: not a HAR file (no log.entries)"))?;
+    entries.iter().enumerate().map(|(i, e)| entry(e).map_err(|why| format!("{name}: log.entries[{i}]: {why}"))).collect()
+}
+
+fn entry(e: &Value) -> Result<Recorded, String> {
+    let text = |v: Option<&Value>, what: &str| v.and_then(Value::as_str).map(str::to_string).ok_or_else(|| format!("{what} missing"));
+    let at = parse_rfc3339(&text(e.get("startedDateTime"), "startedDateTime")?).ok_or("startedDateTime: not an RFC 3339 time")?;
+    let req = e.get("request").ok_or("request missing")?;
+    let method = text(req.get("method"), "request.method")?;
+    let url = text(req.get("url"), "request.url")?;
+    let (authority, path) = split_url(&url).ok_or_else(|| format!("request.url: {url:?} is not an absolute http(s) URL"))?;
+    let mut headers = vec![(":method".to_string(), method.clone()), (":path".to_string(), path.clone()), (":authority".to_string(), authority)];
+    headers.push((":scheme".to_string(), if url.starts_with("https:") { "https" } else { "http" }.to_string()));
+    for h in req.get("headers").and_then(Value::as_array).into_iter().flatten() {
+        let (Some(name), Some(value)) = (h.get("name").and_then(Value::as_str), h.get("value").and_then(Value::as_str)) else {
+            return Err("request.headers: an entry without name and value".into());
+        };
+        let name = name.to_ascii_lowercase();
+        // HTTP/2 recordings list pseudo-headers; the connection's own headers are Envoy's.
+        if name.starts_with(':') || matches!(name.as_str(), "host" | "connection" | "keep-alive" | "transfer-encoding" | "upgrade") {
+            continue;
+        }
+        headers.push((name, value.to_string()));
+    }
+    let body = req.pointer("/postData/text").and_then(Value::as_str).map(|t| t.as_bytes().to_vec());
+    let answer = e.get("response").and_then(|r| {
+        let status = u16::try_from(r.get("status")?.as_u64()?).ok()?;
+        let reason = r.pointer("/content/text").and_then(Value::as_str).and_then(denial_reason);
+        Some((status, reason))
+    });
+    Ok(Recorded { at, request: Request { headers, body, chunk: 0, properties: Vec::new() }, answer, label: format!("{method} {path}") })
+}
+
+/// meshward's deny reason when a body is meshward's denial (`{"error", "reason", "request_id"}`
+/// and nothing else).
+fn denial_reason(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    let map = v.as_object()?;
+    if !map.keys().all(|k| matches!(k.as_str(), "error" | "reason" | "request_id")) {
+        return None;
+    }
+    map.get("reason")?.as_str().map(str::to_string)
+}
+
+fn split_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
+    (!authority.is_empty()).then(|| (authority.to_string(), path.to_string()))
+}
+
+/// Unix seconds of an RFC 3339 time (`2026-12-04T10:00:00.123Z`, `…+02:00`).
+pub fn parse_rfc3339(t: &str) -> Option<u64> {
+    let num = |s: &str| s.parse::<i64>().ok();
+    let (date, time) = t.split_once(['T', 't', ' '])?;
+    let mut d = date.splitn(3, '-');
+    let (year, month, day) = (num(d.next()?)?, num(d.next()?)?, num(d.next()?)?);
+    let (clock, offset) = match time.find(['Z', 'z', '+', '-']) {
+        Some(i) => time.split_at(i),
+        None => return None,
+    };
+    let mut c = clock.splitn(3, ':');
+    let (h, m) = (num(c.next()?)?, num(c.next()?)?);
+    let s = num(c.next()?.split('.').next()?)?;
+    let offset_s = match offset {
+        "Z" | "z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let (oh, om) = o[1..].split_once(':')?;
+            sign * (num(oh)? * 3600 + num(om)? * 60)
+        }
+    };
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    // Days from civil (H. Hinnant).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + s - offset_s).ok()
+}
+
+/// The verdict of a policy's chain on one recorded request.
+fn verdict(chain: &mut Chain, r: &Recorded) -> Result<Verdict, String> {
+    chain.restore();
+    chain.clock().set(r.at.saturating_mul(1_000_000_000));
+    let before = policy_test::counters(chain);
+    let outcome: Outcome = chain.exchange(&r.request, &Upstream::default(), &mut NoCalls).map_err(|e| format!("{}: {e}", r.label))?;
+    if outcome.upstream_request.is_some() && outcome.local_reply.is_none() {
+        return Ok(Verdict::Allowed);
+    }
+    chain.tick_now(&mut NoCalls).map_err(|e| format!("{}: {e}", r.label))?;
+    let denied = policy_test::counters(chain).into_iter().filter(|(name, v)| before.get(name) != Some(v)).find_map(|(name, _)| {
+        let (stage, decision, route, reason) = policy_test::decision_parts(&name)?;
+        (decision == "denied").then(|| [Some(stage), route, reason].into_iter().flatten().collect::<Vec<_>>().join(" "))
+    });
+    let reason = outcome.local_reply.as_ref().and_then(policy_test::reason);
+    let why = denied.or(reason).unwrap_or_else(|| if outcome.held { "held".into() } else { "refused".into() });
+    Ok(Verdict::Refused { status: outcome.status, why })
+}
+
+/// The recorded answer as a verdict: refused when the body is meshward's denial.
+fn recorded(r: &Recorded) -> Option<Verdict> {
+    let (status, reason) = r.answer.clone()?;
+    Some(match reason {
+        Some(why) => Verdict::Refused { status, why },
+        None => Verdict::Allowed,
+    })
+}
+
+/// What changed for one group of requests (the stage, rule and reason that now refuses them, or
+/// that refused them before).
+#[derive(Default)]
+pub struct Group {
+    pub count: usize,
+    pub examples: Vec<String>,
+}
+
+pub struct Report {
+    pub replayed: usize,
+    pub unchanged: usize,
+    /// Requests with nothing to compare with (no recorded answer, no baseline).
+    pub unknown: usize,
+    pub newly_refused: BTreeMap<String, Group>,
+    pub newly_allowed: BTreeMap<String, Group>,
+}
+
+/// Replays `traffic` through `policy` (and `baseline` when given); the changes.
+pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], options: &Options<'_>, env: &[(String, String)]) -> Result<Report, String> {
+    let at = traffic.first().map_or(0, |r| r.at);
+    let mut chain = policy_test::start(policy, options, env, at).map_err(|e| format!("{}: {e}", policy.path.display()))?;
+    let mut before = match baseline {
+        Some(b) => Some(policy_test::start(b, options, env, at).map_err(|e| format!("{}: {e}", b.path.display()))?),
+        None => None,
+    };
+    let mut report = Report { replayed: traffic.len(), unchanged: 0, unknown: 0, newly_refused: BTreeMap::new(), newly_allowed: BTreeMap::new() };
+    for r in traffic {
+        let now = verdict(&mut chain, r)?;
+        let then = match &mut before {
+            Some(b) => Some(verdict(b, r)?),
+            None => recorded(r),
+        };
+        let example = format!("{} ({})", r.label, meshward_core::audit::rfc3339(r.at.saturating_mul(1000)));
+        match (then, now) {
+            (None, _) => report.unknown += 1,
+            (Some(Verdict::Allowed), Verdict::Refused { status, why }) => add(&mut report.newly_refused, format!("{why} ({status})"), example),
+            (Some(Verdict::Refused { why, .. }), Verdict::Allowed) => add(&mut report.newly_allowed, format!("was {why}"), example),
+            (Some(_), _) => report.unchanged += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// Examples kept per group.
+const EXAMPLES: usize = 3;
+
+fn add(groups: &mut BTreeMap<String, Group>, key: String, example: String) {
+    let g = groups.entry(key).or_default();
+    g.count += 1;
+    if g.examples.len() < EXAMPLES {
+        g.examples.push(example);
+    }
+}
+
+impl Report {
+    pub fn changed(&self) -> bool {
+        !self.newly_refused.is_empty() || !self.newly_allowed.is_empty()
+    }
+
+    pub fn render_text(&self) -> String {
+        let total = |g: &BTreeMap<String, Group>| g.values().map(|g| g.count).sum::<usize>();
+        let mut out = String::new();
+        for (title, groups) in [("newly refused", &self.newly_refused), ("newly allowed", &self.newly_allowed)] {
+            if groups.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("{title} ({}):\n", total(groups)));
+            for (why, g) in groups {
+                out.push_str(&format!("  {why}: {}  e.g. {}\n", g.count, g.examples.join("; ")));
+            }
+        }
+        out.push_str(&format!(
+            "{} requests replayed: {} unchanged, {} newly refused, {} newly allowed{}\n",
+            self.replayed,
+            self.unchanged,
+            total(&self.newly_refused),
+            total(&self.newly_allowed),
+            if self.unknown > 0 { format!(", {} without a recorded answer", self.unknown) } else { String::new() }
+        ));
+        out
+    }
+
+    pub fn render_json(&self) -> Value {
+        let groups = |g: &BTreeMap<String, Group>| -> Vec<Value> {
+            g.iter().map(|(why, g)| json!({"why": why, "count": g.count, "examples": g.examples})).collect()
+        };
+        json!({"replayed": self.replayed, "unchanged": self.unchanged, "unknown": self.unknown,
+               "newly_refused": groups(&self.newly_refused), "newly_allowed": groups(&self.newly_allowed)})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_times_read_back() {
+        for ms in [0_u64, 951_782_400_000, 1_796_257_400_123, 1_767_225_600_000] {
+            assert_eq!(parse_rfc3339(&meshward_core::audit::rfc3339(ms)), Some(ms / 1000));
+        }
+        assert_eq!(parse_rfc3339("2026-01-01T02:00:00+02:00"), Some(1_767_225_600));
+        assert_eq!(parse_rfc3339("2026-01-01T00:00:00-00:30"), Some(1_767_227_400));
+        for bad in ["2026-13-01T00:00:00Z", "2026-01-01", "2026-01-01T00:00:00", "x"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_har_entry_becomes_a_request() {
+        let e = json!({"startedDateTime": "2026-01-01T00:00:00.000Z", "request": {"method": "POST", "url": "https://orders.test/tenants/a/orders?x=1",
+            "headers": [{"name": ":authority", "value": "orders.test"}, {"name": "Authorization", "value": "Bearer t"}, {"name": "Host", "value": "h"}],
+            "postData": {"text": "{}"}}, "response": {"status": 403, "content": {"text": "{\"error\":\"no\",\"reason\":\"tenant_boundary\"}"}}});
+        let r = entry(&e).unwrap();
+        assert_eq!(r.at, 1_767_225_600);
+        assert_eq!(r.label, "POST /tenants/a/orders?x=1");
+        assert!(r.request.headers.contains(&(":authority".into(), "orders.test".into())));
+        assert!(r.request.headers.contains(&("authorization".into(), "Bearer t".into())));
+        assert!(!r.request.headers.iter().any(|(k, _)| k == "host"));
+        assert_eq!(r.request.body.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(r.answer, Some((403, Some("tenant_boundary".into()))));
+        // The service's own error body is no meshward refusal.
+        assert_eq!(denial_reason(r#"{"reason":"x","detail":"y"}"#), None);
+        assert!(entry(&json!({"startedDateTime": "2026-01-01T00:00:00Z", "request": {"method": "GET", "url": "/relative"}})).is_err());
+    }
+}
