@@ -158,6 +158,10 @@ struct Expect {
     /// Headers the service must not see.
     #[serde(default)]
     service_does_not_see: Vec<String>,
+    /// Whether the service's answer is cut after its headers went out (Envoy resets the stream
+    /// when a filter refuses an answer it already let start).
+    #[serde(default)]
+    reset: Option<bool>,
 }
 
 /// One case's result.
@@ -458,8 +462,19 @@ fn describe(o: &Outcome) -> String {
 /// What the case expected and did not get.
 fn check(expect: &Expect, o: &Outcome) -> Vec<String> {
     let mut failures = Vec::new();
-    if expect.status.is_none() && expect.reason.is_none() && expect.reached_service.is_none() && expect.service_sees.is_empty() && expect.service_does_not_see.is_empty() {
-        failures.push("expect: says nothing (status, reason, reached_service, service_sees, service_does_not_see)".into());
+    if expect.status.is_none()
+        && expect.reason.is_none()
+        && expect.reached_service.is_none()
+        && expect.reset.is_none()
+        && expect.service_sees.is_empty()
+        && expect.service_does_not_see.is_empty()
+    {
+        failures.push("expect: says nothing (status, reason, reached_service, reset, service_sees, service_does_not_see)".into());
+    }
+    if let Some(reset) = expect.reset {
+        if o.reset != reset {
+            failures.push(format!("reset: expected {reset}, got {}", describe(o)));
+        }
     }
     if let Some(status) = expect.status {
         if o.held || o.reset || o.status != status {

@@ -319,6 +319,7 @@ impl Chain {
             stream.response_headers = upstream.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
             stream.properties.insert("response\0code_details".into(), b"via_upstream".to_vec());
             let code = header(&stream.response_headers, ":status").unwrap_or_default();
+            outcome.status = code.parse().unwrap_or(0);
             stream.properties.insert("response\0code".into(), code.into_bytes());
         }
         let has_body = !upstream.body.is_empty();
