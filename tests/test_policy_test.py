@@ -265,3 +265,29 @@ def test_replay_refuses_what_is_not_a_har_file(tmp_path):
     path.write_text(json.dumps({"log": {"entries": [{"startedDateTime": "yesterday", "request": {}}]}}))
     r = meshward("replay", POLICY, "--from", path, "--modules", DIST)
     assert r.returncode == 2 and "log.entries[0]: startedDateTime: not an RFC 3339 time" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES))
+def test_init_drafts_cases_that_run_and_pass(tmp_path, example):
+    """`--init`: per rule a request it allows and one it refuses, expecting what the policy
+    decides now; the file runs as it is."""
+    policy, _, openapi, _ = EXAMPLES[example]
+    # The same form both times: where two stages would refuse, each form names its first.
+    r = meshward("test", policy, "--init", "--openapi", openapi, "--modules", DIST, "--form", "bundle")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("# A starting case file for ")
+    drafted = yaml.safe_load(r.stdout)
+    path = tmp_path / "drafted.yaml"
+    path.write_text(r.stdout)
+    r = meshward("test", policy, path, "--openapi", openapi, "--modules", DIST, "--form", "bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
+    by_name = {c["name"]: c["expect"] for c in drafted["cases"]}
+    if example == "orders":
+        assert by_name["jwt: POST /tenants/1/orders without a token"] == {"status": 401, "reason": "missing_token", "reached_service": False}
+        assert by_name["ownership order-read: GET /tenants/owner-1/orders/1 as the rule allows"] == {"status": 200, "reached_service": True}
+        assert by_name["ownership order-read: GET /tenants/owner-1/orders/1 without its scopes"]["reason"] == "missing_scope"
+        assert by_name["ratelimit writes-per-user: 6 requests in a row"] == {"status": 429, "reason": "rate_limited", "reached_service": False}
+    else:
+        # An owner read from the service's answer: the drafted answer names the caller or not.
+        assert by_name["ownership order-read: GET /workshop/api/shop/orders/1 as the rule allows"] == {"status": 200, "reached_service": True}
+        assert by_name["ownership order-read: GET /workshop/api/shop/orders/1 as someone else"] == {"reset": True, "reason": "not_owner", "reached_service": True}

@@ -9,6 +9,7 @@ mod check;
 mod compile;
 mod drift;
 mod editions;
+mod init_cases;
 mod package;
 mod policy;
 mod policy_test;
@@ -122,8 +123,12 @@ enum Command {
         #[command(flatten)]
         policy: PolicyArgs,
         /// Case files (YAML): requests, callers and the verdicts they must get.
-        #[arg(required = true, value_name = "CASES")]
+        #[arg(required_unless_present = "init", value_name = "CASES")]
         cases: Vec<PathBuf>,
+        /// Print a starting case file for the policy instead: requests each rule should allow
+        /// and refuse, expecting what the policy decides now (review them).
+        #[arg(long, conflicts_with_all = ["cases", "junit"])]
+        init: bool,
         #[arg(long, value_enum, default_value_t = Form::Separate)]
         form: Form,
         /// Where the built modules are.
@@ -412,10 +417,14 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let failed = findings.iter().any(|f| f.severity == check::Severity::Error);
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        Command::Test { policy, cases, form, modules, junit, format, no_cache } => {
+        Command::Test { policy, cases, init, form, modules, junit, format, no_cache } => {
             let policy = policy.load()?;
             render::check_form(&policy, form)?;
             let cache = if no_cache { None } else { policy_test::cache_dir() };
+            if init {
+                out(&policy_test::init(&policy, &policy_test::Options { form, modules: &modules, cache: cache.as_deref() })?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let run = policy_test::run(&policy, &cases, &policy_test::Options { form, modules: &modules, cache: cache.as_deref() })?;
             let coverage = policy_test::coverage(&policy, &run.results);
             match format {

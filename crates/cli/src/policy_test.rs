@@ -363,6 +363,55 @@ pub fn counters(chain: &Chain) -> BTreeMap<String, i64> {
     chain.metrics().into_iter().flatten().filter(|m| m.counter).map(|m| (m.name.clone(), m.value)).collect()
 }
 
+/// `meshward test --init`: a starting case file for the policy ([`crate::init_cases`]), each
+/// draft's expectation what the modules decide for it now, as YAML to review.
+pub fn init(policy: &Policy, options: &Options<'_>) -> Result<String, String> {
+    let (keys, env, drafts) = crate::init_cases::drafts(policy);
+    let cases: Vec<Value> = drafts
+        .into_iter()
+        .map(|d| {
+            let mut case = json!({"name": d.name, "request": d.request, "expect": {}});
+            if let Some(upstream) = d.upstream {
+                case["upstream"] = upstream;
+            }
+            if d.repeat > 1 {
+                case["repeat"] = json!(d.repeat);
+            }
+            case
+        })
+        .collect();
+    let mut file = json!({"keys": keys, "env": env, "cases": cases});
+    let parsed: CaseFile = serde_json::from_value(file.clone()).map_err(|e| format!("a drafted case: {e}"))?;
+    let (policy, made) = with_test_keys(policy, &parsed.keys, "--init")?;
+    let env: Vec<(String, String)> = parsed.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut chain = start(&policy, options, &env, DEFAULT_AT)?;
+    for (i, case) in parsed.cases.iter().enumerate() {
+        chain.restore();
+        let result = run_case(&mut chain, case, &made, "--init", None);
+        let Some(o) = result.outcome else {
+            return Err(format!("{}: {}", case.name, result.failures.join("; ")));
+        };
+        let mut expect = Map::new();
+        if o.reset {
+            expect.insert("reset".into(), json!(true));
+        } else {
+            expect.insert("status".into(), json!(o.status));
+        }
+        if let Some(reason) = o.local_reply.as_ref().and_then(reason) {
+            expect.insert("reason".into(), json!(reason));
+        }
+        expect.insert("reached_service".into(), json!(o.upstream_request.is_some()));
+        file["cases"][i]["expect"] = Value::Object(expect);
+    }
+    Ok(format!(
+        "# A starting case file for {}, made by `meshward test --init`: for each rule a request it\n\
+         # should allow and one it should refuse. Each `expect` is what the policy decides NOW:\n\
+         # read every case, and change the ones that are not what the service should get.\n{}",
+        policy.path.display(),
+        crate::render::to_yaml(&file)
+    ))
+}
+
 /// The request and the service's answer a case describes.
 fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), String> {
     let r = &case.request;
