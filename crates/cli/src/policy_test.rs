@@ -444,18 +444,7 @@ fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), S
         }
         headers.push(("authorization".into(), format!("Bearer {}", key.sign(&claims)?)));
     }
-    let body = match (&r.body, &r.json) {
-        (Some(_), Some(_)) => return Err("request: body or json, not both".into()),
-        (Some(text), None) => Some(text.clone().into_bytes()),
-        (None, Some(v)) => {
-            if !r.headers.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
-                headers.push(("content-type".into(), "application/json".into()));
-            }
-            Some(v.to_string().into_bytes())
-        }
-        (None, None) => None,
-    };
-    headers.extend(r.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+    let body = content("request", r.body.as_ref(), r.json.as_ref(), &r.headers, &mut headers)?;
     if let Some(body) = &body {
         headers.push(("content-length".into(), body.len().to_string()));
     }
@@ -468,20 +457,29 @@ fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), S
         None => Upstream::default(),
         Some(u) => {
             let mut headers = vec![(":status".to_string(), u.status.to_string())];
-            let body = match (&u.body, &u.json) {
-                (Some(_), Some(_)) => return Err("upstream: body or json, not both".into()),
-                (Some(text), None) => text.clone().into_bytes(),
-                (None, Some(v)) => {
-                    headers.push(("content-type".into(), "application/json".into()));
-                    v.to_string().into_bytes()
-                }
-                (None, None) => Vec::new(),
-            };
-            headers.extend(u.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
-            Upstream { headers, body }
+            let body = content("upstream", u.body.as_ref(), u.json.as_ref(), &u.headers, &mut headers)?;
+            Upstream { headers, body: body.unwrap_or_default() }
         }
     };
     Ok((request, upstream))
+}
+
+/// A message's body (`body` as text or `json`) and its headers appended to `headers`; JSON is
+/// sent as `application/json` unless the headers name another type.
+fn content(what: &str, text: Option<&String>, json: Option<&Value>, given: &BTreeMap<String, String>, headers: &mut Vec<(String, String)>) -> Result<Option<Vec<u8>>, String> {
+    let body = match (text, json) {
+        (Some(_), Some(_)) => return Err(format!("{what}: body or json, not both")),
+        (Some(text), None) => Some(text.clone().into_bytes()),
+        (None, Some(v)) => {
+            if !given.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
+                headers.push(("content-type".into(), "application/json".into()));
+            }
+            Some(v.to_string().into_bytes())
+        }
+        (None, None) => None,
+    };
+    headers.extend(given.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+    Ok(body)
 }
 
 /// The deny reason of a filter's answer: its JSON body's `reason`, or gRPC's `meshward-reason`.
