@@ -152,6 +152,9 @@ struct Expect {
     /// Whether the request reaches the service.
     #[serde(default)]
     reached_service: Option<bool>,
+    /// The stage that refused it (`jwt`, `schema`, `ownership`, …), as the decision counters name it.
+    #[serde(default)]
+    stage: Option<String>,
     /// Headers the service must see, with these values.
     #[serde(default)]
     service_sees: BTreeMap<String, String>,
@@ -351,7 +354,7 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
     result.decisions = after.into_iter().filter(|(name, v)| before.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
     if let Some(outcome) = outcome {
         result.got = describe(&outcome);
-        result.failures = check(&case.expect, &outcome);
+        result.failures = check(&case.expect, &outcome, &result.decisions);
         result.outcome = Some(outcome);
     }
     result.sent = Some(request);
@@ -506,17 +509,29 @@ fn describe(o: &Outcome) -> String {
     s
 }
 
+/// The stage whose refusal a case's decision counters record.
+fn refusing_stage(decisions: &[String]) -> Option<&str> {
+    decisions.iter().find_map(|d| decision_parts(d).filter(|p| p.1 == "denied").map(|p| p.0))
+}
+
 /// What the case expected and did not get.
-fn check(expect: &Expect, o: &Outcome) -> Vec<String> {
+fn check(expect: &Expect, o: &Outcome, decisions: &[String]) -> Vec<String> {
     let mut failures = Vec::new();
+    if let Some(want) = &expect.stage {
+        let got = refusing_stage(decisions);
+        if got != Some(want.as_str()) {
+            failures.push(format!("stage: expected {want}, got {}", got.unwrap_or("none")));
+        }
+    }
     if expect.status.is_none()
         && expect.reason.is_none()
         && expect.reached_service.is_none()
         && expect.reset.is_none()
+        && expect.stage.is_none()
         && expect.service_sees.is_empty()
         && expect.service_does_not_see.is_empty()
     {
-        failures.push("expect: says nothing (status, reason, reached_service, reset, service_sees, service_does_not_see)".into());
+        failures.push("expect: says nothing (status, reason, stage, reached_service, reset, service_sees, service_does_not_see)".into());
     }
     if let Some(reset) = expect.reset {
         if o.reset != reset {
@@ -730,18 +745,24 @@ mod tests {
         }
     }
 
+    fn check_all(expect: &Expect, o: &Outcome) -> Vec<String> {
+        check(expect, o, &["meshward_ownership_denied_total.route.r.reason.tenant_mismatch".to_string()])
+    }
+
     #[test]
     fn a_case_checks_what_it_names() {
         let allowed = outcome(200, None);
         let denied = outcome(403, Some(("tenant_mismatch", "")));
         let expect = |v: Value| serde_json::from_value::<Expect>(v).unwrap();
-        assert!(check(&expect(json!({"status": 200})), &allowed).is_empty());
-        assert!(check(&expect(json!({"status": 403, "reason": "tenant_mismatch", "reached_service": false})), &denied).is_empty());
-        assert_eq!(check(&expect(json!({"status": 200})), &denied).len(), 1);
-        assert_eq!(check(&expect(json!({"reason": "expired"})), &denied), vec!["reason: expected expired, got tenant_mismatch"]);
-        assert!(check(&expect(json!({"service_sees": {"x-a": "1"}, "service_does_not_see": ["x-b"]})), &allowed).is_empty());
-        assert_eq!(check(&expect(json!({"service_does_not_see": ["x-a"]})), &allowed).len(), 1);
-        assert_eq!(check(&expect(json!({})), &allowed).len(), 1, "an expectation that says nothing fails");
+        assert!(check_all(&expect(json!({"status": 200})), &allowed).is_empty());
+        assert!(check_all(&expect(json!({"status": 403, "reason": "tenant_mismatch", "reached_service": false})), &denied).is_empty());
+        assert_eq!(check_all(&expect(json!({"status": 200})), &denied).len(), 1);
+        assert_eq!(check_all(&expect(json!({"reason": "expired"})), &denied), vec!["reason: expected expired, got tenant_mismatch"]);
+        assert!(check_all(&expect(json!({"service_sees": {"x-a": "1"}, "service_does_not_see": ["x-b"]})), &allowed).is_empty());
+        assert_eq!(check_all(&expect(json!({"service_does_not_see": ["x-a"]})), &allowed).len(), 1);
+        assert_eq!(check_all(&expect(json!({})), &allowed).len(), 1, "an expectation that says nothing fails");
+        assert!(check_all(&expect(json!({"stage": "ownership"})), &denied).is_empty());
+        assert_eq!(check_all(&expect(json!({"stage": "jwt"})), &denied), vec!["stage: expected jwt, got ownership"]);
     }
 
     #[test]
