@@ -50,7 +50,7 @@ pub fn drafts(policy: &Policy) -> (Map<String, Value>, Map<String, Value>, Vec<D
     if let (Some(stage), Some(doc)) = (policy.stage("jwt"), contract) {
         // The first contract operation, not public, whose first matching jwt rule wants a token.
         let jwt_rules: Vec<&Value> = rules(&stage.config, "rules").collect();
-        let protected = operations(doc).into_iter().find(|(method, path, id)| {
+        let protected = operations(doc).into_iter().map(|(method, template, id)| (method, fill(&template, &Map::new()), id)).find(|(method, path, id)| {
             !policy.public.iter().any(|p| Some(p) == id.as_ref())
                 && jwt_rules.iter().find(|r| covers(r.get("match").unwrap_or(&Value::Null), method, path)).is_some_and(|r| r.get("requires").is_some())
         });
@@ -119,14 +119,14 @@ fn covers(m: &Value, method: &str, path: &str) -> bool {
     }
 }
 
-/// The contract's operations: (method, path with its parameters filled, operationId).
-fn operations(doc: &Value) -> Vec<(String, String, Option<String>)> {
+/// The contract's operations in document order: (method, path template, operationId).
+pub fn operations(doc: &Value) -> Vec<(String, String, Option<String>)> {
     let mut out = Vec::new();
     for (template, item) in doc.get("paths").and_then(Value::as_object).into_iter().flatten() {
-        for method in ["get", "post", "put", "patch", "delete"] {
+        for method in meshward_schema::config::METHODS {
             if let Some(op) = item.get(method) {
                 let id = op.get("operationId").and_then(Value::as_str).map(str::to_string);
-                out.push((method.to_ascii_uppercase(), fill(template, &Map::new()), id));
+                out.push((method.to_ascii_uppercase(), template.clone(), id));
             }
         }
     }

@@ -615,7 +615,11 @@ pub fn coverage(policy: &Policy, results: &[CaseResult]) -> Coverage {
         let names: Vec<String> = match stage.kind.as_str() {
             "ownership" | "ratelimit" => named(&stage.config, "rules"),
             "webhook" => named(&stage.config, "endpoints"),
-            "schema" => policy.contract.as_ref().map(|c| operations(&c.document)).unwrap_or_default(),
+            "schema" => policy
+                .contract
+                .as_ref()
+                .map(|c| crate::init_cases::operations(&c.document).into_iter().filter_map(|(_, _, id)| id).collect())
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         for name in names {
@@ -628,20 +632,6 @@ pub fn coverage(policy: &Policy, results: &[CaseResult]) -> Coverage {
 
 fn named(config: &Value, list: &str) -> Vec<String> {
     config.get(list).and_then(Value::as_array).into_iter().flatten().filter_map(|r| r.get("name")?.as_str().map(str::to_string)).collect()
-}
-
-/// The contract's operationIds, in document order.
-fn operations(document: &Value) -> Vec<String> {
-    const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
-    let mut out = Vec::new();
-    for item in document.get("paths").and_then(Value::as_object).into_iter().flat_map(|p| p.values()) {
-        for method in METHODS {
-            if let Some(id) = item.get(method).and_then(|op| op.get("operationId")).and_then(Value::as_str) {
-                out.push(id.to_string());
-            }
-        }
-    }
-    out
 }
 
 /// Coverage as text: what no case decided, and the deny reasons seen.
