@@ -205,10 +205,15 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// Each test key by the provider that trusts it, with that provider's configuration.
 type TestKeys = BTreeMap<String, (Key, Value)>;
 
-/// A test key: its signing key and JWK.
+/// A test key: its signing key and the JWKS that trusts it.
 struct Key {
     kid: String,
     signing: p256::ecdsa::SigningKey,
+    jwks: String,
+}
+
+fn b64url(bytes: &[u8]) -> Result<String, String> {
+    Base64UrlSafeNoPadding::encode_to_string(bytes).map_err(|e| e.to_string())
 }
 
 impl Key {
@@ -216,27 +221,22 @@ impl Key {
     fn new(provider: &str, kid: String) -> Result<Key, String> {
         let seed = Sha256::digest(format!("meshward test key {provider}").as_bytes());
         let signing = p256::ecdsa::SigningKey::from_slice(&seed).map_err(|e| format!("keys.{provider}: {e}"))?;
-        Ok(Key { kid, signing })
-    }
-
-    fn jwks(&self) -> Result<String, String> {
-        let point = self.signing.verifying_key().to_sec1_point(false);
+        let point = signing.verifying_key().to_sec1_point(false);
         let point = point.as_bytes();
         if point.len() != 65 {
             return Err("an uncompressed P-256 point has 65 bytes".into());
         }
-        let b64 = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).map_err(|e| e.to_string());
-        Ok(json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": self.kid,
-            "x": b64(&point[1..33])?, "y": b64(&point[33..])?}]})
-        .to_string())
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
+            "x": b64url(&point[1..33])?, "y": b64url(&point[33..])?}]})
+        .to_string();
+        Ok(Key { kid, signing, jwks })
     }
 
     fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
-        let b64 = |b: &[u8]| Base64UrlSafeNoPadding::encode_to_string(b).map_err(|e| e.to_string());
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}).to_string();
-        let input = format!("{}.{}", b64(header.as_bytes())?, b64(Value::Object(claims.clone()).to_string().as_bytes())?);
+        let input = format!("{}.{}", b64url(header.as_bytes())?, b64url(Value::Object(claims.clone()).to_string().as_bytes())?);
         let signature: p256::ecdsa::Signature = self.signing.sign(input.as_bytes());
-        Ok(format!("{input}.{}", b64(&signature.to_bytes())?))
+        Ok(format!("{input}.{}", b64url(&signature.to_bytes())?))
     }
 }
 
@@ -263,7 +263,7 @@ fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str)
         }
         let key = Key::new(name, spec.kid.clone().unwrap_or_else(|| format!("meshward-test-{name}")))?;
         provider.remove("remote_jwks");
-        provider.insert("local_jwks".into(), json!({"inline_string": key.jwks()?}));
+        provider.insert("local_jwks".into(), json!({"inline_string": key.jwks}));
         made.insert(name.clone(), (key, Value::Object(provider.clone())));
     }
     Ok((policy, made))
@@ -311,11 +311,10 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         let cases: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
         let (policy, keys) = with_test_keys(policy, &cases.keys, &file)?;
         for (name, (key, _)) in &keys {
-            jwks.insert(name.clone(), key.jwks()?);
+            jwks.insert(name.clone(), key.jwks.clone());
         }
         let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut chain = start(&policy, options, &env, DEFAULT_AT).map_err(|e| format!("{file}: {e}"))?;
-        chain.save();
         for case in &cases.cases {
             chain.restore();
             results.push(run_case(&mut chain, case, &keys, &file, cases.at));
@@ -758,7 +757,7 @@ mod tests {
     #[test]
     fn a_test_key_signs_tokens_its_jwks_verifies() {
         let key = Key::new("demo", "k1".into()).unwrap();
-        let jwks: Value = serde_json::from_str(&key.jwks().unwrap()).unwrap();
+        let jwks: Value = serde_json::from_str(&key.jwks).unwrap();
         assert_eq!(jwks["keys"][0]["kid"], "k1");
         let token = key.sign(&Map::from_iter([("sub".to_string(), json!("alice"))])).unwrap();
         assert_eq!(token.split('.').count(), 3);
