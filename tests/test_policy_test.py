@@ -5,6 +5,7 @@ the same policy, in both forms, and the two agree case by case."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -180,6 +181,149 @@ def test_meshward_test_and_envoy_agree_case_by_case(request, tmp_path, monkeypat
                 envoy["reached_service"] = got.reached_upstream
             assert envoy == {k: want[k] for k in envoy}, f"{case['name']}: meshward test {want}, Envoy {envoy}"
     env.cleanup()
+
+
+# ---- calls answered from the case file: remote JWKS and the fleet engine -----------------------
+
+SHOP_SECRET = "shop-hook-secret"
+
+
+def shop_policy() -> dict:
+    """A service whose modules call out: keys from a remote JWKS, a global read limit, webhook
+    deliveries and order creation kept once across the fleet."""
+    fleet = {"cluster": "meshward-fleet", "namespace": "shop"}
+    return {"service": "shop", "namespace": "shop", "selector": {"app": "shop"}, "stages": [
+        {"jwt": {"providers": {"idp": {"issuer": "https://idp.shop.test", "audiences": ["shop"],
+                                       "remote_jwks": {"http_uri": {"uri": "http://idp.shop.test/jwks.json", "cluster": "idp", "timeout": "1s"},
+                                                       "cache_duration": "300s"}}},
+                 "rules": [{"match": {"path": "/hooks/pay"}}, {"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}},
+        {"webhook": {"unmatched": "allow", "fleet": fleet, "endpoints": [
+            {"name": "pay", "match": {"path": "/hooks/pay"}, "scheme": "github", "secrets": [{"environment_variable": "SHOP_HOOK_SECRET"}]}]}},
+        {"idempotency": {"operations": [{"name": "create-order", "match": {"path": "/orders", "methods": ["POST"]}}], "fleet": fleet}},
+        {"ratelimit": {"global": {"cluster": "meshward-fleet", "domain": "shop"}, "rules": [
+            {"name": "reads-per-user", "match": {"prefix": "/items", "methods": ["GET"]}, "key": ["subject"], "scope": "global",
+             "limit": {"requests": 2, "per": "60s"}}]}},
+    ]}
+
+
+def shop_cases(now: int) -> dict:
+    """Cases whose answers come from the case file; each one's caller, key and delivery its own,
+    so one real engine can play them all in a row."""
+    def token(sub):
+        return {"key": "idp", "claims": {"sub": sub}}
+
+    def delivery(i):
+        body = '{"id":"evt_%d"}' % i
+        signature = "sha256=" + hmac.new(SHOP_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+        return {"method": "POST", "path": "/hooks/pay", "body": body,
+                "headers": {"content-type": "application/json", "x-github-delivery": f"d-{i}", "x-hub-signature-256": signature}}
+
+    def order(sub, key, item=1):
+        return {"method": "POST", "path": "/orders", "json": {"item": item}, "headers": {"idempotency-key": key}, "token": token(sub)}
+
+    return {"keys": {"idp": {}}, "env": {"SHOP_HOOK_SECRET": SHOP_SECRET}, "at": now, "cases": [
+        {"name": "a token signed by the key the remote JWKS serves", "request": {"path": "/profile", "token": token("u1")},
+         "expect": {"status": 200, "reached_service": True}},
+        {"name": "the IdP down since the proxy started", "jwks": "unavailable", "request": {"path": "/profile", "token": token("u2")},
+         "expect": {"status": 503, "reason": "jwks_unavailable", "stage": "jwt"}},
+        {"name": "the IdP answering 500 since the proxy started", "jwks": {"status": 500}, "request": {"path": "/profile", "token": token("u2b")},
+         "expect": {"status": 503, "reason": "jwks_unavailable"}},
+        {"name": "a third read in a minute", "repeat": 3, "fleet": {"ratelimit": ["ok", "ok", "over_limit"]},
+         "request": {"path": "/items", "token": token("u3")}, "expect": {"status": 429, "reason": "rate_limited", "stage": "ratelimit"}},
+        {"name": "two reads are within the limit", "repeat": 2, "request": {"path": "/items", "token": token("u3b")},
+         "expect": {"status": 200, "reached_service": True}},
+        {"name": "the rate-limit service down lets reads through", "fleet": {"ratelimit": "unavailable"},
+         "request": {"path": "/items", "token": token("u4")}, "expect": {"status": 200, "reached_service": True}},
+        {"name": "a delivery sent twice", "repeat": 2, "fleet": {"claim": ["claimed", "seen"]}, "request": delivery(1),
+         "expect": {"status": 401, "reason": "replayed", "stage": "webhook"}},
+        {"name": "a delivery another replica accepted", "fleet": {"claim": "seen"}, "request": delivery(4),
+         "expect": {"status": 401, "reason": "replayed", "stage": "webhook"}},
+        {"name": "a delivery while its first copy is in flight", "fleet": {"claim": "in_flight"}, "request": delivery(2),
+         "expect": {"status": 409, "stage": "webhook", "reached_service": False}},
+        {"name": "the seen-set down refuses deliveries", "fleet": {"claim": "unavailable"}, "request": delivery(3),
+         "expect": {"status": 503, "reason": "replay_service_unavailable"}},
+        {"name": "an order retried gets the first answer", "repeat": 2, "fleet": {"claim": ["claimed", "seen"]}, "request": order("u5", "k-5"),
+         "expect": {"status": 200, "reached_service": False, "client_sees": {"idempotent-replayed": "true"}}},
+        {"name": "a key used for another order", "fleet": {"claim": "reused"}, "request": order("u6", "k-6"),
+         "expect": {"status": 422, "reason": "idempotency_key_reused", "stage": "idempotency"}},
+    ]}
+
+
+# The cases a real engine plays as the case file says: the engine's state comes from the case's
+# own requests (its repeats), or from a JWKS server that is there or not.
+REAL_ENGINE_PLAYS = {"a token signed by the key the remote JWKS serves", "a third read in a minute", "two reads are within the limit",
+                     "a delivery sent twice", "an order retried gets the first answer"}
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_jwks_and_fleet_answers_from_the_case_file_agree_with_envoy_on_the_real_engine(tmp_path, upstream, monkeypatch, form):
+    from echo_upstream import jwks_server
+    from fleet import FleetEngine, RedisServer, free_port
+
+    policy_path = tmp_path / "shop.yaml"
+    policy_path.write_text(yaml.safe_dump(shop_policy(), sort_keys=False))
+    cases = shop_cases(int(time.time()))
+    case_file = tmp_path / "shop.test.yaml"
+    case_file.write_text(yaml.safe_dump(cases, sort_keys=False))
+    r = meshward("test", policy_path, case_file, "--form", form, "--modules", DIST, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    assert all(c["passed"] for c in run["cases"]), [(c["name"], c["failures"]) for c in run["cases"] if not c["passed"]]
+    by_name = {c["name"]: c for c in run["cases"]}
+    # The calls were made and answered: the JWKS fetched from the provider's cluster (a case whose
+    # proxy started without it fetches again), a claim in the seen-set.
+    assert by_name["the IdP down since the proxy started"]["outcome"]["calls"] == [{"cluster": "idp", "http": True}]
+    assert by_name["a delivery another replica accepted"]["outcome"]["calls"] == [{"cluster": "meshward-fleet", "grpc": "meshward.fleet.v1.SeenSet/Claim"}]
+
+    # The same policy in Envoy, its JWKS served over HTTP and the fleet engine on Redis.
+    out = tmp_path / "compiled"
+    r = meshward("compile", policy_path, "--out", out)
+    assert r.returncode == 0, r.stderr
+    limits = yaml.safe_load((out / "meshward-fleet.yaml").read_text())["limits"]
+    redis_server = RedisServer()
+    engine = FleetEngine(redis_server.port, {(l["domain"], l["rule"]): (l["key"], l["requests"], l["per"]) for l in limits})
+    idp = jwks_server(run["jwks"]["idp"].encode())
+    monkeypatch.setenv("SHOP_HOOK_SECRET", SHOP_SECRET)
+    try:
+        for idp_port, played in ((idp.port, REAL_ENGINE_PLAYS), (free_port(), {"the IdP down since the proxy started"})):
+            r = meshward("render", "envoy", policy_path, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0,
+                         "--upstream", f"127.0.0.1:{upstream.port}", "--cluster", f"idp=127.0.0.1:{idp_port}",
+                         "--cluster", f"meshward-fleet=127.0.0.1:{engine.port}")
+            assert r.returncode == 0, r.stderr
+            with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+                for name in sorted(played):
+                    case = by_name[name]
+                    headers = dict(case["request"]["headers"])
+                    method, path = headers.pop(":method"), headers.pop(":path")
+                    for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
+                        headers.pop(own, None)
+                    body = case["request"]["body"]
+                    for _ in range(case["repeat"]):
+                        got = env.request(path, headers, method, body.encode() if body is not None else None)
+                    want = case["outcome"]
+                    envoy = {"status": got.status, "reason": got.reason, "replayed": got.header("idempotent-replayed")}
+                    host = {"status": want["status"], "reason": want["reason"],
+                            "replayed": next((v for k, v in want["headers"] if k == "idempotent-replayed"), None)}
+                    assert envoy == host, f"{name}: meshward test {host}, Envoy {envoy}"
+            env.cleanup()
+    finally:
+        idp.stop()
+        engine.stop()
+        redis_server.stop()
+
+
+def test_a_bad_answer_in_a_case_file_is_refused(tmp_path):
+    policy_path = tmp_path / "shop.yaml"
+    policy_path.write_text(yaml.safe_dump(shop_policy(), sort_keys=False))
+    for change, message in ((lambda c: c["cases"][0].update(fleet={"claim": "maybe"}), "unknown variant `maybe`"),
+                            (lambda c: c["cases"][0].update(fleet={"seen": "claimed"}), "unknown field `seen`"),
+                            (lambda c: c.update(jwks="sometimes"), "jwks: \"sometimes\" is not served, unavailable or {status: 100-599}")):
+        cases = shop_cases(1_767_225_600)
+        change(cases)
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(cases))
+        r = meshward("test", policy_path, path, "--modules", DIST)
+        assert r.returncode == 2 and message in r.stderr, (message, r.stdout, r.stderr)
 
 
 # ---- meshward replay -------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //! Exit codes: 0 fine, 1 the check found errors (or: not ready to enforce, drift found), 2 the
 //! command or policy cannot be used.
 
+mod case_calls;
 mod check;
 mod compile;
 mod drift;

@@ -18,19 +18,21 @@
 //!
 //! Each case starts from the filters as configured (a proxy that just started): state one case
 //! leaves (a limit's count) is not seen by the next; `repeat: N` sends a case's request N times
-//! and checks the last answer.
+//! and checks the last answer. The calls the modules make — a remote JWKS fetch, the fleet
+//! engine — are answered as the file's and the case's `jwks` and `fleet` say ([`crate::case_calls`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use meshward_runtime::HOLD_HEADERS_ENV;
-use meshward_wasmhost::{Chain, Clock, Filter, LocalReply, Module, NoCalls, Outcome, Request, Upstream, VmConfig};
+use meshward_wasmhost::{CallKind, Calls, Chain, Clock, Filter, LocalReply, Module, Outcome, Request, Upstream, VmConfig};
 use p256::ecdsa::signature::Signer;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::case_calls::{CaseCalls, FleetAnswers, JwksAnswer, ServedJwks};
 use crate::policy::Policy;
 use crate::render::{self, Form};
 
@@ -48,6 +50,12 @@ struct CaseFile {
     /// [default: 2026-01-01T00:00:00Z, so runs repeat].
     #[serde(default)]
     at: Option<u64>,
+    /// How a provider's remote JWKS answers (`served`: the test key's; `unavailable`; `{status: N}`).
+    #[serde(default)]
+    jwks: JwksAnswer,
+    /// The fleet engine's answers, call by call ([`FleetAnswers`]).
+    #[serde(default)]
+    fleet: FleetAnswers,
     cases: Vec<Case>,
 }
 
@@ -74,6 +82,12 @@ struct Case {
     /// The clock, in seconds since the Unix epoch.
     #[serde(default)]
     at: Option<u64>,
+    /// The remote JWKS's answer in this case, from the proxy's start on [default: the file's].
+    #[serde(default)]
+    jwks: Option<JwksAnswer>,
+    /// The fleet engine's answers in this case (each key set overrides the file's).
+    #[serde(default)]
+    fleet: Option<FleetAnswers>,
 }
 
 fn one() -> u32 {
@@ -161,6 +175,9 @@ struct Expect {
     /// Headers the service must not see.
     #[serde(default)]
     service_does_not_see: Vec<String>,
+    /// Headers the client's answer must carry, with these values.
+    #[serde(default)]
+    client_sees: BTreeMap<String, String>,
     /// Whether the service's answer is cut after its headers went out (Envoy resets the stream
     /// when a filter refuses an answer it already let start).
     #[serde(default)]
@@ -240,12 +257,15 @@ impl Key {
     }
 }
 
-/// The policy with each provider named in `keys` trusting that test key alone; the keys.
-fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str) -> Result<(Policy, TestKeys), String> {
+/// The policy with each provider named in `keys` trusting that test key alone; the keys, and
+/// the JWKS each remote provider's cluster serves (a remote provider keeps fetching its keys,
+/// and is answered the test key's JWKS; a local one gets it inline).
+fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str) -> Result<(Policy, TestKeys, ServedJwks), String> {
     let mut policy = policy.clone();
     let mut made = BTreeMap::new();
+    let mut served = ServedJwks::new();
     if keys.is_empty() {
-        return Ok((policy, made));
+        return Ok((policy, made, served));
     }
     let Some(stage) = policy.stages.iter_mut().find(|s| s.kind == "jwt") else {
         return Err(format!("{file}: keys: the policy has no jwt stage to trust them"));
@@ -262,11 +282,21 @@ fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str)
             return Err(format!("{file}: keys.{name}: the provider takes tokens Envoy's jwt_authn verified, which this host does not run"));
         }
         let key = Key::new(name, spec.kid.clone().unwrap_or_else(|| format!("meshward-test-{name}")))?;
-        provider.remove("remote_jwks");
-        provider.insert("local_jwks".into(), json!({"inline_string": key.jwks}));
+        match provider.get("remote_jwks").and_then(|r| r.pointer("/http_uri/cluster")).and_then(Value::as_str) {
+            Some(cluster) => {
+                if let Some(other) = served.insert(cluster.to_string(), key.jwks.clone()) {
+                    if other != key.jwks {
+                        return Err(format!("{file}: keys.{name}: another provider with a test key fetches its JWKS from cluster {cluster} too"));
+                    }
+                }
+            }
+            None => {
+                provider.insert("local_jwks".into(), json!({"inline_string": key.jwks}));
+            }
+        }
         made.insert(name.clone(), (key, Value::Object(provider.clone())));
     }
-    Ok((policy, made))
+    Ok((policy, made, served))
 }
 
 /// A run: every case's result in order, and the JWKS each test key was trusted by.
@@ -277,7 +307,7 @@ pub struct Run {
 
 /// The policy's filters, as `render` deploys them in `options.form`, running in the host with
 /// `env` as the VMs' environment, at `at` (Unix seconds); saved, so each run restores them.
-pub fn start(policy: &Policy, options: &Options<'_>, env: &[(String, String)], at: u64) -> Result<Chain, String> {
+pub fn start(policy: &Policy, options: &Options<'_>, env: &[(String, String)], at: u64, calls: &mut dyn Calls) -> Result<Chain, String> {
     let plugins = render::wasm_plugins(policy, options.form, options.modules)?;
     let mut modules = Vec::with_capacity(plugins.len());
     for p in &plugins {
@@ -295,7 +325,7 @@ pub fn start(policy: &Policy, options: &Options<'_>, env: &[(String, String)], a
         .zip(&modules)
         .map(|(p, module)| Filter { module, config: VmConfig { configuration: p.configuration.clone().into_bytes(), env: vm_env.clone() } })
         .collect();
-    let mut chain = Chain::start(filters, Clock::at(at.saturating_mul(1_000_000_000)), &mut NoCalls)
+    let mut chain = Chain::start(filters, Clock::at(at.saturating_mul(1_000_000_000)), calls)
         .map_err(|(i, e)| format!("{}: {e}", plugins.get(i).map_or("?", |p| p.filter_name.as_str())))?;
     chain.save();
     Ok(chain)
@@ -309,21 +339,33 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
         let cases: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-        let (policy, keys) = with_test_keys(policy, &cases.keys, &file)?;
+        let (policy, keys, served) = with_test_keys(policy, &cases.keys, &file)?;
         for (name, (key, _)) in &keys {
             jwks.insert(name.clone(), key.jwks.clone());
         }
         let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let mut chain = start(&policy, options, &env, DEFAULT_AT).map_err(|e| format!("{file}: {e}"))?;
+        // One proxy per way the remote JWKS answers since its start, started when a case needs it.
+        let mut chains: BTreeMap<JwksAnswer, Chain> = BTreeMap::new();
         for case in &cases.cases {
+            let answer = case.jwks.unwrap_or(cases.jwks);
+            let chain = match chains.entry(answer) {
+                std::collections::btree_map::Entry::Occupied(chain) => chain.into_mut(),
+                std::collections::btree_map::Entry::Vacant(slot) => {
+                    let mut calls = CaseCalls::new(answer, &served, cases.fleet.clone());
+                    let started = start(&policy, options, &env, cases.at.unwrap_or(DEFAULT_AT), &mut calls)
+                        .map_err(|e| format!("{file}: {e} (the remote JWKS {answer})"))?;
+                    slot.insert(started)
+                }
+            };
             chain.restore();
-            results.push(run_case(&mut chain, case, &keys, &file, cases.at));
+            let mut calls = CaseCalls::new(answer, &served, cases.fleet.with(case.fleet.as_ref()));
+            results.push(run_case(chain, case, &keys, &file, cases.at, &mut calls));
         }
     }
     Ok(Run { results, jwks })
 }
 
-fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>) -> CaseResult {
+fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> CaseResult {
     let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: None, outcome: None, decisions: Vec::new(), repeat: case.repeat.max(1) };
     let at = case.at.or(file_at).unwrap_or(DEFAULT_AT);
     chain.clock().set(at.saturating_mul(1_000_000_000));
@@ -337,7 +379,7 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
     let before = counters(chain);
     let mut outcome = None;
     for _ in 0..case.repeat.max(1) {
-        match chain.exchange(&request, &upstream, &mut NoCalls) {
+        match chain.exchange(&request, &upstream, calls) {
             Ok(o) => outcome = Some(o),
             Err(e) => {
                 result.failures.push(format!("{e} (Envoy's VM would be dead: every request refused)"));
@@ -345,7 +387,7 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
             }
         }
     }
-    if let Err(e) = chain.tick_now(&mut NoCalls) {
+    if let Err(e) = chain.tick_now(calls) {
         result.failures.push(format!("{e} (in the tick after the request)"));
         return result;
     }
@@ -384,12 +426,13 @@ pub fn init(policy: &Policy, options: &Options<'_>) -> Result<String, String> {
         .collect();
     let mut file = json!({"keys": keys, "env": env, "cases": cases});
     let parsed: CaseFile = serde_json::from_value(file.clone()).map_err(|e| format!("a drafted case: {e}"))?;
-    let (policy, made) = with_test_keys(policy, &parsed.keys, "--init")?;
+    let (policy, made, served) = with_test_keys(policy, &parsed.keys, "--init")?;
     let env: Vec<(String, String)> = parsed.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut chain = start(&policy, options, &env, DEFAULT_AT)?;
+    let mut chain = start(&policy, options, &env, DEFAULT_AT, &mut CaseCalls::new(JwksAnswer::Served, &served, FleetAnswers::default()))?;
     for (i, case) in parsed.cases.iter().enumerate() {
         chain.restore();
-        let result = run_case(&mut chain, case, &made, "--init", None);
+        let mut calls = CaseCalls::new(JwksAnswer::Served, &served, FleetAnswers::default());
+        let result = run_case(&mut chain, case, &made, "--init", None, &mut calls);
         let Some(o) = result.outcome else {
             return Err(format!("{}: {}", case.name, result.failures.join("; ")));
         };
@@ -501,7 +544,11 @@ fn describe(o: &Outcome) -> String {
         o.status.to_string()
     };
     match &o.local_reply {
-        Some(reply) => s.push_str(&format!(" {}", reason(reply).unwrap_or_else(|| reply.details.clone()))),
+        Some(reply) => match reason(reply) {
+            Some(why) => s.push_str(&format!(" {why}")),
+            None if !reply.details.is_empty() => s.push_str(&format!(" {}", reply.details)),
+            None => s.push_str(" (answered by a filter, not the service)"),
+        },
         None if o.upstream_request.is_some() => s.push_str(" (reached the service)"),
         None => {}
     }
@@ -529,8 +576,9 @@ fn check(expect: &Expect, o: &Outcome, decisions: &[String]) -> Vec<String> {
         && expect.stage.is_none()
         && expect.service_sees.is_empty()
         && expect.service_does_not_see.is_empty()
+        && expect.client_sees.is_empty()
     {
-        failures.push("expect: says nothing (status, reason, stage, reached_service, reset, service_sees, service_does_not_see)".into());
+        failures.push("expect: says nothing (status, reason, stage, reached_service, reset, service_sees, service_does_not_see, client_sees)".into());
     }
     if let Some(reset) = expect.reset {
         if o.reset != reset {
@@ -569,6 +617,12 @@ fn check(expect: &Expect, o: &Outcome, decisions: &[String]) -> Vec<String> {
                     }
                 }
             }
+        }
+    }
+    let answered = |name: &str| o.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    for (name, want) in &expect.client_sees {
+        if answered(name) != Some(want.as_str()) {
+            failures.push(format!("client_sees.{name}: expected {want:?}, got {:?}", answered(name)));
         }
     }
     failures
@@ -678,8 +732,12 @@ pub fn render_json(run: &Run, coverage: &Coverage) -> Value {
                        "properties": q.properties.iter().map(|(k, v)| (k.join("."), String::from_utf8_lossy(v).into_owned())).collect::<BTreeMap<_, _>>()})
             });
             let outcome = r.outcome.as_ref().map(|o| {
+                let calls: Vec<Value> = o.calls.iter().map(|c| match &c.kind {
+                    CallKind::Http { .. } => json!({"cluster": c.cluster, "http": true}),
+                    CallKind::Grpc { service, method, .. } => json!({"cluster": c.cluster, "grpc": format!("{service}/{method}")}),
+                }).collect();
                 json!({"status": o.status, "reason": o.local_reply.as_ref().and_then(reason), "reached_service": o.upstream_request.is_some(),
-                       "reset": o.reset, "held": o.held})
+                       "reset": o.reset, "held": o.held, "headers": o.headers, "calls": calls})
             });
             json!({"file": r.file, "name": r.name, "passed": r.failures.is_empty(), "failures": r.failures, "request": sent, "outcome": outcome,
                    "decisions": r.decisions, "repeat": r.repeat})

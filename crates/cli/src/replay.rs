@@ -169,9 +169,9 @@ pub struct Report {
 /// Replays `traffic` through `policy` (and `baseline` when given); the changes.
 pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], options: &Options<'_>, env: &[(String, String)]) -> Result<Report, String> {
     let at = traffic.first().map_or(0, |r| r.at);
-    let mut chain = policy_test::start(policy, options, env, at).map_err(|e| format!("{}: {e}", policy.path.display()))?;
+    let mut chain = policy_test::start(policy, options, env, at, &mut NoCalls).map_err(|e| format!("{}: {e}", policy.path.display()))?;
     let mut before = match baseline {
-        Some(b) => Some(policy_test::start(b, options, env, at).map_err(|e| format!("{}: {e}", b.path.display()))?),
+        Some(b) => Some(policy_test::start(b, options, env, at, &mut NoCalls).map_err(|e| format!("{}: {e}", b.path.display()))?),
         None => None,
     };
     let mut report = Report { replayed: traffic.len(), unchanged: 0, unknown: 0, newly_refused: BTreeMap::new(), newly_allowed: BTreeMap::new() };
