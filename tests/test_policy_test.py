@@ -401,6 +401,66 @@ def test_replay_reports_what_a_change_would_refuse_and_allow(tmp_path, upstream,
         assert allowed["why"] == want and allowed["count"] == 1, report
 
 
+def test_replay_from_the_replay_log_envoy_wrote(tmp_path, upstream, keys, monkeypatch):
+    """The same traffic recorded by Envoy's access log as `render envoy --access-log` sets it up:
+    no token in it, each caller's verified claims signed again for the replay; a request with a
+    body is counted as not replayed (the log holds no body)."""
+    monkeypatch.setenv("ORDERS_PAYMENTS_WEBHOOK_SECRET", SECRET)
+    old = orders_policy(tmp_path, keys, "old.yaml")
+    new = orders_policy(tmp_path, keys, "new.yaml", admins_read_any_tenant)
+    log = tmp_path / "replay.log"
+    r = meshward("render", "envoy", old, "--form", "bundle", "--modules", DIST, "--listen", 0, "--admin", 0,
+                 "--upstream", f"127.0.0.1:{upstream.port}", "--access-log", log)
+    assert r.returncode == 0, r.stderr
+    reader = {"sub": "alice", "tenant": "acme", "scope": "orders:read"}
+    admin = {"sub": "root", "tenant": "acme", "scope": "orders:read orders:admin"}
+    writer = {"sub": "bob", "tenant": "acme", "scope": "orders:write"}
+    traffic = [(reader, "/tenants/acme/orders/1"), (reader, "/tenants/acme/orders/2"), (admin, "/tenants/globex/orders/3"),
+               (None, "/tenants/acme/orders/4"), (None, "/healthz")]
+    tokens = []
+    with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+        for claims, path in traffic:
+            headers = {"authorization": f"Bearer {keys.token('ES256', **claims)}"} if claims else {}
+            tokens += headers.values()
+            env.request(path, headers)
+        write = env.request("/tenants/acme/orders", {"authorization": f"Bearer {keys.token('ES256', **writer)}", "content-type": "application/json"},
+                            "POST", json.dumps({"item": "book", "quantity": 1}).encode())
+        deadline = time.monotonic() + 10
+        while len(log.read_text().splitlines()) < 6 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    env.cleanup()
+    assert write.status in (200, 201), write
+    text = log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
+    assert [line["status"] for line in lines] == [200, 200, 403, 401, 200, write.status], lines
+    assert not any(t.split()[1] in text for t in tokens) and "Bearer" not in text, "a token reached the replay log"
+    assert json.loads(lines[0]["principal"])["claims"]["sub"] == "alice"
+
+    r = meshward("replay", old, "--from", log, "--form", "bundle", "--modules", DIST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[-2:] == ["5 requests replayed: 5 unchanged, 0 newly refused, 0 newly allowed",
+                                          "1 not replayed: its body is not in the log"], r.stdout
+    for against in ([], ["--baseline", old]):
+        r = meshward("replay", new, "--from", log, "--form", "bundle", "--modules", DIST, "--format", "json", *against)
+        assert r.returncode == 1, r.stdout + r.stderr
+        report = json.loads(r.stdout)
+        assert (report["replayed"], report["unchanged"], report["skipped"]) == (5, 2, {"its body is not in the log": 1}), report
+        [refused] = report["newly_refused"]
+        assert refused["why"] == "ownership order-read missing_scope (403)" and refused["count"] == 2, report
+        [allowed] = report["newly_allowed"]
+        assert allowed["count"] == 1 and allowed["examples"][0].startswith("GET /tenants/globex/orders/3 ("), report
+        assert allowed["why"] == ("was ownership order-read tenant_boundary" if against else "was refused (403)"), report
+
+
+def test_replay_says_what_an_audit_record_lacks(tmp_path):
+    record = {"producer": "orders/1", "seq": 1, "prev": "0" * 64, "hash": "1" * 64, "time": "2026-12-03T00:25:34.758Z", "method": "PUT",
+              "path": "/tenants/acme/orders/1", "status": 200, "stages": []}
+    path = tmp_path / "audit.log"
+    path.write_text(json.dumps(record) + "\n")
+    r = meshward("replay", POLICY, "--from", path, "--modules", DIST)
+    assert r.returncode == 2 and "an audit record: it holds no caller's claims" in r.stderr and "--access-log" in r.stderr, r.stderr
+
+
 def test_replay_refuses_what_is_not_a_har_file(tmp_path):
     path = tmp_path / "x.har"
     path.write_text(json.dumps({"entries": []}))

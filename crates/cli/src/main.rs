@@ -105,7 +105,7 @@ enum Command {
     Replay {
         #[command(flatten)]
         policy: PolicyArgs,
-        /// The recorded traffic: a HAR file.
+        /// The recorded traffic: a HAR file, or the replay log `render envoy --access-log` writes.
         #[arg(long = "from", value_name = "FILE")]
         from: PathBuf,
         /// Compare with this policy run the same way instead of the recorded answers.
@@ -273,6 +273,10 @@ enum RenderTarget {
         /// Where the access log writes the audit records of a policy with `audit`.
         #[arg(long, value_name = "FILE", default_value = "/dev/stdout")]
         audit_log: PathBuf,
+        /// Also write the replay log here: a JSON line per request (its line, the verified
+        /// caller's claims, never a token or body) that `meshward replay --from` reads.
+        #[arg(long, value_name = "FILE")]
+        access_log: Option<PathBuf>,
     },
     /// For Istio: the sidecar bootstrap override meshward's metrics need (a ConfigMap; pods opt
     /// in with `sidecar.istio.io/bootstrapOverride: meshward-bootstrap`).
@@ -448,7 +452,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let policy = policy.load()?;
             render::check_form(&policy, form)?;
             let baseline = baseline.map(|b| Policy::load(&b, None).map_err(|e| e.to_string())).transpose()?;
-            let traffic = replay::read_har(&from)?;
+            let traffic = replay::read_traffic(&from)?;
             // The VMs read secrets from this environment, as Envoy reads `host_env_keys` from its own.
             let mut env = Vec::new();
             for p in std::iter::once(&policy).chain(baseline.as_ref()) {
@@ -514,6 +518,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             xds_ca,
             xds_server_id,
             audit_log,
+            access_log,
         }) => {
             let policy = policy.load()?;
             let xds_tls = match (xds_cert, xds_key, xds_ca, xds_server_id) {
@@ -532,6 +537,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
                     (None, true) => None,
                 },
                 audit_log: &audit_log,
+                access_log: access_log.as_deref(),
             };
             let config = render::envoy(&policy, form, &options)?;
             out(&render::to_yaml(&config));

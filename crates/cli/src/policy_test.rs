@@ -62,9 +62,9 @@ struct CaseFile {
 /// A signing key made for the run; the jwt provider of the same name trusts it (and only it).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct TestKey {
+pub(crate) struct TestKey {
     /// The `kid` tokens carry [default: `meshward-test-<provider>`].
-    kid: Option<String>,
+    pub(crate) kid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -220,10 +220,10 @@ pub fn cache_dir() -> Option<PathBuf> {
 }
 
 /// Each test key by the provider that trusts it, with that provider's configuration.
-type TestKeys = BTreeMap<String, (Key, Value)>;
+pub(crate) type TestKeys = BTreeMap<String, (Key, Value)>;
 
 /// A test key: its signing key and the JWKS that trusts it.
-struct Key {
+pub(crate) struct Key {
     kid: String,
     signing: p256::ecdsa::SigningKey,
     jwks: String,
@@ -249,7 +249,7 @@ impl Key {
         Ok(Key { kid, signing, jwks })
     }
 
-    fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
+    pub(crate) fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
         let header = json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}).to_string();
         let input = format!("{}.{}", b64url(header.as_bytes())?, b64url(Value::Object(claims.clone()).to_string().as_bytes())?);
         let signature: p256::ecdsa::Signature = self.signing.sign(input.as_bytes());
@@ -260,7 +260,7 @@ impl Key {
 /// The policy with each provider named in `keys` trusting that test key alone; the keys, and
 /// the JWKS each remote provider's cluster serves (a remote provider keeps fetching its keys,
 /// and is answered the test key's JWKS; a local one gets it inline).
-fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str) -> Result<(Policy, TestKeys, ServedJwks), String> {
+pub(crate) fn with_test_keys(policy: &Policy, keys: &BTreeMap<String, TestKey>, file: &str) -> Result<(Policy, TestKeys, ServedJwks), String> {
     let mut policy = policy.clone();
     let mut made = BTreeMap::new();
     let mut served = ServedJwks::new();
@@ -457,6 +457,16 @@ pub fn init(policy: &Policy, options: &Options<'_>) -> Result<String, String> {
     ))
 }
 
+/// The connection's properties: the caller's address [default: 127.0.0.1:40000] and the URI SAN
+/// of its client certificate (a SPIFFE ID).
+pub(crate) fn connection(source: Option<&str>, peer: Option<&str>) -> Vec<(Vec<String>, Vec<u8>)> {
+    let mut properties = vec![(vec!["source".to_string(), "address".to_string()], source.unwrap_or("127.0.0.1:40000").as_bytes().to_vec())];
+    if let Some(peer) = peer {
+        properties.push((vec!["connection".to_string(), "uri_san_peer_certificate".to_string()], peer.as_bytes().to_vec()));
+    }
+    properties
+}
+
 /// The request and the service's answer a case describes.
 fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), String> {
     let r = &case.request;
@@ -493,11 +503,7 @@ fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), S
     if let Some(body) = &body {
         headers.push(("content-length".into(), body.len().to_string()));
     }
-    let mut properties = vec![(vec!["source".to_string(), "address".to_string()], r.source.clone().unwrap_or_else(|| "127.0.0.1:40000".into()).into_bytes())];
-    if let Some(peer) = &r.peer {
-        properties.push((vec!["connection".to_string(), "uri_san_peer_certificate".to_string()], peer.clone().into_bytes()));
-    }
-    let request = Request { headers, body, chunk: r.chunk.unwrap_or(0), properties };
+    let request = Request { headers, body, chunk: r.chunk.unwrap_or(0), properties: connection(r.source.as_deref(), r.peer.as_deref()) };
     let upstream = match &case.upstream {
         None => Upstream::default(),
         Some(u) => {

@@ -79,6 +79,38 @@ fn audit_access_log(path: &Path) -> Value {
     })
 }
 
+/// The fields of the replay log (`render envoy --access-log`): one JSON line per request with
+/// what `meshward replay` sends again — the request line, the caller (the verified principal
+/// the jwt stage published, never the token), when, and what it got. No header but
+/// content-type, no body, no query-string secrets beyond the path's.
+pub const REPLAY_LOG_FIELDS: &[(&str, &str)] = &[
+    ("time", "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(:PATH)%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("content_type", "%REQ(CONTENT-TYPE)%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("source", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+    ("peer", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("principal", "%FILTER_STATE(wasm.meshward.principal:PLAIN)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("details", "%RESPONSE_CODE_DETAILS%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+];
+
+/// The access log `meshward replay --from` reads ([`REPLAY_LOG_FIELDS`]).
+fn replay_access_log(path: &Path) -> Value {
+    let format: serde_json::Map<String, Value> = REPLAY_LOG_FIELDS.iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect();
+    json!({
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": path.display().to_string(),
+            "log_format": {"json_format": format},
+        },
+    })
+}
+
 /// The filters a policy renders to, each with the configuration its module loads.
 fn filters(policy: &Policy, form: Form) -> Result<Vec<Filter>, String> {
     match form {
@@ -122,6 +154,8 @@ pub struct EnvoyOptions<'a> {
     pub discovery: Option<Discovery<'a>>,
     /// Where the access log writes the audit records (a policy with `audit`).
     pub audit_log: &'a Path,
+    /// Where the replay log goes (`--access-log`), read by `meshward replay --from`.
+    pub access_log: Option<&'a Path>,
 }
 
 /// How `meshward serve` reaches the Envoy: ECDS files it rewrites, or its xDS gRPC server
@@ -354,9 +388,15 @@ pub fn envoy(policy: &Policy, form: Form, options: &EnvoyOptions<'_>) -> Result<
             "clusters": clusters,
         },
     });
+    let mut access_logs = Vec::new();
     if policy.audit.is_some() {
-        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] =
-            json!([audit_access_log(options.audit_log)]);
+        access_logs.push(audit_access_log(options.audit_log));
+    }
+    if let Some(path) = options.access_log {
+        access_logs.push(replay_access_log(path));
+    }
+    if !access_logs.is_empty() {
+        config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"] = Value::Array(access_logs);
     }
     if let Some(Discovery::Xds(..)) = &options.discovery {
         // The node (with the ~60 KB list of extensions Envoy adds to it) on the stream's first

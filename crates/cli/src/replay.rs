@@ -1,26 +1,110 @@
-//! `meshward replay POLICY --from TRAFFIC.har`: recorded requests run through the policy in the
+//! `meshward replay POLICY --from TRAFFIC`: recorded requests run through the policy in the
 //! real modules (the host of `meshward test`), each at the time it was recorded, and compared
 //! with what the policy in force did: the recorded answer, or `--baseline OLD_POLICY` run the
 //! same way. What would change, newly refused and newly allowed, by stage, rule and reason.
+//!
+//! Traffic comes from a HAR file (requests as sent, tokens included) or from the replay log
+//! `render envoy --access-log` writes (a JSON line per request: its line and the verified
+//! caller's claims, no token): each caller is signed again with a replay key its provider
+//! trusts in the run, so every stage after the signature check decides as on the real token.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshward_wasmhost::{Chain, NoCalls, Outcome, Request, Upstream};
-use serde_json::{json, Value};
+use meshward_wasmhost::{Calls, Chain, Outcome, Request, Upstream};
+use serde_json::{json, Map, Value};
 
+use crate::case_calls::{CaseCalls, FleetAnswers, JwksAnswer};
 use crate::policy::Policy;
-use crate::policy_test::{self, Options};
+use crate::policy_test::{self, Options, TestKey, TestKeys};
 
 /// One recorded request.
+#[derive(Debug)]
 pub struct Recorded {
     /// When it was sent, in Unix seconds (the clock it is replayed at).
     pub at: u64,
     pub request: Request,
-    /// What it got then: (status, meshward's deny reason when meshward refused it).
+    /// What it got then: (status, why it was refused when it was: meshward's deny reason or
+    /// Envoy's response details).
     pub answer: Option<(u16, Option<String>)>,
     /// `METHOD path`, for examples.
     pub label: String,
+    /// The verified caller a replay log recorded: (provider, claims), signed again for the run.
+    pub caller: Option<(String, Map<String, Value>)>,
+    /// Why the request cannot be sent again as it was (its body is not in the log).
+    pub unreplayable: Option<String>,
+}
+
+/// Reads recorded traffic: a HAR file, or the replay log `render envoy --access-log` writes.
+pub fn read_traffic(path: &Path) -> Result<Vec<Recorded>, String> {
+    let name = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) if v.pointer("/log/entries").is_some() => read_har(path),
+        Ok(v) if v.get("method").is_some() && text.trim().lines().count() == 1 => read_access_log(&name.to_string(), &text),
+        Ok(_) => Err(format!("{name}: not a HAR file (no log.entries) nor a replay log (render envoy --access-log)")),
+        Err(_) => read_access_log(&name.to_string(), &text),
+    }
+}
+
+/// Reads a replay log: one JSON object per line ([`crate::render::REPLAY_LOG_FIELDS`]).
+fn read_access_log(name: &str, text: &str) -> Result<Vec<Recorded>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("{name}:{}: not JSON: {e}", i + 1))?;
+            log_line(&v).map_err(|why| format!("{name}:{}: {why}", i + 1))
+        })
+        .collect()
+}
+
+fn log_line(v: &Value) -> Result<Recorded, String> {
+    if v.get("producer").is_some() && v.get("seq").is_some() {
+        return Err("an audit record: it holds no caller's claims nor the request's headers to send again; \
+                    record traffic with `meshward render envoy --access-log FILE` and replay that"
+            .into());
+    }
+    // Envoy writes an absent value as null (or "-" in older releases).
+    let field = |key: &str| v.get(key).and_then(|f| match f {
+        Value::String(s) if s != "-" && !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    });
+    let need = |key: &str| field(key).ok_or_else(|| format!("{key} missing (is this a replay log? render envoy --access-log writes one)"));
+    let at = parse_rfc3339(&need("time")?).ok_or("time: not an RFC 3339 time")?;
+    let (method, path) = (need("method")?, need("path")?);
+    let mut headers = vec![(":method".to_string(), method.clone()), (":path".to_string(), path.clone()),
+                           (":authority".to_string(), field("authority").unwrap_or_else(|| "replay".into())), (":scheme".to_string(), "http".to_string())];
+    if let Some(content_type) = field("content_type") {
+        headers.push(("content-type".into(), content_type));
+    }
+    let caller = match field("principal") {
+        None => None,
+        Some(text) => {
+            let p: Value = serde_json::from_str(&text).map_err(|e| format!("principal: not JSON: {e}"))?;
+            let provider = p.get("provider").and_then(Value::as_str).ok_or("principal: no provider")?;
+            let claims = p.get("claims").and_then(Value::as_object).ok_or("principal: no claims")?;
+            Some((provider.to_string(), claims.clone()))
+        }
+    };
+    let status = need("status")?.parse::<u16>().map_err(|_| "status: not a status code")?;
+    // A request the service answered went through; any other answer was made on the way (a
+    // wasm filter's own answer has empty details).
+    let refused = match v.get("details").and_then(Value::as_str) {
+        Some("via_upstream") => None,
+        Some("") | None => Some(format!("refused ({status})")),
+        Some(details) => Some(format!("refused ({status} {details})")),
+    };
+    let body = field("bytes_received").and_then(|b| b.parse::<u64>().ok()).unwrap_or(0);
+    Ok(Recorded {
+        at,
+        request: Request { headers, body: None, chunk: 0, properties: policy_test::connection(field("source").as_deref(), field("peer").as_deref()) },
+        answer: Some((status, refused)),
+        label: format!("{method} {path}"),
+        caller,
+        unreplayable: (body > 0).then(|| "its body is not in the log".to_string()),
+    })
 }
 
 /// What a policy did to one request.
@@ -32,7 +116,7 @@ pub enum Verdict {
 }
 
 /// Reads a HAR file (browser devtools, mitmproxy, Charles): every entry's request.
-pub fn read_har(path: &Path) -> Result<Vec<Recorded>, String> {
+fn read_har(path: &Path) -> Result<Vec<Recorded>, String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     let har: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: not JSON: {e}"))?;
@@ -66,7 +150,7 @@ fn entry(e: &Value) -> Result<Recorded, String> {
         let reason = r.pointer("/content/text").and_then(Value::as_str).and_then(denial_reason);
         Some((status, reason))
     });
-    Ok(Recorded { at, request: Request { headers, body, chunk: 0, properties: Vec::new() }, answer, label: format!("{method} {path}") })
+    Ok(Recorded { at, request: Request { headers, body, chunk: 0, properties: Vec::new() }, answer, label: format!("{method} {path}"), caller: None, unreplayable: None })
 }
 
 /// meshward's deny reason when a body is meshward's denial (`{"error", "reason", "request_id"}`
@@ -121,16 +205,52 @@ pub fn parse_rfc3339(t: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + h * 3600 + m * 60 + s - offset_s).ok()
 }
 
+/// A policy as replay runs it: its chain, with each recorded caller's provider trusting a
+/// replay key (a remote one served it by its cluster).
+struct Replayer {
+    chain: Chain,
+    keys: TestKeys,
+    served: crate::case_calls::ServedJwks,
+}
+
+impl Replayer {
+    fn start(policy: &Policy, providers: &BTreeMap<String, TestKey>, options: &Options<'_>, env: &[(String, String)], at: u64) -> Result<Replayer, String> {
+        let name = policy.path.display().to_string();
+        let (policy, keys, served) = policy_test::with_test_keys(policy, providers, &name)?;
+        let chain = policy_test::start(&policy, options, env, at, &mut quiet_fleet(&served)).map_err(|e| format!("{name}: {e}"))?;
+        Ok(Replayer { chain, keys, served })
+    }
+
+    /// The request as sent again: its recorded caller signed with the replay key.
+    fn request(&self, r: &Recorded) -> Result<Request, String> {
+        let mut request = r.request.clone();
+        if let Some((provider, claims)) = &r.caller {
+            let (key, _) = self.keys.get(provider).ok_or_else(|| format!("{}: no jwt provider `{provider}` in the policy", r.label))?;
+            request.headers.push(("authorization".into(), format!("Bearer {}", key.sign(claims)?)));
+        }
+        Ok(request)
+    }
+}
+
+/// Calls answered as a fleet with nothing recorded answers (its state then is not in any
+/// recording), the replay keys' JWKS served.
+fn quiet_fleet(served: &crate::case_calls::ServedJwks) -> CaseCalls<'_> {
+    CaseCalls::new(JwksAnswer::Served, served, FleetAnswers::default())
+}
+
 /// The verdict of a policy's chain on one recorded request.
-fn verdict(chain: &mut Chain, r: &Recorded) -> Result<Verdict, String> {
+fn verdict(replayer: &mut Replayer, r: &Recorded) -> Result<Verdict, String> {
+    let request = replayer.request(r)?;
+    let Replayer { chain, served, .. } = replayer;
+    let calls: &mut dyn Calls = &mut quiet_fleet(served);
     chain.restore();
     chain.clock().set(r.at.saturating_mul(1_000_000_000));
     let before = policy_test::counters(chain);
-    let outcome: Outcome = chain.exchange(&r.request, &Upstream::default(), &mut NoCalls).map_err(|e| format!("{}: {e}", r.label))?;
+    let outcome: Outcome = chain.exchange(&request, &Upstream::default(), calls).map_err(|e| format!("{}: {e}", r.label))?;
     if outcome.upstream_request.is_some() && outcome.local_reply.is_none() {
         return Ok(Verdict::Allowed);
     }
-    chain.tick_now(&mut NoCalls).map_err(|e| format!("{}: {e}", r.label))?;
+    chain.tick_now(calls).map_err(|e| format!("{}: {e}", r.label))?;
     let denied = policy_test::counters(chain).into_iter().filter(|(name, v)| before.get(name) != Some(v)).find_map(|(name, _)| {
         let (stage, decision, route, reason) = policy_test::decision_parts(&name)?;
         (decision == "denied").then(|| [Some(stage), route, reason].into_iter().flatten().collect::<Vec<_>>().join(" "))
@@ -162,6 +282,8 @@ pub struct Report {
     pub unchanged: usize,
     /// Requests with nothing to compare with (no recorded answer, no baseline).
     pub unknown: usize,
+    /// Requests not sent again, by why (a body the log does not hold).
+    pub skipped: BTreeMap<String, usize>,
     pub newly_refused: BTreeMap<String, Group>,
     pub newly_allowed: BTreeMap<String, Group>,
 }
@@ -169,13 +291,21 @@ pub struct Report {
 /// Replays `traffic` through `policy` (and `baseline` when given); the changes.
 pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], options: &Options<'_>, env: &[(String, String)]) -> Result<Report, String> {
     let at = traffic.first().map_or(0, |r| r.at);
-    let mut chain = policy_test::start(policy, options, env, at, &mut NoCalls).map_err(|e| format!("{}: {e}", policy.path.display()))?;
+    // Each provider a recorded caller names trusts a replay key in this run.
+    let providers: BTreeMap<String, TestKey> =
+        traffic.iter().filter_map(|r| r.caller.as_ref()).map(|(p, _)| (p.clone(), TestKey { kid: Some("meshward-replay".into()) })).collect();
+    let mut chain = Replayer::start(policy, &providers, options, env, at)?;
     let mut before = match baseline {
-        Some(b) => Some(policy_test::start(b, options, env, at, &mut NoCalls).map_err(|e| format!("{}: {e}", b.path.display()))?),
+        Some(b) => Some(Replayer::start(b, &providers, options, env, at)?),
         None => None,
     };
-    let mut report = Report { replayed: traffic.len(), unchanged: 0, unknown: 0, newly_refused: BTreeMap::new(), newly_allowed: BTreeMap::new() };
+    let mut report = Report { replayed: 0, unchanged: 0, unknown: 0, skipped: BTreeMap::new(), newly_refused: BTreeMap::new(), newly_allowed: BTreeMap::new() };
     for r in traffic {
+        if let Some(why) = &r.unreplayable {
+            *report.skipped.entry(why.clone()).or_default() += 1;
+            continue;
+        }
+        report.replayed += 1;
         let now = verdict(&mut chain, r)?;
         let then = match &mut before {
             Some(b) => Some(verdict(b, r)?),
@@ -228,6 +358,9 @@ impl Report {
             total(&self.newly_allowed),
             if self.unknown > 0 { format!(", {} without a recorded answer", self.unknown) } else { String::new() }
         ));
+        for (why, n) in &self.skipped {
+            out.push_str(&format!("{n} not replayed: {why}\n"));
+        }
         out
     }
 
@@ -235,7 +368,7 @@ impl Report {
         let groups = |g: &BTreeMap<String, Group>| -> Vec<Value> {
             g.iter().map(|(why, g)| json!({"why": why, "count": g.count, "examples": g.examples})).collect()
         };
-        json!({"replayed": self.replayed, "unchanged": self.unchanged, "unknown": self.unknown,
+        json!({"replayed": self.replayed, "unchanged": self.unchanged, "unknown": self.unknown, "skipped": self.skipped,
                "newly_refused": groups(&self.newly_refused), "newly_allowed": groups(&self.newly_allowed)})
     }
 }
@@ -254,6 +387,29 @@ mod tests {
         for bad in ["2026-13-01T00:00:00Z", "2026-01-01", "2026-01-01T00:00:00", "x"] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_replay_log_line_becomes_a_request_from_its_caller() {
+        let principal = json!({"provider": "demo", "issuer": "i", "subject": "alice", "audiences": [], "scopes": [], "tenant": null,
+                               "claims": {"sub": "alice", "scope": "orders:read"}});
+        let line = json!({"time": "2026-01-01T00:00:00.000Z", "method": "GET", "path": "/tenants/acme/orders/1?x=1", "authority": "orders",
+                          "content_type": null, "bytes_received": 0, "source": "10.0.0.1:5000", "peer": null, "principal": principal.to_string(),
+                          "status": 403, "details": "", "request_id": "r"});
+        let r = log_line(&line).unwrap();
+        assert_eq!((r.at, r.label.as_str(), r.answer.clone()), (1_767_225_600, "GET /tenants/acme/orders/1?x=1", Some((403, Some("refused (403)".into())))));
+        assert_eq!(r.caller.as_ref().map(|(p, c)| (p.as_str(), c.get("sub").cloned())), Some(("demo", Some(json!("alice")))));
+        assert!(r.request.properties.contains(&(vec!["source".into(), "address".into()], b"10.0.0.1:5000".to_vec())));
+        assert!(r.unreplayable.is_none());
+        // What the service answered went through; a request with a body cannot be sent again.
+        let mut answered = line.clone();
+        answered["details"] = json!("via_upstream");
+        answered["bytes_received"] = json!(12);
+        let r = log_line(&answered).unwrap();
+        assert_eq!((r.answer, r.unreplayable.is_some()), (Some((403, None)), true));
+        let mut no_method = line;
+        no_method.as_object_mut().unwrap().remove("method");
+        assert!(log_line(&no_method).unwrap_err().starts_with("method missing"));
     }
 
     #[test]
