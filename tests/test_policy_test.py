@@ -52,6 +52,11 @@ def test_coverage_names_what_no_case_reached(tmp_path):
     assert missed == [("webhook", "payments"), ("schema", "createOrder"), ("schema", "paymentEvent"), ("ownership", "payments-webhook"),
                       ("ownership", "order-create"), ("ratelimit", "writes-per-user"), ("ratelimit", "webhook-deliveries")], missed
     assert coverage["deny_reasons"] == {"jwt": ["expired", "missing_token", "wrong_audience"], "ownership": ["missing_scope", "tenant_boundary"]}
+    # Each stage's reasons no case produced, from the stage's own table of deny reasons.
+    not_produced = coverage["deny_reasons_not_produced"]
+    assert not_produced["ratelimit"] == ["rate_limited", "rate_limit_service_unavailable", "rate_limit_state_unavailable"], not_produced
+    assert "bad_signature" in not_produced["jwt"] and "expired" not in not_produced["jwt"], not_produced
+    assert sorted(not_produced) == ["jwt", "ownership", "ratelimit", "schema", "webhook"], not_produced
 
 
 def test_a_wrong_expectation_fails_the_run_and_says_which(tmp_path):

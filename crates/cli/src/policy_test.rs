@@ -652,6 +652,23 @@ pub struct Coverage {
     /// (stage, rule or operation, decided by some case), in the policy's order.
     pub rules: Vec<(String, String, bool)>,
     pub reasons: BTreeMap<String, std::collections::BTreeSet<String>>,
+    /// Each stage's deny reasons no case produced, in the policy's order of stages.
+    pub unproduced: Vec<(String, Vec<&'static str>)>,
+}
+
+/// Every deny reason a stage can give (its error's table).
+fn stage_reasons(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "jwt" => meshward_jwt::JwtError::REASONS,
+        "webhook" => meshward_webhook::WebhookError::REASONS,
+        "idempotency" => meshward_idempotency::IdempotencyError::REASONS,
+        "schema" => meshward_schema::SchemaError::REASONS,
+        "ownership" => meshward_ownership::OwnershipError::REASONS,
+        "ratelimit" => meshward_ratelimit::RateLimitError::REASONS,
+        "grpc" => meshward_grpc::GrpcError::REASONS,
+        "graphql" => meshward_graphql::GraphqlError::REASONS,
+        _ => &[],
+    }
 }
 
 /// The rules a policy names, per stage (ownership and ratelimit rules, webhook endpoints, the
@@ -686,7 +703,20 @@ pub fn coverage(policy: &Policy, results: &[CaseResult]) -> Coverage {
             rules.push((stage.kind.clone(), name, hit));
         }
     }
-    Coverage { rules, reasons }
+    let mut unproduced = Vec::new();
+    for stage in &policy.stages {
+        let produced = reasons.get(&stage.kind);
+        let mut missed: Vec<&'static str> = Vec::new();
+        for &reason in stage_reasons(&stage.kind) {
+            if !produced.is_some_and(|p| p.contains(reason)) && !missed.contains(&reason) {
+                missed.push(reason);
+            }
+        }
+        if !missed.is_empty() && !unproduced.iter().any(|(kind, _)| kind == &stage.kind) {
+            unproduced.push((stage.kind.clone(), missed));
+        }
+    }
+    Coverage { rules, reasons, unproduced }
 }
 
 fn named(config: &Value, list: &str) -> Vec<String> {
@@ -703,6 +733,10 @@ pub fn render_coverage(c: &Coverage) -> String {
     }
     let reasons: Vec<String> = c.reasons.iter().map(|(stage, rs)| format!("{stage} {}", rs.iter().cloned().collect::<Vec<_>>().join(", "))).collect();
     out.push_str(&format!("  deny reasons the cases produced: {}\n", if reasons.is_empty() { "none".to_string() } else { reasons.join("; ") }));
+    let unproduced: Vec<String> = c.unproduced.iter().map(|(stage, rs)| format!("{stage} {}", rs.join(", "))).collect();
+    if !unproduced.is_empty() {
+        out.push_str(&format!("  deny reasons no case produced: {}\n", unproduced.join("; ")));
+    }
     out
 }
 
@@ -750,7 +784,8 @@ pub fn render_json(run: &Run, coverage: &Coverage) -> Value {
         })
         .collect();
     let rules: Vec<Value> = coverage.rules.iter().map(|(stage, name, decided)| json!({"stage": stage, "name": name, "decided": decided})).collect();
-    json!({"cases": cases, "jwks": run.jwks, "coverage": {"rules": rules, "deny_reasons": coverage.reasons}})
+    json!({"cases": cases, "jwks": run.jwks, "coverage": {"rules": rules, "deny_reasons": coverage.reasons,
+        "deny_reasons_not_produced": coverage.unproduced.iter().cloned().collect::<BTreeMap<_, _>>()}})
 }
 
 /// The results as JUnit XML (one suite per case file), for CI.

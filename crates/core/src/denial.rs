@@ -184,6 +184,37 @@ fn quoted_string_safe(text: &str) -> String {
         .collect()
 }
 
+/// A stage error's `reason()` and `REASONS` from one table: each variant's deny reason is
+/// written once, the match stays exhaustive, and `meshward test` names the reasons of a stage
+/// that no case produced from `REASONS`.
+#[macro_export]
+macro_rules! deny_reasons {
+    ($ty:ident, &$s:ident { $($pat:pat => $reason:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every deny reason of this error, in the table's order.
+            pub const REASONS: &'static [&'static str] = &[$($reason),+];
+            /// Machine-readable reason, stable across releases.
+            pub fn reason(&$s) -> &'static str {
+                match $s {
+                    $($pat => $reason),+
+                }
+            }
+        }
+    };
+    ($ty:ident, $s:ident { $($pat:pat => $reason:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every deny reason of this error, in the table's order.
+            pub const REASONS: &'static [&'static str] = &[$($reason),+];
+            /// Machine-readable reason, stable across releases.
+            pub fn reason($s) -> &'static str {
+                match $s {
+                    $($pat => $reason),+
+                }
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,29 +41,27 @@ pub enum GraphqlError {
     MissingScope { coordinate: String },
 }
 
-impl GraphqlError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GraphqlError::NotGraphql => "not_graphql",
-            GraphqlError::InvalidRequest => "invalid_request",
-            GraphqlError::BatchTooLarge { .. } => "batch_too_large",
-            GraphqlError::NotPersisted => "not_persisted",
-            GraphqlError::UnknownPersistedQuery => "unknown_persisted_query",
-            GraphqlError::HashMismatch => "hash_mismatch",
-            GraphqlError::InvalidDocument => "invalid_document",
-            GraphqlError::TooDeep { .. } => "too_deep",
-            GraphqlError::TooManyAliases { .. } => "too_many_aliases",
-            GraphqlError::TooManyDirectives { .. } => "too_many_directives",
-            GraphqlError::Introspection => "introspection_disabled",
-            GraphqlError::TooComplex => "too_complex",
-            GraphqlError::MutationOverGet => "mutation_over_get",
-            GraphqlError::UnknownField { .. } => "unknown_field",
-            GraphqlError::TooCostly { .. } => "too_costly",
-            GraphqlError::MissingPrincipal => "missing_principal",
-            GraphqlError::MissingScope { .. } => "missing_scope",
-        }
-    }
+meshward_core::deny_reasons!(GraphqlError, &self {
+    GraphqlError::NotGraphql => "not_graphql",
+    GraphqlError::InvalidRequest => "invalid_request",
+    GraphqlError::BatchTooLarge { .. } => "batch_too_large",
+    GraphqlError::NotPersisted => "not_persisted",
+    GraphqlError::UnknownPersistedQuery => "unknown_persisted_query",
+    GraphqlError::HashMismatch => "hash_mismatch",
+    GraphqlError::InvalidDocument => "invalid_document",
+    GraphqlError::TooDeep { .. } => "too_deep",
+    GraphqlError::TooManyAliases { .. } => "too_many_aliases",
+    GraphqlError::TooManyDirectives { .. } => "too_many_directives",
+    GraphqlError::Introspection => "introspection_disabled",
+    GraphqlError::TooComplex => "too_complex",
+    GraphqlError::MutationOverGet => "mutation_over_get",
+    GraphqlError::UnknownField { .. } => "unknown_field",
+    GraphqlError::TooCostly { .. } => "too_costly",
+    GraphqlError::MissingPrincipal => "missing_principal",
+    GraphqlError::MissingScope { .. } => "missing_scope",
+});
 
+impl GraphqlError {
     fn message(&self) -> String {
         match self {
             GraphqlError::NotGraphql => "not a GraphQL request (POST JSON, or GET with query parameters)".into(),

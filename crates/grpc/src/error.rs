@@ -53,28 +53,26 @@ impl From<Unmet> for GrpcError {
     }
 }
 
-impl GrpcError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            GrpcError::NotGrpc => "not_grpc",
-            GrpcError::NotPost => "not_post",
-            GrpcError::MethodNotAllowed => "method_not_allowed",
-            GrpcError::MissingWorkload => "missing_workload",
-            GrpcError::WorkloadNotAllowed => "workload_not_allowed",
-            GrpcError::MissingPrincipal => "missing_principal",
-            GrpcError::MissingScope => "missing_scope",
-            GrpcError::MalformedFrame => "malformed_frame",
-            GrpcError::MessageTooLarge { .. } => "message_too_large",
-            GrpcError::UnsupportedCompression => "unsupported_compression",
-            GrpcError::InvalidMessage => "invalid_message",
-            GrpcError::UnknownField { .. } => "unknown_field",
-            GrpcError::InvalidEnum { .. } => "invalid_enum",
-            GrpcError::RuleViolation { .. } => "rule_violation",
-            GrpcError::TenantBoundary => "tenant_boundary",
-            GrpcError::NotOwner => "not_owner",
-        }
-    }
+meshward_core::deny_reasons!(GrpcError, &self {
+    GrpcError::NotGrpc => "not_grpc",
+    GrpcError::NotPost => "not_post",
+    GrpcError::MethodNotAllowed => "method_not_allowed",
+    GrpcError::MissingWorkload => "missing_workload",
+    GrpcError::WorkloadNotAllowed => "workload_not_allowed",
+    GrpcError::MissingPrincipal => "missing_principal",
+    GrpcError::MissingScope => "missing_scope",
+    GrpcError::MalformedFrame => "malformed_frame",
+    GrpcError::MessageTooLarge { .. } => "message_too_large",
+    GrpcError::UnsupportedCompression => "unsupported_compression",
+    GrpcError::InvalidMessage => "invalid_message",
+    GrpcError::UnknownField { .. } => "unknown_field",
+    GrpcError::InvalidEnum { .. } => "invalid_enum",
+    GrpcError::RuleViolation { .. } => "rule_violation",
+    GrpcError::TenantBoundary => "tenant_boundary",
+    GrpcError::NotOwner => "not_owner",
+});
 
+impl GrpcError {
     fn message(&self) -> String {
         match self {
             GrpcError::NotGrpc => "this service takes gRPC calls only".into(),

@@ -23,19 +23,17 @@ pub enum IdempotencyError {
     StoredAnswerUnreadable,
 }
 
-impl IdempotencyError {
-    pub fn reason(self) -> &'static str {
-        match self {
-            IdempotencyError::KeyMissing => "idempotency_key_missing",
-            IdempotencyError::KeyInvalid => "idempotency_key_invalid",
-            IdempotencyError::PrincipalRequired => "principal_required",
-            IdempotencyError::KeyReused => "idempotency_key_reused",
-            IdempotencyError::InFlight { .. } => "idempotency_key_in_flight",
-            IdempotencyError::ServiceUnavailable => "idempotency_service_unavailable",
-            IdempotencyError::StoredAnswerUnreadable => "stored_answer_unreadable",
-        }
-    }
+meshward_core::deny_reasons!(IdempotencyError, self {
+    IdempotencyError::KeyMissing => "idempotency_key_missing",
+    IdempotencyError::KeyInvalid => "idempotency_key_invalid",
+    IdempotencyError::PrincipalRequired => "principal_required",
+    IdempotencyError::KeyReused => "idempotency_key_reused",
+    IdempotencyError::InFlight { .. } => "idempotency_key_in_flight",
+    IdempotencyError::ServiceUnavailable => "idempotency_service_unavailable",
+    IdempotencyError::StoredAnswerUnreadable => "stored_answer_unreadable",
+});
 
+impl IdempotencyError {
     pub fn message(self) -> &'static str {
         match self {
             IdempotencyError::KeyMissing => "this operation requires an Idempotency-Key header",

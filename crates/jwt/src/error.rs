@@ -39,28 +39,25 @@ pub enum JwtError {
     TokenRevoked,
 }
 
-impl JwtError {
-    /// Machine-readable reason, stable across releases.
-    pub fn reason(self) -> &'static str {
-        match self {
-            JwtError::MissingToken => "missing_token",
-            JwtError::MalformedToken => "malformed_token",
-            JwtError::TokenTooLarge => "token_too_large",
-            JwtError::UnsupportedAlgorithm => "unsupported_algorithm",
-            JwtError::AlgorithmMismatch => "algorithm_mismatch",
-            JwtError::UnknownKid => "unknown_kid",
-            JwtError::UnsupportedCritical => "unsupported_crit",
-            JwtError::BadSignature => "bad_signature",
-            JwtError::Expired => "expired",
-            JwtError::NotYetValid => "not_yet_valid",
-            JwtError::MissingExpiration => "missing_exp",
-            JwtError::WrongIssuer => "wrong_issuer",
-            JwtError::WrongAudience => "wrong_audience",
-            JwtError::JwksUnavailable { .. } => "jwks_unavailable",
-            JwtError::TokenRevoked => "token_revoked",
-        }
-    }
+meshward_core::deny_reasons!(JwtError, self {
+    JwtError::MissingToken => "missing_token",
+    JwtError::MalformedToken => "malformed_token",
+    JwtError::TokenTooLarge => "token_too_large",
+    JwtError::UnsupportedAlgorithm => "unsupported_algorithm",
+    JwtError::AlgorithmMismatch => "algorithm_mismatch",
+    JwtError::UnknownKid => "unknown_kid",
+    JwtError::UnsupportedCritical => "unsupported_crit",
+    JwtError::BadSignature => "bad_signature",
+    JwtError::Expired => "expired",
+    JwtError::NotYetValid => "not_yet_valid",
+    JwtError::MissingExpiration => "missing_exp",
+    JwtError::WrongIssuer => "wrong_issuer",
+    JwtError::WrongAudience => "wrong_audience",
+    JwtError::JwksUnavailable { .. } => "jwks_unavailable",
+    JwtError::TokenRevoked => "token_revoked",
+});
 
+impl JwtError {
     /// Short message for the response body and the `error_description` challenge.
     pub fn message(self) -> &'static str {
         match self {

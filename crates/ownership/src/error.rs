@@ -45,24 +45,22 @@ impl From<Unmet> for OwnershipError {
     }
 }
 
-impl OwnershipError {
-    pub fn reason(self) -> &'static str {
-        match self {
-            OwnershipError::MissingPrincipal => "missing_principal",
-            OwnershipError::MissingWorkload => "missing_workload",
-            OwnershipError::WorkloadNotAllowed => "workload_not_allowed",
-            OwnershipError::MissingScope => "missing_scope",
-            OwnershipError::MissingClaim => "missing_claim",
-            OwnershipError::TenantBoundary { .. } => "tenant_boundary",
-            OwnershipError::NotOwner { .. } => "not_owner",
-            OwnershipError::InvalidBody => "invalid_body",
-            OwnershipError::AmbiguousJson => "ambiguous_json",
-            OwnershipError::AmbiguousForm => "ambiguous_form",
-            OwnershipError::AmbiguousRequest => "ambiguous_request",
-            OwnershipError::RouteNotCovered => "route_not_covered",
-        }
-    }
+meshward_core::deny_reasons!(OwnershipError, self {
+    OwnershipError::MissingPrincipal => "missing_principal",
+    OwnershipError::MissingWorkload => "missing_workload",
+    OwnershipError::WorkloadNotAllowed => "workload_not_allowed",
+    OwnershipError::MissingScope => "missing_scope",
+    OwnershipError::MissingClaim => "missing_claim",
+    OwnershipError::TenantBoundary { .. } => "tenant_boundary",
+    OwnershipError::NotOwner { .. } => "not_owner",
+    OwnershipError::InvalidBody => "invalid_body",
+    OwnershipError::AmbiguousJson => "ambiguous_json",
+    OwnershipError::AmbiguousForm => "ambiguous_form",
+    OwnershipError::AmbiguousRequest => "ambiguous_request",
+    OwnershipError::RouteNotCovered => "route_not_covered",
+});
 
+impl OwnershipError {
     pub fn message(self) -> &'static str {
         match self {
             OwnershipError::MissingPrincipal => "authentication is required",

@@ -12,15 +12,13 @@ pub enum RateLimitError {
     StateUnavailable,
 }
 
-impl RateLimitError {
-    pub fn reason(self) -> &'static str {
-        match self {
-            RateLimitError::RateLimited { .. } => "rate_limited",
-            RateLimitError::ServiceUnavailable => "rate_limit_service_unavailable",
-            RateLimitError::StateUnavailable => "rate_limit_state_unavailable",
-        }
-    }
+meshward_core::deny_reasons!(RateLimitError, self {
+    RateLimitError::RateLimited { .. } => "rate_limited",
+    RateLimitError::ServiceUnavailable => "rate_limit_service_unavailable",
+    RateLimitError::StateUnavailable => "rate_limit_state_unavailable",
+});
 
+impl RateLimitError {
     pub fn denial(self) -> Denial {
         match self {
             RateLimitError::RateLimited { retry_after_secs } => Denial::new(

@@ -32,29 +32,27 @@ pub enum SchemaError {
     BlockedField { location: String, tag: String },
 }
 
-impl SchemaError {
-    pub fn reason(&self) -> &'static str {
-        match self {
-            SchemaError::UnknownRoute => "unknown_route",
-            SchemaError::MethodNotAllowed => "method_not_allowed",
-            SchemaError::MissingParameter { .. } => "missing_parameter",
-            SchemaError::InvalidParameter { .. } => "invalid_parameter",
-            SchemaError::UnsupportedMediaType => "unsupported_media_type",
-            SchemaError::MissingBody => "missing_body",
-            SchemaError::UnexpectedBody => "unexpected_body",
-            SchemaError::TooDeep { .. } => "too_deep",
-            SchemaError::InvalidJson => "invalid_json",
-            SchemaError::AmbiguousJson { .. } => "ambiguous_json",
-            SchemaError::InvalidForm => "invalid_form",
-            SchemaError::AmbiguousForm => "ambiguous_form",
-            SchemaError::UncheckedMediaType => "unchecked_media_type",
-            SchemaError::SchemaViolation { .. } => "schema_violation",
-            SchemaError::UndeclaredResponse => "undeclared_response",
-            SchemaError::ResponseViolation { .. } => "response_violation",
-            SchemaError::BlockedField { .. } => "blocked_field",
-        }
-    }
+meshward_core::deny_reasons!(SchemaError, &self {
+    SchemaError::UnknownRoute => "unknown_route",
+    SchemaError::MethodNotAllowed => "method_not_allowed",
+    SchemaError::MissingParameter { .. } => "missing_parameter",
+    SchemaError::InvalidParameter { .. } => "invalid_parameter",
+    SchemaError::UnsupportedMediaType => "unsupported_media_type",
+    SchemaError::MissingBody => "missing_body",
+    SchemaError::UnexpectedBody => "unexpected_body",
+    SchemaError::TooDeep { .. } => "too_deep",
+    SchemaError::InvalidJson => "invalid_json",
+    SchemaError::AmbiguousJson { .. } => "ambiguous_json",
+    SchemaError::InvalidForm => "invalid_form",
+    SchemaError::AmbiguousForm => "ambiguous_form",
+    SchemaError::UncheckedMediaType => "unchecked_media_type",
+    SchemaError::SchemaViolation { .. } => "schema_violation",
+    SchemaError::UndeclaredResponse => "undeclared_response",
+    SchemaError::ResponseViolation { .. } => "response_violation",
+    SchemaError::BlockedField { .. } => "blocked_field",
+});
 
+impl SchemaError {
     pub fn denial(&self) -> Denial {
         let bad = DenialKind::BadRequest;
         match self {

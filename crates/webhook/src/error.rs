@@ -29,22 +29,20 @@ pub enum WebhookError {
     RouteNotCovered,
 }
 
-impl WebhookError {
-    pub fn reason(self) -> &'static str {
-        match self {
-            WebhookError::MissingSignature => "missing_signature",
-            WebhookError::MissingDeliveryId => "missing_delivery_id",
-            WebhookError::BadSignature => "bad_signature",
-            WebhookError::TimestampOutOfWindow => "timestamp_out_of_window",
-            WebhookError::Replayed => "replayed",
-            WebhookError::InFlight { .. } => "in_flight",
-            WebhookError::ReplayServiceUnavailable => "replay_service_unavailable",
-            WebhookError::ReplayCacheFull => "replay_cache_full",
-            WebhookError::ReplayCheckFailed => "replay_check_failed",
-            WebhookError::RouteNotCovered => "route_not_covered",
-        }
-    }
+meshward_core::deny_reasons!(WebhookError, self {
+    WebhookError::MissingSignature => "missing_signature",
+    WebhookError::MissingDeliveryId => "missing_delivery_id",
+    WebhookError::BadSignature => "bad_signature",
+    WebhookError::TimestampOutOfWindow => "timestamp_out_of_window",
+    WebhookError::Replayed => "replayed",
+    WebhookError::InFlight { .. } => "in_flight",
+    WebhookError::ReplayServiceUnavailable => "replay_service_unavailable",
+    WebhookError::ReplayCacheFull => "replay_cache_full",
+    WebhookError::ReplayCheckFailed => "replay_check_failed",
+    WebhookError::RouteNotCovered => "route_not_covered",
+});
 
+impl WebhookError {
     pub fn message(self) -> &'static str {
         match self {
             WebhookError::MissingSignature => "the webhook signature headers are missing",
