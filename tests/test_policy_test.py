@@ -331,6 +331,55 @@ def test_a_bad_answer_in_a_case_file_is_refused(tmp_path):
         assert r.returncode == 2 and message in r.stderr, (message, r.stdout, r.stderr)
 
 
+# ---- a local reply through every filter's response callbacks --------------------------------
+
+def login_guard_policy() -> dict:
+    """A failure limit before the token check: the jwt stage's 401s spend the caller's budget as
+    they leave through the rate-limit stage's response callbacks."""
+    return {"service": "login", "namespace": "login", "selector": {"app": "login"}, "stages": [
+        {"ratelimit": {"rules": [{"name": "token-guessing", "match": {"prefix": "/"}, "key": ["client_ip"], "counts": "failures",
+                                  "limit": {"requests": 2, "per": "900s"}}]}},
+        {"jwt": {"providers": {"idp": {"issuer": "https://idp.login.test", "audiences": ["login"],
+                                       "local_jwks": {"inline_string": '{"keys":[]}'}}},
+                 "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}]}},
+    ]}
+
+
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_a_refusal_spends_a_failure_budget_as_in_envoy(tmp_path, upstream, form):
+    policy_path = tmp_path / "login.yaml"
+    policy_path.write_text(yaml.safe_dump(login_guard_policy(), sort_keys=False))
+    cases = {"keys": {"idp": {}}, "cases": [
+        {"name": "two wrong tokens are answered 401", "repeat": 2, "request": {"path": "/me", "headers": {"authorization": "Bearer x.y.z"}},
+         "expect": {"status": 401, "reason": "malformed_token"}},
+        {"name": "the third try is locked out", "repeat": 3, "request": {"path": "/me", "headers": {"authorization": "Bearer x.y.z"}},
+         "expect": {"status": 429, "reason": "rate_limited", "stage": "ratelimit", "reached_service": False}},
+        {"name": "a valid token passes while the budget lasts", "request": {"path": "/me", "token": {"key": "idp", "claims": {"sub": "a"}}},
+         "expect": {"status": 200, "reached_service": True}},
+    ]}
+    case_file = tmp_path / "login.test.yaml"
+    case_file.write_text(yaml.safe_dump(cases, sort_keys=False))
+    r = meshward("test", policy_path, case_file, "--form", form, "--modules", DIST, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    # Envoy, on the same policy (the test key trusted), from one client address: 401, 401, 429.
+    policy = login_guard_policy()
+    policy["stages"][1]["jwt"]["providers"]["idp"]["local_jwks"] = {"inline_string": run["jwks"]["idp"]}
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    r = meshward("render", "envoy", policy_path, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0, "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+        got = [env.request("/me", {"authorization": "Bearer x.y.z"}) for _ in range(3)]
+    env.cleanup()
+    assert [(g.status, g.reason) for g in got] == [(401, "malformed_token"), (401, "malformed_token"), (429, "rate_limited")], got
+    # The answers as the client gets them, headers the response callbacks added included.
+    for want, envoy in ((run["cases"][0]["outcome"], got[1]), (run["cases"][1]["outcome"], got[2])):
+        host = dict(want["headers"])
+        assert (want["status"], want["reason"]) == (envoy.status, envoy.reason)
+        for name in ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset", "retry-after", "www-authenticate"):
+            assert host.get(name) == envoy.header(name), (name, host, envoy.headers)
+
+
 # ---- meshward replay -------------------------------------------------------------------------
 
 def orders_policy(tmp_path, keys, name: str, change=None) -> Path:

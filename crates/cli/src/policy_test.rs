@@ -377,8 +377,17 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
         }
     };
     let before = counters(chain);
+    let mut before_last = before.clone();
     let mut outcome = None;
-    for _ in 0..case.repeat.max(1) {
+    for n in 0..case.repeat.max(1) {
+        if n + 1 == case.repeat.max(1) && n > 0 {
+            // The decision counters are written at a tick: the last request's are its own.
+            if let Err(e) = chain.tick_now(calls) {
+                result.failures.push(format!("{e} (in a tick between repeats)"));
+                return result;
+            }
+            before_last = counters(chain);
+        }
         match chain.exchange(&request, &upstream, calls) {
             Ok(o) => outcome = Some(o),
             Err(e) => {
@@ -392,10 +401,15 @@ fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at
         return result;
     }
     let after = counters(chain);
-    result.decisions = after.into_iter().filter(|(name, v)| before.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
+    let moved = |from: &BTreeMap<String, i64>| -> Vec<String> {
+        after.iter().filter(|(name, v)| from.get(*name) != Some(*v) && name.starts_with("meshward_")).map(|(name, _)| name.clone()).collect()
+    };
+    result.decisions = moved(&before);
+    // The stage is the last request's: earlier repeats may have been refused by another.
+    let last = moved(&before_last);
     if let Some(outcome) = outcome {
         result.got = describe(&outcome);
-        result.failures = check(&case.expect, &outcome, &result.decisions);
+        result.failures.extend(check(&case.expect, &outcome, &last));
         result.outcome = Some(outcome);
     }
     result.sent = Some(request);

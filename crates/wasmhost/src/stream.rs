@@ -242,16 +242,17 @@ impl Chain {
             drop(stream);
             self.response_path(&contexts, upstream, calls, &mut outcome)?;
         }
-        let stream = self.stream.borrow();
-        if let Some(reply) = &stream.local_reply {
-            if !outcome.reset {
+        let reply = self.stream.borrow().local_reply.clone();
+        if let Some(reply) = reply {
+            if !reached {
+                self.reply_path(&contexts, &reply, calls, &mut outcome)?;
+            } else if !outcome.reset {
                 outcome.status = reply.status;
                 outcome.headers = reply.headers.clone();
                 outcome.body = reply.body.clone();
             }
-            outcome.local_reply = Some(reply.clone());
+            outcome.local_reply = Some(reply);
         }
-        drop(stream);
         for (vm, &context) in self.vms.iter_mut().zip(&contexts) {
             vm.call::<i32, ()>("proxy_on_log", context, context)?;
             vm.call::<i32, i32>("proxy_on_done", context, context)?;
@@ -351,6 +352,44 @@ impl Chain {
         let stream = self.stream.borrow();
         outcome.status = header(&stream.response_headers, ":status").and_then(|s| s.parse().ok()).unwrap_or(0);
         outcome.headers = stream.response_headers.clone();
+        outcome.body = body;
+        Ok(())
+    }
+}
+
+impl Chain {
+    /// A local reply sent while the request was on its way, through every filter's response
+    /// callbacks in reverse order, as Envoy encodes it through the whole filter chain (a filter
+    /// the request never reached sees it too: a rate limit counting refusals, headers added to
+    /// every answer). A filter refusing it again changes nothing: the first reply stands.
+    fn reply_path(&mut self, contexts: &[i32], reply: &LocalReply, calls: &mut dyn Calls, outcome: &mut Outcome) -> Result<(), VmError> {
+        {
+            let mut stream = self.stream.borrow_mut();
+            let mut headers = vec![(":status".to_string(), reply.status.to_string())];
+            headers.extend(reply.headers.iter().cloned());
+            if !reply.body.is_empty() {
+                headers.push(("content-length".into(), reply.body.len().to_string()));
+            }
+            stream.response_headers = headers;
+            stream.properties.insert("response\0code".into(), reply.status.to_string().into_bytes());
+            stream.properties.insert("response\0code_details".into(), reply.details.clone().into_bytes());
+        }
+        let mut body = reply.body.clone();
+        for (vm, &context) in self.vms.iter_mut().zip(contexts).rev() {
+            let n = i32::try_from(self.stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
+            vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(body.is_empty())), context)?;
+            answer_calls(vm, calls, &mut outcome.calls)?;
+            if !body.is_empty() {
+                self.stream.borrow_mut().response_buffer = std::mem::take(&mut body);
+                let size = i32::try_from(self.stream.borrow().response_buffer.len()).unwrap_or(i32::MAX);
+                vm.call::<(i32, i32, i32), i32>("proxy_on_response_body", (context, size, 1), context)?;
+                answer_calls(vm, calls, &mut outcome.calls)?;
+                body = std::mem::take(&mut self.stream.borrow_mut().response_buffer);
+            }
+        }
+        let stream = self.stream.borrow();
+        outcome.status = reply.status;
+        outcome.headers = stream.response_headers.iter().filter(|(k, _)| k != ":status").cloned().collect();
         outcome.body = body;
         Ok(())
     }
