@@ -86,6 +86,9 @@ def test_a_wrong_expectation_fails_the_run_and_says_which(tmp_path):
     ({"cases": [{"name": "x", "request": {"path": "/"}, "expect": {"status": 200}, "expct": {}}]}, "unknown field `expct`"),
     ({"keys": {"auth0": {}}}, "keys.auth0: the jwt stage has no provider `auth0` (it has: demo)"),
     ({"cases": [{"name": "x", "request": {"path": "/", "token": {"key": "other"}}, "expect": {"status": 200}}]}, "request.token.key: no test key `other`"),
+    ({"cases": [{"name": "both", "request": {"path": "/"}, "expect": {"status": 200}, "steps": [{"request": {"path": "/"}, "expect": {"status": 200}}]}]},
+     "cases[0] (both): a case has `request` and `expect` (with `upstream`, `repeat`), or `steps`, each with its own"),
+    ({"cases": [{"name": "x", "request": {"path": "/", "body_file": "missing.bin"}, "expect": {"status": 200}}]}, "request.body_file: "),
 ])
 def test_a_bad_case_file_is_refused_with_what_is_wrong(tmp_path, change, message):
     cases = yaml.safe_load(CASES.read_text())
@@ -251,13 +254,31 @@ def shop_cases(now: int) -> dict:
          "expect": {"status": 200, "reached_service": False, "client_sees": {"idempotent-replayed": "true"}}},
         {"name": "a key used for another order", "fleet": {"claim": "reused"}, "request": order("u6", "k-6"),
          "expect": {"status": 422, "reason": "idempotency_key_reused", "stage": "idempotency"}},
+        {"name": "an order, then its key again with another body", "fleet": {"claim": ["claimed", "seen"]}, "steps": [
+            {"request": order("u7", "k-7", item=1), "expect": {"status": 200, "reached_service": True}},
+            {"request": order("u7", "k-7", item=2), "expect": {"status": 422, "reason": "idempotency_key_reused", "stage": "idempotency"}}]},
+        {"name": "a delivery whose body is a file", "request": {**delivery(8), "body": None, "body_file": "evt_8.json"},
+         "expect": {"status": 200, "reached_service": True}},
     ]}
 
 
 # The cases a real engine plays as the case file says: the engine's state comes from the case's
 # own requests (its repeats), or from a JWKS server that is there or not.
 REAL_ENGINE_PLAYS = {"a token signed by the key the remote JWKS serves", "a third read in a minute", "two reads are within the limit",
-                     "a delivery sent twice", "an order retried gets the first answer"}
+                     "a delivery sent twice", "an order retried gets the first answer", "an order, then its key again with another body",
+                     "a delivery whose body is a file"}
+
+
+def write_shop_cases(tmp_path, now: int) -> Path:
+    cases = shop_cases(now)
+    for case in cases["cases"]:
+        request = case.get("request", {})
+        if "body_file" in request:
+            del request["body"]
+            (tmp_path / request["body_file"]).write_text('{"id":"evt_8"}')
+    path = tmp_path / "shop.test.yaml"
+    path.write_text(yaml.safe_dump(cases, sort_keys=False))
+    return path
 
 
 @pytest.mark.parametrize("form", ["separate", "bundle"])
@@ -267,9 +288,7 @@ def test_jwks_and_fleet_answers_from_the_case_file_agree_with_envoy_on_the_real_
 
     policy_path = tmp_path / "shop.yaml"
     policy_path.write_text(yaml.safe_dump(shop_policy(), sort_keys=False))
-    cases = shop_cases(int(time.time()))
-    case_file = tmp_path / "shop.test.yaml"
-    case_file.write_text(yaml.safe_dump(cases, sort_keys=False))
+    case_file = write_shop_cases(tmp_path, int(time.time()))
     r = meshward("test", policy_path, case_file, "--form", form, "--modules", DIST, "--format", "json")
     assert r.returncode == 0, r.stdout + r.stderr
     run = json.loads(r.stdout)
@@ -298,13 +317,14 @@ def test_jwks_and_fleet_answers_from_the_case_file_agree_with_envoy_on_the_real_
             with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
                 for name in sorted(played):
                     case = by_name[name]
-                    headers = dict(case["request"]["headers"])
-                    method, path = headers.pop(":method"), headers.pop(":path")
-                    for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
-                        headers.pop(own, None)
-                    body = case["request"]["body"]
-                    for _ in range(case["repeat"]):
-                        got = env.request(path, headers, method, body.encode() if body is not None else None)
+                    for step in case["steps"]:
+                        headers = dict(step["request"]["headers"])
+                        method, path = headers.pop(":method"), headers.pop(":path")
+                        for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
+                            headers.pop(own, None)
+                        body = step["request"]["body"]
+                        for _ in range(step["repeat"]):
+                            got = env.request(path, headers, method, body.encode() if body is not None else None)
                     want = case["outcome"]
                     envoy = {"status": got.status, "reason": got.reason, "replayed": got.header("idempotent-replayed")}
                     host = {"status": want["status"], "reason": want["reason"],
@@ -325,6 +345,7 @@ def test_a_bad_answer_in_a_case_file_is_refused(tmp_path):
                             (lambda c: c.update(jwks="sometimes"), "jwks: \"sometimes\" is not served, unavailable or {status: 100-599}")):
         cases = shop_cases(1_767_225_600)
         change(cases)
+        cases["cases"] = [c for c in cases["cases"] if "body_file" not in c.get("request", {})]
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(cases))
         r = meshward("test", policy_path, path, "--modules", DIST)

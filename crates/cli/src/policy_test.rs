@@ -71,23 +71,68 @@ pub(crate) struct TestKey {
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
-    request: CaseRequest,
+    #[serde(default)]
+    request: Option<CaseRequest>,
     /// What the service answers when the request reaches it [default: 200, `{}`].
     #[serde(default)]
     upstream: Option<CaseUpstream>,
-    expect: Expect,
+    #[serde(default)]
+    expect: Option<Expect>,
     /// The request sent this many times; the last answer is checked.
     #[serde(default = "one")]
     repeat: u32,
     /// The clock, in seconds since the Unix epoch.
     #[serde(default)]
     at: Option<u64>,
+    /// Instead of `request` and `expect`: requests in order on the same proxy, each checked
+    /// (what one leaves — a count, a seen delivery, a stored answer — the next one meets).
+    #[serde(default)]
+    steps: Vec<CaseStep>,
     /// The remote JWKS's answer in this case, from the proxy's start on [default: the file's].
     #[serde(default)]
     jwks: Option<JwksAnswer>,
     /// The fleet engine's answers in this case (each key set overrides the file's).
     #[serde(default)]
     fleet: Option<FleetAnswers>,
+}
+
+/// One request of a case's `steps`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseStep {
+    request: CaseRequest,
+    #[serde(default)]
+    upstream: Option<CaseUpstream>,
+    expect: Expect,
+    #[serde(default = "one")]
+    repeat: u32,
+    #[serde(default)]
+    at: Option<u64>,
+}
+
+/// A request to send and check: a case's own, or one of its steps.
+struct StepRef<'a> {
+    request: &'a CaseRequest,
+    upstream: Option<&'a CaseUpstream>,
+    expect: &'a Expect,
+    repeat: u32,
+    at: Option<u64>,
+}
+
+impl Case {
+    fn steps(&self) -> Result<Vec<StepRef<'_>>, String> {
+        match (&self.request, &self.expect, self.steps.is_empty()) {
+            (Some(request), Some(expect), true) => {
+                Ok(vec![StepRef { request, upstream: self.upstream.as_ref(), expect, repeat: self.repeat.max(1), at: self.at }])
+            }
+            (None, None, false) if self.upstream.is_none() && self.repeat == 1 => Ok(self
+                .steps
+                .iter()
+                .map(|s| StepRef { request: &s.request, upstream: s.upstream.as_ref(), expect: &s.expect, repeat: s.repeat.max(1), at: s.at.or(self.at) })
+                .collect()),
+            _ => Err("a case has `request` and `expect` (with `upstream`, `repeat`), or `steps`, each with its own".into()),
+        }
+    }
 }
 
 fn one() -> u32 {
@@ -110,6 +155,9 @@ struct CaseRequest {
     /// The body as JSON (sent with `content-type: application/json` unless a header says else).
     #[serde(default)]
     json: Option<Value>,
+    /// The body from a file (any bytes: a gzip body, a multipart form), relative to the case file.
+    #[serde(default)]
+    body_file: Option<PathBuf>,
     /// Bytes per body chunk as the filters receive it [default: the whole body at once].
     #[serde(default)]
     chunk: Option<usize>,
@@ -192,14 +240,13 @@ pub struct CaseResult {
     pub failures: Vec<String>,
     /// What happened, in one line (status, reason).
     pub got: String,
-    /// The request as the filters received it (the minted token included), and what happened.
-    pub sent: Option<Request>,
+    /// Each request as the filters received it (the minted token included) with how many
+    /// times it was sent, in order (a case's steps), and what happened to the last.
+    pub sent: Vec<(Request, u32)>,
     pub outcome: Option<Outcome>,
     /// The decision counters the case moved (`meshward_<stage>_<decision>_total.route.….reason.…`):
     /// which stage decided what, on which rule, as the module counts it.
     pub decisions: Vec<String>,
-    /// How many times the request was sent.
-    pub repeat: u32,
 }
 
 /// How the cases run.
@@ -339,6 +386,9 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
         let cases: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+        for (i, case) in cases.cases.iter().enumerate() {
+            case.steps().map_err(|e| format!("{file}: cases[{i}] ({}): {e}", case.name))?;
+        }
         let (policy, keys, served) = with_test_keys(policy, &cases.keys, &file)?;
         for (name, (key, _)) in &keys {
             jwks.insert(name.clone(), key.jwks.clone());
@@ -366,54 +416,55 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
 }
 
 fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> CaseResult {
-    let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: None, outcome: None, decisions: Vec::new(), repeat: case.repeat.max(1) };
-    let at = case.at.or(file_at).unwrap_or(DEFAULT_AT);
-    chain.clock().set(at.saturating_mul(1_000_000_000));
-    let (request, upstream) = match build(case, keys, at) {
-        Ok(built) => built,
+    let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: Vec::new(), outcome: None, decisions: Vec::new() };
+    let steps = match case.steps() {
+        Ok(steps) => steps,
         Err(e) => {
             result.failures.push(e);
             return result;
         }
     };
     let before = counters(chain);
-    let mut before_last = before.clone();
-    let mut outcome = None;
-    for n in 0..case.repeat.max(1) {
-        if n + 1 == case.repeat.max(1) && n > 0 {
-            // The decision counters are written at a tick: the last request's are its own.
-            if let Err(e) = chain.tick_now(calls) {
-                result.failures.push(format!("{e} (in a tick between repeats)"));
-                return result;
+    let many = steps.len() > 1;
+    for (i, step) in steps.iter().enumerate() {
+        let label = |what: String| if many { format!("step {}: {what}", i + 1) } else { what };
+        match run_step(chain, step, keys, file, file_at, calls) {
+            Ok((request, outcome, last)) => {
+                result.got = label(describe(&outcome));
+                result.failures.extend(check(step.expect, &outcome, &last).into_iter().map(label));
+                result.sent.push((request, step.repeat));
+                result.outcome = Some(outcome);
             }
-            before_last = counters(chain);
-        }
-        match chain.exchange(&request, &upstream, calls) {
-            Ok(o) => outcome = Some(o),
             Err(e) => {
-                result.failures.push(format!("{e} (Envoy's VM would be dead: every request refused)"));
+                result.failures.push(label(e));
                 return result;
             }
         }
     }
-    if let Err(e) = chain.tick_now(calls) {
-        result.failures.push(format!("{e} (in the tick after the request)"));
-        return result;
-    }
-    let after = counters(chain);
-    let moved = |from: &BTreeMap<String, i64>| -> Vec<String> {
-        after.iter().filter(|(name, v)| from.get(*name) != Some(*v) && name.starts_with("meshward_")).map(|(name, _)| name.clone()).collect()
-    };
-    result.decisions = moved(&before);
-    // The stage is the last request's: earlier repeats may have been refused by another.
-    let last = moved(&before_last);
-    if let Some(outcome) = outcome {
-        result.got = describe(&outcome);
-        result.failures.extend(check(&case.expect, &outcome, &last));
-        result.outcome = Some(outcome);
-    }
-    result.sent = Some(request);
+    result.decisions = counters(chain).into_iter().filter(|(name, v)| before.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
     result
+}
+
+/// One request of a case sent `repeat` times: what was sent, the last answer, and the decision
+/// counters the last one moved.
+fn run_step(chain: &mut Chain, step: &StepRef<'_>, keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> Result<(Request, Outcome, Vec<String>), String> {
+    let at = step.at.or(file_at).unwrap_or(DEFAULT_AT);
+    chain.clock().set(at.saturating_mul(1_000_000_000));
+    let base = Path::new(file).parent().unwrap_or(Path::new("."));
+    let (request, upstream) = build(step, keys, at, base)?;
+    let mut outcome = None;
+    let mut before_last = BTreeMap::new();
+    for _ in 0..step.repeat {
+        // The decision counters are written at a tick: the last request's are its own.
+        chain.tick_now(calls).map_err(|e| format!("{e} (in a tick before the request)"))?;
+        before_last = counters(chain);
+        outcome = Some(chain.exchange(&request, &upstream, calls).map_err(|e| format!("{e} (Envoy's VM would be dead: every request refused)"))?);
+    }
+    chain.tick_now(calls).map_err(|e| format!("{e} (in the tick after the request)"))?;
+    let after = counters(chain);
+    let last = after.into_iter().filter(|(name, v)| before_last.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
+    let outcome = outcome.ok_or("repeat: 0 sends nothing")?;
+    Ok((request, outcome, last))
 }
 
 /// Every VM's counters by name.
@@ -482,8 +533,8 @@ pub(crate) fn connection(source: Option<&str>, peer: Option<&str>) -> Vec<(Vec<S
 }
 
 /// The request and the service's answer a case describes.
-fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), String> {
-    let r = &case.request;
+fn build(step: &StepRef<'_>, keys: &TestKeys, at: u64, base: &Path) -> Result<(Request, Upstream), String> {
+    let r = step.request;
     let mut headers = vec![
         (":method".to_string(), r.method.clone()),
         (":path".to_string(), r.path.clone()),
@@ -513,12 +564,20 @@ fn build(case: &Case, keys: &TestKeys, at: u64) -> Result<(Request, Upstream), S
         }
         headers.push(("authorization".into(), format!("Bearer {}", key.sign(&claims)?)));
     }
-    let body = content("request", r.body.as_ref(), r.json.as_ref(), &r.headers, &mut headers)?;
+    let body = match &r.body_file {
+        Some(path) if r.body.is_none() && r.json.is_none() => {
+            let path = base.join(path);
+            headers.extend(r.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
+            Some(std::fs::read(&path).map_err(|e| format!("request.body_file: {}: {e}", path.display()))?)
+        }
+        Some(_) => return Err("request: body_file, body or json, one of them".into()),
+        None => content("request", r.body.as_ref(), r.json.as_ref(), &r.headers, &mut headers)?,
+    };
     if let Some(body) = &body {
         headers.push(("content-length".into(), body.len().to_string()));
     }
     let request = Request { headers, body, chunk: r.chunk.unwrap_or(0), properties: connection(r.source.as_deref(), r.peer.as_deref()) };
-    let upstream = match &case.upstream {
+    let upstream = match step.upstream {
         None => Upstream::default(),
         Some(u) => {
             let mut headers = vec![(":status".to_string(), u.status.to_string())];
@@ -781,10 +840,12 @@ pub fn render_json(run: &Run, coverage: &Coverage) -> Value {
         .results
         .iter()
         .map(|r| {
-            let sent = r.sent.as_ref().map(|q| {
+            let request = |q: &Request| {
                 json!({"headers": q.headers, "body": q.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
                        "properties": q.properties.iter().map(|(k, v)| (k.join("."), String::from_utf8_lossy(v).into_owned())).collect::<BTreeMap<_, _>>()})
-            });
+            };
+            let steps: Vec<Value> = r.sent.iter().map(|(q, repeat)| json!({"request": request(q), "repeat": repeat})).collect();
+            let (sent, repeat) = r.sent.last().map_or((Value::Null, 0), |(q, n)| (request(q), *n));
             let outcome = r.outcome.as_ref().map(|o| {
                 let calls: Vec<Value> = o.calls.iter().map(|c| match &c.kind {
                     CallKind::Http { .. } => json!({"cluster": c.cluster, "http": true}),
@@ -794,7 +855,7 @@ pub fn render_json(run: &Run, coverage: &Coverage) -> Value {
                        "reset": o.reset, "held": o.held, "headers": o.headers, "calls": calls})
             });
             json!({"file": r.file, "name": r.name, "passed": r.failures.is_empty(), "failures": r.failures, "request": sent, "outcome": outcome,
-                   "decisions": r.decisions, "repeat": r.repeat})
+                   "decisions": r.decisions, "repeat": repeat, "steps": steps})
         })
         .collect();
     let rules: Vec<Value> = coverage.rules.iter().map(|(stage, name, decided)| json!({"stage": stage, "name": name, "decided": decided})).collect();
@@ -891,16 +952,15 @@ mod tests {
     #[test]
     fn junit_escapes_and_counts() {
         let results = vec![
-            CaseResult { file: "a.yaml".into(), name: "ok <1>".into(), failures: vec![], got: "200".into(), sent: None, outcome: None, decisions: vec![], repeat: 1 },
+            CaseResult { file: "a.yaml".into(), name: "ok <1>".into(), failures: vec![], got: "200".into(), sent: vec![], outcome: None, decisions: vec![] },
             CaseResult {
                 file: "a.yaml".into(),
                 name: "bad".into(),
                 failures: vec!["status: expected 403, got 200 & more".into()],
                 got: "200".into(),
-                sent: None,
+                sent: vec![],
                 outcome: None,
                 decisions: vec![],
-                repeat: 1,
             },
         ];
         let xml = render_junit(&results);
