@@ -364,8 +364,10 @@ def test_rendered_envoy_config_runs_and_enforces_the_policy(upstream, keys, monk
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert (hcm["normalize_path"], hcm["merge_slashes"], hcm["path_with_escaped_slashes_action"]) == (True, True, "REJECT_REQUEST")
     assert (hcm["use_remote_address"], hcm["xff_num_trusted_hops"]) == (True, 0)
-    # Memory freed after compiling the modules goes back to the system.
+    # Memory freed after compiling the modules goes back to the system, unless told not to.
     assert config["memory_allocator_manager"]["memory_release_interval"] == "1s"
+    r = meshward("render", "envoy", EXAMPLE, "--form", form, "--modules", DIST, "--memory-release", "off")
+    assert r.returncode == 0 and "memory_allocator_manager" not in yaml.safe_load(r.stdout), r.stderr
     files = [f["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] for f in hcm["http_filters"] if "vm_config" in f.get("typed_config", {}).get("config", {})]
     want = ["meshward.openapi.wasm"] if form == "bundle" else [f"meshward_{s}.wasm" for s in ("jwt", "schema", "ownership", "ratelimit")]
     assert [Path(f).name for f in files] == want, files

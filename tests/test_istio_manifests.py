@@ -140,6 +140,12 @@ def test_the_bootstrap_override_gives_envoy_meshwards_labels_and_leaves_envoys_o
     [config_map] = [d for d in yaml.safe_load_all(r.stdout) if d]
     assert (config_map["kind"], config_map["metadata"]["name"], config_map["metadata"]["namespace"]) == ("ConfigMap", "meshward-bootstrap", "crapi")
     override = json.loads(config_map["data"]["custom_bootstrap.json"])
+    assert override["memory_allocator_manager"]["memory_release_interval"] == "1s"
+    # `--memory-release off` leaves the release out (a flat start), and nothing else.
+    r = meshward("render", "istio-bootstrap", EXAMPLE, "--memory-release", "off")
+    [flat] = [d for d in yaml.safe_load_all(r.stdout) if d]
+    flat = json.loads(flat["data"]["custom_bootstrap.json"])
+    assert "memory_allocator_manager" not in flat and flat == {k: v for k, v in override.items() if k != "memory_allocator_manager"}
     config = build_config(upstream.port, [plugin("ownership", {"mode": "shadow", "unmatched": "allow",
                                                                "rules": [{"name": "order-read", "match": {"prefix": "/orders"}, "scopes": ["orders:read"]}]})])
     config.update(override)
