@@ -143,6 +143,20 @@ EXAMPLES = {
 }
 
 
+def send_as_sent(env: Envoy, case: dict):
+    """Every request `meshward test` sent for a case (`--format json`: each step's request, as
+    many times as it went) through the Envoy; the last answer."""
+    for step in case["steps"]:
+        headers = dict(step["request"]["headers"])
+        method, path = headers.pop(":method"), headers.pop(":path")
+        for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
+            headers.pop(own, None)
+        body = step["request"]["body"]
+        for _ in range(step["repeat"]):
+            got = env.request(path, headers, method, body.encode() if body is not None else None)
+    return got
+
+
 @pytest.mark.parametrize("form", ["separate", "bundle"])
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
 def test_meshward_test_and_envoy_agree_case_by_case(request, tmp_path, monkeypatch, example, form):
@@ -174,13 +188,7 @@ def test_meshward_test_and_envoy_agree_case_by_case(request, tmp_path, monkeypat
     assert len(run["cases"]) == len(cases["cases"])
     with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
         for case in run["cases"]:
-            headers = dict(case["request"]["headers"])
-            method, path = headers.pop(":method"), headers.pop(":path")
-            for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
-                headers.pop(own, None)
-            body = case["request"]["body"]
-            for _ in range(case["repeat"]):
-                got = env.request(path, headers, method, body.encode() if body is not None else None)
+            got = send_as_sent(env, case)
             want = case["outcome"]
             envoy = {"status": got.status, "reset": got.reset}
             if not got.reset:  # a cut answer carries no reason to the client
@@ -317,14 +325,7 @@ def test_jwks_and_fleet_answers_from_the_case_file_agree_with_envoy_on_the_real_
             with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
                 for name in sorted(played):
                     case = by_name[name]
-                    for step in case["steps"]:
-                        headers = dict(step["request"]["headers"])
-                        method, path = headers.pop(":method"), headers.pop(":path")
-                        for own in (":authority", ":scheme", "x-forwarded-proto", "content-length"):
-                            headers.pop(own, None)
-                        body = step["request"]["body"]
-                        for _ in range(step["repeat"]):
-                            got = env.request(path, headers, method, body.encode() if body is not None else None)
+                    got = send_as_sent(env, case)
                     want = case["outcome"]
                     envoy = {"status": got.status, "reason": got.reason, "replayed": got.header("idempotent-replayed")}
                     host = {"status": want["status"], "reason": want["reason"],
