@@ -402,6 +402,35 @@ def test_a_refusal_spends_a_failure_budget_as_in_envoy(tmp_path, upstream, form)
             assert host.get(name) == envoy.header(name), (name, host, envoy.headers)
 
 
+@pytest.mark.parametrize("form", ["separate", "bundle"])
+def test_a_refused_grpc_call_is_answered_trailers_only_as_in_envoy(tmp_path, upstream, form):
+    """A gRPC request meshward refuses: Envoy answers HTTP 200 with the gRPC status (and the body
+    as grpc-message); meshward test's host answers it the same way."""
+    policy = login_guard_policy()
+    del policy["stages"][0]
+    policy_path = tmp_path / "grpc.yaml"
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    call = {"method": "POST", "path": "/demo.Echo/Say", "headers": {"content-type": "application/grpc", "te": "trailers"}, "body": "\u0000" * 5}
+    cases = {"keys": {"idp": {}}, "cases": [{"name": "a call without a token", "request": call,
+                                             "expect": {"status": 200, "grpc_status": 16, "reason": "missing_token", "reached_service": False}}]}
+    case_file = tmp_path / "grpc.test.yaml"
+    case_file.write_text(yaml.safe_dump(cases))
+    r = meshward("test", policy_path, case_file, "--form", form, "--modules", DIST, "--format", "json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(r.stdout)
+    host = dict(run["cases"][0]["outcome"]["headers"])
+    policy["stages"][0]["jwt"]["providers"]["idp"]["local_jwks"] = {"inline_string": run["jwks"]["idp"]}
+    policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    r = meshward("render", "envoy", policy_path, "--form", form, "--modules", DIST, "--listen", 0, "--admin", 0, "--upstream", f"127.0.0.1:{upstream.port}")
+    assert r.returncode == 0, r.stderr
+    with Envoy(yaml.safe_load(r.stdout), concurrency=1) as env:
+        got = env.request(call["path"], call["headers"], "POST", call["body"].encode())
+    env.cleanup()
+    assert got.status == 200, got
+    for name in ("content-type", "grpc-status", "grpc-message", "meshward-reason"):
+        assert host.get(name) == got.header(name), (name, host, got.headers)
+
+
 # ---- meshward replay -------------------------------------------------------------------------
 
 def orders_policy(tmp_path, keys, name: str, change=None) -> Path:

@@ -226,6 +226,9 @@ struct Expect {
     /// Headers the client's answer must carry, with these values.
     #[serde(default)]
     client_sees: BTreeMap<String, String>,
+    /// The gRPC status of the answer (a gRPC request refused is answered HTTP 200 with it).
+    #[serde(default)]
+    grpc_status: Option<u32>,
     /// Whether the service's answer is cut after its headers went out (Envoy resets the stream
     /// when a filter refuses an answer it already let start).
     #[serde(default)]
@@ -402,8 +405,10 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
                 std::collections::btree_map::Entry::Occupied(chain) => chain.into_mut(),
                 std::collections::btree_map::Entry::Vacant(slot) => {
                     let mut calls = CaseCalls::new(answer, &served, cases.fleet.clone());
-                    let started = start(&policy, options, &env, cases.at.unwrap_or(DEFAULT_AT), &mut calls)
-                        .map_err(|e| format!("{file}: {e} (the remote JWKS {answer})"))?;
+                    let started = start(&policy, options, &env, cases.at.unwrap_or(DEFAULT_AT), &mut calls).map_err(|e| match answer {
+                        JwksAnswer::Served => format!("{file}: {e}"),
+                        _ => format!("{file}: {e} (the remote JWKS {answer} since the start)"),
+                    })?;
                     slot.insert(started)
                 }
             };
@@ -656,8 +661,9 @@ fn check(expect: &Expect, o: &Outcome, decisions: &[String]) -> Vec<String> {
         && expect.service_sees.is_empty()
         && expect.service_does_not_see.is_empty()
         && expect.client_sees.is_empty()
+        && expect.grpc_status.is_none()
     {
-        failures.push("expect: says nothing (status, reason, stage, reached_service, reset, service_sees, service_does_not_see, client_sees)".into());
+        failures.push("expect: says nothing (status, reason, stage, reached_service, reset, service_sees, service_does_not_see, client_sees, grpc_status)".into());
     }
     if let Some(reset) = expect.reset {
         if o.reset != reset {
@@ -702,6 +708,12 @@ fn check(expect: &Expect, o: &Outcome, decisions: &[String]) -> Vec<String> {
     for (name, want) in &expect.client_sees {
         if answered(name) != Some(want.as_str()) {
             failures.push(format!("client_sees.{name}: expected {want:?}, got {:?}", answered(name)));
+        }
+    }
+    if let Some(want) = expect.grpc_status {
+        let got = answered("grpc-status");
+        if got != Some(want.to_string().as_str()) {
+            failures.push(format!("grpc_status: expected {want}, got {}", got.unwrap_or("none")));
         }
     }
     failures

@@ -363,18 +363,28 @@ impl Chain {
     /// the request never reached sees it too: a rate limit counting refusals, headers added to
     /// every answer). A filter refusing it again changes nothing: the first reply stands.
     fn reply_path(&mut self, contexts: &[i32], reply: &LocalReply, calls: &mut dyn Calls, outcome: &mut Outcome) -> Result<(), VmError> {
+        let grpc = header(&self.stream.borrow().request_headers, "content-type").is_some_and(|t| is_grpc(&t));
+        // Envoy answers a gRPC request trailers-only: HTTP 200, the status in grpc-status, the
+        // body as grpc-message.
+        let (status, mut body) = if grpc { (200, Vec::new()) } else { (reply.status, reply.body.clone()) };
         {
             let mut stream = self.stream.borrow_mut();
-            let mut headers = vec![(":status".to_string(), reply.status.to_string())];
+            let mut headers = vec![(":status".to_string(), status.to_string())];
+            if grpc {
+                headers.push(("content-type".into(), "application/grpc".into()));
+                headers.push(("grpc-status".into(), reply.grpc_status.unwrap_or_else(|| http_to_grpc(reply.status)).to_string()));
+                if !reply.body.is_empty() {
+                    headers.push(("grpc-message".into(), percent_encode(&reply.body)));
+                }
+            }
             headers.extend(reply.headers.iter().cloned());
-            if !reply.body.is_empty() {
-                headers.push(("content-length".into(), reply.body.len().to_string()));
+            if !body.is_empty() {
+                headers.push(("content-length".into(), body.len().to_string()));
             }
             stream.response_headers = headers;
-            stream.properties.insert("response\0code".into(), reply.status.to_string().into_bytes());
+            stream.properties.insert("response\0code".into(), status.to_string().into_bytes());
             stream.properties.insert("response\0code_details".into(), reply.details.clone().into_bytes());
         }
-        let mut body = reply.body.clone();
         for (vm, &context) in self.vms.iter_mut().zip(contexts).rev() {
             let n = i32::try_from(self.stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
             vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(body.is_empty())), context)?;
@@ -388,11 +398,33 @@ impl Chain {
             }
         }
         let stream = self.stream.borrow();
-        outcome.status = reply.status;
+        outcome.status = status;
         outcome.headers = stream.response_headers.iter().filter(|(k, _)| k != ":status").cloned().collect();
         outcome.body = body;
         Ok(())
     }
+}
+
+/// A gRPC content type, as Envoy tells a gRPC request (`application/grpc`, `+proto`, `;…`).
+fn is_grpc(content_type: &str) -> bool {
+    content_type.strip_prefix("application/grpc").is_some_and(|rest| rest.is_empty() || rest.starts_with(['+', ';']))
+}
+
+/// The gRPC status Envoy gives a local reply that names none (its HTTP-to-gRPC mapping).
+fn http_to_grpc(status: u16) -> u32 {
+    match status {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
+
+/// grpc-message's percent-encoding (gRPC's: every byte outside printable ASCII, and `%`).
+fn percent_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| if (0x20..=0x7e).contains(&b) && b != b'%' { char::from(b).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 fn header(headers: &[(String, String)], name: &str) -> Option<String> {
@@ -427,6 +459,16 @@ fn answer_calls(vm: &mut Vm, calls: &mut dyn Calls, seen: &mut Vec<Call>) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_grpc_request_is_told_by_its_content_type_and_answered_in_grpc_terms() {
+        for (t, grpc) in [("application/grpc", true), ("application/grpc+proto", true), ("application/grpc;charset=utf-8", true),
+                          ("application/grpc-web", false), ("application/json", false)] {
+            assert_eq!(is_grpc(t), grpc, "{t}");
+        }
+        assert_eq!([http_to_grpc(401), http_to_grpc(403), http_to_grpc(429), http_to_grpc(418)], [16, 7, 14, 2]);
+        assert_eq!(percent_encode("a 100% \"ok\"\n".as_bytes()), "a 100%25 \"ok\"%0A");
+    }
 
     #[test]
     fn a_grpc_target_names_its_cluster() {
