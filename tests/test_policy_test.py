@@ -557,6 +557,35 @@ def test_replay_from_the_replay_log_envoy_wrote(tmp_path, upstream, keys, monkey
         assert allowed["why"] == ("was ownership order-read tenant_boundary" if against else "was refused (403)"), report
 
 
+def test_replay_of_real_tokens_reads_the_idps_keys_given(tmp_path, keys, monkeypatch):
+    """Recorded real tokens and a provider with remote_jwks: `--jwks demo=FILE` answers its fetch
+    with the IdP's keys; without it the keys cannot be fetched and the change shows as such."""
+    monkeypatch.setenv("ORDERS_PAYMENTS_WEBHOOK_SECRET", SECRET)
+
+    def remote(policy):
+        provider = next(s["jwt"] for s in policy["stages"] if "jwt" in s)["providers"]["demo"]
+        del provider["local_jwks"]
+        provider["remote_jwks"] = {"http_uri": {"uri": "https://idp.test/jwks.json", "cluster": "idp", "timeout": "1s"}}
+
+    policy = orders_policy(tmp_path, keys, "remote.yaml", remote)
+    now = int(time.time())
+    token = keys.token("ES256", sub="alice", tenant="acme", scope="orders:read", iat=now, exp=now + 600)
+    started = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    har = {"log": {"entries": [{"startedDateTime": started, "request": {"method": "GET", "url": "http://orders.test/tenants/acme/orders/1",
+                                                                        "headers": [{"name": "authorization", "value": f"Bearer {token}"}]},
+                                "response": {"status": 200, "content": {"text": "{}"}}}]}}
+    traffic = tmp_path / "t.har"
+    traffic.write_text(json.dumps(har))
+    idp = tmp_path / "jwks.json"
+    idp.write_text(json.dumps(keys.jwks(["es256"])))
+    r = meshward("replay", policy, "--from", traffic, "--jwks", f"demo={idp}", "--modules", DIST)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "1 requests replayed: 1 unchanged, 0 newly refused, 0 newly allowed", r.stdout + r.stderr
+    r = meshward("replay", policy, "--from", traffic, "--modules", DIST, "--format", "json")
+    assert r.returncode == 1 and json.loads(r.stdout)["newly_refused"][0]["why"] == "jwt jwks_unavailable (503)", r.stdout + r.stderr
+    r = meshward("replay", policy, "--from", traffic, "--jwks", f"nobody={idp}", "--modules", DIST)
+    assert r.returncode == 2 and "--jwks nobody:" in r.stderr and "no jwt provider `nobody` with remote_jwks" in r.stderr, r.stderr
+
+
 def test_replay_says_what_an_audit_record_lacks(tmp_path):
     record = {"producer": "orders/1", "seq": 1, "prev": "0" * 64, "hash": "1" * 64, "time": "2026-12-03T00:25:34.758Z", "method": "PUT",
               "path": "/tenants/acme/orders/1", "status": 200, "stages": []}

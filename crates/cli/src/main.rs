@@ -111,6 +111,10 @@ enum Command {
         /// Compare with this policy run the same way instead of the recorded answers.
         #[arg(long, value_name = "POLICY")]
         baseline: Option<PathBuf>,
+        /// The JWKS a remote jwt provider's fetch is answered with (the IdP's keys, saved to a
+        /// file), for recorded real tokens (a HAR file); repeatable.
+        #[arg(long = "jwks", value_name = "PROVIDER=FILE", value_parser = provider_file)]
+        jwks: Vec<(String, PathBuf)>,
         #[arg(long, value_enum, default_value_t = Form::Separate)]
         form: Form,
         /// Where the built modules are.
@@ -330,6 +334,14 @@ enum RolloutAction {
     },
 }
 
+/// `NAME=FILE`: a jwt provider and a file.
+fn provider_file(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => Ok((name.to_string(), PathBuf::from(file))),
+        _ => Err(format!("{text:?} is not PROVIDER=FILE")),
+    }
+}
+
 /// A SPIFFE ID, or a prefix of some ending in `/`.
 fn spiffe_ids(text: &str) -> Result<String, String> {
     SpiffeIds::new(vec![text.to_string()]).map(|_| text.to_string())
@@ -455,7 +467,7 @@ fn run(command: Command) -> Result<ExitCode, String> {
             let failed = results.iter().any(|r| !r.failures.is_empty());
             Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
         }
-        Command::Replay { policy, from, baseline, form, modules, format } => {
+        Command::Replay { policy, from, baseline, jwks, form, modules, format } => {
             let policy = policy.load()?;
             render::check_form(&policy, form)?;
             let baseline = baseline.map(|b| Policy::load(&b, None).map_err(|e| e.to_string())).transpose()?;
@@ -473,7 +485,12 @@ fn run(command: Command) -> Result<ExitCode, String> {
             }
             let cache = policy_test::cache_dir();
             let options = policy_test::Options { form, modules: &modules, cache: cache.as_deref() };
-            let report = replay::replay(&policy, baseline.as_ref(), &traffic, &options, &env)?;
+            let mut idp_keys = std::collections::BTreeMap::new();
+            for (provider, file) in jwks {
+                let document = std::fs::read_to_string(&file).map_err(|e| format!("--jwks {provider}={}: {e}", file.display()))?;
+                idp_keys.insert(provider, document);
+            }
+            let report = replay::replay(&policy, baseline.as_ref(), &traffic, &idp_keys, &options, &env)?;
             match format {
                 Format::Text => out(&report.render_text()),
                 Format::Json => out(&format!("{}\n", report.render_json())),

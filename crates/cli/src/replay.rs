@@ -214,9 +214,21 @@ struct Replayer {
 }
 
 impl Replayer {
-    fn start(policy: &Policy, providers: &BTreeMap<String, TestKey>, options: &Options<'_>, env: &[(String, String)], at: u64) -> Result<Replayer, String> {
+    fn start(policy: &Policy, providers: &BTreeMap<String, TestKey>, idp_keys: &BTreeMap<String, String>, options: &Options<'_>, env: &[(String, String)], at: u64) -> Result<Replayer, String> {
         let name = policy.path.display().to_string();
-        let (policy, keys, served) = policy_test::with_test_keys(policy, providers, &name)?;
+        let (policy, keys, mut served) = policy_test::with_test_keys(policy, providers, &name)?;
+        for (provider, jwks) in idp_keys {
+            if providers.contains_key(provider) {
+                return Err(format!("--jwks {provider}: the recorded callers of {provider} are signed again with a replay key; its keys are not read"));
+            }
+            let cluster = policy
+                .stages
+                .iter()
+                .filter(|s| s.kind == "jwt")
+                .find_map(|s| s.config.pointer(&format!("/providers/{provider}/remote_jwks/http_uri/cluster"))?.as_str())
+                .ok_or_else(|| format!("--jwks {provider}: {name} has no jwt provider `{provider}` with remote_jwks (local keys are in the policy)"))?;
+            served.insert(cluster.to_string(), jwks.clone());
+        }
         let chain = policy_test::start(&policy, options, env, at, &mut quiet_fleet(&served)).map_err(|e| format!("{name}: {e}"))?;
         Ok(Replayer { chain, keys, served })
     }
@@ -288,15 +300,16 @@ pub struct Report {
     pub newly_allowed: BTreeMap<String, Group>,
 }
 
-/// Replays `traffic` through `policy` (and `baseline` when given); the changes.
-pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], options: &Options<'_>, env: &[(String, String)]) -> Result<Report, String> {
+/// Replays `traffic` through `policy` (and `baseline` when given); the changes. `idp_keys`: the
+/// JWKS document each remote provider's fetch is answered with (for recorded real tokens).
+pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], idp_keys: &BTreeMap<String, String>, options: &Options<'_>, env: &[(String, String)]) -> Result<Report, String> {
     let at = traffic.first().map_or(0, |r| r.at);
     // Each provider a recorded caller names trusts a replay key in this run.
     let providers: BTreeMap<String, TestKey> =
         traffic.iter().filter_map(|r| r.caller.as_ref()).map(|(p, _)| (p.clone(), TestKey { kid: Some("meshward-replay".into()) })).collect();
-    let mut chain = Replayer::start(policy, &providers, options, env, at)?;
+    let mut chain = Replayer::start(policy, &providers, idp_keys, options, env, at)?;
     let mut before = match baseline {
-        Some(b) => Some(Replayer::start(b, &providers, options, env, at)?),
+        Some(b) => Some(Replayer::start(b, &providers, idp_keys, options, env, at)?),
         None => None,
     };
     let mut report = Report { replayed: 0, unchanged: 0, unknown: 0, skipped: BTreeMap::new(), newly_refused: BTreeMap::new(), newly_allowed: BTreeMap::new() };
