@@ -629,3 +629,22 @@ def test_init_drafts_cases_that_run_and_pass(tmp_path, example):
         # An owner read from the service's answer: the drafted answer names the caller or not.
         assert by_name["ownership order-read: GET /workshop/api/shop/orders/1 as the rule allows"] == {"status": 200, "reached_service": True}
         assert by_name["ownership order-read: GET /workshop/api/shop/orders/1 as someone else"] == {"reset": True, "reason": "not_owner", "reached_service": True}
+
+
+def test_init_drafts_the_fleet_engines_answers(tmp_path):
+    """For a policy whose modules call the fleet engine, `--init` drafts cases that give its
+    answers: a retry answered from the store, a key reused, the engine down, over a global limit."""
+    policy_path = tmp_path / "shop.yaml"
+    policy_path.write_text(yaml.safe_dump(shop_policy(), sort_keys=False))
+    r = meshward("test", policy_path, "--init", "--modules", DIST)
+    assert r.returncode == 0, r.stderr
+    path = tmp_path / "drafted.yaml"
+    path.write_text(r.stdout)
+    drafted = {c["name"]: c for c in yaml.safe_load(r.stdout)["cases"]}
+    retry = drafted["idempotency create-order: a retry gets the first answer"]
+    assert (retry["fleet"], retry["repeat"], retry["expect"]) == ({"claim": ["claimed", "seen"]}, 2, {"status": 200, "reached_service": False})
+    assert drafted["idempotency create-order: the key used before for another request"]["expect"]["reason"] == "idempotency_key_reused"
+    assert drafted["idempotency create-order: the fleet engine down"]["expect"]["reason"] == "idempotency_service_unavailable"
+    assert drafted["ratelimit reads-per-user: over the fleet's limit"]["expect"] == {"status": 429, "reason": "rate_limited", "reached_service": False}
+    r = meshward("test", policy_path, path, "--modules", DIST)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == f"{len(drafted)} cases: {len(drafted)} passed, 0 failed", r.stdout + r.stderr

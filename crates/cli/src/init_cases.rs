@@ -12,16 +12,19 @@ use crate::policy::Policy;
 const OWNER: &str = "owner-1";
 const SOMEONE_ELSE: &str = "someone-else";
 
-/// A case without its expectation: name, request, optional upstream answer and repeat count.
+/// A case without its expectation: name, request, optional upstream answer, repeat count, and
+/// the answers of the calls it makes (`fleet`, `jwks`).
 pub struct Draft {
     pub name: String,
     pub request: Value,
     pub upstream: Option<Value>,
     pub repeat: u32,
+    pub fleet: Option<Value>,
+    pub jwks: Option<Value>,
 }
 
 fn draft(name: String, request: Value) -> Draft {
-    Draft { name, request, upstream: None, repeat: 1 }
+    Draft { name, request, upstream: None, repeat: 1, fleet: None, jwks: None }
 }
 
 /// The case file's `keys` (one per jwt provider that verifies tokens itself), `env` (a
@@ -54,8 +57,13 @@ pub fn drafts(policy: &Policy) -> (Map<String, Value>, Map<String, Value>, Vec<D
             !policy.public.iter().any(|p| Some(p) == id.as_ref())
                 && jwt_rules.iter().find(|r| covers(r.get("match").unwrap_or(&Value::Null), method, path)).is_some_and(|r| r.get("requires").is_some())
         });
-        if let (Some((method, path, _)), Some(_)) = (protected, &provider) {
+        if let (Some((method, path, _)), Some(name)) = (protected, &provider) {
             out.push(draft(format!("jwt: {method} {path} without a token"), json!({"method": method, "path": path})));
+            let remote = stage.config.pointer(&format!("/providers/{name}/remote_jwks")).is_some();
+            if remote {
+                let request = json!({"method": method, "path": path, "token": token(json!({"sub": "user-1"}))});
+                out.push(Draft { jwks: Some(json!("unavailable")), ..draft(format!("jwt: {method} {path} while the IdP's keys cannot be fetched"), request) });
+            }
         }
     }
     // What the ownership rules allow: the requests the other stages' drafts start from, so that
@@ -86,6 +94,11 @@ pub fn drafts(policy: &Policy) -> (Map<String, Value>, Map<String, Value>, Vec<D
             "schema" => {
                 if let Some(doc) = contract {
                     out.extend(schema_drafts(doc, &token, &allowed_like));
+                }
+            }
+            "idempotency" => {
+                for operation in rules(&stage.config, "operations") {
+                    out.extend(idempotency_drafts(operation, contract, &token, &allowed_like));
                 }
             }
             _ => {}
@@ -238,7 +251,7 @@ fn ownership_drafts(rule: &Value, contract: Option<&Value>, token: &dyn Fn(Value
     if let Some(t) = &allowed_token {
         allowed["token"] = t.clone();
     }
-    let mut out = vec![Draft { name: format!("ownership {name}: {method} {path} as the rule allows"), request: allowed, upstream: answer.clone().map(|a| json!({"json": a})), repeat: 1 }];
+    let mut out = vec![Draft { upstream: answer.clone().map(|a| json!({"json": a})), ..draft(format!("ownership {name}: {method} {path} as the rule allows"), allowed) }];
     if public {
         return out;
     }
@@ -262,7 +275,7 @@ fn ownership_drafts(rule: &Value, contract: Option<&Value>, token: &dyn Fn(Value
     if let Some(t) = claims.and_then(|c| token(Value::Object(c))) {
         refused["token"] = t;
     }
-    out.push(Draft { name: format!("ownership {name}: {method} {path} {why}"), request: refused, upstream: answer.map(|a| json!({"json": a})), repeat: 1 });
+    out.push(Draft { upstream: answer.map(|a| json!({"json": a})), ..draft(format!("ownership {name}: {method} {path} {why}"), refused) });
     out
 }
 
@@ -292,12 +305,44 @@ fn ratelimit_drafts(rule: &Value, contract: Option<&Value>, token: &dyn Fn(Value
         }
     }
     let mut out = vec![draft(format!("ratelimit {name}: one request"), request.clone())];
+    if rule.get("scope").and_then(Value::as_str) == Some("global") {
+        // The count lives in the fleet engine: its answers are the case's.
+        out.push(Draft { fleet: Some(json!({"ratelimit": "over_limit"})), ..draft(format!("ratelimit {name}: over the fleet's limit"), request.clone()) });
+        out.push(Draft { fleet: Some(json!({"ratelimit": "unavailable"})), ..draft(format!("ratelimit {name}: the rate-limit service down"), request) });
+        return out;
+    }
     let limit = rule.pointer("/limit/requests").and_then(Value::as_u64).unwrap_or(0) + rule.pointer("/limit/burst").and_then(Value::as_u64).unwrap_or(0);
     if (1..=1000).contains(&limit) {
         let repeat = u32::try_from(limit + 1).unwrap_or(u32::MAX);
-        out.push(Draft { name: format!("ratelimit {name}: {repeat} requests in a row"), request, upstream: None, repeat });
+        out.push(Draft { repeat, ..draft(format!("ratelimit {name}: {repeat} requests in a row"), request) });
     }
     out
+}
+
+/// For an idempotency operation: a request without a key, a retry (the fleet engine finding
+/// the first one seen: the stored answer is given back), a key reused for another request, and
+/// the engine down.
+fn idempotency_drafts(operation: &Value, contract: Option<&Value>, token: &dyn Fn(Value) -> Option<Value>, allowed_like: &dyn Fn(&Value) -> Option<Value>) -> Vec<Draft> {
+    let name = operation.get("name").and_then(Value::as_str).unwrap_or("operation");
+    let m = operation.get("match").unwrap_or(&Value::Null);
+    let mut request = allowed_like(m).unwrap_or_else(|| {
+        let (method, path) = request_line(m, contract);
+        let body = contract.and_then(|doc| request_body(doc, &path, &method)).unwrap_or_else(|| json!({}));
+        json!({"method": method, "path": path, "json": body})
+    });
+    if request.get("token").is_none() {
+        if let Some(t) = token(json!({"sub": "user-1"})) {
+            request["token"] = t;
+        }
+    }
+    let mut keyed = request.clone();
+    keyed["headers"]["idempotency-key"] = json!("meshward-test-key-1");
+    vec![
+        draft(format!("idempotency {name}: without an Idempotency-Key"), request),
+        Draft { repeat: 2, fleet: Some(json!({"claim": ["claimed", "seen"]})), ..draft(format!("idempotency {name}: a retry gets the first answer"), keyed.clone()) },
+        Draft { fleet: Some(json!({"claim": "reused"})), ..draft(format!("idempotency {name}: the key used before for another request"), keyed.clone()) },
+        Draft { fleet: Some(json!({"claim": "unavailable"})), ..draft(format!("idempotency {name}: the fleet engine down"), keyed) },
+    ]
 }
 
 /// For each contract operation taking JSON: a body the contract refuses (a property it does not

@@ -389,35 +389,44 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| format!("{file}: {e}"))?;
         let cases: CaseFile = serde_yaml::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-        for (i, case) in cases.cases.iter().enumerate() {
-            case.steps().map_err(|e| format!("{file}: cases[{i}] ({}): {e}", case.name))?;
-        }
-        let (policy, keys, served) = with_test_keys(policy, &cases.keys, &file)?;
+        let (file_results, keys) = run_file(policy, &cases, &file, options)?;
         for (name, (key, _)) in &keys {
             jwks.insert(name.clone(), key.jwks.clone());
         }
-        let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        // One proxy per way the remote JWKS answers since its start, started when a case needs it.
-        let mut chains: BTreeMap<JwksAnswer, Chain> = BTreeMap::new();
-        for case in &cases.cases {
-            let answer = case.jwks.unwrap_or(cases.jwks);
-            let chain = match chains.entry(answer) {
-                std::collections::btree_map::Entry::Occupied(chain) => chain.into_mut(),
-                std::collections::btree_map::Entry::Vacant(slot) => {
-                    let mut calls = CaseCalls::new(answer, &served, cases.fleet.clone());
-                    let started = start(&policy, options, &env, cases.at.unwrap_or(DEFAULT_AT), &mut calls).map_err(|e| match answer {
-                        JwksAnswer::Served => format!("{file}: {e}"),
-                        _ => format!("{file}: {e} (the remote JWKS {answer} since the start)"),
-                    })?;
-                    slot.insert(started)
-                }
-            };
-            chain.restore();
-            let mut calls = CaseCalls::new(answer, &served, cases.fleet.with(case.fleet.as_ref()));
-            results.push(run_case(chain, case, &keys, &file, cases.at, &mut calls));
-        }
+        results.extend(file_results);
     }
     Ok(Run { results, jwks })
+}
+
+/// One case file's cases, each from the filters as configured, with its test keys trusted;
+/// the results in order, and the keys.
+fn run_file(policy: &Policy, cases: &CaseFile, file: &str, options: &Options<'_>) -> Result<(Vec<CaseResult>, TestKeys), String> {
+    for (i, case) in cases.cases.iter().enumerate() {
+        case.steps().map_err(|e| format!("{file}: cases[{i}] ({}): {e}", case.name))?;
+    }
+    let (policy, keys, served) = with_test_keys(policy, &cases.keys, file)?;
+    let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    // One proxy per way the remote JWKS answers since its start, started when a case needs it.
+    let mut chains: BTreeMap<JwksAnswer, Chain> = BTreeMap::new();
+    let mut results = Vec::with_capacity(cases.cases.len());
+    for case in &cases.cases {
+        let answer = case.jwks.unwrap_or(cases.jwks);
+        let chain = match chains.entry(answer) {
+            std::collections::btree_map::Entry::Occupied(chain) => chain.into_mut(),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                let mut calls = CaseCalls::new(answer, &served, cases.fleet.clone());
+                let started = start(&policy, options, &env, cases.at.unwrap_or(DEFAULT_AT), &mut calls).map_err(|e| match answer {
+                    JwksAnswer::Served => format!("{file}: {e}"),
+                    _ => format!("{file}: {e} (the remote JWKS {answer} since the start)"),
+                })?;
+                slot.insert(started)
+            }
+        };
+        chain.restore();
+        let mut calls = CaseCalls::new(answer, &served, cases.fleet.with(case.fleet.as_ref()));
+        results.push(run_case(chain, case, &keys, file, cases.at, &mut calls));
+    }
+    Ok((results, keys))
 }
 
 fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> CaseResult {
@@ -491,18 +500,19 @@ pub fn init(policy: &Policy, options: &Options<'_>) -> Result<String, String> {
             if d.repeat > 1 {
                 case["repeat"] = json!(d.repeat);
             }
+            if let Some(fleet) = d.fleet {
+                case["fleet"] = fleet;
+            }
+            if let Some(jwks) = d.jwks {
+                case["jwks"] = jwks;
+            }
             case
         })
         .collect();
     let mut file = json!({"keys": keys, "env": env, "cases": cases});
     let parsed: CaseFile = serde_json::from_value(file.clone()).map_err(|e| format!("a drafted case: {e}"))?;
-    let (policy, made, served) = with_test_keys(policy, &parsed.keys, "--init")?;
-    let env: Vec<(String, String)> = parsed.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let mut chain = start(&policy, options, &env, DEFAULT_AT, &mut CaseCalls::new(JwksAnswer::Served, &served, FleetAnswers::default()))?;
-    for (i, case) in parsed.cases.iter().enumerate() {
-        chain.restore();
-        let mut calls = CaseCalls::new(JwksAnswer::Served, &served, FleetAnswers::default());
-        let result = run_case(&mut chain, case, &made, "--init", None, &mut calls);
+    let (results, _) = run_file(policy, &parsed, "--init", options)?;
+    for (i, (case, result)) in parsed.cases.iter().zip(results).enumerate() {
         let Some(o) = result.outcome else {
             return Err(format!("{}: {}", case.name, result.failures.join("; ")));
         };
