@@ -466,19 +466,23 @@ fn run_step(chain: &mut Chain, step: &StepRef<'_>, keys: &TestKeys, file: &str, 
     chain.clock().set(at.saturating_mul(1_000_000_000));
     let base = Path::new(file).parent().unwrap_or(Path::new("."));
     let (request, upstream) = build(step, keys, at, base)?;
-    let mut outcome = None;
-    let mut before_last = BTreeMap::new();
+    let mut last = None;
     for _ in 0..step.repeat {
-        // The decision counters are written at a tick: the last request's are its own.
-        chain.tick_now(calls).map_err(|e| format!("{e} (in a tick before the request)"))?;
-        before_last = counters(chain);
-        outcome = Some(chain.exchange(&request, &upstream, calls).map_err(|e| format!("{e} (Envoy's VM would be dead: every request refused)"))?);
+        last = Some(decided_exchange(chain, &request, &upstream, calls)?);
     }
+    let (outcome, decisions) = last.ok_or("repeat: 0 sends nothing")?;
+    Ok((request, outcome, decisions))
+}
+
+/// One request through the chain and the decision counters it moved, written by a tick after
+/// it (the modules batch their counters until a tick; each request here ends with one, so the
+/// next one's are its own).
+pub fn decided_exchange(chain: &mut Chain, request: &Request, upstream: &Upstream, calls: &mut dyn Calls) -> Result<(Outcome, Vec<String>), String> {
+    let before = counters(chain);
+    let outcome = chain.exchange(request, upstream, calls).map_err(|e| format!("{e} (Envoy's VM would be dead: every request refused)"))?;
     chain.tick_now(calls).map_err(|e| format!("{e} (in the tick after the request)"))?;
-    let after = counters(chain);
-    let last = after.into_iter().filter(|(name, v)| before_last.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
-    let outcome = outcome.ok_or("repeat: 0 sends nothing")?;
-    Ok((request, outcome, last))
+    let moved = counters(chain).into_iter().filter(|(name, v)| before.get(name) != Some(v) && name.starts_with("meshward_")).map(|(name, _)| name).collect();
+    Ok((outcome, moved))
 }
 
 /// Every VM's counters by name.
@@ -651,7 +655,12 @@ fn describe(o: &Outcome) -> String {
 
 /// The stage whose refusal a case's decision counters record.
 fn refusing_stage(decisions: &[String]) -> Option<&str> {
-    decisions.iter().find_map(|d| decision_parts(d).filter(|p| p.1 == "denied").map(|p| p.0))
+    refusal(decisions).map(|(stage, _, _)| stage)
+}
+
+/// The refusal the decision counters record: (stage, rule, reason).
+pub fn refusal(decisions: &[String]) -> Option<(&str, Option<&str>, Option<&str>)> {
+    decisions.iter().find_map(|d| decision_parts(d).filter(|p| p.1 == "denied").map(|(stage, _, route, reason)| (stage, route, reason)))
 }
 
 /// What the case expected and did not get.

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshward_wasmhost::{Calls, Chain, Outcome, Request, Upstream};
+use meshward_wasmhost::{Calls, Chain, Request, Upstream};
 use serde_json::{json, Map, Value};
 
 use crate::case_calls::{CaseCalls, FleetAnswers, JwksAnswer};
@@ -257,16 +257,11 @@ fn verdict(replayer: &mut Replayer, r: &Recorded) -> Result<Verdict, String> {
     let calls: &mut dyn Calls = &mut quiet_fleet(served);
     chain.restore();
     chain.clock().set(r.at.saturating_mul(1_000_000_000));
-    let before = policy_test::counters(chain);
-    let outcome: Outcome = chain.exchange(&request, &Upstream::default(), calls).map_err(|e| format!("{}: {e}", r.label))?;
+    let (outcome, decisions) = policy_test::decided_exchange(chain, &request, &Upstream::default(), calls).map_err(|e| format!("{}: {e}", r.label))?;
     if outcome.upstream_request.is_some() && outcome.local_reply.is_none() {
         return Ok(Verdict::Allowed);
     }
-    chain.tick_now(calls).map_err(|e| format!("{}: {e}", r.label))?;
-    let denied = policy_test::counters(chain).into_iter().filter(|(name, v)| before.get(name) != Some(v)).find_map(|(name, _)| {
-        let (stage, decision, route, reason) = policy_test::decision_parts(&name)?;
-        (decision == "denied").then(|| [Some(stage), route, reason].into_iter().flatten().collect::<Vec<_>>().join(" "))
-    });
+    let denied = policy_test::refusal(&decisions).map(|(stage, route, reason)| [Some(stage), route, reason].into_iter().flatten().collect::<Vec<_>>().join(" "));
     let reason = outcome.local_reply.as_ref().and_then(policy_test::reason);
     let why = denied.or(reason).unwrap_or_else(|| if outcome.held { "held".into() } else { "refused".into() });
     Ok(Verdict::Refused { status: outcome.status, why })
