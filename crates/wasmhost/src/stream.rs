@@ -355,9 +355,7 @@ impl Chain {
         outcome.body = body;
         Ok(())
     }
-}
 
-impl Chain {
     /// A local reply sent while the request was on its way, through every filter's response
     /// callbacks in reverse order, as Envoy encodes it through the whole filter chain (a filter
     /// the request never reached sees it too: a rate limit counting refusals, headers added to
