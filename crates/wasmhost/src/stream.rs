@@ -235,7 +235,8 @@ impl Chain {
         }
         let body = request.body.clone().unwrap_or_default();
         let chunks = chunks(&body, request.chunk);
-        let reached = self.request_path(&contexts, &chunks, request.body.is_some(), calls, &mut outcome)?;
+        let mut entered = 0;
+        let reached = self.request_path(&contexts, &chunks, request.body.is_some(), calls, &mut outcome, &mut entered)?;
         if reached {
             let stream = self.stream.borrow();
             outcome.upstream_request = Some((stream.request_headers.clone(), stream.request_buffer.clone()));
@@ -245,7 +246,7 @@ impl Chain {
         let reply = self.stream.borrow().local_reply.clone();
         if let Some(reply) = reply {
             if !reached {
-                self.reply_path(&contexts, &reply, calls, &mut outcome)?;
+                self.reply_path(&contexts[..entered], &reply, calls, &mut outcome)?;
             } else if !outcome.reset {
                 outcome.status = reply.status;
                 outcome.headers = reply.headers.clone();
@@ -262,7 +263,8 @@ impl Chain {
     }
 
     /// The request through each filter in order; whether it reached the service.
-    fn request_path(&mut self, contexts: &[i32], chunks: &[&[u8]], has_body: bool, calls: &mut dyn Calls, outcome: &mut Outcome) -> Result<bool, VmError> {
+    /// `entered`: how many filters got the request's headers (the others never see this stream).
+    fn request_path(&mut self, contexts: &[i32], chunks: &[&[u8]], has_body: bool, calls: &mut dyn Calls, outcome: &mut Outcome, entered: &mut usize) -> Result<bool, VmError> {
         // The body as it leaves each filter (a filter may rewrite what it buffered).
         let mut passed: Vec<Vec<u8>> = chunks.iter().map(|c| c.to_vec()).collect();
         for (vm, &context) in self.vms.iter_mut().zip(contexts) {
@@ -271,6 +273,7 @@ impl Chain {
                 stream.request_resumed = false;
                 stream.request_buffer.clear();
             }
+            *entered += 1;
             let n = i32::try_from(self.stream.borrow().request_headers.len()).unwrap_or(i32::MAX);
             let headers_go = vm.call::<(i32, i32, i32), i32>("proxy_on_request_headers", (context, n, i32::from(!has_body)), context)? == action::CONTINUE;
             answer_calls(vm, calls, &mut outcome.calls)?;
@@ -356,10 +359,11 @@ impl Chain {
         Ok(())
     }
 
-    /// A local reply sent while the request was on its way, through every filter's response
-    /// callbacks in reverse order, as Envoy encodes it through the whole filter chain (a filter
-    /// the request never reached sees it too: a rate limit counting refusals, headers added to
-    /// every answer). A filter refusing it again changes nothing: the first reply stands.
+    /// A local reply sent while the request was on its way, through the response callbacks of
+    /// the filters the request reached (`contexts`), in reverse order, as Envoy encodes it: a
+    /// rate limit before the refusing filter counts the refusal, headers it adds reach the
+    /// client. A wasm filter the request never reached has no context in Envoy and is skipped
+    /// (its log callback still runs). A filter refusing the reply again changes nothing.
     fn reply_path(&mut self, contexts: &[i32], reply: &LocalReply, calls: &mut dyn Calls, outcome: &mut Outcome) -> Result<(), VmError> {
         let grpc = header(&self.stream.borrow().request_headers, "content-type").is_some_and(|t| is_grpc(&t));
         // Envoy answers a gRPC request trailers-only: HTTP 200, the status in grpc-status, the
@@ -383,7 +387,7 @@ impl Chain {
             stream.properties.insert("response\0code".into(), status.to_string().into_bytes());
             stream.properties.insert("response\0code_details".into(), reply.details.clone().into_bytes());
         }
-        for (vm, &context) in self.vms.iter_mut().zip(contexts).rev() {
+        for (vm, &context) in self.vms[..contexts.len()].iter_mut().zip(contexts).rev() {
             let n = i32::try_from(self.stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
             vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(body.is_empty())), context)?;
             answer_calls(vm, calls, &mut outcome.calls)?;
