@@ -586,6 +586,27 @@ def test_replay_of_real_tokens_reads_the_idps_keys_given(tmp_path, keys, monkeyp
     assert r.returncode == 2 and "--jwks nobody:" in r.stderr and "no jwt provider `nobody` with remote_jwks" in r.stderr, r.stderr
 
 
+def test_replay_marks_a_change_decided_on_a_fleet_answer(tmp_path, monkeypatch):
+    """A delivery recorded as refused `replayed` (the fleet had seen it) is allowed on replay,
+    where the fleet engine answers as a quiet fleet: the change is marked as such."""
+    monkeypatch.setenv("SHOP_HOOK_SECRET", SHOP_SECRET)
+    policy_path = tmp_path / "shop.yaml"
+    policy_path.write_text(yaml.safe_dump(shop_policy(), sort_keys=False))
+    body = '{"id":"evt_9"}'
+    signature = "sha256=" + hmac.new(SHOP_SECRET.encode(), body.encode(), hashlib.sha256).hexdigest()
+    entry = {"startedDateTime": "2026-01-01T00:00:00.000Z",
+             "request": {"method": "POST", "url": "http://shop.test/hooks/pay", "postData": {"text": body},
+                         "headers": [{"name": "content-type", "value": "application/json"}, {"name": "x-github-delivery", "value": "d-9"},
+                                     {"name": "x-hub-signature-256", "value": signature}]},
+             "response": {"status": 401, "content": {"text": json.dumps({"error": "unauthorized", "reason": "replayed", "request_id": "r"})}}}
+    traffic = tmp_path / "t.har"
+    traffic.write_text(json.dumps({"log": {"entries": [entry]}}))
+    r = meshward("replay", policy_path, "--from", traffic, "--modules", DIST, "--format", "json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    [allowed] = json.loads(r.stdout)["newly_allowed"]
+    assert allowed["why"] == "was replayed [on a fleet answer: replay assumes a quiet fleet]", allowed
+
+
 def test_replay_says_what_an_audit_record_lacks(tmp_path):
     record = {"producer": "orders/1", "seq": 1, "prev": "0" * 64, "hash": "1" * 64, "time": "2026-12-03T00:25:34.758Z", "method": "PUT",
               "path": "/tenants/acme/orders/1", "status": 200, "stages": []}

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use meshward_wasmhost::{Calls, Chain, Request, Upstream};
+use meshward_wasmhost::{CallKind, Calls, Chain, Request, Upstream};
 use serde_json::{json, Map, Value};
 
 use crate::case_calls::{CaseCalls, FleetAnswers, JwksAnswer};
@@ -250,21 +250,23 @@ fn quiet_fleet(served: &crate::case_calls::ServedJwks) -> CaseCalls<'_> {
     CaseCalls::new(JwksAnswer::Served, served, FleetAnswers::default())
 }
 
-/// The verdict of a policy's chain on one recorded request.
-fn verdict(replayer: &mut Replayer, r: &Recorded) -> Result<Verdict, String> {
+/// The verdict of a policy's chain on one recorded request, and whether the fleet engine was
+/// asked on the way (its answer then is not recorded: replay assumes a quiet fleet).
+fn verdict(replayer: &mut Replayer, r: &Recorded) -> Result<(Verdict, bool), String> {
     let request = replayer.request(r)?;
     let Replayer { chain, served, .. } = replayer;
     let calls: &mut dyn Calls = &mut quiet_fleet(served);
     chain.restore();
     chain.clock().set(r.at.saturating_mul(1_000_000_000));
     let (outcome, decisions) = policy_test::decided_exchange(chain, &request, &Upstream::default(), calls).map_err(|e| format!("{}: {e}", r.label))?;
+    let fleet = outcome.calls.iter().any(|c| matches!(c.kind, CallKind::Grpc { .. }));
     if outcome.upstream_request.is_some() && outcome.local_reply.is_none() {
-        return Ok(Verdict::Allowed);
+        return Ok((Verdict::Allowed, fleet));
     }
     let denied = policy_test::refusal(&decisions).map(|(stage, route, reason)| [Some(stage), route, reason].into_iter().flatten().collect::<Vec<_>>().join(" "));
     let reason = outcome.local_reply.as_ref().and_then(policy_test::reason);
     let why = denied.or(reason).unwrap_or_else(|| if outcome.held { "held".into() } else { "refused".into() });
-    Ok(Verdict::Refused { status: outcome.status, why })
+    Ok((Verdict::Refused { status: outcome.status, why }, fleet))
 }
 
 /// The recorded answer as a verdict: refused when the body is meshward's denial.
@@ -314,16 +316,22 @@ pub fn replay(policy: &Policy, baseline: Option<&Policy>, traffic: &[Recorded], 
             continue;
         }
         report.replayed += 1;
-        let now = verdict(&mut chain, r)?;
+        let (now, mut fleet) = verdict(&mut chain, r)?;
         let then = match &mut before {
-            Some(b) => Some(verdict(b, r)?),
+            Some(b) => {
+                let (then, asked) = verdict(b, r)?;
+                fleet |= asked;
+                Some(then)
+            }
             None => recorded(r),
         };
         let example = format!("{} ({})", r.label, meshward_core::audit::rfc3339(r.at.saturating_mul(1000)));
+        // A change decided on a fleet answer may be the engine's state then, not the policy.
+        let note = if fleet { " [on a fleet answer: replay assumes a quiet fleet]" } else { "" };
         match (then, now) {
             (None, _) => report.unknown += 1,
-            (Some(Verdict::Allowed), Verdict::Refused { status, why }) => add(&mut report.newly_refused, format!("{why} ({status})"), example),
-            (Some(Verdict::Refused { why, .. }), Verdict::Allowed) => add(&mut report.newly_allowed, format!("was {why}"), example),
+            (Some(Verdict::Allowed), Verdict::Refused { status, why }) => add(&mut report.newly_refused, format!("{why} ({status}){note}"), example),
+            (Some(Verdict::Refused { why, .. }), Verdict::Allowed) => add(&mut report.newly_allowed, format!("was {why}{note}"), example),
             (Some(_), _) => report.unchanged += 1,
         }
     }
