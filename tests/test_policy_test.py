@@ -89,6 +89,7 @@ def test_a_wrong_expectation_fails_the_run_and_says_which(tmp_path):
     ({"cases": [{"name": "both", "request": {"path": "/"}, "expect": {"status": 200}, "steps": [{"request": {"path": "/"}, "expect": {"status": 200}}]}]},
      "cases[0] (both): a case has `request` and `expect` (with `upstream`, `repeat`), or `steps`, each with its own"),
     ({"cases": [{"name": "x", "request": {"path": "/", "body_file": "missing.bin"}, "expect": {"status": 200}}]}, "request.body_file: "),
+    ({"cases": [{"name": "x", "request": {"path": "/", "body": "{}", "json": {}}, "expect": {"status": 200}}]}, "request: more than one body"),
 ])
 def test_a_bad_case_file_is_refused_with_what_is_wrong(tmp_path, change, message):
     cases = yaml.safe_load(CASES.read_text())

@@ -401,15 +401,18 @@ pub fn run(policy: &Policy, files: &[PathBuf], options: &Options<'_>) -> Result<
 /// One case file's cases, each from the filters as configured, with its test keys trusted;
 /// the results in order, and the keys.
 fn run_file(policy: &Policy, cases: &CaseFile, file: &str, options: &Options<'_>) -> Result<(Vec<CaseResult>, TestKeys), String> {
-    for (i, case) in cases.cases.iter().enumerate() {
-        case.steps().map_err(|e| format!("{file}: cases[{i}] ({}): {e}", case.name))?;
-    }
+    let steps = cases
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| case.steps().map_err(|e| format!("{file}: cases[{i}] ({}): {e}", case.name)))
+        .collect::<Result<Vec<_>, _>>()?;
     let (policy, keys, served) = with_test_keys(policy, &cases.keys, file)?;
     let env: Vec<(String, String)> = cases.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     // One proxy per way the remote JWKS answers since its start, started when a case needs it.
     let mut chains: BTreeMap<JwksAnswer, Chain> = BTreeMap::new();
     let mut results = Vec::with_capacity(cases.cases.len());
-    for case in &cases.cases {
+    for (case, steps) in cases.cases.iter().zip(&steps) {
         let answer = case.jwks.unwrap_or(cases.jwks);
         let chain = match chains.entry(answer) {
             std::collections::btree_map::Entry::Occupied(chain) => chain.into_mut(),
@@ -424,20 +427,14 @@ fn run_file(policy: &Policy, cases: &CaseFile, file: &str, options: &Options<'_>
         };
         chain.restore();
         let mut calls = CaseCalls::new(answer, &served, cases.fleet.with(case.fleet.as_ref()));
-        results.push(run_case(chain, case, &keys, file, cases.at, &mut calls));
+        results.push(run_case(chain, case, steps, &keys, file, cases.at, &mut calls));
     }
     Ok((results, keys))
 }
 
-fn run_case(chain: &mut Chain, case: &Case, keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> CaseResult {
+/// A case's steps (`Case::steps`) in order on the chain, each checked.
+fn run_case(chain: &mut Chain, case: &Case, steps: &[StepRef<'_>], keys: &TestKeys, file: &str, file_at: Option<u64>, calls: &mut dyn Calls) -> CaseResult {
     let mut result = CaseResult { file: file.to_string(), name: case.name.clone(), failures: Vec::new(), got: String::new(), sent: Vec::new(), outcome: None, decisions: Vec::new() };
-    let steps = match case.steps() {
-        Ok(steps) => steps,
-        Err(e) => {
-            result.failures.push(e);
-            return result;
-        }
-    };
     let before = counters(chain);
     let many = steps.len() > 1;
     for (i, step) in steps.iter().enumerate() {
@@ -583,15 +580,14 @@ fn build(step: &StepRef<'_>, keys: &TestKeys, at: u64, base: &Path) -> Result<(R
         }
         headers.push(("authorization".into(), format!("Bearer {}", key.sign(&claims)?)));
     }
-    let body = match &r.body_file {
-        Some(path) if r.body.is_none() && r.json.is_none() => {
+    let file = match &r.body_file {
+        Some(path) => {
             let path = base.join(path);
-            headers.extend(r.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
             Some(std::fs::read(&path).map_err(|e| format!("request.body_file: {}: {e}", path.display()))?)
         }
-        Some(_) => return Err("request: body_file, body or json, one of them".into()),
-        None => content("request", r.body.as_ref(), r.json.as_ref(), &r.headers, &mut headers)?,
+        None => None,
     };
+    let body = content("request", r.body.as_ref(), r.json.as_ref(), file, &r.headers, &mut headers)?;
     if let Some(body) = &body {
         headers.push(("content-length".into(), body.len().to_string()));
     }
@@ -600,7 +596,7 @@ fn build(step: &StepRef<'_>, keys: &TestKeys, at: u64, base: &Path) -> Result<(R
         None => Upstream::default(),
         Some(u) => {
             let mut headers = vec![(":status".to_string(), u.status.to_string())];
-            let body = content("upstream", u.body.as_ref(), u.json.as_ref(), &u.headers, &mut headers)?;
+            let body = content("upstream", u.body.as_ref(), u.json.as_ref(), None, &u.headers, &mut headers)?;
             Upstream { headers, body: body.unwrap_or_default() }
         }
     };
@@ -609,17 +605,17 @@ fn build(step: &StepRef<'_>, keys: &TestKeys, at: u64, base: &Path) -> Result<(R
 
 /// A message's body (`body` as text or `json`) and its headers appended to `headers`; JSON is
 /// sent as `application/json` unless the headers name another type.
-fn content(what: &str, text: Option<&String>, json: Option<&Value>, given: &BTreeMap<String, String>, headers: &mut Vec<(String, String)>) -> Result<Option<Vec<u8>>, String> {
-    let body = match (text, json) {
-        (Some(_), Some(_)) => return Err(format!("{what}: body or json, not both")),
-        (Some(text), None) => Some(text.clone().into_bytes()),
-        (None, Some(v)) => {
+fn content(what: &str, text: Option<&String>, json: Option<&Value>, file: Option<Vec<u8>>, given: &BTreeMap<String, String>, headers: &mut Vec<(String, String)>) -> Result<Option<Vec<u8>>, String> {
+    let body = match (text, json, file) {
+        (Some(text), None, None) => Some(text.clone().into_bytes()),
+        (None, Some(v), None) => {
             if !given.keys().any(|k| k.eq_ignore_ascii_case("content-type")) {
                 headers.push(("content-type".into(), "application/json".into()));
             }
             Some(v.to_string().into_bytes())
         }
-        (None, None) => None,
+        (None, None, file) => file,
+        _ => return Err(format!("{what}: more than one body (body, json, body_file: one of them)")),
     };
     headers.extend(given.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())));
     Ok(body)

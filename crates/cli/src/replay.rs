@@ -40,7 +40,7 @@ pub fn read_traffic(path: &Path) -> Result<Vec<Recorded>, String> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
     match serde_json::from_str::<Value>(&text) {
-        Ok(v) if v.pointer("/log/entries").is_some() => read_har(path),
+        Ok(v) if v.pointer("/log/entries").is_some() => read_har(&name.to_string(), &v),
         Ok(v) if v.get("method").is_some() && text.trim().lines().count() == 1 => read_access_log(&name.to_string(), &text),
         Ok(_) => Err(format!("{name}: not a HAR file (no log.entries) nor a replay log (render envoy --access-log)")),
         Err(_) => read_access_log(&name.to_string(), &text),
@@ -116,11 +116,8 @@ pub enum Verdict {
 }
 
 /// Reads a HAR file (browser devtools, mitmproxy, Charles): every entry's request.
-fn read_har(path: &Path) -> Result<Vec<Recorded>, String> {
-    let name = path.display();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    let har: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: not JSON: {e}"))?;
-    let entries = har.pointer("/log/entries").and_then(Value::as_array).ok_or_else(|| format!("{name}: not a HAR file (no log.entries)"))?;
+fn read_har(name: &str, har: &Value) -> Result<Vec<Recorded>, String> {
+    let entries = har.pointer("/log/entries").and_then(Value::as_array).ok_or_else(|| format!("{name}: not a HAR file (log.entries is no list)"))?;
     entries.iter().enumerate().map(|(i, e)| entry(e).map_err(|why| format!("{name}: log.entries[{i}]: {why}"))).collect()
 }
 
