@@ -331,25 +331,19 @@ impl Chain {
         let mut headers_out = true;
         for (vm, &context) in self.vms.iter_mut().zip(contexts).rev() {
             self.stream.borrow_mut().response_resumed = false;
-            let n = i32::try_from(self.stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
-            let go = vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(!has_body)), context)? == action::CONTINUE;
-            answer_calls(vm, calls, &mut outcome.calls)?;
+            let go = encode_headers(vm, &self.stream, context, !has_body, calls, &mut outcome.calls)?;
             if self.stream.borrow().local_reply.is_some() {
                 return Ok(());
             }
             headers_out &= go;
             if has_body {
-                self.stream.borrow_mut().response_buffer = std::mem::take(&mut body);
-                let size = i32::try_from(self.stream.borrow().response_buffer.len()).unwrap_or(i32::MAX);
-                vm.call::<(i32, i32, i32), i32>("proxy_on_response_body", (context, size, 1), context)?;
-                answer_calls(vm, calls, &mut outcome.calls)?;
-                let mut stream = self.stream.borrow_mut();
+                body = encode_body(vm, &self.stream, context, body, calls, &mut outcome.calls)?;
+                let stream = self.stream.borrow();
                 if stream.local_reply.is_some() || stream.reset {
                     // Headers already on their way to the client: Envoy can only cut the stream.
                     outcome.reset = headers_out || stream.reset;
                     return Ok(());
                 }
-                body = std::mem::take(&mut stream.response_buffer);
             }
         }
         let stream = self.stream.borrow();
@@ -388,15 +382,9 @@ impl Chain {
             stream.properties.insert("response\0code_details".into(), reply.details.clone().into_bytes());
         }
         for (vm, &context) in self.vms[..contexts.len()].iter_mut().zip(contexts).rev() {
-            let n = i32::try_from(self.stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
-            vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(body.is_empty())), context)?;
-            answer_calls(vm, calls, &mut outcome.calls)?;
+            encode_headers(vm, &self.stream, context, body.is_empty(), calls, &mut outcome.calls)?;
             if !body.is_empty() {
-                self.stream.borrow_mut().response_buffer = std::mem::take(&mut body);
-                let size = i32::try_from(self.stream.borrow().response_buffer.len()).unwrap_or(i32::MAX);
-                vm.call::<(i32, i32, i32), i32>("proxy_on_response_body", (context, size, 1), context)?;
-                answer_calls(vm, calls, &mut outcome.calls)?;
-                body = std::mem::take(&mut self.stream.borrow_mut().response_buffer);
+                body = encode_body(vm, &self.stream, context, body, calls, &mut outcome.calls)?;
             }
         }
         let stream = self.stream.borrow();
@@ -405,6 +393,25 @@ impl Chain {
         outcome.body = body;
         Ok(())
     }
+}
+
+/// One filter's response-headers callback on the stream's response headers, its calls answered;
+/// whether it let them go on.
+fn encode_headers(vm: &mut Vm, stream: &RefCell<Stream>, context: i32, end_of_stream: bool, calls: &mut dyn Calls, seen: &mut Vec<Call>) -> Result<bool, VmError> {
+    let n = i32::try_from(stream.borrow().response_headers.len()).unwrap_or(i32::MAX);
+    let go = vm.call::<(i32, i32, i32), i32>("proxy_on_response_headers", (context, n, i32::from(end_of_stream)), context)? == action::CONTINUE;
+    answer_calls(vm, calls, seen)?;
+    Ok(go)
+}
+
+/// One filter's response-body callback on the whole `body` (end of stream), its calls answered;
+/// the body as the filter left it.
+fn encode_body(vm: &mut Vm, stream: &RefCell<Stream>, context: i32, body: Vec<u8>, calls: &mut dyn Calls, seen: &mut Vec<Call>) -> Result<Vec<u8>, VmError> {
+    let size = i32::try_from(body.len()).unwrap_or(i32::MAX);
+    stream.borrow_mut().response_buffer = body;
+    vm.call::<(i32, i32, i32), i32>("proxy_on_response_body", (context, size, 1), context)?;
+    answer_calls(vm, calls, seen)?;
+    Ok(std::mem::take(&mut stream.borrow_mut().response_buffer))
 }
 
 /// A gRPC content type, as Envoy tells a gRPC request (`application/grpc`, `+proto`, `;…`).
